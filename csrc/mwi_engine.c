@@ -1,0 +1,480 @@
+/* mwi_engine.c: the relay engine's worker thread, its queues, pools and timers.
+ * See mwi_relay.h for the threading contract. */
+#define _GNU_SOURCE
+#include "mwi_relay_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_EVENTS 256
+#define NOT_IN_HEAP SIZE_MAX
+
+static uint64_t clock_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void eventfd_signal(int fd)
+{
+    uint64_t one = 1;
+    ssize_t n;
+    do n = write(fd, &one, sizeof one); while (n < 0 && errno == EINTR);
+}
+
+static void eventfd_clear(int fd)
+{
+    uint64_t v;
+    ssize_t n;
+    do n = read(fd, &v, sizeof v); while (n < 0 && errno == EINTR);
+}
+
+/* ---- pools: pipes and buffers exist only while bytes are in flight -------------------- */
+
+int pool_get_pipe(mwi_engine *eng, mwi_dir *d)
+{
+    int p[2];
+    if (d->pipe_r >= 0) return 0;
+    if (eng->pool.npipes > 0) {
+        eng->pool.npipes--;
+        p[0] = eng->pool.pipes[eng->pool.npipes][0];
+        p[1] = eng->pool.pipes[eng->pool.npipes][1];
+    } else {
+        if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) return -1;
+        fcntl(p[0], F_SETPIPE_SZ, (int)eng->cfg.pipe_size);   /* best effort */
+    }
+    d->pipe_r = p[0];
+    d->pipe_w = p[1];
+    d->in_pipe = 0;
+    return 0;
+}
+
+void pool_put_pipe(mwi_engine *eng, mwi_dir *d)
+{
+    if (eng->pool.npipes < eng->pool.max) {
+        eng->pool.pipes[eng->pool.npipes][0] = d->pipe_r;
+        eng->pool.pipes[eng->pool.npipes][1] = d->pipe_w;
+        eng->pool.npipes++;
+    } else {
+        close(d->pipe_r);
+        close(d->pipe_w);
+    }
+    d->pipe_r = d->pipe_w = -1;
+}
+
+int pool_get_buf(mwi_engine *eng, mwi_dir *d)
+{
+    if (d->buf != NULL) return 0;
+    d->buf = eng->pool.nbufs > 0 ? eng->pool.bufs[--eng->pool.nbufs] : malloc(eng->cfg.buf_size);
+    d->buf_off = d->buf_len = 0;
+    return d->buf == NULL ? -1 : 0;
+}
+
+void pool_put_buf(mwi_engine *eng, mwi_dir *d)
+{
+    if (eng->pool.nbufs < eng->pool.max) eng->pool.bufs[eng->pool.nbufs++] = d->buf;
+    else free(d->buf);
+    d->buf = NULL;
+}
+
+/* ---- timers: a min-heap keyed by a deadline that is never later than the true one ----- */
+
+static void heap_set(mwi_engine *eng, size_t i, mwi_relay *r)
+{
+    eng->heap[i] = r;
+    r->heap_idx = i;
+}
+
+static void sift_up(mwi_engine *eng, size_t i)
+{
+    mwi_relay *r = eng->heap[i];
+    while (i > 0 && eng->heap[(i - 1) / 2]->heap_key > r->heap_key) {
+        heap_set(eng, i, eng->heap[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    heap_set(eng, i, r);
+}
+
+static void sift_down(mwi_engine *eng, size_t i)
+{
+    mwi_relay *r = eng->heap[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= eng->heap_len) break;
+        if (c + 1 < eng->heap_len && eng->heap[c + 1]->heap_key < eng->heap[c]->heap_key) c++;
+        if (eng->heap[c]->heap_key >= r->heap_key) break;
+        heap_set(eng, i, eng->heap[c]);
+        i = c;
+    }
+    heap_set(eng, i, r);
+}
+
+static void heap_remove(mwi_engine *eng, mwi_relay *r)
+{
+    size_t i = r->heap_idx;
+    mwi_relay *last = eng->heap[--eng->heap_len];
+    r->heap_idx = NOT_IN_HEAP;
+    if (last == r) return;
+    heap_set(eng, i, last);
+    sift_up(eng, i);
+    sift_down(eng, last->heap_idx);
+}
+
+void timer_reschedule(mwi_engine *eng, mwi_relay *r)
+{
+    uint64_t dl = relay_deadline(r);
+    if (dl == UINT64_MAX) {
+        if (r->heap_idx != NOT_IN_HEAP) heap_remove(eng, r);
+        return;
+    }
+    if (r->heap_idx == NOT_IN_HEAP) {
+        if (eng->heap_len == eng->heap_cap) {
+            size_t cap = eng->heap_cap ? eng->heap_cap * 2 : 64;
+            mwi_relay **h = realloc(eng->heap, cap * sizeof *h);
+            if (h == NULL) return;         /* no timer rather than no relay */
+            eng->heap = h;
+            eng->heap_cap = cap;
+        }
+        r->heap_key = dl;
+        heap_set(eng, eng->heap_len++, r);
+        sift_up(eng, r->heap_idx);
+    } else if (dl < r->heap_key) {
+        r->heap_key = dl;
+        sift_up(eng, r->heap_idx);
+    }                                      /* later deadlines are found lazily at expiry */
+}
+
+static void expire_timers(mwi_engine *eng)
+{
+    while (eng->heap_len > 0 && eng->heap[0]->heap_key <= eng->now_ms) {
+        mwi_relay *r = eng->heap[0];
+        uint64_t dl = relay_deadline(r);
+        if (dl <= eng->now_ms) {
+            int closing = r->close_ms && r->half_closed_ms
+                && r->half_closed_ms + r->close_ms <= eng->now_ms;
+            relay_finish(r, closing ? MWI_RELAY_CLOSE_TIMEOUT : MWI_RELAY_IDLE_TIMEOUT, 0);
+        } else {
+            r->heap_key = dl;
+            sift_down(eng, 0);
+        }
+    }
+}
+
+/* ---- worker-side relay bookkeeping ---------------------------------------------------- */
+
+static void ready_add(mwi_engine *eng, mwi_relay *r)
+{
+    if (r->ready || r->state != RS_LIVE) return;
+    r->ready = 1;
+    r->ready_next = NULL;
+    r->ready_prev = eng->ready_tail;
+    if (eng->ready_tail) eng->ready_tail->ready_next = r;
+    else eng->ready = r;
+    eng->ready_tail = r;
+    eng->nready++;
+}
+
+static void ready_unlink(mwi_engine *eng, mwi_relay *r)
+{
+    if (!r->ready) return;
+    if (r->ready_prev) r->ready_prev->ready_next = r->ready_next;
+    else eng->ready = r->ready_next;
+    if (r->ready_next) r->ready_next->ready_prev = r->ready_prev;
+    else eng->ready_tail = r->ready_prev;
+    r->ready = 0;
+    eng->nready--;
+}
+
+void engine_forget(mwi_engine *eng, mwi_relay *r)
+{
+    if (r->live_prev) r->live_prev->live_next = r->live_next;
+    else if (eng->live == r) eng->live = r->live_next;
+    if (r->live_next) r->live_next->live_prev = r->live_prev;
+    r->live_prev = r->live_next = NULL;
+    if (r->heap_idx != NOT_IN_HEAP) heap_remove(eng, r);
+    ready_unlink(eng, r);
+    r->done_next = eng->finished;          /* handed to the owner at the end of the batch */
+    eng->finished = r;
+}
+
+static void relay_register(mwi_engine *eng, mwi_relay *r)
+{
+    struct epoll_event ev;
+    r->state = RS_LIVE;
+    r->live_next = eng->live;
+    if (eng->live) eng->live->live_prev = r;
+    eng->live = r;
+    r->last_active_ms = eng->now_ms;
+    timer_reschedule(eng, r);
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.ptr = r;
+    for (int i = 0; i < 2; i++) {
+        if (epoll_ctl(eng->epfd, EPOLL_CTL_ADD, r->fd[i], &ev) != 0) {
+            relay_finish(r, MWI_RELAY_ERROR, errno);
+            return;
+        }
+    }
+}
+
+/* Take every pending request under the lock, then act on them without it. */
+static int handle_commands(mwi_engine *eng)
+{
+    mwi_relay *work = NULL, **tail = &work, *r, *next;
+    int stop;
+    pthread_mutex_lock(&eng->lock);
+    for (r = eng->cmd_head; r != NULL; r = next) {
+        next = r->cmd_next;
+        r->cmd_taken = r->cmd;
+        r->cmd = 0;
+        r->work_next = NULL;
+        *tail = r;
+        tail = &r->work_next;
+    }
+    eng->cmd_head = eng->cmd_tail = NULL;
+    stop = eng->stop;
+    pthread_mutex_unlock(&eng->lock);
+    for (r = work; r != NULL; r = next) {
+        unsigned cmd = r->cmd_taken;
+        next = r->work_next;
+        if ((cmd & MWI_CMD_START) && r->state == RS_NEW) relay_register(eng, r);
+        if ((cmd & MWI_CMD_CLOSE) && r->state == RS_LIVE) relay_finish(r, MWI_RELAY_CLOSED, 0);
+        if (cmd & MWI_CMD_RELEASE) free(r);
+    }
+    return stop;
+}
+
+static void publish_finished(mwi_engine *eng)
+{
+    mwi_relay *r, *next;
+    if (eng->finished == NULL) return;
+    pthread_mutex_lock(&eng->lock);
+    for (r = eng->finished; r != NULL; r = next) {
+        next = r->done_next;
+        r->done_next = NULL;
+        if (eng->done_tail) eng->done_tail->done_next = r;
+        else eng->done_head = r;
+        eng->done_tail = r;
+    }
+    pthread_mutex_unlock(&eng->lock);
+    eng->finished = NULL;
+    eventfd_signal(eng->done_fd);
+}
+
+static int next_timeout(const mwi_engine *eng)
+{
+    uint64_t key;
+    if (eng->ready != NULL) return 0;
+    if (eng->heap_len == 0) return -1;
+    key = eng->heap[0]->heap_key;
+    if (key <= eng->now_ms) return 0;
+    return key - eng->now_ms > 60000 ? 60000 : (int)(key - eng->now_ms);
+}
+
+static void *worker_main(void *arg)
+{
+    mwi_engine *eng = arg;
+    struct epoll_event evs[MAX_EVENTS];
+    int stop = 0;
+    eng->now_ms = clock_ms();
+    while (!stop) {
+        int n = epoll_wait(eng->epfd, evs, MAX_EVENTS, next_timeout(eng));
+        eng->now_ms = clock_ms();
+        for (int i = 0; i < n; i++) {
+            mwi_relay *r = evs[i].data.ptr;
+            if (evs[i].data.ptr == &eng->wake_fd) {
+                eventfd_clear(eng->wake_fd);
+                stop = handle_commands(eng);
+            } else if (r->state == RS_LIVE && relay_pump(r)) {
+                ready_add(eng, r);
+            }
+        }
+        /* relays that spent their budget run once more per turn, after everyone else */
+        for (size_t k = eng->nready; k > 0 && eng->ready != NULL; k--) {
+            mwi_relay *r = eng->ready;
+            ready_unlink(eng, r);
+            if (relay_pump(r)) ready_add(eng, r);
+        }
+        expire_timers(eng);
+        publish_finished(eng);
+    }
+    while (eng->live != NULL) relay_finish(eng->live, MWI_RELAY_CLOSED, 0);
+    publish_finished(eng);
+    return NULL;
+}
+
+/* ---- owner thread -------------------------------------------------------------------- */
+
+static void post(mwi_relay *r, unsigned cmd)
+{
+    mwi_engine *eng = r->eng;
+    int was_empty;
+    pthread_mutex_lock(&eng->lock);
+    was_empty = eng->cmd_head == NULL;
+    if (r->cmd == 0) {
+        r->cmd_next = NULL;
+        if (eng->cmd_tail) eng->cmd_tail->cmd_next = r;
+        else eng->cmd_head = r;
+        eng->cmd_tail = r;
+    }
+    r->cmd |= cmd;
+    pthread_mutex_unlock(&eng->lock);
+    if (was_empty) eventfd_signal(eng->wake_fd);   /* otherwise a wake is already due */
+}
+
+mwi_engine *mwi_engine_new(const mwi_engine_config *cfg, int *err)
+{
+    struct epoll_event ev;
+    sigset_t all, old;
+    mwi_engine *eng = calloc(1, sizeof *eng);
+    if (eng == NULL) { *err = ENOMEM; return NULL; }
+    if (cfg) eng->cfg = *cfg;
+    else eng->cfg.use_splice = 1;
+    if (eng->cfg.pipe_size == 0) eng->cfg.pipe_size = 256u << 10;
+    if (eng->cfg.buf_size == 0) eng->cfg.buf_size = 64u << 10;
+    if (eng->cfg.pool_max == 0) eng->cfg.pool_max = 64;
+    eng->pool.max = eng->cfg.pool_max;
+    eng->pool.pipes = calloc(eng->pool.max, sizeof *eng->pool.pipes);
+    eng->pool.bufs = calloc(eng->pool.max, sizeof *eng->pool.bufs);
+    eng->epfd = epoll_create1(EPOLL_CLOEXEC);
+    eng->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    eng->done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    pthread_mutex_init(&eng->lock, NULL);
+    if (!eng->pool.pipes || !eng->pool.bufs || eng->epfd < 0 || eng->wake_fd < 0
+        || eng->done_fd < 0) {
+        *err = errno ? errno : ENOMEM;
+        mwi_engine_free(eng);
+        return NULL;
+    }
+    ev.events = EPOLLIN;
+    ev.data.ptr = &eng->wake_fd;
+    if (epoll_ctl(eng->epfd, EPOLL_CTL_ADD, eng->wake_fd, &ev) != 0) {
+        *err = errno;
+        mwi_engine_free(eng);
+        return NULL;
+    }
+    /* the worker must never take the interpreter's signals (SIGINT belongs to main) */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    *err = pthread_create(&eng->thread, NULL, worker_main, eng);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (*err != 0) {
+        mwi_engine_free(eng);
+        return NULL;
+    }
+    eng->thread_started = 1;
+    return eng;
+}
+
+int mwi_engine_done_fd(const mwi_engine *eng) { return eng->done_fd; }
+
+void mwi_engine_free(mwi_engine *eng)
+{
+    mwi_relay *r, *next;
+    if (eng->thread_started) {
+        pthread_mutex_lock(&eng->lock);
+        eng->stop = 1;
+        pthread_mutex_unlock(&eng->lock);
+        eventfd_signal(eng->wake_fd);
+        pthread_join(eng->thread, NULL);
+    }
+    for (r = eng->done_head; r != NULL; r = next) {
+        next = r->done_next;
+        free(r);
+    }
+    for (uint32_t i = 0; i < eng->pool.npipes; i++) {
+        close(eng->pool.pipes[i][0]);
+        close(eng->pool.pipes[i][1]);
+    }
+    for (uint32_t i = 0; i < eng->pool.nbufs; i++) free(eng->pool.bufs[i]);
+    free(eng->pool.pipes);
+    free(eng->pool.bufs);
+    free(eng->heap);
+    if (eng->epfd >= 0) close(eng->epfd);
+    if (eng->wake_fd >= 0) close(eng->wake_fd);
+    if (eng->done_fd >= 0) close(eng->done_fd);
+    pthread_mutex_destroy(&eng->lock);
+    free(eng);
+}
+
+mwi_relay *mwi_relay_new(mwi_engine *eng, int fd_a, int fd_b, uint32_t idle_ms,
+                         uint32_t close_ms, uint64_t user)
+{
+    mwi_relay *r = calloc(1, sizeof *r);
+    if (r == NULL) return NULL;
+    r->eng = eng;
+    r->fd[0] = fd_a;
+    r->fd[1] = fd_b;
+    for (int i = 0; i < 2; i++) r->dir[i].pipe_r = r->dir[i].pipe_w = -1;
+    r->idle_ms = idle_ms;
+    r->close_ms = close_ms;
+    r->heap_idx = NOT_IN_HEAP;
+    r->user = user;
+    return r;
+}
+
+static int prepare_socket(int fd)
+{
+    struct stat st;
+    int flags, one = 1;
+    if (fstat(fd, &st) != 0) return errno;
+    if (!S_ISSOCK(st.st_mode)) return ENOTSOCK;
+    flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return errno;
+    /* a relay forwards what it has at once; Nagle would hold small replies back */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return 0;
+}
+
+int mwi_relay_start(mwi_relay *r)
+{
+    int err;
+    if (r->owner_started) return EALREADY;
+    if ((err = prepare_socket(r->fd[0])) != 0 || (err = prepare_socket(r->fd[1])) != 0)
+        return err;
+    r->owner_started = 1;
+    post(r, MWI_CMD_START);
+    return 0;
+}
+
+void mwi_relay_close(mwi_relay *r)
+{
+    if (r->owner_started) post(r, MWI_CMD_CLOSE);
+}
+
+void mwi_relay_release(mwi_relay *r)
+{
+    if (r->owner_started) {
+        post(r, MWI_CMD_RELEASE);     /* the worker frees it, after any request before */
+        return;
+    }
+    if (r->fd[0] >= 0) close(r->fd[0]);
+    if (r->fd[1] >= 0) close(r->fd[1]);
+    free(r);
+}
+
+void mwi_engine_ack_done(mwi_engine *eng) { eventfd_clear(eng->done_fd); }
+
+mwi_relay *mwi_engine_pop_done(mwi_engine *eng)
+{
+    mwi_relay *r;
+    pthread_mutex_lock(&eng->lock);
+    r = eng->done_head;
+    if (r != NULL) {
+        eng->done_head = r->done_next;
+        if (eng->done_head == NULL) eng->done_tail = NULL;
+    }
+    pthread_mutex_unlock(&eng->lock);
+    return r;
+}

@@ -1,0 +1,230 @@
+/* mwi_relay.c: the per-relay pump, run only on the engine's worker thread.
+ *
+ * Epoll is edge-triggered, so on any event for a relay both directions are pumped until
+ * the kernel says EAGAIN: either src has nothing more (a new EPOLLIN edge will come) or
+ * dst can take nothing more (a new EPOLLOUT edge will come). A direction never reads
+ * while it still holds unwritten bytes, which is the backpressure: a side whose peer
+ * cannot take more stops being read, and at most one pipe or buffer per direction is
+ * in flight. A direction that exhausts its budget is queued to run again after the other
+ * ready relays, so one fast pair cannot starve the rest. */
+#define _GNU_SOURCE
+#include "mwi_relay_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define PUMP_BUDGET (1u << 20)   /* bytes per direction per turn before yielding */
+
+enum { PUMP_BLOCKED = 0, PUMP_MORE = 1, PUMP_FINISHED = 2 };
+
+static int is_reset(int e)
+{
+    return e == ECONNRESET || e == EPIPE || e == ECONNABORTED || e == ETIMEDOUT
+        || e == EHOSTUNREACH || e == ENETUNREACH;
+}
+
+static int fail(mwi_relay *r, int side, int e)
+{
+    relay_finish(r, is_reset(e) ? (side == 0 ? MWI_RELAY_RESET_A : MWI_RELAY_RESET_B)
+                                : MWI_RELAY_ERROR, e);
+    return PUMP_FINISHED;
+}
+
+static void delivered(mwi_relay *r, mwi_dir *d, size_t n)
+{
+    __atomic_store_n(&d->bytes, d->bytes + n, __ATOMIC_RELAXED);
+    r->last_active_ms = r->eng->now_ms;
+}
+
+static void got_eof(mwi_relay *r, mwi_dir *d)
+{
+    d->eof = 1;
+    if (r->half_closed_ms == 0) {
+        r->half_closed_ms = r->eng->now_ms ? r->eng->now_ms : 1;
+        if (r->close_ms) timer_reschedule(r->eng, r);
+    }
+}
+
+/* Write what the direction holds. Returns PUMP_MORE when everything went out. */
+static int flush(mwi_relay *r, int i)
+{
+    mwi_dir *d = &r->dir[i];
+    int dst = r->fd[1 - i];
+    ssize_t n;
+    while (d->in_pipe > 0) {
+        n = splice(d->pipe_r, NULL, dst, NULL, d->in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) return PUMP_BLOCKED;
+            return fail(r, 1 - i, errno);
+        }
+        d->in_pipe -= (size_t)n;
+        delivered(r, d, (size_t)n);
+    }
+    while (d->buf != NULL && d->buf_off < d->buf_len) {
+        n = send(dst, d->buf + d->buf_off, d->buf_len - d->buf_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) return PUMP_BLOCKED;
+            return fail(r, 1 - i, errno);
+        }
+        d->buf_off += (uint32_t)n;
+        delivered(r, d, (size_t)n);
+    }
+    return PUMP_MORE;
+}
+
+/* Read one chunk from src into a pooled pipe (or buffer). n == 0 is EOF. */
+static ssize_t fill(mwi_relay *r, int i)
+{
+    mwi_engine *eng = r->eng;
+    mwi_dir *d = &r->dir[i];
+    int src = r->fd[i];
+    ssize_t n;
+    if (eng->cfg.use_splice && !r->no_splice && pool_get_pipe(eng, d) == 0) {
+        n = splice(src, NULL, d->pipe_w, NULL, eng->cfg.pipe_size,
+                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) d->in_pipe = (size_t)n;
+        if (n >= 0 || errno != EINVAL) return n;
+        pool_put_pipe(eng, d);         /* this fd cannot splice: use buffers from now on */
+        r->no_splice = 1;
+    }
+    if (pool_get_buf(eng, d) != 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    n = recv(src, d->buf, eng->cfg.buf_size, MSG_DONTWAIT);
+    d->buf_off = 0;
+    d->buf_len = n > 0 ? (uint32_t)n : 0;
+    return n;
+}
+
+static int pump_dir(mwi_relay *r, int i)
+{
+    mwi_dir *d = &r->dir[i];
+    size_t moved = 0;
+    ssize_t n;
+    int st;
+    for (;;) {
+        st = flush(r, i);
+        if (st != PUMP_MORE) return st;
+        if (d->pipe_r >= 0) pool_put_pipe(r->eng, d);   /* empty: idle relays hold none */
+        if (d->buf != NULL) pool_put_buf(r->eng, d);
+        if (d->eof) {
+            if (!d->shut) {
+                /* ENOTCONN here means the peer is already gone; the read side says so */
+                shutdown(r->fd[1 - i], SHUT_WR);
+                d->shut = 1;
+            }
+            return PUMP_BLOCKED;
+        }
+        if (moved >= PUMP_BUDGET) return PUMP_MORE;
+        n = fill(r, i);
+        if (n == 0) {
+            got_eof(r, d);
+            continue;
+        }
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) {
+                if (d->pipe_r >= 0) pool_put_pipe(r->eng, d);
+                if (d->buf != NULL) pool_put_buf(r->eng, d);
+                return PUMP_BLOCKED;
+            }
+            return fail(r, i, errno);
+        }
+        moved += (size_t)n;
+        __atomic_store_n(&d->chunks, d->chunks + 1, __ATOMIC_RELAXED);
+    }
+}
+
+int relay_pump(mwi_relay *r)
+{
+    int more = 0, st;
+    for (int i = 0; i < 2; i++) {
+        if (r->state != RS_LIVE) return 0;
+        st = pump_dir(r, i);
+        if (st == PUMP_FINISHED) return 0;
+        more |= st == PUMP_MORE;
+    }
+    if (r->dir[0].shut && r->dir[1].shut) {
+        relay_finish(r, MWI_RELAY_EOF, 0);
+        return 0;
+    }
+    return more;
+}
+
+uint64_t relay_deadline(const mwi_relay *r)
+{
+    uint64_t dl = UINT64_MAX;
+    if (r->idle_ms) dl = r->last_active_ms + r->idle_ms;
+    if (r->close_ms && r->half_closed_ms && r->half_closed_ms + r->close_ms < dl)
+        dl = r->half_closed_ms + r->close_ms;
+    return dl;
+}
+
+static void drop_dir_buffers(mwi_engine *eng, mwi_dir *d)
+{
+    if (d->pipe_r >= 0) {
+        if (d->in_pipe == 0) {
+            pool_put_pipe(eng, d);
+        } else {                       /* undelivered bytes: this pipe cannot be reused */
+            close(d->pipe_r);
+            close(d->pipe_w);
+            d->pipe_r = d->pipe_w = -1;
+            d->in_pipe = 0;
+        }
+    }
+    if (d->buf != NULL) pool_put_buf(eng, d);
+}
+
+void relay_finish(mwi_relay *r, mwi_relay_reason reason, int err)
+{
+    mwi_engine *eng = r->eng;
+    if (r->state == RS_FINISHED) return;
+    if (r->state == RS_LIVE) {
+        /* explicit DEL: if anyone holds a dup of an fd, close() alone would leave it armed */
+        epoll_ctl(eng->epfd, EPOLL_CTL_DEL, r->fd[0], NULL);
+        epoll_ctl(eng->epfd, EPOLL_CTL_DEL, r->fd[1], NULL);
+    }
+    if (reason == MWI_RELAY_RESET_A || reason == MWI_RELAY_RESET_B) {
+        /* pass the reset on: the surviving side's peer gets an RST, not a clean FIN */
+        struct linger lg = { 1, 0 };
+        int other = r->fd[reason == MWI_RELAY_RESET_A ? 1 : 0];
+        setsockopt(other, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    drop_dir_buffers(eng, &r->dir[0]);
+    drop_dir_buffers(eng, &r->dir[1]);
+    close(r->fd[0]);
+    close(r->fd[1]);
+    r->fd[0] = r->fd[1] = -1;
+    r->reason = reason;
+    r->err = err;
+    r->state = RS_FINISHED;
+    engine_forget(eng, r);
+}
+
+const char *mwi_relay_reason_name(mwi_relay_reason reason)
+{
+    static const char *const names[MWI_RELAY_REASON_COUNT] = {
+        "running", "eof", "reset_a", "reset_b", "idle_timeout", "close_timeout",
+        "closed", "error",
+    };
+    return (unsigned)reason < MWI_RELAY_REASON_COUNT ? names[reason] : "?";
+}
+
+void mwi_relay_stats_get(const mwi_relay *r, mwi_relay_stats *out)
+{
+    for (int i = 0; i < 2; i++) {
+        out->bytes[i] = __atomic_load_n(&r->dir[i].bytes, __ATOMIC_RELAXED);
+        out->chunks[i] = __atomic_load_n(&r->dir[i].chunks, __ATOMIC_RELAXED);
+    }
+}
+
+uint64_t mwi_relay_user(const mwi_relay *r) { return r->user; }
+mwi_relay_reason mwi_relay_reason_get(const mwi_relay *r) { return r->reason; }
+int mwi_relay_errno(const mwi_relay *r) { return r->err; }

@@ -1,0 +1,80 @@
+/* mwi_relay: moves bytes both ways between two connected stream sockets, off the GIL.
+ *
+ * Pure C, no Python. An engine owns one worker thread running epoll (edge-triggered) over
+ * every relay it carries; the owner of the engine (the asyncio loop thread) talks to it
+ * through two queues and two eventfds:
+ *
+ *   owner --(start/close/release flags on the relay, wake eventfd)--> worker
+ *   worker --(finished relays, done eventfd)--> owner
+ *
+ * Why a worker thread and not loop.add_reader per socket: a readiness callback from the
+ * loop is a Python call per chunk (GIL, frame, argument tuple: ~1-2 us each, and it
+ * serialises the data path with every other coroutine). The worker moves data with no
+ * Python at all; the loop hears from it only when a relay ends, once per relay. Nothing
+ * costs O(open relays): events are per ready socket, timeouts sit in a lazy min-heap.
+ *
+ * Plain sockets are joined with splice() through a pipe taken from a pool only while
+ * bytes are in flight (idle relays hold no pipe and no buffer); where splice is refused
+ * the relay falls back to recv/send through a pooled buffer.
+ */
+#ifndef MWI_RELAY_H
+#define MWI_RELAY_H
+
+#include <stdint.h>
+
+typedef struct mwi_engine mwi_engine;
+typedef struct mwi_relay mwi_relay;
+
+typedef enum mwi_relay_reason {
+    MWI_RELAY_RUNNING = 0,
+    MWI_RELAY_EOF,            /* both directions ended cleanly (half-closes propagated) */
+    MWI_RELAY_RESET_A,        /* side A reset the connection (or vanished while written to) */
+    MWI_RELAY_RESET_B,
+    MWI_RELAY_IDLE_TIMEOUT,   /* no byte moved for idle_ms */
+    MWI_RELAY_CLOSE_TIMEOUT,  /* one side closed and the other did not follow within close_ms */
+    MWI_RELAY_CLOSED,         /* the owner asked (mwi_relay_close, or engine shutdown) */
+    MWI_RELAY_ERROR,          /* any other failure; see mwi_relay_errno */
+    MWI_RELAY_REASON_COUNT
+} mwi_relay_reason;
+
+typedef struct mwi_relay_stats {
+    uint64_t bytes[2];        /* [0]: A to B, [1]: B to A; bytes delivered to the receiver */
+    uint64_t chunks[2];       /* reads that moved data */
+} mwi_relay_stats;
+
+typedef struct mwi_engine_config {
+    uint32_t pipe_size;       /* bytes per splice pipe (0: 256 KiB) */
+    uint32_t buf_size;        /* bytes per fallback buffer (0: 64 KiB) */
+    uint32_t pool_max;        /* idle pipes and buffers kept for reuse (0: 64) */
+    int use_splice;           /* 0 forces the recv/send path (for tests and benchmarks) */
+} mwi_engine_config;
+
+/* Engine lifetime (owner thread). mwi_engine_new returns NULL and sets *err (errno). */
+mwi_engine *mwi_engine_new(const mwi_engine_config *cfg, int *err);
+int mwi_engine_done_fd(const mwi_engine *eng);   /* readable when relays have finished */
+/* Stops the worker, closes every relay still open, frees all. Relays popped from the
+ * done queue but not released are freed too: the owner must not touch them after this. */
+void mwi_engine_free(mwi_engine *eng);
+
+/* Relay lifetime (owner thread). The relay owns fd_a and fd_b from creation: they are
+ * closed when it finishes, or by mwi_relay_free if it was never started. Timeouts in ms,
+ * 0 = none. `user` is returned untouched for the owner's bookkeeping. */
+mwi_relay *mwi_relay_new(mwi_engine *eng, int fd_a, int fd_b, uint32_t idle_ms,
+                         uint32_t close_ms, uint64_t user);
+int mwi_relay_start(mwi_relay *r);               /* 0, or errno (fds not sockets, ...) */
+void mwi_relay_close(mwi_relay *r);              /* ask to end; finishes as CLOSED */
+/* Once finished (popped from the done queue), or never started: hand the relay back. */
+void mwi_relay_release(mwi_relay *r);
+
+/* Owner: clear the done eventfd and pop finished relays one by one (NULL when empty). */
+void mwi_engine_ack_done(mwi_engine *eng);
+mwi_relay *mwi_engine_pop_done(mwi_engine *eng);
+
+/* Safe from the owner thread at any time (counters are read atomically). */
+void mwi_relay_stats_get(const mwi_relay *r, mwi_relay_stats *out);
+uint64_t mwi_relay_user(const mwi_relay *r);
+mwi_relay_reason mwi_relay_reason_get(const mwi_relay *r);  /* valid once popped */
+int mwi_relay_errno(const mwi_relay *r);
+const char *mwi_relay_reason_name(mwi_relay_reason reason);
+
+#endif

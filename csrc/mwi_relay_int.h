@@ -1,0 +1,99 @@
+/* Internal layout shared by mwi_relay.c (the per-relay pump) and mwi_engine.c (the worker
+ * thread, queues, pools and timers). Not part of the API. */
+#ifndef MWI_RELAY_INT_H
+#define MWI_RELAY_INT_H
+
+#include "mwi_relay.h"
+
+#include <pthread.h>
+#include <stddef.h>
+
+/* owner -> worker requests, set as flags on the relay and handled in this order */
+#define MWI_CMD_START    1u
+#define MWI_CMD_CLOSE    2u
+#define MWI_CMD_RELEASE  4u
+
+typedef enum relay_state {
+    RS_NEW = 0,       /* created, not yet seen by the worker */
+    RS_LIVE,          /* registered with epoll */
+    RS_FINISHED,      /* fds closed, on (or headed to) the done queue */
+} relay_state;
+
+/* One direction of a relay: bytes read from src and not yet written to dst sit either in
+ * a pooled pipe (splice path) or in a pooled buffer (fallback path), never both. */
+typedef struct mwi_dir {
+    int pipe_r, pipe_w;       /* -1 when no pipe is attached */
+    size_t in_pipe;
+    uint8_t *buf;             /* NULL when no buffer is attached */
+    uint32_t buf_off, buf_len;
+    uint8_t eof;              /* src said EOF */
+    uint8_t shut;             /* ...and dst got shutdown(SHUT_WR) after the last byte */
+    uint64_t bytes, chunks;   /* written by the worker, read atomically by the owner */
+} mwi_dir;
+
+struct mwi_relay {
+    mwi_engine *eng;
+    int fd[2];                /* [0] = A, [1] = B */
+    mwi_dir dir[2];           /* [0]: A to B, [1]: B to A */
+    relay_state state;
+    mwi_relay_reason reason;
+    int err;
+    uint32_t idle_ms, close_ms;
+    uint64_t last_active_ms, half_closed_ms;
+    size_t heap_idx;          /* position in the timer heap, SIZE_MAX when not in it */
+    uint64_t heap_key;        /* deadline when last sifted; the true one is never earlier */
+    unsigned cmd;             /* MWI_CMD_* pending, guarded by eng->lock */
+    mwi_relay *cmd_next;      /* on eng->cmd_head while cmd != 0 */
+    unsigned cmd_taken;       /* worker: requests taken in this batch */
+    mwi_relay *work_next;
+    int owner_started;        /* owner thread only */
+    mwi_relay *done_next;
+    mwi_relay *live_prev, *live_next;
+    mwi_relay *ready_prev, *ready_next;   /* on eng->ready while `ready` */
+    uint8_t ready;
+    uint8_t no_splice;        /* splice refused (EINVAL) for these fds: buffers only */
+    uint64_t user;
+};
+
+typedef struct mwi_pool {
+    int (*pipes)[2];
+    uint8_t **bufs;
+    uint32_t npipes, nbufs, max;
+} mwi_pool;
+
+struct mwi_engine {
+    mwi_engine_config cfg;
+    int epfd, wake_fd, done_fd;
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t lock;             /* guards cmd queue, done queue, stop */
+    mwi_relay *cmd_head, *cmd_tail;
+    mwi_relay *done_head, *done_tail;
+    int stop;
+    /* worker-only state below */
+    mwi_relay *live;                  /* every relay in RS_LIVE */
+    mwi_relay *finished;              /* finished during the current batch */
+    mwi_relay *ready, *ready_tail;    /* spent their budget: run again before sleeping */
+    size_t nready;
+    mwi_relay **heap;
+    size_t heap_len, heap_cap;
+    mwi_pool pool;
+    uint64_t now_ms;
+};
+
+/* mwi_relay.c, called by the worker. relay_pump returns 1 when the relay spent its
+ * budget and must run again before the worker sleeps. */
+int relay_pump(mwi_relay *r);
+void relay_finish(mwi_relay *r, mwi_relay_reason reason, int err);
+uint64_t relay_deadline(const mwi_relay *r);
+
+/* mwi_engine.c, called by the pump */
+int pool_get_pipe(mwi_engine *eng, mwi_dir *d);
+void pool_put_pipe(mwi_engine *eng, mwi_dir *d);
+int pool_get_buf(mwi_engine *eng, mwi_dir *d);
+void pool_put_buf(mwi_engine *eng, mwi_dir *d);
+void timer_reschedule(mwi_engine *eng, mwi_relay *r);
+/* unlink a relay that just finished from every worker structure, queue it for the owner */
+void engine_forget(mwi_engine *eng, mwi_relay *r);
+
+#endif

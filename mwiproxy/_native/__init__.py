@@ -1,0 +1,81 @@
+"""The native core's one door: picks the compiled build or its pure-Python twin.
+
+Everything outside this package imports from here only. The compiled modules are used
+unless MWIPROXY_NO_EXTENSIONS=1 is set or they fail to import (then a warning is issued
+once and the pure-Python twins take over, all of them together; results are identical,
+only slower).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from . import relay_py, tlsrec_py
+from .firstbytes import (
+    KIND_GARBAGE,
+    KIND_HTTP,
+    KIND_NEED_MORE,
+    KIND_PG_CANCEL,
+    KIND_PG_GSSENC,
+    KIND_PG_SSL,
+    KIND_PG_STARTUP,
+    KIND_TLS,
+    FirstBytes,
+)
+from .relaytypes import (
+    REASON_CLOSE_TIMEOUT,
+    REASON_CLOSED,
+    REASON_EOF,
+    REASON_ERROR,
+    REASON_IDLE_TIMEOUT,
+    REASON_RESET_A,
+    REASON_RESET_B,
+    REASONS,
+    RelayStats,
+)
+
+NATIVE: bool = False
+classify = tlsrec_py.classify
+Relay: type[relay_py.Relay] = relay_py.Relay
+close_engine = relay_py.close_engine
+
+if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
+    try:
+        from . import _relay, _tlsrec
+    except ImportError as exc:  # not built, or built for another interpreter
+        warnings.warn(
+            f"mwiproxy native core unavailable ({exc}); using the pure-Python build",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    else:
+        classify = _tlsrec.classify
+        Relay = _relay.Relay  # type: ignore[assignment]
+        close_engine = _relay.close_engine
+        NATIVE = True
+
+__all__ = [
+    "NATIVE",
+    "FirstBytes",
+    "classify",
+    "KIND_GARBAGE",
+    "KIND_HTTP",
+    "KIND_NEED_MORE",
+    "KIND_PG_CANCEL",
+    "KIND_PG_GSSENC",
+    "KIND_PG_SSL",
+    "KIND_PG_STARTUP",
+    "KIND_TLS",
+    "Relay",
+    "RelayStats",
+    "close_engine",
+    "REASONS",
+    "REASON_CLOSE_TIMEOUT",
+    "REASON_CLOSED",
+    "REASON_EOF",
+    "REASON_ERROR",
+    "REASON_IDLE_TIMEOUT",
+    "REASON_RESET_A",
+    "REASON_RESET_B",
+]

@@ -1,0 +1,182 @@
+# cython: language_level=3
+"""Native relay: Python decides, csrc/mwi_relay.c + mwi_engine.c move the bytes.
+
+One Engine (one worker thread) per event loop. The loop hears from the engine only when
+relays end: the engine's done eventfd is watched with loop.add_reader, and each finished
+relay gets its on_done(reason) call there. Nothing here runs per chunk.
+"""
+
+cimport cython
+from libc.stdint cimport uint32_t, uint64_t
+
+import os
+import weakref
+
+from mwiproxy._native.relaytypes import REASON_CLOSED, RelayStats, timeout_ms
+
+_engines: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+cdef class Engine:
+    """The native worker serving one event loop."""
+
+    def __cinit__(self, loop, *, bint use_splice=True, uint32_t pipe_size=0,
+                  uint32_t buf_size=0, uint32_t pool_max=0):
+        cdef mwi_engine_config cfg
+        cdef int err = 0
+        cfg.use_splice = use_splice
+        cfg.pipe_size = pipe_size
+        cfg.buf_size = buf_size
+        cfg.pool_max = pool_max
+        self.eng = mwi_engine_new(&cfg, &err)
+        if self.eng == NULL:
+            raise OSError(err, os.strerror(err))
+        self.running = {}
+        self.next_id = 1
+        self.done_fd = mwi_engine_done_fd(self.eng)
+        self.loop_ref = weakref.ref(loop)
+        loop.add_reader(self.done_fd, self._drain)
+
+    def __dealloc__(self):
+        if self.eng != NULL:
+            mwi_engine_free(self.eng)
+            self.eng = NULL
+
+    def _drain(self):
+        cdef mwi_relay *r
+        cdef Relay relay
+        mwi_engine_ack_done(self.eng)
+        while True:
+            r = mwi_engine_pop_done(self.eng)
+            if r == NULL:
+                return
+            relay = self.running.pop(mwi_relay_user(r))
+            relay._finished(mwi_relay_reason_name(mwi_relay_reason_get(r)).decode("ascii"),
+                            mwi_relay_errno(r))
+
+    def close(self):
+        """Stop the worker; relays still running end as "closed"."""
+        cdef Relay relay
+        if self.eng == NULL:
+            return
+        loop = self.loop_ref()
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.done_fd)
+        self._drain()
+        for relay in self.running.values():
+            relay._final = relay._stats_now()
+        mwi_engine_free(self.eng)   # joins the worker: every relay is closed and freed
+        self.eng = NULL
+        running, self.running = self.running, {}
+        for relay in running.values():
+            relay.r = NULL
+            relay._finished(REASON_CLOSED, 0)
+
+    @property
+    def relays_running(self):
+        return len(self.running)
+
+
+def engine_for(loop, **config):
+    """The engine serving `loop`, created on first use (with `config`, see Engine)."""
+    engine = _engines.get(loop)
+    if engine is None:
+        engine = _engines[loop] = Engine(loop, **config)
+    return engine
+
+
+def close_engine(loop):
+    engine = _engines.pop(loop, None)
+    if engine is not None:
+        engine.close()
+
+
+@cython.no_gc_clear
+cdef class Relay:
+    """Joins two connected stream sockets (it owns both fds from here on)."""
+
+    def __init__(self, loop, int fd_a, int fd_b, on_done=None, idle_timeout=None,
+                 close_timeout=None):
+        cdef Engine engine = engine_for(loop)
+        cdef uint32_t idle = timeout_ms(idle_timeout)
+        cdef uint32_t closing = timeout_ms(close_timeout)
+        if fd_a < 0 or fd_b < 0 or fd_a == fd_b:
+            raise ValueError("two distinct open fds are needed")
+        self.engine = engine
+        self.on_done = on_done
+        self.rid = engine.next_id
+        engine.next_id += 1
+        self.r = mwi_relay_new(engine.eng, fd_a, fd_b, idle, closing, self.rid)
+        if self.r == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        # A relay the worker never saw is ours to free; a started one belongs to the
+        # engine until it is popped as finished (then _finished released it already).
+        if self.r != NULL and not self.started:
+            mwi_relay_release(self.r)
+        self.r = NULL
+
+    def start(self):
+        cdef int err
+        if self.started or self.r == NULL:
+            raise RuntimeError("relay already started")
+        err = mwi_relay_start(self.r)
+        if err != 0:
+            raise OSError(err, os.strerror(err))
+        self.started = True
+        self.engine.running[self.rid] = self
+
+    def close(self):
+        """Ask the relay to end; on_done("closed") follows unless it ended already."""
+        if self.r == NULL:
+            return
+        if self.started:
+            mwi_relay_close(self.r)
+        else:
+            mwi_relay_release(self.r)
+            self.r = NULL
+            self._final = RelayStats(0, 0, 0, 0)
+            self._reason = REASON_CLOSED
+
+    def stats(self):
+        if self._final is not None:
+            return self._final
+        return self._stats_now()
+
+    @property
+    def done(self):
+        return self._reason is not None
+
+    @property
+    def reason(self):
+        return self._reason
+
+    @property
+    def errno(self):
+        return self._errno
+
+    cdef object _stats_now(self):
+        cdef mwi_relay_stats st
+        if self.r == NULL:
+            return RelayStats(0, 0, 0, 0)
+        mwi_relay_stats_get(self.r, &st)
+        return RelayStats(st.bytes[0], st.bytes[1], st.chunks[0], st.chunks[1])
+
+    cdef void _finished(self, str reason, int err):
+        if self.r != NULL:
+            self._final = self._stats_now()
+            mwi_relay_release(self.r)
+            self.r = NULL
+        self._reason = reason
+        self._errno = err
+        cb, self.on_done = self.on_done, None
+        if cb is not None:
+            try:
+                cb(reason)
+            except BaseException as exc:
+                loop = self.engine.loop_ref()
+                if loop is None:
+                    raise
+                loop.call_exception_handler({"message": "relay on_done callback failed",
+                                             "exception": exc})

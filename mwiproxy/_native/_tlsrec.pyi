@@ -1,0 +1,3 @@
+from .firstbytes import FirstBytes
+
+def classify(data: bytes | bytearray | memoryview) -> FirstBytes: ...

@@ -1,0 +1,196 @@
+"""Bots and their join tokens; joining and renewal with the generation counter.
+
+A bot joins once with a one-time token and gets a renewable identity with generation 1.
+Each renewal must present the generation the cluster has on record, which is then bumped
+(compare-and-swap). A mismatch means two holders of one identity — possibly a stolen
+certificate — so the bot is locked and the event audited.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from mwiproxy.auth import audit
+from mwiproxy.auth.errors import AccessDenied, AlreadyExists, BadRequest, Locked, NotFound
+from mwiproxy.auth.locks import LockService, describe
+from mwiproxy.auth.storage.base import BotRecord, Storage, TokenRecord, TokenUnusable
+from mwiproxy.identity import oids
+from mwiproxy.identity.authorities import AuthoritySet, PublicKey
+from mwiproxy.identity.certs import Identity
+
+DEFAULT_TOKEN_TTL = 3600.0
+MAX_BOT_TTL = dt.timedelta(hours=24)
+BOT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,59}$")
+
+
+def token_id(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def bot_user(name: str) -> str:
+    return f"bot-{name}"
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    secret: str
+    record: TokenRecord
+
+
+class BotService:
+    def __init__(
+        self, storage: Storage, cas: AuthoritySet, locks: LockService,
+        audit_log: audit.AuditLog, cluster: str, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._storage = storage
+        self._cas = cas
+        self._locks = locks
+        self._audit = audit_log
+        self._cluster = cluster
+        self._clock = clock
+
+    # bots
+    def add(self, name: str, roles: list[str], *, token_ttl: float | None = None,
+            by: str = "") -> tuple[BotRecord, IssuedToken]:
+        if not BOT_NAME_RE.match(name):
+            raise BadRequest(f"invalid bot name {name!r}: use lowercase letters, digits, . _ -")
+        self._require_roles(roles)
+        now = self._clock()
+        bot = BotRecord(name=name, roles=sorted(set(roles)), generation=0, created=now)
+        if not self._storage.create_bot(bot):
+            raise AlreadyExists(f"bot {name!r} already exists")
+        self._audit.emit(audit.BOT_CREATE, bot=name, roles=bot.roles, by=by)
+        return bot, self.add_token(name, ttl=token_ttl, by=by)
+
+    def update(self, name: str, *, add: Sequence[str] = (), remove: Sequence[str] = (),
+               set_roles: list[str] | None = None, by: str = "") -> BotRecord:
+        bot = self.get(name)
+        self._require_roles(list(add) + list(set_roles or []))
+        roles = set(bot.roles if set_roles is None else set_roles)
+        roles |= set(add)
+        missing = set(remove) - roles
+        if missing:
+            raise BadRequest(f"bot {name!r} does not have role(s) {', '.join(sorted(missing))}")
+        roles -= set(remove)
+        bot.roles = sorted(roles)
+        self._storage.set_bot_roles(name, bot.roles)
+        self._audit.emit(audit.BOT_UPDATE, bot=name, roles=bot.roles, by=by)
+        return bot
+
+    def get(self, name: str) -> BotRecord:
+        bot = self._storage.get_bot(name)
+        if bot is None:
+            raise NotFound(f"bot {name!r} not found")
+        return bot
+
+    def list_bots(self) -> list[BotRecord]:
+        return self._storage.list_bots()
+
+    def remove(self, name: str, *, by: str = "") -> None:
+        if not self._storage.delete_bot(name):
+            raise NotFound(f"bot {name!r} not found")
+        self._audit.emit(audit.BOT_DELETE, bot=name, by=by)
+
+    def _require_roles(self, roles: list[str]) -> None:
+        unknown = [r for r in roles if self._storage.get_role(r) is None]
+        if unknown:
+            raise NotFound(f"role(s) not found: {', '.join(unknown)}")
+
+    # tokens
+    def add_token(self, bot_name: str, *, ttl: float | None = None, by: str = "") -> IssuedToken:
+        self.get(bot_name)
+        ttl = DEFAULT_TOKEN_TTL if ttl is None else ttl
+        if ttl <= 0:
+            raise BadRequest("token TTL must be positive")
+        secret = secrets.token_hex(16)
+        now = self._clock()
+        rec = TokenRecord(token_id(secret), "bot", bot_name, now + ttl, now)
+        self._storage.create_token(rec)
+        self._audit.emit(audit.TOKEN_CREATE, token_id=rec.token_id[:12], bot=bot_name,
+                         expires=rec.expires, by=by)
+        return IssuedToken(secret, rec)
+
+    def list_tokens(self) -> list[TokenRecord]:
+        return self._storage.list_tokens()
+
+    def remove_token(self, token_or_id: str, *, by: str = "") -> None:
+        key = token_or_id
+        if not re.fullmatch(r"[0-9a-f]{12,64}", key) or len(key) == 32:
+            key = token_id(token_or_id)  # the secret itself was given
+        if self._storage.delete_token(key) == 0:
+            raise NotFound("token not found")
+        self._audit.emit(audit.TOKEN_DELETE, token_id=key[:12], by=by)
+
+    # join and renew
+    def join(self, secret: str, public_key: PublicKey, ttl: dt.timedelta,
+             remote: str = "") -> tuple[Identity, bytes]:
+        try:
+            tok = self._storage.consume_token(token_id(secret), self._clock())
+        except TokenUnusable as e:
+            self._audit.emit(audit.BOT_JOIN_FAILED, reason=str(e), remote=remote)
+            raise AccessDenied(f"join refused: {e}") from None
+        bot = self._storage.get_bot(tok.bot_name)
+        if bot is None:
+            raise AccessDenied("join refused: the token's bot no longer exists")
+        self._refuse_if_locked(bot, "join")
+        # A fresh join starts a new lineage; an older copy that renews later will mismatch.
+        self._storage.set_generation(bot.name, 1, self._clock())
+        instance = str(uuid.uuid4())
+        ident, pem = self._sign_bot(bot, 1, instance, public_key, ttl)
+        self._audit.emit(audit.BOT_JOIN, bot=bot.name, bot_instance_id=instance,
+                         token_id=tok.token_id[:12], remote=remote, generation=1)
+        return ident, pem
+
+    def renew(self, caller: Identity, public_key: PublicKey, ttl: dt.timedelta,
+              remote: str = "") -> tuple[Identity, bytes]:
+        if not caller.is_bot or not caller.renewable or oids.USAGE_BOT not in caller.usage:
+            raise AccessDenied("only a renewable bot identity can be renewed")
+        bot = self._storage.get_bot(caller.bot_name)
+        if bot is None:
+            raise AccessDenied(f"bot {caller.bot_name!r} no longer exists")
+        self._refuse_if_locked(bot, "renew")
+        if not self._storage.bump_generation(bot.name, caller.generation, self._clock()):
+            self._on_generation_mismatch(bot.name, caller, remote)
+        new_gen = caller.generation + 1
+        ident, pem = self._sign_bot(bot, new_gen, caller.bot_instance_id, public_key, ttl)
+        self._audit.emit(audit.BOT_RENEW, bot=bot.name, generation=new_gen, remote=remote)
+        return ident, pem
+
+    def _on_generation_mismatch(self, name: str, caller: Identity, remote: str) -> None:
+        stored = self.get(name).generation
+        msg = (f"bot generation mismatch (presented {caller.generation}, expected {stored}): "
+               "possibly a stolen certificate")
+        self._audit.emit(audit.BOT_GENERATION_MISMATCH, bot=name, presented=caller.generation,
+                         expected=stored, remote=remote)
+        self._locks.create("bot", name, message=msg, by="mwiproxy")
+        raise Locked(f"renewal refused and bot locked: {msg}")
+
+    def _refuse_if_locked(self, bot: BotRecord, action: str) -> None:
+        lock = self._locks.find(bot=bot.name, user=bot_user(bot.name), roles=bot.roles)
+        if lock is not None:
+            self._audit.emit(audit.BOT_RENEW_FAILED if action == "renew" else
+                             audit.BOT_JOIN_FAILED, bot=bot.name, reason=describe(lock))
+            raise Locked(f"{action} refused: {describe(lock)}")
+
+    def _sign_bot(self, bot: BotRecord, generation: int, instance: str,
+                  public_key: PublicKey, ttl: dt.timedelta) -> tuple[Identity, bytes]:
+        from mwiproxy.identity.authorities import cert_pem
+
+        ttl = min(ttl, MAX_BOT_TTL)
+        ident = Identity(
+            user=bot_user(bot.name), roles=(bot_user(bot.name),), usage=(oids.USAGE_BOT,),
+            bot_name=bot.name, bot_instance_id=instance, generation=generation,
+            renewable=True, cluster=self._cluster,
+        )
+        cert = self._cas["user"].sign_identity(ident, public_key, ttl)
+        self._audit.emit(audit.CERT_CREATE, user=ident.user, usage="bot", generation=generation,
+                         serial=format(cert.serial_number, "x"),
+                         expires=cert.not_valid_after_utc.timestamp())
+        return ident, cert_pem(cert)

@@ -1,0 +1,129 @@
+"""A small synchronous client of the auth API, used by mwictl and the bot.
+
+It dials the cluster proxy's single port with TLS, offers the `mwi-auth` ALPN protocol,
+verifies the proxy against the host CA, and presents a client certificate when it has
+one. Before a bot has joined it has no CA to verify with: `fetch_cas_pinned` reads the
+CAs over an unverified connection and accepts them only if the host CA matches a pin.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import ssl
+from typing import Any
+
+from cryptography import x509
+
+from mwiproxy.auth.errors import ERRORS_BY_CODE, AuthError
+from mwiproxy.identity.authorities import spki_pin
+from mwiproxy.identity.identityfile import IdentityFile
+from mwiproxy.identity.tlsctx import client_context
+from mwiproxy.wire import alpn
+from mwiproxy.wire.frames import FrameError, encode, recv_frame
+
+DEFAULT_TIMEOUT = 15.0
+
+
+class ClusterUnreachable(AuthError):
+    code = "unreachable"
+
+
+def split_addr(addr: str, default_port: int = 3080) -> tuple[str, int]:
+    addr = addr.removeprefix("tcp://").removeprefix("https://")
+    if addr.startswith("["):
+        host, _, rest = addr[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        host, sep, port = addr.rpartition(":")
+        if not sep:
+            host, port = addr, ""
+    try:
+        return host or "127.0.0.1", int(port) if port else default_port
+    except ValueError:
+        raise ValueError(f"invalid address {addr!r}: expected host:port") from None
+
+
+class AuthClient:
+    def __init__(
+        self, addr: str, *, ca_pems: bytes | None, cert_pem: bytes | None = None,
+        key_pem: bytes | None = None, server_name: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.host, self.port = split_addr(addr)
+        self.server_name = server_name or ("localhost" if self.host in ("127.0.0.1", "::1")
+                                           else self.host)
+        self._ctx = client_context(ca_pems, cert_pem, key_pem, alpn=[alpn.AUTH])
+        self._timeout = timeout
+        self._sock: ssl.SSLSocket | None = None
+        self._ids = itertools.count(1)
+
+    @classmethod
+    def from_identity(cls, addr: str, ident: IdentityFile, **kw: Any) -> AuthClient:
+        return cls(addr, ca_pems=b"".join(ident.ca_pems), cert_pem=ident.cert_pem,
+                   key_pem=ident.key_pem, **kw)
+
+    def _connect(self) -> ssl.SSLSocket:
+        if self._sock is None:
+            try:
+                raw = socket.create_connection((self.host, self.port), timeout=self._timeout)
+            except OSError as e:
+                raise ClusterUnreachable(
+                    f"cannot reach the cluster at {self.host}:{self.port}: {e}") from None
+            try:
+                self._sock = self._ctx.wrap_socket(raw, server_hostname=self.server_name)
+            except ssl.SSLCertVerificationError as e:
+                raw.close()
+                raise AuthError(f"the cluster's certificate is not trusted: {e.verify_message}"
+                                ) from None
+            except (ssl.SSLError, OSError) as e:
+                raw.close()
+                raise ClusterUnreachable(f"TLS handshake with the cluster failed: {e}") from None
+            if self._sock.selected_alpn_protocol() != alpn.AUTH:
+                self.close()
+                raise ClusterUnreachable("the server at that address is not an mwiproxy cluster")
+        return self._sock
+
+    def call(self, method: str, **params: Any) -> Any:
+        sock = self._connect()
+        msg_id = next(self._ids)
+        try:
+            sock.sendall(encode({"id": msg_id, "method": method, "params": params}))
+            reply = recv_frame(sock)
+        except (OSError, FrameError) as e:
+            self.close()
+            raise ClusterUnreachable(f"lost the connection to the cluster: {e}") from None
+        if "error" in reply:
+            err = reply["error"] or {}
+            cls = ERRORS_BY_CODE.get(err.get("code", ""), AuthError)
+            raise cls(err.get("message", "unknown error"))
+        return reply.get("result")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+
+    def __enter__(self) -> AuthClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def fetch_cas_pinned(addr: str, pins: list[str], timeout: float = DEFAULT_TIMEOUT
+                     ) -> dict[str, str]:
+    """Read the cluster's CA certificates and check the host CA against a pin."""
+    with AuthClient(addr, ca_pems=None, timeout=timeout) as unverified:
+        cas = unverified.call("get_cas")
+    host = x509.load_pem_x509_certificate(cas["host"].encode())
+    pin = spki_pin(host)
+    if pin not in pins:
+        raise AuthError(f"the cluster's host CA pin {pin} matches none of the configured "
+                        "ca_pins: refusing to trust it")
+    # Confirm the server we talked to really holds a certificate from that CA.
+    with AuthClient(addr, ca_pems=cas["host"].encode(), timeout=timeout) as verified:
+        verified.call("ping")
+    return dict(cas)

@@ -1,0 +1,137 @@
+"""The storage interface of the control plane.
+
+Every backend (SQLite now, PostgreSQL later) stores the same records and gives the same
+guarantees: token use and bot generation bumps are atomic compare-and-swap operations,
+and the audit log is append-only.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class BotRecord:
+    name: str
+    roles: list[str]
+    generation: int = 0
+    traits: dict[str, list[str]] = field(default_factory=dict)
+    created: float = 0.0
+    last_seen: float = 0.0
+
+
+@dataclass
+class TokenRecord:
+    token_id: str  # sha256 of the secret, hex; the secret itself is never stored
+    kind: str
+    bot_name: str
+    expires: float
+    created: float
+    used_at: float | None = None
+
+
+@dataclass
+class LockRecord:
+    lock_id: str
+    target_kind: str  # "bot" | "role" | "user"
+    target: str
+    message: str
+    expires: float | None
+    created: float
+
+
+@dataclass
+class AuditEvent:
+    event_id: int
+    time: float
+    type: str
+    fields: dict[str, Any]
+
+
+class TokenUnusable(Exception):
+    """A join token is unknown, already used or expired."""
+
+
+class Storage(abc.ABC):
+    # roles: stored as the role's dict form
+    @abc.abstractmethod
+    def put_role(self, name: str, role: dict[str, Any], *, overwrite: bool) -> bool:
+        """Store a role; returns False when it exists and overwrite is False."""
+
+    @abc.abstractmethod
+    def get_role(self, name: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def list_roles(self) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def delete_role(self, name: str) -> bool: ...
+
+    # bots
+    @abc.abstractmethod
+    def create_bot(self, bot: BotRecord) -> bool: ...
+
+    @abc.abstractmethod
+    def get_bot(self, name: str) -> BotRecord | None: ...
+
+    @abc.abstractmethod
+    def list_bots(self) -> list[BotRecord]: ...
+
+    @abc.abstractmethod
+    def set_bot_roles(self, name: str, roles: list[str]) -> bool: ...
+
+    @abc.abstractmethod
+    def delete_bot(self, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    def bump_generation(self, name: str, expected: int, now: float) -> bool:
+        """Compare-and-swap: generation expected → expected + 1. False on mismatch."""
+
+    @abc.abstractmethod
+    def set_generation(self, name: str, generation: int, now: float) -> None:
+        """Start a new lineage (a fresh join)."""
+
+    # join tokens
+    @abc.abstractmethod
+    def create_token(self, token: TokenRecord) -> None: ...
+
+    @abc.abstractmethod
+    def list_tokens(self) -> list[TokenRecord]: ...
+
+    @abc.abstractmethod
+    def delete_token(self, token_id_prefix: str) -> int: ...
+
+    @abc.abstractmethod
+    def consume_token(self, token_id: str, now: float) -> TokenRecord:
+        """Mark a token used, atomically; raises TokenUnusable saying why."""
+
+    # locks
+    @abc.abstractmethod
+    def create_lock(self, lock: LockRecord) -> None: ...
+
+    @abc.abstractmethod
+    def list_locks(self, now: float | None = None) -> list[LockRecord]: ...
+
+    @abc.abstractmethod
+    def delete_lock(self, lock_id: str) -> bool: ...
+
+    # audit (append-only)
+    @abc.abstractmethod
+    def append_audit(self, time: float, type: str, fields: dict[str, Any]) -> int: ...
+
+    @abc.abstractmethod
+    def query_audit(
+        self, *, since: float | None = None, types: list[str] | None = None, limit: int = 1000
+    ) -> list[AuditEvent]: ...
+
+    # small cluster facts (e.g. the cluster name a data dir was created for)
+    @abc.abstractmethod
+    def get_meta(self, key: str) -> str | None: ...
+
+    @abc.abstractmethod
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

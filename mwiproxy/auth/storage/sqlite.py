@@ -1,0 +1,211 @@
+"""SQLite storage: one file under the data dir, WAL mode, one connection per process."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from typing import Any
+
+from mwiproxy.auth.storage.base import (
+    AuditEvent,
+    BotRecord,
+    LockRecord,
+    Storage,
+    TokenRecord,
+    TokenUnusable,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS roles (
+    name TEXT PRIMARY KEY, body TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS bots (
+    name TEXT PRIMARY KEY, roles TEXT NOT NULL, generation INTEGER NOT NULL,
+    traits TEXT NOT NULL, created REAL NOT NULL, last_seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id TEXT PRIMARY KEY, kind TEXT NOT NULL, bot_name TEXT NOT NULL,
+    expires REAL NOT NULL, created REAL NOT NULL, used_at REAL);
+CREATE TABLE IF NOT EXISTS locks (
+    lock_id TEXT PRIMARY KEY, target_kind TEXT NOT NULL, target TEXT NOT NULL,
+    message TEXT NOT NULL, expires REAL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, type TEXT NOT NULL,
+    fields TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"""
+
+
+class SQLiteStorage(Storage):
+    def __init__(self, path: str) -> None:
+        new = not os.path.exists(path)
+        if new:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _x(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        with self._lock:
+            return self._db.execute(sql, args).rowcount
+
+    # roles
+    def put_role(self, name: str, role: dict[str, Any], *, overwrite: bool) -> bool:
+        import time
+
+        verb = "INSERT OR REPLACE" if overwrite else "INSERT OR IGNORE"
+        return self._x(f"{verb} INTO roles VALUES (?, ?, ?)",
+                       (name, json.dumps(role), time.time())) == 1
+
+    def get_role(self, name: str) -> dict[str, Any] | None:
+        rows = self._q("SELECT body FROM roles WHERE name = ?", (name,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def list_roles(self) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in self._q("SELECT body FROM roles ORDER BY name")]
+
+    def delete_role(self, name: str) -> bool:
+        return self._x("DELETE FROM roles WHERE name = ?", (name,)) == 1
+
+    # bots
+    @staticmethod
+    def _bot(row: tuple[Any, ...]) -> BotRecord:
+        return BotRecord(row[0], json.loads(row[1]), row[2], json.loads(row[3]), row[4], row[5])
+
+    def create_bot(self, bot: BotRecord) -> bool:
+        return self._x(
+            "INSERT OR IGNORE INTO bots VALUES (?, ?, ?, ?, ?, ?)",
+            (bot.name, json.dumps(bot.roles), bot.generation, json.dumps(bot.traits),
+             bot.created, bot.last_seen),
+        ) == 1
+
+    def get_bot(self, name: str) -> BotRecord | None:
+        rows = self._q("SELECT * FROM bots WHERE name = ?", (name,))
+        return self._bot(rows[0]) if rows else None
+
+    def list_bots(self) -> list[BotRecord]:
+        return [self._bot(r) for r in self._q("SELECT * FROM bots ORDER BY name")]
+
+    def set_bot_roles(self, name: str, roles: list[str]) -> bool:
+        return self._x("UPDATE bots SET roles = ? WHERE name = ?", (json.dumps(roles), name)) == 1
+
+    def delete_bot(self, name: str) -> bool:
+        with self._lock:
+            self._db.execute("DELETE FROM tokens WHERE bot_name = ?", (name,))
+            return self._db.execute("DELETE FROM bots WHERE name = ?", (name,)).rowcount == 1
+
+    def bump_generation(self, name: str, expected: int, now: float) -> bool:
+        return self._x(
+            "UPDATE bots SET generation = generation + 1, last_seen = ? "
+            "WHERE name = ? AND generation = ?",
+            (now, name, expected),
+        ) == 1
+
+    def set_generation(self, name: str, generation: int, now: float) -> None:
+        self._x("UPDATE bots SET generation = ?, last_seen = ? WHERE name = ?",
+                (generation, now, name))
+
+    # tokens
+    @staticmethod
+    def _token(row: tuple[Any, ...]) -> TokenRecord:
+        return TokenRecord(*row)
+
+    def create_token(self, token: TokenRecord) -> None:
+        self._x("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?)",
+                (token.token_id, token.kind, token.bot_name, token.expires, token.created,
+                 token.used_at))
+
+    def list_tokens(self) -> list[TokenRecord]:
+        return [self._token(r) for r in self._q("SELECT * FROM tokens ORDER BY created")]
+
+    def delete_token(self, token_id_prefix: str) -> int:
+        if not token_id_prefix:
+            return 0
+        return self._x("DELETE FROM tokens WHERE substr(token_id, 1, ?) = ?",
+                       (len(token_id_prefix), token_id_prefix))
+
+    def consume_token(self, token_id: str, now: float) -> TokenRecord:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    "SELECT * FROM tokens WHERE token_id = ?", (token_id,)).fetchall()
+                if not rows:
+                    raise TokenUnusable("the token is not known to this cluster")
+                tok = self._token(rows[0])
+                if tok.used_at is not None:
+                    raise TokenUnusable("the token was already used")
+                if tok.expires <= now:
+                    raise TokenUnusable("the token has expired")
+                self._db.execute("UPDATE tokens SET used_at = ? WHERE token_id = ?",
+                                 (now, token_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        tok.used_at = now
+        return tok
+
+    # locks
+    def create_lock(self, lock: LockRecord) -> None:
+        self._x("INSERT INTO locks VALUES (?, ?, ?, ?, ?, ?)",
+                (lock.lock_id, lock.target_kind, lock.target, lock.message, lock.expires,
+                 lock.created))
+
+    def list_locks(self, now: float | None = None) -> list[LockRecord]:
+        if now is None:
+            rows = self._q("SELECT * FROM locks ORDER BY created")
+        else:
+            rows = self._q("SELECT * FROM locks WHERE expires IS NULL OR expires > ? "
+                           "ORDER BY created", (now,))
+        return [LockRecord(*r) for r in rows]
+
+    def delete_lock(self, lock_id: str) -> bool:
+        return self._x("DELETE FROM locks WHERE lock_id = ?", (lock_id,)) == 1
+
+    # audit
+    def append_audit(self, time: float, type: str, fields: dict[str, Any]) -> int:
+        with self._lock:
+            cur = self._db.execute("INSERT INTO audit (time, type, fields) VALUES (?, ?, ?)",
+                                   (time, type, json.dumps(fields, sort_keys=True)))
+            return int(cur.lastrowid or 0)
+
+    def query_audit(
+        self, *, since: float | None = None, types: list[str] | None = None, limit: int = 1000
+    ) -> list[AuditEvent]:
+        sql = "SELECT id, time, type, fields FROM audit WHERE 1=1"
+        args: list[Any] = []
+        if since is not None:
+            sql += " AND time >= ?"
+            args.append(since)
+        if types:
+            sql += f" AND type IN ({','.join('?' * len(types))})"
+            args.extend(types)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        rows = self._q(sql, tuple(args))
+        return [AuditEvent(r[0], r[1], r[2], json.loads(r[3])) for r in reversed(rows)]
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._q("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._x("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

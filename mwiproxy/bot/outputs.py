@@ -1,0 +1,116 @@
+"""Render credentials into the files a bot output writes (Teleport tbot's names).
+
+The file names below are public API: users point their clients at them, so they are
+the names tbot writes (teleport-facts.md §2), defined once here for the bot, the local
+proxy and the tests.
+
+Not written: `key.pub` and `key-cert.pub` (the SSH half of tbot's identity). mwiproxy
+gives database access only and issues no SSH certificates.
+
+CA choices per format:
+- `identity` and `tls.cas` carry the Host CA (what verifies the cluster proxy).
+- `mongo.cas` and `cockroach/ca.crt` carry the Database CA. For cockroach, which CA
+  Teleport writes is not confirmed across versions; the Database CA is the one that
+  signs the database-facing certificates, so a client verifying its server needs it.
+
+Every function returns `{relative name: content}`, ready for
+`DirectoryDestination.write_bundle`, which writes them all-or-nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mwiproxy.bot.credentials import Credentials
+from mwiproxy.identity.identityfile import IdentityFile
+
+KEY = "key"
+TLS_CERT = "tlscert"
+HOST_CA = "teleport-host-ca.crt"
+USER_CA = "teleport-user-ca.crt"
+DATABASE_CA = "teleport-database-ca.crt"
+IDENTITY = "identity"
+WRITE_TEST = ".write-test"
+
+TLS_FORMAT_CERT = "tls.crt"
+TLS_FORMAT_KEY = "tls.key"
+TLS_FORMAT_CAS = "tls.cas"
+MONGO_CERT = "mongo.crt"
+MONGO_CAS = "mongo.cas"
+COCKROACH_DIR = "cockroach"
+COCKROACH_CERT = f"{COCKROACH_DIR}/node.crt"
+COCKROACH_KEY = f"{COCKROACH_DIR}/node.key"
+COCKROACH_CA = f"{COCKROACH_DIR}/ca.crt"
+
+FORMAT_DEFAULT = ""
+FORMAT_TLS = "tls"
+FORMAT_MONGO = "mongo"
+FORMAT_COCKROACH = "cockroach"
+DATABASE_FORMATS = (FORMAT_DEFAULT, FORMAT_TLS, FORMAT_MONGO, FORMAT_COCKROACH)
+
+Files = dict[str, bytes]
+
+
+def render_common(creds: Credentials) -> Files:
+    """The files every credential output writes, whatever its format."""
+    return {
+        KEY: creds.key_pem,
+        TLS_CERT: creds.cert_pem,
+        HOST_CA: b"".join(creds.host_ca_pems),
+        USER_CA: b"".join(creds.user_ca_pems),
+        DATABASE_CA: b"".join(creds.db_ca_pems),
+        IDENTITY: IdentityFile(creds.key_pem, creds.cert_pem, creds.host_ca_pems).render(),
+    }
+
+
+def render_identity_output(creds: Credentials) -> Files:
+    """Files of a `type: identity` service (the bot's own identity, for `mwictl -i`)."""
+    return render_common(creds)
+
+
+def render_database_output(creds: Credentials, fmt: str = FORMAT_DEFAULT) -> Files:
+    """Files of a `type: database` service in the given `format`."""
+    try:
+        extra = _FORMATS[fmt]
+    except KeyError:
+        known = ", ".join(repr(f) for f in DATABASE_FORMATS)
+        raise ValueError(f"unknown database output format {fmt!r} (known: {known})") from None
+    files = render_common(creds)
+    files.update(extra(creds))
+    return files
+
+
+def _no_extra_files(creds: Credentials) -> Files:
+    return {}
+
+
+def _tls_files(creds: Credentials) -> Files:
+    return {
+        TLS_FORMAT_CERT: creds.cert_pem,
+        TLS_FORMAT_KEY: creds.key_pem,
+        TLS_FORMAT_CAS: b"".join(creds.host_ca_pems),
+    }
+
+
+def _mongo_files(creds: Credentials) -> Files:
+    # MongoDB clients take one PEM holding the certificate followed by its key.
+    return {
+        MONGO_CERT: creds.cert_pem + creds.key_pem,
+        MONGO_CAS: b"".join(creds.db_ca_pems),
+    }
+
+
+def _cockroach_files(creds: Credentials) -> Files:
+    return {
+        COCKROACH_CERT: creds.cert_pem,
+        COCKROACH_KEY: creds.key_pem,
+        COCKROACH_CA: b"".join(creds.db_ca_pems),
+    }
+
+
+_FORMATS: dict[str, Callable[[Credentials], Files]] = {
+    FORMAT_DEFAULT: _no_extra_files,
+    FORMAT_TLS: _tls_files,
+    FORMAT_MONGO: _mongo_files,
+    FORMAT_COCKROACH: _cockroach_files,
+}

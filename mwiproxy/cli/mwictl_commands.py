@@ -1,0 +1,246 @@
+"""What each `mwictl` command does: one auth API call, then print."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mwiproxy.auth.client import AuthClient
+from mwiproxy.cli.common import table
+from mwiproxy.config.cluster import default_data_dir
+from mwiproxy.config.durations import parse_duration
+from mwiproxy.identity.authorities import generate_private_key, private_key_pem, public_key_pem
+from mwiproxy.identity.identityfile import read_identity_file
+
+DEFAULT_ADDR = "127.0.0.1:3080"
+
+
+def connect(args: argparse.Namespace) -> AuthClient:
+    data_dir = Path(args.data_dir or default_data_dir())
+    ident_path = args.identity or str(data_dir / "admin" / "identity")
+    if not os.path.exists(ident_path):
+        raise ValueError(f"no identity at {ident_path}: start the cluster first "
+                         "(mwiproxy start) or pass -i FILE")
+    addr = args.auth_server
+    if not addr:
+        info = data_dir / "cluster.json"
+        addr = json.loads(info.read_text())["proxy_addr"] if info.exists() else DEFAULT_ADDR
+    return AuthClient.from_identity(addr, read_identity_file(ident_path))
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _csv(s: str | None) -> list[str]:
+    return [x.strip() for x in (s or "").split(",") if x.strip()]
+
+
+def _dump(obj: Any, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(obj, indent=2, sort_keys=True))
+    else:
+        docs = obj if isinstance(obj, list) else [obj]
+        print(yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False).rstrip())
+
+
+def cmd_status(c: AuthClient, a: argparse.Namespace) -> int:
+    s = c.call("status")
+    print(f"Cluster    {s['cluster_name']}\nVersion    {s['version']}\n"
+          f"CA pin     {s['host_ca_pin']}\nProxy      {s['public_addr']}\n"
+          f"Bots       {s['bots']}\nRoles      {s['roles']}\nDatabases  {s['databases']}\n"
+          f"Locks      {s['locks']}")
+    return 0
+
+
+def cmd_create(c: AuthClient, a: argparse.Namespace) -> int:
+    text = Path(a.filename).read_text()
+    res = c.call("create_roles", yaml=text, filename=a.filename, force=a.force)
+    for name in res["created"]:
+        print(f'role "{name}" has been {"updated" if a.force else "created"}')
+    return 0
+
+
+def cmd_get(c: AuthClient, a: argparse.Namespace) -> int:
+    res = a.resource
+    if res in ("roles", "role"):
+        _dump(c.call("get_roles"), a.format)
+    elif res.startswith("role/"):
+        _dump(c.call("get_role", name=res.split("/", 1)[1]), a.format)
+    elif res in ("bots", "bot"):
+        _dump(c.call("bots_ls"), a.format)
+    elif res in ("tokens", "token"):
+        _dump(c.call("tokens_ls"), a.format)
+    elif res in ("db", "dbs", "databases"):
+        _dump(c.call("db_ls"), a.format)
+    else:
+        raise ValueError(f"unknown resource {res!r}: use roles, role/NAME, bots, tokens or db")
+    return 0
+
+
+def cmd_rm(c: AuthClient, a: argparse.Namespace) -> int:
+    kind, _, name = a.resource.partition("/")
+    if kind != "role" or not name:
+        raise ValueError(f"cannot remove {a.resource!r}: use role/NAME")
+    c.call("delete_role", name=name)
+    print(f'role "{name}" has been deleted')
+    return 0
+
+
+def cmd_db(c: AuthClient, a: argparse.Namespace) -> int:
+    dbs = c.call("db_ls")
+    if a.format == "json":
+        _dump(dbs, "json")
+        return 0
+    rows = [(d["name"], d["protocol"], d["uri"],
+             ",".join(f"{k}={v}" for k, v in sorted(d["labels"].items()))) for d in dbs]
+    print(table(["Name", "Protocol", "URI", "Labels"], rows))
+    return 0
+
+
+def cmd_bots(c: AuthClient, a: argparse.Namespace) -> int:
+    if a.sub == "add":
+        res = c.call("bots_add", name=a.name, roles=_csv(a.roles), token_ttl=a.ttl)
+        mins = int(round((res["token_expires"] - time.time()) / 60))
+        addr = c.call("ping")["public_addr"]
+        print(f"The bot token: {res['token']}\nThis token will expire in {mins} minutes.\n\n"
+              "Run this on the new bot node:\n"
+              f"> mwibot start database --proxy-server={addr} --join-method=token "
+              f"--token={res['token']} --destination=./mwibot-db "
+              "--service=SERVICE --database=DATABASE --username=USER\n\n"
+              f"(or put the token in tbot.yaml's onboarding.token and run mwibot start -c "
+              f"tbot.yaml)")
+    elif a.sub == "update":
+        res = c.call("bots_update", name=a.name, add_roles=_csv(a.add_roles),
+                     remove_roles=_csv(a.remove_roles),
+                     **({"set_roles": _csv(a.set_roles)} if a.set_roles is not None else {}))
+        print(f'Bot "{a.name}" has been updated; roles: {", ".join(res["roles"]) or "(none)"}')
+    elif a.sub == "ls":
+        bots = c.call("bots_ls")
+        if a.format == "json":
+            _dump(bots, "json")
+        else:
+            print(table(["Bot", "User", "Roles", "Generation", "Last seen"],
+                        [(b["name"], b["user"], ",".join(b["roles"]), b["generation"],
+                          _when(b["last_seen"] or None)) for b in bots]))
+    elif a.sub == "rm":
+        c.call("bots_rm", name=a.name)
+        print(f'Bot "{a.name}" has been deleted')
+    return 0
+
+
+def cmd_tokens(c: AuthClient, a: argparse.Namespace) -> int:
+    if a.sub == "add":
+        res = c.call("tokens_add", type=a.type, bot_name=a.bot_name, ttl=a.ttl)
+        if a.format == "json":
+            _dump(res, "json")
+        else:
+            print(f"The invite token: {res['token']}\nID: {res['id']}\n"
+                  f"This token will expire at {_when(res['expires'])}.")
+    elif a.sub == "ls":
+        toks = c.call("tokens_ls")
+        if a.format == "json":
+            _dump(toks, "json")
+        else:
+            print(table(["ID", "Type", "Bot", "Expires", "State"],
+                        [(t["id"], t["type"], t["bot_name"], _when(t["expires"]),
+                          "used" if t["used"] else "expired" if t["expired"] else "unused")
+                         for t in toks]))
+    elif a.sub == "rm":
+        c.call("tokens_rm", token=a.token)
+        print("Token has been deleted")
+    return 0
+
+
+def cmd_lock(c: AuthClient, a: argparse.Namespace) -> int:
+    kind, target = ("bot", a.bot) if a.bot else ("role", a.role) if a.role else ("user", a.user)
+    if a.ttl:
+        parse_duration(a.ttl)
+    lock = c.call("lock", target_kind=kind, target=target, message=a.message, ttl=a.ttl)
+    print(f"Created a lock with ID {lock['id']} on {kind} {target!r}"
+          f" (expires {_when(lock['expires'])})")
+    return 0
+
+
+def cmd_locks(c: AuthClient, a: argparse.Namespace) -> int:
+    if a.sub == "rm":
+        c.call("locks_rm", id=a.id)
+        print(f"Lock {a.id} has been deleted")
+        return 0
+    locks = c.call("locks_ls")
+    if a.format == "json":
+        _dump(locks, "json")
+    else:
+        print(table(["ID", "Target", "Message", "Expires"],
+                    [(lk["id"], f"{lk['target_kind']}:{lk['target']}", lk["message"],
+                      _when(lk["expires"])) for lk in locks]))
+    return 0
+
+
+def _since(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return time.time() - parse_duration(value).total_seconds()
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise ValueError(f"--since {value!r}: expected a duration like 1h or an RFC 3339 time"
+                         ) from None
+
+
+def cmd_audit(c: AuthClient, a: argparse.Namespace) -> int:
+    events = c.call("audit", since=_since(a.since), types=a.type, limit=a.limit)
+    if a.format == "json":
+        for e in events:
+            print(json.dumps(e, sort_keys=True))
+        return 0
+    for e in events:
+        rest = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("id", "time", "type"))
+        print(f"{_when(e['time'])}  {e['type']:<24} {rest}")
+    return 0
+
+
+def cmd_auth(c: AuthClient, a: argparse.Namespace) -> int:
+    hosts = _csv(a.host)
+    key = generate_private_key()
+    res = c.call("sign_db_server", hosts=hosts, ttl=a.ttl,
+                 public_key=public_key_pem(key.public_key()).decode())
+    outputs = {f"{a.out}.key": private_key_pem(key), f"{a.out}.crt": res["cert"].encode(),
+               f"{a.out}.cas": res["cas"].encode()}
+    for path in outputs:
+        if os.path.exists(path) and not a.overwrite:
+            raise ValueError(f"{path} exists: pass --overwrite to replace it")
+    from mwiproxy.identity.authorities import write_private
+
+    for path, data in outputs.items():
+        write_private(Path(path), data)
+    print(f"Database credentials have been written to {', '.join(outputs)}.\n\n"
+          f"To enable mutual TLS on your PostgreSQL server, add the following to its\n"
+          f"postgresql.conf configuration file:\n\n"
+          f"ssl = on\nssl_cert_file = '{os.path.abspath(a.out)}.crt'\n"
+          f"ssl_key_file = '{os.path.abspath(a.out)}.key'\n"
+          f"ssl_ca_file = '{os.path.abspath(a.out)}.cas'\n\n"
+          "and to pg_hba.conf:\n\nhostssl all all 127.0.0.1/32 cert\n")
+    return 0
+
+
+COMMANDS = {"status": cmd_status, "create": cmd_create, "get": cmd_get, "rm": cmd_rm,
+            "db": cmd_db, "bots": cmd_bots, "tokens": cmd_tokens, "lock": cmd_lock,
+            "locks": cmd_locks, "audit": cmd_audit, "auth": cmd_auth}
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        return COMMANDS[args.command](client, args)

@@ -1,0 +1,225 @@
+"""The ``mwiproxy start -c cluster.yaml`` file: what the cluster serves and where it keeps state.
+
+Every key is optional except inside ``databases``; an empty file (or no file, see
+``ClusterConfig.default``) gives a working loopback-only cluster with no databases.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mwiproxy.config.loader import ConfigError, decode, load_yaml_file, node_line
+
+__all__ = [
+    "ClusterConfig",
+    "DatabaseConfig",
+    "DatabaseTLS",
+    "LogConfig",
+    "ProxyConfig",
+    "StorageConfig",
+    "default_data_dir",
+    "is_loopback_addr",
+    "load_cluster_config",
+    "split_host_port",
+]
+
+log = logging.getLogger("mwiproxy.config")
+
+DEFAULT_CLUSTER_NAME = "mwiproxy.local"
+DEFAULT_LISTEN_ADDR = "127.0.0.1:3080"
+STATE_DB_NAME = "state.db"
+
+_DATABASE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_CLUSTER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
+_HOSTNAME = re.compile(r"^[a-zA-Z0-9_]([a-zA-Z0-9._-]*[a-zA-Z0-9_])?$")
+
+
+def default_data_dir() -> str:
+    """``$MWIPROXY_DATA_DIR``, else the system location for root, else a per-user one."""
+    from_env = os.environ.get("MWIPROXY_DATA_DIR")
+    if from_env:
+        return os.path.expanduser(from_env)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return "/var/lib/mwiproxy"
+    return os.path.expanduser("~/.local/share/mwiproxy")
+
+
+def split_host_port(addr: str, *, min_port: int = 0) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port); ValueError says what is wrong."""
+    host, sep, port_text = addr.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{addr!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        _check_ip(host, addr)
+    elif ":" in host:
+        raise ValueError(f"{addr!r}: write IPv6 addresses in brackets, e.g. [::1]:3080")
+    elif not _HOSTNAME.match(host):
+        raise ValueError(f"{addr!r}: {host!r} is not a valid host name or address")
+    if not port_text.isdigit() or not min_port <= int(port_text) <= 65535:
+        raise ValueError(f"{addr!r}: port must be a number from {min_port} to 65535")
+    return host, int(port_text)
+
+
+def _check_ip(host: str, addr: str) -> None:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise ValueError(f"{addr!r}: {host!r} is not an IPv6 address") from None
+
+
+def is_loopback_addr(addr: str) -> bool:
+    host, _ = split_host_port(addr)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume it can be reached from elsewhere
+
+
+def _check_addr(value: str, key: str, *, min_port: int = 0) -> None:
+    try:
+        split_host_port(value, min_port=min_port)
+    except ValueError as err:
+        raise ConfigError(key=key, message=str(err)) from None
+
+
+@dataclass
+class StorageConfig:
+    # postgres is listed so that it gets a "not supported yet" answer, not "unknown value"
+    type: Literal["sqlite", "postgres"] = "sqlite"
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        self.path = os.path.expanduser(self.path)
+
+    def validate(self) -> None:
+        if self.type == "postgres":
+            raise ConfigError(
+                key="type", message="postgres storage is not supported yet; use sqlite"
+            )
+
+
+@dataclass
+class ProxyConfig:
+    listen_addr: str = DEFAULT_LISTEN_ADDR
+    public_addr: str = ""  # what clients are told to dial; defaults to listen_addr
+
+    def __post_init__(self) -> None:
+        if not self.public_addr:
+            self.public_addr = self.listen_addr
+
+    def validate(self) -> None:
+        _check_addr(self.listen_addr, "listen_addr")
+        _check_addr(self.public_addr, "public_addr")
+
+
+@dataclass
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass
+class DatabaseTLS:
+    mode: Literal["verify-full", "verify-ca", "insecure"] = "verify-full"
+    ca_file: str = ""  # relative paths are relative to the working directory
+    server_name: str = ""  # overrides the host of `uri` for verify-full
+
+    def __post_init__(self) -> None:
+        self.ca_file = os.path.expanduser(self.ca_file)
+
+    def validate(self) -> None:
+        if self.ca_file and not os.path.isfile(self.ca_file):
+            raise ConfigError(key="ca_file", message=f"file {self.ca_file!r} does not exist")
+
+
+@dataclass
+class DatabaseConfig:
+    name: str
+    protocol: Literal["postgres", "mysql", "redis", "mongodb", "cockroachdb"]
+    uri: str
+    description: str = ""
+    static_labels: dict[str, str] = field(default_factory=dict)
+    tls: DatabaseTLS = field(default_factory=DatabaseTLS)
+    admin_user: str = ""  # reserved for automatic user provisioning; unused for now
+
+    def validate(self) -> None:
+        if not _DATABASE_NAME.match(self.name):
+            raise ConfigError(
+                key="name",
+                message=f"{self.name!r} is not a valid name: use lower-case letters, digits, "
+                "'-', '_' and '.', starting with a letter or digit",
+            )
+        _check_addr(self.uri, "uri", min_port=1)
+        for label in self.static_labels:
+            if not label:
+                raise ConfigError(key="static_labels", message="label names must not be empty")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_host_port(self.uri, min_port=1)
+
+
+@dataclass
+class ClusterConfig:
+    version: Literal["v1"] = "v1"
+    cluster_name: str = DEFAULT_CLUSTER_NAME
+    data_dir: str = field(default_factory=default_data_dir)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    databases: list[DatabaseConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.data_dir = os.path.expanduser(self.data_dir)
+
+    @classmethod
+    def default(cls, data_dir: str | None = None) -> ClusterConfig:
+        """The configuration used when no file is given."""
+        return cls(data_dir=data_dir) if data_dir else cls()
+
+    @property
+    def storage_path(self) -> str:
+        return self.storage.path or os.path.join(self.data_dir, STATE_DB_NAME)
+
+    def database(self, name: str) -> DatabaseConfig | None:
+        return next((db for db in self.databases if db.name == name), None)
+
+    def validate(self) -> None:
+        if not _CLUSTER_NAME.match(self.cluster_name):
+            raise ConfigError(
+                key="cluster_name", message=f"{self.cluster_name!r} is not a valid cluster name"
+            )
+        if not self.data_dir:
+            raise ConfigError(key="data_dir", message="must not be empty")
+        seen: dict[str, int] = {}
+        for i, db in enumerate(self.databases):
+            if db.name in seen:
+                raise ConfigError(
+                    key=f"databases[{i}].name",
+                    message=f"duplicate database name {db.name!r} (also databases[{seen[db.name]}])",
+                )
+            seen[db.name] = i
+
+
+def load_cluster_config(path: str) -> ClusterConfig:
+    """Read and check ``cluster.yaml``; every problem is a ConfigError with file:line."""
+    docs = load_yaml_file(path)
+    if len(docs) > 1:
+        raise ConfigError("expected a single YAML document", file=path, line=node_line(docs[1]))
+    config = decode(docs[0], ClusterConfig, path) if docs else ClusterConfig.default()
+    if not is_loopback_addr(config.proxy.listen_addr):
+        log.warning(
+            "%s: proxy.listen_addr %s is not a loopback address: the proxy will accept "
+            "connections from the network",
+            path,
+            config.proxy.listen_addr,
+        )
+    return config

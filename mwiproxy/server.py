@@ -1,0 +1,139 @@
+"""`mwiproxy start`: assembles storage, CAs, the auth service and the cluster proxy.
+
+With no config file this is the embedded default: every service in one process, SQLite
+state in the data dir. On start it also writes, into the data dir:
+- `admin/identity`: the cluster admin identity `mwictl` uses (0600, renewed every start);
+- `cluster.json`: the address mwictl should dial (public, no secrets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+from mwiproxy.auth.api import serve_connection
+from mwiproxy.auth.client import split_addr
+from mwiproxy.auth.service import AuthService
+from mwiproxy.auth.storage.sqlite import SQLiteStorage
+from mwiproxy.config.cluster import ClusterConfig
+from mwiproxy.identity import oids
+from mwiproxy.identity.authorities import (
+    AuthoritySet,
+    cert_pem,
+    generate_private_key,
+    private_key_pem,
+    write_private,
+)
+from mwiproxy.identity.certs import Identity
+from mwiproxy.identity.identityfile import IdentityFile
+from mwiproxy.identity.tlsctx import server_context
+from mwiproxy.proxy.listener import ProxyListener
+from mwiproxy.wire import alpn
+
+log = logging.getLogger("mwiproxy")
+
+ADMIN_IDENTITY_TTL = dt.timedelta(days=30)
+PROXY_CERT_TTL = dt.timedelta(days=30)
+ADMIN_IDENTITY = "admin/identity"
+CLUSTER_INFO = "cluster.json"
+
+
+def private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+class Cluster:
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.data_dir = private_dir(Path(config.data_dir))
+        self.storage = SQLiteStorage(config.storage_path)
+        self._check_cluster_name()
+        self.cas = AuthoritySet.load_or_create(self.data_dir / "ca", config.cluster_name)
+        host, port = split_addr(config.proxy.listen_addr)
+        self.auth = AuthService(
+            cluster=config.cluster_name, storage=self.storage, cas=self.cas,
+            databases=list(config.databases),
+            public_addr=config.proxy.public_addr or config.proxy.listen_addr,
+        )
+        self.listener = ProxyListener(host, port, self._tls_context)
+        self.listener.route(alpn.AUTH, self._serve_auth)
+
+    def _check_cluster_name(self) -> None:
+        stored = self.storage.get_meta("cluster_name")
+        if stored is None:
+            self.storage.set_meta("cluster_name", self.config.cluster_name)
+        elif stored != self.config.cluster_name:
+            raise ValueError(
+                f"data dir {self.data_dir} belongs to cluster {stored!r}, "
+                f"but the config names {self.config.cluster_name!r}")
+
+    def _proxy_hosts(self) -> list[str]:
+        hosts = ["localhost", "127.0.0.1", "::1", self.config.cluster_name]
+        for addr in (self.config.proxy.listen_addr, self.config.proxy.public_addr):
+            if addr:
+                h = split_addr(addr)[0]
+                if h not in ("0.0.0.0", "::") and h not in hosts:
+                    hosts.append(h)
+        return hosts
+
+    def _tls_context(self, protocols: list[str]):  # type: ignore[no-untyped-def]
+        key = generate_private_key()
+        hosts = self._proxy_hosts()
+        cert = self.cas["host"].sign_server(hosts[0], hosts, key.public_key(), PROXY_CERT_TTL)
+        return server_context(cert_pem(cert), private_key_pem(key), self.cas["user"].cert_pem,
+                              client_cert="optional", alpn=protocols)
+
+    async def _serve_auth(self, reader, writer, caller, remote):  # type: ignore[no-untyped-def]
+        await serve_connection(self.auth, reader, writer, caller, remote)
+
+    def write_admin_identity(self) -> Path:
+        key = generate_private_key()
+        ident = Identity(user="admin", roles=("admin",), usage=(oids.USAGE_ADMIN,),
+                         cluster=self.config.cluster_name)
+        cert = self.cas["user"].sign_identity(ident, key.public_key(), ADMIN_IDENTITY_TTL)
+        path = private_dir(self.data_dir / "admin") / "identity"
+        data = IdentityFile(private_key_pem(key), cert_pem(cert), (self.cas["host"].cert_pem,))
+        write_private(path, data.render())
+        return path
+
+    def write_cluster_info(self) -> None:
+        host, port = self.listener.address
+        info = {"cluster_name": self.config.cluster_name, "proxy_addr": f"{host}:{port}",
+                "public_addr": self.config.proxy.public_addr or f"{host}:{port}",
+                "host_ca_pin": self.cas.host_pin, "pid": os.getpid()}
+        write_private(self.data_dir / CLUSTER_INFO, json.dumps(info, indent=2).encode() + b"\n")
+
+    async def start(self) -> None:
+        await self.listener.start()
+        self.write_admin_identity()
+        self.write_cluster_info()
+        host, port = self.listener.address
+        log.info("cluster %s: proxy listening on %s:%d (CA pin %s)",
+                 self.config.cluster_name, host, port, self.cas.host_pin)
+
+    async def close(self) -> None:
+        await self.listener.close()
+        self.storage.close()
+
+
+async def run(config: ClusterConfig) -> None:
+    cluster = Cluster(config)
+    await cluster.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"mwiproxy: cluster {config.cluster_name!r} ready on "
+          f"{':'.join(map(str, cluster.listener.address))}; data dir {cluster.data_dir}",
+          flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await cluster.close()

@@ -1,0 +1,73 @@
+"""Length-prefixed JSON frames: the auth API's wire format.
+
+Each message is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON.
+Requests are {"id", "method", "params"}; replies {"id", "result"} or
+{"id", "error": {"code", "message"}}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+from typing import Any
+
+MAX_FRAME = 4 * 1024 * 1024
+_LEN = struct.Struct(">I")
+
+
+class FrameError(Exception):
+    pass
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message, separators=(",", ":")).encode()
+    if len(body) > MAX_FRAME:
+        raise FrameError(f"message of {len(body)} bytes exceeds {MAX_FRAME}")
+    return _LEN.pack(len(body)) + body
+
+
+def _decode(body: bytes) -> dict[str, Any]:
+    try:
+        msg = json.loads(body)
+    except ValueError as e:
+        raise FrameError(f"malformed JSON frame: {e}") from None
+    if not isinstance(msg, dict):
+        raise FrameError("a frame must hold a JSON object")
+    return msg
+
+
+def _length(header: bytes) -> int:
+    (n,) = _LEN.unpack(header)
+    if n > MAX_FRAME:
+        raise FrameError(f"frame of {n} bytes exceeds {MAX_FRAME}")
+    return int(n)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next message, or None on a clean end of stream."""
+    try:
+        header = await reader.readexactly(4)
+    except asyncio.IncompleteReadError as e:
+        if e.partial:
+            raise FrameError("stream ended inside a frame header") from None
+        return None
+    try:
+        return _decode(await reader.readexactly(_length(header)))
+    except asyncio.IncompleteReadError:
+        raise FrameError("stream ended inside a frame") from None
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise FrameError("connection closed by the cluster")
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket) -> dict[str, Any]:
+    return _decode(_recv_exact(sock, _length(_recv_exact(sock, 4))))

@@ -1,0 +1,45 @@
+"""Build script: package metadata lives in pyproject.toml; this file builds the native core.
+
+Each Cython module in mwiproxy/_native/ is compiled together with the C sources in csrc/
+that it wraps (NATIVE_MODULES below). OpenSSL is linked from the system (libssl-dev).
+Set MWIPROXY_NO_EXTENSIONS=1 at build time to skip the native build entirely; the
+package then runs on its pure-Python twins.
+"""
+
+from __future__ import annotations
+
+import os
+
+from setuptools import Extension, setup
+
+# module name -> C sources from csrc/ compiled into it (plus extra libraries)
+NATIVE_MODULES: dict[str, dict[str, list[str]]] = {
+    "mwiproxy._native._tlsrec": {"csrc": ["mwi_tlsrec.c"], "libs": []},
+    "mwiproxy._native._relay": {"csrc": ["mwi_relay.c", "mwi_engine.c"], "libs": []},
+}
+
+
+def _extensions() -> list[Extension]:
+    if os.environ.get("MWIPROXY_NO_EXTENSIONS") == "1" or not NATIVE_MODULES:
+        return []
+    from Cython.Build import cythonize
+
+    debug = os.environ.get("MWI_DEBUG") == "1"
+    exts = []
+    for name, spec in NATIVE_MODULES.items():
+        pyx = name.replace(".", "/") + ".pyx"
+        exts.append(
+            Extension(
+                name,
+                sources=[pyx] + [os.path.join("csrc", c) for c in spec.get("csrc", [])],
+                include_dirs=["csrc"],
+                libraries=spec.get("libs", []),
+                define_macros=[("MWI_DEBUG", "1" if debug else "0")],
+                extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
+            )
+        )
+    return cythonize(exts, language_level=3, compiler_directives={"boundscheck": False,
+                                                                    "wraparound": False})
+
+
+setup(ext_modules=_extensions())

@@ -1,0 +1,69 @@
+"""Helpers for the relay tests: real socket pairs, and running a test body on uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """Two ends of one loopback TCP connection (client, server)."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        client = socket.create_connection(srv.getsockname())
+        server, _ = srv.accept()
+    return client, server
+
+
+def pair(kind: str) -> tuple[socket.socket, socket.socket]:
+    return tcp_pair() if kind == "tcp" else socket.socketpair()
+
+
+class Joined:
+    """Client A <-> relay <-> client B: `a` and `b` are the outer ends the test drives."""
+
+    def __init__(self, relay_cls: Any, loop: asyncio.AbstractEventLoop, kind: str = "tcp",
+                 **kw: Any) -> None:
+        self.a, inner_a = pair(kind)
+        inner_b, self.b = pair(kind)
+        for s in (self.a, self.b):
+            s.setblocking(False)
+        self.done: asyncio.Future[str] = loop.create_future()
+        self.relay = relay_cls(loop, inner_a.detach(), inner_b.detach(),
+                               on_done=self._on_done, **kw)
+        self.calls = 0
+
+    def _on_done(self, reason: str) -> None:
+        self.calls += 1
+        if not self.done.done():
+            self.done.set_result(reason)
+
+    def close(self) -> None:
+        self.a.close()
+        self.b.close()
+
+
+async def recv_all(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                   limit: int | None = None) -> bytes:
+    out = bytearray()
+    while limit is None or len(out) < limit:
+        chunk = await loop.sock_recv(sock, 1 << 20)
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def run(body: Callable[[], Awaitable[Any]], timeout: float = 60) -> Any:
+    async def guarded() -> Any:
+        return await asyncio.wait_for(body(), timeout)
+
+    return uvloop.run(guarded())
+
+
+def open_fds() -> set[int]:
+    return {int(x) for x in os.listdir("/proc/self/fd")}

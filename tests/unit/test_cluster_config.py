@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from mwiproxy.config.cluster import (
+    ClusterConfig,
+    DatabaseConfig,
+    DatabaseTLS,
+    default_data_dir,
+    is_loopback_addr,
+    load_cluster_config,
+    split_host_port,
+)
+from mwiproxy.config.loader import ConfigError
+
+FULL = """\
+version: v1
+cluster_name: example.local
+data_dir: {data_dir}
+storage: {{type: sqlite, path: {data_dir}/custom.db}}
+proxy:
+  listen_addr: 127.0.0.1:3080
+  public_addr: proxy.example.com:3080
+log: {{level: debug, format: json}}
+databases:
+  - name: example-server
+    protocol: postgres
+    uri: localhost:5432
+    description: "main db"
+    static_labels: {{env: dev}}
+    tls: {{mode: verify-full, ca_file: {ca}, server_name: db.internal}}
+    admin_user: ""
+  - name: cache
+    protocol: redis
+    uri: "[::1]:6379"
+"""
+
+
+@pytest.fixture
+def ca_file(tmp_path: Path) -> str:
+    path = tmp_path / "ca.pem"
+    path.write_text("not checked here\n")
+    return str(path)
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_full_file(tmp_path: Path, ca_file: str) -> None:
+    config = load_cluster_config(write(tmp_path, FULL.format(data_dir=tmp_path, ca=ca_file)))
+    assert config.cluster_name == "example.local"
+    assert config.storage_path == f"{tmp_path}/custom.db"
+    assert config.proxy.public_addr == "proxy.example.com:3080"
+    assert (config.log.level, config.log.format) == ("debug", "json")
+    db = config.database("example-server")
+    assert db == DatabaseConfig(
+        name="example-server",
+        protocol="postgres",
+        uri="localhost:5432",
+        description="main db",
+        static_labels={"env": "dev"},
+        tls=DatabaseTLS(mode="verify-full", ca_file=ca_file, server_name="db.internal"),
+    )
+    assert db.host_port == ("localhost", 5432)
+    cache = config.database("cache")
+    assert cache is not None and cache.host_port == ("::1", 6379)
+    assert config.database("missing") is None
+
+
+def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MWIPROXY_DATA_DIR", str(tmp_path / "data"))
+    for config in (load_cluster_config(write(tmp_path, "")), ClusterConfig.default()):
+        assert config.cluster_name == "mwiproxy.local"
+        assert config.data_dir == str(tmp_path / "data")
+        assert config.storage_path == str(tmp_path / "data" / "state.db")
+        assert config.storage.type == "sqlite"
+        assert config.proxy.listen_addr == config.proxy.public_addr == "127.0.0.1:3080"
+        assert (config.log.level, config.log.format) == ("info", "text")
+        assert config.databases == []
+    assert ClusterConfig.default("/srv/x").storage_path == "/srv/x/state.db"
+
+
+def test_default_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MWIPROXY_DATA_DIR", "/opt/mwi")
+    assert default_data_dir() == "/opt/mwi"
+    monkeypatch.delenv("MWIPROXY_DATA_DIR")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_data_dir() == "/var/lib/mwiproxy"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert default_data_dir() == os.path.expanduser("~/.local/share/mwiproxy")
+
+
+DB = "databases:\n  - name: a\n    protocol: postgres\n    uri: localhost:5432\n"
+
+BAD = [
+    # (yaml, line, key, fragment)
+    ("version: v2\n", 1, "version", "must be one of 'v1'"),
+    ("cluster_nmae: x\n", 1, "cluster_nmae", 'did you mean "cluster_name"'),
+    ("cluster_name: 'bad name'\n", 1, "cluster_name", "not a valid cluster name"),
+    ("data_dir: ''\n", 1, "data_dir", "must not be empty"),
+    ("storage: {type: postgres}\n", 1, "storage.type", "not supported yet"),
+    ("storage: {type: mysql}\n", 1, "storage.type", "must be one of 'sqlite', 'postgres'"),
+    ("storage:\n  path: [x]\n", 2, "storage.path", "expected a string"),
+    ("storage:\n  size: 1\n", 2, "storage.size", "unknown field"),
+    ("proxy:\n  listen_addr: localhost\n", 2, "proxy.listen_addr", "not host:port"),
+    ("proxy:\n  listen_addr: 127.0.0.1:70000\n", 2, "proxy.listen_addr", "0 to 65535"),
+    ("proxy:\n  listen_addr: ::1:3080\n", 2, "proxy.listen_addr", "brackets"),
+    ("proxy:\n  listen_addr: '[nope]:3080'\n", 2, "proxy.listen_addr", "not an IPv6"),
+    ("proxy:\n  listen_addr: 'b@d:3080'\n", 2, "proxy.listen_addr", "not a valid host"),
+    ("proxy:\n  public_addr: x:y\n", 2, "proxy.public_addr", "port must be"),
+    ("proxy:\n  listen: x\n", 2, "proxy.listen", 'did you mean "listen_addr"'),
+    ("log: {level: verbose}\n", 1, "log.level", "'debug', 'info', 'warning', 'error'"),
+    ("log: {format: xml}\n", 1, "log.format", "'text', 'json'"),
+    ("log:\n  colour: true\n", 2, "log.colour", "unknown field"),
+    ("databases: {a: b}\n", 1, "databases", "expected a list"),
+    ("databases:\n  - protocol: postgres\n    uri: h:1\n", 2, "databases[0].name", "is required"),
+    ("databases:\n  - name: a\n    uri: h:1\n", 2, "databases[0].protocol", "is required"),
+    ("databases:\n  - name: a\n    protocol: postgres\n", 2, "databases[0].uri", "is required"),
+    (DB.replace("name: a", "name: Bad_Name"), 2, "databases[0].name", "not a valid name"),
+    (DB.replace("postgres", "oracle"), 3, "databases[0].protocol", "'postgres', 'mysql'"),
+    (DB.replace("localhost:5432", "localhost"), 4, "databases[0].uri", "not host:port"),
+    (DB.replace("localhost:5432", "localhost:0"), 4, "databases[0].uri", "1 to 65535"),
+    (DB + "    static_labels: {env: 1}\n", 5, "databases[0].static_labels.env", "a string"),
+    (DB + "    static_labels: {'': x}\n", 5, "databases[0].static_labels", "must not be empty"),
+    (DB + "    tls: {mode: none}\n", 5, "databases[0].tls.mode", "'verify-full', 'verify-ca'"),
+    (DB + "    tls:\n      ca_file: /nonexistent\n", 6, "databases[0].tls.ca_file", "not exist"),
+    (DB + "    tls:\n      ca: x\n", 6, "databases[0].tls.ca", 'did you mean "ca_file"'),
+    (DB + "    admin: x\n", 5, "databases[0].admin", 'did you mean "admin_user"'),
+    (
+        DB + "  - name: b\n    protocol: mysql\n    uri: h:3306\n" + DB[11:],
+        8,
+        "databases[2].name",
+        "duplicate database name 'a'",
+    ),
+    ("a: 1\n---\nb: 2\n", 3, "", "single YAML document"),
+    ("databases: [\n", 2, "", "invalid YAML"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "fragment"), BAD, ids=[f"{b[2] or 'file'}:{b[3]}" for b in BAD]
+)
+def test_bad_config(tmp_path: Path, text: str, line: int, key: str, fragment: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_cluster_config(path)
+    err = info.value
+    assert (err.file, err.line, err.key) == (path, line, key)
+    assert fragment in err.message
+    assert str(err).startswith(f"{path}:{line}:")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_cluster_config(str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("addr", "loopback"),
+    [
+        ("127.0.0.1:3080", True),
+        ("localhost:1", True),
+        ("[::1]:1", True),
+        ("0.0.0.0:3080", False),
+        ("10.1.2.3:3080", False),
+        ("proxy.example.com:443", False),
+    ],
+)
+def test_is_loopback_addr(addr: str, loopback: bool) -> None:
+    assert is_loopback_addr(addr) is loopback
+
+
+def test_non_loopback_listen_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path, "proxy:\n  listen_addr: 0.0.0.0:3080\n")
+    with caplog.at_level(logging.WARNING, logger="mwiproxy.config"):
+        config = load_cluster_config(path)
+    assert config.proxy.public_addr == "0.0.0.0:3080"
+    assert "not a loopback address" in caplog.text
+
+
+def test_split_host_port() -> None:
+    assert split_host_port("h:0") == ("h", 0)
+    with pytest.raises(ValueError, match="1 to 65535"):
+        split_host_port("h:0", min_port=1)
