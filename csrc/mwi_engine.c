@@ -45,18 +45,20 @@ static void eventfd_clear(int fd)
 
 int pool_get_pipe(mwi_engine *eng, mwi_dir *d)
 {
-    int p[2];
+    int p[3];
     if (d->pipe_r >= 0) return 0;
     if (eng->pool.npipes > 0) {
         eng->pool.npipes--;
-        p[0] = eng->pool.pipes[eng->pool.npipes][0];
-        p[1] = eng->pool.pipes[eng->pool.npipes][1];
+        memcpy(p, eng->pool.pipes[eng->pool.npipes], sizeof p);
     } else {
         if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) return -1;
-        fcntl(p[0], F_SETPIPE_SZ, (int)eng->cfg.pipe_size);   /* best effort */
+        p[2] = fcntl(p[0], F_SETPIPE_SZ, (int)eng->cfg.pipe_size);   /* best effort */
+        if (p[2] <= 0) p[2] = fcntl(p[0], F_GETPIPE_SZ);
+        if (p[2] <= 0) p[2] = 65536;
     }
     d->pipe_r = p[0];
     d->pipe_w = p[1];
+    d->pipe_cap = (uint32_t)p[2];
     d->in_pipe = 0;
     return 0;
 }
@@ -66,6 +68,7 @@ void pool_put_pipe(mwi_engine *eng, mwi_dir *d)
     if (eng->pool.npipes < eng->pool.max) {
         eng->pool.pipes[eng->pool.npipes][0] = d->pipe_r;
         eng->pool.pipes[eng->pool.npipes][1] = d->pipe_w;
+        eng->pool.pipes[eng->pool.npipes][2] = (int)d->pipe_cap;
         eng->pool.npipes++;
     } else {
         close(d->pipe_r);
@@ -218,9 +221,9 @@ static void relay_register(mwi_engine *eng, mwi_relay *r)
     eng->live = r;
     r->last_active_ms = eng->now_ms;
     timer_reschedule(eng, r);
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-    ev.data.ptr = r;
+    ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;     /* EPOLLOUT only while blocked */
     for (int i = 0; i < 2; i++) {
+        ev.data.u64 = (uint64_t)(uintptr_t)r | (uint64_t)i;
         if (epoll_ctl(eng->epfd, EPOLL_CTL_ADD, r->fd[i], &ev) != 0) {
             relay_finish(r, MWI_RELAY_ERROR, errno);
             return;
@@ -292,11 +295,13 @@ static void *worker_main(void *arg)
         int n = epoll_wait(eng->epfd, evs, MAX_EVENTS, next_timeout(eng));
         eng->now_ms = clock_ms();
         for (int i = 0; i < n; i++) {
-            mwi_relay *r = evs[i].data.ptr;
+            /* relays are at least 8-byte aligned: the low bit says which side fired */
+            mwi_relay *r = (mwi_relay *)(uintptr_t)(evs[i].data.u64 & ~(uint64_t)1);
+            int side = (int)(evs[i].data.u64 & 1);
             if (evs[i].data.ptr == &eng->wake_fd) {
                 eventfd_clear(eng->wake_fd);
                 stop = handle_commands(eng);
-            } else if (r->state == RS_LIVE && relay_pump(r)) {
+            } else if (r->state == RS_LIVE && relay_pump(r, side, evs[i].events)) {
                 ready_add(eng, r);
             }
         }
@@ -304,7 +309,7 @@ static void *worker_main(void *arg)
         for (size_t k = eng->nready; k > 0 && eng->ready != NULL; k--) {
             mwi_relay *r = eng->ready;
             ready_unlink(eng, r);
-            if (relay_pump(r)) ready_add(eng, r);
+            if (relay_pump(r, 0, EPOLLIN | EPOLLOUT)) ready_add(eng, r);
         }
         expire_timers(eng);
         publish_finished(eng);

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #define PUMP_BUDGET (1u << 20)   /* bytes per direction per turn before yielding */
+#define MWI_SPLICE_MIN (16u << 10) /* smaller reads go back to the buffer path */
 
 enum { PUMP_BLOCKED = 0, PUMP_MORE = 1, PUMP_FINISHED = 2 };
 
@@ -49,6 +50,18 @@ static void got_eof(mwi_relay *r, mwi_dir *d)
     }
 }
 
+/* Watch fd[side] for writability only while a direction is blocked writing to it:
+ * armed all the time, every ACK on loopback would wake the worker for nothing. */
+static void want_out(mwi_relay *r, int side, int on)
+{
+    struct epoll_event ev;
+    if (r->out_armed[side] == on) return;
+    ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET | (on ? EPOLLOUT : 0);
+    ev.data.u64 = (uint64_t)(uintptr_t)r | (uint64_t)side;
+    epoll_ctl(r->eng->epfd, EPOLL_CTL_MOD, r->fd[side], &ev);
+    r->out_armed[side] = (uint8_t)on;
+}
+
 /* Write what the direction holds. Returns PUMP_MORE when everything went out. */
 static int flush(mwi_relay *r, int i)
 {
@@ -57,40 +70,48 @@ static int flush(mwi_relay *r, int i)
     ssize_t n;
     while (d->in_pipe > 0) {
         n = splice(d->pipe_r, NULL, dst, NULL, d->in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN) return PUMP_BLOCKED;
-            return fail(r, 1 - i, errno);
-        }
+        if (n < 0) goto failed;
         d->in_pipe -= (size_t)n;
         delivered(r, d, (size_t)n);
     }
     while (d->buf != NULL && d->buf_off < d->buf_len) {
         n = send(dst, d->buf + d->buf_off, d->buf_len - d->buf_off, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN) return PUMP_BLOCKED;
-            return fail(r, 1 - i, errno);
-        }
+        if (n < 0) goto failed;
         d->buf_off += (uint32_t)n;
         delivered(r, d, (size_t)n);
     }
+    want_out(r, 1 - i, 0);
     return PUMP_MORE;
+failed:
+    if (errno == EINTR) return flush(r, i);
+    if (errno == EAGAIN) {
+        want_out(r, 1 - i, 1);
+        return PUMP_BLOCKED;
+    }
+    return fail(r, 1 - i, errno);
 }
 
-/* Read one chunk from src into a pooled pipe (or buffer). n == 0 is EOF. */
-static ssize_t fill(mwi_relay *r, int i)
+/* Read one chunk from src. Small traffic goes through a pooled buffer (recv/send: two
+ * syscalls a message, and a short read proves the socket drained); once a read fills
+ * the buffer the direction switches to splice through a pooled pipe (no copy through
+ * user space), and back when reads get small again. n == 0 is EOF; *short_read is set
+ * when the read proves src is empty for now. */
+static ssize_t fill(mwi_relay *r, int i, int *short_read)
 {
     mwi_engine *eng = r->eng;
     mwi_dir *d = &r->dir[i];
     int src = r->fd[i];
     ssize_t n;
-    if (eng->cfg.use_splice && !r->no_splice && pool_get_pipe(eng, d) == 0) {
-        n = splice(src, NULL, d->pipe_w, NULL, eng->cfg.pipe_size,
-                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (n > 0) d->in_pipe = (size_t)n;
+    *short_read = 0;
+    if (d->bulk && !r->no_splice && pool_get_pipe(eng, d) == 0) {
+        /* a pipe fills by slots as well as bytes, so a short splice proves nothing */
+        n = splice(src, NULL, d->pipe_w, NULL, d->pipe_cap, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+            d->in_pipe = (size_t)n;
+            if ((size_t)n < MWI_SPLICE_MIN) d->bulk = 0;
+        }
         if (n >= 0 || errno != EINVAL) return n;
-        pool_put_pipe(eng, d);         /* this fd cannot splice: use buffers from now on */
+        pool_put_pipe(eng, d);         /* these fds cannot splice: buffers from now on */
         r->no_splice = 1;
     }
     if (pool_get_buf(eng, d) != 0) {
@@ -100,15 +121,17 @@ static ssize_t fill(mwi_relay *r, int i)
     n = recv(src, d->buf, eng->cfg.buf_size, MSG_DONTWAIT);
     d->buf_off = 0;
     d->buf_len = n > 0 ? (uint32_t)n : 0;
+    if (n > 0 && (size_t)n < eng->cfg.buf_size) *short_read = 1;
+    if ((size_t)n == eng->cfg.buf_size && eng->cfg.use_splice) d->bulk = 1;
     return n;
 }
 
-static int pump_dir(mwi_relay *r, int i)
+static int pump_dir(mwi_relay *r, int i, int trust_short_read)
 {
     mwi_dir *d = &r->dir[i];
     size_t moved = 0;
     ssize_t n;
-    int st;
+    int st, drained = 0;
     for (;;) {
         st = flush(r, i);
         if (st != PUMP_MORE) return st;
@@ -122,8 +145,10 @@ static int pump_dir(mwi_relay *r, int i)
             }
             return PUMP_BLOCKED;
         }
+        if (drained) return PUMP_BLOCKED;
         if (moved >= PUMP_BUDGET) return PUMP_MORE;
-        n = fill(r, i);
+        n = fill(r, i, &drained);
+        drained &= trust_short_read;
         if (n == 0) {
             got_eof(r, d);
             continue;
@@ -142,12 +167,19 @@ static int pump_dir(mwi_relay *r, int i)
     }
 }
 
-int relay_pump(mwi_relay *r)
+int relay_pump(mwi_relay *r, int side, uint32_t events)
 {
     int more = 0, st;
+    /* A short read proves the socket empty only if no FIN or error was already pending
+     * when epoll reported (anything arriving later raises a new edge). */
+    int trust = !(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
     for (int i = 0; i < 2; i++) {
+        int wanted = (events & (EPOLLHUP | EPOLLERR))
+            || (i == side && (events & (EPOLLIN | EPOLLRDHUP)))
+            || (i != side && (events & EPOLLOUT));
         if (r->state != RS_LIVE) return 0;
-        st = pump_dir(r, i);
+        if (!wanted) continue;
+        st = pump_dir(r, i, trust);
         if (st == PUMP_FINISHED) return 0;
         more |= st == PUMP_MORE;
     }

@@ -26,6 +26,8 @@ typedef struct mwi_dir {
     size_t in_pipe;
     uint8_t *buf;             /* NULL when no buffer is attached */
     uint32_t buf_off, buf_len;
+    uint32_t pipe_cap;        /* bytes the attached pipe holds */
+    uint8_t bulk;             /* reads fill buffers: splice instead of recv/send */
     uint8_t eof;              /* src said EOF */
     uint8_t shut;             /* ...and dst got shutdown(SHUT_WR) after the last byte */
     uint64_t bytes, chunks;   /* written by the worker, read atomically by the owner */
@@ -51,12 +53,13 @@ struct mwi_relay {
     mwi_relay *live_prev, *live_next;
     mwi_relay *ready_prev, *ready_next;   /* on eng->ready while `ready` */
     uint8_t ready;
+    uint8_t out_armed[2];     /* EPOLLOUT watched on fd[i] (only while blocked on it) */
     uint8_t no_splice;        /* splice refused (EINVAL) for these fds: buffers only */
     uint64_t user;
 };
 
 typedef struct mwi_pool {
-    int (*pipes)[2];
+    int (*pipes)[3];                  /* read end, write end, capacity */
     uint8_t **bufs;
     uint32_t npipes, nbufs, max;
 } mwi_pool;
@@ -81,9 +84,10 @@ struct mwi_engine {
     uint64_t now_ms;
 };
 
-/* mwi_relay.c, called by the worker. relay_pump returns 1 when the relay spent its
- * budget and must run again before the worker sleeps. */
-int relay_pump(mwi_relay *r);
+/* mwi_relay.c, called by the worker with the epoll events seen on fd[side]
+ * (EPOLLIN | EPOLLOUT to pump both ways). Returns 1 when the relay spent its budget and
+ * must run again before the worker sleeps. */
+int relay_pump(mwi_relay *r, int side, uint32_t events);
 void relay_finish(mwi_relay *r, mwi_relay_reason reason, int err);
 uint64_t relay_deadline(const mwi_relay *r);
 

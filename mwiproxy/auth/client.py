@@ -15,7 +15,7 @@ from typing import Any
 
 from cryptography import x509
 
-from mwiproxy.auth.errors import ERRORS_BY_CODE, AuthError
+from mwiproxy.auth.errors import ERRORS_BY_CODE, AccessDenied, AuthError
 from mwiproxy.identity.authorities import spki_pin
 from mwiproxy.identity.identityfile import IdentityFile
 from mwiproxy.identity.tlsctx import client_context
@@ -57,6 +57,8 @@ class AuthClient:
         self._timeout = timeout
         self._sock: ssl.SSLSocket | None = None
         self._ids = itertools.count(1)
+        self._has_cert = cert_pem is not None
+        self._answered = False  # has this connection answered anything yet?
 
     @classmethod
     def from_identity(cls, addr: str, ident: IdentityFile, **kw: Any) -> AuthClient:
@@ -72,6 +74,7 @@ class AuthClient:
                     f"cannot reach the cluster at {self.host}:{self.port}: {e}") from None
             try:
                 self._sock = self._ctx.wrap_socket(raw, server_hostname=self.server_name)
+                self._answered = False
             except ssl.SSLCertVerificationError as e:
                 raw.close()
                 raise AuthError(f"the cluster's certificate is not trusted: {e.verify_message}"
@@ -90,8 +93,16 @@ class AuthClient:
         try:
             sock.sendall(encode({"id": msg_id, "method": method, "params": params}))
             reply = recv_frame(sock)
+            self._answered = True
         except (OSError, FrameError) as e:
             self.close()
+            if self._has_cert and not self._answered:
+                # TLS 1.3 checks the client certificate after the client thinks the
+                # handshake is done, so a refusal shows up as the first reply missing.
+                raise AccessDenied(
+                    "the cluster closed the connection before answering: it refused this "
+                    "identity's certificate (expired, or not issued by this cluster's user "
+                    f"CA) [{e}]") from None
             raise ClusterUnreachable(f"lost the connection to the cluster: {e}") from None
         if "error" in reply:
             err = reply["error"] or {}

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from mwiproxy.auth.client import AuthClient, fetch_cas_pinned
-from mwiproxy.auth.errors import AccessDenied, AuthError, Locked
+from mwiproxy.auth.errors import AccessDenied, AuthError, Locked, NotFound
 from mwiproxy.identity import oids
 from mwiproxy.identity.authorities import (
     create_authority,
@@ -138,7 +138,8 @@ def _self_signed_admin(ca_kind: str, expired: bool = False) -> tuple[bytes, byte
 
 def test_forged_expired_and_foreign_certificates_are_refused(cluster):
     forged = _self_signed_admin("user")
-    with pytest.raises(AuthError), _client(cluster, *forged) as c:
+    refused = "refused this identity's certificate"
+    with pytest.raises(AccessDenied, match=refused), _client(cluster, *forged) as c:
         c.call("bots_ls")
     # an expired certificate from the real user CA
     from mwiproxy.identity.authorities import AuthoritySet, cert_pem
@@ -146,12 +147,13 @@ def test_forged_expired_and_foreign_certificates_are_refused(cluster):
     key = generate_private_key()
     expired = cas["user"].sign_identity(Identity(user="admin", usage=(oids.USAGE_ADMIN,)),
                                         key.public_key(), dt.timedelta(seconds=-30))
-    with pytest.raises(AuthError), _client(cluster, cert_pem(expired), private_key_pem(key)) as c:
+    with pytest.raises(AccessDenied, match=refused), \
+            _client(cluster, cert_pem(expired), private_key_pem(key)) as c:
         c.call("bots_ls")
     # a certificate from the cluster's *host* CA is not a user identity
     host_signed = cas["host"].sign_identity(Identity(user="admin", usage=(oids.USAGE_ADMIN,)),
                                             key.public_key(), dt.timedelta(hours=1))
-    with pytest.raises(AuthError), \
+    with pytest.raises(AccessDenied, match=refused), \
             _client(cluster, cert_pem(host_signed), private_key_pem(key)) as c:
         c.call("bots_ls")
     # and the real admin still works, nothing changed
@@ -181,10 +183,9 @@ def test_join_pin_reuse_and_generation_replay(cluster, tmp_path):
         k2 = generate_private_key()
         gen2 = bot.call("renew", public_key=public_key_pem(k2.public_key()).decode())
         assert gen2["generation"] == 2
-        db = bot.call("issue_database_cert", public_key=public_key_pem(k2.public_key()).decode(),
-                      service="nope", username="alice", database="example-db") \
-            if False else None
-        assert db is None
+        with pytest.raises(NotFound, match="not served"):
+            bot.call("issue_database_cert", public_key=public_key_pem(k2.public_key()).decode(),
+                     service="nope", username="alice", database="example-db")
     # replaying the generation-1 identity from "another machine"
     with _client(cluster, gen1, kp) as thief, pytest.raises(Locked):
         thief.call("renew", public_key=public_key_pem(generate_private_key().public_key()).decode())

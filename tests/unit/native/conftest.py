@@ -16,7 +16,7 @@ except ImportError:  # not built: the native parameters are skipped
     _relay_native = None  # type: ignore[assignment]
     _tlsrec_native = None  # type: ignore[assignment]
 
-Classify = Callable[[bytes], Any]
+Classify = Callable[[bytes | bytearray | memoryview], Any]
 
 IMPLS = [
     pytest.param(tlsrec_py.classify, id="py"),
@@ -34,7 +34,6 @@ IMPLS = [
 @pytest.fixture(params=IMPLS)
 def classify(request: pytest.FixtureRequest) -> Classify:
     return request.param  # type: ignore[no-any-return]
-
 
 
 RELAY_IMPLS = [

@@ -58,11 +58,14 @@ async def recv_all(loop: asyncio.AbstractEventLoop, sock: socket.socket,
     return bytes(out)
 
 
-def run(body: Callable[[], Awaitable[Any]], timeout: float = 60) -> Any:
+def run(body: Callable[[], Awaitable[Any]], timeout: float = 60, loop: str = "uvloop") -> Any:
+    """Run a test body on uvloop (the production loop) or the stdlib asyncio loop."""
     async def guarded() -> Any:
         return await asyncio.wait_for(body(), timeout)
 
-    return uvloop.run(guarded())
+    if loop == "uvloop":
+        return uvloop.run(guarded())
+    return asyncio.run(guarded())
 
 
 def open_fds() -> set[int]:

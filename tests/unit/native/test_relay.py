@@ -17,8 +17,9 @@ from mwiproxy._native import REASON_CLOSE_TIMEOUT, REASON_CLOSED, REASON_EOF, RE
 from .relaykit import Joined, open_fds, recv_all, run
 
 
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
 @pytest.mark.parametrize("kind", ["tcp", "unix"])
-def test_echo_both_ways(relay_mod: Any, kind: str) -> None:
+def test_echo_both_ways(relay_mod: Any, kind: str, loop_kind: str) -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
         j = Joined(relay_mod.Relay, loop, kind)
@@ -38,7 +39,7 @@ def test_echo_both_ways(relay_mod: Any, kind: str) -> None:
         assert j.relay.done and j.relay.reason == REASON_EOF
         j.close()
 
-    run(body)
+    run(body, loop=loop_kind)
 
 
 def test_large_transfer_both_ways_is_byte_exact(relay_mod: Any) -> None:

@@ -1,0 +1,113 @@
+"""The paths a benchmark drives: each gives a sink port, an echo port and a process to bill.
+
+direct: the back-end servers themselves (the physical limit).
+mwiproxy-native / mwiproxy-pure: bench.relayserver with the compiled or pure-Python build.
+haproxy-16k / haproxy-64k: Debian's HAProxy in `mode tcp` (skipped, and said so, if absent).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Running:
+    name: str
+    sink: int
+    echo: int
+    proc: subprocess.Popen[str] | None = None
+    cleanup: list[str] = field(default_factory=list)
+
+    def cpu_seconds(self) -> float:
+        """CPU the proxy process used so far, all threads (0 for the direct path)."""
+        if self.proc is None:
+            return 0.0
+        total = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            total += int((task / "schedstat").read_text().split()[0])  # ns on CPU
+        return total / 1e9
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        for f in self.cleanup:
+            os.unlink(f)
+
+
+def _spawn(argv: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, **(env or {})})
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline()
+
+
+def start_backends() -> tuple[subprocess.Popen[str], int, int]:
+    proc, line = _spawn([sys.executable, "-m", "bench.servers"])
+    sink, echo = map(int, line.split())
+    return proc, sink, echo
+
+
+def _mwiproxy(name: str, sink: int, echo: int, pure: bool) -> Running:
+    argv = [sys.executable, "-m", "bench.relayserver", "--target", str(sink),
+            "--target", str(echo)] + (["--pure"] if pure else [])
+    proc, line = _spawn(argv, {"MWIPROXY_NO_EXTENSIONS": "1"} if pure else None)
+    p_sink, p_echo, build = line.split()
+    if build != ("pure" if pure else "native"):
+        proc.terminate()
+        raise RuntimeError(f"{name}: expected the {'pure' if pure else 'native'} build")
+    return Running(name, int(p_sink), int(p_echo), proc)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _haproxy(name: str, sink: int, echo: int, bufsize: int | None) -> Running:
+    exe = shutil.which("haproxy")
+    if exe is None:
+        raise FileNotFoundError("haproxy is not installed (apt-get install haproxy)")
+    p_sink, p_echo = _free_port(), _free_port()
+    tune = f"    tune.bufsize {bufsize}\n" if bufsize else ""
+    cfg = (f"global\n    maxconn 20000\n{tune}defaults\n    mode tcp\n"
+           "    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n"
+           f"listen sink\n    bind 127.0.0.1:{p_sink}\n    server s 127.0.0.1:{sink}\n"
+           f"listen echo\n    bind 127.0.0.1:{p_echo}\n    server e 127.0.0.1:{echo}\n")
+    fd, path = tempfile.mkstemp(suffix=".cfg")
+    os.write(fd, cfg.encode())
+    os.close(fd)
+    proc = subprocess.Popen([exe, "-db", "-f", path], stdout=subprocess.DEVNULL, text=True)
+    time.sleep(0.3)
+    if proc.poll() is not None:
+        raise RuntimeError(f"{name}: haproxy exited with {proc.returncode}")
+    return Running(name, p_sink, p_echo, proc, [path])
+
+
+PATHS = ["direct", "mwiproxy-native", "mwiproxy-pure", "haproxy-16k", "haproxy-64k"]
+
+
+def start(name: str, sink: int, echo: int) -> Running:
+    if name == "direct":
+        return Running(name, sink, echo)
+    if name == "mwiproxy-native":
+        return _mwiproxy(name, sink, echo, pure=False)
+    if name == "mwiproxy-pure":
+        return _mwiproxy(name, sink, echo, pure=True)
+    if name == "haproxy-16k":
+        return _haproxy(name, sink, echo, None)
+    if name == "haproxy-64k":
+        return _haproxy(name, sink, echo, 65536)
+    raise ValueError(f"unknown path {name!r}; known: {', '.join(PATHS)}")
