@@ -309,7 +309,7 @@ static void *worker_main(void *arg)
         for (size_t k = eng->nready; k > 0 && eng->ready != NULL; k--) {
             mwi_relay *r = eng->ready;
             ready_unlink(eng, r);
-            if (relay_pump(r, 0, EPOLLIN | EPOLLOUT)) ready_add(eng, r);
+            if (relay_pump(r, 0, EPOLLHUP)) ready_add(eng, r);
         }
         expire_timers(eng);
         publish_finished(eng);

@@ -170,20 +170,22 @@ static int pump_dir(mwi_relay *r, int i, int trust_short_read)
 int relay_pump(mwi_relay *r, int side, uint32_t events)
 {
     int more = 0, st;
-    /* A short read proves the socket empty only if no FIN or error was already pending
-     * when epoll reported (anything arriving later raises a new edge). */
-    int trust = !(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
     for (int i = 0; i < 2; i++) {
-        int wanted = (events & (EPOLLHUP | EPOLLERR))
-            || (i == side && (events & (EPOLLIN | EPOLLRDHUP)))
-            || (i != side && (events & EPOLLOUT));
+        int both = (events & (EPOLLHUP | EPOLLERR)) != 0;
+        int readable = i == side && (events & (EPOLLIN | EPOLLRDHUP));
+        int writable = i != side && (events & EPOLLOUT);
+        /* A short read proves src empty only when this very event said "readable" and
+         * no FIN or error was pending then: whatever arrives later raises a new edge.
+         * When woken for the other side (EPOLLOUT), edges for src may have been spent
+         * while blocked, so read on to EAGAIN or EOF. */
+        int trust = readable && !both && !(events & EPOLLRDHUP) && !writable;
         if (r->state != RS_LIVE) return 0;
-        if (!wanted) continue;
+        if (!(both || readable || writable)) continue;
         st = pump_dir(r, i, trust);
         if (st == PUMP_FINISHED) return 0;
         more |= st == PUMP_MORE;
     }
-    if (r->dir[0].shut && r->dir[1].shut) {
+    if (r->state == RS_LIVE && r->dir[0].shut && r->dir[1].shut) {
         relay_finish(r, MWI_RELAY_EOF, 0);
         return 0;
     }

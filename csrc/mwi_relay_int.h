@@ -85,7 +85,7 @@ struct mwi_engine {
 };
 
 /* mwi_relay.c, called by the worker with the epoll events seen on fd[side]
- * (EPOLLIN | EPOLLOUT to pump both ways). Returns 1 when the relay spent its budget and
+ * (EPOLLHUP pumps both ways, reading to EAGAIN). Returns 1 when the relay spent its budget and
  * must run again before the worker sleeps. */
 int relay_pump(mwi_relay *r, int side, uint32_t events);
 void relay_finish(mwi_relay *r, mwi_relay_reason reason, int err);

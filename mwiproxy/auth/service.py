@@ -18,7 +18,7 @@ from mwiproxy.auth import audit
 from mwiproxy.auth.bots import BotService, bot_user
 from mwiproxy.auth.errors import AccessDenied, AlreadyExists, AuthError, BadRequest, NotFound
 from mwiproxy.auth.locks import LockService, describe
-from mwiproxy.auth.rbac import check_database_access
+from mwiproxy.auth.rbac import check_database_access, check_rule, match_labels
 from mwiproxy.auth.roles import Role, parse_roles
 from mwiproxy.auth.storage.base import Storage
 from mwiproxy.config.cluster import DatabaseConfig
@@ -329,9 +329,26 @@ def _audit(s: AuthService, r: Request) -> Any:
     return [{"id": e.event_id, "time": e.time, "type": e.type, **e.fields} for e in events]
 
 
+def _visible(s: AuthService, caller: Identity, labels: dict[str, str]) -> bool:
+    """A non-admin sees a database when its roles may list dbs and some role's allow
+    labels match it (and no deny labels do) — what `tsh db ls` shows."""
+    if caller.is_admin:
+        return True
+    bot = s.storage.get_bot(caller.bot_name) if caller.bot_name else None
+    roles = s.roles_for(bot.roles if bot else list(caller.roles))
+    if not check_rule(roles, "db", "list"):
+        return False
+    if any(r.deny.db_labels and match_labels(r.deny.db_labels, labels)[0] for r in roles):
+        return False
+    return any(match_labels(r.allow.db_labels, labels)[0] for r in roles)
+
+
 def _db_ls(s: AuthService, r: Request) -> Any:
+    assert r.caller is not None
     out = []
     for db in s.databases.values():
+        if not _visible(s, r.caller, dict(db.static_labels)):
+            continue
         out.append({"name": db.name, "protocol": db.protocol, "uri": db.uri,
                     "labels": dict(db.static_labels), "description": db.description})
     return out

@@ -218,3 +218,18 @@ def test_sign_db_server(svc):
     assert res["cas"] == svc.cas["db_client"].cert_pem.decode()
     left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
     assert dt.timedelta(hours=23) < left <= dt.timedelta(hours=24)
+
+
+def test_db_ls_shows_a_bot_only_what_its_roles_match(tmp_path):
+    storage = SQLiteStorage(str(tmp_path / "s.db"))
+    cas = AuthoritySet.load_or_create(tmp_path / "ca", "c")
+    dbs = [DatabaseConfig(name="dev-db", protocol="postgres", uri="h:1", static_labels={"env": "dev"}),
+           DatabaseConfig(name="prod-db", protocol="postgres", uri="h:2",
+                          static_labels={"env": "prod"})]
+    s = AuthService(cluster="c", storage=storage, cas=cas, databases=dbs)
+    s.call("create_roles", ADMIN, {"yaml": ROLE.replace("'*': '*'", "env: dev")})
+    tok = s.call("bots_add", ADMIN, {"name": "b", "roles": ["example-role"]})["token"]
+    bot = _ident(s.call("join", None, {"token": tok, "public_key": _pub()})["cert"])
+    assert [d["name"] for d in s.call("db_ls", bot, {})] == ["dev-db"]
+    assert [d["name"] for d in s.call("db_ls", ADMIN, {})] == ["dev-db", "prod-db"]
+    storage.close()
