@@ -32,8 +32,13 @@ async def accept_loop(srv: socket.socket, target: int) -> None:
         Relay(loop, client.detach(), upstream.detach()).start()
 
 
-async def serve(targets: list[int]) -> None:
+async def serve(targets: list[int], config: dict[str, int]) -> None:
     from mwiproxy._native import NATIVE
+
+    if NATIVE and config:
+        from mwiproxy._native import _relay
+
+        _relay.engine_for(asyncio.get_running_loop(), **config)
 
     servers = []
     for _ in targets:
@@ -49,12 +54,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--target", type=int, action="append", required=True)
     parser.add_argument("--pure", action="store_true")
+    parser.add_argument("--engine", action="append", default=[], metavar="KEY=INT",
+                        help="native engine setting: use_splice, pipe_size, buf_size, pool_max")
     args = parser.parse_args()
     if args.pure:
         os.environ["MWIPROXY_NO_EXTENSIONS"] = "1"
+    config = {k: int(v) for k, v in (item.split("=", 1) for item in args.engine)}
     import uvloop
 
-    uvloop.run(serve(args.target))
+    uvloop.run(serve(args.target, config))
 
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ int relay_pump(mwi_relay *r, int side, uint32_t events)
          * no FIN or error was pending then: whatever arrives later raises a new edge.
          * When woken for the other side (EPOLLOUT), edges for src may have been spent
          * while blocked, so read on to EAGAIN or EOF. */
-        int trust = readable && !both && !(events & EPOLLRDHUP) && !writable;
+        int trust = readable && !both && !(events & EPOLLRDHUP);
         if (r->state != RS_LIVE) return 0;
         if (!(both || readable || writable)) continue;
         st = pump_dir(r, i, trust);

@@ -23,23 +23,10 @@ from mwiproxy.identity.authorities import (
 )
 from mwiproxy.identity.certs import Identity, identity_from_certificate, subject_for
 from mwiproxy.identity.identityfile import read_identity_file
+from tests._testbase.fixtures import GUIDE_ROLE as ROLE
 
 pytestmark = pytest.mark.integration
 
-ROLE = """kind: role
-version: v6
-metadata:
-  name: example-role
-spec:
-  allow:
-    db_labels:
-      '*': '*'
-    db_names: [example-db]
-    db_users: [alice]
-    rules:
-      - resources: [db_server, db]
-        verbs: [read, list]
-"""
 
 
 def test_help_and_version(cluster):

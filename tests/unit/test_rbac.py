@@ -12,23 +12,8 @@ from mwiproxy.auth.rbac import (
     match_labels,
 )
 from mwiproxy.auth.roles import Role, RoleConditions, Rule, parse_roles
+from tests._testbase.fixtures import GUIDE_ROLE
 
-# The role from the getting-started guide, verbatim.
-GUIDE_ROLE = """\
-kind: role
-version: v6
-metadata:
-  name: example-role
-spec:
-  allow:
-    db_labels:
-      '*': '*'
-    db_names: [example-db]
-    db_users: [alice]
-    rules:
-      - resources: [db_server, db]
-        verbs: [read, list]
-"""
 LABELS = {"env": "prod", "region": "eu-west-1", "team": "db"}
 
 MATCH = [

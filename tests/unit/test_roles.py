@@ -14,22 +14,7 @@ from mwiproxy.auth.roles import (
     parse_trait_template,
 )
 from mwiproxy.config.loader import ConfigError
-
-GUIDE_ROLE = """\
-kind: role
-version: v6
-metadata:
-  name: example-role
-spec:
-  allow:
-    db_labels:
-      '*': '*'
-    db_names: [example-db]
-    db_users: [alice]
-    rules:
-      - resources: [db_server, db]
-        verbs: [read, list]
-"""
+from tests._testbase.fixtures import GUIDE_ROLE
 
 FULL_ROLE = """\
 kind: role

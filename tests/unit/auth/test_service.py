@@ -15,21 +15,8 @@ from mwiproxy.config.cluster import DatabaseConfig
 from mwiproxy.identity import oids
 from mwiproxy.identity.authorities import AuthoritySet, generate_private_key, public_key_pem
 from mwiproxy.identity.certs import Identity, identity_from_certificate
+from tests._testbase.fixtures import GUIDE_ROLE as ROLE
 
-ROLE = """kind: role
-version: v6
-metadata:
-  name: example-role
-spec:
-  allow:
-    db_labels:
-      '*': '*'
-    db_names: [example-db]
-    db_users: [alice]
-    rules:
-      - resources: [db_server, db]
-        verbs: [read, list]
-"""
 ADMIN = Identity(user="admin", usage=(oids.USAGE_ADMIN,))
 
 
