@@ -19,11 +19,17 @@ from .report import Row, render
 
 
 def _machine() -> str:
+    import shutil
+
     import uvloop
 
-    return (f"{platform.uname().system} {platform.uname().release} {platform.machine()}, "
+    u = platform.uname()
+    hap = "not installed"
+    if exe := shutil.which("haproxy"):
+        hap = subprocess.run([exe, "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    return (f"{u.system} {u.node} {u.release} {u.version} {u.machine}, "
             f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
-            f"uvloop {uvloop.__version__}")
+            f"uvloop {uvloop.__version__}, {hap}")
 
 
 def measure(run: paths.Running, nbytes: int, pings: int) -> dict[str, float]:

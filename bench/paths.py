@@ -82,17 +82,22 @@ def _haproxy(name: str, sink: int, echo: int, bufsize: int | None) -> Running:
         raise FileNotFoundError("haproxy is not installed (apt-get install haproxy)")
     p_sink, p_echo = _free_port(), _free_port()
     tune = f"    tune.bufsize {bufsize}\n" if bufsize else ""
-    cfg = (f"global\n    maxconn 20000\n{tune}defaults\n    mode tcp\n"
+    cfg = (f"global\n    maxconn 9900\n{tune}defaults\n    mode tcp\n"
            "    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n"
            f"listen sink\n    bind 127.0.0.1:{p_sink}\n    server s 127.0.0.1:{sink}\n"
            f"listen echo\n    bind 127.0.0.1:{p_echo}\n    server e 127.0.0.1:{echo}\n")
     fd, path = tempfile.mkstemp(suffix=".cfg")
     os.write(fd, cfg.encode())
     os.close(fd)
-    proc = subprocess.Popen([exe, "-db", "-f", path], stdout=subprocess.DEVNULL, text=True)
-    time.sleep(0.3)
-    if proc.poll() is not None:
-        raise RuntimeError(f"{name}: haproxy exited with {proc.returncode}")
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: it can never block it
+        proc = subprocess.Popen([exe, "-db", "-f", path], stdout=subprocess.DEVNULL,
+                                stderr=log, text=True)
+        time.sleep(0.3)
+        if proc.poll() is not None:
+            log.seek(0)
+            why = log.read().strip().splitlines()[-1:] or ["?"]
+            os.unlink(path)
+            raise RuntimeError(f"haproxy exited with {proc.returncode}: {why[0]}")
     return Running(name, p_sink, p_echo, proc, [path])
 
 

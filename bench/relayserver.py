@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import os
 import socket
-import sys
 
 
 async def accept_loop(srv: socket.socket, target: int) -> None:
@@ -38,7 +37,7 @@ async def serve(targets: list[int], config: dict[str, int]) -> None:
     if NATIVE and config:
         from mwiproxy._native import _relay
 
-        _relay.engine_for(asyncio.get_running_loop(), **config)
+        _relay.engine_for(asyncio.get_running_loop(), **config)  # type: ignore[arg-type]
 
     servers = []
     for _ in targets:
@@ -66,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

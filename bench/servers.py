@@ -7,8 +7,8 @@ Threads, not asyncio: the back end should cost the same on every path and stay s
 from __future__ import annotations
 
 import socket
-import sys
 import threading
+from collections.abc import Callable
 
 
 def _sink(conn: socket.socket) -> None:
@@ -27,7 +27,7 @@ def _echo(conn: socket.socket) -> None:
             conn.sendall(data)
 
 
-def _serve(handler: object) -> int:
+def _serve(handler: Callable[[socket.socket], None]) -> int:
     srv = socket.create_server(("127.0.0.1", 0), backlog=1024)
 
     def accept_loop() -> None:
@@ -45,4 +45,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import warnings
 
-from . import relay_py, tlsrec_py
 from .firstbytes import (
     KIND_GARBAGE,
     KIND_HTTP,
@@ -23,6 +22,7 @@ from .firstbytes import (
     KIND_TLS,
     FirstBytes,
 )
+from .relay_py import Relay, close_engine
 from .relaytypes import (
     REASON_CLOSE_TIMEOUT,
     REASON_CLOSED,
@@ -34,11 +34,11 @@ from .relaytypes import (
     REASONS,
     RelayStats,
 )
+from .tlsrec_py import classify
 
+# The pure-Python twins above are the reference API (what type checkers see); the
+# compiled modules replace them with the same names and signatures (see the .pyi stubs).
 NATIVE: bool = False
-classify = tlsrec_py.classify
-Relay: type[relay_py.Relay] = relay_py.Relay
-close_engine = relay_py.close_engine
 
 if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
     try:
@@ -51,7 +51,7 @@ if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
         )
     else:
         classify = _tlsrec.classify
-        Relay = _relay.Relay  # type: ignore[assignment]
+        Relay = _relay.Relay  # type: ignore[assignment, misc]
         close_engine = _relay.close_engine
         NATIVE = True
 

@@ -50,7 +50,10 @@ cdef class Engine:
             r = mwi_engine_pop_done(self.eng)
             if r == NULL:
                 return
-            relay = self.running.pop(mwi_relay_user(r))
+            relay = self.running.pop(mwi_relay_user(r), None)
+            if relay is None:   # its Python object is gone (engine teardown): just free it
+                mwi_relay_release(r)
+                continue
             relay._finished(mwi_relay_reason_name(mwi_relay_reason_get(r)).decode("ascii"),
                             mwi_relay_errno(r))
 
