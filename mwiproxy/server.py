@@ -14,13 +14,17 @@ import json
 import logging
 import os
 import signal
+import ssl
 from pathlib import Path
 
 from mwiproxy.auth.api import serve_connection
 from mwiproxy.auth.client import split_addr
 from mwiproxy.auth.service import AuthService
+from mwiproxy.auth.storage.base import LockRecord
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
 from mwiproxy.config.cluster import ClusterConfig
+from mwiproxy.engines.postgres import PROTOCOLS as POSTGRES_PROTOCOLS
+from mwiproxy.engines.postgres import PostgresEngine
 from mwiproxy.identity import oids
 from mwiproxy.identity.authorities import (
     AuthoritySet,
@@ -33,6 +37,8 @@ from mwiproxy.identity.certs import Identity
 from mwiproxy.identity.identityfile import IdentityFile
 from mwiproxy.identity.tlsctx import server_context
 from mwiproxy.proxy.listener import ProxyListener
+from mwiproxy.proxy.postgres import PostgresFrontend
+from mwiproxy.proxy.sessions import SessionRegistry
 from mwiproxy.wire import alpn
 
 log = logging.getLogger("mwiproxy")
@@ -64,6 +70,25 @@ class Cluster:
         )
         self.listener = ProxyListener(host, port, self._tls_context)
         self.listener.route(alpn.AUTH, self._serve_auth)
+        self.sessions = SessionRegistry()
+        self._inner_ctx: ssl.SSLContext | None = None
+        self._route_databases()
+
+    def _route_databases(self) -> None:
+        engines = {db.name: PostgresEngine(db, self.cas) for db in self.config.databases
+                   if db.protocol in POSTGRES_PROTOCOLS}
+        for db in self.config.databases:
+            if db.name not in engines:
+                log.warning("database %r: no %s engine yet; it is listed but not served",
+                            db.name, db.protocol)
+        frontend = PostgresFrontend(self.auth, engines, self.sessions, self._inner_context)
+        self.listener.route(alpn.POSTGRES, frontend.serve)
+
+    def _inner_context(self) -> ssl.SSLContext:
+        """The proxy's side of a client's own TLS (non-tunnel mode): no ALPN."""
+        if self._inner_ctx is None:
+            self._inner_ctx = self._tls_context([])
+        return self._inner_ctx
 
     def _check_cluster_name(self) -> None:
         stored = self.storage.get_meta("cluster_name")
@@ -83,7 +108,7 @@ class Cluster:
                     hosts.append(h)
         return hosts
 
-    def _tls_context(self, protocols: list[str]):  # type: ignore[no-untyped-def]
+    def _tls_context(self, protocols: list[str]) -> ssl.SSLContext:
         key = generate_private_key()
         hosts = self._proxy_hosts()
         cert = self.cas["host"].sign_server(hosts[0], hosts, key.public_key(), PROXY_CERT_TTL)
@@ -111,6 +136,12 @@ class Cluster:
         write_private(self.data_dir / CLUSTER_INFO, json.dumps(info, indent=2).encode() + b"\n")
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def cut_locked(lock: LockRecord) -> None:  # may be called from any thread
+            loop.call_soon_threadsafe(self.sessions.on_lock, lock)
+
+        self.auth.locks.on_lock(cut_locked)
         await self.listener.start()
         self.write_admin_identity()
         self.write_cluster_info()
@@ -120,6 +151,7 @@ class Cluster:
 
     async def close(self) -> None:
         await self.listener.close()
+        self.sessions.close_all("shutdown", "the cluster proxy is shutting down")
         self.storage.close()
 
 

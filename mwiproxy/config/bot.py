@@ -10,6 +10,11 @@ mwibot differs it says so in an error rather than silently ignoring a key:
 - Destinations: only `type: directory` (tbot also has memory, kubernetes_secret);
   `acls: required` is refused and `acls: try` warns: mwibot does not set ACLs yet.
 - Service types: `database`, `database-tunnel`, `identity`.
+- mwibot extension (not in tbot's schema): `reload` under a `database` or `identity`
+  service, an action run after each renewal of that output, e.g.
+  `reload: {pid_file: /run/pgbouncer.pid, signal: HUP}` (signal defaults to HUP) or
+  `reload: {command: [systemctl, reload, pgbouncer]}`. tbot refuses the key, so a file
+  using it is mwibot-only.
 
 Services are a list discriminated by `type`, so they are decoded here one by one (each
 with its own dataclass) rather than by the generic loader; errors still carry the
@@ -21,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import signal as signals
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -40,6 +46,7 @@ __all__ = [
     "ListenAddr",
     "Onboarding",
     "Reader",
+    "ReloadAction",
     "ServiceConfig",
     "load_bot_config",
     "parse_bot_config",
@@ -151,6 +158,52 @@ class Onboarding:
         return out
 
 
+@dataclass
+class ReloadAction:
+    """mwibot extension: tell a consumer its credentials changed (see the module doc)."""
+
+    pid_file: str = ""
+    signal: str = ""
+    command: list[str] = field(default_factory=list)
+    timeout: timedelta = timedelta(seconds=30)
+
+    def validate(self) -> None:
+        if bool(self.pid_file) == bool(self.command):
+            raise ConfigError("give exactly one of pid_file or command")
+        if self.signal and not self.pid_file:
+            raise ConfigError("signal needs pid_file", key="signal")
+        if self.signal:
+            try:
+                parse_signal(self.signal)
+            except ValueError as e:
+                raise ConfigError(str(e), key="signal") from None
+        if self.command and not self.command[0]:
+            raise ConfigError("the program name must not be empty", key="command[0]")
+
+    @property
+    def signum(self) -> signals.Signals:
+        return parse_signal(self.signal or "HUP")
+
+    def to_yaml(self) -> dict[str, Any]:
+        default = ReloadAction()
+        return {f.name: _yaml_value(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
+
+
+def parse_signal(name: str) -> signals.Signals:
+    """"HUP", "SIGHUP" or a number -> the signal."""
+    text = name.strip().upper()
+    if text.isdigit():
+        try:
+            return signals.Signals(int(text))
+        except ValueError:
+            raise ValueError(f"unknown signal {name!r}") from None
+    try:
+        return signals.Signals[text if text.startswith("SIG") else f"SIG{text}"]
+    except KeyError:
+        raise ValueError(f"unknown signal {name!r} (e.g. HUP, USR1, TERM)") from None
+
+
 @dataclass(frozen=True)
 class ListenAddr:
     """Where a database tunnel listens: TCP host and port, or a Unix socket path."""
@@ -217,6 +270,7 @@ class DatabaseService(_ServiceBase):
     username: str = ""
     credential_ttl: timedelta | None = None
     renewal_interval: timedelta | None = None
+    reload: ReloadAction | None = None
 
     def validate(self) -> None:
         if not self.service:
@@ -267,6 +321,7 @@ class IdentityService(_ServiceBase):
     roles: list[str] = field(default_factory=list)
     credential_ttl: timedelta | None = None
     renewal_interval: timedelta | None = None
+    reload: ReloadAction | None = None
 
     def validate(self) -> None:
         self.check_lifetime()

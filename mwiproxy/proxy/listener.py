@@ -1,4 +1,8 @@
-"""The cluster proxy's single TLS port: accept, handshake, route by ALPN.
+"""The cluster proxy's single TLS port: accept, peek, handshake, route by ALPN.
+
+The first bytes of each connection are peeked (not read) and classified by the native
+parser. TLS goes on to the handshake; a client that speaks PostgreSQL or HTTP in the
+clear is told, in its own protocol, that this port needs TLS; anything else is closed.
 
 Handlers are registered per ALPN protocol name. The client certificate, when offered, is
 verified against the user CA during the handshake and decoded into an Identity before a
@@ -9,18 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
 from cryptography import x509
 
+from mwiproxy import _native
 from mwiproxy.identity.certs import Identity, identity_from_certificate
+from mwiproxy.proxy.plaintext import refuse as refuse_plaintext
 
 log = logging.getLogger("mwiproxy.proxy")
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Identity | None, str],
                    Awaitable[None]]
 HANDSHAKE_TIMEOUT = 10.0
+PEEK_SIZE = 4096
+STREAM_LIMIT = 1 << 20
 
 
 class ProxyListener:
@@ -30,8 +39,11 @@ class ProxyListener:
         self._port = port
         self._ctx_factory = ctx_factory
         self._handlers: dict[str, Handler] = {}
-        self._server: asyncio.Server | None = None
+        self._sock: socket.socket | None = None
         self._ctx: ssl.SSLContext | None = None
+        self._listen_ctx: ssl.SSLContext | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._conns: set[asyncio.Task[None]] = set()
 
     def route(self, alpn_name: str, handler: Handler) -> None:
         self._handlers[alpn_name] = handler
@@ -55,25 +67,72 @@ class ProxyListener:
 
     @property
     def address(self) -> tuple[str, int]:
-        assert self._server is not None
-        sock = self._server.sockets[0]
-        host, port = sock.getsockname()[:2]
+        assert self._sock is not None
+        host, port = self._sock.getsockname()[:2]
         return host, port
 
     async def start(self) -> None:
         self.reload_tls()
-        self._server = await asyncio.start_server(
-            self._accept, self._host, self._port, ssl=self._listening_context(),
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT, reuse_address=True, backlog=1024)
+        self._listen_ctx = self._listening_context()
+        family = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)[0][0]
+        self._sock = socket.create_server((self._host, self._port), family=family,
+                                          backlog=1024)
+        self._sock.setblocking(False)
+        self._accepting = asyncio.ensure_future(self._accept_loop(self._sock))
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._accepting = None
+        if self._sock is not None:
+            self._sock.close()
+        for task in list(self._conns):
+            task.cancel()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        remote = f"{peer[0]}:{peer[1]}" if peer else "?"
+    async def _accept_loop(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(lsock)
+            except OSError as e:  # EMFILE and friends: keep the port alive
+                log.warning("accept failed: %s", e)
+                await asyncio.sleep(0.1)
+                continue
+            task = asyncio.ensure_future(self._serve(sock, f"{peer[0]}:{peer[1]}"))
+            self._conns.add(task)
+            task.add_done_callback(self._conns.discard)
+
+    async def _serve(self, sock: socket.socket, remote: str) -> None:
+        try:
+            first = await asyncio.wait_for(peek_first_bytes(sock), HANDSHAKE_TIMEOUT)
+        except (TimeoutError, OSError):
+            sock.close()
+            return
+        if first.kind != _native.KIND_TLS:
+            await refuse_plaintext(sock, first, remote)
+            return
+        streams = await self._handshake(sock, remote)
+        if streams is not None:
+            await self._dispatch(*streams, remote)
+
+    async def _handshake(self, sock: socket.socket, remote: str
+                         ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+        ready: asyncio.Future[asyncio.StreamWriter] = loop.create_future()
+        # a connected-callback makes the protocol server-side for a later inner start_tls
+        protocol = asyncio.StreamReaderProtocol(reader, lambda _r, w: ready.set_result(w))
+        try:
+            await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self._listen_ctx,
+                                               ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        except (OSError, ssl.SSLError, TimeoutError) as e:
+            log.info("TLS handshake with %s failed: %s", remote, e)
+            sock.close()
+            return None
+        return reader, await ready
+
+    async def _dispatch(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        remote: str) -> None:
         ssl_obj = writer.get_extra_info("ssl_object")
         proto = ssl_obj.selected_alpn_protocol() if ssl_obj else None
         handler = self._handlers.get(proto or "")
@@ -90,4 +149,37 @@ class ProxyListener:
                 log.info("client certificate from %s carries no identity: %s", remote, e)
                 writer.close()
                 return
-        await handler(reader, writer, caller, remote)
+        try:
+            await handler(reader, writer, caller, remote)
+        except Exception:
+            log.exception("handler for %s (%s) failed", remote, proto)
+            writer.transport.abort()
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
+async def _readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(sock.fileno(), _wake, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+async def peek_first_bytes(sock: socket.socket) -> _native.FirstBytes:
+    """Classify what the client sent first without taking it off the socket."""
+    seen = -1
+    while True:
+        await _readable(sock)
+        data = sock.recv(PEEK_SIZE, socket.MSG_PEEK)
+        first = _native.classify(data)
+        if not data or first.kind != _native.KIND_NEED_MORE or len(data) >= PEEK_SIZE:
+            return first
+        if len(data) == seen:  # more is on its way: wait for it, do not spin
+            await asyncio.sleep(0.005)
+        seen = len(data)

@@ -1,0 +1,126 @@
+"""The bot's calls to the cluster: join, renew, and database certificates.
+
+Every call is blocking (the renewer runs it in a worker thread) and opens its own
+connection: calls are minutes apart, and a fresh connection never carries a stale
+certificate from before a renewal.
+
+Trust on the first join comes from `onboarding` (teleport-facts.md §1): `ca_pins`
+(the host CA must match a pin), `ca_path` (a PEM file of the host CA), or `insecure`
+(trust whatever answers, loudly). After the join the bot verifies the cluster against
+the host CA it stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from mwiproxy.auth.client import AuthClient, ClusterUnreachable, fetch_cas_pinned
+from mwiproxy.auth.errors import AuthError
+from mwiproxy.bot.credentials import Credentials, generate_key
+from mwiproxy.bot.state import BotIdentity, token_hash
+from mwiproxy.config.bot import BotConfig
+from mwiproxy.config.durations import format_duration
+from mwiproxy.identity.pem import certificates
+
+log = logging.getLogger("mwiproxy.bot")
+
+CALL_TIMEOUT = 15.0
+
+
+class OnboardingError(Exception):
+    """The bot cannot establish trust in the cluster or join it; says what to change."""
+
+
+def cluster_addr(config: BotConfig) -> str:
+    return config.proxy_server or config.auth_server
+
+
+def credentials_from(key_pem: bytes, reply: dict[str, Any]) -> Credentials:
+    """Credentials from a join/renew/issue reply: {"cert": PEM, "cas": {kind: PEM}}."""
+    cas = reply["cas"]
+    return Credentials(
+        key_pem=key_pem,
+        cert_pem=reply["cert"].encode(),
+        host_ca_pems=tuple(certificates(cas["host"].encode())),
+        user_ca_pems=tuple(certificates(cas["user"].encode())),
+        db_ca_pems=tuple(certificates(cas["db"].encode())),
+    )
+
+
+class ClusterClient:
+    def __init__(self, addr: str, timeout: float = CALL_TIMEOUT) -> None:
+        self.addr = addr
+        self.timeout = timeout
+
+    def join(self, config: BotConfig, ttl: timedelta) -> BotIdentity:
+        """Join with the onboarding token (one use only) after checking the cluster."""
+        token = config.onboarding.resolve_token()
+        if not token:
+            raise OnboardingError("no onboarding token: set onboarding.token (or --token)")
+        host_ca = self._trusted_host_ca(config)
+        key, public = generate_key()
+        with AuthClient(self.addr, ca_pems=host_ca, timeout=self.timeout) as client:
+            reply = client.call("join", token=token, public_key=public.decode(),
+                                ttl=format_duration(ttl))
+        return BotIdentity(credentials_from(key, reply), token_hash(token))
+
+    def renew(self, ident: BotIdentity, ttl: timedelta) -> BotIdentity:
+        """A new bot certificate (generation + 1) for a new key."""
+        key, public = generate_key()
+        with self._as_bot(ident) as client:
+            reply = client.call("renew", public_key=public.decode(), ttl=format_duration(ttl))
+        return BotIdentity(credentials_from(key, reply), ident.token_sha256)
+
+    def issue_database(
+        self, ident: BotIdentity, *, service: str, database: str, username: str,
+        ttl: timedelta,
+    ) -> Credentials:
+        key, public = generate_key()
+        with self._as_bot(ident) as client:
+            reply = client.call("issue_database_cert", public_key=public.decode(),
+                                service=service, database=database, username=username,
+                                ttl=format_duration(ttl))
+        return credentials_from(key, reply)
+
+    def _as_bot(self, ident: BotIdentity) -> AuthClient:
+        c = ident.creds
+        return AuthClient(self.addr, ca_pems=b"".join(c.host_ca_pems), cert_pem=c.cert_pem,
+                          key_pem=c.key_pem, timeout=self.timeout)
+
+    def _trusted_host_ca(self, config: BotConfig) -> bytes:
+        onboarding = config.onboarding
+        if onboarding.ca_pins:
+            cas = fetch_cas_pinned(self.addr, onboarding.ca_pins, timeout=self.timeout)
+            return str(cas["host"]).encode()
+        if onboarding.ca_path:
+            return _read_ca_file(onboarding.ca_path)
+        if config.insecure:
+            log.warning(
+                "INSECURE: joining %s without verifying the cluster (insecure: true); anyone "
+                "on the network path could impersonate it. Use onboarding.ca_pins "
+                "(`mwictl status` prints the pin).", self.addr)
+            with AuthClient(self.addr, ca_pems=None, timeout=self.timeout) as unverified:
+                return str(unverified.call("get_cas")["host"]).encode()
+        raise OnboardingError(
+            "cannot verify the cluster on first join: set onboarding.ca_pins (the CA pin "
+            "printed by `mwictl status`), onboarding.ca_path, or insecure: true")
+
+
+def _read_ca_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise OnboardingError(f"onboarding.ca_path: cannot read {path}: {e.strerror}") from None
+    pems = certificates(data)
+    if not pems:
+        raise OnboardingError(f"onboarding.ca_path: {path} holds no PEM certificate")
+    return b"".join(pems)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Errors worth retrying soon (the cluster may come back); others need a person."""
+    return isinstance(error, ClusterUnreachable | OSError) or (
+        isinstance(error, AuthError) and error.code in ("error", "internal"))

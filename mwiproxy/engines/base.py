@@ -1,0 +1,79 @@
+"""What every database engine shares: how it proves itself to the database (a short-lived
+client certificate per database user from the database-client CA, cached) and how it
+checks the database's server certificate (the configured TLS mode)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mwiproxy.config.cluster import DatabaseConfig
+from mwiproxy.identity.authorities import (
+    AuthoritySet,
+    cert_pem,
+    generate_private_key,
+    private_key_pem,
+)
+from mwiproxy.identity.tlsctx import client_context
+
+USER_CERT_TTL = dt.timedelta(hours=1)
+RENEW_BEFORE = dt.timedelta(minutes=10)
+CONNECT_TIMEOUT = 10.0
+
+
+class UpstreamError(Exception):
+    """The database could not be reached or refused the engine; the message says why."""
+
+
+@dataclass
+class _Cached:
+    ctx: ssl.SSLContext
+    renew_at: float
+
+
+class UpstreamTLS:
+    """Client TLS contexts towards one database, one per database user, reused until the
+    user's certificate is near expiry."""
+
+    def __init__(self, db: DatabaseConfig, cas: AuthoritySet, *,
+                 ttl: dt.timedelta = USER_CERT_TTL,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._db = db
+        self._cas = cas
+        self._ttl = ttl
+        self._clock = clock
+        self._cache: dict[str, _Cached] = {}
+        self._server_ca = self._load_server_ca()
+
+    def _load_server_ca(self) -> bytes | None:
+        if self._db.tls.mode == "insecure":
+            return None
+        if self._db.tls.ca_file:
+            return Path(self._db.tls.ca_file).read_bytes()
+        return self._cas["db"].cert_pem
+
+    @property
+    def server_hostname(self) -> str | None:
+        """The name checked against the server certificate (verify-full only)."""
+        if self._db.tls.mode != "verify-full":
+            return None
+        return self._db.tls.server_name or self._db.host_port[0]
+
+    def context_for(self, db_user: str) -> ssl.SSLContext:
+        cached = self._cache.get(db_user)
+        if cached is None or self._clock() >= cached.renew_at:
+            cached = self._issue(db_user)
+            self._cache[db_user] = cached
+        return cached.ctx
+
+    def _issue(self, db_user: str) -> _Cached:
+        key = generate_private_key()
+        cert = self._cas["db_client"].sign_database_user(db_user, key.public_key(), self._ttl)
+        ctx = client_context(self._server_ca, cert_pem(cert), private_key_pem(key),
+                             check_hostname=self._db.tls.mode == "verify-full")
+        renew_at = cert.not_valid_after_utc.timestamp() - RENEW_BEFORE.total_seconds()
+        return _Cached(ctx, max(renew_at, self._clock() + 1))

@@ -1,0 +1,200 @@
+"""The cluster proxy's PostgreSQL front end (ALPN `teleport-postgres`).
+
+Tunnel mode: the identity comes from the outer TLS; an SSLRequest inside is declined.
+Non-tunnel mode: the outer TLS carries no client certificate; the client's own TLS
+(SSLRequest → 'S') is terminated here with the proxy's certificate, and the identity is
+taken from the client certificate of that inner handshake.
+
+Then: startup → access check → engine → relay, with audit events at each end, or a
+CancelRequest forwarded to the database of the session that owns the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from mwiproxy.auth import audit
+from mwiproxy.auth.service import AuthService
+from mwiproxy.engines.base import UpstreamError
+from mwiproxy.engines.postgres import PROTOCOLS, PostgresEngine, UpstreamRefused
+from mwiproxy.identity.certs import Identity, identity_from_certificate
+from mwiproxy.proxy.access import Refusal, authorize
+from mwiproxy.proxy.sessions import Session, SessionRegistry
+from mwiproxy.relay.pipe import Pipe
+from mwiproxy.wire import postgres as pg
+
+log = logging.getLogger("mwiproxy.proxy.postgres")
+
+STARTUP_TIMEOUT = 30.0
+MAX_NEGOTIATIONS = 3
+
+
+@dataclass
+class _Conn:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    caller: Identity | None
+    remote: str
+    inner_tls: bool = False
+
+
+class PostgresFrontend:
+    def __init__(self, auth: AuthService, engines: Mapping[str, PostgresEngine],
+                 sessions: SessionRegistry, inner_tls: Callable[[], ssl.SSLContext]) -> None:
+        self._auth = auth
+        self._engines = engines
+        self._sessions = sessions
+        self._inner_tls = inner_tls
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    caller: Identity | None, remote: str) -> None:
+        conn = _Conn(reader, writer, caller, remote)
+        try:
+            first = await asyncio.wait_for(self._negotiate(conn), STARTUP_TIMEOUT)
+            if first.is_cancel:
+                await self._cancel(conn, pg.parse_cancel(first.raw))
+            else:
+                await self._session(conn, first.raw)
+        except Refusal as r:
+            self._refuse(conn, r)
+        except (pg.ProtocolError, ssl.SSLError, OSError, TimeoutError) as e:
+            log.info("postgres connection from %s ended before startup: %s", remote, e)
+        finally:
+            with contextlib.suppress(OSError, ssl.SSLError):
+                conn.writer.close()
+
+    # -- before the startup message ----------------------------------------------------
+
+    async def _negotiate(self, conn: _Conn) -> pg.FirstPacket:
+        for _ in range(MAX_NEGOTIATIONS):
+            first = await pg.read_first_packet(conn.reader)
+            if first.is_startup or first.is_cancel:
+                return first
+            if first.is_ssl_request and conn.caller is None and not conn.inner_tls:
+                await self._accept_inner_tls(conn)
+            elif first.is_ssl_request or first.is_gssenc_request:
+                conn.writer.write(pg.SSL_NO)
+            else:
+                raise pg.ProtocolError(f"unknown startup request code {first.code}")
+        raise pg.ProtocolError("too many encryption requests")
+
+    async def _accept_inner_tls(self, conn: _Conn) -> None:
+        conn.writer.write(pg.SSL_YES)
+        await conn.writer.drain()
+        try:
+            await conn.writer.start_tls(self._inner_tls())
+        except (ssl.SSLError, OSError) as e:
+            self._audit_denied(conn, f"client TLS handshake failed: {e}")
+            raise
+        conn.inner_tls = True
+        der = conn.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        if der:
+            try:
+                conn.caller = identity_from_certificate(x509.load_der_x509_certificate(der))
+            except ValueError as e:
+                raise Refusal(f"the client certificate carries no identity: {e}") from None
+
+    # -- refusals ----------------------------------------------------------------------
+
+    def _refuse(self, conn: _Conn, refusal: Refusal,
+                params: Mapping[str, str] | None = None) -> None:
+        log.info("refused %s from %s: %s", conn.caller.user if conn.caller else "anonymous",
+                 conn.remote, refusal.reason)
+        self._audit_denied(conn, refusal.reason, params)
+        with contextlib.suppress(OSError, ssl.SSLError):
+            conn.writer.write(pg.error_response(refusal.message))
+
+    def _audit_denied(self, conn: _Conn, reason: str,
+                      params: Mapping[str, str] | None = None) -> None:
+        caller, params = conn.caller, params or {}
+        route = caller.route if caller else None
+        self._auth.audit.emit(
+            audit.ACCESS_DENIED, user=caller.user if caller else "", protocol="postgres",
+            db_service=route.service if route else "", db_user=params.get("user", ""),
+            db_name=params.get("database", ""), reason=reason, remote=conn.remote)
+
+    # -- a session ---------------------------------------------------------------------
+
+    async def _session(self, conn: _Conn, startup: bytes) -> None:
+        params = pg.parse_startup(startup)
+        db_user = params.get("user", "")
+        db_name = params.get("database") or db_user
+        try:
+            grant = authorize(self._auth, conn.caller, db_user=db_user, db_name=db_name,
+                              protocols=PROTOCOLS, served=self._engines)
+        except Refusal as r:
+            self._refuse(conn, r, {"user": db_user, "database": db_name})
+            return
+        assert conn.caller is not None
+        session = Session(conn.caller, grant.route.service, db_user, db_name, conn.remote,
+                          roles=grant.roles, cut=lambda _r, _m: conn.writer.transport.abort())
+        self._sessions.add(session)
+        try:
+            await self._run(conn, session, startup)
+        finally:
+            self._sessions.remove(session)
+
+    async def _run(self, conn: _Conn, session: Session, startup: bytes) -> None:
+        engine = self._engines[session.service]
+        started = time.monotonic()
+        try:
+            upstream = await engine.start(startup, session.db_user, conn.writer)
+        except (UpstreamError, UpstreamRefused) as e:
+            self._audit_start(session, error=str(e))
+            if isinstance(e, UpstreamError):
+                conn.writer.write(pg.error_response(str(e), pg.CONNECTION_FAILURE))
+            return
+        if upstream.cancel_key is not None:
+            self._sessions.set_cancel_key(session, upstream.cancel_key)
+        pipe = Pipe((conn.reader, conn.writer), upstream.stream)
+        session.cut = lambda reason, message: pipe.close(
+            reason, farewell_to_a=pg.error_response(message, pg.ADMIN_SHUTDOWN))
+        if session.end_reason:  # locked while the engine was dialing
+            session.end(session.end_reason)
+        self._audit_start(session)
+        stats = await pipe.run()
+        self._auth.audit.emit(
+            audit.SESSION_END, session_id=session.session_id, **_who(session),
+            bytes_client_to_db=stats.bytes_a_to_b, bytes_db_to_client=stats.bytes_b_to_a,
+            duration=round(time.monotonic() - started, 3),
+            reason=session.end_reason or stats.reason)
+
+    def _audit_start(self, session: Session, error: str = "") -> None:
+        fields = {"success": not error, **({"error": error} if error else {})}
+        self._auth.audit.emit(audit.SESSION_START, session_id=session.session_id,
+                              **_who(session), roles=list(session.roles), **fields)
+
+    # -- cancel ------------------------------------------------------------------------
+
+    async def _cancel(self, conn: _Conn, key: pg.CancelKey) -> None:
+        session = self._sessions.by_cancel_key(key)
+        if conn.caller is None or session is None or not _same_owner(session, conn.caller):
+            log.info("CancelRequest from %s matches no session of its identity", conn.remote)
+            return
+        try:
+            await self._engines[session.service].cancel(key, session.db_user)
+        except UpstreamError as e:
+            log.info("cancel for session %d failed: %s", session.session_id, e)
+            return
+        log.info("cancelled the running query of session %d", session.session_id)
+
+
+def _same_owner(session: Session, caller: Identity) -> bool:
+    owner = session.identity
+    if owner.bot_name or caller.bot_name:
+        return owner.bot_name == caller.bot_name
+    return owner.user == caller.user
+
+
+def _who(session: Session) -> dict[str, str]:
+    return {"user": session.identity.user, "bot": session.identity.bot_name,
+            "db_service": session.service, "db_user": session.db_user,
+            "db_name": session.db_name, "remote": session.remote, "protocol": "postgres"}

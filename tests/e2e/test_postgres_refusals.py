@@ -1,0 +1,109 @@
+"""Every refusal speaks PostgreSQL, says why, is audited, and leaves the proxy serving."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import subprocess
+import time
+
+import psycopg
+import pytest
+
+from mwiproxy.identity.authorities import (
+    cert_pem,
+    create_authority,
+    generate_private_key,
+    private_key_pem,
+)
+from mwiproxy.identity.certs import DatabaseRoute, Identity
+from tests._testbase.fixtures import GUIDE_ROLE
+from tests.e2e.conftest import SERVICE
+
+pytestmark = pytest.mark.integration
+
+
+def _still_serving(topo, tunnel):
+    assert topo.psql(topo.dsn(tunnel), "select 1").stdout.strip() == "1"
+
+
+def test_wrong_user_and_wrong_database(topo, tunnel):
+    res = topo.psql(topo.dsn(tunnel, user="bob"), "select 1")
+    assert 'access to db denied: the certificate is for database user "alice", not "bob"' \
+        in res.stderr
+    res = topo.psql(topo.dsn(tunnel, dbname="postgres"), "select 1")
+    assert 'the certificate is for database "example-db", not "postgres"' in res.stderr
+    denied = topo.audit("db.access.denied")
+    assert any(e["db_user"] == "bob" and "not \"bob\"" in e["reason"] for e in denied)
+    _still_serving(topo, tunnel)
+
+
+BOB_ROLE = GUIDE_ROLE.replace("example-role", "bob-role").replace("[alice]", "[bob]")
+
+
+def test_roles_are_checked_at_connect_time(topo):
+    """A certificate issued while the role allowed alice stops working when it no longer
+    does: RBAC runs on every connection, not only at issuance."""
+    out = topo.bot_output("demoted")
+    lp = topo.local_proxy(out, tunnel=True)
+    (topo.root / "bob-role.yaml").write_text(BOB_ROLE)
+    topo.cluster.ctl("create", "-f", str(topo.root / "bob-role.yaml"))
+    topo.cluster.ctl("bots", "update", "demoted", "--set-roles", "bob-role")
+    res = topo.psql(topo.dsn(lp), "select 1")
+    assert "FATAL:  access to db denied:" in res.stderr, res.stderr
+    assert '"alice"' in res.stderr
+
+
+def test_lock_cuts_a_live_session_within_a_second(topo):
+    out = topo.bot_output("locked")
+    lp = topo.local_proxy(out, tunnel=True)
+    conn = psycopg.connect(topo.dsn(lp), autocommit=True)
+    assert conn.execute("select 1").fetchone() == (1,)
+    topo.cluster.ctl("lock", "--bot=locked", "--message", "incident 42")
+    locked_at = time.monotonic()
+    with pytest.raises(psycopg.OperationalError) as err:
+        while time.monotonic() - locked_at < 5:
+            conn.execute("select 1")
+            time.sleep(0.05)
+    assert time.monotonic() - locked_at < 1.5
+    assert "locked" in str(err.value)
+    conn.close()
+    res = topo.psql(topo.dsn(lp), "select 1")
+    assert "access to db denied: bot 'locked' is locked: incident 42" in res.stderr, res.stderr
+
+
+def test_certificate_from_another_cluster(topo, tunnel):
+    foreign = create_authority("user", "mwiproxy.local")
+    key = generate_private_key()
+    ident = Identity(user="bot-example", roles=("example-role",), bot_name="example",
+                     route=DatabaseRoute(SERVICE, "postgres", "alice", "example-db"))
+    cert = foreign.sign_identity(ident, key.public_key(), dt.timedelta(minutes=5))
+    cas = {"host": topo.host_ca.decode(), "user": foreign.cert_pem.decode(),
+           "db": foreign.cert_pem.decode()}
+    out = topo.write_output("foreign", private_key_pem(key), cert_pem(cert), cas)
+    lp = topo.local_proxy(out, tunnel=True)
+    res = topo.psql(topo.dsn(lp), "select 1")
+    assert "the cluster proxy refused the connection" in res.stderr, res.stderr
+    _still_serving(topo, tunnel)
+
+
+def test_expired_credentials_stop_the_tunnel_at_start(topo):
+    out = topo.bot_output("shortlived", ttl="1s")
+    time.sleep(1.2)
+    lp = topo.local_proxy(out, tunnel=True, check=False)
+    assert lp.proc.wait(20) == 1
+    assert "expired at" in lp.log.read_text()
+
+
+def test_plain_tcp_and_garbage_to_the_cluster_port(topo, tunnel):
+    host, port = topo.cluster.addr.split(":")
+    res = subprocess.run(["psql", f"host={host} port={port} user=alice dbname=x sslmode=disable",
+                          "-c", "select 1"], capture_output=True, text=True, timeout=30)
+    assert "speaks TLS only" in res.stderr, res.stderr
+    res = subprocess.run(["psql", f"host={host} port={port} user=alice dbname=x sslmode=prefer",
+                          "-c", "select 1"], capture_output=True, text=True, timeout=30)
+    assert "speaks TLS only" in res.stderr, res.stderr
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"\x07\x07garbage garbage garbage\r\n\r\n")
+        assert s.recv(100) == b""  # closed, nothing said
+    _still_serving(topo, tunnel)

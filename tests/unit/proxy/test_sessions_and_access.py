@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+from mwiproxy.auth.errors import AccessDenied
+from mwiproxy.auth.storage.base import LockRecord
+from mwiproxy.identity.certs import DatabaseRoute, Identity
+from mwiproxy.proxy.access import NO_IDENTITY, Refusal, authorize
+from mwiproxy.proxy.sessions import REASON_EXPIRED, REASON_LOCKED, Session, SessionRegistry
+from mwiproxy.wire.postgres import CancelKey
+
+ROUTE = DatabaseRoute("example-server", "postgres", "alice", "example-db")
+
+
+def _ident(bot: str = "example", expires_in: float = 3600, route=ROUTE) -> Identity:  # type: ignore[no-untyped-def]
+    return Identity(user=f"bot-{bot}", roles=("example-role",), bot_name=bot, route=route,
+                    expires=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expires_in))
+
+
+def _lock(kind: str, target: str) -> LockRecord:
+    return LockRecord(lock_id="l1", target_kind=kind, target=target, message="", expires=None,
+                      created=0.0)
+
+
+def _session(ident: Identity, cuts: list[str]) -> Session:
+    return Session(ident, "example-server", "alice", "example-db", "remote",
+                   roles=("example-role",), cut=lambda reason, msg: cuts.append(reason))
+
+
+def test_lock_ends_only_matching_sessions_and_cancel_keys_are_indexed():
+    async def main() -> None:
+        reg, cuts_a, cuts_b = SessionRegistry(), [], []
+        a, b = _session(_ident("a"), cuts_a), _session(_ident("b"), cuts_b)
+        reg.add(a)
+        reg.add(b)
+        reg.set_cancel_key(a, CancelKey(1, 2))
+        assert reg.by_cancel_key(CancelKey(1, 2)) is a
+        assert reg.by_cancel_key(CancelKey(1, 3)) is None
+        reg.on_lock(_lock("bot", "a"))
+        assert cuts_a == [REASON_LOCKED] and cuts_b == []
+        reg.on_lock(_lock("role", "example-role"))
+        assert cuts_b == [REASON_LOCKED]
+        reg.remove(a)
+        assert reg.by_cancel_key(CancelKey(1, 2)) is None and len(reg) == 1
+
+    asyncio.run(main())
+
+
+def test_session_closes_at_certificate_expiry():
+    async def main() -> list[str]:
+        reg, cuts = SessionRegistry(), []
+        reg.add(_session(_ident(expires_in=0.1), cuts))
+        await asyncio.sleep(0.3)
+        return cuts
+
+    assert asyncio.run(main()) == [REASON_EXPIRED]
+
+
+class FakeAuth:
+    def __init__(self, deny: str = "") -> None:
+        self.deny = deny
+        self.asked: list[DatabaseRoute] = []
+
+    def authorize_database(self, caller: Identity, route: DatabaseRoute) -> list[str]:
+        self.asked.append(route)
+        if self.deny:
+            raise AccessDenied(self.deny)
+        return ["example-role"]
+
+
+def _authorize(caller, auth=None, user="alice", db="example-db"):  # type: ignore[no-untyped-def]
+    return authorize(auth or FakeAuth(), caller, db_user=user, db_name=db,  # type: ignore[arg-type]
+                     protocols=("postgres",), served={"example-server"})
+
+
+@pytest.mark.parametrize("caller, user, db, reason", [
+    (None, "alice", "example-db", NO_IDENTITY),
+    (_ident(route=None), "alice", "example-db", "not a database certificate"),
+    (_ident(route=DatabaseRoute("example-server", "mysql")), "alice", "x", "mysql database"),
+    (_ident(route=DatabaseRoute("other", "postgres")), "alice", "x", "not served"),
+    (_ident(expires_in=-5), "alice", "example-db", "expired at"),
+    (_ident(), "bob", "example-db", 'for database user "alice", not "bob"'),
+    (_ident(), "alice", "postgres", 'for database "example-db", not "postgres"'),
+])
+def test_refusals_say_why(caller, user, db, reason):
+    with pytest.raises(Refusal) as err:
+        _authorize(caller, user=user, db=db)
+    assert reason in err.value.reason
+    assert err.value.message.startswith("access to db denied: ")
+
+
+def test_rbac_runs_with_the_startup_user_and_database():
+    auth = FakeAuth()
+    grant = _authorize(_ident(), auth)
+    assert auth.asked == [ROUTE] and grant.roles == ("example-role",)
+    with pytest.raises(Refusal, match='user "alice" is not allowed by any role'):
+        _authorize(_ident(), FakeAuth(deny='user "alice" is not allowed by any role'))
