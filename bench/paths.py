@@ -3,6 +3,8 @@
 direct: the back-end servers themselves (the physical limit).
 mwiproxy-native / mwiproxy-pure: bench.relayserver with the compiled or pure-Python build.
 haproxy-16k / haproxy-64k: Debian's HAProxy in `mode tcp` (skipped, and said so, if absent).
+TLS paths (the client speaks TLS 1.3, ECDSA P-256; back ends are plain except for direct):
+direct-tls, haproxy-tls (`ssl crt`), mwiproxy-native-tls / mwiproxy-pure-tls (TLS <-> plain).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Running:
     echo: int
     proc: subprocess.Popen[str] | None = None
     cleanup: list[str] = field(default_factory=list)
+    tls: bool = False
 
     def cpu_seconds(self) -> float:
         """CPU the proxy process used so far, all threads (0 for the direct path)."""
@@ -51,21 +54,34 @@ def _spawn(argv: list[str], env: dict[str, str] | None = None) -> tuple[subproce
     return proc, proc.stdout.readline()
 
 
-def start_backends() -> tuple[subprocess.Popen[str], int, int]:
-    proc, line = _spawn([sys.executable, "-m", "bench.servers"])
-    sink, echo = map(int, line.split())
-    return proc, sink, echo
+@dataclass
+class Backends:
+    proc: subprocess.Popen[str]
+    sink: int
+    echo: int
+    counted_sink: int
+    tls_counted_sink: int
+    tls_echo: int
+    tls_dir: str
 
 
-def _mwiproxy(name: str, sink: int, echo: int, pure: bool) -> Running:
+def start_backends(tls_dir: str) -> Backends:
+    proc, line = _spawn([sys.executable, "-m", "bench.servers", "--tls-dir", tls_dir])
+    sink, echo, counted, tls_counted, tls_echo = map(int, line.split())
+    return Backends(proc, sink, echo, counted, tls_counted, tls_echo, tls_dir)
+
+
+def _mwiproxy(name: str, sink: int, echo: int, pure: bool, tls_dir: str | None = None) -> Running:
     argv = [sys.executable, "-m", "bench.relayserver", "--target", str(sink),
             "--target", str(echo)] + (["--pure"] if pure else [])
+    if tls_dir:
+        argv += ["--tls-dir", tls_dir]
     proc, line = _spawn(argv, {"MWIPROXY_NO_EXTENSIONS": "1"} if pure else None)
     p_sink, p_echo, build = line.split()
     if build != ("pure" if pure else "native"):
         proc.terminate()
         raise RuntimeError(f"{name}: expected the {'pure' if pure else 'native'} build")
-    return Running(name, int(p_sink), int(p_echo), proc)
+    return Running(name, int(p_sink), int(p_echo), proc, tls=tls_dir is not None)
 
 
 def _free_port() -> int:
@@ -76,16 +92,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _haproxy(name: str, sink: int, echo: int, bufsize: int | None) -> Running:
+def _haproxy(name: str, sink: int, echo: int, bufsize: int | None,
+             crt: str | None = None) -> Running:
     exe = shutil.which("haproxy")
     if exe is None:
         raise FileNotFoundError("haproxy is not installed (apt-get install haproxy)")
     p_sink, p_echo = _free_port(), _free_port()
     tune = f"    tune.bufsize {bufsize}\n" if bufsize else ""
+    ssl = f" ssl crt {crt}" if crt else ""
     cfg = (f"global\n    maxconn 9900\n{tune}defaults\n    mode tcp\n"
            "    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n"
-           f"listen sink\n    bind 127.0.0.1:{p_sink}\n    server s 127.0.0.1:{sink}\n"
-           f"listen echo\n    bind 127.0.0.1:{p_echo}\n    server e 127.0.0.1:{echo}\n")
+           f"listen sink\n    bind 127.0.0.1:{p_sink}{ssl}\n    server s 127.0.0.1:{sink}\n"
+           f"listen echo\n    bind 127.0.0.1:{p_echo}{ssl}\n    server e 127.0.0.1:{echo}\n")
     fd, path = tempfile.mkstemp(suffix=".cfg")
     os.write(fd, cfg.encode())
     os.close(fd)
@@ -98,13 +116,15 @@ def _haproxy(name: str, sink: int, echo: int, bufsize: int | None) -> Running:
             why = log.read().strip().splitlines()[-1:] or ["?"]
             os.unlink(path)
             raise RuntimeError(f"haproxy exited with {proc.returncode}: {why[0]}")
-    return Running(name, p_sink, p_echo, proc, [path])
+    return Running(name, p_sink, p_echo, proc, [path], tls=crt is not None)
 
 
-PATHS = ["direct", "mwiproxy-native", "mwiproxy-pure", "haproxy-16k", "haproxy-64k"]
+PATHS = ["direct", "mwiproxy-native", "mwiproxy-pure", "haproxy-16k", "haproxy-64k",
+         "direct-tls", "mwiproxy-native-tls", "mwiproxy-pure-tls", "haproxy-tls"]
 
 
-def start(name: str, sink: int, echo: int) -> Running:
+def start(name: str, be: Backends) -> Running:
+    sink, echo = be.sink, be.echo
     if name == "direct":
         return Running(name, sink, echo)
     if name == "mwiproxy-native":
@@ -115,4 +135,12 @@ def start(name: str, sink: int, echo: int) -> Running:
         return _haproxy(name, sink, echo, None)
     if name == "haproxy-64k":
         return _haproxy(name, sink, echo, 65536)
+    if name == "direct-tls":
+        return Running(name, be.tls_counted_sink, be.tls_echo, tls=True)
+    if name == "mwiproxy-native-tls":
+        return _mwiproxy(name, be.counted_sink, echo, pure=False, tls_dir=be.tls_dir)
+    if name == "mwiproxy-pure-tls":
+        return _mwiproxy(name, be.counted_sink, echo, pure=True, tls_dir=be.tls_dir)
+    if name == "haproxy-tls":
+        return _haproxy(name, be.counted_sink, echo, None, crt=f"{be.tls_dir}/server.pem")
     raise ValueError(f"unknown path {name!r}; known: {', '.join(PATHS)}")

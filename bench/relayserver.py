@@ -1,7 +1,8 @@
 """mwiproxy's relay as a standalone TCP proxy, for the bench (one process per path).
 
 `python -m bench.relayserver --target PORT [--target PORT ...] [--pure]` listens once per
-target and prints the listening ports on one line. Every accepted connection is joined to
+target and prints the listening ports on one line. With --tls-dir, clients are
+TLS-terminated (handshake driven from the loop) and the relay runs TLS <-> plain. Every accepted connection is joined to
 a new connection to 127.0.0.1:PORT by mwiproxy._native's Relay; the pure build is
 selected with MWIPROXY_NO_EXTENSIONS=1 (set by --pure).
 """
@@ -12,27 +13,63 @@ import argparse
 import asyncio
 import os
 import socket
+from pathlib import Path
+from typing import Any
 
 
-async def accept_loop(srv: socket.socket, target: int) -> None:
+async def accept_loop(srv: socket.socket, target: int, tls: Any = None) -> None:
     from mwiproxy._native import Relay
 
     loop = asyncio.get_running_loop()
     while True:
         client, _ = await loop.sock_accept(srv)
-        upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        upstream.setblocking(False)
-        try:
-            await loop.sock_connect(upstream, ("127.0.0.1", target))
-        except OSError:
-            client.close()
-            upstream.close()
-            continue
-        Relay(loop, client.detach(), upstream.detach()).start()
+        if tls is None:
+            upstream = await _dial(loop, target)
+            if upstream is None:
+                client.close()
+            else:
+                Relay(loop, client.detach(), upstream.detach()).start()
+        else:
+            loop.create_task(_terminate(loop, client, target, tls))
 
 
-async def serve(targets: list[int], config: dict[str, int]) -> None:
-    from mwiproxy._native import NATIVE
+async def _dial(loop: asyncio.AbstractEventLoop, target: int) -> socket.socket | None:
+    upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    upstream.setblocking(False)
+    try:
+        await loop.sock_connect(upstream, ("127.0.0.1", target))
+    except OSError:
+        upstream.close()
+        return None
+    return upstream
+
+
+async def _terminate(loop: asyncio.AbstractEventLoop, client: socket.socket, target: int,
+                     tls: Any) -> None:
+    """TLS-terminate the client (handshake in the loop), then relay TLS <-> plain."""
+    from mwiproxy._native import Relay, TLSStream
+
+    stream = TLSStream(loop, tls, client.detach())
+    try:
+        await stream.handshake()
+    except OSError:
+        stream.close()
+        return
+    upstream = await _dial(loop, target)
+    if upstream is None:
+        stream.close()
+        return
+    Relay(loop, stream, upstream.detach()).start()
+
+
+async def serve(targets: list[int], config: dict[str, int], tls_dir: str | None) -> None:
+    from mwiproxy._native import NATIVE, TLSContext
+
+    tls = None
+    if tls_dir:
+        d = Path(tls_dir)
+        tls = TLSContext(True, (d / "server.crt").read_bytes(), (d / "server.key").read_bytes(),
+                         None, "none")
 
     if NATIVE and config:
         from mwiproxy._native import _relay
@@ -46,13 +83,15 @@ async def serve(targets: list[int], config: dict[str, int]) -> None:
         servers.append(srv)
     ports = [str(s.getsockname()[1]) for s in servers]
     print(*ports, "native" if NATIVE else "pure", flush=True)
-    await asyncio.gather(*(accept_loop(s, t) for s, t in zip(servers, targets, strict=True)))
+    await asyncio.gather(*(accept_loop(s, t, tls)
+                           for s, t in zip(servers, targets, strict=True)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--target", type=int, action="append", required=True)
     parser.add_argument("--pure", action="store_true")
+    parser.add_argument("--tls-dir", help="terminate TLS with server.crt/server.key from here")
     parser.add_argument("--engine", action="append", default=[], metavar="KEY=INT",
                         help="native engine setting: use_splice, pipe_size, buf_size, pool_max")
     args = parser.parse_args()
@@ -61,7 +100,7 @@ def main() -> None:
     config = {k: int(v) for k, v in (item.split("=", 1) for item in args.engine)}
     import uvloop
 
-    uvloop.run(serve(args.target, config))
+    uvloop.run(serve(args.target, config, args.tls_dir))
 
 
 if __name__ == "__main__":

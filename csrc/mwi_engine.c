@@ -251,7 +251,11 @@ static int handle_commands(mwi_engine *eng)
     for (r = work; r != NULL; r = next) {
         unsigned cmd = r->cmd_taken;
         next = r->work_next;
-        if ((cmd & MWI_CMD_START) && r->state == RS_NEW) relay_register(eng, r);
+        if ((cmd & MWI_CMD_START) && r->state == RS_NEW) {
+            relay_register(eng, r);
+            /* TLS may hold records read during setup: no epoll edge will announce them */
+            if (r->tls[0] != NULL || r->tls[1] != NULL) ready_add(eng, r);
+        }
         if ((cmd & MWI_CMD_CLOSE) && r->state == RS_LIVE) relay_finish(r, MWI_RELAY_CLOSED, 0);
         if (cmd & MWI_CMD_RELEASE) free(r);
     }
@@ -464,9 +468,20 @@ void mwi_relay_release(mwi_relay *r)
         post(r, MWI_CMD_RELEASE);     /* the worker frees it, after any request before */
         return;
     }
+    mwi_tls_free(r->tls[0]);
+    mwi_tls_free(r->tls[1]);
     if (r->fd[0] >= 0) close(r->fd[0]);
     if (r->fd[1] >= 0) close(r->fd[1]);
     free(r);
+}
+
+int mwi_relay_set_tls(mwi_relay *r, int side, mwi_tls *t)
+{
+    if (r->owner_started || side < 0 || side > 1 || r->tls[side] != NULL
+        || mwi_tls_fd(t) != r->fd[side])
+        return EINVAL;
+    r->tls[side] = t;
+    return 0;
 }
 
 void mwi_engine_ack_done(mwi_engine *eng) { eventfd_clear(eng->done_fd); }

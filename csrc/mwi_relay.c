@@ -28,20 +28,20 @@ static int is_reset(int e)
         || e == EHOSTUNREACH || e == ENETUNREACH;
 }
 
-static int fail(mwi_relay *r, int side, int e)
+int relay_fail(mwi_relay *r, int side, int e)
 {
     relay_finish(r, is_reset(e) ? (side == 0 ? MWI_RELAY_RESET_A : MWI_RELAY_RESET_B)
                                 : MWI_RELAY_ERROR, e);
     return PUMP_FINISHED;
 }
 
-static void delivered(mwi_relay *r, mwi_dir *d, size_t n)
+void relay_delivered(mwi_relay *r, mwi_dir *d, size_t n)
 {
     __atomic_store_n(&d->bytes, d->bytes + n, __ATOMIC_RELAXED);
     r->last_active_ms = r->eng->now_ms;
 }
 
-static void got_eof(mwi_relay *r, mwi_dir *d)
+void relay_got_eof(mwi_relay *r, mwi_dir *d)
 {
     d->eof = 1;
     if (r->half_closed_ms == 0) {
@@ -52,7 +52,7 @@ static void got_eof(mwi_relay *r, mwi_dir *d)
 
 /* Watch fd[side] for writability only while a direction is blocked writing to it:
  * armed all the time, every ACK on loopback would wake the worker for nothing. */
-static void want_out(mwi_relay *r, int side, int on)
+void relay_want_out(mwi_relay *r, int side, int on)
 {
     struct epoll_event ev;
     if (r->out_armed[side] == on) return;
@@ -72,23 +72,23 @@ static int flush(mwi_relay *r, int i)
         n = splice(d->pipe_r, NULL, dst, NULL, d->in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (n < 0) goto failed;
         d->in_pipe -= (size_t)n;
-        delivered(r, d, (size_t)n);
+        relay_delivered(r, d, (size_t)n);
     }
     while (d->buf != NULL && d->buf_off < d->buf_len) {
         n = send(dst, d->buf + d->buf_off, d->buf_len - d->buf_off, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) goto failed;
         d->buf_off += (uint32_t)n;
-        delivered(r, d, (size_t)n);
+        relay_delivered(r, d, (size_t)n);
     }
-    want_out(r, 1 - i, 0);
+    relay_want_out(r, 1 - i, 0);
     return PUMP_MORE;
 failed:
     if (errno == EINTR) return flush(r, i);
     if (errno == EAGAIN) {
-        want_out(r, 1 - i, 1);
+        relay_want_out(r, 1 - i, 1);
         return PUMP_BLOCKED;
     }
-    return fail(r, 1 - i, errno);
+    return relay_fail(r, 1 - i, errno);
 }
 
 /* Read one chunk from src. Small traffic goes through a pooled buffer (recv/send: two
@@ -150,7 +150,7 @@ static int pump_dir(mwi_relay *r, int i, int trust_short_read)
         n = fill(r, i, &drained);
         drained &= trust_short_read;
         if (n == 0) {
-            got_eof(r, d);
+            relay_got_eof(r, d);
             continue;
         }
         if (n < 0) {
@@ -160,7 +160,7 @@ static int pump_dir(mwi_relay *r, int i, int trust_short_read)
                 if (d->buf != NULL) pool_put_buf(r->eng, d);
                 return PUMP_BLOCKED;
             }
-            return fail(r, i, errno);
+            return relay_fail(r, i, errno);
         }
         moved += (size_t)n;
         __atomic_store_n(&d->chunks, d->chunks + 1, __ATOMIC_RELAXED);
@@ -170,6 +170,7 @@ static int pump_dir(mwi_relay *r, int i, int trust_short_read)
 int relay_pump(mwi_relay *r, int side, uint32_t events)
 {
     int more = 0, st;
+    if (r->tls[0] != NULL || r->tls[1] != NULL) return relay_pump_tls(r, side, events);
     for (int i = 0; i < 2; i++) {
         int both = (events & (EPOLLHUP | EPOLLERR)) != 0;
         int readable = i == side && (events & (EPOLLIN | EPOLLRDHUP));
@@ -233,6 +234,7 @@ void relay_finish(mwi_relay *r, mwi_relay_reason reason, int err)
     }
     drop_dir_buffers(eng, &r->dir[0]);
     drop_dir_buffers(eng, &r->dir[1]);
+    relay_tls_end(r, reason);
     close(r->fd[0]);
     close(r->fd[1]);
     r->fd[0] = r->fd[1] = -1;

@@ -24,6 +24,7 @@
 
 typedef struct mwi_engine mwi_engine;
 typedef struct mwi_relay mwi_relay;
+typedef struct mwi_tls mwi_tls;   /* mwi_tls.h */
 
 typedef enum mwi_relay_reason {
     MWI_RELAY_RUNNING = 0,
@@ -61,6 +62,11 @@ void mwi_engine_free(mwi_engine *eng);
  * 0 = none. `user` is returned untouched for the owner's bookkeeping. */
 mwi_relay *mwi_relay_new(mwi_engine *eng, int fd_a, int fd_b, uint32_t idle_ms,
                          uint32_t close_ms, uint64_t user);
+/* Before start: side 0 (A) or 1 (B) speaks TLS through t (handshake done, same fd as the
+ * relay's for that side). The relay owns t from here and frees it when it finishes, after
+ * a close_notify if the end was orderly. In the steady state the worker runs SSL_read and
+ * SSL_write itself; bytes count plaintext. 0, or EINVAL (wrong fd, started, side taken). */
+int mwi_relay_set_tls(mwi_relay *r, int side, mwi_tls *t);
 int mwi_relay_start(mwi_relay *r);               /* 0, or errno (fds not sockets, ...) */
 void mwi_relay_close(mwi_relay *r);              /* ask to end; finishes as CLOSED */
 /* Once finished (popped from the done queue), or never started: hand the relay back. */

@@ -4,6 +4,7 @@
 #define MWI_RELAY_INT_H
 
 #include "mwi_relay.h"
+#include "mwi_tls.h"
 
 #include <pthread.h>
 #include <stddef.h>
@@ -30,6 +31,8 @@ typedef struct mwi_dir {
     uint8_t bulk;             /* reads fill buffers: splice instead of recv/send */
     uint8_t eof;              /* src said EOF */
     uint8_t shut;             /* ...and dst got shutdown(SHUT_WR) after the last byte */
+    uint8_t wait, wait_side;  /* TLS relays: what this direction is blocked on (WAIT_*) */
+    int fill_err;             /* TLS relays: an error seen after data, reported next */
     uint64_t bytes, chunks;   /* written by the worker, read atomically by the owner */
 } mwi_dir;
 
@@ -55,6 +58,7 @@ struct mwi_relay {
     uint8_t ready;
     uint8_t out_armed[2];     /* EPOLLOUT watched on fd[i] (only while blocked on it) */
     uint8_t no_splice;        /* splice refused (EINVAL) for these fds: buffers only */
+    mwi_tls *tls[2];          /* NULL for a plain side; owned (freed at finish) */
     uint64_t user;
 };
 
@@ -90,6 +94,17 @@ struct mwi_engine {
 int relay_pump(mwi_relay *r, int side, uint32_t events);
 void relay_finish(mwi_relay *r, mwi_relay_reason reason, int err);
 uint64_t relay_deadline(const mwi_relay *r);
+
+/* mwi_relay.c, shared with the TLS pump */
+int relay_fail(mwi_relay *r, int side, int e);
+void relay_delivered(mwi_relay *r, mwi_dir *d, size_t n);
+void relay_got_eof(mwi_relay *r, mwi_dir *d);
+void relay_want_out(mwi_relay *r, int side, int on);
+
+/* mwi_relay_tls.c: the pump for relays with at least one TLS side, and their teardown
+ * (close_notify where the end was orderly, then free the TLS state). */
+int relay_pump_tls(mwi_relay *r, int side, uint32_t events);
+void relay_tls_end(mwi_relay *r, mwi_relay_reason reason);
 
 /* mwi_engine.c, called by the pump */
 int pool_get_pipe(mwi_engine *eng, mwi_dir *d);

@@ -34,7 +34,9 @@ from .relaytypes import (
     REASONS,
     RelayStats,
 )
+from .tls_py import TLSContext, TLSStream
 from .tlsrec_py import classify
+from .tlstypes import VERIFY_NONE, VERIFY_OPTIONAL, VERIFY_REQUIRED, TLSError
 
 # The pure-Python twins above are the reference API (what type checkers see); the
 # compiled modules replace them with the same names and signatures (see the .pyi stubs).
@@ -53,6 +55,8 @@ if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
         classify = _tlsrec.classify
         Relay = _relay.Relay  # type: ignore[assignment, misc]
         close_engine = _relay.close_engine
+        TLSContext = _relay.TLSContext  # type: ignore[assignment, misc]
+        TLSStream = _relay.TLSStream  # type: ignore[assignment, misc]
         NATIVE = True
 
 __all__ = [
@@ -78,4 +82,10 @@ __all__ = [
     "REASON_IDLE_TIMEOUT",
     "REASON_RESET_A",
     "REASON_RESET_B",
+    "TLSContext",
+    "TLSStream",
+    "TLSError",
+    "VERIFY_NONE",
+    "VERIFY_OPTIONAL",
+    "VERIFY_REQUIRED",
 ]

@@ -1,5 +1,44 @@
-# Declarations of csrc/mwi_relay.h (pure C, no Python).
+# Declarations of csrc/mwi_relay.h and csrc/mwi_tls.h (pure C, no Python).
 from libc.stdint cimport uint32_t, uint64_t
+
+
+cdef extern from "mwi_tls.h" nogil:
+    ctypedef struct mwi_tls_ctx:
+        pass
+    ctypedef struct mwi_tls:
+        pass
+    ctypedef enum mwi_tls_verify:
+        MWI_TLS_VERIFY_NONE
+    enum:
+        MWI_TLS_OK
+        MWI_TLS_WANT_READ
+        MWI_TLS_WANT_WRITE
+        MWI_TLS_EOF
+        MWI_TLS_ERROR
+        MWI_TLS_ERRLEN
+
+    mwi_tls_ctx *mwi_tls_ctx_new(int server, const char *cert_pem, size_t cert_len,
+                                 const char *key_pem, size_t key_len,
+                                 const char *ca_pem, size_t ca_len, mwi_tls_verify verify,
+                                 const unsigned char *alpn, size_t alpn_len,
+                                 char *err, size_t errlen)
+    void mwi_tls_ctx_unref(mwi_tls_ctx *ctx)
+    mwi_tls *mwi_tls_new(mwi_tls_ctx *ctx, int fd, const char *server_name,
+                         char *err, size_t errlen)
+    void mwi_tls_free(mwi_tls *t)
+    int mwi_tls_fd(const mwi_tls *t)
+    int mwi_tls_feed(mwi_tls *t, const void *data, size_t len)
+    int mwi_tls_handshake(mwi_tls *t)
+    ssize_t mwi_tls_read(mwi_tls *t, void *buf, size_t len)
+    ssize_t mwi_tls_write(mwi_tls *t, const void *buf, size_t len)
+    int mwi_tls_shutdown(mwi_tls *t)
+    int mwi_tls_errno(const mwi_tls *t)
+    const char *mwi_tls_error(const mwi_tls *t)
+    const char *mwi_tls_version(const mwi_tls *t)
+    const char *mwi_tls_alpn(const mwi_tls *t, unsigned *len)
+    const char *mwi_tls_server_name(const mwi_tls *t)
+    int mwi_tls_session_reused(const mwi_tls *t)
+    int mwi_tls_peer_cert_der(const mwi_tls *t, unsigned char *buf, int cap)
 
 
 cdef extern from "mwi_relay.h" nogil:
@@ -26,6 +65,7 @@ cdef extern from "mwi_relay.h" nogil:
     void mwi_engine_free(mwi_engine *eng)
     mwi_relay *mwi_relay_new(mwi_engine *eng, int fd_a, int fd_b, uint32_t idle_ms,
                              uint32_t close_ms, uint64_t user)
+    int mwi_relay_set_tls(mwi_relay *r, int side, mwi_tls *t)
     int mwi_relay_start(mwi_relay *r)
     void mwi_relay_close(mwi_relay *r)
     void mwi_relay_release(mwi_relay *r)
@@ -57,3 +97,20 @@ cdef class Relay:
     cdef uint64_t rid
     cdef object _stats_now(self)
     cdef void _finished(self, str reason, int err)
+
+
+cdef class TLSContext:
+    cdef mwi_tls_ctx *ctx
+    cdef readonly bint server_side
+    cdef readonly str verify
+    cdef readonly tuple alpn_protocols
+
+
+cdef class TLSStream:
+    cdef mwi_tls *t
+    cdef readonly TLSContext context
+    cdef object loop
+    cdef int fd
+    cdef bint handshaken
+    cdef object _error(self, int st)
+    cdef mwi_tls *_take(self) except NULL

@@ -27,12 +27,48 @@ def engine_for(
 ) -> Engine: ...
 def close_engine(loop: asyncio.AbstractEventLoop) -> None: ...
 
+class TLSContext:
+    server_side: bool
+    verify: str
+    alpn_protocols: tuple[str, ...]
+    def __init__(
+        self,
+        server_side: bool,
+        cert_pem: bytes | None = ...,
+        key_pem: bytes | None = ...,
+        ca_pem: bytes | None = ...,
+        verify: str = ...,
+        alpn: list[str] | None = ...,
+    ) -> None: ...
+
+class TLSStream:
+    context: TLSContext
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        context: TLSContext,
+        fd: int,
+        server_hostname: str | None = ...,
+    ) -> None: ...
+    @property
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+    async def aclose(self) -> None: ...
+    async def handshake(self, initial: bytes = ...) -> None: ...
+    async def read(self, max_bytes: int = ...) -> bytes: ...
+    async def write(self, data: bytes | bytearray | memoryview) -> None: ...
+    def peer_cert_der(self) -> bytes | None: ...
+    def alpn(self) -> str | None: ...
+    def version(self) -> str: ...
+    def server_name(self) -> str | None: ...
+    def session_reused(self) -> bool: ...
+
 class Relay:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        fd_a: int,
-        fd_b: int,
+        a: int | TLSStream,
+        b: int | TLSStream,
         on_done: Callable[[str], object] | None = ...,
         idle_timeout: float | None = ...,
         close_timeout: float | None = ...,

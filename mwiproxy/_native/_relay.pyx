@@ -1,6 +1,9 @@
 # cython: language_level=3
 """Native relay: Python decides, csrc/mwi_relay.c + mwi_engine.c move the bytes.
 
+Either side of a relay is a plain socket fd or a handshaken TLSStream (_tls.pxi): the
+engine's worker then runs OpenSSL itself (csrc/mwi_relay_tls.c).
+
 One Engine (one worker thread) per event loop. The loop hears from the engine only when
 relays end: the engine's done eventfd is watched with loop.add_reader, and each finished
 relay gets its on_done(reason) call there. Nothing here runs per chunk.
@@ -15,6 +18,8 @@ import weakref
 from mwiproxy._native.relaytypes import REASON_CLOSED, RelayStats, timeout_ms
 
 _engines: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+include "_tls.pxi"
 
 
 cdef class Engine:
@@ -96,13 +101,16 @@ def close_engine(loop):
 
 @cython.no_gc_clear
 cdef class Relay:
-    """Joins two connected stream sockets (it owns both fds from here on)."""
+    """Joins two connected stream sockets (it owns both fds from here on). Each side is
+    a plain fd or a handshaken TLSStream (its TLS state and fd are taken over)."""
 
-    def __init__(self, loop, int fd_a, int fd_b, on_done=None, idle_timeout=None,
-                 close_timeout=None):
+    def __init__(self, loop, a, b, on_done=None, idle_timeout=None, close_timeout=None):
         cdef Engine engine = engine_for(loop)
         cdef uint32_t idle = timeout_ms(idle_timeout)
         cdef uint32_t closing = timeout_ms(close_timeout)
+        cdef int fd_a = _side_fd(a), fd_b = _side_fd(b)
+        cdef mwi_tls *tls_a = NULL
+        cdef mwi_tls *tls_b = NULL
         if fd_a < 0 or fd_b < 0 or fd_a == fd_b:
             raise ValueError("two distinct open fds are needed")
         self.engine = engine
@@ -112,6 +120,13 @@ cdef class Relay:
         self.r = mwi_relay_new(engine.eng, fd_a, fd_b, idle, closing, self.rid)
         if self.r == NULL:
             raise MemoryError()
+        # from here the relay owns the fds (and the TLS state): streams let go of them
+        if isinstance(a, TLSStream):
+            tls_a = (<TLSStream>a)._take()
+            mwi_relay_set_tls(self.r, 0, tls_a)
+        if isinstance(b, TLSStream):
+            tls_b = (<TLSStream>b)._take()
+            mwi_relay_set_tls(self.r, 1, tls_b)
 
     def __dealloc__(self):
         # A relay the worker never saw is ours to free; a started one belongs to the
@@ -183,3 +198,14 @@ cdef class Relay:
                     raise
                 loop.call_exception_handler({"message": "relay on_done callback failed",
                                              "exception": exc})
+
+
+cdef int _side_fd(side) except? -2:
+    """The fd of one relay side; a TLSStream must be handshaken (checked before anything
+    is taken over, so a refused relay leaves both sides to the caller)."""
+    if isinstance(side, TLSStream):
+        (<TLSStream>side)._require_handshake()
+        return (<TLSStream>side).fd
+    if isinstance(side, int):
+        return side
+    raise TypeError(f"a relay side is an fd or a native TLSStream, not {type(side).__name__}")

@@ -1,5 +1,5 @@
 """Pure-Python twin of the native relay (mwiproxy/_native/_relay.pyx): the same API and
-the same close reasons, driven by the loop's own readiness callbacks (so it runs Python
+the same close reasons, plain or TLS sides (tls_py.TLSStream), driven by the loop's own readiness callbacks (so it runs Python
 per chunk; it exists for MWIPROXY_NO_EXTENSIONS=1 and as the reference in tests).
 """
 
@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -23,9 +25,94 @@ from .relaytypes import (
     RelayStats,
     timeout_ms,
 )
+from .tls_py import TLSParts, TLSStream
 
 _CHUNK = 64 * 1024
+_ORDERLY = (REASON_CLOSED, REASON_IDLE_TIMEOUT, REASON_CLOSE_TIMEOUT)
 _RESETS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
+
+
+class _Plain:
+    """A plain socket side."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def recv(self) -> bytes | None:
+        """A chunk, b"" at EOF, None when nothing is there yet."""
+        try:
+            return self.sock.recv(_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return None
+
+    def send(self, data: memoryview) -> int:
+        return self.sock.send(data)
+
+    def flush(self) -> None:
+        """Push bytes the side holds itself (nothing for plain sockets)."""
+
+    def buffered(self) -> bool:
+        return False
+
+    def shut_wr(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+
+class _TLS(_Plain):
+    """A TLS side: plaintext in and out of an SSLObject, ciphertext through its socket."""
+
+    __slots__ = ("obj", "incoming", "outgoing", "tx")
+
+    def __init__(self, parts: TLSParts) -> None:
+        super().__init__(parts.sock)
+        self.obj, self.incoming, self.outgoing = parts.obj, parts.incoming, parts.outgoing
+        self.tx = b""  # ciphertext the socket did not take yet
+
+    def recv(self) -> bytes | None:
+        while True:
+            try:
+                return self.obj.read(_CHUNK)
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+            self.flush_quietly()
+            try:
+                raw = self.sock.recv(_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return None
+            if raw:
+                self.incoming.write(raw)
+            else:
+                self.incoming.write_eof()
+
+    def send(self, data: memoryview) -> int:
+        self.flush()
+        n = self.obj.write(data)
+        self.flush_quietly()
+        return n
+
+    def flush(self) -> None:
+        """Raises BlockingIOError while ciphertext is left over."""
+        self.tx += self.outgoing.read()
+        while self.tx:
+            n = self.sock.send(self.tx)
+            self.tx = self.tx[n:]
+
+    def flush_quietly(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            self.flush()
+
+    def buffered(self) -> bool:
+        return self.obj.pending() > 0 or self.incoming.pending > 0
+
+    def shut_wr(self) -> None:
+        with contextlib.suppress(ssl.SSLError):
+            self.obj.unwrap()  # close_notify; their half may still come
+        self.flush_quietly()
+        self.sock.shutdown(socket.SHUT_WR)
 
 
 class _Direction:
@@ -34,7 +121,7 @@ class _Direction:
     __slots__ = ("src", "dst", "src_side", "pending", "eof", "shut", "bytes", "chunks",
                  "blocked")
 
-    def __init__(self, src: socket.socket, dst: socket.socket, src_side: int) -> None:
+    def __init__(self, src: _Plain, dst: _Plain, src_side: int) -> None:
         self.src, self.dst, self.src_side = src, dst, src_side
         self.pending: memoryview | None = None
         self.eof = self.shut = self.blocked = False
@@ -42,22 +129,26 @@ class _Direction:
 
 
 class Relay:
-    """Joins two connected stream sockets (it owns both fds from here on)."""
+    """Joins two connected stream sockets (it owns both fds from here on). Each side is
+    a plain fd or a handshaken TLSStream (its TLS state and socket are taken over)."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        fd_a: int,
-        fd_b: int,
+        a: int | TLSStream,
+        b: int | TLSStream,
         on_done: Callable[[str], object] | None = None,
         idle_timeout: float | None = None,
         close_timeout: float | None = None,
     ) -> None:
-        if fd_a < 0 or fd_b < 0 or fd_a == fd_b:
+        fds = [_side_fd(a), _side_fd(b)]
+        if fds[0] < 0 or fds[1] < 0 or fds[0] == fds[1]:
             raise ValueError("two distinct open fds are needed")
         self._loop = loop
-        self._fds: tuple[int, int] | None = (fd_a, fd_b)
-        self._socks: tuple[socket.socket, socket.socket] | None = None
+        # from here the relay owns both sides: an int is an fd, a stream gives up its parts
+        self._sides: list[int | TLSParts] = [
+            side.take() if isinstance(side, TLSStream) else side for side in (a, b)]
+        self._ends: tuple[_Plain, _Plain] | None = None
         self._dirs: tuple[_Direction, _Direction] | None = None
         self._on_done = on_done
         self._idle_ms = timeout_ms(idle_timeout)
@@ -71,22 +162,28 @@ class Relay:
     # -- public API ---------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._started or self._fds is None:
+        if self._started or not self._sides:
             raise RuntimeError("relay already started")
-        socks = []
-        for fd in self._fds:
-            sock = socket.socket(fileno=fd)  # OSError (ENOTSOCK, EBADF) like the native one
-            socks.append(sock)
-            sock.setblocking(False)
+        ends: list[_Plain] = []
+        for side in self._sides:
+            if isinstance(side, TLSParts):
+                ends.append(_TLS(side))
+                continue
+            sock = socket.socket(fileno=side)  # OSError (ENOTSOCK, EBADF) like the native one
+            ends.append(_Plain(sock))
+        for end in ends:
+            end.sock.setblocking(False)
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        a, b = socks
-        self._socks = (a, b)
+                end.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        a, b = ends
+        self._ends = (a, b)
         self._dirs = (_Direction(a, b, 0), _Direction(b, a, 1))
         self._started = True
         self._last_active = time.monotonic()
         for d in self._dirs:
-            self._loop.add_reader(d.src.fileno(), self._on_readable, d)
+            self._loop.add_reader(d.src.sock.fileno(), self._on_readable, d)
+            if isinstance(d.src, _TLS):  # records read during setup raise no readiness
+                self._loop.call_soon(self._on_readable, d)
         self._arm_timer()
 
     def close(self) -> None:
@@ -94,10 +191,10 @@ class Relay:
         if self._reason is not None:
             return
         if not self._started:
-            for fd in self._fds or ():
+            for side in self._sides:
                 with contextlib.suppress(OSError):
-                    socket.socket(fileno=fd).close()
-            self._fds = None
+                    (side.sock if isinstance(side, TLSParts) else socket.socket(fileno=side)).close()
+            self._sides = []
             self._reason = REASON_CLOSED
             return
         self._finish(REASON_CLOSED)
@@ -123,12 +220,14 @@ class Relay:
     # -- data path ----------------------------------------------------------------------
 
     def _on_readable(self, d: _Direction) -> None:
-        try:
-            data = d.src.recv(_CHUNK)
-        except (BlockingIOError, InterruptedError):
+        if self._reason is not None or d.eof or d.blocked:
             return
+        try:
+            data = d.src.recv()
         except OSError as exc:
             self._fail(d.src_side, exc)
+            return
+        if data is None:
             return
         if not data:
             self._got_eof(d)
@@ -136,19 +235,26 @@ class Relay:
         d.chunks += 1
         d.pending = memoryview(data)
         self._flush(d)
+        if self._reason is None and not d.blocked and d.src.buffered():
+            self._loop.call_soon(self._on_readable, d)  # decrypted bytes wait inside TLS
 
     def _on_writable(self, d: _Direction) -> None:
         self._flush(d)
+        if self._reason is None and not d.blocked and d.eof:
+            self._shut(d)
 
     def _flush(self, d: _Direction) -> None:
-        while d.pending is not None:
+        while True:
             try:
+                d.dst.flush()
+                if d.pending is None:
+                    break
                 n = d.dst.send(d.pending)
             except (BlockingIOError, InterruptedError):
                 if not d.blocked:  # the receiver is full: stop reading src until it drains
                     d.blocked = True
-                    self._loop.remove_reader(d.src.fileno())
-                    self._loop.add_writer(d.dst.fileno(), self._on_writable, d)
+                    self._loop.remove_reader(d.src.sock.fileno())
+                    self._loop.add_writer(d.dst.sock.fileno(), self._on_writable, d)
                 return
             except OSError as exc:
                 self._fail(1 - d.src_side, exc)
@@ -158,29 +264,34 @@ class Relay:
             d.pending = d.pending[n:] if n < len(d.pending) else None
         if d.blocked:
             d.blocked = False
-            self._loop.remove_writer(d.dst.fileno())
-            self._loop.add_reader(d.src.fileno(), self._on_readable, d)
+            self._loop.remove_writer(d.dst.sock.fileno())
+            if not d.eof:
+                self._loop.add_reader(d.src.sock.fileno(), self._on_readable, d)
+                if d.src.buffered():
+                    self._loop.call_soon(self._on_readable, d)
 
     def _got_eof(self, d: _Direction) -> None:
         d.eof = True
-        self._loop.remove_reader(d.src.fileno())
+        self._loop.remove_reader(d.src.sock.fileno())
         if not self._half_closed:
             self._half_closed = time.monotonic()
             self._arm_timer()
-        if d.pending is None:
+        if d.pending is None and not d.blocked:
             self._shut(d)
 
     def _shut(self, d: _Direction) -> None:
         if not d.shut:
             with contextlib.suppress(OSError):  # peer gone: its read side will say so
-                d.dst.shutdown(socket.SHUT_WR)
+                d.dst.shut_wr()
             d.shut = True
         assert self._dirs is not None
         if all(x.shut for x in self._dirs):
             self._finish(REASON_EOF)
 
     def _fail(self, side: int, exc: OSError) -> None:
-        if isinstance(exc, _RESETS):
+        if isinstance(exc, ssl.SSLError):  # a TLS failure: no errno, like the native EPROTO
+            self._finish(REASON_ERROR, errno.EPROTO)
+        elif isinstance(exc, _RESETS):
             self._finish(REASON_RESET_A if side == 0 else REASON_RESET_B, exc.errno or 0)
         else:
             self._finish(REASON_ERROR, exc.errno or 0)
@@ -221,19 +332,33 @@ class Relay:
         self._reason, self._errno = reason, err
         if self._timer is not None:
             self._timer.cancel()
-        assert self._socks is not None
+        assert self._ends is not None
         if reason in (REASON_RESET_A, REASON_RESET_B):
             # pass the reset on: the surviving side's peer gets an RST, not a clean FIN
-            other = self._socks[1 if reason == REASON_RESET_A else 0]
+            other = self._ends[1 if reason == REASON_RESET_A else 0].sock
             with contextlib.suppress(OSError):
                 other.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        for sock in self._socks:
-            self._loop.remove_reader(sock.fileno())
-            self._loop.remove_writer(sock.fileno())
-            sock.close()
+        for end in self._ends:
+            if reason in _ORDERLY and isinstance(end, _TLS):
+                with contextlib.suppress(OSError):
+                    end.shut_wr()  # close_notify, best effort, like the native engine
+            self._loop.remove_reader(end.sock.fileno())
+            self._loop.remove_writer(end.sock.fileno())
+            end.sock.close()
         cb, self._on_done = self._on_done, None
         if cb is not None:
             self._loop.call_soon(cb, reason)  # like the native engine: never re-entrant
+
+
+def _side_fd(side: int | TLSStream) -> int:
+    """The fd of one relay side; a TLSStream must be handshaken (checked before anything
+    is taken over, so a refused relay leaves both sides to the caller)."""
+    if isinstance(side, TLSStream):
+        side._require_handshake()
+        return side.fileno
+    if isinstance(side, int):
+        return side
+    raise TypeError(f"a relay side is an fd or a pure TLSStream, not {type(side).__name__}")
 
 
 def engine_for(loop: asyncio.AbstractEventLoop, **config: object) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mwiproxy._native import relay_py, tlsrec_py
+from mwiproxy._native import relay_py, tls_py, tlsrec_py
 
 try:
     from mwiproxy._native import _relay as _relay_native
@@ -53,3 +53,38 @@ RELAY_IMPLS = [
 def relay_mod(request: pytest.FixtureRequest) -> Any:
     """A relay build: a module with Relay, engine_for and close_engine."""
     return request.param
+
+
+class _PureTLS:
+    """The pure build's TLS names, shaped like the native _relay module."""
+
+    TLSContext = tls_py.TLSContext
+    TLSStream = tls_py.TLSStream
+    Relay = relay_py.Relay
+    close_engine = staticmethod(relay_py.close_engine)
+
+
+TLS_IMPLS = [
+    pytest.param(_PureTLS, id="py"),
+    pytest.param(
+        _relay_native,
+        id="native",
+        marks=[
+            pytest.mark.native_only,
+            pytest.mark.skipif(_relay_native is None, reason="extension not built"),
+        ],
+    ),
+]
+
+
+@pytest.fixture(params=TLS_IMPLS)
+def tls_mod(request: pytest.FixtureRequest) -> Any:
+    """A TLS build: TLSContext, TLSStream and the Relay that takes its streams."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def pki() -> Any:
+    from .tlskit import Pki
+
+    return Pki()

@@ -22,7 +22,9 @@ def test_engine_lifetimes_and_threading_are_clean(tmp_path: Path, sanitizer: str
         ["gcc", "-g", "-O1", "-Wall", "-Werror", f"-fsanitize={sanitizer}",
          "-fno-sanitize-recover=all", f"-I{ROOT / 'csrc'}", "-o", str(exe),
          str(ROOT / "csrc/fuzz/stress_relay.c"), str(ROOT / "csrc/mwi_relay.c"),
-         str(ROOT / "csrc/mwi_engine.c"), "-lpthread"],
+         str(ROOT / "csrc/mwi_engine.c"), str(ROOT / "csrc/mwi_relay_tls.c"),
+         str(ROOT / "csrc/mwi_tls.c"), str(ROOT / "csrc/mwi_tls_conn.c"),
+         "-lssl", "-lcrypto", "-lpthread"],
         check=True,
     )
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)

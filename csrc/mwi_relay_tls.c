@@ -1,0 +1,208 @@
+/* mwi_relay_tls.c: the pump for relays with a TLS side (TLS<->plain, TLS<->TLS).
+ *
+ * Same rules as the plain pump (mwi_relay.c): edge-triggered, each direction moves bytes
+ * until the kernel or OpenSSL says "would block", never reads while it holds unwritten
+ * bytes, and yields after a budget. What differs: a TLS read may need the socket to be
+ * writable and a TLS write may need it readable, so each direction records exactly what
+ * it waits for (side and in/out) and is pumped only when that arrives. No splice: TLS
+ * bytes pass through one pooled buffer per direction, held only while in flight, and
+ * OpenSSL releases its own record buffers when idle (SSL_MODE_RELEASE_BUFFERS). */
+#define _GNU_SOURCE
+#include "mwi_relay_int.h"
+
+#include <errno.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+#define PUMP_BUDGET (1u << 20)
+
+enum { PUMP_BLOCKED = 0, PUMP_MORE = 1, PUMP_FINISHED = 2 };
+enum { WAIT_NONE = 0, WAIT_IN = 1, WAIT_OUT = 2 };
+enum { FILL_EOF = 0, FILL_WANT_READ = -1, FILL_WANT_WRITE = -2, FILL_ERROR = -3 };
+
+static int blocked(mwi_dir *d, int side, int what)
+{
+    d->wait = (uint8_t)what;
+    d->wait_side = (uint8_t)side;
+    return PUMP_BLOCKED;
+}
+
+/* A TLS failure has no errno: it is reported as EPROTO (the message stays in OpenSSL's). */
+static int tls_fail(mwi_relay *r, int side, int e)
+{
+    return e ? relay_fail(r, side, e) : (relay_finish(r, MWI_RELAY_ERROR, EPROTO), PUMP_FINISHED);
+}
+
+/* Write what direction i holds to side 1-i. PUMP_MORE when all of it went out. */
+static int flush(mwi_relay *r, int i)
+{
+    mwi_dir *d = &r->dir[i];
+    int dst = 1 - i;
+    mwi_tls *t = r->tls[dst];
+    ssize_t n;
+    while (d->buf != NULL && d->buf_off < d->buf_len) {
+        const uint8_t *p = d->buf + d->buf_off;
+        size_t len = d->buf_len - d->buf_off;
+        if (t != NULL) {
+            n = mwi_tls_write(t, p, len);
+            if (n == MWI_TLS_WANT_WRITE) return blocked(d, dst, WAIT_OUT);
+            if (n == MWI_TLS_WANT_READ) return blocked(d, dst, WAIT_IN);
+            if (n < 0) return tls_fail(r, dst, mwi_tls_errno(t));
+        } else {
+            n = send(r->fd[dst], p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && errno == EAGAIN) return blocked(d, dst, WAIT_OUT);
+            if (n < 0) return relay_fail(r, dst, errno);
+        }
+        d->buf_off += (uint32_t)n;
+        relay_delivered(r, d, (size_t)n);
+    }
+    return PUMP_MORE;
+}
+
+/* Fill direction i's buffer from side i. Returns bytes (> 0) or FILL_*; *drained is set
+ * when the bytes returned prove side i has nothing more for now. */
+static ssize_t fill(mwi_relay *r, int i, int trust_short_read, int *drained, int *err)
+{
+    mwi_dir *d = &r->dir[i];
+    mwi_tls *t = r->tls[i];
+    size_t cap = r->eng->cfg.buf_size, got = 0;
+    ssize_t n;
+    *drained = 0;
+    if (t == NULL) {
+        do n = recv(r->fd[i], d->buf, cap, MSG_DONTWAIT); while (n < 0 && errno == EINTR);
+        if (n > 0) {
+            d->buf_len = (uint32_t)n;
+            *drained = trust_short_read && (size_t)n < cap;
+            return n;
+        }
+        if (n == 0) return FILL_EOF;
+        *err = errno;
+        return errno == EAGAIN ? FILL_WANT_READ : FILL_ERROR;
+    }
+    if (d->fill_err) {
+        *err = d->fill_err;
+        return FILL_ERROR;
+    }
+    /* several records per buffer: one send() carries them all to the plain side */
+    while (got < cap) {
+        n = mwi_tls_read(t, d->buf + got, cap - got);
+        if (n > 0) {
+            got += (size_t)n;
+            continue;
+        }
+        if (got == 0) {
+            *err = mwi_tls_errno(t);
+            return n == MWI_TLS_EOF ? FILL_EOF : n == MWI_TLS_WANT_READ ? FILL_WANT_READ
+                 : n == MWI_TLS_WANT_WRITE ? FILL_WANT_WRITE : FILL_ERROR;
+        }
+        if (n == MWI_TLS_EOF) relay_got_eof(r, d);       /* after these bytes */
+        else if (n == MWI_TLS_ERROR) d->fill_err = mwi_tls_errno(t) ? mwi_tls_errno(t) : -1;
+        else if (n == MWI_TLS_WANT_READ) *drained = 1;   /* OpenSSL saw EAGAIN itself */
+        break;
+    }
+    d->buf_len = (uint32_t)got;
+    return (ssize_t)got;
+}
+
+/* Direction i has seen EOF and delivered everything: pass the end on to side 1-i. */
+static int end_dir(mwi_relay *r, int i)
+{
+    mwi_dir *d = &r->dir[i];
+    int dst = 1 - i;
+    if (!d->shut) {
+        if (r->tls[dst] != NULL) {
+            int st = mwi_tls_shutdown(r->tls[dst]);
+            if (st == MWI_TLS_WANT_WRITE) return blocked(d, dst, WAIT_OUT);
+            if (st == MWI_TLS_WANT_READ) return blocked(d, dst, WAIT_IN);
+            /* an error means the peer is gone: its own read side will say so */
+        }
+        shutdown(r->fd[dst], SHUT_WR);
+        d->shut = 1;
+    }
+    return blocked(d, i, WAIT_NONE);
+}
+
+static int pump_dir(mwi_relay *r, int i, int trust_short_read)
+{
+    mwi_dir *d = &r->dir[i];
+    size_t moved = 0;
+    int st, drained = 0, err = 0;
+    ssize_t n;
+    for (;;) {
+        st = flush(r, i);
+        if (st != PUMP_MORE) return st;
+        if (d->buf != NULL) pool_put_buf(r->eng, d);    /* empty: idle relays hold none */
+        if (d->eof) return end_dir(r, i);
+        if (drained) return blocked(d, i, WAIT_IN);
+        if (moved >= PUMP_BUDGET) return PUMP_MORE;
+        if (pool_get_buf(r->eng, d) != 0) return relay_fail(r, i, ENOMEM);
+        d->buf_off = d->buf_len = 0;
+        n = fill(r, i, trust_short_read, &drained, &err);
+        if (n > 0) {
+            moved += (size_t)n;
+            __atomic_store_n(&d->chunks, d->chunks + 1, __ATOMIC_RELAXED);
+            continue;
+        }
+        pool_put_buf(r->eng, d);
+        switch (n) {
+        case FILL_EOF:
+            relay_got_eof(r, d);
+            continue;
+        case FILL_WANT_READ:
+            return blocked(d, i, WAIT_IN);
+        case FILL_WANT_WRITE:
+            return blocked(d, i, WAIT_OUT);
+        default:
+            return tls_fail(r, i, err < 0 ? 0 : err);
+        }
+    }
+}
+
+static int wakes(const mwi_dir *d, int side, uint32_t events)
+{
+    if (d->wait_side != side) return 0;
+    if (d->wait == WAIT_IN) return (events & (EPOLLIN | EPOLLRDHUP)) != 0;
+    if (d->wait == WAIT_OUT) return (events & EPOLLOUT) != 0;
+    return 0;
+}
+
+int relay_pump_tls(mwi_relay *r, int side, uint32_t events)
+{
+    int more = 0, st;
+    /* EPOLLHUP/ERR, and the re-runs of the ready list, pump everything */
+    int all = (events & (EPOLLHUP | EPOLLERR)) != 0;
+    for (int i = 0; i < 2; i++) {
+        mwi_dir *d = &r->dir[i];
+        int trust = !all && i == side && (events & EPOLLIN) && !(events & EPOLLRDHUP);
+        if (r->state != RS_LIVE) return 0;
+        if (d->shut || !(all || wakes(d, side, events))) continue;
+        st = pump_dir(r, i, trust);
+        if (st == PUMP_FINISHED) return 0;
+        more |= st == PUMP_MORE;
+    }
+    if (r->state != RS_LIVE) return 0;
+    if (r->dir[0].shut && r->dir[1].shut) {
+        relay_finish(r, MWI_RELAY_EOF, 0);
+        return 0;
+    }
+    for (int s = 0; s < 2; s++) {
+        int out = 0;
+        for (int i = 0; i < 2; i++)
+            out |= !r->dir[i].shut && r->dir[i].wait == WAIT_OUT && r->dir[i].wait_side == s;
+        relay_want_out(r, s, out);
+    }
+    return more;
+}
+
+void relay_tls_end(mwi_relay *r, mwi_relay_reason reason)
+{
+    int orderly = reason == MWI_RELAY_CLOSED || reason == MWI_RELAY_IDLE_TIMEOUT
+        || reason == MWI_RELAY_CLOSE_TIMEOUT;
+    for (int s = 0; s < 2; s++) {
+        if (r->tls[s] == NULL) continue;
+        if (orderly) mwi_tls_shutdown(r->tls[s]);   /* best effort, never waits */
+        mwi_tls_free(r->tls[s]);
+        r->tls[s] = NULL;
+    }
+}

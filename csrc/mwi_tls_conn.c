@@ -1,0 +1,238 @@
+/* mwi_tls_conn.c: one TLS connection over a nonblocking socket. See mwi_tls.h. */
+#include "mwi_tls_int.h"
+
+#include <errno.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void conn_err(mwi_tls *t, const char *fmt, const char *arg)
+{
+    snprintf(t->err, sizeof t->err, fmt, arg);
+}
+
+/* Map the result of an SSL call to MWI_TLS_*, recording why it failed. `saved` is errno
+ * right after the call (OpenSSL may run code that clobbers it before we look). */
+static int outcome(mwi_tls *t, int ret, int saved, int handshaking)
+{
+    int e = SSL_get_error(t->ssl, ret);
+    unsigned long code;
+    long vr;
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        return MWI_TLS_WANT_READ;
+    case SSL_ERROR_WANT_WRITE:
+        return MWI_TLS_WANT_WRITE;
+    case SSL_ERROR_ZERO_RETURN:
+        if (!handshaking) return MWI_TLS_EOF;
+        t->err_no = 0;
+        conn_err(t, "%s", "the peer closed the connection during the TLS handshake");
+        return MWI_TLS_ERROR;
+    case SSL_ERROR_SYSCALL:
+        if (saved == 0 && ERR_peek_error() == 0) {
+            if (!handshaking) return MWI_TLS_EOF;
+            conn_err(t, "%s", "the peer closed the connection during the TLS handshake");
+            t->err_no = 0;
+            return MWI_TLS_ERROR;
+        }
+        t->err_no = saved ? saved : EIO;
+        conn_err(t, "%s", strerror(t->err_no));
+        ERR_clear_error();
+        return MWI_TLS_ERROR;
+    default:
+        t->err_no = 0;
+        vr = SSL_get_verify_result(t->ssl);
+        code = ERR_peek_last_error();
+        if (vr != X509_V_OK)
+            conn_err(t, "certificate verify failed: %s", X509_verify_cert_error_string(vr));
+        else if (code != 0 && ERR_reason_error_string(code) != NULL)
+            conn_err(t, "%s", ERR_reason_error_string(code));
+        else
+            conn_err(t, "%s", "TLS failure");
+        ERR_clear_error();
+        return MWI_TLS_ERROR;
+    }
+}
+
+/* Fed bytes are served first; once they are gone, read the socket itself again. Returns
+ * 1 when the read BIO was switched (the caller retries at once: the socket may hold more). */
+static int prefix_drained(mwi_tls *t)
+{
+    BIO *sock;
+    if (!t->prefix || BIO_ctrl_pending(SSL_get_rbio(t->ssl)) > 0) return 0;
+    sock = BIO_new_socket(t->fd, BIO_NOCLOSE);
+    if (sock == NULL) return 0;
+    SSL_set0_rbio(t->ssl, sock);       /* frees the memory BIO */
+    t->prefix = 0;
+    return 1;
+}
+
+mwi_tls *mwi_tls_new(mwi_tls_ctx *ctx, int fd, const char *server_name,
+                     char *err, size_t errlen)
+{
+    mwi_tls *t = calloc(1, sizeof *t);
+    BIO *bio;
+    SSL_SESSION *sess;
+    if (t == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    ERR_clear_error();
+    t->fd = fd;
+    t->ctx = ctx;
+    mwi_tls_ctx_ref(ctx);
+    t->ssl = SSL_new(ctx->ssl_ctx);
+    bio = BIO_new_socket(fd, BIO_NOCLOSE);
+    if (t->ssl == NULL || bio == NULL) {
+        BIO_free(bio);
+        snprintf(err, errlen, "cannot create a TLS connection");
+        mwi_tls_free(t);
+        return NULL;
+    }
+    SSL_set_bio(t->ssl, bio, bio);
+    SSL_set_app_data(t->ssl, t);
+    if (ctx->server) {
+        SSL_set_accept_state(t->ssl);
+        return t;
+    }
+    SSL_set_connect_state(t->ssl);
+    if (server_name != NULL && server_name[0] != '\0'
+        && SSL_set_tlsext_host_name(t->ssl, server_name) != 1) {
+        snprintf(err, errlen, "bad server name for SNI: %s", server_name);
+        mwi_tls_free(t);
+        return NULL;
+    }
+    if ((sess = tls_ctx_session_for(ctx, server_name)) != NULL) {
+        SSL_set_session(t->ssl, sess);  /* resumption offered; a refusal is a full handshake */
+        SSL_SESSION_free(sess);
+    }
+    return t;
+}
+
+void mwi_tls_free(mwi_tls *t)
+{
+    if (t == NULL) return;
+    if (t->ssl != NULL) {
+        SSL_set_app_data(t->ssl, NULL);
+        SSL_free(t->ssl);
+    }
+    mwi_tls_ctx_unref(t->ctx);
+    free(t);
+}
+
+int mwi_tls_fd(const mwi_tls *t) { return t->fd; }
+
+int mwi_tls_feed(mwi_tls *t, const void *data, size_t len)
+{
+    BIO *mem;
+    if (len == 0) return 0;
+    if (t->prefix) {
+        mem = SSL_get_rbio(t->ssl);
+    } else {
+        if ((mem = BIO_new(BIO_s_mem())) == NULL) return -1;
+        BIO_set_mem_eof_return(mem, -1);   /* empty means "retry", not end of stream */
+        SSL_set0_rbio(t->ssl, mem);        /* the write side stays on the socket */
+        t->prefix = 1;
+    }
+    return BIO_write(mem, data, (int)len) == (int)len ? 0 : -1;
+}
+
+int mwi_tls_handshake(mwi_tls *t)
+{
+    int ret, saved, st;
+    do {
+        ERR_clear_error();
+        errno = 0;
+        ret = SSL_do_handshake(t->ssl);
+        saved = errno;
+        if (ret == 1) return MWI_TLS_OK;
+        st = outcome(t, ret, saved, 1);
+    } while (st == MWI_TLS_WANT_READ && prefix_drained(t));
+    return st;
+}
+
+ssize_t mwi_tls_read(mwi_tls *t, void *buf, size_t len)
+{
+    int ret, saved, st;
+    if (len > 0x7fffffff) len = 0x7fffffff;
+    do {
+        ERR_clear_error();
+        errno = 0;
+        ret = SSL_read(t->ssl, buf, (int)len);
+        saved = errno;
+        if (ret > 0) return ret;
+        st = outcome(t, ret, saved, 0);
+    } while (st == MWI_TLS_WANT_READ && prefix_drained(t));
+    return st;
+}
+
+ssize_t mwi_tls_write(mwi_tls *t, const void *buf, size_t len)
+{
+    int ret, saved, st;
+    if (len > 0x7fffffff) len = 0x7fffffff;
+    do {
+        ERR_clear_error();
+        errno = 0;
+        ret = SSL_write(t->ssl, buf, (int)len);
+        saved = errno;
+        if (ret > 0) return ret;
+        st = outcome(t, ret, saved, 0);
+    } while (st == MWI_TLS_WANT_READ && prefix_drained(t));
+    if (st == MWI_TLS_EOF) {           /* cannot write after our own close_notify */
+        conn_err(t, "%s", "write after close_notify");
+        st = MWI_TLS_ERROR;
+    }
+    return st;
+}
+
+int mwi_tls_shutdown(mwi_tls *t)
+{
+    int ret, saved, st;
+    if (t->shut_sent) return MWI_TLS_OK;
+    ERR_clear_error();
+    errno = 0;
+    ret = SSL_shutdown(t->ssl);        /* 0: ours is sent, theirs not seen yet: fine */
+    saved = errno;
+    if (ret >= 0) {
+        t->shut_sent = 1;
+        return MWI_TLS_OK;
+    }
+    st = outcome(t, ret, saved, 0);
+    if (st == MWI_TLS_EOF) {
+        t->shut_sent = 1;
+        return MWI_TLS_OK;
+    }
+    return st;
+}
+
+int mwi_tls_has_pending(const mwi_tls *t) { return SSL_has_pending(t->ssl); }
+int mwi_tls_errno(const mwi_tls *t) { return t->err_no; }
+const char *mwi_tls_error(const mwi_tls *t) { return t->err; }
+const char *mwi_tls_version(const mwi_tls *t) { return SSL_get_version(t->ssl); }
+
+const char *mwi_tls_alpn(const mwi_tls *t, unsigned *len)
+{
+    const unsigned char *p = NULL;
+    SSL_get0_alpn_selected(t->ssl, &p, len);
+    return *len > 0 ? (const char *)p : NULL;
+}
+
+const char *mwi_tls_server_name(const mwi_tls *t)
+{
+    return SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
+}
+
+int mwi_tls_session_reused(const mwi_tls *t) { return SSL_session_reused(t->ssl); }
+
+int mwi_tls_peer_cert_der(const mwi_tls *t, unsigned char *buf, int cap)
+{
+    X509 *x = SSL_get0_peer_certificate(t->ssl);
+    int len;
+    unsigned char *p = buf;
+    if (x == NULL) return 0;
+    len = i2d_X509(x, NULL);
+    if (len > 0 && buf != NULL && cap >= len) i2d_X509(x, &p);
+    return len > 0 ? len : 0;
+}

@@ -1,0 +1,243 @@
+"""Pure-Python twin of the native TLS contexts and setup streams (_tls.pxi): the stdlib's
+ssl.SSLContext with an SSLObject over memory BIOs, driven by the loop's sock_* calls.
+
+Same API, same rules, same error texts as the native build (see tlstypes.TLSError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from .tlstypes import (
+    VERIFY_NONE,
+    VERIFY_OPTIONAL,
+    TLSError,
+    alpn_wire,
+    check_pems,
+)
+
+_HANDSHAKE_EOF = "the peer closed the connection during the TLS handshake"
+
+
+@contextlib.contextmanager
+def _memfile(data: bytes) -> Iterator[str]:
+    """PEM bytes as a path the ssl module can load, never written to disk."""
+    fd = os.memfd_create("mwiproxy-pem", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def tls_error(exc: ssl.SSLError) -> TLSError:
+    """An ssl exception in the native build's words (OpenSSL's reason strings)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSError(f"certificate verify failed: {exc.verify_message}")
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return TLSError(_HANDSHAKE_EOF)
+    reason = getattr(exc, "reason", None)
+    return TLSError(reason.lower().replace("_", " ") if reason else str(exc))
+
+
+class TLSContext:
+    """A server or client TLS context from PEM bytes: TLS >= 1.2, peers verified against
+    exactly `ca_pem`, ALPN selected (server) or offered (client), tickets on."""
+
+    def __init__(self, server_side: bool, cert_pem: bytes | None = None,
+                 key_pem: bytes | None = None, ca_pem: bytes | None = None,
+                 verify: str = "required", alpn: list[str] | None = None) -> None:
+        alpn_wire(alpn)
+        check_pems(server_side, cert_pem, key_pem, ca_pem, verify)
+        self.server_side = server_side
+        self.verify = verify
+        self.alpn_protocols = tuple(alpn or ())
+        self.sessions: dict[str, ssl.SSLSession] = {}  # client: last session per name
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = False
+        ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_IGNORE_UNEXPECTED_EOF
+        if verify == VERIFY_NONE:
+            ctx.verify_mode = ssl.CERT_NONE
+        elif verify == VERIFY_OPTIONAL and server_side:
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+        else:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        try:
+            if ca_pem:
+                ctx.load_verify_locations(cadata=ca_pem.decode("ascii"))
+            if cert_pem and key_pem:
+                with _memfile(cert_pem) as cert, _memfile(key_pem) as key:
+                    ctx.load_cert_chain(cert, key)
+        except (ssl.SSLError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot load the certificates or key: {exc}") from None
+        if alpn:
+            ctx.set_alpn_protocols(list(alpn))
+        if server_side:
+            ctx.num_tickets = 1
+            ctx.sni_callback = _remember_sni
+        self.ssl_context = ctx
+
+
+def _remember_sni(obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+    obj._mwi_sni = name  # type: ignore[attr-defined]
+
+
+class TLSParts(NamedTuple):
+    """What a relay takes over from a handshaken stream."""
+
+    sock: socket.socket
+    obj: ssl.SSLObject
+    incoming: ssl.MemoryBIO
+    outgoing: ssl.MemoryBIO
+
+
+class TLSStream:
+    """One TLS connection during setup, on a connected socket fd that the stream owns
+    from here on (pass `sock.detach()`): close() closes it, unless a Relay took it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, context: TLSContext, fd: int,
+                 server_hostname: str | None = None) -> None:
+        if fd < 0:
+            raise ValueError("an open fd is needed")
+        self.context = context
+        self._loop = loop
+        self._sock: socket.socket | None = socket.socket(fileno=fd)
+        self._sock.setblocking(False)
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        name = server_hostname if not context.server_side else None
+        session = context.sessions.get(name or "") if not context.server_side else None
+        self._obj = context.ssl_context.wrap_bio(
+            self._in, self._out, server_side=context.server_side,
+            server_hostname=name or None, session=session)
+        self._handshaken = False
+
+    @property
+    def fileno(self) -> int:
+        return self._sock.fileno() if self._sock is not None else -1
+
+    def close(self) -> None:
+        """Free the TLS state and close the socket (no close_notify: see aclose)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def aclose(self) -> None:
+        """Send close_notify (best effort), then close."""
+        if self._sock is not None and self._handshaken:
+            with contextlib.suppress(ssl.SSLError, OSError):
+                self._obj.unwrap()
+            with contextlib.suppress(OSError):
+                await self._flush()
+        self.close()
+
+    def _live(self) -> socket.socket:
+        if self._sock is None:
+            raise ValueError("TLS stream is closed (or handed to a relay)")
+        return self._sock
+
+    async def _flush(self) -> None:
+        if self._out.pending:
+            await self._loop.sock_sendall(self._live(), self._out.read())
+
+    async def _fill(self) -> None:
+        data = await self._loop.sock_recv(self._live(), 65536)
+        if data:
+            self._in.write(data)
+        else:
+            self._in.write_eof()
+
+    def _keep_session(self) -> None:
+        if not self.context.server_side and self._obj.session is not None:
+            self.context.sessions[self._obj.server_hostname or ""] = self._obj.session
+
+    async def handshake(self, initial: bytes = b"") -> None:
+        """Run the handshake. `initial`: bytes already read from the socket (a ClientHello
+        peeked by classify), processed before anything else read from it."""
+        self._live()
+        if initial:
+            self._in.write(initial)
+        while True:
+            try:
+                self._obj.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+                continue
+            except ssl.SSLError as exc:
+                with contextlib.suppress(OSError):
+                    await self._flush()  # the alert tells the peer why
+                raise tls_error(exc) from None
+            await self._flush()
+            self._handshaken = True
+            self._keep_session()
+            return
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        """Up to max_bytes of plaintext; b"" at the end of the stream."""
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        while True:
+            self._live()
+            try:
+                data = self._obj.read(max_bytes)
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+            except ssl.SSLError as exc:
+                raise tls_error(exc) from None
+            self._keep_session()  # TLS 1.3 tickets arrive after the handshake
+            return data
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of data."""
+        self._live()
+        try:
+            self._obj.write(data)
+        except ssl.SSLError as exc:
+            raise tls_error(exc) from None
+        await self._flush()
+
+    def _require_handshake(self) -> None:
+        self._live()
+        if not self._handshaken:
+            raise ValueError("the handshake has not completed")
+
+    def peer_cert_der(self) -> bytes | None:
+        """The peer's certificate (DER), or None if it sent none."""
+        self._require_handshake()
+        return self._obj.getpeercert(binary_form=True)
+
+    def alpn(self) -> str | None:
+        self._require_handshake()
+        return self._obj.selected_alpn_protocol()
+
+    def version(self) -> str:
+        self._require_handshake()
+        return self._obj.version() or ""
+
+    def server_name(self) -> str | None:
+        """SNI: the name a client asked for (server side) or sent (client side)."""
+        self._live()
+        if self.context.server_side:
+            return getattr(self._obj, "_mwi_sni", None)
+        return self._obj.server_hostname
+
+    def session_reused(self) -> bool:
+        self._require_handshake()
+        return bool(self._obj.session_reused)
+
+    def take(self) -> TLSParts:
+        """Hand the TLS state and the socket over (to a Relay)."""
+        self._require_handshake()
+        sock, self._sock = self._live(), None
+        return TLSParts(sock, self._obj, self._in, self._out)
