@@ -94,7 +94,7 @@ def test_verification_failures_say_why(tls_mod: Any, pki: Any, case: str, side: 
         assert str(exc) == message
         other = client_exc if side == "server" else server_exc
         assert isinstance(other, ConnectionError)  # the peer learns it failed too
-        assert open_fds() == before
+        assert open_fds() <= before  # no new fds (others may be closed by GC meanwhile)
 
     run(body)
 

@@ -85,7 +85,7 @@ def test_tls_to_plain_is_byte_exact_both_ways(tls_mod: Any, pki: Any) -> None:
         assert j.relay.stats()[:2] == (len(up), len(down))
         j.plain.close()
         tls_mod.close_engine(loop)  # the engine's own fds (epoll, eventfds, pooled pipes)
-        assert open_fds() == before
+        assert open_fds() <= before  # no new fds (others may be closed by GC meanwhile)
 
     run(body)
 
@@ -238,7 +238,7 @@ def test_many_concurrent_tls_relays_and_no_fd_leaks(tls_mod: Any, pki: Any) -> N
         reasons = await asyncio.gather(*(limited(i) for i in range(count)))
         assert len(reasons) == count and set(reasons) <= {REASON_EOF, "reset_b"}
         tls_mod.close_engine(loop)
-        assert open_fds() == before
+        assert open_fds() <= before  # no new fds (others may be closed by GC meanwhile)
 
     run(body, timeout=120)
 
