@@ -37,6 +37,7 @@ from mwiproxy.identity.certs import Identity
 from mwiproxy.identity.identityfile import IdentityFile
 from mwiproxy.identity.tlsctx import server_context
 from mwiproxy.proxy.listener import ProxyListener
+from mwiproxy.proxy.pingbridge import framed
 from mwiproxy.proxy.postgres import PostgresFrontend
 from mwiproxy.proxy.sessions import SessionRegistry
 from mwiproxy.wire import alpn
@@ -83,6 +84,8 @@ class Cluster:
                             db.name, db.protocol)
         frontend = PostgresFrontend(self.auth, engines, self.sessions, self._inner_context)
         self.listener.route(alpn.POSTGRES, frontend.serve)
+        interval = self.config.proxy.ping_interval.total_seconds()
+        self.listener.route(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve, interval))
 
     def _inner_context(self) -> ssl.SSLContext:
         """The proxy's side of a client's own TLS (non-tunnel mode): no ALPN."""

@@ -4,8 +4,14 @@
         db --port=PORT [--tunnel] [--db-user USER] [--db-name DB] SERVICE
 
 `--proxy-server` is accepted for `--proxy`. Without --proxy the `proxy_server` of the
-tbot.yaml given with -c is used. Also the runner of the bot's `database-tunnel`
-services. Runnable on its own: `python -m mwiproxy.cli.mwibot_proxy proxy …`.
+tbot.yaml given with -c is used. `--max-connections N` caps open sessions (more callers
+wait in the accept queue), SIGTERM drains for up to `--drain-timeout` (a second signal
+cuts at once), `--diag-addr HOST:PORT` serves /livez and /readyz.
+
+Also `mwibot start database-tunnel --proxy-server … --token … --listen … --service …
+--database … --username …` (the bot with one in-memory tunnel), and the runner of the
+bot's `database-tunnel` services. Runnable on its own:
+`python -m mwiproxy.cli.mwibot_proxy proxy …`.
 """
 
 from __future__ import annotations
@@ -42,8 +48,44 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     db.add_argument("-n", "--db-name", default="", help="database name (checked against "
                     "the certificate)")
     db.add_argument("service", help="the database service name (as in `mwictl db ls`)")
+    _add_serving_flags(db)
     db.set_defaults(func=run_proxy_db)
     _register_tunnel_runner()
+    if "start" in sub.choices:
+        _add_start_database_tunnel(sub)
+
+
+def _add_serving_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-connections", type=int, default=0, metavar="N",
+                   help="at most N open connections; more callers wait (default: no cap)")
+    p.add_argument("--drain-timeout", default="30s", metavar="DURATION",
+                   help="on SIGTERM, how long open sessions may finish (default 30s)")
+    p.add_argument("--diag-addr", default="", metavar="HOST:PORT",
+                   help="serve /livez and /readyz on HOST:PORT")
+
+
+def _add_start_database_tunnel(sub: argparse._SubParsersAction[Any]) -> None:
+    from mwiproxy.cli.mwibot import add_bot_flags, start_modes
+
+    p = start_modes(sub).add_parser(
+        "database-tunnel", help="renew database credentials in memory and serve a "
+        "tunnel-mode local proxy with them")
+    add_bot_flags(p)
+    p.add_argument("--listen", required=True, help="tcp://127.0.0.1:PORT or unix:///PATH")
+    p.add_argument("--service", required=True, help="database service name")
+    p.add_argument("--database", required=True, help="database name")
+    p.add_argument("--username", required=True, help="database user")
+    p.set_defaults(func=_start_database_tunnel)
+
+
+def _start_database_tunnel(args: argparse.Namespace) -> int:
+    from mwiproxy.cli.mwibot import config_from_flags, run_bot
+
+    if getattr(args, "config", None):
+        raise ValueError("use either -c FILE or the flags of a mode, not both")
+    service = {"type": "database-tunnel", "listen": args.listen, "service": args.service,
+               "database": args.database, "username": args.username}
+    return run_bot(config_from_flags(args, service))
 
 
 def _register_tunnel_runner() -> None:
@@ -73,35 +115,52 @@ def _proxy_addr(args: argparse.Namespace) -> str:
 def run_proxy_db(args: argparse.Namespace) -> int:
     import uvloop
 
+    from mwiproxy.config.durations import parse_duration
     from mwiproxy.localproxy.creds import CredentialsError, DirectoryCredentials
     from mwiproxy.localproxy.server import LocalProxy
 
     setup_logging(getattr(args, "debug", False))
+    try:
+        drain = parse_duration(args.drain_timeout).total_seconds()
+    except ValueError as e:
+        raise SystemExit(f"mwibot proxy: --drain-timeout: {e}") from None
+    if args.max_connections < 0:
+        raise SystemExit("mwibot proxy: --max-connections must be 0 (no cap) or more")
     proxy = LocalProxy(
         listen=args.listen or f"127.0.0.1:{args.port}", proxy_addr=_proxy_addr(args),
         service=args.service, credentials=DirectoryCredentials(args.destination_dir),
         tunnel=args.tunnel, database=args.db_name, username=args.db_user,
-        origin=args.destination_dir)
+        origin=args.destination_dir, max_connections=args.max_connections)
     try:
-        uvloop.run(_serve(proxy))
+        uvloop.run(_serve(proxy, drain, args.diag_addr))
     except CredentialsError as e:
         print(f"ERROR: mwibot proxy: {e}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(proxy: Any) -> None:
+async def _serve(proxy: Any, drain_timeout: float, diag_addr: str) -> None:
+    from mwiproxy.localproxy.health import serve_diagnostics
+
     await proxy.start()
+    diag = await serve_diagnostics(diag_addr, {proxy.service: proxy.readiness}) \
+        if diag_addr else None
     print(f"mwibot proxy: listening on {proxy.address} for database {proxy.service!r} "
-          f"({'tunnel' if proxy.tunnel else 'TLS pass-through'} mode)", flush=True)
-    stop = asyncio.Event()
+          f"({'tunnel' if proxy.tunnel else 'TLS pass-through'} mode)"
+          + (f"; diagnostics on {diag.host}:{diag.port}" if diag else ""), flush=True)
+    signals: asyncio.Queue[int] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    serving = asyncio.ensure_future(proxy.serve_forever())
-    await stop.wait()
-    serving.cancel()
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    await signals.get()
+    draining = asyncio.ensure_future(proxy.drain(drain_timeout))
+    second = asyncio.ensure_future(signals.get())  # a second signal: stop waiting
+    await asyncio.wait({draining, second}, return_when=asyncio.FIRST_COMPLETED)
+    second.cancel()
     await proxy.close()
+    await draining
+    if diag is not None:
+        await diag.close()
 
 
 def main(argv: list[str] | None = None) -> int:

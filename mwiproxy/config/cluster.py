@@ -11,6 +11,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Literal
 
 from mwiproxy.config.loader import ConfigError, decode, load_yaml_file, node_line
@@ -110,6 +111,8 @@ class StorageConfig:
 class ProxyConfig:
     listen_addr: str = DEFAULT_LISTEN_ADDR
     public_addr: str = ""  # what clients are told to dial; defaults to listen_addr
+    # keepalive frames on idle `-ping` connections, so middleboxes keep idle sessions
+    ping_interval: timedelta = timedelta(seconds=30)
 
     def __post_init__(self) -> None:
         if not self.public_addr:
@@ -118,6 +121,8 @@ class ProxyConfig:
     def validate(self) -> None:
         _check_addr(self.listen_addr, "listen_addr")
         _check_addr(self.public_addr, "public_addr")
+        if self.ping_interval <= timedelta(0):
+            raise ConfigError("must be a positive duration", key="ping_interval")
 
 
 @dataclass

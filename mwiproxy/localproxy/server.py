@@ -17,14 +17,11 @@ result gives a new TLS context, open connections keep theirs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import ssl
-import stat
-from dataclasses import dataclass
 
 from mwiproxy.identity.tlsctx import client_context
+from mwiproxy.localproxy.acceptor import Acceptor, ListenAddr
 from mwiproxy.localproxy.creds import (
     CredentialsError,
     CredentialsProvider,
@@ -32,38 +29,28 @@ from mwiproxy.localproxy.creds import (
     check_usable,
 )
 from mwiproxy.relay.pipe import Pipe
-from mwiproxy.wire import alpn
+from mwiproxy.wire import alpn, ping
 from mwiproxy.wire import postgres as pg
+
+__all__ = ["DRAIN_TIMEOUT", "CredentialsError", "ListenAddr", "LocalProxy", "UpstreamFailed"]
 
 log = logging.getLogger("mwiproxy.localproxy")
 
 DIAL_TIMEOUT = 15.0
 FIRST_PACKET_TIMEOUT = 60.0
-UNIX_PREFIX = "unix://"
+FIRST_ANSWER_TIMEOUT = 60.0
+DRAIN_TIMEOUT = 30.0
+# connections being set up (dial, handshake, first answer) at once; more wait their turn
+MAX_CONCURRENT_SETUPS = 64
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class UpstreamFailed(Exception):
     """The cluster proxy could not be reached or refused us; the message says why."""
 
-
-@dataclass(frozen=True)
-class ListenAddr:
-    host: str = "127.0.0.1"
-    port: int = 0
-    unix_path: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> ListenAddr:
-        if text.startswith(UNIX_PREFIX):
-            path = text[len(UNIX_PREFIX):]
-            if not path.startswith("/"):
-                raise ValueError(f"{text!r}: a unix socket path must be absolute")
-            return cls(unix_path=path)
-        host, sep, port = text.removeprefix("tcp://").rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"{text!r} is not host:port, tcp://host:port or unix:///path")
-        return cls(host=host.strip("[]") or "127.0.0.1", port=int(port))
+    def __init__(self, message: str, sqlstate: str = pg.CANNOT_CONNECT) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 def _split_proxy(addr: str) -> tuple[str, int]:
@@ -77,7 +64,8 @@ class LocalProxy:
     def __init__(self, *, listen: str, proxy_addr: str, service: str,
                  credentials: CredentialsProvider, tunnel: bool = True,
                  database: str = "", username: str = "", server_name: str = "",
-                 origin: str = "the bot's credentials") -> None:
+                 origin: str = "the bot's credentials", max_connections: int = 0,
+                 offer_ping: bool = True) -> None:
         self.listen = ListenAddr.parse(listen)
         self.proxy_host, self.proxy_port = _split_proxy(proxy_addr)
         self.server_name = server_name or (
@@ -89,8 +77,12 @@ class LocalProxy:
         self._provider = credentials
         self._origin = origin
         self._contexts: dict[bool, tuple[TLSCredentials, ssl.SSLContext]] = {}
-        self._server: asyncio.Server | None = None
+        self._acceptor = Acceptor(self.listen, self._serve, max_connections)
+        self._setups = asyncio.Semaphore(MAX_CONCURRENT_SETUPS)
         self.alpn = alpn.POSTGRES
+        # offered in this order: the framed name first, the plain one as the fallback
+        self.alpn_offer = [alpn.with_ping(self.alpn), self.alpn] if offer_ping else [self.alpn]
+        self.draining = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -99,48 +91,52 @@ class LocalProxy:
         creds = self._credentials()
         if self.tunnel:
             self._check_tunnel(creds)
-        if self.listen.unix_path:
-            self._server = await self._listen_unix(self.listen.unix_path)
-        else:
-            self._server = await asyncio.start_server(
-                self._serve, self.listen.host, self.listen.port, backlog=1024,
-                reuse_address=True)
+        await self._acceptor.start()
         log.info("local proxy for %r listening on %s (%s mode)", self.service, self.address,
                  "tunnel" if self.tunnel else "TLS pass-through")
-
-    async def _listen_unix(self, path: str) -> asyncio.Server:
-        parent = os.path.dirname(path)
-        if not os.path.isdir(parent):
-            os.makedirs(parent, mode=0o700)
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)  # a stale socket from an earlier run
-        server = await asyncio.start_unix_server(self._serve, path, backlog=1024)
-        os.chmod(path, 0o600)
-        return server
 
     @property
     def address(self) -> str:
         if self.listen.unix_path:
             return f"unix://{self.listen.unix_path}"
-        assert self._server is not None
-        host, port = self._server.sockets[0].getsockname()[:2]
+        host, port = self._acceptor.sockname()
         return f"{host}:{port}"
 
     @property
     def port(self) -> int:
-        assert self._server is not None and not self.listen.unix_path
-        return int(self._server.sockets[0].getsockname()[1])
+        assert not self.listen.unix_path
+        return self._acceptor.sockname()[1]
+
+    @property
+    def active_connections(self) -> int:
+        return self._acceptor.active
 
     async def serve_forever(self) -> None:
-        assert self._server is not None
-        await self._server.serve_forever()
+        await self._acceptor.wait()
+
+    async def drain(self, timeout: float = DRAIN_TIMEOUT) -> bool:
+        """Stop accepting, let open sessions finish for up to `timeout` s, cut the rest."""
+        self.draining = True
+        return await self._acceptor.drain(timeout)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._server.wait_closed()
+        self.draining = True
+        await self._acceptor.close()
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): accepting, and credentials present and unexpired. Reads the
+        credentials only; never dials the cluster or the database."""
+        if self.draining:
+            return False, "draining: not accepting new connections"
+        try:
+            creds = self._credentials()
+            if self.tunnel:
+                self._check_tunnel(creds)
+            else:
+                check_usable(creds, self.service, self._origin)
+        except CredentialsError as e:
+            return False, str(e)
+        return True, f"certificate valid until {creds.not_after:%Y-%m-%d %H:%M:%S} UTC"
 
     # -- credentials -------------------------------------------------------------------
 
@@ -168,7 +164,7 @@ class LocalProxy:
         if cached is not None and cached[0] == creds:
             return cached[1]
         ctx = client_context(creds.host_ca_pem, creds.cert_pem if with_cert else None,
-                             creds.key_pem if with_cert else None, alpn=[self.alpn])
+                             creds.key_pem if with_cert else None, alpn=self.alpn_offer)
         self._contexts[with_cert] = (creds, ctx)
         return ctx
 
@@ -178,16 +174,22 @@ class LocalProxy:
                      ) -> None:
         try:
             first = await asyncio.wait_for(pg.read_first_packet(reader), FIRST_PACKET_TIMEOUT)
-            upstream = await self._dial(with_cert=self.tunnel or first.is_cancel)
         except (pg.ProtocolError, TimeoutError, OSError):
             writer.transport.abort()
             return
+        try:
+            async with self._setups:  # bursts queue here, not in the cluster's handshakes
+                upstream = await self._dial(with_cert=self.tunnel or first.is_cancel)
+                framed = self._negotiated_ping(upstream)
+                answer = await self._first_exchange(upstream, first.raw, framed)
         except (CredentialsError, UpstreamFailed) as e:
             log.warning("connection refused locally: %s", e)
-            writer.write(pg.error_response(f"mwibot local proxy: {e}", pg.CANNOT_CONNECT))
+            sqlstate = e.sqlstate if isinstance(e, UpstreamFailed) else pg.CANNOT_CONNECT
+            writer.write(pg.error_response(f"mwibot local proxy: {e}", sqlstate))
             writer.close()
             return
-        await self._relay((reader, writer), upstream, first.raw)
+        writer.write(answer)
+        await Pipe((reader, writer), upstream, framed_b=framed).run()
 
     async def _dial(self, with_cert: bool) -> Stream:
         ctx = self._context(with_cert)
@@ -200,25 +202,45 @@ class LocalProxy:
                                  f"is not trusted: {e.verify_message}") from None
         except (OSError, ssl.SSLError, TimeoutError) as e:
             raise UpstreamFailed(f"cannot reach the cluster proxy at {self.proxy_host}:"
-                                 f"{self.proxy_port}: {e or 'timeout'}") from None
+                                 f"{self.proxy_port}: {_why(e)}") from None
 
-    async def _relay(self, client: Stream, upstream: Stream, first: bytes) -> None:
+    def _negotiated_ping(self, upstream: Stream) -> bool:
+        ssl_obj = upstream[1].get_extra_info("ssl_object")
+        chosen = ssl_obj.selected_alpn_protocol() if ssl_obj is not None else None
+        return len(self.alpn_offer) > 1 and chosen == self.alpn_offer[0]
+
+    async def _first_exchange(self, upstream: Stream, first: bytes, framed: bool) -> bytes:
         """Send the first packet and wait for the first answer before relaying, so a
         refusal of our certificate (a TLS 1.3 alert after the handshake) reaches the
         client as a PostgreSQL error instead of a dropped connection."""
-        upstream[1].write(first)
+        upstream[1].write(ping.frame(first) if framed else first)
         try:
-            answer = await upstream[0].read(65536)
+            answer = await asyncio.wait_for(
+                _first_answer(upstream[0], ping.Deframer() if framed else None),
+                FIRST_ANSWER_TIMEOUT)
             reason = "" if answer else "closed before answering"
-        except (ssl.SSLError, OSError) as e:
-            answer, reason = b"", getattr(e, "reason", None) or str(e)
+        except (ssl.SSLError, OSError, TimeoutError) as e:
+            answer, reason = b"", getattr(e, "reason", None) or _why(e)
         if not answer:
-            client[1].write(pg.error_response(
-                f"mwibot local proxy: the cluster proxy refused the connection ({reason}); "
-                f"check that {self._origin} hold a valid certificate of this cluster",
-                pg.INVALID_AUTHORIZATION))
-            client[1].close()
             upstream[1].transport.abort()
-            return
-        client[1].write(answer)
-        await Pipe(client, upstream).run()
+            raise UpstreamFailed(
+                f"the cluster proxy refused the connection ({reason}); check that "
+                f"{self._origin} hold a valid certificate of this cluster",
+                pg.INVALID_AUTHORIZATION)
+        return answer
+
+
+def _why(error: BaseException) -> str:
+    return str(error) or ("timeout" if isinstance(error, TimeoutError)
+                          else type(error).__name__)
+
+
+async def _first_answer(reader: asyncio.StreamReader, deframer: ping.Deframer | None) -> bytes:
+    """The first bytes the cluster proxy sends back, deframed up to a frame boundary so
+    the relay's own deframer starts at a frame header."""
+    answer = b""
+    while data := await reader.read(65536):
+        answer += deframer.feed(data) if deframer is not None else data
+        if answer and (deframer is None or not deframer.mid_frame):
+            break
+    return answer

@@ -1,12 +1,16 @@
 """The bot's `database-tunnel` service: a tunnel-mode LocalProxy fed from the bot's
-in-memory credentials (they never touch the disk)."""
+in-memory credentials (they never touch the disk).
+
+When the bot stops (SIGTERM) the runner is cancelled; it then drains: no new
+connections, open sessions get up to DRAIN_TIMEOUT to finish."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from mwiproxy.localproxy.server import LocalProxy
+from mwiproxy.bot.diag import UNHEALTHY
+from mwiproxy.localproxy.server import DRAIN_TIMEOUT, LocalProxy
 
 log = logging.getLogger("mwiproxy.localproxy")
 
@@ -30,4 +34,5 @@ async def serve_database_tunnel(ctx: Any) -> None:
     try:
         await proxy.serve_forever()
     finally:
-        await proxy.close()
+        ctx.health.set(service.name, UNHEALTHY, "draining: not accepting new connections")
+        await proxy.drain(DRAIN_TIMEOUT)

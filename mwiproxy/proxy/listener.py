@@ -22,6 +22,7 @@ from cryptography import x509
 from mwiproxy import _native
 from mwiproxy.identity.certs import Identity, identity_from_certificate
 from mwiproxy.proxy.plaintext import refuse as refuse_plaintext
+from mwiproxy.wire.alpn import PING_SUFFIX
 
 log = logging.getLogger("mwiproxy.proxy")
 
@@ -48,14 +49,20 @@ class ProxyListener:
     def route(self, alpn_name: str, handler: Handler) -> None:
         self._handlers[alpn_name] = handler
 
+    def _protocols(self) -> list[str]:
+        """The ALPN names we offer, `-ping` ones first: OpenSSL picks in the server's
+        order, and a client offering both should get the framed one."""
+        names = list(self._handlers)
+        return sorted(names, key=lambda n: not n.endswith(PING_SUFFIX))
+
     def reload_tls(self) -> None:
         """Build a fresh context (new server cert / CAs): new connections use it, open ones
         keep theirs. The listening context's SNI callback hands each new handshake to
         whichever context is current."""
-        self._ctx = self._ctx_factory(list(self._handlers))
+        self._ctx = self._ctx_factory(self._protocols())
 
     def _listening_context(self) -> ssl.SSLContext:
-        ctx = self._ctx_factory(list(self._handlers))
+        ctx = self._ctx_factory(self._protocols())
 
         def pick_current(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext
                          ) -> None:
@@ -83,6 +90,8 @@ class ProxyListener:
     async def close(self) -> None:
         if self._accepting is not None:
             self._accepting.cancel()
+            # the loop must forget the socket before its fd is closed and reused
+            await asyncio.wait({self._accepting})
             self._accepting = None
         if self._sock is not None:
             self._sock.close()
@@ -117,19 +126,12 @@ class ProxyListener:
 
     async def _handshake(self, sock: socket.socket, remote: str
                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=STREAM_LIMIT)
-        ready: asyncio.Future[asyncio.StreamWriter] = loop.create_future()
-        # a connected-callback makes the protocol server-side for a later inner start_tls
-        protocol = asyncio.StreamReaderProtocol(reader, lambda _r, w: ready.set_result(w))
         try:
-            await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self._listen_ctx,
-                                               ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+            return await server_streams(sock, self._listen_ctx)
         except (OSError, ssl.SSLError, TimeoutError) as e:
             log.info("TLS handshake with %s failed: %s", remote, e)
             sock.close()
             return None
-        return reader, await ready
 
     async def _dispatch(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         remote: str) -> None:
@@ -154,6 +156,19 @@ class ProxyListener:
         except Exception:
             log.exception("handler for %s (%s) failed", remote, proto)
             writer.transport.abort()
+
+
+async def server_streams(sock: socket.socket, ctx: ssl.SSLContext | None = None
+                         ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Streams over an accepted socket (TLS server handshake first when ctx is given)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+    ready: asyncio.Future[asyncio.StreamWriter] = loop.create_future()
+    # a connected-callback makes the protocol server-side for a later inner start_tls
+    protocol = asyncio.StreamReaderProtocol(reader, lambda _r, w: ready.set_result(w))
+    await loop.connect_accepted_socket(lambda: protocol, sock, ssl=ctx,
+                                       ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ctx else None)
+    return reader, await ready
 
 
 def _wake(ready: asyncio.Future[None]) -> None:

@@ -31,6 +31,7 @@ cluster_name: mwiproxy.local
 data_dir: {data_dir}
 proxy:
   listen_addr: 127.0.0.1:{port}
+  ping_interval: 1s
 databases:
   - name: example-server
     protocol: postgres
@@ -96,14 +97,14 @@ class Topology:
         DirectoryDestination(str(out)).write_bundle(render_database_output(creds))
         return out
 
-    def local_proxy(self, out: Path, *, tunnel: bool, check: bool = True, listen: str = ""
-                    ) -> LocalProxyProcess:
+    def local_proxy(self, out: Path, *, tunnel: bool, check: bool = True, listen: str = "",
+                    extra: tuple[str, ...] = ()) -> LocalProxyProcess:
         port = free_port()
         log = self.root / f"localproxy-{port}.log"
         cmd = [sys.executable, "-m", "mwiproxy.cli.mwibot", "proxy",
                f"--proxy={self.cluster.addr}", f"--destination-dir={out}", "db",
                f"--port={port}", *([f"--listen={listen}"] if listen else []),
-               *(["--tunnel"] if tunnel else []), SERVICE]
+               *(["--tunnel"] if tunnel else []), *extra, SERVICE]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
         lp = LocalProxyProcess(proc, port, log)
         self.proxies.append(lp)
@@ -127,6 +128,11 @@ class Topology:
         return subprocess.run(["psql", dsn, "-v", "ON_ERROR_STOP=1", "-Atc", sql],
                               capture_output=True, text=True, timeout=60)
 
+    @property
+    def ca_pin(self) -> str:
+        info = json.loads((self.cluster.data_dir / "cluster.json").read_text())
+        return str(info["host_ca_pin"])
+
     def audit(self, kind: str) -> list[dict[str, object]]:
         out = self.cluster.ctl("audit", "--type", kind, "--format", "json").stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -139,7 +145,7 @@ def _start_postgres(pg: postgres.PostgresServer, cluster: ClusterProcess, root: 
     pg.ssl_files = (f"{out}.crt", f"{out}.key", f"{out}.cas")
     pg.start()
     with open(pg.data / "postgresql.conf", "a") as f:
-        f.write("max_connections = 320\n")
+        f.write("max_connections = 1100\n")
     subprocess.run([*pg.prefix, str(postgres.PG_BIN / "pg_ctl"), "-D", str(pg.data), "-w",
                     "-l", str(pg.root / "log"), "restart"], check=True, capture_output=True)
     pg.psql("CREATE USER alice")

@@ -107,3 +107,41 @@ def test_plain_tcp_and_garbage_to_the_cluster_port(topo, tunnel):
         s.sendall(b"\x07\x07garbage garbage garbage\r\n\r\n")
         assert s.recv(100) == b""  # closed, nothing said
     _still_serving(topo, tunnel)
+
+
+def test_a_certificate_expired_at_connect_is_refused_in_both_modes(topo, tunnel):
+    out = topo.bot_output("expiring", ttl="3s")
+    issued = time.monotonic()
+    tunnel_lp = topo.local_proxy(out, tunnel=True)
+    plain_lp = topo.local_proxy(out, tunnel=False)
+    assert topo.psql(topo.dsn(tunnel_lp), "select 1").stdout.strip() == "1"
+    time.sleep(max(0.0, 3.5 - (time.monotonic() - issued)))
+    # tunnel mode: the local proxy checks expiry on each new connection
+    res = topo.psql(topo.dsn(tunnel_lp), "select 1")
+    assert "mwibot local proxy: the certificate in" in res.stderr, res.stderr
+    assert "expired at" in res.stderr
+    # non-tunnel mode: the client's own expired certificate fails the inner handshake.
+    # The client sees the connection end (asyncio drops the TLS alert when a handshake
+    # fails); the reason is in the audit log.
+    res = topo.psql(topo.dsn(plain_lp, out), "select 1")
+    assert res.returncode != 0 and "SSL" in res.stderr, res.stderr
+    denied = topo.audit("db.access.denied")
+    assert any("certificate has expired" in str(e["reason"]) for e in denied), denied[-3:]
+    _still_serving(topo, tunnel)
+
+
+def test_certificate_from_another_cluster_in_non_tunnel_mode(topo, passthrough, tunnel):
+    foreign = create_authority("user", "mwiproxy.local")
+    key = generate_private_key()
+    ident = Identity(user="bot-example", roles=("example-role",), bot_name="example",
+                     route=DatabaseRoute(SERVICE, "postgres", "alice", "example-db"))
+    cert = foreign.sign_identity(ident, key.public_key(), dt.timedelta(minutes=5))
+    cas = {"host": topo.host_ca.decode(), "user": foreign.cert_pem.decode(),
+           "db": foreign.cert_pem.decode()}
+    out = topo.write_output("foreign-inner", private_key_pem(key), cert_pem(cert), cas)
+    res = topo.psql(topo.dsn(passthrough, out), "select 1")
+    assert res.returncode != 0 and "SSL" in res.stderr, res.stderr
+    denied = topo.audit("db.access.denied")
+    assert any("client TLS handshake failed" in str(e["reason"])
+               and "certificate verify failed" in str(e["reason"]) for e in denied), denied[-3:]
+    _still_serving(topo, tunnel)
