@@ -16,7 +16,8 @@ from setuptools import Extension, setup
 NATIVE_MODULES: dict[str, dict[str, list[str]]] = {
     "mwiproxy._native._tlsrec": {"csrc": ["mwi_tlsrec.c"], "libs": []},
     "mwiproxy._native._relay": {
-        "csrc": ["mwi_relay.c", "mwi_engine.c", "mwi_relay_tls.c", "mwi_tls.c", "mwi_tls_conn.c"],
+        "csrc": ["mwi_relay.c", "mwi_engine.c", "mwi_relay_tls.c", "mwi_tls.c", "mwi_tls_conn.c",
+                 "mwi_accept.c"],
         "libs": ["ssl", "crypto"],
     },
 }

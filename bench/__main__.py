@@ -1,12 +1,14 @@
 """python -m bench: direct vs mwiproxy (native, pure-Python) vs HAProxy on loopback.
 
 Paths are interleaved within each run and every proxy is started fresh for each run;
-the table shows medians over the runs and ratios to direct and to the best HAProxy.
+the tables show medians over the runs, ratios to direct and to HAProxy, and the issue's
+targets marked met or missed. PNG plots go to --out (if matplotlib is installed).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -14,84 +16,90 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from . import load, paths, tlsload, tlspki
+from . import paths, plots, tlspki
+from .measure import Plan, measure
 from .report import Row, render
 
+QUICK = Plan(nbytes=64 << 20, pings=500, conns=50, idle=300)
 
-def _machine() -> str:
+
+def _version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "not installed"
+    return (out.stdout or out.stderr).strip().split("\n")[0]
+
+
+def machine() -> str:
     import ssl
 
+    import Cython
     import uvloop
 
     u = platform.uname()
-    hap = "not installed"
-    if exe := shutil.which("haproxy"):
-        hap = subprocess.run([exe, "-v"], capture_output=True, text=True).stdout.split("\n")[0]
-    return (f"{u.system} {u.node} {u.release} {u.version} {u.machine}, "
-            f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
-            f"uvloop {uvloop.__version__}, {ssl.OPENSSL_VERSION}, {hap}")
+    load = os.getloadavg()
+    return (f"{u.system} {u.release} {u.version} {u.machine}, {os.cpu_count()} CPUs, "
+            f"load average {load[0]:.2f}; Python {platform.python_version()}, "
+            f"uvloop {uvloop.__version__}, Cython {Cython.__version__}, {ssl.OPENSSL_VERSION}, "
+            f"{_version(['haproxy', '-v'])}, {_version(['gcc', '--version'])}")
 
 
-def measure(run: paths.Running, nbytes: int, pings: int, conns: int,
-            pki: tlspki.BenchPki) -> dict[str, float]:
-    if not run.tls:
-        gbit = load.bulk(run.sink, nbytes)
-        cpu0 = run.cpu_seconds()
-        rtts = load.ping_pong(run.echo, pings)
-        cpu = run.cpu_seconds() - cpu0
-        return {"gbit": gbit, "p50": load.percentile(rtts, 0.5),
-                "p99": load.percentile(rtts, 0.99), "cpu_us": cpu / pings * 1e6}
-    ctx = pki.client_context()
-    gbit = tlsload.bulk(run.sink, nbytes, ctx)
-    cpu0 = run.cpu_seconds()
-    rtts = tlsload.ping_pong(run.echo, pings, ctx)
-    cpu = run.cpu_seconds() - cpu0
-    cpu1 = run.cpu_seconds()
-    tlsload.new_connections(run.echo, conns, ctx)
-    conn_cpu = run.cpu_seconds() - cpu1
-    return {"gbit": gbit, "p50": load.percentile(rtts, 0.5), "p99": load.percentile(rtts, 0.99),
-            "cpu_us": cpu / pings * 1e6, "conn_cpu_us": conn_cpu / conns * 1e6}
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--mbytes", type=int, default=2000, help="bulk MiB per run and figure")
+    parser.add_argument("--pings", type=int, default=20000)
+    parser.add_argument("--conns", type=int, default=500,
+                        help="new connections per run (rate and CPU per new connection)")
+    parser.add_argument("--idle", type=int, default=9900,
+                        help="idle connections held per run (0: skip the figure)")
+    parser.add_argument("--paths", default=",".join(paths.PATHS))
+    parser.add_argument("--out", default="bench/out", help="PNG plots and results.json here")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 1 run, small sizes (numbers mean little)")
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--mbytes", type=int, default=2000, help="bulk bytes per run, MiB")
-    parser.add_argument("--pings", type=int, default=20000)
-    parser.add_argument("--conns", type=int, default=500,
-                        help="new TLS connections per run (CPU per new connection)")
-    parser.add_argument("--paths", default=",".join(paths.PATHS))
-    args = parser.parse_args(argv)
+    args = _parse(argv)
+    plan = Plan(args.mbytes << 20, args.pings, args.conns, args.idle)
+    runs = args.runs
+    if args.quick:
+        plan, runs = QUICK, 1
     names = args.paths.split(",")
-    print(f"machine: {_machine()}", flush=True)
+    print(f"machine: {machine()}", flush=True)
     print(f"command: python -m bench {' '.join(argv if argv is not None else sys.argv[1:])}")
     pki = tlspki.make()
     be = paths.start_backends(str(pki.dir))
     results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     missing: dict[str, str] = {}
+    t_start = time.perf_counter()
     try:
-        for run_no in range(1, args.runs + 1):
+        for run_no in range(1, runs + 1):
             for name in names:
                 if name in missing:
                     continue
                 t0 = time.perf_counter()
+                tag = f"[{time.perf_counter() - t_start:6.0f} s] run {run_no}/{runs} {name}"
                 try:
                     running = paths.start(name, be)
                 except (FileNotFoundError, RuntimeError) as exc:
                     missing[name] = str(exc)
-                    print(f"  {name}: skipped: {exc}", flush=True)
+                    print(f"{tag}: skipped: {exc}", flush=True)
                     continue
+                def say(what: str, tag: str = tag) -> None:
+                    print(f"{tag}: {what} ...", flush=True)
+
                 try:
-                    m = measure(running, args.mbytes << 20, args.pings, args.conns, pki)
+                    m = measure(running, plan, pki, say)
                 finally:
                     running.stop()
                 results[name].append(m)
-                print(f"  run {run_no}/{args.runs} {name:16} {m['gbit']:6.2f} Gbit/s  "
-                      f"p50 {m['p50']:6.1f} us  p99 {m['p99']:6.1f} us  "
-                      f"cpu {m['cpu_us']:5.1f} us/rt  "
-                      f"{m.get('conn_cpu_us', 0):6.1f} us/conn  ({time.perf_counter() - t0:.1f} s)",
-                      flush=True)
+                print(f"{tag}: done in {time.perf_counter() - t0:.0f} s: "
+                      + ", ".join(f"{k} {v:.4g}" for k, v in m.items()), flush=True)
     finally:
         be.proc.terminate()
         be.proc.wait(10)
@@ -99,9 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = [Row(n, {k: statistics.median(r[k] for r in results[n]) for k in results[n][0]})
             for n in names if results[n]]
     print()
-    print(render(rows, args.runs))
+    print(render(rows, runs))
     for name, why in missing.items():
         print(f"missing peer: {name}: {why}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"machine": machine(), "runs": results},
+                                                 indent=1))
+    written = plots.write(rows, out)
+    print(written if isinstance(written, str)
+          else f"plots: {', '.join(str(p) for p in written)}")
     return 0
 
 

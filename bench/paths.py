@@ -100,7 +100,7 @@ def _haproxy(name: str, sink: int, echo: int, bufsize: int | None,
     p_sink, p_echo = _free_port(), _free_port()
     tune = f"    tune.bufsize {bufsize}\n" if bufsize else ""
     ssl = f" ssl crt {crt}" if crt else ""
-    cfg = (f"global\n    maxconn 9900\n{tune}defaults\n    mode tcp\n"
+    cfg = (f"global\n    maxconn 9950\n{tune}defaults\n    mode tcp\n"
            "    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n"
            f"listen sink\n    bind 127.0.0.1:{p_sink}{ssl}\n    server s 127.0.0.1:{sink}\n"
            f"listen echo\n    bind 127.0.0.1:{p_echo}{ssl}\n    server e 127.0.0.1:{echo}\n")

@@ -2,8 +2,9 @@
 
 `python -m bench.relayserver --target PORT [--target PORT ...] [--pure]` listens once per
 target and prints the listening ports on one line. With --tls-dir, clients are
-TLS-terminated (handshake driven from the loop) and the relay runs TLS <-> plain. Every accepted connection is joined to
-a new connection to 127.0.0.1:PORT by mwiproxy._native's Relay; the pure build is
+TLS-terminated (by the Acceptor: in the engine's worker for the native build) and the relay
+runs TLS <-> plain. Every accepted connection is joined to
+a new connection to 127.0.0.1:PORT by mwiproxy._native's Acceptor and Relay; the pure build is
 selected with MWIPROXY_NO_EXTENSIONS=1 (set by --pure).
 """
 
@@ -17,20 +18,13 @@ from pathlib import Path
 from typing import Any
 
 
-async def accept_loop(srv: socket.socket, target: int, tls: Any = None) -> None:
-    from mwiproxy._native import Relay
-
-    loop = asyncio.get_running_loop()
-    while True:
-        client, _ = await loop.sock_accept(srv)
-        if tls is None:
-            upstream = await _dial(loop, target)
-            if upstream is None:
-                client.close()
-            else:
-                Relay(loop, client.detach(), upstream.detach()).start()
-        else:
-            loop.create_task(_terminate(loop, client, target, tls))
+def _dial_now(target: int) -> int:
+    """A nonblocking connect to the target, handed on while it completes: the native relay
+    waits for it on its own (no loop round trip, no getaddrinfo in the thread pool)."""
+    upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    upstream.setblocking(False)
+    upstream.connect_ex(("127.0.0.1", target))
+    return upstream.detach()
 
 
 async def _dial(loop: asyncio.AbstractEventLoop, target: int) -> socket.socket | None:
@@ -44,22 +38,31 @@ async def _dial(loop: asyncio.AbstractEventLoop, target: int) -> socket.socket |
     return upstream
 
 
-async def _terminate(loop: asyncio.AbstractEventLoop, client: socket.socket, target: int,
-                     tls: Any) -> None:
-    """TLS-terminate the client (handshake in the loop), then relay TLS <-> plain."""
-    from mwiproxy._native import Relay, TLSStream
+async def _relay_when_connected(loop: asyncio.AbstractEventLoop, conn: Any, target: int) -> None:
+    from mwiproxy._native import Relay
 
-    stream = TLSStream(loop, tls, client.detach())
-    try:
-        await stream.handshake()
-    except OSError:
-        stream.close()
-        return
     upstream = await _dial(loop, target)
     if upstream is None:
-        stream.close()
+        if isinstance(conn, int):
+            os.close(conn)
+        else:
+            conn.close()
         return
-    Relay(loop, stream, upstream.detach()).start()
+    Relay(loop, conn, upstream.detach()).start()
+
+
+def listen(loop: asyncio.AbstractEventLoop, srv: socket.socket, target: int,
+           tls: Any = None) -> Any:
+    """Accept (and TLS-terminate) with mwiproxy's Acceptor; relay each connection on."""
+    from mwiproxy._native import NATIVE, Acceptor, Relay
+
+    def on_accept(conn: Any) -> None:
+        if NATIVE:
+            Relay(loop, conn, _dial_now(target)).start()
+        else:
+            loop.create_task(_relay_when_connected(loop, conn, target))
+
+    return Acceptor(loop, srv, on_accept, tls)
 
 
 async def serve(targets: list[int], config: dict[str, int], tls_dir: str | None) -> None:
@@ -83,8 +86,13 @@ async def serve(targets: list[int], config: dict[str, int], tls_dir: str | None)
         servers.append(srv)
     ports = [str(s.getsockname()[1]) for s in servers]
     print(*ports, "native" if NATIVE else "pure", flush=True)
-    await asyncio.gather(*(accept_loop(s, t, tls)
-                           for s, t in zip(servers, targets, strict=True)))
+    loop = asyncio.get_running_loop()
+    acceptors = [listen(loop, s, t, tls) for s, t in zip(servers, targets, strict=True)]
+    try:
+        await loop.create_future()  # serve until killed
+    finally:
+        for a in acceptors:
+            a.close()
 
 
 def main() -> None:

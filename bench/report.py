@@ -1,56 +1,177 @@
-"""The bench's table: medians per path, with ratios to direct and to the best HAProxy."""
+"""The bench's tables: medians per path, their ratios to direct and to HAProxy, and the
+issue's targets marked met or missed."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
+
+# key -> (column title, format); the order of the absolute table
+FIGURES: dict[str, tuple[str, str]] = {
+    "gbit": ("1-conn Gbit/s", "{:.2f}"),
+    "gbit16": ("16-conn Gbit/s", "{:.2f}"),
+    "p50": ("RTT p50 us", "{:.1f}"),
+    "p99": ("RTT p99 us", "{:.1f}"),
+    "added_p50": ("added p50 us", "{:.1f}"),
+    "cpu_rt": ("proxy CPU us/rt", "{:.1f}"),
+    "conn_s": ("new conn/s", "{:.0f}"),
+    "cpu_conn": ("proxy CPU us/new conn", "{:.0f}"),
+    "conn_s_resumed": ("resumed conn/s", "{:.0f}"),
+    "cpu_conn_resumed": ("proxy CPU us/resumed conn", "{:.0f}"),
+    "resumed_share": ("share resumed", "{:.0%}"),
+    "kib_idle": ("KiB/idle conn", "{:.1f}"),
+    "held": ("conns held", "{:.0f}"),
+    "held_errors": ("errors", "{:.0f}"),
+}
+PROXY_ONLY = {"cpu_rt", "cpu_conn", "cpu_conn_resumed", "kib_idle"}
+RATIO_KEYS = ["gbit", "gbit16", "p50", "added_p50", "cpu_rt", "cpu_conn", "cpu_conn_resumed",
+              "kib_idle", "held"]
 
 
 @dataclass
 class Row:
     path: str
-    m: dict[str, float]  # gbit, p50, p99, cpu_us
+    m: dict[str, float]
 
 
-def _ratio(a: float, b: float | None) -> str:
-    return f"{a / b:.2f}x" if b else "-"
+def _fmt(key: str, v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return FIGURES[key][1].format(v)
 
 
-def _table(rows: list[Row], direct: Row | None, hap: Row | None, tls: bool) -> list[str]:
-    head = ("| path | 1-conn Gbit/s | vs direct | vs HAProxy | RTT p50 us | p99 us "
-            "| added p50 us | proxy CPU us/rt | CPU vs HAProxy |")
+def refs(rows: list[Row], tls: bool) -> tuple[Row | None, Row | None]:
+    """(direct, HAProxy) for plain or TLS rows: HAProxy with 64 KiB buffers for plain."""
+    by = {r.path: r for r in rows}
     if tls:
-        head += " proxy CPU us/new conn | vs HAProxy |"
-    lines = [head, "|" + "---|" * (11 if tls else 9)]
+        return by.get("direct-tls"), by.get("haproxy-tls")
+    return by.get("direct"), by.get("haproxy-64k") or by.get("haproxy-16k")
+
+
+def _with_added(rows: list[Row], direct: Row | None) -> None:
     for r in rows:
-        m = r.m
-        is_direct = r.path.startswith("direct")
-        added = m["p50"] - direct.m["p50"] if direct else float("nan")
-        cpu = "-" if is_direct else f"{m['cpu_us']:.1f}"
-        line = (
-            f"| {r.path} | {m['gbit']:.2f} | {_ratio(m['gbit'], direct.m['gbit'] if direct else None)}"
-            f" | {_ratio(m['gbit'], hap.m['gbit'] if hap else None)} | {m['p50']:.1f}"
-            f" | {m['p99']:.1f} | {added:.1f} | {cpu}"
-            f" | {_ratio(m['cpu_us'], hap.m['cpu_us'] if hap and not is_direct else None)} |")
-        if tls:
-            conn = m.get("conn_cpu_us", 0.0)
-            hap_conn = hap.m.get("conn_cpu_us") if hap and not is_direct else None
-            line += f" {'-' if is_direct else f'{conn:.0f}'} | {_ratio(conn, hap_conn)} |"
-        lines.append(line)
-    return lines
+        if direct is not None:
+            r.m["added_p50"] = r.m["p50"] - direct.m["p50"]
+
+
+def _value(r: Row, key: str) -> float | None:
+    if key in PROXY_ONLY and r.path.startswith("direct"):
+        return None
+    return r.m.get(key)
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def _tables(rows: list[Row], tls: bool) -> list[str]:
+    direct, hap = refs(rows, tls)
+    _with_added(rows, direct)
+    keys = [k for k in FIGURES if any(_value(r, k) is not None for r in rows)]
+    out = ["| path | " + " | ".join(FIGURES[k][0] for k in keys) + " |",
+           "|---|" + "---|" * len(keys)]
+    for r in rows:
+        out.append(f"| {r.path} | " + " | ".join(_fmt(k, _value(r, k)) for k in keys) + " |")
+    rkeys = [k for k in RATIO_KEYS if k in keys]
+    hap_name = hap.path if hap else "HAProxy"
+    out += ["", f"Ratios: each cell is (this path / direct) ; (this path / {hap_name}).", "",
+            "| path | " + " | ".join(FIGURES[k][0] for k in rkeys) + " |",
+            "|---|" + "---|" * len(rkeys)]
+    for r in rows:
+        cells = []
+        for k in rkeys:
+            v = _value(r, k)
+            d = _value(direct, k) if direct else None
+            h = _value(hap, k) if hap else None
+            cells.append(f"{_ratio(v, d)} ; {_ratio(v, h)}")
+        out.append(f"| {r.path} | " + " | ".join(cells) + " |")
+    return out
 
 
 def render(rows: list[Row], runs: int) -> str:
-    """Two tables: plain paths against direct and the best HAProxy, TLS paths against
-    direct TLS and HAProxy's TLS termination."""
     plain = [r for r in rows if not r.path.endswith("-tls")]
     tls = [r for r in rows if r.path.endswith("-tls")]
-    by = {r.path: r for r in rows}
-    lines = [f"medians of {runs} interleaved runs"]
+    lines = [f"Medians of {runs} interleaved run(s).", ""]
     if plain:
-        haproxies = [r for r in plain if r.path.startswith("haproxy")]
-        hap = max(haproxies, key=lambda r: r.m["gbit"]) if haproxies else None
-        lines += _table(plain, by.get("direct"), hap, tls=False)
+        lines += ["Plain TCP", ""] + _tables(plain, tls=False)
     if tls:
-        lines += ["", "TLS 1.3, ECDSA P-256 (client to proxy; proxy to back end plain)"]
-        lines += _table(tls, by.get("direct-tls"), by.get("haproxy-tls"), tls=True)
+        lines += ["", "TLS 1.3, ECDSA P-256 (client to proxy; proxy to back end plain)", ""]
+        lines += _tables(tls, tls=True)
+    lines += ["", "Targets (issue 3)", ""] + targets(rows)
     return "\n".join(lines)
+
+
+# ---- targets ------------------------------------------------------------------------------
+
+Check = tuple[str, Callable[[dict[str, Row]], tuple[float, float] | None], str]
+
+
+def _get(by: dict[str, Row], path: str, key: str) -> float | None:
+    r = by.get(path)
+    return None if r is None else r.m.get(key)
+
+
+def _vs(path: str, key: str, ref: str, factor: float) -> Callable[[dict[str, Row]], tuple[float, float] | None]:
+    def check(by: dict[str, Row]) -> tuple[float, float] | None:
+        a, b = _get(by, path, key), _get(by, ref, key)
+        return None if a is None or b is None else (a, b * factor)
+    return check
+
+
+def _best_of(path: str, key: str, refs_: list[str], factor: float) -> Callable[[dict[str, Row]], tuple[float, float] | None]:
+    def check(by: dict[str, Row]) -> tuple[float, float] | None:
+        a = _get(by, path, key)
+        bs = [b for b in (_get(by, p, key) for p in refs_) if b is not None]
+        return None if a is None or not bs else (a, min(bs) * factor)
+    return check
+
+
+def _const(path: str, key: str, bound: float) -> Callable[[dict[str, Row]], tuple[float, float] | None]:
+    def check(by: dict[str, Row]) -> tuple[float, float] | None:
+        a = _get(by, path, key)
+        return None if a is None else (a, bound)
+    return check
+
+
+def _pure_over_native(by: dict[str, Row]) -> tuple[float, float] | None:
+    a, b = _get(by, "mwiproxy-pure-tls", "cpu_rt"), _get(by, "mwiproxy-native-tls", "cpu_rt")
+    return None if a is None or not b else (a / b, 1.3)
+
+
+N, NT = "mwiproxy-native", "mwiproxy-native-tls"
+CHECKS: list[Check] = [
+    ("plain bulk 1 conn >= 0.8x direct", _vs(N, "gbit", "direct", 0.8), ">="),
+    ("plain bulk 16 conns >= 0.8x direct", _vs(N, "gbit16", "direct", 0.8), ">="),
+    ("plain added p50 <= 0.75x best of HAProxy 64k / pure",
+     _best_of(N, "added_p50", ["haproxy-64k", "mwiproxy-pure"], 0.75), "<="),
+    ("plain CPU/rt <= 0.75x best of HAProxy 64k / pure",
+     _best_of(N, "cpu_rt", ["haproxy-64k", "mwiproxy-pure"], 0.75), "<="),
+    ("plain CPU/new conn <= 1.0x HAProxy 64k", _vs(N, "cpu_conn", "haproxy-64k", 1.0), "<="),
+    ("TLS bulk >= 1.2x HAProxy", _vs(NT, "gbit", "haproxy-tls", 1.2), ">="),
+    ("TLS bulk >= 0.9x direct TLS", _vs(NT, "gbit", "direct-tls", 0.9), ">="),
+    ("TLS CPU/rt <= 0.8x HAProxy", _vs(NT, "cpu_rt", "haproxy-tls", 0.8), "<="),
+    ("TLS CPU/new conn <= 0.8x HAProxy", _vs(NT, "cpu_conn", "haproxy-tls", 0.8), "<="),
+    ("TLS CPU/resumed conn <= 0.8x HAProxy",
+     _vs(NT, "cpu_conn_resumed", "haproxy-tls", 0.8), "<="),
+    ("TLS KiB/idle conn <= 0.75x HAProxy", _vs(NT, "kib_idle", "haproxy-tls", 0.75), "<="),
+    ("TLS CPU/rt: pure / native >= 1.3", _pure_over_native, ">="),
+    ("plain: 9,900 conns held", _const(N, "held", 9900), ">="),
+    ("TLS: 9,900 conns held", _const(NT, "held", 9900), ">="),
+]
+
+
+def targets(rows: list[Row]) -> list[str]:
+    by = {r.path: r for r in rows}
+    out = []
+    for text, check, op in CHECKS:
+        got = check(by)
+        if got is None:
+            out.append(f"- {text}: not measured")
+            continue
+        value, bound = got
+        ok = value >= bound if op == ">=" else value <= bound
+        out.append(f"- {text}: **{'met' if ok else 'missed'}** ({value:.2f} vs {bound:.2f})")
+    return out

@@ -246,6 +246,7 @@ static int handle_commands(mwi_engine *eng)
         tail = &r->work_next;
     }
     eng->cmd_head = eng->cmd_tail = NULL;
+    accept_take_commands_locked(eng);      /* run after the batch: accept_run_commands */
     stop = eng->stop;
     pthread_mutex_unlock(&eng->lock);
     for (r = work; r != NULL; r = next) {
@@ -265,7 +266,11 @@ static int handle_commands(mwi_engine *eng)
 static void publish_finished(mwi_engine *eng)
 {
     mwi_relay *r, *next;
-    if (eng->finished == NULL) return;
+    int handed = accept_publish(eng);
+    if (eng->finished == NULL) {
+        if (handed) eventfd_signal(eng->done_fd);
+        return;
+    }
     pthread_mutex_lock(&eng->lock);
     for (r = eng->finished; r != NULL; r = next) {
         next = r->done_next;
@@ -282,11 +287,12 @@ static void publish_finished(mwi_engine *eng)
 static int next_timeout(const mwi_engine *eng)
 {
     uint64_t key;
+    int acc = accept_next_timeout(eng), ms;
     if (eng->ready != NULL) return 0;
-    if (eng->heap_len == 0) return -1;
+    if (eng->heap_len == 0) return acc;
     key = eng->heap[0]->heap_key;
-    if (key <= eng->now_ms) return 0;
-    return key - eng->now_ms > 60000 ? 60000 : (int)(key - eng->now_ms);
+    ms = key <= eng->now_ms ? 0 : key - eng->now_ms > 60000 ? 60000 : (int)(key - eng->now_ms);
+    return acc >= 0 && acc < ms ? acc : ms;
 }
 
 static void *worker_main(void *arg)
@@ -305,6 +311,8 @@ static void *worker_main(void *arg)
             if (evs[i].data.ptr == &eng->wake_fd) {
                 eventfd_clear(eng->wake_fd);
                 stop = handle_commands(eng);
+            } else if ((evs[i].data.u64 & MWI_TAG_MASK) >= MWI_TAG_ACCEPTOR) {
+                accept_event(eng, evs[i].data.u64, evs[i].events);
             } else if (r->state == RS_LIVE && relay_pump(r, side, evs[i].events)) {
                 ready_add(eng, r);
             }
@@ -315,10 +323,13 @@ static void *worker_main(void *arg)
             ready_unlink(eng, r);
             if (relay_pump(r, 0, EPOLLHUP)) ready_add(eng, r);
         }
+        accept_run_commands(eng);
         expire_timers(eng);
+        accept_expire(eng);
         publish_finished(eng);
     }
     while (eng->live != NULL) relay_finish(eng->live, MWI_RELAY_CLOSED, 0);
+    accept_shutdown(eng);
     publish_finished(eng);
     return NULL;
 }
@@ -330,7 +341,7 @@ static void post(mwi_relay *r, unsigned cmd)
     mwi_engine *eng = r->eng;
     int was_empty;
     pthread_mutex_lock(&eng->lock);
-    was_empty = eng->cmd_head == NULL;
+    was_empty = eng->cmd_head == NULL && eng->acc_cmd_head == NULL;
     if (r->cmd == 0) {
         r->cmd_next = NULL;
         if (eng->cmd_tail) eng->cmd_tail->cmd_next = r;
@@ -402,6 +413,7 @@ void mwi_engine_free(mwi_engine *eng)
         next = r->done_next;
         free(r);
     }
+    accept_free_unclaimed(eng);
     for (uint32_t i = 0; i < eng->pool.npipes; i++) {
         close(eng->pool.pipes[i][0]);
         close(eng->pool.pipes[i][1]);

@@ -3,11 +3,18 @@
 #ifndef MWI_RELAY_INT_H
 #define MWI_RELAY_INT_H
 
+#include "mwi_accept.h"
 #include "mwi_relay.h"
 #include "mwi_tls.h"
 
 #include <pthread.h>
 #include <stddef.h>
+
+/* epoll data: a relay pointer with the side in bit 0, or an acceptor's objects (mwi_accept.c)
+ * tagged in the two low bits (every pointer here comes from calloc: 16-byte aligned) */
+#define MWI_TAG_MASK      3u
+#define MWI_TAG_ACCEPTOR  2u
+#define MWI_TAG_CONN      3u
 
 /* owner -> worker requests, set as flags on the relay and handled in this order */
 #define MWI_CMD_START    1u
@@ -86,6 +93,13 @@ struct mwi_engine {
     size_t heap_len, heap_cap;
     mwi_pool pool;
     uint64_t now_ms;
+    /* acceptors (mwi_accept.c): requests and handed connections under `lock`, the rest
+     * worker-only */
+    mwi_acceptor *acc_cmd_head;
+    struct mwi_conn *conn_done_head, *conn_done_tail;
+    mwi_acceptor *acc_todo;           /* requests taken, run after the current batch */
+    mwi_acceptor *acc_live;
+    struct mwi_conn *conn_handed, *conn_handed_tail;   /* published at the end of a batch */
 };
 
 /* mwi_relay.c, called by the worker with the epoll events seen on fd[side]
@@ -114,5 +128,15 @@ void pool_put_buf(mwi_engine *eng, mwi_dir *d);
 void timer_reschedule(mwi_engine *eng, mwi_relay *r);
 /* unlink a relay that just finished from every worker structure, queue it for the owner */
 void engine_forget(mwi_engine *eng, mwi_relay *r);
+
+/* mwi_accept.c, called by the worker (see mwi_engine.c for when) */
+void accept_take_commands_locked(mwi_engine *eng);
+void accept_run_commands(mwi_engine *eng);
+void accept_event(mwi_engine *eng, uint64_t data, uint32_t events);
+void accept_expire(mwi_engine *eng);
+int accept_next_timeout(const mwi_engine *eng);     /* ms, -1 for none */
+int accept_publish(mwi_engine *eng);                 /* 1 if connections were handed */
+void accept_shutdown(mwi_engine *eng);
+void accept_free_unclaimed(mwi_engine *eng);         /* owner, after the worker ended */
 
 #endif

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 
+from .acceptor_py import Acceptor
 from .firstbytes import (
     KIND_GARBAGE,
     KIND_HTTP,
@@ -32,6 +33,7 @@ from .relaytypes import (
     REASON_RESET_A,
     REASON_RESET_B,
     REASONS,
+    AcceptorStats,
     RelayStats,
 )
 from .tls_py import TLSContext, TLSStream
@@ -54,6 +56,7 @@ if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
     else:
         classify = _tlsrec.classify
         Relay = _relay.Relay  # type: ignore[assignment, misc]
+        Acceptor = _relay.Acceptor  # type: ignore[assignment, misc]
         close_engine = _relay.close_engine
         TLSContext = _relay.TLSContext  # type: ignore[assignment, misc]
         TLSStream = _relay.TLSStream  # type: ignore[assignment, misc]
@@ -61,6 +64,8 @@ if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
 
 __all__ = [
     "NATIVE",
+    "Acceptor",
+    "AcceptorStats",
     "FirstBytes",
     "classify",
     "KIND_GARBAGE",

@@ -78,10 +78,31 @@ cdef extern from "mwi_relay.h" nogil:
     const char *mwi_relay_reason_name(mwi_relay_reason reason)
 
 
+cdef extern from "mwi_accept.h" nogil:
+    ctypedef struct mwi_acceptor:
+        pass
+
+    ctypedef struct mwi_acceptor_stats:
+        uint64_t accepted
+        uint64_t handed
+        uint64_t handshake_failed
+        uint64_t handshake_timeouts
+        uint64_t accept_errors
+        uint64_t handshaking
+
+    mwi_acceptor *mwi_acceptor_new(mwi_engine *eng, int listen_fd, mwi_tls_ctx *ctx,
+                                   uint32_t handshake_ms, uint64_t user, int *err)
+    int mwi_acceptor_start(mwi_acceptor *a)
+    void mwi_acceptor_close(mwi_acceptor *a)
+    void mwi_acceptor_stats_get(const mwi_acceptor *a, mwi_acceptor_stats *out)
+    int mwi_engine_pop_accepted(mwi_engine *eng, uint64_t *user, int *fd, mwi_tls **tls)
+
+
 cdef class Engine:
     cdef mwi_engine *eng
     cdef object loop_ref
     cdef dict running
+    cdef dict acceptors
     cdef uint64_t next_id
     cdef int done_fd
 
@@ -114,3 +135,15 @@ cdef class TLSStream:
     cdef bint handshaken
     cdef object _error(self, int st)
     cdef mwi_tls *_take(self) except NULL
+
+
+cdef class Acceptor:
+    cdef mwi_acceptor *a
+    cdef Engine engine
+    cdef object loop
+    cdef object on_accept
+    cdef TLSContext context
+    cdef uint64_t aid
+    cdef object _final
+    cdef object _stats_now(self)
+    cdef void _deliver(self, int fd, mwi_tls *t)

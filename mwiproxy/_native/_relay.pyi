@@ -1,7 +1,8 @@
 import asyncio
+import socket
 from collections.abc import Callable
 
-from .relaytypes import RelayStats
+from .relaytypes import AcceptorStats, RelayStats
 
 class Engine:
     def __init__(
@@ -82,3 +83,17 @@ class Relay:
     def reason(self) -> str | None: ...
     @property
     def errno(self) -> int: ...
+
+class Acceptor:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket | int,
+        on_accept: Callable[[int | TLSStream], object],
+        context: TLSContext | None = ...,
+        handshake_timeout: float | None = ...,
+    ) -> None: ...
+    def close(self) -> None: ...
+    def stats(self) -> AcceptorStats: ...
+    @property
+    def closed(self) -> bool: ...

@@ -20,6 +20,7 @@ from mwiproxy._native.relaytypes import REASON_CLOSED, RelayStats, timeout_ms
 _engines: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 include "_tls.pxi"
+include "_accept.pxi"
 
 
 cdef class Engine:
@@ -37,6 +38,7 @@ cdef class Engine:
         if self.eng == NULL:
             raise OSError(err, os.strerror(err))
         self.running = {}
+        self.acceptors = {}
         self.next_id = 1
         self.done_fd = mwi_engine_done_fd(self.eng)
         self.loop_ref = weakref.ref(loop)
@@ -50,7 +52,17 @@ cdef class Engine:
     def _drain(self):
         cdef mwi_relay *r
         cdef Relay relay
+        cdef Acceptor acceptor
+        cdef uint64_t user
+        cdef int fd
+        cdef mwi_tls *t
         mwi_engine_ack_done(self.eng)
+        while mwi_engine_pop_accepted(self.eng, &user, &fd, &t):
+            acceptor = self.acceptors.get(user)
+            if acceptor is None:   # closed meanwhile: nobody wants this connection
+                _drop_conn(fd, t)
+            else:
+                acceptor._deliver(fd, t)
         while True:
             r = mwi_engine_pop_done(self.eng)
             if r == NULL:
@@ -65,6 +77,7 @@ cdef class Engine:
     def close(self):
         """Stop the worker; relays still running end as "closed"."""
         cdef Relay relay
+        cdef Acceptor acceptor
         if self.eng == NULL:
             return
         loop = self.loop_ref()
@@ -73,8 +86,13 @@ cdef class Engine:
         self._drain()
         for relay in self.running.values():
             relay._final = relay._stats_now()
-        mwi_engine_free(self.eng)   # joins the worker: every relay is closed and freed
+        for acceptor in self.acceptors.values():
+            acceptor._final = acceptor._stats_now()
+        mwi_engine_free(self.eng)   # joins the worker: every relay and acceptor is freed
         self.eng = NULL
+        acceptors, self.acceptors = self.acceptors, {}
+        for acceptor in acceptors.values():
+            acceptor.a = NULL
         running, self.running = self.running, {}
         for relay in running.values():
             relay.r = NULL

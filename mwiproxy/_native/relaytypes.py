@@ -43,3 +43,14 @@ def timeout_ms(seconds: float | None) -> int:
     if seconds < 0:
         raise ValueError("timeouts must be positive")
     return max(1, min(int(seconds * 1000), 2**32 - 1))
+
+
+class AcceptorStats(NamedTuple):
+    """Counters of one Acceptor, read in bulk."""
+
+    accepted: int  # connections taken from the listen queue
+    handed: int  # ...given to on_accept (after their handshake, with TLS)
+    handshake_failed: int  # TLS failures and peers that left mid-handshake
+    handshake_timeouts: int
+    accept_errors: int  # accept() failures (EMFILE, ...): accepting pauses briefly
+    handshaking: int  # handshakes in progress now

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mwiproxy._native import relay_py, tls_py, tlsrec_py
+from mwiproxy._native import acceptor_py, relay_py, tls_py, tlsrec_py
 
 try:
     from mwiproxy._native import _relay as _relay_native
@@ -61,6 +61,7 @@ class _PureTLS:
     TLSContext = tls_py.TLSContext
     TLSStream = tls_py.TLSStream
     Relay = relay_py.Relay
+    Acceptor = acceptor_py.Acceptor
     close_engine = staticmethod(relay_py.close_engine)
 
 

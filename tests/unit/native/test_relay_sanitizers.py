@@ -24,6 +24,7 @@ def test_engine_lifetimes_and_threading_are_clean(tmp_path: Path, sanitizer: str
          str(ROOT / "csrc/fuzz/stress_relay.c"), str(ROOT / "csrc/mwi_relay.c"),
          str(ROOT / "csrc/mwi_engine.c"), str(ROOT / "csrc/mwi_relay_tls.c"),
          str(ROOT / "csrc/mwi_tls.c"), str(ROOT / "csrc/mwi_tls_conn.c"),
+         str(ROOT / "csrc/mwi_accept.c"),
          "-lssl", "-lcrypto", "-lpthread"],
         check=True,
     )

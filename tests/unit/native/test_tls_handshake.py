@@ -119,8 +119,9 @@ def test_tls_1_1_is_refused(tls_mod: Any, pki: Any) -> None:
                 return exc
             return None
 
-        client_exc, server_exc = await asyncio.gather(
+        outcomes: tuple[Any, ...] = await asyncio.gather(
             asyncio.to_thread(legacy_client), server.handshake(), return_exceptions=True)
+        client_exc, server_exc = outcomes
         assert isinstance(server_exc, TLSError) and "unsupported protocol" in str(server_exc)
         assert client_exc is not None
         server.close()

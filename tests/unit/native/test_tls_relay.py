@@ -25,7 +25,7 @@ class TLSJoined:
         self.client: Any = None
         self.plain: socket.socket | None = None
         self.relay: Any = None
-        self.done: asyncio.Future[str] | None = None
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     @classmethod
     async def open(cls, mod: Any, pki: Any, server_ctx: Any = None, **kw: Any) -> TLSJoined:
@@ -34,13 +34,11 @@ class TLSJoined:
         server, j.client = await handshaken(mod, server_ctx or pki.server_ctx(mod),
                                             pki.client_ctx(mod))
         j.plain, inner = plain_pair()
-        j.done = loop.create_future()
         j.relay = mod.Relay(loop, server, inner.detach(), on_done=j._on_done, **kw)
         j.relay.start()
         return j
 
     def _on_done(self, reason: str) -> None:
-        assert self.done is not None
         if not self.done.done():
             self.done.set_result(reason)
 
