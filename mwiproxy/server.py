@@ -35,8 +35,7 @@ from mwiproxy.identity.authorities import (
 )
 from mwiproxy.identity.certs import Identity
 from mwiproxy.identity.identityfile import IdentityFile
-from mwiproxy.identity.tlsctx import server_context
-from mwiproxy.proxy.listener import ProxyListener
+from mwiproxy.proxy.listener import ProxyListener, ServerTLS
 from mwiproxy.proxy.pingbridge import framed
 from mwiproxy.proxy.postgres import PostgresFrontend
 from mwiproxy.proxy.sessions import SessionRegistry
@@ -82,15 +81,16 @@ class Cluster:
             if db.name not in engines:
                 log.warning("database %r: no %s engine yet; it is listed but not served",
                             db.name, db.protocol)
-        frontend = PostgresFrontend(self.auth, engines, self.sessions, self._inner_context)
-        self.listener.route(alpn.POSTGRES, frontend.serve)
         interval = self.config.proxy.ping_interval.total_seconds()
-        self.listener.route(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve, interval))
+        frontend = PostgresFrontend(self.auth, engines, self.sessions, self._inner_context,
+                                    ping_interval=interval)
+        self.listener.route_tls(alpn.POSTGRES, frontend.serve)
+        self.listener.route_tls(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve))
 
     def _inner_context(self) -> ssl.SSLContext:
         """The proxy's side of a client's own TLS (non-tunnel mode): no ALPN."""
         if self._inner_ctx is None:
-            self._inner_ctx = self._tls_context([])
+            self._inner_ctx = self._tls_context().ssl_context([])
         return self._inner_ctx
 
     def _check_cluster_name(self) -> None:
@@ -111,12 +111,11 @@ class Cluster:
                     hosts.append(h)
         return hosts
 
-    def _tls_context(self, protocols: list[str]) -> ssl.SSLContext:
+    def _tls_context(self) -> ServerTLS:
         key = generate_private_key()
         hosts = self._proxy_hosts()
         cert = self.cas["host"].sign_server(hosts[0], hosts, key.public_key(), PROXY_CERT_TTL)
-        return server_context(cert_pem(cert), private_key_pem(key), self.cas["user"].cert_pem,
-                              client_cert="optional", alpn=protocols)
+        return ServerTLS(cert_pem(cert), private_key_pem(key), self.cas["user"].cert_pem)
 
     async def _serve_auth(self, reader, writer, caller, remote):  # type: ignore[no-untyped-def]
         await serve_connection(self.auth, reader, writer, caller, remote)

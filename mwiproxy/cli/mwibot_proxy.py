@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                     "the certificate)")
     db.add_argument("-n", "--db-name", default="", help="database name (checked against "
                     "the certificate)")
+    db.add_argument("--ping", action="store_true", help="offer the `-ping` ALPN framing "
+                    "(keepalives from the cluster for idle sessions behind NAT/LBs; costs "
+                    "throughput: framed connections are copied in Python)")
     db.add_argument("service", help="the database service name (as in `mwictl db ls`)")
     _add_serving_flags(db)
     db.set_defaults(func=run_proxy_db)
@@ -130,7 +133,8 @@ def run_proxy_db(args: argparse.Namespace) -> int:
         listen=args.listen or f"127.0.0.1:{args.port}", proxy_addr=_proxy_addr(args),
         service=args.service, credentials=DirectoryCredentials(args.destination_dir),
         tunnel=args.tunnel, database=args.db_name, username=args.db_user,
-        origin=args.destination_dir, max_connections=args.max_connections)
+        origin=args.destination_dir, max_connections=args.max_connections,
+        offer_ping=args.ping)
     try:
         uvloop.run(_serve(proxy, drain, args.diag_addr))
     except CredentialsError as e:

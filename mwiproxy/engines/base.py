@@ -5,12 +5,12 @@ checks the database's server certificate (the configured TLS mode)."""
 from __future__ import annotations
 
 import datetime as dt
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mwiproxy import _native
 from mwiproxy.config.cluster import DatabaseConfig
 from mwiproxy.identity.authorities import (
     AuthoritySet,
@@ -18,7 +18,7 @@ from mwiproxy.identity.authorities import (
     generate_private_key,
     private_key_pem,
 )
-from mwiproxy.identity.tlsctx import client_context
+from mwiproxy.relay.tlsnames import certificate_names
 
 USER_CERT_TTL = dt.timedelta(hours=1)
 RENEW_BEFORE = dt.timedelta(minutes=10)
@@ -31,7 +31,7 @@ class UpstreamError(Exception):
 
 @dataclass
 class _Cached:
-    ctx: ssl.SSLContext
+    ctx: _native.TLSContext
     renew_at: float
 
 
@@ -63,7 +63,7 @@ class UpstreamTLS:
             return None
         return self._db.tls.server_name or self._db.host_port[0]
 
-    def context_for(self, db_user: str) -> ssl.SSLContext:
+    def context_for(self, db_user: str) -> _native.TLSContext:
         cached = self._cache.get(db_user)
         if cached is None or self._clock() >= cached.renew_at:
             cached = self._issue(db_user)
@@ -73,7 +73,15 @@ class UpstreamTLS:
     def _issue(self, db_user: str) -> _Cached:
         key = generate_private_key()
         cert = self._cas["db_client"].sign_database_user(db_user, key.public_key(), self._ttl)
-        ctx = client_context(self._server_ca, cert_pem(cert), private_key_pem(key),
-                             check_hostname=self._db.tls.mode == "verify-full")
+        verify = _native.VERIFY_NONE if self._server_ca is None else _native.VERIFY_REQUIRED
+        ctx = _native.TLSContext(False, cert_pem(cert), private_key_pem(key),
+                                 self._server_ca, verify=verify)
         renew_at = cert.not_valid_after_utc.timestamp() - RENEW_BEFORE.total_seconds()
         return _Cached(ctx, max(renew_at, self._clock() + 1))
+
+
+def check_server_name(der: bytes | None, name: str) -> None:
+    """verify-full: the (already chain-verified) server certificate must name `name`."""
+    if not certificate_names(der, name):
+        raise UpstreamError(f"certificate verify failed: the server certificate is not "
+                            f"valid for {name!r}")

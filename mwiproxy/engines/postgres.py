@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from dataclasses import dataclass
 
+from mwiproxy import _native
 from mwiproxy.config.cluster import DatabaseConfig
-from mwiproxy.engines.base import CONNECT_TIMEOUT, UpstreamError, UpstreamTLS
+from mwiproxy.engines.base import (
+    CONNECT_TIMEOUT,
+    UpstreamError,
+    UpstreamTLS,
+    check_server_name,
+)
 from mwiproxy.identity.authorities import AuthoritySet
+from mwiproxy.relay.streams import BufferedReader, ByteStream, dial_tcp
 from mwiproxy.wire import postgres as pg
 
 PROTOCOLS = ("postgres", "cockroachdb")
-Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class UpstreamRefused(Exception):
@@ -32,7 +37,7 @@ class UpstreamRefused(Exception):
 
 @dataclass
 class Upstream:
-    stream: Stream
+    stream: _native.TLSStream
     cancel_key: pg.CancelKey | None
 
 
@@ -47,50 +52,59 @@ class PostgresEngine:
     def name(self) -> str:
         return self.db.name
 
-    async def connect(self, db_user: str) -> Stream:
+    async def connect(self, db_user: str) -> _native.TLSStream:
         """A TLS connection to the database, authenticated as db_user, before startup."""
         try:
             return await asyncio.wait_for(self._connect(db_user), CONNECT_TIMEOUT)
-        except ssl.SSLCertVerificationError as e:
-            raise UpstreamError(f"the certificate of database {self.name!r} ({self.db.uri}) "
-                                f"is not trusted: {e.verify_message}") from None
-        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as e:
+        except _native.TLSError as e:
+            if str(e).startswith("certificate verify failed"):
+                raise UpstreamError(f"the certificate of database {self.name!r} "
+                                    f"({self.db.uri}) is not trusted: {e}") from None
+            raise UpstreamError(f"cannot reach database {self.name!r} at {self.db.uri}: "
+                                f"{e}") from None
+        except (OSError, TimeoutError) as e:
             raise UpstreamError(
                 f"cannot reach database {self.name!r} at {self.db.uri}: {e or 'timeout'}"
             ) from None
 
-    async def _connect(self, db_user: str) -> Stream:
-        host, port = self.db.host_port
-        reader, writer = await asyncio.open_connection(host, port)
+    async def _connect(self, db_user: str) -> _native.TLSStream:
+        loop = asyncio.get_running_loop()
+        sock = await dial_tcp(*self.db.host_port)
         try:
-            writer.write(pg.ssl_request())
-            await writer.drain()
-            if await reader.readexactly(1) != pg.SSL_YES:
+            await loop.sock_sendall(sock, pg.ssl_request())
+            if await loop.sock_recv(sock, 1) != pg.SSL_YES:
                 raise UpstreamError(f"database {self.name!r} at {self.db.uri} does not accept "
                                     "TLS connections (ssl = on is needed)")
-            await writer.start_tls(self.tls.context_for(db_user),
-                                   server_hostname=self.tls.server_hostname)
         except BaseException:
-            writer.transport.abort()
+            sock.close()
             raise
-        return reader, writer
+        name = self.tls.server_hostname
+        stream = _native.TLSStream(loop, self.tls.context_for(db_user), sock.detach(),
+                                   server_hostname=name)
+        try:
+            await stream.handshake()
+            if name is not None:
+                check_server_name(stream.peer_cert_der(), name)
+        except BaseException:
+            stream.close()
+            raise
+        return stream
 
-    async def start(self, startup: bytes, db_user: str, client: asyncio.StreamWriter
-                    ) -> Upstream:
+    async def start(self, startup: bytes, db_user: str, client: ByteStream) -> Upstream:
         """Sign in with the client's startup message; the server's answer up to and
         including ReadyForQuery goes to `client`."""
-        reader, writer = await self.connect(db_user)
+        stream = await self.connect(db_user)
         try:
-            writer.write(startup)
-            key = await self._pass_startup_answer(reader, client)
+            await stream.write(startup)
+            key = await self._pass_startup_answer(BufferedReader(stream), client)
         except BaseException:
-            writer.transport.abort()
+            stream.close()
             raise
-        return Upstream((reader, writer), key)
+        return Upstream(stream, key)
 
-    async def _pass_startup_answer(self, reader: asyncio.StreamReader,
-                                   client: asyncio.StreamWriter) -> pg.CancelKey | None:
-        key = None
+    async def _pass_startup_answer(self, reader: BufferedReader, client: ByteStream
+                                   ) -> pg.CancelKey | None:
+        key, batch = None, bytearray()
         while True:
             msg = await read_startup_message(reader, self.name)
             if msg.type == b"R" and msg.auth_code != 0:
@@ -98,33 +112,32 @@ class PostgresEngine:
                     f"database {self.name!r} asked for password authentication (method "
                     f"{msg.auth_code}); mwiproxy signs in with certificates: use `hostssl … "
                     "cert` in pg_hba.conf")
-            client.write(msg.raw)
+            batch += msg.raw
             if msg.type == b"K":
                 key = msg.cancel_key
             elif msg.type == b"E":
-                await client.drain()
+                await client.write(bytes(batch))
                 raise UpstreamRefused(pg.parse_error_fields(msg.body))
-            elif msg.type == b"Z":
-                await client.drain()
+            elif msg.type == b"Z":  # the server says nothing more until the client asks
+                await client.write(bytes(batch + reader.leftover()))
                 return key
 
     async def cancel(self, key: pg.CancelKey, db_user: str) -> None:
         """Forward a CancelRequest over TLS; the server answers by closing."""
-        reader, writer = await self.connect(db_user)
+        stream = await self.connect(db_user)
         try:
-            writer.write(pg.build_cancel(key))
-            await writer.drain()
-            with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
-                await asyncio.wait_for(reader.read(1), CONNECT_TIMEOUT)
+            await stream.write(pg.build_cancel(key))
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(stream.read(1), CONNECT_TIMEOUT)
         finally:
-            writer.transport.abort()
+            stream.close()
 
 
-async def read_startup_message(reader: asyncio.StreamReader, name: str) -> pg.BackendMessage:
+async def read_startup_message(reader: BufferedReader, name: str) -> pg.BackendMessage:
     try:
         return await asyncio.wait_for(pg.read_backend_message(reader), CONNECT_TIMEOUT)
     except pg.ProtocolError as e:
         raise UpstreamError(f"database {name!r}: {e}") from None
-    except (OSError, ssl.SSLError, TimeoutError) as e:
+    except (OSError, TimeoutError) as e:
         raise UpstreamError(f"database {name!r} failed during startup: {e or 'timeout'}"
                             ) from None

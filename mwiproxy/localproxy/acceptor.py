@@ -21,7 +21,8 @@ log = logging.getLogger("mwiproxy.localproxy")
 
 BACKLOG = 4096
 UNIX_PREFIX = "unix://"
-StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+# gets the accepted socket and owns it from then on
+SocketHandler = Callable[[socket.socket], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,8 @@ def _listen(addr: ListenAddr) -> socket.socket:
     return sock
 
 
-async def _streams(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    protocol = asyncio.StreamReaderProtocol(reader)
-    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
-
-
 class Acceptor:
-    def __init__(self, addr: ListenAddr, handler: StreamHandler, max_connections: int = 0
+    def __init__(self, addr: ListenAddr, handler: SocketHandler, max_connections: int = 0
                  ) -> None:
         if max_connections < 0:
             raise ValueError("max_connections must be 0 (no cap) or more")
@@ -159,15 +152,10 @@ class Acceptor:
 
     async def _serve(self, sock: socket.socket) -> None:
         try:
-            reader, writer = await _streams(sock)
-        except OSError:
-            sock.close()
-            return
-        try:
-            await self._handler(reader, writer)
+            await self._handler(sock)
         finally:
-            if not writer.is_closing():
-                writer.close()  # flushes whatever the handler wrote last
+            if sock.fileno() >= 0:  # not handed on (detached) and not closed
+                sock.close()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._conns.discard(task)

@@ -12,15 +12,20 @@ the host CA.
 
 Credentials come from a provider read for every new connection; a changed provider
 result gives a new TLS context, open connections keep theirs.
+
+The TLS to the cluster is a native TLSStream, so after the first exchange the relay
+(`relay/pipe.py`) runs natively in both modes. `-ping` framing is offered only when
+asked for (`offer_ping`): a framed connection is copied in Python.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import ssl
+import socket
 
-from mwiproxy.identity.tlsctx import client_context
+from mwiproxy import _native
 from mwiproxy.localproxy.acceptor import Acceptor, ListenAddr
 from mwiproxy.localproxy.creds import (
     CredentialsError,
@@ -29,7 +34,15 @@ from mwiproxy.localproxy.creds import (
     check_usable,
 )
 from mwiproxy.relay.pipe import Pipe
-from mwiproxy.wire import alpn, ping
+from mwiproxy.relay.streams import (
+    BufferedReader,
+    ByteStream,
+    FramedStream,
+    SocketStream,
+    dial_tcp,
+)
+from mwiproxy.relay.tlsnames import certificate_names
+from mwiproxy.wire import alpn
 from mwiproxy.wire import postgres as pg
 
 __all__ = ["DRAIN_TIMEOUT", "CredentialsError", "ListenAddr", "LocalProxy", "UpstreamFailed"]
@@ -42,7 +55,6 @@ FIRST_ANSWER_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 30.0
 # connections being set up (dial, handshake, first answer) at once; more wait their turn
 MAX_CONCURRENT_SETUPS = 64
-Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class UpstreamFailed(Exception):
@@ -65,7 +77,7 @@ class LocalProxy:
                  credentials: CredentialsProvider, tunnel: bool = True,
                  database: str = "", username: str = "", server_name: str = "",
                  origin: str = "the bot's credentials", max_connections: int = 0,
-                 offer_ping: bool = True) -> None:
+                 offer_ping: bool = False) -> None:
         self.listen = ListenAddr.parse(listen)
         self.proxy_host, self.proxy_port = _split_proxy(proxy_addr)
         self.server_name = server_name or (
@@ -76,7 +88,7 @@ class LocalProxy:
         self.username = username
         self._provider = credentials
         self._origin = origin
-        self._contexts: dict[bool, tuple[TLSCredentials, ssl.SSLContext]] = {}
+        self._contexts: dict[bool, tuple[TLSCredentials, _native.TLSContext]] = {}
         self._acceptor = Acceptor(self.listen, self._serve, max_connections)
         self._setups = asyncio.Semaphore(MAX_CONCURRENT_SETUPS)
         self.alpn = alpn.POSTGRES
@@ -156,73 +168,93 @@ class LocalProxy:
                 raise CredentialsError(f"the certificate in {self._origin} is for {what} "
                                        f"{have!r}, not {asked!r}")
 
-    def _context(self, with_cert: bool) -> ssl.SSLContext:
+    def _context(self, with_cert: bool) -> _native.TLSContext:
         creds = self._credentials()
         if with_cert:
             self._check_tunnel(creds)
         cached = self._contexts.get(with_cert)
         if cached is not None and cached[0] == creds:
             return cached[1]
-        ctx = client_context(creds.host_ca_pem, creds.cert_pem if with_cert else None,
-                             creds.key_pem if with_cert else None, alpn=self.alpn_offer)
+        ctx = _native.TLSContext(False, creds.cert_pem if with_cert else None,
+                                 creds.key_pem if with_cert else None, creds.host_ca_pem,
+                                 alpn=self.alpn_offer)
         self._contexts[with_cert] = (creds, ctx)
         return ctx
 
     # -- a connection ------------------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                     ) -> None:
+    async def _serve(self, sock: socket.socket) -> None:
+        client = SocketStream(sock)
+        reader = BufferedReader(client)
         try:
             first = await asyncio.wait_for(pg.read_first_packet(reader), FIRST_PACKET_TIMEOUT)
-        except (pg.ProtocolError, TimeoutError, OSError):
-            writer.transport.abort()
+        except (pg.ProtocolError, TimeoutError, OSError, asyncio.IncompleteReadError):
+            client.close()
             return
         try:
             async with self._setups:  # bursts queue here, not in the cluster's handshakes
                 upstream = await self._dial(with_cert=self.tunnel or first.is_cancel)
-                framed = self._negotiated_ping(upstream)
-                answer = await self._first_exchange(upstream, first.raw, framed)
+                answer = await self._first_exchange(upstream, first.raw)
         except (CredentialsError, UpstreamFailed) as e:
             log.warning("connection refused locally: %s", e)
             sqlstate = e.sqlstate if isinstance(e, UpstreamFailed) else pg.CANNOT_CONNECT
-            writer.write(pg.error_response(f"mwibot local proxy: {e}", sqlstate))
-            writer.close()
+            with contextlib.suppress(OSError):  # the client may have given up already
+                await client.write(pg.error_response(f"mwibot local proxy: {e}", sqlstate))
+            client.close()
             return
-        writer.write(answer)
-        await Pipe((reader, writer), upstream, framed_b=framed).run()
+        try:
+            await client.write(answer)
+            if early := reader.leftover():
+                await upstream.write(early)
+            await Pipe(client, upstream).run()
+        finally:
+            upstream.close()  # a no-op once the relay took it over
 
-    async def _dial(self, with_cert: bool) -> Stream:
+    async def _dial(self, with_cert: bool) -> ByteStream:
+        """TLS to the cluster proxy; the stream is framed if `-ping` was agreed."""
         ctx = self._context(with_cert)
         try:
-            return await asyncio.wait_for(asyncio.open_connection(
-                self.proxy_host, self.proxy_port, ssl=ctx, server_hostname=self.server_name,
-                ssl_handshake_timeout=DIAL_TIMEOUT), DIAL_TIMEOUT)
-        except ssl.SSLCertVerificationError as e:
-            raise UpstreamFailed(f"the cluster proxy at {self.proxy_host}:{self.proxy_port} "
-                                 f"is not trusted: {e.verify_message}") from None
-        except (OSError, ssl.SSLError, TimeoutError) as e:
-            raise UpstreamFailed(f"cannot reach the cluster proxy at {self.proxy_host}:"
-                                 f"{self.proxy_port}: {_why(e)}") from None
+            stream = await asyncio.wait_for(self._handshake(ctx), DIAL_TIMEOUT)
+        except _native.TLSError as e:
+            if str(e).startswith("certificate verify failed"):
+                raise UpstreamFailed(f"the cluster proxy at {self.proxy_host}:"
+                                     f"{self.proxy_port} is not trusted: {e}") from None
+            raise UpstreamFailed(self._unreachable(e)) from None
+        except (OSError, TimeoutError) as e:
+            raise UpstreamFailed(self._unreachable(e)) from None
+        framed = len(self.alpn_offer) > 1 and stream.alpn() == self.alpn_offer[0]
+        return FramedStream(stream) if framed else stream
 
-    def _negotiated_ping(self, upstream: Stream) -> bool:
-        ssl_obj = upstream[1].get_extra_info("ssl_object")
-        chosen = ssl_obj.selected_alpn_protocol() if ssl_obj is not None else None
-        return len(self.alpn_offer) > 1 and chosen == self.alpn_offer[0]
+    def _unreachable(self, e: BaseException) -> str:
+        return f"cannot reach the cluster proxy at {self.proxy_host}:{self.proxy_port}: {_why(e)}"
 
-    async def _first_exchange(self, upstream: Stream, first: bytes, framed: bool) -> bytes:
+    async def _handshake(self, ctx: _native.TLSContext) -> _native.TLSStream:
+        loop = asyncio.get_running_loop()
+        raw = await dial_tcp(self.proxy_host, self.proxy_port)
+        stream = _native.TLSStream(loop, ctx, raw.detach(), server_hostname=self.server_name)
+        try:
+            await stream.handshake()
+            if not certificate_names(stream.peer_cert_der(), self.server_name):
+                raise UpstreamFailed(
+                    f"the cluster proxy at {self.proxy_host}:{self.proxy_port} is not "
+                    f"trusted: its certificate is not valid for {self.server_name!r}")
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    async def _first_exchange(self, upstream: ByteStream, first: bytes) -> bytes:
         """Send the first packet and wait for the first answer before relaying, so a
         refusal of our certificate (a TLS 1.3 alert after the handshake) reaches the
         client as a PostgreSQL error instead of a dropped connection."""
-        upstream[1].write(ping.frame(first) if framed else first)
         try:
-            answer = await asyncio.wait_for(
-                _first_answer(upstream[0], ping.Deframer() if framed else None),
-                FIRST_ANSWER_TIMEOUT)
+            await upstream.write(first)
+            answer = await asyncio.wait_for(upstream.read(65536), FIRST_ANSWER_TIMEOUT)
             reason = "" if answer else "closed before answering"
-        except (ssl.SSLError, OSError, TimeoutError) as e:
-            answer, reason = b"", getattr(e, "reason", None) or _why(e)
+        except (OSError, TimeoutError) as e:  # a TLS alert is a TLSError, an OSError
+            answer, reason = b"", _why(e)
         if not answer:
-            upstream[1].transport.abort()
+            upstream.close()
             raise UpstreamFailed(
                 f"the cluster proxy refused the connection ({reason}); check that "
                 f"{self._origin} hold a valid certificate of this cluster",
@@ -233,14 +265,3 @@ class LocalProxy:
 def _why(error: BaseException) -> str:
     return str(error) or ("timeout" if isinstance(error, TimeoutError)
                           else type(error).__name__)
-
-
-async def _first_answer(reader: asyncio.StreamReader, deframer: ping.Deframer | None) -> bytes:
-    """The first bytes the cluster proxy sends back, deframed up to a frame boundary so
-    the relay's own deframer starts at a frame header."""
-    answer = b""
-    while data := await reader.read(65536):
-        answer += deframer.feed(data) if deframer is not None else data
-        if answer and (deframer is None or not deframer.mid_frame):
-            break
-    return answer

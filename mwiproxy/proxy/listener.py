@@ -16,53 +16,83 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from cryptography import x509
 
 from mwiproxy import _native
 from mwiproxy.identity.certs import Identity, identity_from_certificate
+from mwiproxy.identity.tlsctx import server_context
 from mwiproxy.proxy.plaintext import refuse as refuse_plaintext
+from mwiproxy.relay.streams import ByteStream, set_nodelay
 from mwiproxy.wire.alpn import PING_SUFFIX
 
 log = logging.getLogger("mwiproxy.proxy")
 
+# asyncio streams: the auth API; a native TLS stream: the database protocols
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Identity | None, str],
                    Awaitable[None]]
+TLSHandler = Callable[[ByteStream, Identity | None, str], Awaitable[None]]
 HANDSHAKE_TIMEOUT = 10.0
 PEEK_SIZE = 4096
 STREAM_LIMIT = 1 << 20
 
 
+@dataclass(frozen=True)
+class ServerTLS:
+    """The proxy's certificate and the CA its clients' certificates must chain to."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    client_ca_pem: bytes
+
+    def ssl_context(self, protocols: list[str]) -> ssl.SSLContext:
+        return server_context(self.cert_pem, self.key_pem, self.client_ca_pem,
+                              client_cert="optional", alpn=protocols or None)
+
+    def native_context(self, protocols: list[str]) -> _native.TLSContext:
+        return _native.TLSContext(True, self.cert_pem, self.key_pem, self.client_ca_pem,
+                                  verify=_native.VERIFY_OPTIONAL, alpn=protocols or None)
+
+
 class ProxyListener:
-    def __init__(self, host: str, port: int, ctx_factory: Callable[[list[str]], ssl.SSLContext]
-                 ) -> None:
+    def __init__(self, host: str, port: int, tls_factory: Callable[[], ServerTLS]) -> None:
         self._host = host
         self._port = port
-        self._ctx_factory = ctx_factory
+        self._tls_factory = tls_factory
         self._handlers: dict[str, Handler] = {}
+        self._tls_handlers: dict[str, TLSHandler] = {}
         self._sock: socket.socket | None = None
         self._ctx: ssl.SSLContext | None = None
+        self._native_ctx: _native.TLSContext | None = None
         self._listen_ctx: ssl.SSLContext | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
     def route(self, alpn_name: str, handler: Handler) -> None:
+        """Serve `alpn_name` on asyncio streams (the auth API)."""
         self._handlers[alpn_name] = handler
+
+    def route_tls(self, alpn_name: str, handler: TLSHandler) -> None:
+        """Serve `alpn_name` on a native TLS stream (the relay can take it over)."""
+        self._tls_handlers[alpn_name] = handler
 
     def _protocols(self) -> list[str]:
         """The ALPN names we offer, `-ping` ones first: OpenSSL picks in the server's
         order, and a client offering both should get the framed one."""
-        names = list(self._handlers)
+        names = [*self._tls_handlers, *self._handlers]
         return sorted(names, key=lambda n: not n.endswith(PING_SUFFIX))
 
     def reload_tls(self) -> None:
-        """Build a fresh context (new server cert / CAs): new connections use it, open ones
-        keep theirs. The listening context's SNI callback hands each new handshake to
-        whichever context is current."""
-        self._ctx = self._ctx_factory(self._protocols())
+        """Build fresh contexts (new server cert / CAs): new connections use them, open
+        ones keep theirs. The listening asyncio context's SNI callback hands each new
+        handshake to whichever context is current."""
+        tls = self._tls_factory()
+        self._ctx = tls.ssl_context(self._protocols())
+        self._native_ctx = tls.native_context(self._protocols())
 
     def _listening_context(self) -> ssl.SSLContext:
-        ctx = self._ctx_factory(self._protocols())
+        ctx = self._tls_factory().ssl_context(self._protocols())
 
         def pick_current(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext
                          ) -> None:
@@ -119,10 +149,48 @@ class ProxyListener:
             return
         if first.kind != _native.KIND_TLS:
             await refuse_plaintext(sock, first, remote)
+        elif any(name in self._tls_handlers for name in first.alpn):
+            await self._serve_native(sock, remote)
+        else:
+            streams = await self._handshake(sock, remote)
+            if streams is not None:
+                await self._dispatch(*streams, remote)
+
+    # -- the database protocols: native TLS --------------------------------------------
+
+    async def _serve_native(self, sock: socket.socket, remote: str) -> None:
+        assert self._native_ctx is not None
+        set_nodelay(sock)
+        stream = _native.TLSStream(asyncio.get_running_loop(), self._native_ctx,
+                                   sock.detach())
+        try:
+            await asyncio.wait_for(stream.handshake(), HANDSHAKE_TIMEOUT)
+        except (OSError, TimeoutError) as e:  # TLSError is an OSError; the alert is sent
+            log.info("TLS handshake with %s failed: %s", remote, e or "timeout")
+            stream.close()
             return
-        streams = await self._handshake(sock, remote)
-        if streams is not None:
-            await self._dispatch(*streams, remote)
+        try:
+            await self._dispatch_native(stream, remote)
+        finally:
+            stream.close()  # a no-op once a relay took the stream over
+
+    async def _dispatch_native(self, stream: _native.TLSStream, remote: str) -> None:
+        proto = stream.alpn()
+        handler = self._tls_handlers.get(proto or "")
+        if handler is None:
+            log.info("connection from %s offered no protocol we serve (ALPN %r)", remote, proto)
+            return
+        try:
+            caller = _caller(stream.peer_cert_der())
+        except ValueError as e:
+            log.info("client certificate from %s carries no identity: %s", remote, e)
+            return
+        try:
+            await handler(stream, caller, remote)
+        except Exception:
+            log.exception("handler for %s (%s) failed", remote, proto)
+
+    # -- the auth API: asyncio streams -------------------------------------------------
 
     async def _handshake(self, sock: socket.socket, remote: str
                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
@@ -142,20 +210,24 @@ class ProxyListener:
             log.info("connection from %s offered no protocol we serve (ALPN %r)", remote, proto)
             writer.close()
             return
-        caller = None
-        der = ssl_obj.getpeercert(binary_form=True) if ssl_obj else None
-        if der:
-            try:
-                caller = identity_from_certificate(x509.load_der_x509_certificate(der))
-            except ValueError as e:
-                log.info("client certificate from %s carries no identity: %s", remote, e)
-                writer.close()
-                return
+        try:
+            caller = _caller(ssl_obj.getpeercert(binary_form=True) if ssl_obj else None)
+        except ValueError as e:
+            log.info("client certificate from %s carries no identity: %s", remote, e)
+            writer.close()
+            return
         try:
             await handler(reader, writer, caller, remote)
         except Exception:
             log.exception("handler for %s (%s) failed", remote, proto)
             writer.transport.abort()
+
+
+def _caller(der: bytes | None) -> Identity | None:
+    """The identity in a verified client certificate (ValueError if it has none)."""
+    if not der:
+        return None
+    return identity_from_certificate(x509.load_der_x509_certificate(der))
 
 
 async def server_streams(sock: socket.socket, ctx: ssl.SSLContext | None = None

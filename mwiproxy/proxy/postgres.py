@@ -6,7 +6,9 @@ Non-tunnel mode: the outer TLS carries no client certificate; the client's own T
 taken from the client certificate of that inner handshake.
 
 Then: startup → access check → engine → relay, with audit events at each end, or a
-CancelRequest forwarded to the database of the session that owns the key.
+CancelRequest forwarded to the database of the session that owns the key. The setup
+reads and writes the streams directly; the relay (`relay/pipe.py`) then takes both over
+— natively in tunnel mode; in Python for TLS inside TLS and for `-ping` framing.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from cryptography import x509
 from mwiproxy.auth import audit
 from mwiproxy.auth.service import AuthService
 from mwiproxy.engines.base import UpstreamError
-from mwiproxy.engines.postgres import PROTOCOLS, PostgresEngine, UpstreamRefused
+from mwiproxy.engines.postgres import PROTOCOLS, PostgresEngine, Upstream, UpstreamRefused
 from mwiproxy.identity.certs import Identity, identity_from_certificate
 from mwiproxy.proxy.access import Refusal, authorize
 from mwiproxy.proxy.sessions import Session, SessionRegistry
 from mwiproxy.relay.pipe import Pipe
+from mwiproxy.relay.streams import BufferedReader, ByteStream, MemoryTLSStream
 from mwiproxy.wire import postgres as pg
 
 log = logging.getLogger("mwiproxy.proxy.postgres")
@@ -39,24 +42,28 @@ MAX_NEGOTIATIONS = 3
 
 @dataclass
 class _Conn:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    stream: ByteStream
+    reader: BufferedReader
     caller: Identity | None
     remote: str
     inner_tls: bool = False
 
 
+_ENDED = (pg.ProtocolError, ssl.SSLError, OSError, TimeoutError, asyncio.IncompleteReadError)
+
+
 class PostgresFrontend:
     def __init__(self, auth: AuthService, engines: Mapping[str, PostgresEngine],
-                 sessions: SessionRegistry, inner_tls: Callable[[], ssl.SSLContext]) -> None:
+                 sessions: SessionRegistry, inner_tls: Callable[[], ssl.SSLContext],
+                 ping_interval: float | None = None) -> None:
         self._auth = auth
         self._engines = engines
         self._sessions = sessions
         self._inner_tls = inner_tls
+        self._ping_interval = ping_interval
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    caller: Identity | None, remote: str) -> None:
-        conn = _Conn(reader, writer, caller, remote)
+    async def serve(self, stream: ByteStream, caller: Identity | None, remote: str) -> None:
+        conn = _Conn(stream, BufferedReader(stream), caller, remote)
         try:
             first = await asyncio.wait_for(self._negotiate(conn), STARTUP_TIMEOUT)
             if first.is_cancel:
@@ -64,12 +71,11 @@ class PostgresFrontend:
             else:
                 await self._session(conn, first.raw)
         except Refusal as r:
-            self._refuse(conn, r)
-        except (pg.ProtocolError, ssl.SSLError, OSError, TimeoutError) as e:
+            await self._refuse(conn, r)
+        except _ENDED as e:
             log.info("postgres connection from %s ended before startup: %s", remote, e)
         finally:
-            with contextlib.suppress(OSError, ssl.SSLError):
-                conn.writer.close()
+            conn.stream.close()  # a no-op once a relay took it over
 
     # -- before the startup message ----------------------------------------------------
 
@@ -81,21 +87,22 @@ class PostgresFrontend:
             if first.is_ssl_request and conn.caller is None and not conn.inner_tls:
                 await self._accept_inner_tls(conn)
             elif first.is_ssl_request or first.is_gssenc_request:
-                conn.writer.write(pg.SSL_NO)
+                await conn.stream.write(pg.SSL_NO)
             else:
                 raise pg.ProtocolError(f"unknown startup request code {first.code}")
         raise pg.ProtocolError("too many encryption requests")
 
     async def _accept_inner_tls(self, conn: _Conn) -> None:
-        conn.writer.write(pg.SSL_YES)
-        await conn.writer.drain()
+        await conn.stream.write(pg.SSL_YES)
+        inner = MemoryTLSStream(conn.stream, self._inner_tls(), server_side=True,
+                                initial=conn.reader.leftover())
         try:
-            await conn.writer.start_tls(self._inner_tls())
+            await inner.handshake()
         except (ssl.SSLError, OSError) as e:
             self._audit_denied(conn, f"client TLS handshake failed: {e}")
             raise
-        conn.inner_tls = True
-        der = conn.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        conn.stream, conn.reader, conn.inner_tls = inner, BufferedReader(inner), True
+        der = inner.peer_cert_der()
         if der:
             try:
                 conn.caller = identity_from_certificate(x509.load_der_x509_certificate(der))
@@ -104,13 +111,13 @@ class PostgresFrontend:
 
     # -- refusals ----------------------------------------------------------------------
 
-    def _refuse(self, conn: _Conn, refusal: Refusal,
-                params: Mapping[str, str] | None = None) -> None:
+    async def _refuse(self, conn: _Conn, refusal: Refusal,
+                      params: Mapping[str, str] | None = None) -> None:
         log.info("refused %s from %s: %s", conn.caller.user if conn.caller else "anonymous",
                  conn.remote, refusal.reason)
         self._audit_denied(conn, refusal.reason, params)
         with contextlib.suppress(OSError, ssl.SSLError):
-            conn.writer.write(pg.error_response(refusal.message))
+            await conn.stream.write(pg.error_response(refusal.message))
 
     def _audit_denied(self, conn: _Conn, reason: str,
                       params: Mapping[str, str] | None = None) -> None:
@@ -131,11 +138,11 @@ class PostgresFrontend:
             grant = authorize(self._auth, conn.caller, db_user=db_user, db_name=db_name,
                               protocols=PROTOCOLS, served=self._engines)
         except Refusal as r:
-            self._refuse(conn, r, {"user": db_user, "database": db_name})
+            await self._refuse(conn, r, {"user": db_user, "database": db_name})
             return
         assert conn.caller is not None
         session = Session(conn.caller, grant.route.service, db_user, db_name, conn.remote,
-                          roles=grant.roles, cut=lambda _r, _m: conn.writer.transport.abort())
+                          roles=grant.roles)  # cut before the relay: see _run
         self._sessions.add(session)
         try:
             await self._run(conn, session, startup)
@@ -146,21 +153,32 @@ class PostgresFrontend:
         engine = self._engines[session.service]
         started = time.monotonic()
         try:
-            upstream = await engine.start(startup, session.db_user, conn.writer)
+            upstream = await engine.start(startup, session.db_user, conn.stream)
         except (UpstreamError, UpstreamRefused) as e:
             self._audit_start(session, error=str(e))
             if isinstance(e, UpstreamError):
-                conn.writer.write(pg.error_response(str(e), pg.CONNECTION_FAILURE))
+                await conn.stream.write(pg.error_response(str(e), pg.CONNECTION_FAILURE))
             return
         if upstream.cancel_key is not None:
             self._sessions.set_cancel_key(session, upstream.cancel_key)
-        pipe = Pipe((conn.reader, conn.writer), upstream.stream)
+        try:
+            await self._relay(conn, session, upstream, started)
+        finally:
+            upstream.stream.close()  # a no-op once the relay took it over
+
+    async def _relay(self, conn: _Conn, session: Session, upstream: Upstream,
+                     started: float) -> None:
+        if early := conn.reader.leftover():  # sent before the answer: still the db's
+            await upstream.stream.write(early)
+        pipe = Pipe(conn.stream, upstream.stream, keepalive=self._ping_interval)
         session.cut = lambda reason, message: pipe.close(
             reason, farewell_to_a=pg.error_response(message, pg.ADMIN_SHUTDOWN))
         if session.end_reason:  # locked while the engine was dialing
             session.end(session.end_reason)
         self._audit_start(session)
         stats = await pipe.run()
+        log.debug("session %d relayed %s", session.session_id,
+                  "natively" if stats.native else "in Python")
         self._auth.audit.emit(
             audit.SESSION_END, session_id=session.session_id, **_who(session),
             bytes_client_to_db=stats.bytes_a_to_b, bytes_db_to_client=stats.bytes_b_to_a,

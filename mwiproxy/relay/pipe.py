@@ -1,31 +1,33 @@
-"""The steady-state relay between two connected streams: the one place bytes are copied.
+"""The steady-state relay between two set-up streams: the one place that decides how
+bytes are copied.
 
-Both ends plain sockets → the sockets leave asyncio and `_native.Relay` joins them (no
-Python per chunk). Otherwise (a TLS end, until the native core relays TLS) an asyncio
-copy: large reads, backpressure through drain(), half-close where the transport allows
-it, close-on-EOF where it does not (TLS), an optional idle timeout, byte counters.
-Callers see one API either way, so the native TLS path can replace the copy here.
+Both ends native-relayable (a plain `SocketStream` or a handshaken `_native.TLSStream`)
+→ both leave Python and `_native.Relay` joins them: TLS records are read, decrypted,
+encrypted and written on the native worker, nothing runs per chunk in Python. This is
+the path of tunnel mode at both proxies and of non-tunnel mode at the local proxy.
 
-A side that negotiated a `-ping` ALPN name is *framed* (`wire/ping.py`): what is read
-from it is deframed, what is written to it is framed, and with `keepalive` set an empty
-frame is sent to it whenever nothing was written to it for that many seconds. Framed
-pipes always take the asyncio copy.
+Otherwise — an end framed with `-ping` (`FramedStream`) or TLS inside TLS
+(`MemoryTLSStream`, the client's own TLS in non-tunnel mode at the cluster proxy) — a
+Python copy: one task per direction, backpressure by awaiting each write, EOF passed on
+(half-close on plain sockets, close otherwise), an optional idle timeout, keepalive
+frames toward framed ends that had nothing written for `keepalive` seconds.
+
+Bytes read past the end of the setup phase are not lost: callers write them to the
+other end before `run()`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
+from collections.abc import Coroutine
 from dataclasses import dataclass
 
 from mwiproxy import _native
-from mwiproxy.wire import ping
+from mwiproxy.relay.streams import READ_SIZE, ByteStream, FramedStream, SocketStream
 
-CHUNK = 256 * 1024
 CLOSE_TIMEOUT = 5.0
-Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 _RESETS = (ConnectionError, ssl.SSLError, OSError)
 
 
@@ -34,127 +36,141 @@ class PipeStats:
     bytes_a_to_b: int = 0
     bytes_b_to_a: int = 0
     reason: str = ""
+    native: bool = False
 
 
-def _plain_fd(stream: Stream) -> int | None:
-    reader, writer = stream
-    sock = writer.get_extra_info("socket")
-    if writer.get_extra_info("ssl_object") is not None or sock is None:
-        return None
-    if getattr(reader, "_buffer", b""):  # bytes asyncio already read stay with asyncio
-        return None
-    return int(sock.fileno())
+def _native_capable(stream: ByteStream) -> bool:
+    """Can the native relay take `stream` over (TLS on a socket, or a plain socket)?"""
+    if isinstance(stream, SocketStream):
+        return stream.sock is not None
+    return isinstance(stream, _native.TLSStream)
 
 
 class Pipe:
     """Relays a ↔ b until both directions end, either side fails, or close() is called."""
 
-    def __init__(self, a: Stream, b: Stream, *, idle_timeout: float | None = None,
+    def __init__(self, a: ByteStream, b: ByteStream, *, idle_timeout: float | None = None,
                  close_timeout: float = CLOSE_TIMEOUT, allow_native: bool = True,
-                 framed_a: bool = False, framed_b: bool = False,
                  keepalive: float | None = None) -> None:
         self._a, self._b = a, b
         self._idle = idle_timeout
         self._close_timeout = close_timeout
-        self._framed = (framed_a, framed_b)
-        self._allow_native = allow_native and not (framed_a or framed_b)
-        self._keepalive = keepalive if framed_a or framed_b else None
+        self._allow_native = allow_native
+        self._keepalive = keepalive
         self.stats = PipeStats()
         self._relay: _native.Relay | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._stopping = False
+        self._farewell = b""
         self._last = 0.0
-        self._last_write = [0.0, 0.0]  # loop time of the last write to side a, side b
 
     def close(self, reason: str = _native.REASON_CLOSED, farewell_to_a: bytes = b"") -> None:
         """Cut both sides now (a lock, an expired certificate, shutdown). A farewell is
-        flushed to side a before it closes (asyncio copy only)."""
+        written to side a first when the copy runs in Python; the native relay has no
+        way to add bytes to a stream it owns, so there the cut is silent."""
         if not self.stats.reason:
             self.stats.reason = reason
+        self._farewell = self._farewell or farewell_to_a
         if self._relay is not None:
             self._relay.close()
-            return
-        a_writer = self._a[1]
-        if farewell_to_a and not a_writer.is_closing():
-            with contextlib.suppress(*_RESETS):
-                a_writer.write(farewell_to_a)
-                a_writer.close()
         else:
-            a_writer.transport.abort()
-        self._b[1].transport.abort()
+            self._abort()
+
+    def _abort(self) -> None:
+        """Stop the copy; run() closes both ends once its tasks are done."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
 
     async def run(self) -> PipeStats:
-        fds = (_plain_fd(self._a), _plain_fd(self._b))
-        if self._allow_native and fds[0] is not None and fds[1] is not None:
-            return await self._run_native(fds[0], fds[1])
+        if self._allow_native and _native_capable(self._a) and _native_capable(self._b):
+            return await self._run_native()
         return await self._run_copy()
 
-    # -- native: plain ↔ plain ---------------------------------------------------------
+    # -- native ------------------------------------------------------------------------
 
-    async def _run_native(self, fd_a: int, fd_b: int) -> PipeStats:
+    def _take(self, stream: ByteStream) -> int | _native.TLSStream:
+        if isinstance(stream, SocketStream):
+            return stream.detach()
+        assert isinstance(stream, _native.TLSStream)
+        return stream
+
+    async def _run_native(self) -> PipeStats:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str] = loop.create_future()
-        dup_a, dup_b = os.dup(fd_a), os.dup(fd_b)
-        for _, writer in (self._a, self._b):
-            writer.transport.abort()  # the relay owns the duplicated fds from here on
         self._relay = _native.Relay(
-            loop, dup_a, dup_b, lambda reason: _settle(done, reason),
+            loop, self._take(self._a), self._take(self._b), lambda r: _settle(done, r),
             idle_timeout=self._idle, close_timeout=self._close_timeout)
         self._relay.start()
-        reason = await done
+        self.stats.native = True
+        if self._stopping or self.stats.reason:  # closed while being set up
+            self._relay.close()
+        try:
+            reason = await done
+        except asyncio.CancelledError:  # the owner is going away: so does the relay
+            self._relay.close()
+            raise
         counters = self._relay.stats()
         self.stats.bytes_a_to_b = counters.bytes_a_to_b
         self.stats.bytes_b_to_a = counters.bytes_b_to_a
         self.stats.reason = self.stats.reason or reason
         return self.stats
 
-    # -- asyncio copy ------------------------------------------------------------------
+    # -- Python copy -------------------------------------------------------------------
 
     async def _run_copy(self) -> PipeStats:
         loop = asyncio.get_running_loop()
         self._last = loop.time()
-        self._last_write = [self._last, self._last]
-        tasks = {asyncio.ensure_future(self._copy(self._a, self._b, True)),
-                 asyncio.ensure_future(self._copy(self._b, self._a, False))}
-        watchdog = asyncio.ensure_future(self._watch_idle()) if self._idle else None
-        pinger = asyncio.ensure_future(self._send_keepalives()) if self._keepalive else None
+        copies = {asyncio.ensure_future(self._copy(self._a, self._b, True)),
+                  asyncio.ensure_future(self._copy(self._b, self._a, False))}
+        helpers = {asyncio.ensure_future(h) for h in self._helpers()}
+        self._tasks = copies | helpers
         try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if self._stopping:  # closed while being set up
+                self._abort()
+            _, pending = await asyncio.wait(copies, return_when=asyncio.FIRST_COMPLETED)
             if pending:
                 _, pending = await asyncio.wait(pending, timeout=self._close_timeout)
             if pending:
                 self.close(_native.REASON_CLOSE_TIMEOUT)
-                await asyncio.wait(pending)
         finally:
-            for task in tasks:
-                task.cancel()
-            for helper in (watchdog, pinger):
-                if helper is not None:
-                    helper.cancel()
-            for _, writer in (self._a, self._b):
-                writer.transport.abort()
+            self._abort()
+            await asyncio.wait(self._tasks)  # nothing may wait on an fd that is closed
+            await self._say_farewell()
+            self._a.close()
+            self._b.close()
         self.stats.reason = self.stats.reason or _native.REASON_EOF
         return self.stats
 
-    async def _copy(self, src: Stream, dst: Stream, a_to_b: bool) -> None:
-        reader, writer = src[0], dst[1]
+    async def _say_farewell(self) -> None:
+        if self._farewell:
+            with contextlib.suppress(*_RESETS, TimeoutError):
+                await asyncio.wait_for(self._a.write(self._farewell), 1.0)
+
+    def _helpers(self) -> list[Coroutine[None, None, None]]:
+        helpers: list[Coroutine[None, None, None]] = []
+        if self._idle:
+            helpers.append(self._watch_idle())
+        framed = [f for f in map(_framed_layer, (self._a, self._b)) if f is not None]
+        if self._keepalive and framed:
+            helpers.append(self._send_keepalives(framed))
+        return helpers
+
+    async def _copy(self, src: ByteStream, dst: ByteStream, a_to_b: bool) -> None:
         loop = asyncio.get_running_loop()
-        src_side, dst_side = (0, 1) if a_to_b else (1, 0)
-        deframer = ping.Deframer() if self._framed[src_side] else None
-        frame_out = self._framed[dst_side]
         try:
-            while data := await reader.read(CHUNK):
-                if deframer is not None and not (data := deframer.feed(data)):
-                    continue  # only keepalives
-                writer.write(ping.frame(data) if frame_out else data)
+            while data := await src.read(READ_SIZE):
+                await dst.write(data)
                 self._count(a_to_b, len(data))
-                self._last = self._last_write[dst_side] = loop.time()
-                await writer.drain()
+                self._last = loop.time()
+        except asyncio.CancelledError:
+            raise
         except _RESETS:
-            self.close(_native.REASON_RESET_A if a_to_b else _native.REASON_RESET_B)
+            if not self.stats.reason and not self._stopping:
+                self.stats.reason = _native.REASON_RESET_A if a_to_b else _native.REASON_RESET_B
+            self._abort()
             return
-        if deframer is not None and deframer.mid_frame:  # truncated: not a clean end
-            self.close(_native.REASON_RESET_A if a_to_b else _native.REASON_RESET_B)
-            return
-        self._end_direction(writer)
+        self._end_direction(dst)
 
     def _count(self, a_to_b: bool, n: int) -> None:
         if a_to_b:
@@ -162,14 +178,12 @@ class Pipe:
         else:
             self.stats.bytes_b_to_a += n
 
-    @staticmethod
-    def _end_direction(writer: asyncio.StreamWriter) -> None:
-        """Pass the EOF on; TLS cannot half-close, so there the whole side is closed."""
-        with contextlib.suppress(*_RESETS):
-            if writer.can_write_eof():
-                writer.write_eof()
-            else:
-                writer.close()
+    def _end_direction(self, dst: ByteStream) -> None:
+        """Pass the EOF on: a plain socket half-closes; TLS here cannot, so both end."""
+        if isinstance(dst, SocketStream):
+            dst.write_eof()
+        else:
+            self._abort()
 
     async def _watch_idle(self) -> None:
         assert self._idle
@@ -180,26 +194,26 @@ class Pipe:
                 self.close(_native.REASON_IDLE_TIMEOUT)
                 return
 
-    async def _send_keepalives(self) -> None:
+    async def _send_keepalives(self, framed: list[FramedStream]) -> None:
         """An empty frame to each framed side nothing was written to for an interval."""
         assert self._keepalive
         loop = asyncio.get_running_loop()
-        framed = [side for side in (0, 1) if self._framed[side]]
         while True:
-            due = min(self._last_write[side] for side in framed) + self._keepalive
+            due = min(s.last_write for s in framed) + self._keepalive
             await asyncio.sleep(max(0.01, due - loop.time()))
-            for side in framed:
-                writer = (self._a, self._b)[side][1]
-                idle = loop.time() - self._last_write[side] >= self._keepalive
-                if idle and not writer.is_closing():
-                    writer.write(ping.KEEPALIVE)
-                    self._last_write[side] = loop.time()
+            for stream in framed:
+                if loop.time() - stream.last_write >= self._keepalive:
+                    with contextlib.suppress(*_RESETS):
+                        await stream.keepalive()
+
+
+def _framed_layer(stream: object) -> FramedStream | None:
+    """The `-ping` layer of a stream, however deep (TLS inside a framed stream)."""
+    while stream is not None and not isinstance(stream, FramedStream):
+        stream = getattr(stream, "inner", None)
+    return stream
 
 
 def _settle(done: asyncio.Future[str], reason: str) -> None:
     if not done.done():
         done.set_result(reason)
-
-
-async def pipe(a: Stream, b: Stream, *, idle_timeout: float | None = None) -> PipeStats:
-    return await Pipe(a, b, idle_timeout=idle_timeout).run()

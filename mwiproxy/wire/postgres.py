@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
@@ -35,6 +36,12 @@ _CANCEL = struct.Struct(">iIiI")
 
 class ProtocolError(Exception):
     pass
+
+
+class Reader(Protocol):
+    """Anything with asyncio.StreamReader's readexactly (IncompleteReadError at EOF)."""
+
+    async def readexactly(self, n: int) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,7 @@ class CancelKey:
     secret: int
 
 
-async def read_first_packet(reader: asyncio.StreamReader) -> FirstPacket:
+async def read_first_packet(reader: Reader) -> FirstPacket:
     try:
         header = await reader.readexactly(8)
         length, code = _HEADER.unpack(header)
@@ -148,7 +155,7 @@ class BackendMessage:
         return CancelKey(pid, secret)
 
 
-async def read_backend_message(reader: asyncio.StreamReader) -> BackendMessage:
+async def read_backend_message(reader: Reader) -> BackendMessage:
     try:
         header = await reader.readexactly(5)
         (length,) = _I32.unpack_from(header, 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import socket
 
 from mwiproxy.identity.authorities import (
     cert_pem,
@@ -17,15 +18,16 @@ from mwiproxy.identity.certs import DatabaseRoute, Identity
 from mwiproxy.localproxy.acceptor import Acceptor, ListenAddr
 from mwiproxy.localproxy.health import serve_diagnostics
 from mwiproxy.localproxy.server import LocalProxy
+from mwiproxy.relay.streams import SocketStream
 
 USER_CA = create_authority("user", "c")
 HOST_CA = create_authority("host", "c")
 
 
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(1024):
-        writer.write(data)
-        await writer.drain()
+async def _echo(sock: socket.socket) -> None:
+    stream = SocketStream(sock)
+    while data := await stream.read(1024):
+        await stream.write(data)
 
 
 async def _started(max_connections: int = 0) -> tuple[Acceptor, int]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
-import ssl
 
 import pytest
 from hypothesis import given
@@ -19,11 +18,12 @@ from mwiproxy.identity.authorities import (
     private_key_pem,
 )
 from mwiproxy.identity.certs import Identity
-from mwiproxy.identity.tlsctx import client_context, server_context
+from mwiproxy.identity.tlsctx import client_context
 from mwiproxy.localproxy.server import LocalProxy
-from mwiproxy.proxy.listener import ProxyListener
+from mwiproxy.proxy.listener import ProxyListener, ServerTLS, TLSHandler
 from mwiproxy.proxy.pingbridge import framed
 from mwiproxy.relay.pipe import Pipe
+from mwiproxy.relay.streams import ByteStream, FramedStream, SocketStream
 from mwiproxy.wire import alpn, ping
 from mwiproxy.wire import postgres as pg
 
@@ -56,10 +56,10 @@ def test_deframer_notices_a_truncated_stream():
     assert deframer.mid_frame
 
 
-async def _pair() -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], socket.socket]:
+async def _pair() -> tuple[SocketStream, socket.socket]:
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)
-    return await asyncio.open_connection(sock=ours), theirs
+    return SocketStream(ours), theirs
 
 
 async def _recv_until(sock: socket.socket, n: int) -> bytes:
@@ -75,7 +75,7 @@ def test_framed_pipe_frames_one_side_and_sends_keepalives_when_idle():
     async def main() -> None:
         loop = asyncio.get_running_loop()
         (a, peer_a), (b, peer_b) = await _pair(), await _pair()
-        pipe = Pipe(a, b, framed_a=True, keepalive=0.1)
+        pipe = Pipe(FramedStream(a), b, keepalive=0.1)
         task = asyncio.ensure_future(pipe.run())
         await loop.sock_sendall(peer_a, ping.KEEPALIVE + ping.frame(b"select 1") + ping.KEEPALIVE)
         assert await _recv_until(peer_b, 8) == b"select 1"  # deframed, keepalives dropped
@@ -90,6 +90,7 @@ def test_framed_pipe_frames_one_side_and_sends_keepalives_when_idle():
         pipe.close()
         await asyncio.wait_for(task, 5)
         assert pipe.stats.bytes_a_to_b == 8 and pipe.stats.bytes_b_to_a == 3
+        assert not pipe.stats.native
 
     asyncio.run(main())
 
@@ -98,7 +99,7 @@ def test_framed_pipe_treats_a_truncated_frame_as_a_reset():
     async def main() -> str:
         loop = asyncio.get_running_loop()
         (a, peer_a), (b, _peer_b) = await _pair(), await _pair()
-        task = asyncio.ensure_future(Pipe(a, b, framed_a=True).run())
+        task = asyncio.ensure_future(Pipe(FramedStream(a), b).run())
         await loop.sock_sendall(peer_a, ping.frame(b"hello")[:6])
         peer_a.shutdown(socket.SHUT_WR)
         return (await asyncio.wait_for(task, 5)).reason
@@ -109,27 +110,37 @@ def test_framed_pipe_treats_a_truncated_frame_as_a_reset():
 # -- the cluster listener and a framed handler ---------------------------------------
 
 
-def _server_ctx(protocols: list[str]) -> ssl.SSLContext:
+def _server_tls() -> ServerTLS:
     key = generate_private_key()
     cert = HOST_CA.sign_server("localhost", ["localhost"], key.public_key(),
                                dt.timedelta(hours=1))
-    return server_context(cert_pem(cert), private_key_pem(key), USER_CA.cert_pem,
-                          alpn=protocols)
+    return ServerTLS(cert_pem(cert), private_key_pem(key), USER_CA.cert_pem)
 
 
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                _caller: Identity | None, _remote: str) -> None:
-    while data := await reader.read(65536):
-        writer.write(data.upper())
-        await writer.drain()
-    writer.close()
+def _echo(interval: float | None = None) -> TLSHandler:
+    async def serve(stream: ByteStream, _caller: Identity | None, _remote: str) -> None:
+        """Answers the first chunk itself (setup), then relays to an upper-casing peer."""
+        await stream.write((await stream.read(65536)).upper())
+        ours, theirs = socket.socketpair()
+        upper = asyncio.ensure_future(_upper(theirs))
+        await Pipe(stream, SocketStream(ours), keepalive=interval).run()
+        await upper
+
+    return serve
+
+
+async def _upper(sock: socket.socket) -> None:
+    peer = SocketStream(sock)
+    while data := await peer.read(65536):
+        await peer.write(data.upper())
+    peer.close()
 
 
 async def _cluster(with_ping: bool, interval: float = 30.0) -> ProxyListener:
-    listener = ProxyListener("127.0.0.1", 0, _server_ctx)
-    listener.route(PG, _echo)
+    listener = ProxyListener("127.0.0.1", 0, _server_tls)
+    listener.route_tls(PG, _echo())
     if with_ping:
-        listener.route(PG_PING, framed(_echo, interval))
+        listener.route_tls(PG_PING, framed(_echo(interval)))
     await listener.start()
     return listener
 
@@ -174,13 +185,16 @@ def _credentials() -> tuple[bytes, bytes, bytes]:
     return cert_pem(cert), private_key_pem(key), HOST_CA.cert_pem
 
 
-@pytest.mark.parametrize("cluster_has_ping", [True, False])
-def test_local_proxy_offers_ping_first_and_falls_back(cluster_has_ping):
+@pytest.mark.parametrize(("cluster_has_ping", "offer_ping"),
+                         [(True, True), (False, True), (True, False)])
+def test_local_proxy_offers_ping_when_asked_and_falls_back(cluster_has_ping, offer_ping):
     async def main() -> bytes:
         cluster = await _cluster(with_ping=cluster_has_ping)
         creds = _credentials()
         local = LocalProxy(listen="127.0.0.1:0", proxy_addr="{}:{}".format(*cluster.address),
-                           service="db", credentials=lambda: creds, tunnel=False)
+                           service="db", credentials=lambda: creds, tunnel=False,
+                           offer_ping=offer_ping)
+        assert local.alpn_offer == ([PG_PING, PG] if offer_ping else [PG])
         await local.start()
         reader, writer = await asyncio.open_connection("127.0.0.1", local.port)
         startup = pg.build_startup({"user": "alice"})

@@ -1,21 +1,29 @@
-"""The relay: native for plain sockets, asyncio copy otherwise; counters, half-close,
-close() and idle timeout behave the same for callers."""
+"""The relay: native for plain and native-TLS ends, a Python copy otherwise; counters,
+half-close, close() and idle timeout behave the same for callers."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import socket
 
 import pytest
 
 from mwiproxy import _native
+from mwiproxy.identity.authorities import (
+    cert_pem,
+    create_authority,
+    generate_private_key,
+    private_key_pem,
+)
 from mwiproxy.relay.pipe import Pipe
+from mwiproxy.relay.streams import SocketStream
 
 
-async def _pair() -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], socket.socket]:
+async def _pair() -> tuple[SocketStream, socket.socket]:
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)
-    return await asyncio.open_connection(sock=ours), theirs
+    return SocketStream(ours), theirs
 
 
 async def _exchange(allow_native: bool) -> tuple[Pipe, bytes, bytes]:
@@ -36,6 +44,7 @@ async def _exchange(allow_native: bool) -> tuple[Pipe, bytes, bytes]:
     peer_b.close()
     await asyncio.wait_for(task, 5)
     peer_a.close()
+    assert pipe.stats.native == allow_native
     return pipe, bytes(got), back
 
 
@@ -70,3 +79,48 @@ def test_idle_timeout_in_the_asyncio_copy():
         return stats.reason
 
     assert asyncio.run(main()) == _native.REASON_IDLE_TIMEOUT
+
+
+# -- native TLS ends -------------------------------------------------------------------
+
+_HOST_CA = create_authority("host", "c")
+
+
+def _tls_contexts() -> tuple[_native.TLSContext, _native.TLSContext]:
+    key = generate_private_key()
+    cert = _HOST_CA.sign_server("localhost", ["localhost"], key.public_key(),
+                                dt.timedelta(hours=1))
+    server = _native.TLSContext(True, cert_pem(cert), private_key_pem(key),
+                                verify=_native.VERIFY_NONE)
+    client = _native.TLSContext(False, ca_pem=_HOST_CA.cert_pem)
+    return server, client
+
+
+def test_a_tls_end_is_relayed_natively_after_the_setup_exchange():
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server_ctx, client_ctx = _tls_contexts()
+        ours, theirs = socket.socketpair()
+        tls = _native.TLSStream(loop, server_ctx, ours.detach())
+        peer = _native.TLSStream(loop, client_ctx, theirs.detach(), server_hostname="localhost")
+        await asyncio.gather(tls.handshake(), peer.handshake())
+        await peer.write(b"startup")
+        assert await tls.read() == b"startup"  # the setup phase reads the stream itself
+        plain, peer_b = await _pair()
+        pipe = Pipe(tls, plain)
+        task = asyncio.ensure_future(pipe.run())
+        await peer.write(b"q" * 100_000)
+        got = b""
+        while len(got) < 100_000:
+            got += await loop.sock_recv(peer_b, 65536)
+        await loop.sock_sendall(peer_b, b"row")
+        assert await peer.read() == b"row"
+        pipe.close("locked")
+        stats = await asyncio.wait_for(task, 5)
+        assert stats.native and stats.reason == "locked"
+        assert (stats.bytes_a_to_b, stats.bytes_b_to_a) == (100_000, 3)
+        assert await peer.read() == b""
+        peer.close()
+        peer_b.close()
+
+    asyncio.run(main())

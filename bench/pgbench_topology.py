@@ -1,0 +1,352 @@
+"""pgbench through the whole data path, against direct TLS and an HAProxy topology.
+
+    python -m bench.pgbench_topology [--seconds 8] [--runs 3] [--out bench/RESULTS-pgbench.md]
+
+One run starts a real PostgreSQL (cert auth, TLS), an mwiproxy cluster, bot
+credentials and two local proxies (tunnel, non-tunnel; a third with `--ping` unless
+--no-ping), and two HAProxies: one on the "service host" originating TLS with the client
+certificate, one at the "cluster side" terminating it (verifying the client certificate)
+and forwarding to PostgreSQL. PostgreSQL 15 cannot take TLS without its SSLRequest
+exchange, which HAProxy does not speak, so on that last leg the TLS is pgbench's own
+(sslmode=require inside the outer TLS): the same count of TLS legs as mwiproxy's tunnel.
+
+Cells (interleaved across topologies, each repeated --runs times, medians reported):
+select-only and TPC-B with 1 client (latency per transaction p50/p99, from `pgbench -l`)
+and 16 clients (TPS); connect + first query (psycopg, 1 client, p50/p99). CPU per
+transaction of each proxy process comes from /proc/PID/stat (utime + stime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mwiproxy.identity.authorities import (
+    AuthoritySet,
+    cert_pem,
+    create_authority,
+    generate_private_key,
+    private_key_pem,
+)
+from mwiproxy.identity.certs import Identity
+from tests._testbase import postgres
+from tests._testbase.cluster import ClusterProcess
+from tests._testbase.fixtures import GUIDE_ROLE
+from tests._testbase.ports import free_port
+from tests.e2e.conftest import CLUSTER_YAML, Topology, _start_postgres
+
+PGBENCH = str(postgres.PG_BIN / "pgbench")
+SCALE = 16
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+CONNECT = "connect + first query (psycopg)"
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    args: tuple[str, ...]
+    clients: int
+    latency: bool  # report p50/p99 per transaction (else TPS)
+
+
+CELLS = [
+    Cell("select-only, 1 client", ("-S",), 1, True),
+    Cell("select-only, 16 clients", ("-S",), 16, False),
+    Cell("TPC-B, 1 client", (), 1, True),
+    Cell("TPC-B, 16 clients", (), 16, False),
+    Cell(CONNECT, (), 1, True),
+]
+
+
+@dataclass
+class Target:
+    name: str
+    dsn: str
+    pids: list[int] = field(default_factory=list)  # the proxy processes on this path
+
+
+@dataclass
+class Sample:
+    tps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_tx: float
+
+
+# -- the topologies -----------------------------------------------------------------
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def _alice_cert(topo: Topology) -> tuple[str, str]:
+    """A certificate PostgreSQL accepts for user alice (db_client CA), for the direct
+    and HAProxy paths where pgbench speaks TLS to PostgreSQL itself."""
+    cas = AuthoritySet.load_or_create(topo.cluster.data_dir / "ca", "mwiproxy.local")
+    key = generate_private_key()
+    cert = cas["db_client"].sign_database_user("alice", key.public_key(),
+                                               dt.timedelta(hours=2))
+    return (_write(topo.root / "alice.crt", cert_pem(cert)),
+            _write(topo.root / "alice.key", private_key_pem(key)))
+
+
+HAPROXY_GLOBAL = """global
+  maxconn 4096
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+"""
+
+
+def _haproxy(root: Path, pg_port: int) -> tuple[int, list[subprocess.Popen[bytes]]]:
+    """The two HAProxies; returns the service-host port pgbench connects to."""
+    host_ca, user_ca = create_authority("host", "ha"), create_authority("user", "ha")
+    skey, ckey = generate_private_key(), generate_private_key()
+    server = host_ca.sign_server("localhost", ["localhost", "127.0.0.1"], skey.public_key(),
+                                 dt.timedelta(hours=2))
+    client = user_ca.sign_identity(Identity(user="bot-ha", bot_name="ha"), ckey.public_key(),
+                                   dt.timedelta(hours=2))
+    files = {n: _write(root / f"ha-{n}", data) for n, data in (
+        ("server.pem", cert_pem(server) + private_key_pem(skey)),
+        ("client.pem", cert_pem(client) + private_key_pem(ckey)),
+        ("host-ca.crt", host_ca.cert_pem), ("user-ca.crt", user_ca.cert_pem))}
+    edge, service = free_port(), free_port()
+    configs = {
+        "cluster-side": f"frontend edge\n  bind 127.0.0.1:{edge} ssl crt {files['server.pem']}"
+                        f" ca-file {files['user-ca.crt']} verify required\n"
+                        f"  default_backend pg\nbackend pg\n  server pg 127.0.0.1:{pg_port}\n",
+        "service-host": f"frontend svc\n  bind 127.0.0.1:{service}\n  default_backend up\n"
+                        f"backend up\n  server edge 127.0.0.1:{edge} ssl crt "
+                        f"{files['client.pem']} ca-file {files['host-ca.crt']} verify required"
+                        " sni str(localhost) verifyhost localhost\n",
+    }
+    procs = []
+    for name, body in configs.items():
+        cfg = root / f"haproxy-{name}.cfg"
+        cfg.write_text(HAPROXY_GLOBAL + body)
+        procs.append(subprocess.Popen(["haproxy", "-db", "-f", str(cfg)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return service, procs
+
+
+@contextmanager
+def topology(root: Path, with_ping: bool) -> Iterator[list[Target]]:
+    pg = postgres.PostgresServer(hba=["local all all trust",
+                                      "hostssl all all 127.0.0.1/32 cert"])
+    config = CLUSTER_YAML.replace("{env: dev}", "{{env: dev}}").replace("PGPORT", str(pg.port))
+    cluster = ClusterProcess(root / "data", config=config).start()
+    topo = Topology(root, cluster, pg)
+    haproxies: list[subprocess.Popen[bytes]] = []
+    try:
+        _start_postgres(pg, cluster, root)
+        (root / "role.yaml").write_text(GUIDE_ROLE)
+        cluster.ctl("create", "-f", str(root / "role.yaml"))
+        subprocess.run([PGBENCH, "-i", "-q", "-s", str(SCALE), "-h", str(pg.root), "-p",
+                        str(pg.port), "-U", "alice", "example-db"], check=True,
+                       capture_output=True)
+        out = topo.bot_output("bench", ttl="1h")
+        crt, key = _alice_cert(topo)
+        ha_port, haproxies = _haproxy(root, pg.port)
+        assert cluster.proc is not None
+        yield _targets(topo, out, crt, key, ha_port, haproxies, with_ping)
+    finally:
+        for proc in haproxies:
+            proc.terminate()
+            proc.wait()
+        for lp in topo.proxies:
+            lp.stop()
+        cluster.stop()
+        pg.stop()
+
+
+def _targets(topo: Topology, out: Path, crt: str, key: str, ha_port: int,
+             haproxies: list[subprocess.Popen[bytes]], with_ping: bool) -> list[Target]:
+    assert topo.cluster.proc is not None
+    cluster_pid = topo.cluster.proc.pid
+    tls_to_pg = f"sslmode=require sslcert={crt} sslkey={key}"
+    db = "user=alice dbname=example-db"
+    tunnel = topo.local_proxy(out, tunnel=True)
+    passthrough = topo.local_proxy(out, tunnel=False)
+    targets = [
+        Target("direct TLS", f"host=127.0.0.1 port={topo.pg.port} {db} {tls_to_pg}"),
+        Target("mwiproxy tunnel", f"host=127.0.0.1 port={tunnel.port} {db} sslmode=disable",
+               [tunnel.proc.pid, cluster_pid]),
+        Target("mwiproxy non-tunnel", topo.dsn(passthrough, out).replace(
+            "connect_timeout=10", ""), [passthrough.proc.pid, cluster_pid]),
+        Target("HAProxy topology", f"host=127.0.0.1 port={ha_port} {db} {tls_to_pg}",
+               [p.pid for p in haproxies]),
+    ]
+    if with_ping:
+        ping = topo.local_proxy(out, tunnel=True, extra=("--ping",))
+        targets.append(Target("mwiproxy tunnel -ping",
+                              f"host=127.0.0.1 port={ping.port} {db} sslmode=disable",
+                              [ping.proc.pid, cluster_pid]))
+    return targets
+
+
+# -- measuring ----------------------------------------------------------------------
+
+
+def _cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total
+
+
+def _latencies_ms(logdir: Path) -> list[float]:
+    values = []
+    for log in logdir.glob("pgbench_log*"):
+        for line in log.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3:
+                values.append(int(parts[2]) / 1000)
+    return sorted(values)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def run_connect_cell(target: Target, seconds: int) -> Sample:
+    """Connect, run `select 1`, disconnect, in a loop: pgbench -C leaves the connection
+    time out of its per-transaction latency, so this is timed here."""
+    import psycopg
+
+    times: list[float] = []
+    before = _cpu_ticks(target.pids)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        start = time.monotonic()
+        with psycopg.connect(target.dsn) as conn:
+            conn.execute("select 1").fetchone()
+        times.append((time.monotonic() - start) * 1000)
+    cpu = _cpu_ticks(target.pids) - before
+    times.sort()
+    return Sample(tps=len(times) / seconds, p50_ms=_percentile(times, 0.5),
+                  p99_ms=_percentile(times, 0.99),
+                  cpu_us_per_tx=cpu / CLK_TCK * 1e6 / len(times) if target.pids else 0.0)
+
+
+def run_cell(target: Target, cell: Cell, seconds: int) -> Sample:
+    if cell.name == CONNECT:
+        return run_connect_cell(target, seconds)
+    with tempfile.TemporaryDirectory(prefix="pgbench-") as logdir:
+        cmd = [PGBENCH, "-n", "-T", str(seconds), "-c", str(cell.clients), "-j",
+               str(min(cell.clients, 2)), *cell.args, "-l", "--log-prefix",
+               f"{logdir}/pgbench_log", target.dsn]
+        before = _cpu_ticks(target.pids)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+        cpu = _cpu_ticks(target.pids) - before
+        if res.returncode != 0:
+            raise RuntimeError(f"pgbench failed on {target.name}: {res.stderr[-2000:]}")
+        lat = _latencies_ms(Path(logdir))
+    tx = len(lat)
+    return Sample(tps=tx / seconds, p50_ms=_percentile(lat, 0.5), p99_ms=_percentile(lat, 0.99),
+                  cpu_us_per_tx=cpu / CLK_TCK * 1e6 / tx if tx and target.pids else 0.0)
+
+
+def measure(targets: list[Target], seconds: int, runs: int
+            ) -> dict[tuple[str, str], list[Sample]]:
+    results: dict[tuple[str, str], list[Sample]] = {}
+    for run in range(runs):
+        for cell in CELLS:
+            for target in targets:
+                sample = run_cell(target, cell, seconds)
+                results.setdefault((target.name, cell.name), []).append(sample)
+                print(f"run {run + 1}/{runs} {cell.name:32} {target.name:22} "
+                      f"tps={sample.tps:8.1f} p50={sample.p50_ms:6.3f}ms "
+                      f"p99={sample.p99_ms:6.3f}ms cpu/tx={sample.cpu_us_per_tx:6.1f}us",
+                      flush=True)
+    return results
+
+
+# -- the report ---------------------------------------------------------------------
+
+
+def _median(samples: list[Sample], attr: str) -> float:
+    return statistics.median(getattr(s, attr) for s in samples)
+
+
+def table(results: dict[tuple[str, str], list[Sample]], names: list[str]) -> str:
+    lines = ["| cell | path | TPS | p50 ms | p99 ms | × direct | × HAProxy | "
+             "added p50 ms vs direct | proxy CPU µs/tx |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for cell in CELLS:
+        direct = results[("direct TLS", cell.name)]
+        haproxy = results[("HAProxy topology", cell.name)]
+        for name in names:
+            s = results[(name, cell.name)]
+            metric = "p50_ms" if cell.latency else "tps"
+            ratio_d = _median(s, metric) / _median(direct, metric)
+            ratio_h = _median(s, metric) / _median(haproxy, metric)
+            added = _median(s, "p50_ms") - _median(direct, "p50_ms")
+            lines.append(
+                f"| {cell.name} | {name} | {_median(s, 'tps'):.0f} | {_median(s, 'p50_ms'):.3f}"
+                f" | {_median(s, 'p99_ms'):.3f} | {ratio_d:.2f} | {ratio_h:.2f} | {added:+.3f}"
+                f" | {_median(s, 'cpu_us_per_tx'):.0f} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    def out(*cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True).stdout.strip() or \
+                subprocess.run(cmd, capture_output=True, text=True).stderr.strip()
+        except OSError:
+            return "?"
+    from mwiproxy import _native
+
+    return "\n".join([
+        f"- `uname -a`: {out('uname', '-a')}",
+        f"- nproc: {os.cpu_count()}; Python {platform.python_version()}; "
+        f"native core: {'compiled' if _native.NATIVE else 'pure-Python'}",
+        f"- {out(PGBENCH, '--version')}; {out('haproxy', '-v').splitlines()[0]}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.pgbench_topology", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=8, help="duration of each cell")
+    ap.add_argument("--runs", type=int, default=3, help="repetitions (medians reported)")
+    ap.add_argument("--no-ping", action="store_true", help="skip the `--ping` local proxy")
+    ap.add_argument("--out", default="", help="also write the table (markdown) here")
+    args = ap.parse_args(argv)
+    if not postgres.available():
+        print("PostgreSQL 15 is not installed", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="mwi-pgbench-") as tmp, \
+            topology(Path(tmp), not args.no_ping) as targets:
+        results = measure(targets, args.seconds, args.runs)
+    report = (f"{table(results, [t.name for t in targets])}\n\n{machine()}\n\n"
+              f"Command: `python -m bench.pgbench_topology --seconds {args.seconds} "
+              f"--runs {args.runs}`\n")
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
