@@ -138,6 +138,8 @@ class RoleOptions:
     # Accepted so Teleport roles load; mwiproxy has no use for them yet.
     forward_agent: bool | None = None
     client_idle_timeout: timedelta | None = None
+    # Database sessions end when their certificate expires; `false` here opts out
+    # (see proxy/access.py: any role asking for the cut wins).
     disconnect_expired_cert: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 
 from mwiproxy.auth.errors import AuthError
+from mwiproxy.auth.roles import Role
 from mwiproxy.auth.service import AuthService
 from mwiproxy.identity.certs import DatabaseRoute, Identity
 
@@ -35,6 +36,8 @@ class Refusal(Exception):
 class Grant:
     route: DatabaseRoute
     roles: tuple[str, ...]
+    # cut the session when its certificate expires (roles may opt out, see below)
+    disconnect_at_expiry: bool = True
 
 
 def _check_route(caller: Identity, protocols: Container[str], served: Container[str]
@@ -73,4 +76,11 @@ def authorize(auth: AuthService, caller: Identity | None, *, db_user: str, db_na
         roles = auth.authorize_database(caller, asked)
     except AuthError as e:
         raise Refusal(e.message) from None
-    return Grant(asked, tuple(roles))
+    return Grant(asked, tuple(roles), disconnect_at_expiry(auth.roles_for(list(roles))))
+
+
+def disconnect_at_expiry(roles: list[Role]) -> bool:
+    """Sessions end when their certificate expires unless a role opts out with
+    `options.disconnect_expired_cert: false` and no role of the session asks for it."""
+    settings = [r.options.disconnect_expired_cert for r in roles]
+    return True in settings or False not in settings

@@ -142,7 +142,8 @@ class PostgresFrontend:
             return
         assert conn.caller is not None
         session = Session(conn.caller, grant.route.service, db_user, db_name, conn.remote,
-                          roles=grant.roles)  # cut before the relay: see _run
+                          roles=grant.roles, disconnect_at_expiry=grant.disconnect_at_expiry)
+        # cut before the relay: see _run
         self._sessions.add(session)
         try:
             await self._run(conn, session, startup)

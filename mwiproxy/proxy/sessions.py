@@ -40,6 +40,7 @@ class Session:
     session_id: int = field(default_factory=lambda: next(_ids))
     started: float = field(default_factory=time.time)
     end_reason: str = ""
+    disconnect_at_expiry: bool = True
     _expiry: asyncio.TimerHandle | None = None
 
     def end(self, reason: str, message: str = "") -> None:
@@ -100,7 +101,7 @@ class SessionRegistry:
 
     def _arm_expiry(self, session: Session) -> None:
         expires = session.identity.expires
-        if expires is None:
+        if expires is None or not session.disconnect_at_expiry:
             return
         delay = (expires - dt.datetime.now(dt.UTC)).total_seconds()
         loop = asyncio.get_running_loop()

@@ -59,6 +59,34 @@ def test_session_closes_at_certificate_expiry():
     assert asyncio.run(main()) == [REASON_EXPIRED]
 
 
+def test_roles_may_keep_sessions_past_certificate_expiry():
+    async def main() -> list[str]:
+        reg, cuts = SessionRegistry(), []
+        session = _session(_ident(expires_in=0.1), cuts)
+        session.disconnect_at_expiry = False
+        reg.add(session)
+        await asyncio.sleep(0.3)
+        return cuts
+
+    assert asyncio.run(main()) == []
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ([], True), ([None], True), ([False], False), ([False, None], False),
+    ([False, True], True), ([True], True),
+], ids=["no-roles", "unset", "opt-out", "opt-out-and-unset", "any-true-wins", "true"])
+def test_disconnect_at_expiry_from_role_options(settings, expected):
+    from mwiproxy.auth.roles import Role
+    from mwiproxy.proxy.access import disconnect_at_expiry
+    roles = []
+    for i, v in enumerate(settings):
+        role = Role.from_dict({"kind": "role", "version": "v7", "metadata": {"name": f"r{i}"},
+                               "spec": {"allow": {}}})
+        role.options.disconnect_expired_cert = v
+        roles.append(role)
+    assert disconnect_at_expiry(roles) is expected
+
+
 class FakeAuth:
     def __init__(self, deny: str = "") -> None:
         self.deny = deny
@@ -69,6 +97,9 @@ class FakeAuth:
         if self.deny:
             raise AccessDenied(self.deny)
         return ["example-role"]
+
+    def roles_for(self, names: list[str]) -> list[object]:
+        return []  # no role options: sessions end at certificate expiry
 
 
 def _authorize(caller, auth=None, user="alice", db="example-db"):  # type: ignore[no-untyped-def]
