@@ -20,6 +20,7 @@ import yaml
 from mwiproxy.bot.state import BotStateStore
 from mwiproxy.config.bot import DirectoryDestinationConfig
 from tests._testbase.cluster import ClusterProcess
+from tests._testbase.fixtures import GUIDE_ROLE
 from tests._testbase.ports import free_port
 
 CLUSTER_YAML = """version: v1
@@ -34,17 +35,7 @@ databases:
     static_labels: {{{{env: dev}}}}
 """
 
-ROLE = """kind: role
-version: v6
-metadata:
-  name: example-role
-spec:
-  allow:
-    db_labels:
-      '*': '*'
-    db_names: [example-db]
-    db_users: [alice]
-"""
+ROLE = GUIDE_ROLE
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
