@@ -71,21 +71,27 @@ def bulk_many(port: int, nbytes: int, conns: int) -> float:
 
 def ping_pong(port: int, count: int, size: int = 64, warmup: int = 200) -> list[float]:
     """Round-trip times in microseconds of `count` size-byte messages on one connection."""
-    msg = b"x" * size
-    out = []
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for i in range(warmup + count):
-            t0 = time.perf_counter_ns()
-            s.sendall(msg)
-            got = 0
-            while got < size:
-                part = s.recv(size - got)
-                if not part:
-                    raise ConnectionError("echo closed early")
-                got += len(part)
-            if i >= warmup:
-                out.append((time.perf_counter_ns() - t0) / 1000)
+        return echo_round_trips(s, count, size, warmup)
+
+
+def echo_round_trips(s: socket.socket, count: int, size: int, warmup: int) -> list[float]:
+    """Send size-byte messages to an echo peer one at a time; round trips in µs
+    (after `warmup` unmeasured ones). Shared by the plain and TLS clients."""
+    msg = b"x" * size
+    out = []
+    for i in range(warmup + count):
+        t0 = time.perf_counter_ns()
+        s.sendall(msg)
+        got = 0
+        while got < size:
+            part = s.recv(size - got)
+            if not part:
+                raise ConnectionError("echo closed early")
+            got += len(part)
+        if i >= warmup:
+            out.append((time.perf_counter_ns() - t0) / 1000)
     return out
 
 

@@ -6,7 +6,7 @@ import socket
 import ssl
 import time
 
-from .load import parallel
+from .load import echo_round_trips, parallel
 from .tlspki import SERVER_NAME
 
 
@@ -57,21 +57,8 @@ def bulk_many(port: int, nbytes: int, conns: int, ctx: ssl.SSLContext) -> float:
 
 def ping_pong(port: int, count: int, ctx: ssl.SSLContext, size: int = 64,
               warmup: int = 200) -> list[float]:
-    msg = b"x" * size
-    out = []
     with _connect(port, ctx) as s:
-        for i in range(warmup + count):
-            t0 = time.perf_counter_ns()
-            s.sendall(msg)
-            got = 0
-            while got < size:
-                part = s.recv(size - got)
-                if not part:
-                    raise ConnectionError("echo closed early")
-                got += len(part)
-            if i >= warmup:
-                out.append((time.perf_counter_ns() - t0) / 1000)
-    return out
+        return echo_round_trips(s, count, size, warmup)
 
 
 def new_connections(port: int, count: int, ctx: ssl.SSLContext,

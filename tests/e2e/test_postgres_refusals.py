@@ -76,7 +76,8 @@ def test_lock_cuts_a_live_session_within_a_second(topo):
     assert "access to db denied: bot 'locked' is locked: incident 42" in res.stderr, res.stderr
 
 
-def test_certificate_from_another_cluster(topo, tunnel):
+def _foreign_output(topo, name):  # type: ignore[no-untyped-def]
+    """Bot credentials for the right route, signed by another cluster's user CA."""
     foreign = create_authority("user", "mwiproxy.local")
     key = generate_private_key()
     ident = Identity(user="bot-example", roles=("example-role",), bot_name="example",
@@ -84,7 +85,11 @@ def test_certificate_from_another_cluster(topo, tunnel):
     cert = foreign.sign_identity(ident, key.public_key(), dt.timedelta(minutes=5))
     cas = {"host": topo.host_ca.decode(), "user": foreign.cert_pem.decode(),
            "db": foreign.cert_pem.decode()}
-    out = topo.write_output("foreign", private_key_pem(key), cert_pem(cert), cas)
+    return topo.write_output(name, private_key_pem(key), cert_pem(cert), cas)
+
+
+def test_certificate_from_another_cluster(topo, tunnel):
+    out = _foreign_output(topo, "foreign")
     lp = topo.local_proxy(out, tunnel=True)
     res = topo.psql(topo.dsn(lp), "select 1")
     assert "the cluster proxy refused the connection" in res.stderr, res.stderr
@@ -136,14 +141,7 @@ def test_a_certificate_expired_at_connect_is_refused_in_both_modes(topo, tunnel)
 
 
 def test_certificate_from_another_cluster_in_non_tunnel_mode(topo, passthrough, tunnel):
-    foreign = create_authority("user", "mwiproxy.local")
-    key = generate_private_key()
-    ident = Identity(user="bot-example", roles=("example-role",), bot_name="example",
-                     route=DatabaseRoute(SERVICE, "postgres", "alice", "example-db"))
-    cert = foreign.sign_identity(ident, key.public_key(), dt.timedelta(minutes=5))
-    cas = {"host": topo.host_ca.decode(), "user": foreign.cert_pem.decode(),
-           "db": foreign.cert_pem.decode()}
-    out = topo.write_output("foreign-inner", private_key_pem(key), cert_pem(cert), cas)
+    out = _foreign_output(topo, "foreign-inner")
     res = topo.psql(topo.dsn(passthrough, out), "select 1")
     assert res.returncode != 0 and "SSL" in res.stderr, res.stderr
     denied = topo.audit("db.access.denied")
