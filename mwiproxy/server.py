@@ -17,14 +17,16 @@ import signal
 import ssl
 from pathlib import Path
 
+from mwiproxy import _native
 from mwiproxy.auth.api import serve_connection
 from mwiproxy.auth.client import split_addr
 from mwiproxy.auth.service import AuthService
 from mwiproxy.auth.storage.base import LockRecord
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
 from mwiproxy.config.cluster import ClusterConfig
+from mwiproxy.engines.base import LocalSigner
 from mwiproxy.engines.postgres import PROTOCOLS as POSTGRES_PROTOCOLS
-from mwiproxy.engines.postgres import PostgresEngine
+from mwiproxy.engines.postgres import Engine, PostgresEngine
 from mwiproxy.identity import oids
 from mwiproxy.identity.authorities import (
     AuthoritySet,
@@ -35,16 +37,20 @@ from mwiproxy.identity.authorities import (
 )
 from mwiproxy.identity.certs import Identity
 from mwiproxy.identity.identityfile import IdentityFile
+from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import ProxyListener, ServerTLS
 from mwiproxy.proxy.pingbridge import framed
 from mwiproxy.proxy.postgres import PostgresFrontend
 from mwiproxy.proxy.sessions import SessionRegistry
-from mwiproxy.wire import alpn
+from mwiproxy.wire import agentlink, alpn
 
 log = logging.getLogger("mwiproxy")
 
 ADMIN_IDENTITY_TTL = dt.timedelta(days=30)
 PROXY_CERT_TTL = dt.timedelta(days=30)
+# the proxy's client identity towards database agents: short, re-signed as it nears expiry
+LINK_CERT_TTL = dt.timedelta(hours=12)
+LINK_CERT_RENEW_BEFORE = dt.timedelta(hours=1)
 ADMIN_IDENTITY = "admin/identity"
 CLUSTER_INFO = "cluster.json"
 
@@ -72,17 +78,21 @@ class Cluster:
         self.listener.route(alpn.AUTH, self._serve_auth)
         self.sessions = SessionRegistry()
         self._inner_ctx: ssl.SSLContext | None = None
+        self._link_ctx: tuple[_native.TLSContext, dt.datetime] | None = None
         self._route_databases()
 
     def _route_databases(self) -> None:
-        engines = {db.name: PostgresEngine(db, self.cas) for db in self.config.databases
-                   if db.protocol in POSTGRES_PROTOCOLS}
+        signer = LocalSigner(self.cas)
+        engines: dict[str, Engine] = {
+            db.name: PostgresEngine(db, signer) for db in self.config.databases
+            if db.protocol in POSTGRES_PROTOCOLS}
         for db in self.config.databases:
             if db.name not in engines:
                 log.warning("database %r: no %s engine yet; it is listed but not served",
                             db.name, db.protocol)
+        directory = EngineDirectory(engines, self.auth, self._link_context, POSTGRES_PROTOCOLS)
         interval = self.config.proxy.ping_interval.total_seconds()
-        frontend = PostgresFrontend(self.auth, engines, self.sessions, self._inner_context,
+        frontend = PostgresFrontend(self.auth, directory, self.sessions, self._inner_context,
                                     ping_interval=interval)
         self.listener.route_tls(alpn.POSTGRES, frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve))
@@ -92,6 +102,21 @@ class Cluster:
         if self._inner_ctx is None:
             self._inner_ctx = self._tls_context().ssl_context([])
         return self._inner_ctx
+
+    def _link_context(self) -> _native.TLSContext:
+        """The proxy's client TLS towards database agents: a user-CA identity with usage
+        `mwi:proxy`; agents must show a certificate from the agent CA."""
+        now = dt.datetime.now(dt.UTC)
+        if self._link_ctx is None or now >= self._link_ctx[1]:
+            key = generate_private_key()
+            ident = Identity(user=f"proxy.{self.config.cluster_name}", roles=("Proxy",),
+                             usage=(oids.USAGE_PROXY,), cluster=self.config.cluster_name)
+            cert = self.cas["user"].sign_identity(ident, key.public_key(), LINK_CERT_TTL)
+            ctx = _native.TLSContext(False, cert_pem(cert), private_key_pem(key),
+                                     self.cas["agent"].cert_pem, verify=_native.VERIFY_REQUIRED,
+                                     alpn=[agentlink.ALPN])
+            self._link_ctx = (ctx, cert.not_valid_after_utc - LINK_CERT_RENEW_BEFORE)
+        return self._link_ctx[0]
 
     def _check_cluster_name(self) -> None:
         stored = self.storage.get_meta("cluster_name")

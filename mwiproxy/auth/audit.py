@@ -34,6 +34,12 @@ ACCESS_DENIED = "db.access.denied"
 SESSION_START = "db.session.start"
 SESSION_END = "db.session.end"
 AUTH_DENIED = "auth.denied"
+AGENT_JOIN = "agent.join"
+AGENT_JOIN_FAILED = "agent.join.failed"
+AGENT_RENEW = "agent.renew"
+AGENT_REGISTER = "agent.register"
+AGENT_GOODBYE = "agent.goodbye"
+AGENT_LOST = "agent.lost"
 
 
 class AuditLog:

@@ -136,6 +136,10 @@ class BotService:
         except TokenUnusable as e:
             self._audit.emit(audit.BOT_JOIN_FAILED, reason=str(e), remote=remote)
             raise AccessDenied(f"join refused: {e}") from None
+        if tok.kind != "bot":
+            self._audit.emit(audit.BOT_JOIN_FAILED, reason=f"a {tok.kind!r} token",
+                             remote=remote)
+            raise AccessDenied("join refused: a bot needs a --type=bot token")
         bot = self._storage.get_bot(tok.bot_name)
         if bot is None:
             raise AccessDenied("join refused: the token's bot no longer exists")

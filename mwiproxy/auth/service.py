@@ -15,6 +15,14 @@ from typing import Any
 
 import mwiproxy
 from mwiproxy.auth import audit
+from mwiproxy.auth.agents import (
+    DEFAULT_AGENT_TTL,
+    DEFAULT_DB_CLIENT_TTL,
+    AgentCerts,
+    AgentRecord,
+    AgentService,
+    token_kind,
+)
 from mwiproxy.auth.bots import BotService, bot_user
 from mwiproxy.auth.errors import AccessDenied, AlreadyExists, AuthError, BadRequest, NotFound
 from mwiproxy.auth.locks import LockService, describe
@@ -82,6 +90,8 @@ class AuthService:
         self.audit = audit.AuditLog(storage, clock)
         self.locks = LockService(storage, self.audit, clock)
         self.bots = BotService(storage, cas, self.locks, self.audit, cluster, clock)
+        self.agents = AgentService(storage, cas, self.locks, self.audit, cluster, clock,
+                                   static_databases=lambda: self.databases.keys())
 
     # dispatch
     def call(self, method: str, caller: Caller, params: dict[str, Any], remote: str = "") -> Any:
@@ -104,6 +114,8 @@ class AuthService:
             self._deny(method, req, "this needs the cluster admin identity")
         if who == "bot" and not (c and c.is_bot):
             self._deny(method, req, "this needs a bot identity")
+        if who == "agent" and not (c and oids.USAGE_AGENT in c.usage):
+            self._deny(method, req, "this needs a database agent identity")
         if who == "identity" and c is None:
             self._deny(method, req, "this needs a client certificate")
 
@@ -125,10 +137,14 @@ class AuthService:
         return {k: self.cas[k].cert_pem.decode() for k in ("host", "user", "db", "db_client")}
 
     def database(self, name: str) -> DatabaseConfig:
+        """The cluster's own database of that name, else the first live agent's."""
         db = self.databases.get(name)
-        if db is None:
-            raise NotFound(f"database service {name!r} is not served by cluster {self.cluster!r}")
-        return db
+        if db is not None:
+            return db
+        served = self.agents.servers_for(name)
+        if served:
+            return served[0][1]
+        raise NotFound(f"database service {name!r} is not served by cluster {self.cluster!r}")
 
     def authorize_database(self, caller: Identity, route: DatabaseRoute) -> list[str]:
         """RBAC + locks for a bot using a database; returns the roles that were checked."""
@@ -162,6 +178,11 @@ def _get_cas(s: AuthService, r: Request) -> Any:
 
 def _join(s: AuthService, r: Request) -> Any:
     key = _public_key(r)
+    kind = token_kind(s.storage, r.text("token"))
+    if kind not in (None, "bot"):  # refused before use: the agent's token stays good
+        why = f"this is a {kind!r} join token; a bot needs a --type=bot token"
+        s.audit.emit(audit.BOT_JOIN_FAILED, reason=why, remote=r.remote)
+        raise AccessDenied(f"join refused: {why}")
     ident, pem = s.bots.join(r.text("token"), key, r.duration("ttl", DEFAULT_BOT_TTL), r.remote)
     return {"cert": pem.decode(), "cas": s.ca_bundle(), "bot": ident.bot_name}
 
@@ -278,12 +299,16 @@ def _bots_rm(s: AuthService, r: Request) -> Any:
 
 
 def _tokens_add(s: AuthService, r: Request) -> Any:
-    if r.text("type", "bot") != "bot":
-        raise BadRequest("only --type=bot tokens are supported")
+    kind = r.text("type", "bot")
     ttl = r.duration("ttl", dt.timedelta(hours=1)).total_seconds()
-    tok = s.bots.add_token(r.text("bot_name"), ttl=ttl, by=r.who)
+    if kind == "bot":
+        tok = s.bots.add_token(r.text("bot_name"), ttl=ttl, by=r.who)
+    elif kind == "db":
+        tok = s.agents.add_token(ttl=ttl, by=r.who)
+    else:
+        raise BadRequest(f"token type {kind!r}: use bot or db")
     return {"token": tok.secret, "id": tok.record.token_id[:12], "expires": tok.record.expires,
-            "bot_name": tok.record.bot_name}
+            "bot_name": tok.record.bot_name, "type": tok.record.kind}
 
 
 def _tokens_ls(s: AuthService, r: Request) -> Any:
@@ -345,12 +370,20 @@ def _visible(s: AuthService, caller: Identity, labels: dict[str, str]) -> bool:
 
 def _db_ls(s: AuthService, r: Request) -> Any:
     assert r.caller is not None
-    out = []
+    served: dict[str, tuple[DatabaseConfig, list[str]]] = {}
     for db in s.databases.values():
+        served[db.name] = (db, [])
+    for agent, db in ((a, d) for a in s.agents.live() for d in a.databases):
+        if db.name in s.databases:
+            continue  # the cluster's own config wins (heartbeats are refused such names)
+        served.setdefault(db.name, (db, []))[1].append(agent.display_name)
+    out = []
+    for db, agents in served.values():
         if not _visible(s, r.caller, dict(db.static_labels)):
             continue
         out.append({"name": db.name, "protocol": db.protocol, "uri": db.uri,
-                    "labels": dict(db.static_labels), "description": db.description})
+                    "labels": dict(db.static_labels), "description": db.description,
+                    "agents": agents})
     return out
 
 
@@ -371,7 +404,66 @@ def _sign_db_server(s: AuthService, r: Request) -> Any:
 
 def _status(s: AuthService, r: Request) -> Any:
     return {**_ping(s, r), "bots": len(s.bots.list_bots()), "roles": len(s.storage.list_roles()),
-            "databases": len(s.databases), "locks": len(s.locks.active())}
+            "databases": len(s.databases), "locks": len(s.locks.active()),
+            "agents": len(s.agents.live())}
+
+
+# ---- database agents ------------------------------------------------------------------
+
+def _agent_certs(s: AuthService, c: AgentCerts) -> dict[str, Any]:
+    return {"host_id": c.host_id, "cert": c.cert_pem.decode(),
+            "server_cert": c.server_cert_pem.decode(), "cas": s.ca_bundle(),
+            "expires": c.expires}
+
+
+def _agent_hosts(r: Request) -> list[str]:
+    return r.strings("hosts") if r.params.get("hosts") else ["localhost", "127.0.0.1"]
+
+
+def _agent_join(s: AuthService, r: Request) -> Any:
+    certs = s.agents.join(r.text("token"), _public_key(r), hosts=_agent_hosts(r),
+                          hostname=r.text("hostname", ""),
+                          ttl=r.duration("ttl", DEFAULT_AGENT_TTL), remote=r.remote)
+    return _agent_certs(s, certs)
+
+
+def _agent_renew(s: AuthService, r: Request) -> Any:
+    assert r.caller is not None
+    certs = s.agents.renew(r.caller, _public_key(r), hosts=_agent_hosts(r),
+                           ttl=r.duration("ttl", DEFAULT_AGENT_TTL), remote=r.remote)
+    return _agent_certs(s, certs)
+
+
+def _agent_heartbeat(s: AuthService, r: Request) -> Any:
+    assert r.caller is not None
+    dbs = r.params.get("databases") or []
+    if not isinstance(dbs, list):
+        raise BadRequest("parameter 'databases' must be a list")
+    return s.agents.heartbeat(r.caller, addr=r.text("addr"), hostname=r.text("hostname", ""),
+                              databases=dbs, ttl=r.params.get("ttl") or 0)
+
+
+def _agent_goodbye(s: AuthService, r: Request) -> Any:
+    assert r.caller is not None
+    s.agents.goodbye(r.caller)
+    return {"ok": True}
+
+
+def _agent_sign_db_client(s: AuthService, r: Request) -> Any:
+    assert r.caller is not None
+    pem = s.agents.sign_db_client(r.caller, r.text("db_user"), _public_key(r),
+                                  r.duration("ttl", DEFAULT_DB_CLIENT_TTL))
+    return {"cert": pem.decode(), "db_ca": s.cas["db"].cert_pem.decode()}
+
+
+def _agent_dict(a: AgentRecord) -> dict[str, Any]:
+    return {"host_id": a.host_id, "hostname": a.hostname, "addr": a.addr,
+            "databases": [d.name for d in a.databases], "expires": a.expires,
+            "last_heartbeat": a.last_heartbeat}
+
+
+def _agents_ls(s: AuthService, r: Request) -> Any:
+    return [_agent_dict(a) for a in s.agents.live()]
 
 
 _METHODS: dict[str, tuple[str, Callable[[AuthService, Request], Any]]] = {
@@ -398,4 +490,10 @@ _METHODS: dict[str, tuple[str, Callable[[AuthService, Request], Any]]] = {
     "audit": ("admin", _audit),
     "db_ls": ("identity", _db_ls),
     "sign_db_server": ("admin", _sign_db_server),
+    "agent_join": ("anyone", _agent_join),
+    "agent_renew": ("agent", _agent_renew),
+    "agent_heartbeat": ("agent", _agent_heartbeat),
+    "agent_goodbye": ("agent", _agent_goodbye),
+    "agent_sign_db_client": ("agent", _agent_sign_db_client),
+    "agents_ls": ("admin", _agents_ls),
 }

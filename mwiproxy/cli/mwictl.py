@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("create", help="create resources (roles) from a YAML file")
     c.add_argument("-f", "--filename", required=True)
     c.add_argument("--force", action="store_true", help="replace existing resources")
-    g = sub.add_parser("get", help="show resources: roles, role/NAME, bots, tokens, db")
+    g = sub.add_parser("get", help="show resources: roles, role/NAME, bots, tokens, db, agents")
     g.add_argument("resource")
     g.add_argument("--format", choices=["text", "yaml", "json"], default="yaml")
     r = sub.add_parser("rm", help="remove a resource: role/NAME")
@@ -52,15 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     brm.add_argument("name")
 
     tok = sub.add_parser("tokens", help="join tokens").add_subparsers(dest="sub", required=True)
-    ta = tok.add_parser("add", help="add a join token")
-    ta.add_argument("--type", default="bot", choices=["bot"])
-    ta.add_argument("--bot-name", required=True)
+    ta = tok.add_parser("add", help="add a join token (a bot's, or a database agent's)")
+    ta.add_argument("--type", default="bot", choices=["bot", "db"])
+    ta.add_argument("--bot-name", help="the bot the token is for (needed for --type=bot)")
     ta.add_argument("--ttl", default="1h")
     ta.add_argument("--format", choices=["text", "json"], default="text")
     tls_ = tok.add_parser("ls", help="list join tokens")
     tls_.add_argument("--format", choices=["text", "json"], default="text")
     trm = tok.add_parser("rm", help="remove a join token (the token or its ID)")
     trm.add_argument("token")
+
+    agents = sub.add_parser("agents", help="database agents").add_subparsers(
+        dest="sub", required=True)
+    als = agents.add_parser("ls", help="list live database agents")
+    als.add_argument("--format", choices=["text", "json"], default="text")
 
     lk = sub.add_parser("lock", help="lock a bot, role or user")
     target = lk.add_mutually_exclusive_group(required=True)

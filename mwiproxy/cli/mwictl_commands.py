@@ -58,7 +58,7 @@ def cmd_status(c: AuthClient, a: argparse.Namespace) -> int:
     print(f"Cluster    {s['cluster_name']}\nVersion    {s['version']}\n"
           f"CA pin     {s['host_ca_pin']}\nProxy      {s['public_addr']}\n"
           f"Bots       {s['bots']}\nRoles      {s['roles']}\nDatabases  {s['databases']}\n"
-          f"Locks      {s['locks']}")
+          f"Locks      {s['locks']}\nAgents     {s.get('agents', 0)}")
     return 0
 
 
@@ -82,8 +82,11 @@ def cmd_get(c: AuthClient, a: argparse.Namespace) -> int:
         _dump(c.call("tokens_ls"), a.format)
     elif res in ("db", "dbs", "databases"):
         _dump(c.call("db_ls"), a.format)
+    elif res in ("agents", "agent"):
+        _dump(c.call("agents_ls"), a.format)
     else:
-        raise ValueError(f"unknown resource {res!r}: use roles, role/NAME, bots, tokens or db")
+        raise ValueError(f"unknown resource {res!r}: use roles, role/NAME, bots, tokens, db "
+                         "or agents")
     return 0
 
 
@@ -102,8 +105,9 @@ def cmd_db(c: AuthClient, a: argparse.Namespace) -> int:
         _dump(dbs, "json")
         return 0
     rows = [(d["name"], d["protocol"], d["uri"],
-             ",".join(f"{k}={v}" for k, v in sorted(d["labels"].items()))) for d in dbs]
-    print(table(["Name", "Protocol", "URI", "Labels"], rows))
+             ",".join(f"{k}={v}" for k, v in sorted(d["labels"].items())),
+             ",".join(d.get("agents", []))) for d in dbs]
+    print(table(["Name", "Protocol", "URI", "Labels", "Agent"], rows))
     return 0
 
 
@@ -140,12 +144,19 @@ def cmd_bots(c: AuthClient, a: argparse.Namespace) -> int:
 
 def cmd_tokens(c: AuthClient, a: argparse.Namespace) -> int:
     if a.sub == "add":
-        res = c.call("tokens_add", type=a.type, bot_name=a.bot_name, ttl=a.ttl)
+        if a.type == "bot" and not a.bot_name:
+            raise ValueError("--bot-name is needed for --type=bot")
+        res = c.call("tokens_add", type=a.type, bot_name=a.bot_name or "", ttl=a.ttl)
         if a.format == "json":
             _dump(res, "json")
-        else:
-            print(f"The invite token: {res['token']}\nID: {res['id']}\n"
-                  f"This token will expire at {_when(res['expires'])}.")
+            return 0
+        print(f"The invite token: {res['token']}\nID: {res['id']}\n"
+              f"This token will expire at {_when(res['expires'])}.")
+        if a.type == "db":
+            ping = c.call("ping")
+            print("\nRun this on the new database agent node:\n"
+                  f"> mwiproxy start --roles=db --auth-server={ping['public_addr']} "
+                  f"--token={res['token']} --ca-pin={ping['host_ca_pin']} -c db.yaml")
     elif a.sub == "ls":
         toks = c.call("tokens_ls")
         if a.format == "json":
@@ -158,6 +169,18 @@ def cmd_tokens(c: AuthClient, a: argparse.Namespace) -> int:
     elif a.sub == "rm":
         c.call("tokens_rm", token=a.token)
         print("Token has been deleted")
+    return 0
+
+
+def cmd_agents(c: AuthClient, a: argparse.Namespace) -> int:
+    agents = c.call("agents_ls")
+    if a.format == "json":
+        _dump(agents, "json")
+    else:
+        print(table(["Host ID", "Hostname", "Address", "Databases", "Last heartbeat",
+                     "Expires"],
+                    [(ag["host_id"], ag["hostname"], ag["addr"], ",".join(ag["databases"]),
+                      _when(ag["last_heartbeat"]), _when(ag["expires"])) for ag in agents]))
     return 0
 
 
@@ -238,7 +261,7 @@ def cmd_auth(c: AuthClient, a: argparse.Namespace) -> int:
 
 COMMANDS = {"status": cmd_status, "create": cmd_create, "get": cmd_get, "rm": cmd_rm,
             "db": cmd_db, "bots": cmd_bots, "tokens": cmd_tokens, "lock": cmd_lock,
-            "locks": cmd_locks, "audit": cmd_audit, "auth": cmd_auth}
+            "locks": cmd_locks, "audit": cmd_audit, "auth": cmd_auth, "agents": cmd_agents}
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from mwiproxy.config.loader import ConfigError, decode, load_yaml_file, node_lin
 
 __all__ = [
     "ClusterConfig",
+    "DBServiceConfig",
     "DatabaseConfig",
     "DatabaseTLS",
     "LogConfig",
@@ -172,6 +173,47 @@ class DatabaseConfig:
         return split_host_port(self.uri, min_port=1)
 
 
+_CA_PIN = re.compile(r"^sha256:[0-9a-f]{64}$")
+DEFAULT_AGENT_ADDR = "127.0.0.1:3081"
+
+
+@dataclass
+class DBServiceConfig:
+    """A database agent (`mwiproxy start --roles=db`): how it joins the cluster, where
+    proxies reach it, and how long its registration lives without a heartbeat."""
+
+    auth_server: str = ""  # the cluster proxy's address (the auth API is on that port)
+    token: str = ""  # a `db` join token (`mwictl tokens add --type=db`), or /path/to/file
+    ca_pins: list[str] = field(default_factory=list)  # `mwictl status` prints the pin
+    listen_addr: str = DEFAULT_AGENT_ADDR  # mutual TLS; proxies dial it
+    public_addr: str = ""  # what proxies are told to dial; defaults to listen_addr
+    hosts: list[str] = field(default_factory=list)  # extra names in the agent's certificate
+    heartbeat_ttl: timedelta = timedelta(seconds=60)
+
+    def validate(self) -> None:
+        if self.auth_server:
+            _check_addr(self.auth_server, "auth_server")
+        _check_addr(self.listen_addr, "listen_addr")
+        if self.public_addr:
+            _check_addr(self.public_addr, "public_addr", min_port=1)
+        for i, pin in enumerate(self.ca_pins):
+            if not _CA_PIN.match(pin):
+                raise ConfigError("expected sha256:<64 hex digits>", key=f"ca_pins[{i}]")
+        if not timedelta(seconds=3) <= self.heartbeat_ttl <= timedelta(minutes=10):
+            raise ConfigError("must be between 3s and 10m", key="heartbeat_ttl")
+
+    def resolve_token(self) -> str:
+        """The join token: the value, or the content of the file when it is a path."""
+        if not self.token.startswith("/"):
+            return self.token
+        try:
+            with open(self.token, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read token file {self.token}: {e.strerror}",
+                              key="db_service.token") from e
+
+
 @dataclass
 class ClusterConfig:
     version: Literal["v1"] = "v1"
@@ -181,6 +223,7 @@ class ClusterConfig:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     log: LogConfig = field(default_factory=LogConfig)
     databases: list[DatabaseConfig] = field(default_factory=list)
+    db_service: DBServiceConfig = field(default_factory=DBServiceConfig)
 
     def __post_init__(self) -> None:
         self.data_dir = os.path.expanduser(self.data_dir)

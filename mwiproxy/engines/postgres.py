@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from typing import Protocol
 
 from mwiproxy import _native
 from mwiproxy.config.cluster import DatabaseConfig
 from mwiproxy.engines.base import (
     CONNECT_TIMEOUT,
+    ClientCertSigner,
     UpstreamError,
     UpstreamTLS,
     check_server_name,
 )
-from mwiproxy.identity.authorities import AuthoritySet
+from mwiproxy.identity.certs import Identity
 from mwiproxy.relay.streams import BufferedReader, ByteStream, dial_tcp
 from mwiproxy.wire import postgres as pg
 
@@ -41,16 +43,27 @@ class Upstream:
     cancel_key: pg.CancelKey | None
 
 
+class Engine(Protocol):
+    """What the PostgreSQL front end needs of an engine: in-process (`PostgresEngine`)
+    or in a separate agent (`engines/remote.py`)."""
+
+    name: str
+
+    async def start(self, startup: bytes, db_user: str, client: ByteStream, *,
+                    caller: Identity, db_name: str = "", remote: str = "",
+                    session_id: int = 0) -> Upstream: ...
+
+    async def cancel(self, key: pg.CancelKey, db_user: str, *, caller: Identity) -> None: ...
+
+
 class PostgresEngine:
-    def __init__(self, db: DatabaseConfig, cas: AuthoritySet) -> None:
+    def __init__(self, db: DatabaseConfig, signer: ClientCertSigner) -> None:
         if db.protocol not in PROTOCOLS:
             raise ValueError(f"database {db.name!r} speaks {db.protocol}, not PostgreSQL")
         self.db = db
-        self.tls = UpstreamTLS(db, cas)
+        self.tls = UpstreamTLS(db, signer)
 
-    @property
-    def name(self) -> str:
-        return self.db.name
+        self.name = db.name
 
     async def connect(self, db_user: str) -> _native.TLSStream:
         """A TLS connection to the database, authenticated as db_user, before startup."""
@@ -79,7 +92,12 @@ class PostgresEngine:
             sock.close()
             raise
         name = self.tls.server_hostname
-        stream = _native.TLSStream(loop, self.tls.context_for(db_user), sock.detach(),
+        try:
+            ctx = await self.tls.context_for(db_user)
+        except BaseException:
+            sock.close()
+            raise
+        stream = _native.TLSStream(loop, ctx, sock.detach(),
                                    server_hostname=name)
         try:
             await stream.handshake()
@@ -90,9 +108,12 @@ class PostgresEngine:
             raise
         return stream
 
-    async def start(self, startup: bytes, db_user: str, client: ByteStream) -> Upstream:
+    async def start(self, startup: bytes, db_user: str, client: ByteStream, *,
+                    caller: Identity | None = None, db_name: str = "", remote: str = "",
+                    session_id: int = 0) -> Upstream:
         """Sign in with the client's startup message; the server's answer up to and
-        including ReadyForQuery goes to `client`."""
+        including ReadyForQuery goes to `client`. (The session details are for engines
+        that pass the session on; this one signs in as db_user and needs nothing else.)"""
         stream = await self.connect(db_user)
         try:
             await stream.write(startup)
@@ -122,7 +143,8 @@ class PostgresEngine:
                 await client.write(bytes(batch + reader.leftover()))
                 return key
 
-    async def cancel(self, key: pg.CancelKey, db_user: str) -> None:
+    async def cancel(self, key: pg.CancelKey, db_user: str, *,
+                     caller: Identity | None = None) -> None:
         """Forward a CancelRequest over TLS; the server answers by closing."""
         stream = await self.connect(db_user)
         try:

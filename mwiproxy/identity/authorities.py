@@ -24,7 +24,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mwiproxy.identity.certs import Identity, subject_for
 
-CA_KINDS = ("host", "user", "db", "db_client")
+# agent: signs database agents' server certificates, trusted only by the cluster proxy
+CA_KINDS = ("host", "user", "db", "db_client", "agent")
 CA_LIFETIME = dt.timedelta(days=3650)
 # Certificates start a little in the past so peers with a slightly slow clock accept them.
 BACKDATE = dt.timedelta(minutes=1)
@@ -219,7 +220,8 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 class AuthoritySet:
-    """The four CAs of a cluster, kept under <data_dir>/ca (dir 0700, keys 0600)."""
+    """The five CAs of a cluster, kept under <data_dir>/ca (dir 0700, keys 0600); a kind
+    missing from an older data dir is created on start."""
 
     def __init__(self, cas: dict[str, CertAuthority]) -> None:
         self._cas = cas

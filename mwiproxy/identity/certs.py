@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from mwiproxy.identity import oids
@@ -36,6 +37,8 @@ class Identity:
     cluster: str = ""
     expires: datetime | None = None
     serial: int = 0
+    # the certificate it was read from (DER), so it can be shown to a database agent
+    cert_der: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def is_admin(self) -> bool:
@@ -115,4 +118,5 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
         cluster=str(issuer_org[0].value) if issuer_org else "",
         expires=cert.not_valid_after_utc,
         serial=cert.serial_number,
+        cert_der=cert.public_bytes(Encoding.DER),
     )

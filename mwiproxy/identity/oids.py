@@ -29,4 +29,6 @@ BOT_INSTANCE_ID = ObjectIdentifier("1.3.9999.2.20")
 # Usage values carried in OU.
 USAGE_ADMIN = "mwi:admin"
 USAGE_BOT = "mwi:bot"
+USAGE_AGENT = "mwi:agent"  # a database agent (`mwiproxy start --roles=db`)
+USAGE_PROXY = "mwi:proxy"  # a cluster proxy dialing agents
 USAGE_DATABASE = "usage:db"

@@ -26,9 +26,10 @@ from cryptography import x509
 from mwiproxy.auth import audit
 from mwiproxy.auth.service import AuthService
 from mwiproxy.engines.base import UpstreamError
-from mwiproxy.engines.postgres import PROTOCOLS, PostgresEngine, Upstream, UpstreamRefused
+from mwiproxy.engines.postgres import PROTOCOLS, Upstream, UpstreamRefused
 from mwiproxy.identity.certs import Identity, identity_from_certificate
 from mwiproxy.proxy.access import Refusal, authorize
+from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.sessions import Session, SessionRegistry
 from mwiproxy.relay.pipe import Pipe
 from mwiproxy.relay.streams import BufferedReader, ByteStream, MemoryTLSStream
@@ -53,7 +54,7 @@ _ENDED = (pg.ProtocolError, ssl.SSLError, OSError, TimeoutError, asyncio.Incompl
 
 
 class PostgresFrontend:
-    def __init__(self, auth: AuthService, engines: Mapping[str, PostgresEngine],
+    def __init__(self, auth: AuthService, engines: EngineDirectory,
                  sessions: SessionRegistry, inner_tls: Callable[[], ssl.SSLContext],
                  ping_interval: float | None = None) -> None:
         self._auth = auth
@@ -151,10 +152,16 @@ class PostgresFrontend:
             self._sessions.remove(session)
 
     async def _run(self, conn: _Conn, session: Session, startup: bytes) -> None:
-        engine = self._engines[session.service]
+        engine = self._engines.get(session.service)
         started = time.monotonic()
         try:
-            upstream = await engine.start(startup, session.db_user, conn.stream)
+            if engine is None:  # its agent went away since the check
+                raise UpstreamError(f"database service {session.service!r} is no longer "
+                                    "served")
+            upstream = await engine.start(
+                startup, session.db_user, conn.stream, caller=session.identity,
+                db_name=session.db_name, remote=session.remote,
+                session_id=session.session_id)
         except (UpstreamError, UpstreamRefused) as e:
             self._audit_start(session, error=str(e))
             if isinstance(e, UpstreamError):
@@ -198,8 +205,11 @@ class PostgresFrontend:
         if conn.caller is None or session is None or not _same_owner(session, conn.caller):
             log.info("CancelRequest from %s matches no session of its identity", conn.remote)
             return
+        engine = self._engines.get(session.service)
         try:
-            await self._engines[session.service].cancel(key, session.db_user)
+            if engine is None:
+                raise UpstreamError(f"database service {session.service!r} is no longer served")
+            await engine.cancel(key, session.db_user, caller=conn.caller)
         except UpstreamError as e:
             log.info("cancel for session %d failed: %s", session.session_id, e)
             return

@@ -28,7 +28,7 @@ def encode(message: dict[str, Any]) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
-def _decode(body: bytes) -> dict[str, Any]:
+def decode_body(body: bytes) -> dict[str, Any]:
     try:
         msg = json.loads(body)
     except ValueError as e:
@@ -38,7 +38,7 @@ def _decode(body: bytes) -> dict[str, Any]:
     return msg
 
 
-def _length(header: bytes) -> int:
+def frame_length(header: bytes) -> int:
     (n,) = _LEN.unpack(header)
     if n > MAX_FRAME:
         raise FrameError(f"frame of {n} bytes exceeds {MAX_FRAME}")
@@ -54,7 +54,7 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
             raise FrameError("stream ended inside a frame header") from None
         return None
     try:
-        return _decode(await reader.readexactly(_length(header)))
+        return decode_body(await reader.readexactly(frame_length(header)))
     except asyncio.IncompleteReadError:
         raise FrameError("stream ended inside a frame") from None
 
@@ -70,4 +70,4 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def recv_frame(sock: socket.socket) -> dict[str, Any]:
-    return _decode(_recv_exact(sock, _length(_recv_exact(sock, 4))))
+    return decode_body(_recv_exact(sock, frame_length(_recv_exact(sock, 4))))

@@ -74,7 +74,7 @@ class Topology:
         return str(json.loads(tok)["token"])
 
     def bot_output(self, bot: str, *, username: str = "alice", database: str = "example-db",
-                   ttl: str = "10m") -> Path:
+                   ttl: str = "10m", service: str = SERVICE) -> Path:
         """Join `bot` and write a database output for it, as `mwibot start` would."""
         key = generate_private_key()
         pub = public_key_pem(key.public_key()).decode()
@@ -84,7 +84,7 @@ class Topology:
                         cert_pem=joined["cert"].encode(), key_pem=private_key_pem(key)) as c:
             db_key = generate_private_key()
             got = c.call("issue_database_cert", public_key=public_key_pem(
-                db_key.public_key()).decode(), service=SERVICE, database=database,
+                db_key.public_key()).decode(), service=service, database=database,
                 username=username, ttl=ttl)
         return self.write_output(bot, private_key_pem(db_key), got["cert"].encode(),
                                  got["cas"])
@@ -98,13 +98,13 @@ class Topology:
         return out
 
     def local_proxy(self, out: Path, *, tunnel: bool, check: bool = True, listen: str = "",
-                    extra: tuple[str, ...] = ()) -> LocalProxyProcess:
+                    extra: tuple[str, ...] = (), service: str = SERVICE) -> LocalProxyProcess:
         port = free_port()
         log = self.root / f"localproxy-{port}.log"
         cmd = [sys.executable, "-m", "mwiproxy.cli.mwibot", "proxy",
                f"--proxy={self.cluster.addr}", f"--destination-dir={out}", "db",
                f"--port={port}", *([f"--listen={listen}"] if listen else []),
-               *(["--tunnel"] if tunnel else []), *extra, SERVICE]
+               *(["--tunnel"] if tunnel else []), *extra, service]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
         lp = LocalProxyProcess(proc, port, log)
         self.proxies.append(lp)

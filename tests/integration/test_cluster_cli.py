@@ -196,6 +196,43 @@ def test_state_survives_restart(cluster, tmp_path):
     assert identity_from_certificate(ident.certificate).is_admin
 
 
+def test_db_agent_token_register_and_listing(cluster):
+    out = cluster.ctl("tokens", "add", "--type=db", "--ttl=5m").stdout
+    token = out.split("The invite token: ")[1].split()[0]
+    pin = cluster.ctl("status").stdout.split("CA pin")[1].split()[0]
+    assert (f"mwiproxy start --roles=db --auth-server={cluster.addr} --token={token} "
+            f"--ca-pin={pin} -c db.yaml") in out
+    r = cluster.ctl("tokens", "add", "--type=bot", check=False)
+    assert r.returncode == 1 and "--bot-name" in r.stderr
+    assert json.loads(cluster.ctl("agents", "ls", "--format", "json").stdout) == []
+    # an agent joins over the wire with the token, then heartbeats one database
+    cas = fetch_cas_pinned(cluster.addr, [pin])
+    key = generate_private_key()
+    with AuthClient(cluster.addr, ca_pems=cas["host"].encode()) as anon:
+        res = anon.call("agent_join", token=token, hostname="db-node-1",
+                        public_key=public_key_pem(key.public_key()).decode())
+    with _client(cluster, res["cert"].encode(), private_key_pem(key)) as agent:
+        beat = agent.call("agent_heartbeat", addr="127.0.0.1:3081", hostname="db-node-1",
+                          ttl=60, databases=[{"name": "agent-pg", "protocol": "postgres",
+                                              "uri": "127.0.0.1:5432", "labels": {"env": "dev"}}])
+        assert beat["accepted"] == ["agent-pg"]
+        with pytest.raises(AccessDenied):
+            agent.call("bots_ls")
+    agents = cluster.ctl("agents", "ls").stdout
+    assert res["host_id"] in agents and "db-node-1" in agents and "agent-pg" in agents
+    db_ls = cluster.ctl("db", "ls").stdout.splitlines()
+    assert db_ls[0].split() == ["Name", "Protocol", "URI", "Labels", "Agent"]
+    assert db_ls[2].split() == ["agent-pg", "postgres", "127.0.0.1:5432", "env=dev", "db-node-1"]
+    assert "Agents     1" in cluster.ctl("status").stdout
+    got = json.loads(cluster.ctl("get", "db", "--format", "json").stdout)
+    assert got[0]["agents"] == ["db-node-1"]
+    with _client(cluster, res["cert"].encode(), private_key_pem(key)) as agent:
+        agent.call("agent_goodbye")
+    assert "agent-pg" not in cluster.ctl("db", "ls").stdout
+    events = cluster.ctl("audit", "--type", "agent.register", "--type", "agent.goodbye").stdout
+    assert "agent.register" in events and "agent.goodbye" in events
+
+
 def test_garbage_cluster_config_names_file_line_key(tmp_path):
     import subprocess
     import sys

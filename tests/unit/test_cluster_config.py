@@ -139,6 +139,10 @@ BAD = [
         "databases[2].name",
         "duplicate database name 'a'",
     ),
+    ("db_service:\n  heartbeat_ttl: 1s\n", 2, "db_service.heartbeat_ttl", "between 3s and 10m"),
+    ("db_service:\n  auth_server: nope\n", 2, "db_service.auth_server", "not host:port"),
+    ("db_service:\n  ca_pins: [sha1:x]\n", 2, "db_service.ca_pins[0]", "sha256:<64 hex"),
+    ("db_service:\n  listen: x\n", 2, "db_service.listen", 'did you mean "listen_addr"'),
     ("a: 1\n---\nb: 2\n", 3, "", "single YAML document"),
     ("databases: [\n", 2, "", "invalid YAML"),
 ]

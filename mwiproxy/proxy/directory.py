@@ -1,0 +1,38 @@
+"""Which engine serves a database service: the cluster's own (in-process, from
+cluster.yaml) or, failing that, the agents that registered it with a heartbeat.
+
+Looked up per connection, so an agent that stops heartbeating stops being served the
+moment its registration expires, and a new one is served from its first heartbeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+
+from mwiproxy import _native
+from mwiproxy.auth.service import AuthService
+from mwiproxy.engines.postgres import Engine
+from mwiproxy.engines.remote import RemoteEngine
+
+
+class EngineDirectory:
+    def __init__(self, local: Mapping[str, Engine], auth: AuthService,
+                 link_tls: Callable[[], _native.TLSContext],
+                 protocols: Collection[str]) -> None:
+        self._local = dict(local)
+        self._auth = auth
+        self._link_tls = link_tls
+        self._protocols = protocols
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        return name in self._local or any(
+            db.protocol in self._protocols for _, db in self._auth.agents.servers_for(name))
+
+    def get(self, name: str) -> Engine | None:
+        if name in self._local:
+            return self._local[name]
+        if name in self:
+            return RemoteEngine(name, self._auth, self._link_tls)
+        return None

@@ -1,0 +1,145 @@
+"""The link between the cluster proxy and a database agent (`mwiproxy start --roles=db`).
+
+One mutual-TLS connection per database session or cancel request. The proxy presents
+a user-CA identity with usage `mwi:proxy`; the agent a server certificate from the agent
+CA (which clients never trust, so an agent cannot pose as the proxy). The proxy has
+already checked the session (RBAC, locks, expiry); the agent checks again
+what it can check alone: the client's certificate chains to the user CA, is valid now,
+and routes to a database this agent serves as the user and database asked for.
+
+proxy → agent, one frame (the auth API's framing, `wire/frames.py`):
+    {"op": "session", "service", "db_user", "db_name", "client_cert": base64 DER,
+     "startup": base64, "remote", "session_id"}
+    {"op": "cancel", "service", "db_user", "client_cert", "cancel": [pid, secret]}
+agent → proxy, one frame then `answer` raw bytes:
+    {"status": "ok" | "refused" | "denied" | "error", "message": str,
+     "cancel_key": [pid, secret] | null, "answer": N}
+`ok`: the N bytes are the database's startup answer up to ReadyForQuery, and from then
+on the connection carries the session's bytes untouched in both directions. `refused`:
+the database refused the startup; the N bytes are its ErrorResponse. `denied` / `error`:
+the agent refused the session / could not reach the database; `message` says why.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mwiproxy.wire.frames import FrameError, decode_body, encode, frame_length
+
+ALPN = "mwi-agent"
+OP_SESSION = "session"
+OP_CANCEL = "cancel"
+OK, REFUSED, DENIED, ERROR = "ok", "refused", "denied", "error"
+STATUSES = (OK, REFUSED, DENIED, ERROR)
+MAX_ANSWER = 1 << 20
+
+__all__ = ["ALPN", "Hello", "LinkError", "Reply", "read_hello", "read_reply"]
+
+
+class LinkError(Exception):
+    """The other end broke the link protocol."""
+
+
+class Reader(Protocol):
+    async def readexactly(self, n: int) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Hello:
+    op: str
+    service: str
+    db_user: str
+    client_cert: bytes
+    db_name: str = ""
+    startup: bytes = b""
+    cancel: tuple[int, int] | None = None
+    remote: str = ""
+    session_id: int = 0
+
+    def encode(self) -> bytes:
+        msg: dict[str, Any] = {
+            "op": self.op, "service": self.service, "db_user": self.db_user,
+            "db_name": self.db_name, "client_cert": _b64(self.client_cert),
+            "remote": self.remote, "session_id": self.session_id}
+        if self.op == OP_SESSION:
+            msg["startup"] = _b64(self.startup)
+        if self.cancel is not None:
+            msg["cancel"] = list(self.cancel)
+        return encode(msg)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: str
+    message: str = ""
+    cancel_key: tuple[int, int] | None = None
+    answer: bytes = field(default=b"", repr=False)
+
+    def encode(self) -> bytes:
+        head = encode({"status": self.status, "message": self.message,
+                       "cancel_key": list(self.cancel_key) if self.cancel_key else None,
+                       "answer": len(self.answer)})
+        return head + self.answer
+
+
+async def _read_message(reader: Reader) -> dict[str, Any]:
+    try:
+        return decode_body(await reader.readexactly(frame_length(await reader.readexactly(4))))
+    except FrameError as e:
+        raise LinkError(str(e)) from None
+
+
+async def read_hello(reader: Reader) -> Hello:
+    msg = await _read_message(reader)
+    op = msg.get("op")
+    if op not in (OP_SESSION, OP_CANCEL):
+        raise LinkError(f"unknown op {op!r}")
+    try:
+        return Hello(
+            op=op, service=_text(msg, "service"), db_user=_text(msg, "db_user"),
+            db_name=_text(msg, "db_name"), client_cert=_unb64(msg, "client_cert"),
+            startup=_unb64(msg, "startup") if op == OP_SESSION else b"",
+            cancel=_pair(msg.get("cancel")), remote=_text(msg, "remote"),
+            session_id=int(msg.get("session_id") or 0))
+    except (TypeError, ValueError) as e:
+        raise LinkError(f"malformed {op} request: {e}") from None
+
+
+async def read_reply(reader: Reader) -> Reply:
+    msg = await _read_message(reader)
+    status = msg.get("status")
+    size = msg.get("answer", 0)
+    if status not in STATUSES or not isinstance(size, int) or not 0 <= size <= MAX_ANSWER:
+        raise LinkError(f"malformed reply from the agent: status {status!r}, answer {size!r}")
+    answer = await reader.readexactly(size) if size else b""
+    return Reply(status, str(msg.get("message") or ""), _pair(msg.get("cancel_key")), answer)
+
+
+def _text(msg: dict[str, Any], key: str) -> str:
+    value = msg.get(key, "")
+    if not isinstance(value, str):
+        raise TypeError(f"{key} must be a string")
+    return value
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(msg: dict[str, Any], key: str) -> bytes:
+    try:
+        return base64.b64decode(_text(msg, key), validate=True)
+    except binascii.Error as e:
+        raise ValueError(f"{key}: {e}") from None
+
+
+def _pair(value: object) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, int) for v in value)):
+        raise LinkError(f"a cancel key must be two integers, not {value!r}")
+    return int(value[0]), int(value[1])

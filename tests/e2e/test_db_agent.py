@@ -1,0 +1,213 @@
+"""A database served by a separate agent (`mwiproxy start --roles=db`): join with a `db`
+token, heartbeat, sessions through the cluster proxy and the agent in both modes, cancel,
+the agent's own checks, and registration that ends with the agent (goodbye on SIGTERM,
+heartbeat expiry after SIGKILL). The database is the topology's real PostgreSQL, served
+under a second name by the agent."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mwiproxy.auth.client import AuthClient
+from mwiproxy.auth.errors import AuthError
+from tests._testbase.ports import free_port
+from tests.e2e.conftest import LocalProxyProcess, Topology, wait_for
+from tests.e2e.test_postgres_cancel_and_load import _cancel_sleep
+
+pytestmark = pytest.mark.integration
+
+AGENT_SERVICE = "agent-server"
+AGENT_YAML = """\
+version: v1
+cluster_name: mwiproxy.local
+data_dir: {data_dir}
+db_service:
+  listen_addr: 127.0.0.1:{port}
+  heartbeat_ttl: 3s
+databases:
+  - name: agent-server
+    protocol: postgres
+    uri: 127.0.0.1:{pg_port}
+    static_labels: {{env: dev}}
+"""
+
+
+class Agent:
+    def __init__(self, topo: Topology, name: str) -> None:
+        self.topo = topo
+        self.data_dir = topo.root / f"agent-{name}"
+        self.config = topo.root / f"agent-{name}.yaml"
+        self.port = free_port()
+        self.config.write_text(AGENT_YAML.format(data_dir=self.data_dir, port=self.port,
+                                                 pg_port=topo.pg.port))
+        self.log = topo.root / f"agent-{name}.log"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, *, token: str | None = None, expect_ready: bool = True
+              ) -> subprocess.Popen[str]:
+        cmd = [sys.executable, "-m", "mwiproxy.cli.mwiproxy", "start", "--roles=db",
+               "-c", str(self.config), f"--auth-server={self.topo.cluster.addr}",
+               f"--ca-pin={self.topo.ca_pin}", *([f"--token={token}"] if token else [])]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                     stderr=open(self.log, "a"), text=True)
+        if expect_ready:
+            line = self.proc.stdout.readline() if self.proc.stdout else ""
+            assert "database agent" in line, f"agent failed: {line}{self.log.read_text()}"
+        return self.proc
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(15)
+
+
+def db_token(topo: Topology) -> str:
+    out = topo.cluster.ctl("tokens", "add", "--type=db", "--ttl=5m", "--format", "json").stdout
+    return str(json.loads(out)["token"])
+
+
+def served(topo: Topology) -> dict[str, list[str]]:
+    out = topo.cluster.ctl("db", "ls", "--format", "json").stdout
+    return {d["name"]: d.get("agents", []) for d in json.loads(out)}
+
+
+@pytest.fixture(scope="module")
+def agent(topo: Topology):
+    a = Agent(topo, "one")
+    a.start(token=db_token(topo))
+    yield a
+    a.stop()
+
+
+@pytest.fixture(scope="module")
+def agent_out(topo: Topology, agent: Agent) -> Path:
+    return topo.bot_output("via-agent", service=AGENT_SERVICE)
+
+
+@pytest.fixture(scope="module")
+def agent_tunnel(topo: Topology, agent_out: Path) -> LocalProxyProcess:
+    return topo.local_proxy(agent_out, tunnel=True, service=AGENT_SERVICE)
+
+
+def test_the_agent_registers_its_database(topo, agent):
+    listing = served(topo)
+    assert listing[AGENT_SERVICE], listing  # named with the agent that serves it
+    assert listing["example-server"] == []  # the cluster's own
+    agents = json.loads(topo.cluster.ctl("agents", "ls", "--format", "json").stdout)
+    assert [a["databases"] for a in agents] == [[AGENT_SERVICE]]
+    assert topo.audit("agent.join") and topo.audit("agent.register")
+    state = agent.data_dir / "agent"
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in state.iterdir())
+
+
+def test_psql_through_the_agent_in_both_modes(topo, agent, agent_out, agent_tunnel):
+    res = topo.psql(topo.dsn(agent_tunnel), "select current_user, current_database()")
+    assert res.stdout.strip() == "alice|example-db", res.stderr
+    passthrough = topo.local_proxy(agent_out, tunnel=False, service=AGENT_SERVICE)
+    res = topo.psql(topo.dsn(passthrough, agent_out), "select 40 + 2")
+    assert res.stdout.strip() == "42", res.stderr
+    starts = [e for e in topo.audit("db.session.start") if e["db_service"] == AGENT_SERVICE]
+    assert starts and all(e["success"] for e in starts)
+
+
+def test_cancel_and_refusals_through_the_agent(topo, agent, agent_tunnel):
+    assert _cancel_sleep(topo.dsn(agent_tunnel)) < 10
+    res = topo.psql(topo.dsn(agent_tunnel, user="bob"), "select 1")
+    assert 'access to db denied: the certificate is for database user "alice"' in res.stderr
+
+
+def test_pgbench_through_the_agent(topo, agent, agent_tunnel):
+    env = {"PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "10"}
+    init = subprocess.run(["pgbench", "-i", "-s", "1", "-h", "127.0.0.1", "-p",
+                           str(agent_tunnel.port), "-U", "alice", "example-db"],
+                          capture_output=True, text=True, timeout=120, env={**_env(), **env})
+    assert init.returncode == 0, init.stderr
+    run = subprocess.run(["pgbench", "-c", "4", "-t", "50", "-h", "127.0.0.1", "-p",
+                          str(agent_tunnel.port), "-U", "alice", "example-db"],
+                         capture_output=True, text=True, timeout=120, env={**_env(), **env})
+    assert run.returncode == 0, run.stderr
+    assert "number of failed transactions: 0" in run.stdout, run.stdout
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def test_the_agent_serves_only_cluster_proxies(topo, agent, agent_out):
+    """A client certificate from the cluster's user CA is not a proxy's: the agent closes
+    the link without a word, and says why in its log."""
+    ctx = ssl.create_default_context(cafile=str(topo.cluster.data_dir / "ca" / "agent.crt"))
+    ctx.load_cert_chain(agent_out / "tlscert", agent_out / "key")
+    ctx.set_alpn_protocols(["mwi-agent"])
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(b"\x00\x00\x00\x02{}")
+        assert tls.recv(100) == b""
+    assert wait_for(lambda: "is not a cluster proxy" in agent.log.read_text())
+
+
+def test_an_agent_cannot_pose_as_the_cluster_proxy(topo, agent):
+    """Its server certificate comes from the agent CA, which bots, mwictl and local
+    proxies never trust: dialing the agent as if it were the cluster fails verification."""
+    with pytest.raises(AuthError, match="not trusted"), \
+            AuthClient(f"127.0.0.1:{agent.port}", ca_pems=topo.host_ca) as client:
+        client.call("ping")
+
+
+def test_a_join_token_works_once(topo, agent):
+    token = db_token(topo)
+    first = Agent(topo, "spent")
+    first.start(token=token)
+    first.stop()
+    again = Agent(topo, "reuse")
+    proc = again.start(token=token, expect_ready=False)
+    assert proc.wait(30) == 1
+    assert "join refused" in again.log.read_text()
+
+
+def test_registration_ends_with_the_agent(topo, agent_out):
+    """SIGTERM: goodbye, gone at once. SIGKILL: gone when the heartbeat runs out. A
+    restarted agent comes back with its stored identity (no new token)."""
+    b = Agent(topo, "two")
+    b.start(token=db_token(topo))
+    assert wait_for(lambda: len(served(topo).get(AGENT_SERVICE, [])) == 2, timeout=10)
+    b.stop(signal.SIGTERM)
+    assert len(served(topo)[AGENT_SERVICE]) == 1  # the other agent still serves it
+
+    b.start()  # stored identity, no token
+    assert wait_for(lambda: len(served(topo).get(AGENT_SERVICE, [])) == 2, timeout=10)
+    b.stop(signal.SIGKILL)
+    assert len(served(topo)[AGENT_SERVICE]) == 2
+    started = time.monotonic()
+    assert wait_for(lambda: len(served(topo)[AGENT_SERVICE]) == 1, timeout=15)
+    assert time.monotonic() - started < 10  # the 3 s heartbeat TTL, not forever
+    assert topo.audit("agent.goodbye")
+
+
+def test_a_dead_agents_database_is_refused_clearly(topo, agent, agent_tunnel):
+    with psycopg.connect(topo.dsn(agent_tunnel), autocommit=True) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+        agent.stop(signal.SIGKILL)
+        # a live session through a dead agent ends; the client is told the connection ended
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("select 1")
+    assert wait_for(lambda: AGENT_SERVICE not in served(topo), timeout=15)
+    res = topo.psql(topo.dsn(agent_tunnel), "select 1")
+    assert "access to db denied" in res.stderr and AGENT_SERVICE in res.stderr, res.stderr
+    agent.start()  # back with its stored identity
+    assert wait_for(lambda: AGENT_SERVICE in served(topo), timeout=10)
+    res = topo.psql(topo.dsn(agent_tunnel), "select 1")
+    assert res.stdout.strip() == "1", res.stderr
