@@ -42,6 +42,7 @@ from mwiproxy.proxy.listener import ProxyListener, ServerTLS
 from mwiproxy.proxy.pingbridge import framed
 from mwiproxy.proxy.postgres import PostgresFrontend
 from mwiproxy.proxy.sessions import SessionRegistry
+from mwiproxy.proxy.unserved import register_unserved, served_by_protocol
 from mwiproxy.wire import agentlink, alpn
 
 log = logging.getLogger("mwiproxy")
@@ -96,6 +97,7 @@ class Cluster:
                                     ping_interval=interval)
         self.listener.route_tls(alpn.POSTGRES, frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve))
+        register_unserved(self.listener, self.auth, served_by_protocol(self.config.databases))
 
     def _inner_context(self) -> ssl.SSLContext:
         """The proxy's side of a client's own TLS (non-tunnel mode): no ALPN."""

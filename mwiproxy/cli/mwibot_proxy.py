@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     db.add_argument("--listen", default="", help="instead of --port: host:port or "
                     "unix:///path")
     db.add_argument("--tunnel", action="store_true", help="authenticated tunnel: attach the "
-                    "credentials; clients connect without TLS or certificates")
+                    "credentials; clients connect without TLS or certificates (required "
+                    "for mysql, mongodb and redis)")
     db.add_argument("-u", "--db-user", default="", help="database user (checked against "
                     "the certificate)")
     db.add_argument("-n", "--db-name", default="", help="database name (checked against "
@@ -120,7 +121,7 @@ def run_proxy_db(args: argparse.Namespace) -> int:
 
     from mwiproxy.config.durations import parse_duration
     from mwiproxy.localproxy.creds import CredentialsError, DirectoryCredentials
-    from mwiproxy.localproxy.server import LocalProxy
+    from mwiproxy.localproxy.server import LocalProxy, UnsupportedMode
 
     setup_logging(getattr(args, "debug", False))
     try:
@@ -137,7 +138,7 @@ def run_proxy_db(args: argparse.Namespace) -> int:
         offer_ping=args.ping)
     try:
         uvloop.run(_serve(proxy, drain, args.diag_addr))
-    except CredentialsError as e:
+    except (CredentialsError, UnsupportedMode) as e:
         print(f"ERROR: mwibot proxy: {e}", file=sys.stderr)
         return 1
     return 0
@@ -149,8 +150,8 @@ async def _serve(proxy: Any, drain_timeout: float, diag_addr: str) -> None:
     await proxy.start()
     diag = await serve_diagnostics(diag_addr, {proxy.service: proxy.readiness}) \
         if diag_addr else None
-    print(f"mwibot proxy: listening on {proxy.address} for database {proxy.service!r} "
-          f"({'tunnel' if proxy.tunnel else 'TLS pass-through'} mode)"
+    print(f"mwibot proxy: listening on {proxy.address} for {proxy.protocol} database "
+          f"{proxy.service!r} ({'tunnel' if proxy.tunnel else 'TLS pass-through'} mode)"
           + (f"; diagnostics on {diag.host}:{diag.port}" if diag else ""), flush=True)
     signals: asyncio.Queue[int] = asyncio.Queue()
     loop = asyncio.get_running_loop()

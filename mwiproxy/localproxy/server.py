@@ -5,10 +5,18 @@ cluster proxy over TLS with the database's ALPN protocol, verifying the cluster 
 the host CA.
 
 - Tunnel mode: the bot's certificate is presented on that TLS; the client speaks
-  plaintext PostgreSQL to the local port.
+  plaintext to the local port.
 - Non-tunnel mode: no certificate on the outer TLS; the client's own TLS (with its
   sslcert/sslkey) runs inside it. A CancelRequest carries no certificate of its own, so
   the local proxy presents the bot's certificate for it.
+
+The ALPN name follows the database's protocol: the `protocol` argument, else the
+route in the certificate, else PostgreSQL. PostgreSQL's first packet is parsed (to
+answer SSLRequest and CancelRequest, and to turn a refusal into an ErrorResponse); the
+other protocols (tunnel mode only) are relayed as they are. MySQL's server speaks
+first, so its first answer is awaited before relaying, and a failure to reach the
+cluster becomes a MySQL ERR packet; Redis and MongoDB clients are just disconnected
+(the reason is logged).
 
 Credentials come from a provider read for every new connection; a changed provider
 result gives a new TLS context, open connections keep theirs.
@@ -42,10 +50,11 @@ from mwiproxy.relay.streams import (
     dial_tcp,
 )
 from mwiproxy.relay.tlsnames import certificate_names
-from mwiproxy.wire import alpn
+from mwiproxy.wire import alpn, mysql
 from mwiproxy.wire import postgres as pg
 
-__all__ = ["DRAIN_TIMEOUT", "CredentialsError", "ListenAddr", "LocalProxy", "UpstreamFailed"]
+__all__ = ["DRAIN_TIMEOUT", "CredentialsError", "ListenAddr", "LocalProxy",
+           "UnsupportedMode", "UpstreamFailed"]
 
 log = logging.getLogger("mwiproxy.localproxy")
 
@@ -55,6 +64,10 @@ FIRST_ANSWER_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 30.0
 # connections being set up (dial, handshake, first answer) at once; more wait their turn
 MAX_CONCURRENT_SETUPS = 64
+
+
+class UnsupportedMode(Exception):
+    """The local proxy cannot serve this protocol in the mode it was asked for."""
 
 
 class UpstreamFailed(Exception):
@@ -77,7 +90,9 @@ class LocalProxy:
                  credentials: CredentialsProvider, tunnel: bool = True,
                  database: str = "", username: str = "", server_name: str = "",
                  origin: str = "the bot's credentials", max_connections: int = 0,
-                 offer_ping: bool = False) -> None:
+                 offer_ping: bool = False, protocol: str = "") -> None:
+        if protocol and protocol not in alpn.DATABASE_PROTOCOLS:
+            raise ValueError(f"unknown database protocol {protocol!r}")
         self.listen = ListenAddr.parse(listen)
         self.proxy_host, self.proxy_port = _split_proxy(proxy_addr)
         self.server_name = server_name or (
@@ -91,21 +106,52 @@ class LocalProxy:
         self._contexts: dict[bool, tuple[TLSCredentials, _native.TLSContext]] = {}
         self._acceptor = Acceptor(self.listen, self._serve, max_connections)
         self._setups = asyncio.Semaphore(MAX_CONCURRENT_SETUPS)
-        self.alpn = alpn.POSTGRES
-        # offered in this order: the framed name first, the plain one as the fallback
-        self.alpn_offer = [alpn.with_ping(self.alpn), self.alpn] if offer_ping else [self.alpn]
+        self._asked_protocol = protocol
+        self.protocol = protocol or "postgres"  # settled from the certificate at start
+        self.offer_ping = offer_ping
         self.draining = False
+
+    @property
+    def alpn(self) -> str:
+        return alpn.DATABASE_PROTOCOLS[self.protocol]
+
+    @property
+    def alpn_offer(self) -> list[str]:
+        """Offered in this order: the framed name first, the plain one as the fallback."""
+        return [alpn.with_ping(self.alpn), self.alpn] if self.offer_ping else [self.alpn]
+
+    @property
+    def speaks_postgres(self) -> bool:
+        return self.alpn == alpn.POSTGRES
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Check the credentials, then listen. CredentialsError says what is wrong."""
         creds = self._credentials()
+        self._settle_protocol(creds)
         if self.tunnel:
             self._check_tunnel(creds)
+        elif not self.speaks_postgres:
+            raise UnsupportedMode(
+                f"--tunnel is required for mysql/mongodb/redis: database service "
+                f"{self.service!r} is {self.protocol}, and only PostgreSQL clients can "
+                "bring their own TLS through the local proxy")
         await self._acceptor.start()
-        log.info("local proxy for %r listening on %s (%s mode)", self.service, self.address,
-                 "tunnel" if self.tunnel else "TLS pass-through")
+        log.info("local proxy for %r (%s) listening on %s (%s mode)", self.service,
+                 self.protocol, self.address, "tunnel" if self.tunnel else "TLS pass-through")
+
+    def _settle_protocol(self, creds: TLSCredentials) -> None:
+        """Without a `protocol` argument, the certificate's route names the protocol."""
+        if self._asked_protocol:
+            return
+        try:
+            route = creds.identity.route
+        except CredentialsError:  # not ours to judge here: the tunnel check says why
+            return
+        if route is not None and route.protocol in alpn.DATABASE_PROTOCOLS:
+            self.protocol = route.protocol
+            self._contexts.clear()
 
     @property
     def address(self) -> str:
@@ -162,6 +208,10 @@ class LocalProxy:
         check_usable(creds, self.service, self._origin)
         route = creds.identity.route
         assert route is not None
+        if alpn.DATABASE_PROTOCOLS.get(route.protocol) != self.alpn:
+            raise CredentialsError(f"the certificate in {self._origin} is for a "
+                                   f"{route.protocol or 'unknown'} database, not "
+                                   f"{self.protocol}")
         for asked, have, what in ((self.username, route.username, "database user"),
                                   (self.database, route.database, "database")):
             if asked and have and asked != have:
@@ -185,6 +235,9 @@ class LocalProxy:
 
     async def _serve(self, sock: socket.socket) -> None:
         client = SocketStream(sock)
+        if not self.speaks_postgres:
+            await self._serve_opaque(client)
+            return
         reader = BufferedReader(client)
         try:
             first = await asyncio.wait_for(pg.read_first_packet(reader), FIRST_PACKET_TIMEOUT)
@@ -206,6 +259,29 @@ class LocalProxy:
             await client.write(answer)
             if early := reader.leftover():
                 await upstream.write(early)
+            await Pipe(client, upstream).run()
+        finally:
+            upstream.close()  # a no-op once the relay took it over
+
+    async def _serve_opaque(self, client: SocketStream) -> None:
+        """Tunnel mode for a protocol whose bytes are not parsed here: dial at once
+        (the client may be waiting for the server to speak), then relay."""
+        greeting = b""
+        try:
+            async with self._setups:
+                upstream = await self._dial(with_cert=True)
+                if self.protocol == "mysql":  # the server speaks first
+                    greeting = await self._first_answer(upstream)
+        except (CredentialsError, UpstreamFailed) as e:
+            log.warning("%s connection refused locally: %s", self.protocol, e)
+            if self.protocol == "mysql":
+                with contextlib.suppress(OSError):
+                    await client.write(_mysql_refusal(e))
+            client.close()
+            return
+        try:
+            if greeting:
+                await client.write(greeting)
             await Pipe(client, upstream).run()
         finally:
             upstream.close()  # a no-op once the relay took it over
@@ -249,17 +325,35 @@ class LocalProxy:
         client as a PostgreSQL error instead of a dropped connection."""
         try:
             await upstream.write(first)
+        except OSError as e:
+            upstream.close()
+            raise UpstreamFailed(self._refused(_why(e)), pg.INVALID_AUTHORIZATION) from None
+        return await self._first_answer(upstream)
+
+    async def _first_answer(self, upstream: ByteStream) -> bytes:
+        """The cluster's first bytes; UpstreamFailed (and upstream closed) if none come."""
+        try:
             answer = await asyncio.wait_for(upstream.read(65536), FIRST_ANSWER_TIMEOUT)
             reason = "" if answer else "closed before answering"
         except (OSError, TimeoutError) as e:  # a TLS alert is a TLSError, an OSError
             answer, reason = b"", _why(e)
         if not answer:
             upstream.close()
-            raise UpstreamFailed(
-                f"the cluster proxy refused the connection ({reason}); check that "
-                f"{self._origin} hold a valid certificate of this cluster",
-                pg.INVALID_AUTHORIZATION)
+            raise UpstreamFailed(self._refused(reason), pg.INVALID_AUTHORIZATION)
         return answer
+
+    def _refused(self, reason: str) -> str:
+        return (f"the cluster proxy refused the connection ({reason}); check that "
+                f"{self._origin} hold a valid certificate of this cluster")
+
+
+def _mysql_refusal(error: Exception) -> bytes:
+    """A local failure as the ERR packet a MySQL client expects in place of the greeting."""
+    refused = isinstance(error, CredentialsError) or (
+        isinstance(error, UpstreamFailed) and error.sqlstate == pg.INVALID_AUTHORIZATION)
+    code, state = ((mysql.ER_ACCESS_DENIED, mysql.ACCESS_DENIED_STATE) if refused
+                   else (mysql.CR_CONN_HOST_ERROR, mysql.GENERAL_ERROR_STATE))
+    return mysql.err_packet(code, state, f"mwibot local proxy: {error}")
 
 
 def _why(error: BaseException) -> str:

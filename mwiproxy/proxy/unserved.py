@@ -1,0 +1,186 @@
+"""Front ends for the protocols listed in cluster.yaml that have no engine yet:
+`teleport-mysql`, `teleport-mongodb`, `teleport-redis` and their `-ping` variants.
+
+Each connection gets the same access check as PostgreSQL (identity from the outer TLS:
+tunnel mode), is audited as `db.access.denied`, and is refused in the protocol's own
+format so the real client shows why: with the access check's reason, or — when access
+would be allowed — with "database service … has no engine in this version".
+
+- MySQL: the server speaks first; an ERR_Packet (sequence 0) replaces the handshake.
+- Redis: each command the client sends (a bounded number, each bounded in size) is
+  answered with `-ERR …`. Not only the first: redis-py swallows the errors of its
+  opening `CLIENT SETINFO` commands and would otherwise show a bare "connection closed".
+- MongoDB: each message (bounded likewise) is answered with a command error
+  `{ok: 0, errmsg, code, codeName}` as OP_REPLY (to OP_QUERY) or OP_MSG (to OP_MSG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+
+from mwiproxy.auth import audit
+from mwiproxy.auth.service import AuthService
+from mwiproxy.config.cluster import DatabaseConfig
+from mwiproxy.identity.certs import Identity
+from mwiproxy.proxy.access import Refusal, authorize
+from mwiproxy.proxy.listener import ProxyListener
+from mwiproxy.proxy.pingbridge import framed
+from mwiproxy.relay.streams import BufferedReader, ByteStream
+from mwiproxy.wire import alpn, mysql
+from mwiproxy.wire import mongodb as mongo
+from mwiproxy.wire import redis as resp
+
+log = logging.getLogger("mwiproxy.proxy.unserved")
+
+# a refused client gets this long, and this many answers, before the proxy hangs up
+REFUSAL_TIMEOUT = 15.0
+MAX_ANSWERS = 16
+# the largest first message read from a client that is going to be refused anyway
+READ_CAP = 64 * 1024
+
+_ENDED = (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError,
+          mysql.ProtocolError, resp.ProtocolError, mongo.ProtocolError)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    message: str  # what the client is told
+    denied: bool  # True: the access check refused; False: allowed, but no engine
+
+
+def no_engine(service: str, protocol: str) -> str:
+    return f'database service "{service}" ({protocol}) has no engine in this version of mwiproxy'
+
+
+class UnservedFrontend:
+    """The access check, the audit and the hang-up; subclasses speak the protocol."""
+
+    protocol = ""
+
+    def __init__(self, auth: AuthService, served: Collection[str]) -> None:
+        self._auth = auth
+        self._served = frozenset(served)
+
+    def db_user(self, caller: Identity | None) -> str:
+        """The database user a connection asks for, before any handshake: the route's."""
+        route = caller.route if caller else None
+        return route.username if route else ""
+
+    async def serve(self, stream: ByteStream, caller: Identity | None, remote: str) -> None:
+        verdict = self._judge(caller, remote)
+        try:
+            await asyncio.wait_for(self.tell(stream, verdict), REFUSAL_TIMEOUT)
+        except _ENDED as e:
+            log.info("%s connection from %s ended during the refusal: %s", self.protocol,
+                     remote, e or type(e).__name__)
+        finally:
+            stream.close()
+
+    def _judge(self, caller: Identity | None, remote: str) -> Verdict:
+        route = caller.route if caller else None
+        db_user, db_name = self.db_user(caller), route.database if route else ""
+        try:
+            authorize(self._auth, caller, db_user=db_user, db_name=db_name,
+                      protocols=(self.protocol,), served=self._served)
+        except Refusal as r:
+            reason, verdict = r.reason, Verdict(r.message, denied=True)
+        else:
+            assert route is not None
+            reason = no_engine(route.service, self.protocol)
+            verdict = Verdict(reason, denied=False)
+        log.info("refused %s %s from %s: %s", self.protocol,
+                 caller.user if caller else "anonymous", remote, reason)
+        self._auth.audit.emit(
+            audit.ACCESS_DENIED, user=caller.user if caller else "", protocol=self.protocol,
+            db_service=route.service if route else "", db_user=db_user, db_name=db_name,
+            reason=reason, remote=remote)
+        return verdict
+
+    async def tell(self, stream: ByteStream, verdict: Verdict) -> None:
+        raise NotImplementedError
+
+
+class MySQLFrontend(UnservedFrontend):
+    protocol = "mysql"
+
+    async def tell(self, stream: ByteStream, verdict: Verdict) -> None:
+        if verdict.denied:
+            code, state = mysql.ER_ACCESS_DENIED, mysql.ACCESS_DENIED_STATE
+        else:
+            code, state = mysql.ER_UNKNOWN_ERROR, mysql.GENERAL_ERROR_STATE
+        await stream.write(mysql.err_packet(code, state, verdict.message))
+
+
+class RedisFrontend(UnservedFrontend):
+    protocol = "redis"
+
+    def db_user(self, caller: Identity | None) -> str:
+        return super().db_user(caller) or "default"  # Redis's user when none is named
+
+    async def tell(self, stream: ByteStream, verdict: Verdict) -> None:
+        reply = resp.error_reply(f"ERR {verdict.message}")
+        buf, answered = b"", 0
+        while answered < MAX_ANSWERS:
+            command = resp.parse_command(buf, READ_CAP)
+            if command is None:
+                data = await stream.read(READ_CAP)
+                if not data:
+                    return
+                buf += data
+                continue
+            buf = buf[command.size:]
+            if command.args:  # an empty line or `*0` asks nothing
+                await stream.write(reply)
+                answered += 1
+
+
+class MongoDBFrontend(UnservedFrontend):
+    protocol = "mongodb"
+
+    async def tell(self, stream: ByteStream, verdict: Verdict) -> None:
+        code = mongo.UNAUTHORIZED if verdict.denied else mongo.HOST_UNREACHABLE
+        document = mongo.error_document(verdict.message, code)
+        reader = BufferedReader(stream)
+        for _ in range(MAX_ANSWERS):
+            try:
+                head = await reader.readexactly(mongo.HEADER_SIZE)
+            except asyncio.IncompleteReadError as e:
+                if e.partial:
+                    raise
+                return  # the client hung up between messages
+            header = mongo.parse_header(head)
+            if header.length > READ_CAP:
+                raise mongo.ProtocolError(f"a first message of {header.length} bytes "
+                                          f"(read at most {READ_CAP})")
+            request = mongo.parse_request(
+                head + await reader.readexactly(header.length - mongo.HEADER_SIZE))
+            if request.expects_reply:
+                await stream.write(mongo.reply_to(request, document))
+
+
+FRONTENDS: tuple[tuple[str, type[UnservedFrontend]], ...] = (
+    (alpn.MYSQL, MySQLFrontend),
+    (alpn.MONGODB, MongoDBFrontend),
+    (alpn.REDIS, RedisFrontend),
+)
+
+
+def served_by_protocol(databases: Iterable[DatabaseConfig]) -> dict[str, list[str]]:
+    """The names of the configured databases, by protocol."""
+    out: dict[str, list[str]] = {}
+    for db in databases:
+        out.setdefault(db.protocol, []).append(db.name)
+    return out
+
+
+def register_unserved(listener: ProxyListener, auth: AuthService,
+                      served: Mapping[str, Collection[str]]) -> None:
+    """Route each protocol without an engine (and its `-ping` variant) to its refusal."""
+    for name, frontend in FRONTENDS:
+        handler = frontend(auth, served.get(frontend.protocol, ())).serve
+        listener.route_tls(name, handler)
+        listener.route_tls(alpn.with_ping(name), framed(handler))
