@@ -212,6 +212,14 @@ void engine_forget(mwi_engine *eng, mwi_relay *r)
     eng->finished = r;
 }
 
+/* A farewell that came too late (the relay had finished) is freed with the relay. */
+static void relay_free(mwi_relay *r)
+{
+    free(r->cmd_bye);
+    free(r->bye);
+    free(r);
+}
+
 static void relay_register(mwi_engine *eng, mwi_relay *r)
 {
     struct epoll_event ev;
@@ -241,6 +249,11 @@ static int handle_commands(mwi_engine *eng)
         next = r->cmd_next;
         r->cmd_taken = r->cmd;
         r->cmd = 0;
+        if (r->cmd_bye != NULL) {          /* at most one, ever: see mwi_relay_close_farewell */
+            r->bye = r->cmd_bye;
+            r->bye_len = r->cmd_bye_len;
+            r->cmd_bye = NULL;
+        }
         r->work_next = NULL;
         *tail = r;
         tail = &r->work_next;
@@ -257,8 +270,10 @@ static int handle_commands(mwi_engine *eng)
             /* TLS may hold records read during setup: no epoll edge will announce them */
             if (r->tls[0] != NULL || r->tls[1] != NULL) ready_add(eng, r);
         }
-        if ((cmd & MWI_CMD_CLOSE) && r->state == RS_LIVE) relay_finish(r, MWI_RELAY_CLOSED, 0);
-        if (cmd & MWI_CMD_RELEASE) free(r);
+        /* a close while saying farewell changes nothing: that end is bounded already */
+        if ((cmd & MWI_CMD_CLOSE) && r->state == RS_LIVE && !r->bye_since_ms)
+            relay_close_asked(r);
+        if (cmd & MWI_CMD_RELEASE) relay_free(r);
     }
     return stop;
 }
@@ -336,11 +351,15 @@ static void *worker_main(void *arg)
 
 /* ---- owner thread -------------------------------------------------------------------- */
 
-static void post(mwi_relay *r, unsigned cmd)
+static void post(mwi_relay *r, unsigned cmd, uint8_t *bye, size_t bye_len)
 {
     mwi_engine *eng = r->eng;
     int was_empty;
     pthread_mutex_lock(&eng->lock);
+    if (bye != NULL) {
+        r->cmd_bye = bye;
+        r->cmd_bye_len = bye_len;
+    }
     was_empty = eng->cmd_head == NULL && eng->acc_cmd_head == NULL;
     if (r->cmd == 0) {
         r->cmd_next = NULL;
@@ -411,7 +430,7 @@ void mwi_engine_free(mwi_engine *eng)
     }
     for (r = eng->done_head; r != NULL; r = next) {
         next = r->done_next;
-        free(r);
+        relay_free(r);
     }
     accept_free_unclaimed(eng);
     for (uint32_t i = 0; i < eng->pool.npipes; i++) {
@@ -465,26 +484,39 @@ int mwi_relay_start(mwi_relay *r)
     if ((err = prepare_socket(r->fd[0])) != 0 || (err = prepare_socket(r->fd[1])) != 0)
         return err;
     r->owner_started = 1;
-    post(r, MWI_CMD_START);
+    post(r, MWI_CMD_START, NULL, 0);
     return 0;
 }
 
 void mwi_relay_close(mwi_relay *r)
 {
-    if (r->owner_started) post(r, MWI_CMD_CLOSE);
+    if (r->owner_started) post(r, MWI_CMD_CLOSE, NULL, 0);
+}
+
+int mwi_relay_close_farewell(mwi_relay *r, const void *farewell, size_t len)
+{
+    uint8_t *copy = NULL;
+    if (!r->owner_started) return 0;
+    if (len > 0 && !r->owner_bye) {    /* the worker owns the copy from here */
+        if ((copy = malloc(len)) == NULL) return ENOMEM;
+        memcpy(copy, farewell, len);
+        r->owner_bye = 1;
+    }
+    post(r, MWI_CMD_CLOSE, copy, len);
+    return 0;
 }
 
 void mwi_relay_release(mwi_relay *r)
 {
     if (r->owner_started) {
-        post(r, MWI_CMD_RELEASE);     /* the worker frees it, after any request before */
+        post(r, MWI_CMD_RELEASE, NULL, 0);   /* the worker frees it, after any request before */
         return;
     }
     mwi_tls_free(r->tls[0]);
     mwi_tls_free(r->tls[1]);
     if (r->fd[0] >= 0) close(r->fd[0]);
     if (r->fd[1] >= 0) close(r->fd[1]);
-    free(r);
+    relay_free(r);
 }
 
 int mwi_relay_set_tls(mwi_relay *r, int side, mwi_tls *t)

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -167,9 +168,79 @@ static int pump_dir(mwi_relay *r, int i, int trust_short_read)
     }
 }
 
+/* ---- the owner's close with a farewell to side A (mwi_relay_close_farewell) ----------- */
+
+static int farewell_blocked(mwi_relay *r)
+{
+    relay_want_out(r, 0, 1);
+    return PUMP_BLOCKED;
+}
+
+/* Write the farewell to side A. PUMP_MORE once all of it went out. */
+static int write_farewell(mwi_relay *r)
+{
+    mwi_tls *t = r->tls[0];
+    ssize_t n;
+    while (r->bye_off < r->bye_len) {
+        const uint8_t *p = r->bye + r->bye_off;
+        size_t len = r->bye_len - r->bye_off;
+        if (t != NULL) {
+            n = mwi_tls_write(t, p, len);
+            if (n == MWI_TLS_WANT_READ) return PUMP_BLOCKED;    /* EPOLLIN is always on */
+            if (n == MWI_TLS_WANT_WRITE) return farewell_blocked(r);
+            if (n < 0) return relay_fail(r, 0, mwi_tls_errno(t));
+        } else {
+            n = send(r->fd[0], p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && errno == EAGAIN) return farewell_blocked(r);
+            if (n < 0) return relay_fail(r, 0, errno);
+        }
+        r->bye_off += (size_t)n;
+    }
+    return PUMP_MORE;
+}
+
+/* Nothing more is read: deliver what B already sent to A, then the farewell (A gets a
+ * prefix of B's stream, then the farewell whole), then end. Runs on every event until
+ * done; the timer (relay_deadline) ends it if A takes too long. */
+static int pump_farewell(mwi_relay *r)
+{
+    int tls = r->tls[0] != NULL || r->tls[1] != NULL;
+    int st = tls ? relay_tls_flush(r, 1) : flush(r, 1);
+    /* once B's end of stream was seen, A has (or is about to get) its end: no farewell */
+    if (st == PUMP_MORE && !r->dir[1].eof) st = write_farewell(r);
+    if (st == PUMP_MORE) relay_finish(r, MWI_RELAY_CLOSED, 0);
+    return 0;
+}
+
+void relay_close_asked(mwi_relay *r)
+{
+    if (r->bye == NULL || r->bye_len == 0) {
+        relay_finish(r, MWI_RELAY_CLOSED, 0);
+        return;
+    }
+    r->bye_since_ms = r->eng->now_ms ? r->eng->now_ms : 1;
+    relay_want_out(r, 1, 0);           /* nothing more goes to B */
+    timer_reschedule(r->eng, r);
+    pump_farewell(r);
+}
+
+/* Unread bytes at close() make the kernel answer with an RST, which can destroy a
+ * farewell still in flight: drop what A sent meanwhile (bounded, never waits). */
+static void discard_input(int fd)
+{
+    char sink[16384];
+    for (int k = 0; k < 64; k++) {
+        ssize_t n = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;
+    }
+}
+
 int relay_pump(mwi_relay *r, int side, uint32_t events)
 {
     int more = 0, st;
+    if (r->bye_since_ms) return pump_farewell(r);
     if (r->tls[0] != NULL || r->tls[1] != NULL) return relay_pump_tls(r, side, events);
     for (int i = 0; i < 2; i++) {
         int both = (events & (EPOLLHUP | EPOLLERR)) != 0;
@@ -196,6 +267,7 @@ int relay_pump(mwi_relay *r, int side, uint32_t events)
 uint64_t relay_deadline(const mwi_relay *r)
 {
     uint64_t dl = UINT64_MAX;
+    if (r->bye_since_ms) return r->bye_since_ms + (r->close_ms ? r->close_ms : MWI_FAREWELL_MS);
     if (r->idle_ms) dl = r->last_active_ms + r->idle_ms;
     if (r->close_ms && r->half_closed_ms && r->half_closed_ms + r->close_ms < dl)
         dl = r->half_closed_ms + r->close_ms;
@@ -221,6 +293,10 @@ void relay_finish(mwi_relay *r, mwi_relay_reason reason, int err)
 {
     mwi_engine *eng = r->eng;
     if (r->state == RS_FINISHED) return;
+    if (r->bye_since_ms) {             /* the owner asked: whatever happened on the way out */
+        reason = MWI_RELAY_CLOSED;
+        err = 0;
+    }
     if (r->state == RS_LIVE) {
         /* explicit DEL: if anyone holds a dup of an fd, close() alone would leave it armed */
         epoll_ctl(eng->epfd, EPOLL_CTL_DEL, r->fd[0], NULL);
@@ -235,6 +311,9 @@ void relay_finish(mwi_relay *r, mwi_relay_reason reason, int err)
     drop_dir_buffers(eng, &r->dir[0]);
     drop_dir_buffers(eng, &r->dir[1]);
     relay_tls_end(r, reason);
+    if (r->bye_since_ms) discard_input(r->fd[0]);
+    free(r->bye);
+    r->bye = NULL;
     close(r->fd[0]);
     close(r->fd[1]);
     r->fd[0] = r->fd[1] = -1;

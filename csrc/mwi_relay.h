@@ -5,6 +5,7 @@
  * through two queues and two eventfds:
  *
  *   owner --(start/close/release flags on the relay, wake eventfd)--> worker
+ *            (a close may carry a farewell for side A, copied, handed over under the lock)
  *   worker --(finished relays, done eventfd)--> owner
  *
  * Why a worker thread and not loop.add_reader per socket: a readiness callback from the
@@ -20,11 +21,14 @@
 #ifndef MWI_RELAY_H
 #define MWI_RELAY_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct mwi_engine mwi_engine;
 typedef struct mwi_relay mwi_relay;
 typedef struct mwi_tls mwi_tls;   /* mwi_tls.h */
+
+#define MWI_FAREWELL_MS 5000   /* bound on a farewell when the relay has no close_ms */
 
 typedef enum mwi_relay_reason {
     MWI_RELAY_RUNNING = 0,
@@ -33,7 +37,7 @@ typedef enum mwi_relay_reason {
     MWI_RELAY_RESET_B,
     MWI_RELAY_IDLE_TIMEOUT,   /* no byte moved for idle_ms */
     MWI_RELAY_CLOSE_TIMEOUT,  /* one side closed and the other did not follow within close_ms */
-    MWI_RELAY_CLOSED,         /* the owner asked (mwi_relay_close, or engine shutdown) */
+    MWI_RELAY_CLOSED,         /* the owner asked (mwi_relay_close*, or engine shutdown) */
     MWI_RELAY_ERROR,          /* any other failure; see mwi_relay_errno */
     MWI_RELAY_REASON_COUNT
 } mwi_relay_reason;
@@ -69,6 +73,17 @@ mwi_relay *mwi_relay_new(mwi_engine *eng, int fd_a, int fd_b, uint32_t idle_ms,
 int mwi_relay_set_tls(mwi_relay *r, int side, mwi_tls *t);
 int mwi_relay_start(mwi_relay *r);               /* 0, or errno (fds not sockets, ...) */
 void mwi_relay_close(mwi_relay *r);              /* ask to end; finishes as CLOSED */
+/* Ask to end after telling side A why (a protocol's own error message, e.g. a PostgreSQL
+ * ErrorResponse). Nothing more is read from either side; the bytes already read from B are
+ * delivered to A first, then the farewell (`len` bytes, copied here; over TLS on a TLS
+ * side), then the usual close (close_notify on TLS sides): A reads a prefix of B's stream
+ * and then the farewell, never one inside the other. The relay knows no framing: whether
+ * that prefix ends on a message boundary is the protocol's affair (it does between
+ * queries). Bounded by close_ms (MWI_FAREWELL_MS when the relay has none): a side A that
+ * takes nothing is closed anyway, and so is one that fails; the relay always finishes as
+ * CLOSED. No farewell once B's end of stream was seen. The first farewell asked for is
+ * the one said; stats count B's bytes only. 0, or ENOMEM. */
+int mwi_relay_close_farewell(mwi_relay *r, const void *farewell, size_t len);
 /* Once finished (popped from the done queue), or never started: hand the relay back. */
 void mwi_relay_release(mwi_relay *r);
 

@@ -66,6 +66,12 @@ struct mwi_relay {
     uint8_t out_armed[2];     /* EPOLLOUT watched on fd[i] (only while blocked on it) */
     uint8_t no_splice;        /* splice refused (EINVAL) for these fds: buffers only */
     mwi_tls *tls[2];          /* NULL for a plain side; owned (freed at finish) */
+    /* a farewell to side A (mwi_relay_close_farewell): handed over under eng->lock in
+     * cmd_bye, then the worker's in bye until the relay finishes */
+    uint8_t *cmd_bye, *bye;
+    size_t cmd_bye_len, bye_len, bye_off;
+    uint64_t bye_since_ms;    /* worker: saying farewell since (0: not) */
+    int owner_bye;            /* owner thread only: a farewell was asked for */
     uint64_t user;
 };
 
@@ -108,6 +114,8 @@ struct mwi_engine {
 int relay_pump(mwi_relay *r, int side, uint32_t events);
 void relay_finish(mwi_relay *r, mwi_relay_reason reason, int err);
 uint64_t relay_deadline(const mwi_relay *r);
+/* the owner's close reached the worker while live: say farewell if one was given, or end */
+void relay_close_asked(mwi_relay *r);
 
 /* mwi_relay.c, shared with the TLS pump */
 int relay_fail(mwi_relay *r, int side, int e);
@@ -118,6 +126,8 @@ void relay_want_out(mwi_relay *r, int side, int on);
 /* mwi_relay_tls.c: the pump for relays with at least one TLS side, and their teardown
  * (close_notify where the end was orderly, then free the TLS state). */
 int relay_pump_tls(mwi_relay *r, int side, uint32_t events);
+/* write what direction i holds (TLS relays); blocked on writability: EPOLLOUT armed */
+int relay_tls_flush(mwi_relay *r, int i);
 void relay_tls_end(mwi_relay *r, mwi_relay_reason reason);
 
 /* mwi_engine.c, called by the pump */

@@ -195,6 +195,14 @@ int relay_pump_tls(mwi_relay *r, int side, uint32_t events)
     return more;
 }
 
+int relay_tls_flush(mwi_relay *r, int i)
+{
+    mwi_dir *d = &r->dir[i];
+    int st = flush(r, i);
+    if (st == PUMP_BLOCKED && d->wait == WAIT_OUT) relay_want_out(r, d->wait_side, 1);
+    return st;
+}
+
 void relay_tls_end(mwi_relay *r, mwi_relay_reason reason)
 {
     int orderly = reason == MWI_RELAY_CLOSED || reason == MWI_RELAY_IDLE_TIMEOUT

@@ -1,7 +1,8 @@
 /* Stress mwi_relay's threading and lifetimes under ThreadSanitizer or AddressSanitizer.
  *   gcc -fsanitize=thread -Icsrc csrc/fuzz/stress_relay.c csrc/mwi_relay.c csrc/mwi_engine.c
  * Many relays over socketpairs: echo through each, then end them every way there is
- * (both half-closes, owner close, peer gone, idle timeout) and check the reasons.
+ * (both half-closes, owner close with and without a farewell, peer gone, idle timeout)
+ * and check the reasons, the farewells said, and a farewell asked for too late.
  * tests/unit/native/test_relay_sanitizers.py builds and runs it. */
 #include "mwi_relay.h"
 
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #define N 96
+#define BYE "E\0\0\0\x10SFATAL\0M bye\0"
 #define CHECK(c) do { if (!(c)) { fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, #c); exit(1); } } while (0)
 
 static void read_exact(int fd, char *buf, size_t n)
@@ -58,8 +60,13 @@ static int run(int use_splice)
             shutdown(outer[i][1], SHUT_WR);
             want[i] = MWI_RELAY_EOF;
             break;
-        case 2: case 3:            /* the owner ends it */
+        case 2:                    /* the owner ends it */
             mwi_relay_close(relays[i]);
+            want[i] = MWI_RELAY_CLOSED;
+            break;
+        case 3:                    /* ...telling A why */
+            CHECK(mwi_relay_close_farewell(relays[i], BYE, sizeof BYE - 1) == 0);
+            CHECK(mwi_relay_close_farewell(relays[i], "again", 5) == 0);  /* the first is said */
             want[i] = MWI_RELAY_CLOSED;
             break;
         case 4:                    /* B's peer vanishes while A keeps talking */
@@ -85,6 +92,11 @@ static int run(int use_splice)
             if (want[i] != MWI_RELAY_RUNNING) CHECK(mwi_relay_reason_get(r) == want[i]);
             else CHECK(mwi_relay_reason_get(r) == MWI_RELAY_RESET_B
                        || mwi_relay_reason_get(r) == MWI_RELAY_EOF);
+            if (i % 6 == 3) {      /* exactly the farewell, then EOF */
+                read_exact(outer[i][0], got, sizeof BYE - 1);
+                CHECK(memcmp(got, BYE, sizeof BYE - 1) == 0 && read(outer[i][0], got, 1) == 0);
+            }
+            if (i % 6 == 0) CHECK(mwi_relay_close_farewell(r, "late", 4) == 0);  /* freed */
             mwi_relay_release(r);
             finished++;
         }

@@ -68,6 +68,7 @@ cdef extern from "mwi_relay.h" nogil:
     int mwi_relay_set_tls(mwi_relay *r, int side, mwi_tls *t)
     int mwi_relay_start(mwi_relay *r)
     void mwi_relay_close(mwi_relay *r)
+    int mwi_relay_close_farewell(mwi_relay *r, const void *farewell, size_t len)
     void mwi_relay_release(mwi_relay *r)
     void mwi_engine_ack_done(mwi_engine *eng)
     mwi_relay *mwi_engine_pop_done(mwi_engine *eng)

@@ -163,12 +163,20 @@ cdef class Relay:
         self.started = True
         self.engine.running[self.rid] = self
 
-    def close(self):
-        """Ask the relay to end; on_done("closed") follows unless it ended already."""
+    def close(self, farewell_a=b""):
+        """Ask the relay to end; on_done("closed") follows unless it ended already.
+
+        farewell_a (bytes-like): said to side A before it is closed. Nothing more is read
+        from either side; what was already read from B reaches A first, then the
+        farewell, then the usual close. Bounded by close_timeout (5 s when none); the first
+        farewell given is the one said. See mwi_relay_close_farewell (csrc/mwi_relay.h)."""
+        cdef bytes bye = bytes(memoryview(farewell_a))
+        cdef const char *p = bye
         if self.r == NULL:
             return
         if self.started:
-            mwi_relay_close(self.r)
+            if mwi_relay_close_farewell(self.r, p, len(bye)) != 0:
+                raise MemoryError()
         else:
             mwi_relay_release(self.r)
             self.r = NULL

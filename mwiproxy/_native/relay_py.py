@@ -28,6 +28,7 @@ from .relaytypes import (
 from .tls_py import TLSParts, TLSStream
 
 _CHUNK = 64 * 1024
+_FAREWELL_S = 5.0  # bound on a farewell when the relay has no close timeout (MWI_FAREWELL_MS)
 _ORDERLY = (REASON_CLOSED, REASON_IDLE_TIMEOUT, REASON_CLOSE_TIMEOUT)
 _RESETS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
 
@@ -158,6 +159,7 @@ class Relay:
         self._reason: str | None = None
         self._errno = 0
         self._started = False
+        self._bye: memoryview | None = None  # a farewell to side A is being said
 
     # -- public API ---------------------------------------------------------------------
 
@@ -186,10 +188,16 @@ class Relay:
                 self._loop.call_soon(self._on_readable, d)
         self._arm_timer()
 
-    def close(self) -> None:
-        """Ask the relay to end; on_done("closed") follows unless it ended already."""
-        if self._reason is not None:
-            return
+    def close(self, farewell_a: bytes | bytearray | memoryview = b"") -> None:
+        """Ask the relay to end; on_done("closed") follows unless it ended already.
+
+        farewell_a: said to side A before it is closed. Nothing more is read from either
+        side; what was already read from B reaches A first, then the farewell, then the
+        usual close. Bounded by close_timeout (5 s when none); the first farewell given is
+        the one said. Same rules as the native mwi_relay_close_farewell."""
+        bye = bytes(memoryview(farewell_a))
+        if self._reason is not None or self._bye is not None:
+            return  # ended, or saying farewell already (bounded)
         if not self._started:
             for side in self._sides:
                 with contextlib.suppress(OSError):
@@ -197,7 +205,10 @@ class Relay:
             self._sides = []
             self._reason = REASON_CLOSED
             return
-        self._finish(REASON_CLOSED)
+        if not bye:
+            self._finish(REASON_CLOSED)
+            return
+        self._say_farewell(bye)
 
     def stats(self) -> RelayStats:
         if self._dirs is None:
@@ -220,7 +231,7 @@ class Relay:
     # -- data path ----------------------------------------------------------------------
 
     def _on_readable(self, d: _Direction) -> None:
-        if self._reason is not None or d.eof or d.blocked:
+        if self._reason is not None or self._bye is not None or d.eof or d.blocked:
             return
         try:
             data = d.src.recv()
@@ -239,6 +250,8 @@ class Relay:
             self._loop.call_soon(self._on_readable, d)  # decrypted bytes wait inside TLS
 
     def _on_writable(self, d: _Direction) -> None:
+        if self._bye is not None:
+            return
         self._flush(d)
         if self._reason is None and not d.blocked and d.eof:
             self._shut(d)
@@ -296,6 +309,45 @@ class Relay:
         else:
             self._finish(REASON_ERROR, exc.errno or 0)
 
+    # -- the owner's close with a farewell to side A ---------------------------------------
+
+    def _say_farewell(self, bye: bytes) -> None:
+        assert self._ends is not None and self._dirs is not None
+        self._bye = memoryview(bye)
+        for d in self._dirs:  # nothing more is read, nothing more goes to B
+            self._loop.remove_reader(d.src.sock.fileno())
+        self._loop.remove_writer(self._ends[1].sock.fileno())
+        if self._dirs[1].eof:  # A has (or is about to get) its end of stream: no farewell
+            self._bye = memoryview(b"")
+        if self._timer is not None:
+            self._timer.cancel()
+        bound = self._close_ms / 1000 if self._close_ms else _FAREWELL_S
+        self._timer = self._loop.call_later(bound, self._finish, REASON_CLOSED)
+        self._pump_farewell()
+
+    def _pump_farewell(self) -> None:
+        """What B already sent goes to A first, then the farewell (A gets a prefix of B's
+        stream, then the farewell whole), then the end."""
+        assert self._ends is not None and self._dirs is not None and self._bye is not None
+        a, ba = self._ends[0], self._dirs[1]
+        if self._reason is not None:
+            return
+        try:
+            a.flush()
+            while ba.pending is not None:
+                n = a.send(ba.pending)
+                ba.bytes += n
+                ba.pending = ba.pending[n:] if n < len(ba.pending) else None
+            while self._bye:
+                self._bye = self._bye[a.send(self._bye):]
+            a.flush()
+        except (BlockingIOError, InterruptedError):
+            self._loop.add_writer(a.sock.fileno(), self._pump_farewell)
+            return
+        except OSError:
+            pass  # A is gone: the end is the same
+        self._finish(REASON_CLOSED)
+
     # -- timers and the end ---------------------------------------------------------------
 
     def _deadline(self) -> float | None:
@@ -329,6 +381,8 @@ class Relay:
     def _finish(self, reason: str, err: int = 0) -> None:
         if self._reason is not None:
             return
+        if self._bye is not None:  # the owner asked: whatever happened on the way out
+            reason, err = REASON_CLOSED, 0
         self._reason, self._errno = reason, err
         if self._timer is not None:
             self._timer.cancel()
@@ -344,10 +398,21 @@ class Relay:
                     end.shut_wr()  # close_notify, best effort, like the native engine
             self._loop.remove_reader(end.sock.fileno())
             self._loop.remove_writer(end.sock.fileno())
+            if self._bye is not None and end is self._ends[0]:
+                _discard_input(end.sock)
             end.sock.close()
         cb, self._on_done = self._on_done, None
         if cb is not None:
             self._loop.call_soon(cb, reason)  # like the native engine: never re-entrant
+
+
+def _discard_input(sock: socket.socket) -> None:
+    """Unread bytes at close() make the kernel answer with an RST, which can destroy a
+    farewell still in flight: drop what the peer sent meanwhile (bounded, never waits)."""
+    with contextlib.suppress(OSError):
+        for _ in range(64):
+            if not sock.recv(16384):
+                return
 
 
 def _side_fd(side: int | TLSStream) -> int:

@@ -65,14 +65,19 @@ class Pipe:
         self._last = 0.0
 
     def close(self, reason: str = _native.REASON_CLOSED, farewell_to_a: bytes = b"") -> None:
-        """Cut both sides now (a lock, an expired certificate, shutdown). A farewell is
-        written to side a first when the copy runs in Python; the native relay has no
-        way to add bytes to a stream it owns, so there the cut is silent."""
+        """Cut both sides now (a lock, an expired certificate, shutdown), telling side a
+        why first if `farewell_to_a` is given (the first farewell wins). The native relay
+        stops reading both sides, delivers to a what it already read from b, then the
+        farewell, then closes (bounded by the close timeout), so a gets a prefix of b's
+        stream and then the whole farewell. The relay knows no framing: between queries
+        that prefix ends on a message boundary; cut while a result streams, it may not,
+        and the client then reads a broken message instead. The Python copy writes the
+        farewell after its tasks stopped, bounded by one second."""
         if not self.stats.reason:
             self.stats.reason = reason
         self._farewell = self._farewell or farewell_to_a
         if self._relay is not None:
-            self._relay.close()
+            self._relay.close(self._farewell)
         else:
             self._abort()
 
@@ -104,11 +109,11 @@ class Pipe:
         self._relay.start()
         self.stats.native = True
         if self._stopping or self.stats.reason:  # closed while being set up
-            self._relay.close()
+            self._relay.close(self._farewell)
         try:
             reason = await done
         except asyncio.CancelledError:  # the owner is going away: so does the relay
-            self._relay.close()
+            self._relay.close(self._farewell)
             raise
         counters = self._relay.stats()
         self.stats.bytes_a_to_b = counters.bytes_a_to_b

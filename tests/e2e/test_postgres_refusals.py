@@ -66,9 +66,10 @@ def test_lock_cuts_a_live_session_within_a_second(topo):
             conn.execute("select 1")
             time.sleep(0.05)
     assert time.monotonic() - locked_at < 1.5
-    # The relay owns both TLS streams natively and cannot add a closing ErrorResponse,
-    # so the client sees the connection end; the audit log and the next connection say why.
-    assert "closed" in str(err.value) or "locked" in str(err.value)
+    # The cluster proxy's native relay says why before it closes (Relay.close(farewell)):
+    # a FATAL 57P01 ErrorResponse through the tunnel's TLS, not just a dropped connection.
+    assert err.value.sqlstate == "57P01", repr(err.value)
+    assert "session ended: bot 'locked' is locked: incident 42" in str(err.value), err.value
     ends = [e for e in topo.audit("db.session.end") if e.get("bot") == "locked"]
     assert ends and ends[-1]["reason"] == "locked", ends
     conn.close()

@@ -10,6 +10,11 @@ from typing import Any
 
 import uvloop
 
+from mwiproxy.wire.postgres import ADMIN_SHUTDOWN, error_response
+
+# what the cluster proxy says when it cuts a session (Relay.close(farewell_a=...))
+FAREWELL = error_response("access to db denied: bot 'ci' is locked: incident 42", ADMIN_SHUTDOWN)
+
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
     """Two ends of one loopback TCP connection (client, server)."""
@@ -70,3 +75,35 @@ def run(body: Callable[[], Awaitable[Any]], timeout: float = 60, loop: str = "uv
 
 def open_fds() -> set[int]:
     return {int(x) for x in os.listdir("/proc/self/fd")}
+
+
+def farewell_split(got: bytes, stream: bytes, farewell: bytes = FAREWELL) -> tuple[int, int]:
+    """(k, m) with got == stream[:k] + farewell[:m]: a prefix of the relayed stream, then
+    the start of the farewell, never one inside the other. AssertionError if no such split."""
+    lo, hi = 0, min(len(got), len(stream))
+    while lo < hi:  # the longest common prefix of got and stream
+        mid = (lo + hi + 1) // 2
+        if got[:mid] == stream[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    for k in range(lo, max(-1, lo - len(farewell) - 1), -1):
+        if got[k:] == farewell[:len(got) - k]:
+            return k, len(got) - k
+    raise AssertionError(f"{len(got)} bytes are not a prefix of the stream and then the farewell")
+
+
+async def flood(sock: socket.socket, chunk: bytes, limit: int = 2000) -> bytes:
+    """Send `chunk` until the kernel takes no more (the relay stopped reading): the bytes
+    it took."""
+    sent = bytearray()
+    for _ in range(limit):
+        try:
+            sent += chunk[:sock.send(chunk)]
+        except BlockingIOError:
+            await asyncio.sleep(0.05)
+            try:
+                sent += chunk[:sock.send(chunk)]
+            except BlockingIOError:
+                break
+    return bytes(sent)

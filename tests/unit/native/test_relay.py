@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -14,7 +15,7 @@ import pytest
 
 from mwiproxy._native import REASON_CLOSE_TIMEOUT, REASON_CLOSED, REASON_EOF, REASON_IDLE_TIMEOUT
 
-from .relaykit import Joined, open_fds, recv_all, run
+from .relaykit import FAREWELL, Joined, farewell_split, flood, open_fds, recv_all, run
 
 
 @pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
@@ -147,6 +148,73 @@ def test_close_from_python(relay_mod: Any) -> None:
         assert await j.done == REASON_CLOSED
         assert await recv_all(loop, j.b) == b""
         j.relay.close()  # idempotent
+        j.close()
+
+    run(body)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_close_with_a_farewell_while_idle(relay_mod: Any, kind: str) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        j = Joined(relay_mod.Relay, loop, kind)
+        j.relay.start()
+        await loop.sock_sendall(j.b, b"ready")
+        assert await recv_all(loop, j.a, 5) == b"ready"
+        await loop.sock_sendall(j.a, b"select 1")  # never read by the relay: no RST for it
+        j.relay.close(FAREWELL)
+        j.relay.close(b"second farewell")  # the first one is said, once
+        assert await recv_all(loop, j.a) == FAREWELL  # then EOF
+        assert await j.done == REASON_CLOSED
+        assert j.relay.stats().bytes_b_to_a == 5  # B's bytes only
+        assert await recv_all(loop, j.b) in (b"", b"select 1")
+        j.close()
+
+    run(body)
+
+
+def test_close_with_a_farewell_mid_stream_keeps_it_whole(relay_mod: Any) -> None:
+    """B streams to A; the farewell comes after a prefix of that stream, never inside it."""
+    bulk = random.randbytes(64 << 20)
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        j = Joined(relay_mod.Relay, loop)
+        j.relay.start()
+
+        async def send() -> None:
+            with contextlib.suppress(OSError):  # the relay cuts B mid-send
+                await loop.sock_sendall(j.b, bulk)
+
+        sender = asyncio.ensure_future(send())
+        got = bytearray()
+        while len(got) < 1 << 20:
+            got += await loop.sock_recv(j.a, 65536)
+        j.relay.close(FAREWELL)
+        got += await recv_all(loop, j.a)
+        k, m = farewell_split(bytes(got), bulk)
+        assert m == len(FAREWELL) and 1 << 20 <= k < len(bulk)
+        assert await j.done == REASON_CLOSED
+        assert j.relay.stats().bytes_b_to_a == k
+        await asyncio.wait_for(sender, 10)
+        j.close()
+
+    run(body)
+
+
+def test_close_with_a_farewell_is_bounded_when_a_reads_nothing(relay_mod: Any) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        j = Joined(relay_mod.Relay, loop, close_timeout=0.3)
+        j.relay.start()
+        sent = await flood(j.b, os.urandom(65536))  # A's buffers and the relay's are full
+        big = FAREWELL * 50_000  # 4 MB: cannot slip into what the kernel frees meanwhile
+        t0 = loop.time()
+        j.relay.close(big)
+        assert await j.done == REASON_CLOSED
+        assert 0.2 < loop.time() - t0 < 3.0
+        _, said = farewell_split(await recv_all(loop, j.a), sent, big)  # still in order
+        assert said < len(big)
         j.close()
 
     run(body)

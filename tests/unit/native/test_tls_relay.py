@@ -4,6 +4,7 @@ context swap, scale, no leaked fds."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import random
@@ -12,9 +13,9 @@ import ssl
 import struct
 from typing import Any
 
-from mwiproxy._native import REASON_EOF, REASON_IDLE_TIMEOUT, REASON_RESET_A
+from mwiproxy._native import REASON_CLOSED, REASON_EOF, REASON_IDLE_TIMEOUT, REASON_RESET_A
 
-from .relaykit import open_fds, recv_all, run, tcp_pair
+from .relaykit import FAREWELL, farewell_split, flood, open_fds, recv_all, run, tcp_pair
 from .tlskit import handshaken, plain_pair
 
 
@@ -154,6 +155,91 @@ def test_idle_timeout(tls_mod: Any, pki: Any) -> None:
         assert await j.client.read(10) == b""  # a close_notify was sent on the way out
         j.client.close()
         assert j.plain is not None
+        j.plain.close()
+
+    run(body)
+
+
+def test_close_with_a_farewell_while_idle_ends_with_close_notify(tls_mod: Any, pki: Any) -> None:
+    """The stdlib's blocking client tells a close_notify (recv returns b"") from a bare FIN."""
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        c, s = tcp_pair()
+        server = tls_mod.TLSStream(loop, pki.server_ctx(tls_mod), s.detach())
+        client = pki.stdlib_client().wrap_socket(c, server_hostname="proxy.mwi.test",
+                                                  do_handshake_on_connect=False)
+        client_hs = asyncio.ensure_future(asyncio.to_thread(client.do_handshake))
+        await server.handshake()
+        await client_hs
+        plain, inner = plain_pair()
+        done = loop.create_future()
+        relay = tls_mod.Relay(loop, server, inner.detach(), on_done=done.set_result)
+        relay.start()
+
+        def tls_peer() -> bytes:
+            client.sendall(b"select 1")
+            got = client.recv(5)
+            while chunk := client.recv(1000):  # b"" only on close_notify
+                got += chunk
+            client.close()
+            return got
+
+        peer = asyncio.ensure_future(asyncio.to_thread(tls_peer))
+        assert await recv_all(loop, plain, 8) == b"select 1"
+        await loop.sock_sendall(plain, b"1 row")
+        while relay.stats().bytes_b_to_a < 5:
+            await asyncio.sleep(0.01)
+        relay.close(FAREWELL)
+        assert await peer == b"1 row" + FAREWELL
+        assert await done == REASON_CLOSED
+        assert await recv_all(loop, plain) == b""
+        plain.close()
+
+    run(body)
+
+
+def test_close_with_a_farewell_mid_stream_keeps_it_whole(tls_mod: Any, pki: Any) -> None:
+    bulk = random.randbytes(48 << 20)
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        j = await TLSJoined.open(tls_mod, pki)
+        assert j.plain is not None
+        plain = j.plain
+
+        async def send() -> None:
+            with contextlib.suppress(OSError):  # the relay cuts the plain side mid-send
+                await loop.sock_sendall(plain, bulk)
+
+        sender = asyncio.ensure_future(send())
+        got = bytearray()
+        while len(got) < 1 << 20:
+            got += await j.client.read(1 << 20)
+        j.relay.close(FAREWELL)
+        while chunk := await j.client.read(1 << 20):
+            got += chunk
+        k, m = farewell_split(bytes(got), bulk)
+        assert m == len(FAREWELL) and 1 << 20 <= k < len(bulk)
+        assert await j.done == REASON_CLOSED
+        assert j.relay.stats().bytes_b_to_a == k
+        await asyncio.wait_for(sender, 10)
+        j.client.close()
+        plain.close()
+
+    run(body)
+
+
+def test_close_with_a_farewell_is_bounded_when_a_reads_nothing(tls_mod: Any, pki: Any) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        j = await TLSJoined.open(tls_mod, pki, close_timeout=0.3)
+        assert j.plain is not None
+        await flood(j.plain, random.randbytes(65536))  # the TLS client reads nothing
+        t0 = loop.time()
+        j.relay.close(FAREWELL * 50_000)
+        assert await j.done == REASON_CLOSED
+        assert 0.2 < loop.time() - t0 < 3.0
+        j.client.close()
         j.plain.close()
 
     run(body)

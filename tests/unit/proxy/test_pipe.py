@@ -1,5 +1,5 @@
 """The relay: native for plain and native-TLS ends, a Python copy otherwise; counters,
-half-close, close() and idle timeout behave the same for callers."""
+half-close, close() (with its farewell) and idle timeout behave the same for callers."""
 
 from __future__ import annotations
 
@@ -72,6 +72,35 @@ def test_close_cuts_both_sides(allow_native):
     assert asyncio.run(main()) == "locked"
 
 
+@pytest.mark.parametrize("before_run", [False, True], ids=["running", "before-run"])
+@pytest.mark.parametrize("allow_native", [True, False])
+def test_close_with_a_farewell_tells_side_a_why(allow_native, before_run):
+    farewell = b"E\x00\x00\x00\x0bMlocked\x00\x00"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        (a, peer_a), (b, peer_b) = await _pair(), await _pair()
+        pipe = Pipe(a, b, allow_native=allow_native)
+        if before_run:
+            pipe.close("locked", farewell_to_a=farewell)
+        task = asyncio.ensure_future(pipe.run())
+        if not before_run:
+            await loop.sock_sendall(peer_b, b"ready")
+            assert await loop.sock_recv(peer_a, 10) == b"ready"
+            pipe.close("locked", farewell_to_a=farewell)
+        stats = await asyncio.wait_for(task, 5)
+        assert stats.reason == "locked" and stats.native == allow_native
+        got = b""
+        while chunk := await loop.sock_recv(peer_a, 100):
+            got += chunk
+        assert got == farewell
+        assert await loop.sock_recv(peer_b, 10) == b""
+        peer_a.close()
+        peer_b.close()
+
+    asyncio.run(main())
+
+
 def test_idle_timeout_in_the_asyncio_copy():
     async def main() -> str:
         (a, _pa), (b, _pb) = await _pair(), await _pair()
@@ -115,10 +144,11 @@ def test_a_tls_end_is_relayed_natively_after_the_setup_exchange():
             got += await loop.sock_recv(peer_b, 65536)
         await loop.sock_sendall(peer_b, b"row")
         assert await peer.read() == b"row"
-        pipe.close("locked")
+        pipe.close("locked", farewell_to_a=b"locked, bye")
         stats = await asyncio.wait_for(task, 5)
         assert stats.native and stats.reason == "locked"
         assert (stats.bytes_a_to_b, stats.bytes_b_to_a) == (100_000, 3)
+        assert await peer.read() == b"locked, bye"  # through TLS, then close_notify
         assert await peer.read() == b""
         peer.close()
         peer_b.close()
