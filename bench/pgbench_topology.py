@@ -4,7 +4,9 @@
 
 One run starts a real PostgreSQL (cert auth, TLS), an mwiproxy cluster, bot
 credentials and two local proxies (tunnel, non-tunnel; a third with `--ping` unless
---no-ping), and two HAProxies: one on the "service host" originating TLS with the client
+--no-ping), a database agent (`mwiproxy start --roles=db`) serving the same PostgreSQL
+under a second name with its own tunnel-mode local proxy (unless --no-agent: the cost of
+the extra hop), and two HAProxies: one on the "service host" originating TLS with the client
 certificate, one at the "cluster side" terminating it (verifying the client certificate)
 and forwarding to PostgreSQL. PostgreSQL 15 cannot take TLS without its SSLRequest
 exchange, which HAProxy does not speak, so on that last leg the TLS is pgbench's own
@@ -41,6 +43,7 @@ from mwiproxy.identity.authorities import (
 )
 from mwiproxy.identity.certs import Identity
 from tests._testbase import postgres
+from tests._testbase.agent import AGENT_SERVICE, Agent, db_token
 from tests._testbase.cluster import ClusterProcess
 from tests._testbase.fixtures import GUIDE_ROLE
 from tests._testbase.ports import free_port
@@ -148,13 +151,15 @@ def _haproxy(root: Path, pg_port: int) -> tuple[int, list[subprocess.Popen[bytes
 
 
 @contextmanager
-def topology(root: Path, with_ping: bool) -> Iterator[list[Target]]:
+def topology(root: Path, with_ping: bool, with_agent: bool = True
+             ) -> Iterator[list[Target]]:
     pg = postgres.PostgresServer(hba=["local all all trust",
                                       "hostssl all all 127.0.0.1/32 cert"])
     config = CLUSTER_YAML.replace("{env: dev}", "{{env: dev}}").replace("PGPORT", str(pg.port))
     cluster = ClusterProcess(root / "data", config=config).start()
     topo = Topology(root, cluster, pg)
     haproxies: list[subprocess.Popen[bytes]] = []
+    agent: Agent | None = None
     try:
         _start_postgres(pg, cluster, root)
         (root / "role.yaml").write_text(GUIDE_ROLE)
@@ -166,8 +171,15 @@ def topology(root: Path, with_ping: bool) -> Iterator[list[Target]]:
         crt, key = _alice_cert(topo)
         ha_port, haproxies = _haproxy(root, pg.port)
         assert cluster.proc is not None
-        yield _targets(topo, out, crt, key, ha_port, haproxies, with_ping)
+        targets = _targets(topo, out, crt, key, ha_port, haproxies, with_ping)
+        if with_agent:
+            agent = Agent(topo, "bench")
+            agent.start(token=db_token(topo))
+            targets.append(_agent_target(topo, agent))
+        yield targets
     finally:
+        if agent is not None:
+            agent.stop()
         for proc in haproxies:
             proc.terminate()
             proc.wait()
@@ -200,6 +212,15 @@ def _targets(topo: Topology, out: Path, crt: str, key: str, ha_port: int,
                               f"host=127.0.0.1 port={ping.port} {db} sslmode=disable",
                               [ping.proc.pid, cluster_pid]))
     return targets
+
+
+def _agent_target(topo: Topology, agent: Agent) -> Target:
+    assert topo.cluster.proc is not None and agent.proc is not None
+    out = topo.bot_output("bench-agent", ttl="1h", service=AGENT_SERVICE)
+    lp = topo.local_proxy(out, tunnel=True, service=AGENT_SERVICE)
+    return Target("mwiproxy tunnel via agent",
+                  f"host=127.0.0.1 port={lp.port} user=alice dbname=example-db "
+                  "sslmode=disable", [lp.proc.pid, topo.cluster.proc.pid, agent.proc.pid])
 
 
 # -- measuring ----------------------------------------------------------------------
@@ -331,17 +352,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, default=8, help="duration of each cell")
     ap.add_argument("--runs", type=int, default=3, help="repetitions (medians reported)")
     ap.add_argument("--no-ping", action="store_true", help="skip the `--ping` local proxy")
+    ap.add_argument("--no-agent", action="store_true", help="skip the database agent path")
     ap.add_argument("--out", default="", help="also write the table (markdown) here")
     args = ap.parse_args(argv)
     if not postgres.available():
         print("PostgreSQL 15 is not installed", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="mwi-pgbench-") as tmp, \
-            topology(Path(tmp), not args.no_ping) as targets:
+            topology(Path(tmp), not args.no_ping, not args.no_agent) as targets:
         results = measure(targets, args.seconds, args.runs)
+    flags = " --no-ping" * args.no_ping + " --no-agent" * args.no_agent
     report = (f"{table(results, [t.name for t in targets])}\n\n{machine()}\n\n"
               f"Command: `python -m bench.pgbench_topology --seconds {args.seconds} "
-              f"--runs {args.runs}`\n")
+              f"--runs {args.runs}{flags}`\n")
     print(report)
     if args.out:
         Path(args.out).write_text(report)

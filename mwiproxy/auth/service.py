@@ -8,6 +8,7 @@ what is decided here, once, in `_METHODS`.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from mwiproxy.identity.authorities import AuthoritySet, cert_pem, load_public_ke
 from mwiproxy.identity.certs import DatabaseRoute, Identity
 
 DEFAULT_BOT_TTL = dt.timedelta(hours=1)
+MAX_PARSED_ROLES = 1024
 DEFAULT_DB_TTL = dt.timedelta(hours=1)
 MAX_DB_SERVER_TTL = dt.timedelta(days=3650)
 
@@ -88,6 +90,7 @@ class AuthService:
         self.public_addr = public_addr
         self.clock = clock
         self.audit = audit.AuditLog(storage, clock)
+        self._parsed_roles: dict[str, Role] = {}
         self.locks = LockService(storage, self.audit, clock)
         self.bots = BotService(storage, cas, self.locks, self.audit, cluster, clock)
         self.agents = AgentService(storage, cas, self.locks, self.audit, cluster, clock,
@@ -126,11 +129,22 @@ class AuthService:
 
     # helpers
     def roles_for(self, names: list[str]) -> list[Role]:
+        """The stored roles of those names (unknown names skipped). Storage is read every
+        time, so an edited role counts at once; the parsed Role is reused while the stored
+        text is unchanged (parsing re-runs every check of a role file, which is far too
+        slow to do on every connection)."""
         roles = []
         for n in names:
             d = self.storage.get_role(n)
-            if d is not None:
-                roles.append(Role.from_dict(d))
+            if d is None:
+                continue
+            key = json.dumps(d, sort_keys=True)
+            role = self._parsed_roles.get(key)
+            if role is None:
+                if len(self._parsed_roles) >= MAX_PARSED_ROLES:
+                    self._parsed_roles.clear()
+                role = self._parsed_roles[key] = Role.from_dict(d)
+            roles.append(role)
         return roles
 
     def ca_bundle(self) -> dict[str, str]:
