@@ -137,8 +137,9 @@ class AgentService:
             self._join_failed(f"this is a {tok.kind!r} join token", remote)
         host_id = str(uuid.uuid4())
         self._storage.set_meta(META_PREFIX + host_id, json.dumps(
-            {"hostname": hostname, "joined": self._clock(), "token_id": tok.token_id[:12]}))
-        certs = self._sign(host_id, public_key, hosts, ttl)
+            {"hostname": hostname, "joined": self._clock(), "token_id": tok.token_id[:12],
+             "generation": 1}))
+        certs = self._sign(host_id, public_key, hosts, ttl, generation=1)
         self._audit.emit(audit.AGENT_JOIN, host_id=host_id, hostname=hostname, hosts=hosts,
                          token_id=tok.token_id[:12], remote=remote, expires=certs.expires)
         return certs
@@ -154,15 +155,33 @@ class AgentService:
             raise AccessDenied("only a renewable agent identity can be renewed")
         self._refuse_if_locked(caller, "renew")
         _check_hosts(hosts, self._cluster)
-        certs = self._sign(host_id, public_key, hosts, _agent_ttl(ttl))
+        generation = self._next_generation(host_id, caller, remote)
+        certs = self._sign(host_id, public_key, hosts, _agent_ttl(ttl), generation=generation)
         self._audit.emit(audit.AGENT_RENEW, host_id=host_id, hosts=hosts, remote=remote,
-                         expires=certs.expires)
+                         expires=certs.expires, generation=generation)
         return certs
 
+    def _next_generation(self, host_id: str, caller: Identity, remote: str) -> int:
+        """Like a bot's: each renewal must present the latest certificate. An older copy
+        renewing means two holders of one identity — the agent is locked."""
+        record = json.loads(self._storage.get_meta(META_PREFIX + host_id) or "{}")
+        stored = int(record.get("generation", 0))
+        if stored and caller.generation != stored:
+            msg = (f"agent generation mismatch (presented {caller.generation}, expected "
+                   f"{stored}): possibly a copied agent identity")
+            self._audit.emit(audit.AGENT_GENERATION_MISMATCH, host_id=host_id,
+                             presented=caller.generation, expected=stored, remote=remote)
+            self._locks.create("user", caller.user, message=msg, by="mwiproxy")
+            raise Locked(f"renewal refused and agent locked: {msg}")
+        record["generation"] = stored + 1 if stored else caller.generation + 1
+        self._storage.set_meta(META_PREFIX + host_id, json.dumps(record))
+        return int(record["generation"])
+
     def _sign(self, host_id: str, public_key: PublicKey, hosts: list[str],
-              ttl: dt.timedelta) -> AgentCerts:
+              ttl: dt.timedelta, *, generation: int) -> AgentCerts:
         ident = Identity(user=agent_user(host_id), roles=(AGENT_ROLE,),
-                         usage=(oids.USAGE_AGENT,), renewable=True, cluster=self._cluster)
+                         usage=(oids.USAGE_AGENT,), renewable=True, cluster=self._cluster,
+                         generation=generation)
         cert = self._cas["user"].sign_identity(ident, public_key, ttl)
         # from the agent CA, not the host CA: clients trust the host CA to name the
         # cluster proxy, and an agent must never be able to pose as it

@@ -40,6 +40,7 @@ AGENT_RENEW = "agent.renew"
 AGENT_REGISTER = "agent.register"
 AGENT_GOODBYE = "agent.goodbye"
 AGENT_LOST = "agent.lost"
+AGENT_GENERATION_MISMATCH = "agent.generation_mismatch"
 
 
 class AuditLog:

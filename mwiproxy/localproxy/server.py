@@ -103,6 +103,7 @@ class LocalProxy:
         self.username = username
         self._provider = credentials
         self._origin = origin
+        self._last_creds: TLSCredentials | None = None
         self._contexts: dict[bool, tuple[TLSCredentials, _native.TLSContext]] = {}
         self._acceptor = Acceptor(self.listen, self._serve, max_connections)
         self._setups = asyncio.Semaphore(MAX_CONCURRENT_SETUPS)
@@ -199,10 +200,15 @@ class LocalProxy:
     # -- credentials -------------------------------------------------------------------
 
     def _credentials(self) -> TLSCredentials:
+        """The provider's credentials; the same object while its answer is unchanged, so
+        the certificate is parsed once per renewal, not once per connection."""
         try:
-            return TLSCredentials(*self._provider())
+            files = TLSCredentials(*self._provider())
         except LookupError as e:  # the bot's holder before its first renewal
             raise CredentialsError(str(e)) from None
+        if self._last_creds is None or self._last_creds != files:
+            self._last_creds = files
+        return self._last_creds
 
     def _check_tunnel(self, creds: TLSCredentials) -> None:
         check_usable(creds, self.service, self._origin)

@@ -203,9 +203,23 @@ def test_renew_keeps_host_id_and_survives_restart(tmp_path, clock):
     storage.close()
     # a cluster restart: new service, same storage and CAs
     s2, storage2 = _make(tmp_path, clock)
-    again = s2.call("agent_renew", agent, {"public_key": _pem(_key())})
+    again = s2.call("agent_renew", _ident(renewed["cert"]), {"public_key": _pem(_key())})
     assert again["host_id"] == res["host_id"]
+    assert [_ident(c["cert"]).generation for c in (res, renewed, again)] == [1, 2, 3]
     storage2.close()
+
+
+def test_a_copied_agent_identity_renewing_locks_the_agent(svc):
+    """Two holders of one agent identity: the one presenting an older generation is
+    refused, the agent is locked (heartbeats too), and the audit log says why."""
+    res, agent = _join_agent(svc)
+    renewed = svc.call("agent_renew", agent, {"public_key": _pem(_key())})
+    with pytest.raises(Locked, match="generation mismatch"):
+        svc.call("agent_renew", agent, {"public_key": _pem(_key())})  # the stale copy
+    [event] = svc.audit.query(types=[audit.AGENT_GENERATION_MISMATCH])
+    assert (event.fields["presented"], event.fields["expected"]) == (1, 2)
+    with pytest.raises(AccessDenied, match="locked"):
+        _beat(svc, _ident(renewed["cert"]))
 
 
 def svc_events(svc, kind: str) -> list[str]:
