@@ -189,6 +189,8 @@ class DBServiceConfig:
     public_addr: str = ""  # what proxies are told to dial; defaults to listen_addr
     hosts: list[str] = field(default_factory=list)  # extra names in the agent's certificate
     heartbeat_ttl: timedelta = timedelta(seconds=60)
+    # the agent's own identity; renewed at half-life
+    certificate_ttl: timedelta = timedelta(hours=24)
 
     def validate(self) -> None:
         if self.auth_server:
@@ -201,6 +203,8 @@ class DBServiceConfig:
                 raise ConfigError("expected sha256:<64 hex digits>", key=f"ca_pins[{i}]")
         if not timedelta(seconds=3) <= self.heartbeat_ttl <= timedelta(minutes=10):
             raise ConfigError("must be between 3s and 10m", key="heartbeat_ttl")
+        if not timedelta(seconds=10) <= self.certificate_ttl <= timedelta(days=7):
+            raise ConfigError("must be between 10s and 7 days", key="certificate_ttl")
 
     def resolve_token(self) -> str:
         """The join token: the value, or the content of the file when it is a path."""

@@ -37,7 +37,6 @@ from mwiproxy.identity.authorities import (
 
 log = logging.getLogger("mwiproxy.agent")
 
-IDENTITY_TTL = dt.timedelta(hours=24)
 GOODBYE_TIMEOUT = 3.0
 RETRY_MIN = 1.0
 
@@ -126,7 +125,8 @@ class DatabaseAgent:
         key = generate_private_key()
         with AuthClient(self.cluster_addr, ca_pems=cas["host"].encode()) as client:
             reply = client.call("agent_join", token=token, hosts=self._hosts(),
-                                hostname=self.hostname, ttl=format_duration(IDENTITY_TTL),
+                                hostname=self.hostname,
+                                ttl=format_duration(self.service.certificate_ttl),
                                 public_key=public_key_pem(key.public_key()).decode())
         ident = AgentIdentity.from_reply(private_key_pem(key), reply)
         state.save(self.config.data_dir, ident)
@@ -136,7 +136,7 @@ class DatabaseAgent:
     def _renew(self) -> AgentIdentity:
         key = generate_private_key()
         reply = self._call_sync("agent_renew", hosts=self._hosts(),
-                                ttl=format_duration(IDENTITY_TTL),
+                                ttl=format_duration(self.service.certificate_ttl),
                                 public_key=public_key_pem(key.public_key()).decode())
         ident = AgentIdentity.from_reply(private_key_pem(key), reply)
         state.save(self.config.data_dir, ident)

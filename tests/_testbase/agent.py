@@ -21,7 +21,7 @@ data_dir: {data_dir}
 db_service:
   listen_addr: 127.0.0.1:{port}
   heartbeat_ttl: 3s
-databases:
+{service_extra}databases:
   - name: agent-server
     protocol: postgres
     uri: 127.0.0.1:{pg_port}
@@ -30,13 +30,14 @@ databases:
 
 
 class Agent:
-    def __init__(self, topo: Topology, name: str) -> None:
+    def __init__(self, topo: Topology, name: str, service_extra: str = "") -> None:
         self.topo = topo
         self.data_dir = topo.root / f"agent-{name}"
         self.config = topo.root / f"agent-{name}.yaml"
         self.port = free_port()
         self.config.write_text(AGENT_YAML.format(data_dir=self.data_dir, port=self.port,
-                                                 pg_port=topo.pg.port))
+                                                 pg_port=topo.pg.port,
+                                                 service_extra=service_extra))
         self.log = topo.root / f"agent-{name}.log"
         self.proc: subprocess.Popen[str] | None = None
 

@@ -147,6 +147,37 @@ def test_registration_ends_with_the_agent(topo, agent_out):
     assert topo.audit("agent.goodbye")
 
 
+def test_the_agent_renews_its_identity_and_keeps_serving(topo, agent_out):
+    """A 12 s identity renewed at half-life: each renewal is the next generation, saved
+    to disk (0600), with no generation mismatch along the way."""
+    r = Agent(topo, "renewing", service_extra="  certificate_ttl: 12s\n")
+    r.start(token=db_token(topo))
+    try:
+        host_id = next(e["host_id"] for e in topo.audit("agent.join")
+                       if e["host_id"] not in seen_hosts(topo, before=r))
+        first = (r.data_dir / "agent" / "identity").read_bytes()
+        assert wait_for(lambda: len([e for e in topo.audit("agent.renew")
+                                     if e["host_id"] == host_id]) >= 2, timeout=30)
+        gens = [e["generation"] for e in topo.audit("agent.renew") if e["host_id"] == host_id]
+        assert gens[:2] == [2, 3]
+        assert (r.data_dir / "agent" / "identity").read_bytes() != first
+        assert (r.data_dir / "agent" / "identity").stat().st_mode & 0o777 == 0o600
+        assert not topo.audit("agent.generation_mismatch")
+    finally:
+        r.stop()
+
+
+def seen_hosts(topo: Topology, before: Agent) -> set[str]:
+    """host_ids of agents other than `before` (their data dirs name them)."""
+    from mwiproxy.dbagent import state
+
+    out = set()
+    for d in topo.root.glob("agent-*"):
+        if d.is_dir() and d != before.data_dir and (ident := state.load(d)) is not None:
+            out.add(ident.host_id)
+    return out
+
+
 def test_a_dead_agents_database_is_refused_clearly(topo, agent, agent_tunnel):
     with psycopg.connect(topo.dsn(agent_tunnel), autocommit=True) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
