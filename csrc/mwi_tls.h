@@ -55,6 +55,15 @@ int mwi_tls_ctx_is_server(const mwi_tls_ctx *ctx);
  * for that name. Returns NULL with a message in err. */
 mwi_tls *mwi_tls_new(mwi_tls_ctx *ctx, int fd, const char *server_name,
                      char *err, size_t errlen);
+/* TLS inside TLS: a connection whose records are the plaintext of `outer` (handshake done),
+ * e.g. a PostgreSQL client's own TLS carried in the local proxy's TLS. No memory BIOs:
+ * OpenSSL reads and writes the inner records straight through SSL_read/SSL_write on outer
+ * (a BIO of ours), so outer's socket readiness (WANT_*) is the inner's too and every call
+ * below works on it. On success the new connection owns outer (freed with it) and shares
+ * its fd; on failure (NULL, message in err) outer is left to the caller. Shutting it down
+ * sends both close_notifys, inner first. */
+mwi_tls *mwi_tls_new_inner(mwi_tls_ctx *ctx, mwi_tls *outer, const char *server_name,
+                           char *err, size_t errlen);
 void mwi_tls_free(mwi_tls *t);
 int mwi_tls_fd(const mwi_tls *t);
 
@@ -64,7 +73,8 @@ int mwi_tls_feed(mwi_tls *t, const void *data, size_t len);
 int mwi_tls_handshake(mwi_tls *t);                       /* OK, WANT_*, ERROR */
 ssize_t mwi_tls_read(mwi_tls *t, void *buf, size_t len);  /* > 0, WANT_*, EOF, ERROR */
 ssize_t mwi_tls_write(mwi_tls *t, const void *buf, size_t len); /* > 0, WANT_*, ERROR */
-/* Send close_notify (once; the read side stays open). OK, WANT_*, ERROR. */
+/* Send close_notify (once; the read side stays open; TLS inside TLS: the inner one, then
+ * the outer one). OK, WANT_*, ERROR. */
 int mwi_tls_shutdown(mwi_tls *t);
 /* Decrypted bytes held inside the connection (a read would return them without I/O). */
 int mwi_tls_has_pending(const mwi_tls *t);

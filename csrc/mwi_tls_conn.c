@@ -8,6 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A carrier (someone's outer connection) is driven from inside the inner one's OpenSSL
+ * call, whose own errors must survive it: the carrier's BIO sets a mark and pops to it. */
+static void clear_errors(const mwi_tls *t)
+{
+    if (!t->carrier) ERR_clear_error();
+}
+
 static void conn_err(mwi_tls *t, const char *fmt, const char *arg)
 {
     snprintf(t->err, sizeof t->err, fmt, arg);
@@ -20,6 +27,15 @@ static int outcome(mwi_tls *t, int ret, int saved, int handshaking)
     int e = SSL_get_error(t->ssl, ret);
     unsigned long code;
     long vr;
+    if (t->outer_failed) {             /* the carrier broke: its reason is ours */
+        t->outer_failed = 0;
+        t->err_no = t->outer->err_no;
+        conn_err(t, "%s", t->outer->err);
+        clear_errors(t);
+        return MWI_TLS_ERROR;
+    }
+    if (t->outer != NULL && e == SSL_ERROR_SYSCALL)
+        saved = 0;                     /* no socket of our own: only the carrier's EOF */
     switch (e) {
     case SSL_ERROR_WANT_READ:
         return MWI_TLS_WANT_READ;
@@ -39,7 +55,7 @@ static int outcome(mwi_tls *t, int ret, int saved, int handshaking)
         }
         t->err_no = saved ? saved : EIO;
         conn_err(t, "%s", strerror(t->err_no));
-        ERR_clear_error();
+        clear_errors(t);
         return MWI_TLS_ERROR;
     default:
         t->err_no = 0;
@@ -51,9 +67,82 @@ static int outcome(mwi_tls *t, int ret, int saved, int handshaking)
             conn_err(t, "%s", ERR_reason_error_string(code));
         else
             conn_err(t, "%s", "TLS failure");
-        ERR_clear_error();
+        clear_errors(t);
         return MWI_TLS_ERROR;
     }
+}
+
+/* ---- TLS inside TLS: a BIO whose bytes are the plaintext of the outer connection ---- */
+
+static int carrier_result(BIO *b, mwi_tls *t, ssize_t n)
+{
+    if (n > 0) return (int)n;
+    if (n == MWI_TLS_EOF) return 0;
+    if (n == MWI_TLS_WANT_READ) BIO_set_retry_read(b);        /* SSL_get_error: WANT_READ */
+    else if (n == MWI_TLS_WANT_WRITE) BIO_set_retry_write(b); /* ...and WANT_WRITE */
+    else t->outer_failed = 1;
+    return -1;
+}
+
+static int carrier_read(BIO *b, char *buf, int len)
+{
+    mwi_tls *t = BIO_get_data(b);
+    ssize_t n;
+    BIO_clear_retry_flags(b);
+    if (len <= 0) return 0;
+    ERR_set_mark();
+    n = mwi_tls_read(t->outer, buf, (size_t)len);
+    ERR_pop_to_mark();
+    return carrier_result(b, t, n);
+}
+
+static int carrier_write(BIO *b, const char *buf, int len)
+{
+    mwi_tls *t = BIO_get_data(b);
+    ssize_t n;
+    BIO_clear_retry_flags(b);
+    if (len <= 0) return 0;
+    ERR_set_mark();
+    n = mwi_tls_write(t->outer, buf, (size_t)len);
+    ERR_pop_to_mark();
+    return carrier_result(b, t, n);
+}
+
+static long carrier_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b, (void)num, (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;   /* outer's SSL_write sends as it goes */
+}
+
+static int carrier_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static BIO_METHOD *carrier_method;
+static pthread_once_t carrier_once = PTHREAD_ONCE_INIT;
+
+static void carrier_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mwi carrier");
+    if (m == NULL) return;
+    BIO_meth_set_read(m, carrier_read);
+    BIO_meth_set_write(m, carrier_write);
+    BIO_meth_set_ctrl(m, carrier_ctrl);
+    BIO_meth_set_create(m, carrier_create);
+    carrier_method = m;
+}
+
+/* The BIO a connection's records go through: its socket, or the outer connection. */
+static BIO *net_bio(mwi_tls *t)
+{
+    BIO *b;
+    if (t->outer == NULL) return BIO_new_socket(t->fd, BIO_NOCLOSE);
+    pthread_once(&carrier_once, carrier_method_init);
+    if (carrier_method == NULL || (b = BIO_new(carrier_method)) == NULL) return NULL;
+    BIO_set_data(b, t);
+    return b;
 }
 
 /* Fed bytes are served first; once they are gone, read the socket itself again. Returns
@@ -62,15 +151,15 @@ static int prefix_drained(mwi_tls *t)
 {
     BIO *sock;
     if (!t->prefix || BIO_ctrl_pending(SSL_get_rbio(t->ssl)) > 0) return 0;
-    sock = BIO_new_socket(t->fd, BIO_NOCLOSE);
+    sock = net_bio(t);
     if (sock == NULL) return 0;
     SSL_set0_rbio(t->ssl, sock);       /* frees the memory BIO */
     t->prefix = 0;
     return 1;
 }
 
-mwi_tls *mwi_tls_new(mwi_tls_ctx *ctx, int fd, const char *server_name,
-                     char *err, size_t errlen)
+static mwi_tls *conn_new(mwi_tls_ctx *ctx, int fd, mwi_tls *outer, const char *server_name,
+                         char *err, size_t errlen)
 {
     mwi_tls *t = calloc(1, sizeof *t);
     BIO *bio;
@@ -81,15 +170,15 @@ mwi_tls *mwi_tls_new(mwi_tls_ctx *ctx, int fd, const char *server_name,
     }
     ERR_clear_error();
     t->fd = fd;
+    t->outer = outer;
     t->ctx = ctx;
     mwi_tls_ctx_ref(ctx);
     t->ssl = SSL_new(ctx->ssl_ctx);
-    bio = BIO_new_socket(fd, BIO_NOCLOSE);
+    bio = net_bio(t);
     if (t->ssl == NULL || bio == NULL) {
         BIO_free(bio);
         snprintf(err, errlen, "cannot create a TLS connection");
-        mwi_tls_free(t);
-        return NULL;
+        goto fail;
     }
     SSL_set_bio(t->ssl, bio, bio);
     SSL_set_app_data(t->ssl, t);
@@ -101,13 +190,35 @@ mwi_tls *mwi_tls_new(mwi_tls_ctx *ctx, int fd, const char *server_name,
     if (server_name != NULL && server_name[0] != '\0'
         && SSL_set_tlsext_host_name(t->ssl, server_name) != 1) {
         snprintf(err, errlen, "bad server name for SNI: %s", server_name);
-        mwi_tls_free(t);
-        return NULL;
+        goto fail;
     }
     if ((sess = tls_ctx_session_for(ctx, server_name)) != NULL) {
         SSL_set_session(t->ssl, sess);  /* resumption offered; a refusal is a full handshake */
         SSL_SESSION_free(sess);
     }
+    return t;
+fail:
+    t->outer = NULL;                   /* on failure the caller keeps outer */
+    mwi_tls_free(t);
+    return NULL;
+}
+
+mwi_tls *mwi_tls_new(mwi_tls_ctx *ctx, int fd, const char *server_name,
+                     char *err, size_t errlen)
+{
+    return conn_new(ctx, fd, NULL, server_name, err, errlen);
+}
+
+mwi_tls *mwi_tls_new_inner(mwi_tls_ctx *ctx, mwi_tls *outer, const char *server_name,
+                           char *err, size_t errlen)
+{
+    mwi_tls *t;
+    if (outer == NULL) {
+        snprintf(err, errlen, "TLS inside TLS needs an outer connection");
+        return NULL;
+    }
+    t = conn_new(ctx, outer->fd, outer, server_name, err, errlen);
+    if (t != NULL) outer->carrier = 1;
     return t;
 }
 
@@ -116,8 +227,9 @@ void mwi_tls_free(mwi_tls *t)
     if (t == NULL) return;
     if (t->ssl != NULL) {
         SSL_set_app_data(t->ssl, NULL);
-        SSL_free(t->ssl);
+        SSL_free(t->ssl);              /* our BIO does not touch outer: freed next */
     }
+    mwi_tls_free(t->outer);
     mwi_tls_ctx_unref(t->ctx);
     free(t);
 }
@@ -143,7 +255,7 @@ int mwi_tls_handshake(mwi_tls *t)
 {
     int ret, saved, st;
     do {
-        ERR_clear_error();
+        clear_errors(t);
         errno = 0;
         ret = SSL_do_handshake(t->ssl);
         saved = errno;
@@ -158,7 +270,7 @@ ssize_t mwi_tls_read(mwi_tls *t, void *buf, size_t len)
     int ret, saved, st;
     if (len > 0x7fffffff) len = 0x7fffffff;
     do {
-        ERR_clear_error();
+        clear_errors(t);
         errno = 0;
         ret = SSL_read(t->ssl, buf, (int)len);
         saved = errno;
@@ -173,7 +285,7 @@ ssize_t mwi_tls_write(mwi_tls *t, const void *buf, size_t len)
     int ret, saved, st;
     if (len > 0x7fffffff) len = 0x7fffffff;
     do {
-        ERR_clear_error();
+        clear_errors(t);
         errno = 0;
         ret = SSL_write(t->ssl, buf, (int)len);
         saved = errno;
@@ -187,11 +299,11 @@ ssize_t mwi_tls_write(mwi_tls *t, const void *buf, size_t len)
     return st;
 }
 
-int mwi_tls_shutdown(mwi_tls *t)
+static int shutdown_one(mwi_tls *t)
 {
     int ret, saved, st;
     if (t->shut_sent) return MWI_TLS_OK;
-    ERR_clear_error();
+    clear_errors(t);
     errno = 0;
     ret = SSL_shutdown(t->ssl);        /* 0: ours is sent, theirs not seen yet: fine */
     saved = errno;
@@ -207,7 +319,19 @@ int mwi_tls_shutdown(mwi_tls *t)
     return st;
 }
 
-int mwi_tls_has_pending(const mwi_tls *t) { return SSL_has_pending(t->ssl); }
+int mwi_tls_shutdown(mwi_tls *t)
+{
+    int st = shutdown_one(t);
+    if (st != MWI_TLS_OK || t->outer == NULL) return st;
+    st = mwi_tls_shutdown(t->outer);    /* the carrier ends after what it carried */
+    ERR_clear_error();
+    return st;
+}
+
+int mwi_tls_has_pending(const mwi_tls *t)
+{
+    return SSL_has_pending(t->ssl) || (t->outer != NULL && mwi_tls_has_pending(t->outer));
+}
 int mwi_tls_errno(const mwi_tls *t) { return t->err_no; }
 const char *mwi_tls_error(const mwi_tls *t) { return t->err; }
 const char *mwi_tls_version(const mwi_tls *t) { return SSL_get_version(t->ssl); }

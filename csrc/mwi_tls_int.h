@@ -22,6 +22,9 @@ struct mwi_tls {
     mwi_tls_ctx *ctx;
     SSL *ssl;
     int fd;
+    mwi_tls *outer;               /* TLS inside TLS: our records travel in outer's plaintext */
+    int outer_failed;             /* the outer connection failed inside our last call */
+    int carrier;                  /* we are someone's outer: leave their OpenSSL errors be */
     int prefix;                   /* the read BIO is still the memory BIO of fed bytes */
     int shut_sent;
     int err_no;

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import ssl
 from pathlib import Path
 
 from mwiproxy import _native
@@ -78,7 +77,7 @@ class Cluster:
         self.listener = ProxyListener(host, port, self._tls_context)
         self.listener.route(alpn.AUTH, self._serve_auth)
         self.sessions = SessionRegistry()
-        self._inner_ctx: ssl.SSLContext | None = None
+        self._inner_ctx: _native.TLSContext | None = None
         self._link_ctx: tuple[_native.TLSContext, dt.datetime] | None = None
         self._route_databases()
 
@@ -99,10 +98,11 @@ class Cluster:
         self.listener.route_tls(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve))
         register_unserved(self.listener, self.auth, served_by_protocol(self.config.databases))
 
-    def _inner_context(self) -> ssl.SSLContext:
-        """The proxy's side of a client's own TLS (non-tunnel mode): no ALPN."""
+    def _inner_context(self) -> _native.TLSContext:
+        """The proxy's side of a client's own TLS (non-tunnel mode): no ALPN; a client
+        certificate is asked for and verified against the user CA when given."""
         if self._inner_ctx is None:
-            self._inner_ctx = self._tls_context().ssl_context([])
+            self._inner_ctx = self._tls_context().native_context([])
         return self._inner_ctx
 
     def _link_context(self) -> _native.TLSContext:

@@ -25,6 +25,8 @@ cdef extern from "mwi_tls.h" nogil:
     void mwi_tls_ctx_unref(mwi_tls_ctx *ctx)
     mwi_tls *mwi_tls_new(mwi_tls_ctx *ctx, int fd, const char *server_name,
                          char *err, size_t errlen)
+    mwi_tls *mwi_tls_new_inner(mwi_tls_ctx *ctx, mwi_tls *outer, const char *server_name,
+                               char *err, size_t errlen)
     void mwi_tls_free(mwi_tls *t)
     int mwi_tls_fd(const mwi_tls *t)
     int mwi_tls_feed(mwi_tls *t, const void *data, size_t len)
@@ -126,6 +128,8 @@ cdef class TLSContext:
     cdef readonly bint server_side
     cdef readonly str verify
     cdef readonly tuple alpn_protocols
+    cdef tuple _pems
+    cdef object _stdlib_ctx
 
 
 cdef class TLSStream:

@@ -1,5 +1,6 @@
 import asyncio
 import socket
+import ssl
 from collections.abc import Callable
 
 from .relaytypes import AcceptorStats, RelayStats
@@ -41,6 +42,8 @@ class TLSContext:
         verify: str = ...,
         alpn: list[str] | None = ...,
     ) -> None: ...
+    @property
+    def ssl_context(self) -> ssl.SSLContext: ...
 
 class TLSStream:
     context: TLSContext
@@ -63,6 +66,7 @@ class TLSStream:
     def version(self) -> str: ...
     def server_name(self) -> str | None: ...
     def session_reused(self) -> bool: ...
+    def wrap_inner(self, context: TLSContext, server_hostname: str | None = ...) -> TLSStream: ...
 
 class Relay:
     def __init__(

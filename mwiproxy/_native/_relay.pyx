@@ -1,8 +1,9 @@
 # cython: language_level=3
 """Native relay: Python decides, csrc/mwi_relay.c + mwi_engine.c move the bytes.
 
-Either side of a relay is a plain socket fd or a handshaken TLSStream (_tls.pxi): the
-engine's worker then runs OpenSSL itself (csrc/mwi_relay_tls.c).
+Either side of a relay is a plain socket fd or a handshaken TLSStream (_tls.pxi), which
+may be TLS inside TLS (TLSStream.wrap_inner): the engine's worker then runs OpenSSL itself
+(csrc/mwi_relay_tls.c; both layers of an inner side in csrc/mwi_tls_conn.c).
 
 One Engine (one worker thread) per event loop. The loop hears from the engine only when
 relays end: the engine's done eventfd is watched with loop.add_reader, and each finished

@@ -7,6 +7,7 @@
 
 from libc.string cimport strlen
 
+from mwiproxy._native import tls_py
 from mwiproxy._native.tlstypes import TLSError, alpn_wire, check_pems, verify_mode
 
 
@@ -37,6 +38,18 @@ cdef class TLSContext:
         self.server_side = server_side
         self.verify = verify
         self.alpn_protocols = tuple(alpn or ())
+        self._pems = (cert_pem, key_pem, ca_pem)
+
+    @property
+    def ssl_context(self):
+        """The same context as an stdlib ssl.SSLContext, for TLS the native core cannot
+        carry (inside `-ping` framing, driven from Python). Built on first use."""
+        if self._stdlib_ctx is None:
+            cert, key, ca = self._pems
+            self._stdlib_ctx = tls_py.TLSContext(
+                self.server_side, cert, key, ca, self.verify,
+                list(self.alpn_protocols) or None).ssl_context
+        return self._stdlib_ctx
 
     def __dealloc__(self):
         if self.ctx != NULL:
@@ -212,6 +225,28 @@ cdef class TLSStream:
     def session_reused(self):
         self._require_handshake()
         return bool(mwi_tls_session_reused(self.t))
+
+    def wrap_inner(self, TLSContext context not None, str server_hostname=None):
+        """TLS inside this one (a PostgreSQL client's own TLS carried in the local proxy's
+        TLS): a new stream whose records are this stream's plaintext. It takes this
+        stream's TLS state and fd over (this one is closed from here on); run its
+        handshake(initial) next. A Relay takes it like any TLSStream."""
+        cdef char err[MWI_TLS_ERRLEN]
+        cdef bytes name = server_hostname.encode("idna") if server_hostname else None
+        cdef mwi_tls *inner
+        cdef TLSStream s
+        self._require_handshake()
+        inner = mwi_tls_new_inner(context.ctx, self.t, _ptr(name), err, sizeof(err))
+        if inner == NULL:
+            raise ValueError(err.decode("utf-8", "replace"))
+        s = TLSStream.__new__(TLSStream)
+        s.t = inner
+        s.context = context
+        s.loop = self.loop
+        s.fd = self.fd
+        self.t = NULL   # the inner connection owns ours now
+        self.fd = -1
+        return s
 
     cdef mwi_tls *_take(self) except NULL:
         """Hand the TLS state and the fd over (to a Relay)."""

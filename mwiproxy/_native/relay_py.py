@@ -25,7 +25,7 @@ from .relaytypes import (
     RelayStats,
     timeout_ms,
 )
-from .tls_py import TLSParts, TLSStream
+from .tls_py import InnerTLSParts, TLSParts, TLSStream
 
 _CHUNK = 64 * 1024
 _FAREWELL_S = 5.0  # bound on a farewell when the relay has no close timeout (MWI_FAREWELL_MS)
@@ -116,6 +116,52 @@ class _TLS(_Plain):
         self.sock.shutdown(socket.SHUT_WR)
 
 
+class _InnerTLS(_TLS):
+    """TLS inside TLS: this side's records travel in the plaintext of `carrier`."""
+
+    __slots__ = ("carrier",)
+
+    def __init__(self, parts: InnerTLSParts) -> None:
+        self.carrier = _TLS(parts.outer)
+        self.sock = parts.sock
+        self.obj, self.incoming, self.outgoing = parts.obj, parts.incoming, parts.outgoing
+        self.tx = b""
+
+    def recv(self) -> bytes | None:
+        while True:
+            try:
+                return self.obj.read(_CHUNK)
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+            self.flush_quietly()
+            raw = self.carrier.recv()
+            if raw is None:
+                return None
+            if raw:
+                self.incoming.write(raw)
+            else:
+                self.incoming.write_eof()
+
+    def flush(self) -> None:
+        """Raises BlockingIOError while ciphertext is left over (here or in the carrier)."""
+        self.tx += self.outgoing.read()
+        while self.tx:
+            n = self.carrier.send(memoryview(self.tx))
+            self.tx = self.tx[n:]
+        self.carrier.flush()
+
+    def buffered(self) -> bool:
+        return super().buffered() or self.carrier.buffered()
+
+    def shut_wr(self) -> None:
+        with contextlib.suppress(ssl.SSLError):
+            self.obj.unwrap()  # our close_notify, then the carrier's
+        self.flush_quietly()
+        self.carrier.shut_wr()
+
+
 class _Direction:
     """src -> dst. While `pending` holds unwritten bytes src is not read (backpressure)."""
 
@@ -147,7 +193,7 @@ class Relay:
             raise ValueError("two distinct open fds are needed")
         self._loop = loop
         # from here the relay owns both sides: an int is an fd, a stream gives up its parts
-        self._sides: list[int | TLSParts] = [
+        self._sides: list[int | TLSParts | InnerTLSParts] = [
             side.take() if isinstance(side, TLSStream) else side for side in (a, b)]
         self._ends: tuple[_Plain, _Plain] | None = None
         self._dirs: tuple[_Direction, _Direction] | None = None
@@ -168,6 +214,9 @@ class Relay:
             raise RuntimeError("relay already started")
         ends: list[_Plain] = []
         for side in self._sides:
+            if isinstance(side, InnerTLSParts):
+                ends.append(_InnerTLS(side))
+                continue
             if isinstance(side, TLSParts):
                 ends.append(_TLS(side))
                 continue
@@ -201,7 +250,7 @@ class Relay:
         if not self._started:
             for side in self._sides:
                 with contextlib.suppress(OSError):
-                    (side.sock if isinstance(side, TLSParts) else socket.socket(fileno=side)).close()
+                    (socket.socket(fileno=side) if isinstance(side, int) else side.sock).close()
             self._sides = []
             self._reason = REASON_CLOSED
             return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import os
 import socket
 import ssl
@@ -236,8 +237,84 @@ class TLSStream:
         self._require_handshake()
         return bool(self._obj.session_reused)
 
-    def take(self) -> TLSParts:
+    def wrap_inner(self, context: TLSContext, server_hostname: str | None = None
+                   ) -> TLSStream:
+        """TLS inside this one (a PostgreSQL client's own TLS carried in the local proxy's
+        TLS): a new stream whose records are this stream's plaintext. It takes this
+        stream's TLS state and socket over (this one is closed from here on); run its
+        handshake(initial) next. A Relay takes it like any TLSStream."""
+        self._require_handshake()
+        carrier = copy.copy(self)  # the same socket, SSLObject and BIOs, now the inner's
+        self._sock = None
+        return _InnerTLSStream(carrier, context, server_hostname)
+
+    def take(self) -> TLSParts | InnerTLSParts:
         """Hand the TLS state and the socket over (to a Relay)."""
         self._require_handshake()
         sock, self._sock = self._live(), None
         return TLSParts(sock, self._obj, self._in, self._out)
+
+
+class InnerTLSParts(NamedTuple):
+    """What a relay takes over from a handshaken stream inside another one."""
+
+    outer: TLSParts
+    obj: ssl.SSLObject
+    incoming: ssl.MemoryBIO
+    outgoing: ssl.MemoryBIO
+
+    @property
+    def sock(self) -> socket.socket:
+        return self.outer.sock
+
+
+class _InnerTLSStream(TLSStream):
+    """TLS whose records travel in the plaintext of `carrier` (see TLSStream.wrap_inner)."""
+
+    def __init__(self, carrier: TLSStream, context: TLSContext,
+                 server_hostname: str | None) -> None:
+        self._carrier = carrier
+        self.context = context
+        self._loop = carrier._loop
+        self._sock = carrier._sock  # for fileno and liveness; the carrier does the I/O
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        name = server_hostname if not context.server_side else None
+        session = context.sessions.get(name or "") if not context.server_side else None
+        self._obj = context.ssl_context.wrap_bio(
+            self._in, self._out, server_side=context.server_side,
+            server_hostname=name or None, session=session)
+        self._handshaken = False
+
+    def close(self) -> None:
+        self._sock = None
+        self._carrier.close()
+
+    async def aclose(self) -> None:
+        """Send both close_notifys, inner first (best effort), then close."""
+        if self._sock is not None and self._handshaken:
+            with contextlib.suppress(ssl.SSLError, OSError):
+                self._obj.unwrap()
+            with contextlib.suppress(OSError):
+                await self._flush()
+        self._sock = None
+        await self._carrier.aclose()
+
+    async def _flush(self) -> None:
+        self._live()
+        if self._out.pending:
+            await self._carrier.write(self._out.read())
+
+    async def _fill(self) -> None:
+        self._live()
+        data = await self._carrier.read(65536)
+        if data:
+            self._in.write(data)
+        else:
+            self._in.write_eof()
+
+    def take(self) -> InnerTLSParts:
+        self._require_handshake()
+        self._sock = None
+        outer = self._carrier.take()
+        assert isinstance(outer, TLSParts)
+        return InnerTLSParts(outer, self._obj, self._in, self._out)

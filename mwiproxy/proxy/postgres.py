@@ -8,7 +8,8 @@ taken from the client certificate of that inner handshake.
 Then: startup → access check → engine → relay, with audit events at each end, or a
 CancelRequest forwarded to the database of the session that owns the key. The setup
 reads and writes the streams directly; the relay (`relay/pipe.py`) then takes both over
-— natively in tunnel mode; in Python for TLS inside TLS and for `-ping` framing.
+— natively in both modes (the client's inner TLS runs on the native core over the outer
+one, `TLSStream.wrap_inner`); in Python only when `-ping` framing sits between them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from mwiproxy import _native
 from mwiproxy.auth import audit
 from mwiproxy.auth.service import AuthService
 from mwiproxy.engines.base import UpstreamError
@@ -55,7 +57,7 @@ _ENDED = (pg.ProtocolError, ssl.SSLError, OSError, TimeoutError, asyncio.Incompl
 
 class PostgresFrontend:
     def __init__(self, auth: AuthService, engines: EngineDirectory,
-                 sessions: SessionRegistry, inner_tls: Callable[[], ssl.SSLContext],
+                 sessions: SessionRegistry, inner_tls: Callable[[], _native.TLSContext],
                  ping_interval: float | None = None) -> None:
         self._auth = auth
         self._engines = engines
@@ -95,14 +97,22 @@ class PostgresFrontend:
 
     async def _accept_inner_tls(self, conn: _Conn) -> None:
         await conn.stream.write(pg.SSL_YES)
-        inner = MemoryTLSStream(conn.stream, self._inner_tls(), server_side=True,
-                                initial=conn.reader.leftover())
+        ctx, initial = self._inner_tls(), conn.reader.leftover()
+        inner: _native.TLSStream | MemoryTLSStream
+        if isinstance(conn.stream, _native.TLSStream):  # the native relay can take it over
+            inner = conn.stream.wrap_inner(ctx)
+            handshake = inner.handshake(initial)
+        else:  # inside `-ping` framing: the stdlib's TLS, copied in Python
+            inner = MemoryTLSStream(conn.stream, ctx.ssl_context, server_side=True,
+                                    initial=initial)
+            handshake = inner.handshake()
+        conn.stream = inner  # owns the outer stream from here: closed with it
         try:
-            await inner.handshake()
+            await handshake
         except (ssl.SSLError, OSError) as e:
             self._audit_denied(conn, f"client TLS handshake failed: {e}")
             raise
-        conn.stream, conn.reader, conn.inner_tls = inner, BufferedReader(inner), True
+        conn.reader, conn.inner_tls = BufferedReader(inner), True
         der = inner.peer_cert_der()
         if der:
             try:
@@ -191,7 +201,7 @@ class PostgresFrontend:
             audit.SESSION_END, session_id=session.session_id, **_who(session),
             bytes_client_to_db=stats.bytes_a_to_b, bytes_db_to_client=stats.bytes_b_to_a,
             duration=round(time.monotonic() - started, 3),
-            reason=session.end_reason or stats.reason)
+            reason=session.end_reason or stats.reason, native=stats.native)
 
     def _audit_start(self, session: Session, error: str = "") -> None:
         fields = {"success": not error, **({"error": error} if error else {})}

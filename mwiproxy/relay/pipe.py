@@ -1,14 +1,14 @@
 """The steady-state relay between two set-up streams: the one place that decides how
 bytes are copied.
 
-Both ends native-relayable (a plain `SocketStream` or a handshaken `_native.TLSStream`)
-→ both leave Python and `_native.Relay` joins them: TLS records are read, decrypted,
-encrypted and written on the native worker, nothing runs per chunk in Python. This is
-the path of tunnel mode at both proxies and of non-tunnel mode at the local proxy.
+Both ends native-relayable (a plain `SocketStream` or a handshaken `_native.TLSStream`,
+which may be TLS inside TLS: `TLSStream.wrap_inner`) → both leave Python and
+`_native.Relay` joins them: TLS records are read, decrypted, encrypted and written on the
+native worker, nothing runs per chunk in Python. This is the path of tunnel mode at both
+proxies and of non-tunnel mode at both (the client's own TLS inside the local proxy's).
 
-Otherwise — an end framed with `-ping` (`FramedStream`) or TLS inside TLS
-(`MemoryTLSStream`, the client's own TLS in non-tunnel mode at the cluster proxy) — a
-Python copy: one task per direction, backpressure by awaiting each write, EOF passed on
+Otherwise — an end framed with `-ping` (`FramedStream`, or `MemoryTLSStream`: the
+client's own TLS inside that framing) — a Python copy: one task per direction, backpressure by awaiting each write, EOF passed on
 (half-close on plain sockets, close otherwise), an optional idle timeout, keepalive
 frames toward framed ends that had nothing written for `keepalive` seconds.
 
@@ -40,7 +40,8 @@ class PipeStats:
 
 
 def _native_capable(stream: ByteStream) -> bool:
-    """Can the native relay take `stream` over (TLS on a socket, or a plain socket)?"""
+    """Can the native relay take `stream` over (TLS on a socket, TLS inside such TLS, or a
+    plain socket)?"""
     if isinstance(stream, SocketStream):
         return stream.sock is not None
     return isinstance(stream, _native.TLSStream)

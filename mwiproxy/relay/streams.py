@@ -1,10 +1,11 @@
 """Byte streams for the setup phase (handshakes, startup, authorization) — and what the
 relay (`pipe.py`) takes over once the setup is done.
 
-A native `_native.TLSStream` (TLS on a socket) and `SocketStream` (a plain socket) can be
-handed to the native relay. `FramedStream` (the `-ping` framing) and `MemoryTLSStream`
-(TLS carried inside another stream: the client's own TLS in non-tunnel mode) cannot, so
-a pipe with one of them copies in Python.
+A native `_native.TLSStream` (TLS on a socket, or TLS inside one: `wrap_inner`, the
+client's own TLS in non-tunnel mode) and `SocketStream` (a plain socket) can be handed to
+the native relay. `FramedStream` (the `-ping` framing) and `MemoryTLSStream` (TLS carried
+inside any other stream: the client's own TLS inside `-ping` framing) cannot, so a pipe
+with one of them copies in Python.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ class FramedStream:
 
 
 class MemoryTLSStream:
-    """TLS carried inside another stream (stdlib SSLObject over memory BIOs)."""
+    """TLS carried inside another stream (stdlib SSLObject over memory BIOs); inside a
+    native TLS stream, `_native.TLSStream.wrap_inner` does the same without Python."""
 
     def __init__(self, inner: ByteStream, ctx: ssl.SSLContext, *, server_side: bool,
                  initial: bytes = b"") -> None:

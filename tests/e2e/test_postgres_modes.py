@@ -8,6 +8,8 @@ import subprocess
 import psycopg
 import pytest
 
+from tests.e2e.conftest import wait_for
+
 pytestmark = pytest.mark.integration
 
 WHO = "select current_user, current_database(), ssl from pg_stat_ssl where pid = pg_backend_pid()"
@@ -33,6 +35,18 @@ def test_non_tunnel_mode_clients_bring_their_own_tls(topo, passthrough, alice_ou
         assert conn.execute(WHO).fetchone() == ("alice", "example-db", True)
 
 
+def test_non_tunnel_mode_is_relayed_natively(topo, passthrough, alice_out):
+    """The client's own TLS inside the local proxy's TLS is terminated in the native core
+    (TLSStream.wrap_inner), so the session leaves Python like in tunnel mode."""
+    seen = len(topo.audit("db.session.end"))
+    res = topo.psql(topo.dsn(passthrough, alice_out), "select 7")
+    assert res.stdout.strip() == "7", res.stderr
+    assert wait_for(lambda: len(topo.audit("db.session.end")) > seen)
+    new = topo.audit("db.session.end")[seen:]
+    assert new and all(e["native"] is True for e in new), new
+    assert new[-1]["bytes_client_to_db"] > 0 and new[-1]["bytes_db_to_client"] > 0
+
+
 def test_non_tunnel_mode_without_client_certificate_is_refused(topo, passthrough, alice_out):
     dsn = topo.dsn(passthrough, alice_out, sslcert="/dev/null/none", sslkey="/dev/null/none")
     res = topo.psql(dsn, "select 1")
@@ -45,7 +59,7 @@ def test_sessions_are_audited_with_bytes_and_duration(topo, tunnel):
     assert res.stdout.strip() == "42", res.stderr
     starts = topo.audit("db.session.start")
     assert any(e["db_user"] == "alice" and e["success"] for e in starts)
-    ends = topo.audit("db.session.end")
+    ends = [e for e in topo.audit("db.session.end") if e["bot"] == "example"]
     assert ends and all(e["db_service"] == "example-server" for e in ends)
     last = ends[-1]
     assert last["bytes_client_to_db"] > 0 and last["bytes_db_to_client"] > 0

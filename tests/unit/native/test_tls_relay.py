@@ -263,7 +263,8 @@ def test_context_swap_mid_traffic(tls_mod: Any, pki: Any) -> None:
             assert await tls_recv_all(j.client, 10) == b"still here"
             await j.client.aclose()
             j.plain.close()
-            assert await j.done in (REASON_EOF, "reset_b")
+            # both ends close at once: whichever the relay notices first names the end
+            assert await j.done in (REASON_EOF, "reset_a", "reset_b")
 
     run(body)
 

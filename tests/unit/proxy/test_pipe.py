@@ -154,3 +154,45 @@ def test_a_tls_end_is_relayed_natively_after_the_setup_exchange():
         peer_b.close()
 
     asyncio.run(main())
+
+
+def test_tls_inside_tls_is_relayed_natively_to_a_tls_end():
+    """Non-tunnel mode at the cluster proxy: the client's own TLS inside the outer TLS
+    (TLSStream.wrap_inner) on side a, the database's TLS on side b: no Python copy."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server_ctx, client_ctx = _tls_contexts()
+
+        async def tls_pair() -> tuple[_native.TLSStream, _native.TLSStream]:
+            ours, theirs = socket.socketpair()
+            tls = _native.TLSStream(loop, server_ctx, ours.detach())
+            peer = _native.TLSStream(loop, client_ctx, theirs.detach(),
+                                     server_hostname="localhost")
+            await asyncio.gather(tls.handshake(), peer.handshake())
+            return tls, peer
+
+        outer, client_outer = await tls_pair()
+        await client_outer.write(b"SSLRequest")
+        assert await outer.read() == b"SSLRequest"
+        inner = outer.wrap_inner(server_ctx)
+        client = client_outer.wrap_inner(client_ctx, server_hostname="localhost")
+        await asyncio.gather(inner.handshake(), client.handshake())
+        db, db_peer = await tls_pair()
+        pipe = Pipe(inner, db)
+        task = asyncio.ensure_future(pipe.run())
+        await client.write(b"q" * 300_000)
+        got = b""
+        while len(got) < 300_000:
+            got += await db_peer.read()
+        await db_peer.write(b"row")
+        assert await client.read() == b"row"
+        pipe.close("locked", farewell_to_a=b"locked, bye")
+        stats = await asyncio.wait_for(task, 5)
+        assert stats.native and stats.reason == "locked"
+        assert (stats.bytes_a_to_b, stats.bytes_b_to_a) == (300_000, 3)
+        assert await client.read() == b"locked, bye"  # through both TLS layers
+        assert await client.read() == b""  # the inner close_notify
+        client.close()
+        db_peer.close()
+
+    asyncio.run(main())
