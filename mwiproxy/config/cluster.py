@@ -191,6 +191,7 @@ class DBServiceConfig:
     heartbeat_ttl: timedelta = timedelta(seconds=60)
     # the agent's own identity; renewed at half-life
     certificate_ttl: timedelta = timedelta(hours=24)
+    diag_addr: str = ""  # /livez and /readyz (registered and identity valid); off if empty
 
     def validate(self) -> None:
         if self.auth_server:
@@ -198,6 +199,8 @@ class DBServiceConfig:
         _check_addr(self.listen_addr, "listen_addr")
         if self.public_addr:
             _check_addr(self.public_addr, "public_addr", min_port=1)
+        if self.diag_addr:
+            _check_addr(self.diag_addr, "diag_addr")
         for i, pin in enumerate(self.ca_pins):
             if not _CA_PIN.match(pin):
                 raise ConfigError("expected sha256:<64 hex digits>", key=f"ca_pins[{i}]")

@@ -21,6 +21,7 @@ from cryptography import x509
 
 from mwiproxy.auth.client import AuthClient, fetch_cas_pinned
 from mwiproxy.auth.errors import AccessDenied, AuthError
+from mwiproxy.bot.diag import HEALTHY, INITIALIZING, UNHEALTHY, DiagServer, HealthRegistry
 from mwiproxy.config.cluster import ClusterConfig, split_host_port
 from mwiproxy.config.durations import format_duration
 from mwiproxy.dbagent import state
@@ -38,6 +39,7 @@ from mwiproxy.identity.authorities import (
 log = logging.getLogger("mwiproxy.agent")
 
 GOODBYE_TIMEOUT = 3.0
+HEALTH = "db_service"  # the one service on the agent's /readyz
 RETRY_MIN = 1.0
 
 
@@ -90,6 +92,10 @@ class DatabaseAgent:
         self.link = LinkServer(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._registered: set[str] = set()
+        self.health = HealthRegistry()
+        self.health.set(HEALTH, INITIALIZING, "not registered with the cluster yet")
+        self.diag = DiagServer(self.service.diag_addr, self.health) \
+            if self.service.diag_addr else None
 
     # -- identity ----------------------------------------------------------------------
 
@@ -162,8 +168,19 @@ class DatabaseAgent:
                 "ttl": self.service.heartbeat_ttl.total_seconds()}
 
     async def heartbeat(self) -> None:
-        reply = await self.call("agent_heartbeat", **self._heartbeat_body())
+        try:
+            reply = await self.call("agent_heartbeat", **self._heartbeat_body())
+        except (AuthError, OSError) as e:
+            why = e.message if isinstance(e, AuthError) else str(e)
+            self.health.set(HEALTH, UNHEALTHY, f"heartbeat failed: {why}")
+            raise
         accepted = set(reply.get("accepted") or ())
+        if accepted:
+            until = dt.datetime.fromtimestamp(float(reply["expires"]), dt.UTC)
+            self.health.set(HEALTH, HEALTHY, f"serving {', '.join(sorted(accepted))}; "
+                            f"registered until {until:%H:%M:%S} UTC")
+        else:
+            self.health.set(HEALTH, UNHEALTHY, "the cluster accepted none of the databases")
         if accepted != self._registered:
             log.info("agent %s: serving %s for the cluster", self.identity.host_id,
                      ", ".join(sorted(accepted)) or "nothing")
@@ -199,12 +216,21 @@ class DatabaseAgent:
     # -- run ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._identity = await asyncio.to_thread(self._load_or_join)
+        if self.diag is not None:
+            await self.diag.start()
+        try:
+            self._identity = await asyncio.to_thread(self._load_or_join)
+        except BaseException:
+            if self.diag is not None:
+                await self.diag.close()
+            raise
         await self.link.start()
         try:
             await self.heartbeat()
         except AccessDenied:
             await self.link.close()
+            if self.diag is not None:
+                await self.diag.close()
             raise
         except (AuthError, OSError) as e:  # the cluster may come back: keep trying
             log.warning("first heartbeat failed, retrying: %s",
@@ -216,9 +242,12 @@ class DatabaseAgent:
         for task in self._tasks:
             task.cancel()
         await self.link.close()
+        self.health.set(HEALTH, UNHEALTHY, "shutting down")
         with contextlib.suppress(AuthError, OSError, TimeoutError):
             await asyncio.wait_for(self.call("agent_goodbye"), GOODBYE_TIMEOUT)
             log.info("agent %s: unregistered", self.identity.host_id)
+        if self.diag is not None:
+            await self.diag.close()
 
 
 async def run(config: ClusterConfig) -> None:

@@ -7,11 +7,13 @@ under a second name by the agent."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import ssl
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -20,6 +22,7 @@ import pytest
 from mwiproxy.auth.client import AuthClient
 from mwiproxy.auth.errors import AuthError
 from tests._testbase.agent import AGENT_SERVICE, Agent, db_token
+from tests._testbase.ports import free_port
 from tests.e2e.conftest import LocalProxyProcess, Topology, wait_for
 from tests.e2e.test_postgres_cancel_and_load import _cancel_sleep
 
@@ -33,7 +36,7 @@ def served(topo: Topology) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def agent(topo: Topology):
-    a = Agent(topo, "one")
+    a = Agent(topo, "one", service_extra=f"  diag_addr: 127.0.0.1:{free_port()}\n")
     a.start(token=db_token(topo))
     yield a
     a.stop()
@@ -59,6 +62,18 @@ def test_the_agent_registers_its_database(topo, agent):
     state = agent.data_dir / "agent"
     assert state.stat().st_mode & 0o777 == 0o700
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in state.iterdir())
+
+
+def test_the_agent_reports_its_health(topo, agent):
+    diag = re.search(r"diag_addr: (\S+)", agent.config.read_text())
+    assert diag is not None
+    base = f"http://{diag.group(1)}"
+    with urllib.request.urlopen(f"{base}/livez", timeout=10) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"{base}/readyz", timeout=10) as r:
+        ready = json.loads(r.read())
+    assert ready["status"] == "healthy", ready
+    assert AGENT_SERVICE in ready["services"]["db_service"]["reason"]
 
 
 def test_psql_through_the_agent_in_both_modes(topo, agent, agent_out, agent_tunnel):
