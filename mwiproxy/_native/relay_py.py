@@ -80,14 +80,20 @@ class _TLS(_Plain):
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return b""
             self.flush_quietly()
-            try:
-                raw = self.sock.recv(_CHUNK)
-            except (BlockingIOError, InterruptedError):
+            raw = self.pull()
+            if raw is None:
                 return None
             if raw:
                 self.incoming.write(raw)
             else:
                 self.incoming.write_eof()
+
+    def pull(self) -> bytes | None:
+        """Ciphertext from below: b"" at its end, None when nothing is there yet."""
+        try:
+            return self.sock.recv(_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return None
 
     def send(self, data: memoryview) -> int:
         self.flush()
@@ -127,22 +133,8 @@ class _InnerTLS(_TLS):
         self.obj, self.incoming, self.outgoing = parts.obj, parts.incoming, parts.outgoing
         self.tx = b""
 
-    def recv(self) -> bytes | None:
-        while True:
-            try:
-                return self.obj.read(_CHUNK)
-            except ssl.SSLWantReadError:
-                pass
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return b""
-            self.flush_quietly()
-            raw = self.carrier.recv()
-            if raw is None:
-                return None
-            if raw:
-                self.incoming.write(raw)
-            else:
-                self.incoming.write_eof()
+    def pull(self) -> bytes | None:
+        return self.carrier.recv()  # the carrier's plaintext is our ciphertext
 
     def flush(self) -> None:
         """Raises BlockingIOError while ciphertext is left over (here or in the carrier)."""

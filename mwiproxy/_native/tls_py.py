@@ -111,6 +111,11 @@ class TLSStream:
         self._loop = loop
         self._sock: socket.socket | None = socket.socket(fileno=fd)
         self._sock.setblocking(False)
+        self._start_tls(server_hostname)
+
+    def _start_tls(self, server_hostname: str | None) -> None:
+        """The SSL object over memory BIOs (a client offers its last session)."""
+        context = self.context
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         name = server_hostname if not context.server_side else None
         session = context.sessions.get(name or "") if not context.server_side else None
@@ -277,13 +282,7 @@ class _InnerTLSStream(TLSStream):
         self.context = context
         self._loop = carrier._loop
         self._sock = carrier._sock  # for fileno and liveness; the carrier does the I/O
-        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        name = server_hostname if not context.server_side else None
-        session = context.sessions.get(name or "") if not context.server_side else None
-        self._obj = context.ssl_context.wrap_bio(
-            self._in, self._out, server_side=context.server_side,
-            server_hostname=name or None, session=session)
-        self._handshaken = False
+        self._start_tls(server_hostname)
 
     def close(self) -> None:
         self._sock = None

@@ -35,7 +35,14 @@ import yaml
 
 from mwiproxy.config.cluster import split_host_port
 from mwiproxy.config.durations import format_duration
-from mwiproxy.config.loader import ConfigError, Node, decode, load_yaml_file, node_line
+from mwiproxy.config.loader import (
+    ConfigError,
+    Node,
+    decode,
+    load_yaml_file,
+    node_line,
+    resolve_token,
+)
 
 __all__ = [
     "BotConfig",
@@ -140,15 +147,7 @@ class Onboarding:
 
     def resolve_token(self) -> str:
         """The join token: the value, or the content of the file when it is an absolute path."""
-        if not self.token.startswith("/"):
-            return self.token
-        try:
-            with open(self.token, encoding="utf-8") as f:
-                return f.read().strip()
-        except OSError as e:
-            raise ConfigError(
-                f"cannot read token file: {e.strerror}", key="onboarding.token"
-            ) from e
+        return resolve_token(self.token, "onboarding.token")
 
     def to_yaml(self) -> dict[str, Any]:
         out: dict[str, Any] = {"join_method": self.join_method}

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from mwiproxy.config.loader import ConfigError, decode, load_yaml_file, node_line
+from mwiproxy.config.loader import (
+    ConfigError,
+    decode,
+    load_yaml_file,
+    node_line,
+    resolve_token,
+)
 
 __all__ = [
     "ClusterConfig",
@@ -210,15 +216,8 @@ class DBServiceConfig:
             raise ConfigError("must be between 10s and 7 days", key="certificate_ttl")
 
     def resolve_token(self) -> str:
-        """The join token: the value, or the content of the file when it is a path."""
-        if not self.token.startswith("/"):
-            return self.token
-        try:
-            with open(self.token, encoding="utf-8") as f:
-                return f.read().strip()
-        except OSError as e:
-            raise ConfigError(f"cannot read token file {self.token}: {e.strerror}",
-                              key="db_service.token") from e
+        """The join token: the value, or the content of the file when it is an absolute path."""
+        return resolve_token(self.token, "db_service.token")
 
 
 @dataclass

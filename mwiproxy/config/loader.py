@@ -91,6 +91,18 @@ def _rebuild_error(message: str, file: str, line: int | None, key: str) -> Confi
     return ConfigError(message, file=file, line=line, key=key)
 
 
+def resolve_token(value: str, key: str) -> str:
+    """A join token given in a config file: the value itself, or the content of the file
+    when it is an absolute path (so the secret need not sit in the config)."""
+    if not value.startswith("/"):
+        return value
+    try:
+        with open(value, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read token file {value}: {e.strerror}", key=key) from e
+
+
 def join_key(prefix: str, key: str) -> str:
     """``join_key("spec", "allow")`` → ``spec.allow``; list indexes attach without a dot."""
     if not prefix:

@@ -29,6 +29,7 @@ from mwiproxy.engines.base import UpstreamError
 from mwiproxy.engines.postgres import PostgresEngine, UpstreamRefused
 from mwiproxy.identity import oids
 from mwiproxy.identity.certs import Identity, identity_from_certificate
+from mwiproxy.relay.listen import AcceptLoop
 from mwiproxy.relay.pipe import Pipe
 from mwiproxy.relay.streams import BufferedReader, set_nodelay
 from mwiproxy.wire import agentlink
@@ -67,16 +68,13 @@ class LinkServer:
     def __init__(self, agent: DatabaseAgent) -> None:
         self._agent = agent
         self._ctx: _native.TLSContext | None = None
-        self._sock: socket.socket | None = None
-        self._accepting: asyncio.Task[None] | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        self._acceptor: AcceptLoop | None = None
         self._pipes: set[Pipe] = set()
 
     @property
     def address(self) -> tuple[str, int]:
-        assert self._sock is not None
-        host, port = self._sock.getsockname()[:2]
-        return host, port
+        assert self._acceptor is not None
+        return self._acceptor.address
 
     @property
     def public_addr(self) -> str:
@@ -98,38 +96,14 @@ class LinkServer:
         if host in ("0.0.0.0", "::") and not self._agent.service.public_addr:
             raise ValueError("db_service.listen_addr listens on every address: set "
                              "db_service.public_addr to the address proxies should dial")
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        self._sock = socket.create_server((host, port), family=family, backlog=1024)
-        self._sock.setblocking(False)
-        self._accepting = asyncio.ensure_future(self._accept_loop(self._sock))
+        self._acceptor = AcceptLoop(host, port, self._serve)
+        self._acceptor.start()
 
     async def close(self) -> None:
-        if self._accepting is not None:
-            self._accepting.cancel()
-            await asyncio.wait({self._accepting})
-            self._accepting = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
         for pipe in list(self._pipes):
             pipe.close("shutdown")
-        for task in list(self._conns):
-            task.cancel()
-        if self._conns:
-            await asyncio.wait(self._conns, timeout=5)
-
-    async def _accept_loop(self, lsock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, peer = await loop.sock_accept(lsock)
-            except OSError as e:
-                log.warning("accept failed: %s", e)
-                await asyncio.sleep(0.1)
-                continue
-            task = asyncio.ensure_future(self._serve(sock, f"{peer[0]}:{peer[1]}"))
-            self._conns.add(task)
-            task.add_done_callback(self._conns.discard)
+        if self._acceptor is not None:
+            await self._acceptor.close(wait=5)
 
     async def _serve(self, sock: socket.socket, remote: str) -> None:
         assert self._ctx is not None

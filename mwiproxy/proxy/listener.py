@@ -24,6 +24,7 @@ from mwiproxy import _native
 from mwiproxy.identity.certs import Identity, identity_from_certificate
 from mwiproxy.identity.tlsctx import server_context
 from mwiproxy.proxy.plaintext import refuse as refuse_plaintext
+from mwiproxy.relay.listen import AcceptLoop
 from mwiproxy.relay.streams import ByteStream, set_nodelay
 from mwiproxy.wire.alpn import PING_SUFFIX
 
@@ -57,17 +58,13 @@ class ServerTLS:
 
 class ProxyListener:
     def __init__(self, host: str, port: int, tls_factory: Callable[[], ServerTLS]) -> None:
-        self._host = host
-        self._port = port
         self._tls_factory = tls_factory
         self._handlers: dict[str, Handler] = {}
         self._tls_handlers: dict[str, TLSHandler] = {}
-        self._sock: socket.socket | None = None
         self._ctx: ssl.SSLContext | None = None
         self._native_ctx: _native.TLSContext | None = None
         self._listen_ctx: ssl.SSLContext | None = None
-        self._accepting: asyncio.Task[None] | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        self._acceptor = AcceptLoop(host, port, self._serve)
 
     def route(self, alpn_name: str, handler: Handler) -> None:
         """Serve `alpn_name` on asyncio streams (the auth API)."""
@@ -104,42 +101,15 @@ class ProxyListener:
 
     @property
     def address(self) -> tuple[str, int]:
-        assert self._sock is not None
-        host, port = self._sock.getsockname()[:2]
-        return host, port
+        return self._acceptor.address
 
     async def start(self) -> None:
         self.reload_tls()
         self._listen_ctx = self._listening_context()
-        family = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)[0][0]
-        self._sock = socket.create_server((self._host, self._port), family=family,
-                                          backlog=1024)
-        self._sock.setblocking(False)
-        self._accepting = asyncio.ensure_future(self._accept_loop(self._sock))
+        self._acceptor.start()
 
     async def close(self) -> None:
-        if self._accepting is not None:
-            self._accepting.cancel()
-            # the loop must forget the socket before its fd is closed and reused
-            await asyncio.wait({self._accepting})
-            self._accepting = None
-        if self._sock is not None:
-            self._sock.close()
-        for task in list(self._conns):
-            task.cancel()
-
-    async def _accept_loop(self, lsock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, peer = await loop.sock_accept(lsock)
-            except OSError as e:  # EMFILE and friends: keep the port alive
-                log.warning("accept failed: %s", e)
-                await asyncio.sleep(0.1)
-                continue
-            task = asyncio.ensure_future(self._serve(sock, f"{peer[0]}:{peer[1]}"))
-            self._conns.add(task)
-            task.add_done_callback(self._conns.discard)
+        await self._acceptor.close()
 
     async def _serve(self, sock: socket.socket, remote: str) -> None:
         try:
