@@ -15,11 +15,10 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from mwiproxy import _native
-from mwiproxy.auth.agents import AgentRecord
-from mwiproxy.auth.service import AuthService
 from mwiproxy.config.cluster import split_host_port
 from mwiproxy.engines.base import CONNECT_TIMEOUT, UpstreamError, check_server_name
 from mwiproxy.engines.postgres import Upstream, UpstreamRefused
@@ -33,21 +32,32 @@ log = logging.getLogger("mwiproxy.engines.remote")
 LINK_TIMEOUT = 30.0
 
 
+class Agent(Protocol):
+    """Where an agent serving the database can be reached (a live registration)."""
+
+    @property
+    def host_id(self) -> str: ...
+    @property
+    def hostname(self) -> str: ...
+    @property
+    def addr(self) -> str: ...
+
+
 class RemoteEngine:
     """One database service, reached through whichever of its agents answers."""
 
-    def __init__(self, name: str, auth: AuthService,
+    def __init__(self, name: str, find_agents: Callable[[], Sequence[Agent]],
                  link_tls: Callable[[], _native.TLSContext]) -> None:
         self.name = name
-        self._auth = auth
+        self._find_agents = find_agents
         self._link_tls = link_tls
 
-    def agents(self) -> list[AgentRecord]:
-        found = [agent for agent, _ in self._auth.agents.servers_for(self.name)]
+    def agents(self) -> list[Agent]:
+        found = list(self._find_agents())
         random.shuffle(found)
         return found
 
-    async def _dial(self, agent: AgentRecord) -> _native.TLSStream:
+    async def _dial(self, agent: Agent) -> _native.TLSStream:
         host, port = split_host_port(agent.addr, min_port=1)
         sock = await dial_tcp(host, port)
         stream = _native.TLSStream(asyncio.get_running_loop(), self._link_tls(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 
 from mwiproxy import _native
+from mwiproxy.auth.agents import AgentRecord
 from mwiproxy.auth.service import AuthService
 from mwiproxy.engines.postgres import Engine
 from mwiproxy.engines.remote import RemoteEngine
@@ -34,5 +35,8 @@ class EngineDirectory:
         if name in self._local:
             return self._local[name]
         if name in self:
-            return RemoteEngine(name, self._auth, self._link_tls)
+            return RemoteEngine(name, lambda: self._agents_for(name), self._link_tls)
         return None
+
+    def _agents_for(self, name: str) -> list[AgentRecord]:
+        return [agent for agent, _ in self._auth.agents.servers_for(name)]
