@@ -136,12 +136,15 @@ class TLSStream:
 
     async def aclose(self) -> None:
         """Send close_notify (best effort), then close."""
+        await self._say_close_notify()
+        self.close()
+
+    async def _say_close_notify(self) -> None:
         if self._sock is not None and self._handshaken:
             with contextlib.suppress(ssl.SSLError, OSError):
                 self._obj.unwrap()
             with contextlib.suppress(OSError):
                 await self._flush()
-        self.close()
 
     def _live(self) -> socket.socket:
         if self._sock is None:
@@ -290,11 +293,7 @@ class _InnerTLSStream(TLSStream):
 
     async def aclose(self) -> None:
         """Send both close_notifys, inner first (best effort), then close."""
-        if self._sock is not None and self._handshaken:
-            with contextlib.suppress(ssl.SSLError, OSError):
-                self._obj.unwrap()
-            with contextlib.suppress(OSError):
-                await self._flush()
+        await self._say_close_notify()
         self._sock = None
         await self._carrier.aclose()
 

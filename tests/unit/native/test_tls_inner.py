@@ -17,51 +17,33 @@ import pytest
 
 from mwiproxy._native import REASON_CLOSED, REASON_EOF, TLSError
 from mwiproxy._native.tls_py import _memfile
+from mwiproxy.relay.streams import MemoryTLSStream
 
 from .relaykit import FAREWELL, open_fds, recv_all, run, tcp_pair
 from .tlskit import plain_pair
 
 
-class InnerClient:
-    """The client's own TLS (stdlib) inside an outer client stream of the build under test."""
+class InnerClient(MemoryTLSStream):
+    """The client's own TLS (stdlib) inside an outer client stream of the build under test,
+    telling the peer's close_notify from a bare end."""
 
     def __init__(self, outer: Any, ctx: ssl.SSLContext) -> None:
-        self.outer = outer
-        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self._in, self._out, server_side=False)
+        super().__init__(outer, ctx, server_side=False)
         self.close_notify = False  # the peer's end was a close_notify, not a bare end
 
-    async def _flush(self) -> None:
-        if self._out.pending:
-            await self.outer.write(self._out.read())
-
-    async def _fill(self) -> None:
-        data = await self.outer.read(1 << 16)
-        if data:
-            self._in.write(data)
-        else:
-            self._in.write_eof()
-
-    async def handshake(self) -> None:
-        while True:
-            try:
-                self.obj.do_handshake()
-            except ssl.SSLWantReadError:
-                await self._flush()
-                await self._fill()
-                continue
-            await self._flush()
-            return
+    @property
+    def outer(self) -> Any:
+        return self.inner
 
     async def write(self, data: bytes) -> None:
         for i in range(0, len(data), 1 << 20):
-            self.obj.write(data[i:i + (1 << 20)])
+            self._obj.write(data[i:i + (1 << 20)])
             await self._flush()
 
     async def read(self, n: int = 1 << 20) -> bytes:
         while True:
             try:
-                data = self.obj.read(n)
+                data = self._obj.read(n)
                 self.close_notify |= not data  # the stdlib says b"" for a close_notify only
                 return data
             except ssl.SSLWantReadError:
@@ -85,7 +67,7 @@ class InnerClient:
     async def shut(self) -> None:
         """Our close_notify (the read side stays open)."""
         try:
-            self.obj.unwrap()
+            self._obj.unwrap()
         except ssl.SSLWantReadError:
             pass
         await self._flush()

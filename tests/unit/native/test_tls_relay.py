@@ -89,22 +89,31 @@ def test_tls_to_plain_is_byte_exact_both_ways(tls_mod: Any, pki: Any) -> None:
     run(body)
 
 
+async def stdlib_client_relay(tls_mod: Any, pki: Any) -> tuple[Any, socket.socket, Any,
+                                                                asyncio.Future[str]]:
+    """A blocking stdlib TLS client (an independent TLS stack) ↔ the relay's TLS side,
+    relayed to a plain socket: (client, plain end, started relay, its done future)."""
+    loop = asyncio.get_running_loop()
+    c, s = tcp_pair()
+    server = tls_mod.TLSStream(loop, pki.server_ctx(tls_mod), s.detach())
+    client = pki.stdlib_client().wrap_socket(c, server_hostname="proxy.mwi.test",
+                                              do_handshake_on_connect=False)
+    client_hs = asyncio.ensure_future(asyncio.to_thread(client.do_handshake))
+    await server.handshake()
+    await client_hs
+    plain, inner = plain_pair()
+    done: asyncio.Future[str] = loop.create_future()
+    relay = tls_mod.Relay(loop, server, inner.detach(), on_done=done.set_result)
+    relay.start()
+    return client, plain, relay, done
+
+
 def test_half_close_sends_close_notify_and_the_other_way_flows(tls_mod: Any, pki: Any) -> None:
     """Driven by the stdlib's blocking ssl client: an independent TLS stack that tells a
     close_notify (recv returns b"") from a bare FIN (SSLEOFError)."""
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        c, s = tcp_pair()
-        server = tls_mod.TLSStream(loop, pki.server_ctx(tls_mod), s.detach())
-        client = pki.stdlib_client().wrap_socket(c, server_hostname="proxy.mwi.test",
-                                                  do_handshake_on_connect=False)
-        client_hs = asyncio.ensure_future(asyncio.to_thread(client.do_handshake))
-        await server.handshake()
-        await client_hs
-        plain, inner = plain_pair()
-        done = loop.create_future()
-        relay = tls_mod.Relay(loop, server, inner.detach(), on_done=done.set_result)
-        relay.start()
+        client, plain, relay, done = await stdlib_client_relay(tls_mod, pki)
 
         def tls_peer() -> bytes:
             got = b""
@@ -164,17 +173,7 @@ def test_close_with_a_farewell_while_idle_ends_with_close_notify(tls_mod: Any, p
     """The stdlib's blocking client tells a close_notify (recv returns b"") from a bare FIN."""
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        c, s = tcp_pair()
-        server = tls_mod.TLSStream(loop, pki.server_ctx(tls_mod), s.detach())
-        client = pki.stdlib_client().wrap_socket(c, server_hostname="proxy.mwi.test",
-                                                  do_handshake_on_connect=False)
-        client_hs = asyncio.ensure_future(asyncio.to_thread(client.do_handshake))
-        await server.handshake()
-        await client_hs
-        plain, inner = plain_pair()
-        done = loop.create_future()
-        relay = tls_mod.Relay(loop, server, inner.detach(), on_done=done.set_result)
-        relay.start()
+        client, plain, relay, done = await stdlib_client_relay(tls_mod, pki)
 
         def tls_peer() -> bytes:
             client.sendall(b"select 1")
