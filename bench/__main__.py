@@ -1,5 +1,11 @@
-"""python -m bench: direct vs mwiproxy (native, pure-Python) vs HAProxy on loopback.
+"""python -m bench: direct vs mwiproxy vs HAProxy on loopback.
 
+Three groups of rows. The product (pg-*, bench.product): the product's own processes
+(`mwiproxy start`, `mwibot proxy … --tunnel` and non-tunnel) in front of a real
+PostgreSQL, beside direct TLS and an HAProxy topology. The raw core (core-*,
+bench.relayserver: `_native.Acceptor` + `Relay`, compiled and pure-Python; NOT the
+product: no identity, RBAC, audit or database protocol) beside direct and HAProxy, plain
+TCP and TLS, against sink/echo back ends.
 Paths are interleaved within each run and every proxy is started fresh for each run;
 the tables show medians over the runs, ratios to direct and to HAProxy, and the issue's
 targets marked met or missed. PNG plots go to --out (if matplotlib is installed).
@@ -18,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import paths, plots, tlspki
+from . import paths, plots, product, tlspki
 from .measure import Plan, measure
 from .report import Row, render
 
@@ -56,11 +62,36 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="new connections per run (rate and CPU per new connection)")
     parser.add_argument("--idle", type=int, default=9900,
                         help="idle connections held per run (0: skip the figure)")
-    parser.add_argument("--paths", default=",".join(paths.PATHS))
+    parser.add_argument("--paths", default=",".join(paths.PATHS + list(product.PATHS)),
+                        help="comma-separated (default: %(default)s)")
     parser.add_argument("--out", default="bench/out", help="PNG plots and results.json here")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 1 run, small sizes (numbers mean little)")
     return parser.parse_args(argv)
+
+
+def _product_run(names: list[str], plan: Plan, results: dict[str, list[dict[str, float]]],
+                 missing: dict[str, str], tag: str) -> None:
+    """The product's paths of one run: one fresh topology for all of them."""
+    wanted = [n for n in names if n in product.PATHS and n not in missing]
+    if not wanted:
+        return
+
+    def say(name: str, what: str) -> None:
+        print(f"{tag} {name}: {what} ...", flush=True)
+
+    t0 = time.perf_counter()
+    try:
+        got = product.run(wanted, plan, say)
+    except (OSError, AssertionError, RuntimeError, subprocess.SubprocessError) as exc:
+        for name in wanted:  # no PostgreSQL 15, or the topology did not come up
+            missing[name] = f"the product topology did not start: {exc}"
+        print(f"{tag} product paths: skipped: {exc}", flush=True)
+        return
+    for name, m in got.items():
+        results[name].append(m)
+        print(f"{tag} {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()), flush=True)
+    print(f"{tag} product paths done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for run_no in range(1, runs + 1):
             for name in names:
-                if name in missing:
+                if name in missing or name in product.PATHS:
                     continue
                 t0 = time.perf_counter()
                 tag = f"[{time.perf_counter() - t_start:6.0f} s] run {run_no}/{runs} {name}"
@@ -100,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[name].append(m)
                 print(f"{tag}: done in {time.perf_counter() - t0:.0f} s: "
                       + ", ".join(f"{k} {v:.4g}" for k, v in m.items()), flush=True)
+            _product_run(names, plan, results, missing,
+                         f"[{time.perf_counter() - t_start:6.0f} s] run {run_no}/{runs}")
     finally:
         be.proc.terminate()
         be.proc.wait(10)
@@ -114,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"machine": machine(), "runs": results},
                                                  indent=1))
-    written = plots.write(rows, out)
+    written = plots.write(rows, out, results)
     print(written if isinstance(written, str)
           else f"plots: {', '.join(str(p) for p in written)}")
     return 0

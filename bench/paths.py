@@ -1,10 +1,12 @@
-"""The paths a benchmark drives: each gives a sink port, an echo port and a process to bill.
+"""The raw paths a benchmark drives: each gives a sink port, an echo port and a process to bill.
 
 direct: the back-end servers themselves (the physical limit).
-mwiproxy-native / mwiproxy-pure: bench.relayserver with the compiled or pure-Python build.
+core-native / core-pure: the raw core, NOT the product: bench.relayserver drives
+`_native.Acceptor` + `Relay` (compiled or pure-Python build) with no identity, RBAC,
+audit or database protocol. The product's own processes are measured by bench.product.
 haproxy-16k / haproxy-64k: Debian's HAProxy in `mode tcp` (skipped, and said so, if absent).
 TLS paths (the client speaks TLS 1.3, ECDSA P-256; back ends are plain except for direct):
-direct-tls, haproxy-tls (`ssl crt`), mwiproxy-native-tls / mwiproxy-pure-tls (TLS <-> plain).
+direct-tls, haproxy-tls (`ssl crt`), core-native-tls / core-pure-tls (TLS <-> plain).
 """
 
 from __future__ import annotations
@@ -119,17 +121,17 @@ def _haproxy(name: str, sink: int, echo: int, bufsize: int | None,
     return Running(name, p_sink, p_echo, proc, [path], tls=crt is not None)
 
 
-PATHS = ["direct", "mwiproxy-native", "mwiproxy-pure", "haproxy-16k", "haproxy-64k",
-         "direct-tls", "mwiproxy-native-tls", "mwiproxy-pure-tls", "haproxy-tls"]
+PATHS = ["direct", "core-native", "core-pure", "haproxy-16k", "haproxy-64k",
+         "direct-tls", "core-native-tls", "core-pure-tls", "haproxy-tls"]
 
 
 def start(name: str, be: Backends) -> Running:
     sink, echo = be.sink, be.echo
     if name == "direct":
         return Running(name, sink, echo)
-    if name == "mwiproxy-native":
+    if name == "core-native":
         return _mwiproxy(name, sink, echo, pure=False)
-    if name == "mwiproxy-pure":
+    if name == "core-pure":
         return _mwiproxy(name, sink, echo, pure=True)
     if name == "haproxy-16k":
         return _haproxy(name, sink, echo, None)
@@ -137,9 +139,9 @@ def start(name: str, be: Backends) -> Running:
         return _haproxy(name, sink, echo, 65536)
     if name == "direct-tls":
         return Running(name, be.tls_counted_sink, be.tls_echo, tls=True)
-    if name == "mwiproxy-native-tls":
+    if name == "core-native-tls":
         return _mwiproxy(name, be.counted_sink, echo, pure=False, tls_dir=be.tls_dir)
-    if name == "mwiproxy-pure-tls":
+    if name == "core-pure-tls":
         return _mwiproxy(name, be.counted_sink, echo, pure=True, tls_dir=be.tls_dir)
     if name == "haproxy-tls":
         return _haproxy(name, be.counted_sink, echo, None, crt=f"{be.tls_dir}/server.pem")

@@ -1,10 +1,11 @@
 """pgbench through the whole data path, against direct TLS and an HAProxy topology.
 
     python -m bench.pgbench_topology [--seconds 8] [--runs 3] [--out bench/RESULTS-pgbench.md]
+                                     [--metrics off|on|both]
 
 One run starts a real PostgreSQL (cert auth, TLS), an mwiproxy cluster, bot
-credentials and two local proxies (tunnel, non-tunnel; a third with `--ping` unless
---no-ping), a database agent (`mwiproxy start --roles=db`) serving the same PostgreSQL
+credentials and two local proxies (tunnel, non-tunnel; two more with `--ping`, one of
+each mode, unless --no-ping), a database agent (`mwiproxy start --roles=db`) serving the same PostgreSQL
 under a second name with its own tunnel-mode local proxy (unless --no-agent: the cost of
 the extra hop), and two HAProxies: one on the "service host" originating TLS with the client
 certificate, one at the "cluster side" terminating it (verifying the client certificate)
@@ -16,11 +17,15 @@ Cells (interleaved across topologies, each repeated --runs times, medians report
 select-only and TPC-B with 1 client (latency per transaction p50/p99, from `pgbench -l`)
 and 16 clients (TPS); connect + first query (psycopg, 1 client, p50/p99). CPU per
 transaction of each proxy process comes from /proc/PID/stat (utime + stime).
+
+--metrics on: every mwiproxy process serves /metrics (bench/scrape.py), scraped once a
+second while measured; --metrics both: what that costs (bench/pgmetrics.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -34,6 +39,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mwiproxy.devkit import postgres
+from mwiproxy.devkit.agent import AGENT_SERVICE, Agent, db_token
+from mwiproxy.devkit.ports import free_port
+from mwiproxy.devkit.topology import CLUSTER_YAML, Topology, start_topology
 from mwiproxy.identity.authorities import (
     AuthoritySet,
     cert_pem,
@@ -42,12 +51,8 @@ from mwiproxy.identity.authorities import (
     private_key_pem,
 )
 from mwiproxy.identity.certs import Identity
-from tests._testbase import postgres
-from tests._testbase.agent import AGENT_SERVICE, Agent, db_token
-from tests._testbase.cluster import ClusterProcess
-from tests._testbase.fixtures import GUIDE_ROLE
-from tests._testbase.ports import free_port
-from tests.e2e.conftest import CLUSTER_YAML, Topology, _start_postgres
+
+from .scrape import Diag
 
 PGBENCH = str(postgres.PG_BIN / "pgbench")
 SCALE = 16
@@ -151,52 +156,53 @@ def _haproxy(root: Path, pg_port: int) -> tuple[int, list[subprocess.Popen[bytes
 
 
 @contextmanager
-def topology(root: Path, with_ping: bool, with_agent: bool = True
+def topology(root: Path, with_ping: bool, with_agent: bool = True, diag: Diag | None = None
              ) -> Iterator[list[Target]]:
-    pg = postgres.PostgresServer(hba=["local all all trust",
-                                      "hostssl all all 127.0.0.1/32 cert"])
-    config = CLUSTER_YAML.replace("{env: dev}", "{{env: dev}}").replace("PGPORT", str(pg.port))
-    cluster = ClusterProcess(root / "data", config=config).start()
-    topo = Topology(root, cluster, pg)
+    """The paths; with `diag`, every mwiproxy process serves /metrics on an address of it."""
     haproxies: list[subprocess.Popen[bytes]] = []
     agent: Agent | None = None
-    try:
-        _start_postgres(pg, cluster, root)
-        (root / "role.yaml").write_text(GUIDE_ROLE)
-        cluster.ctl("create", "-f", str(root / "role.yaml"))
-        subprocess.run([PGBENCH, "-i", "-q", "-s", str(SCALE), "-h", str(pg.root), "-p",
-                        str(pg.port), "-U", "alice", "example-db"], check=True,
-                       capture_output=True)
-        out = topo.bot_output("bench", ttl="1h")
-        crt, key = _alice_cert(topo)
-        ha_port, haproxies = _haproxy(root, pg.port)
-        assert cluster.proc is not None
-        targets = _targets(topo, out, crt, key, ha_port, haproxies, with_ping)
-        if with_agent:
-            agent = Agent(topo, "bench")
-            agent.start(token=db_token(topo))
-            targets.append(_agent_target(topo, agent))
-        yield targets
-    finally:
-        if agent is not None:
-            agent.stop()
-        for proc in haproxies:
-            proc.terminate()
-            proc.wait()
-        for lp in topo.proxies:
-            lp.stop()
-        cluster.stop()
-        pg.stop()
+    template = diag.cluster_template(CLUSTER_YAML) if diag else CLUSTER_YAML
+    # the dev kit stops the local proxies, the cluster and PostgreSQL after these
+    with start_topology(root, template) as topo:
+        try:
+            pg = topo.pg
+            subprocess.run([PGBENCH, "-i", "-q", "-s", str(SCALE), "-h", str(pg.root), "-p",
+                            str(pg.port), "-U", "alice", "example-db"], check=True,
+                           capture_output=True)
+            out = topo.bot_output("bench", ttl="1h")
+            crt, key = _alice_cert(topo)
+            ha_port, haproxies = _haproxy(root, pg.port)
+            assert topo.cluster.proc is not None
+            targets = _targets(topo, out, crt, key, ha_port, haproxies, with_ping, diag)
+            if with_agent:
+                agent = Agent(topo, "bench", diag.agent_extra() if diag else "")
+                agent.start(token=db_token(topo))
+                targets.append(_agent_target(topo, agent, diag))
+            yield targets
+        finally:
+            if agent is not None:
+                agent.stop()
+            for proc in haproxies:
+                proc.terminate()
+                proc.wait()
+
+
+def _diag_flags(diag: Diag | None, process: str) -> tuple[str, ...]:
+    return diag.proxy_flags(process) if diag else ()
 
 
 def _targets(topo: Topology, out: Path, crt: str, key: str, ha_port: int,
-             haproxies: list[subprocess.Popen[bytes]], with_ping: bool) -> list[Target]:
+             haproxies: list[subprocess.Popen[bytes]], with_ping: bool,
+             diag: Diag | None = None) -> list[Target]:
     assert topo.cluster.proc is not None
     cluster_pid = topo.cluster.proc.pid
     tls_to_pg = f"sslmode=require sslcert={crt} sslkey={key}"
     db = "user=alice dbname=example-db"
-    tunnel = topo.local_proxy(out, tunnel=True)
-    passthrough = topo.local_proxy(out, tunnel=False)
+    # the plain rows: the local proxy offers `-ping` by default, these ask it not to
+    tunnel = topo.local_proxy(out, tunnel=True, extra=(
+        "--no-ping", *_diag_flags(diag, "local proxy (tunnel)")))
+    passthrough = topo.local_proxy(out, tunnel=False, extra=(
+        "--no-ping", *_diag_flags(diag, "local proxy (non-tunnel)")))
     targets = [
         Target("direct TLS", f"host=127.0.0.1 port={topo.pg.port} {db} {tls_to_pg}"),
         Target("mwiproxy tunnel", f"host=127.0.0.1 port={tunnel.port} {db} sslmode=disable",
@@ -207,18 +213,25 @@ def _targets(topo: Topology, out: Path, crt: str, key: str, ha_port: int,
                [p.pid for p in haproxies]),
     ]
     if with_ping:
-        ping = topo.local_proxy(out, tunnel=True, extra=("--ping",))
+        ping = topo.local_proxy(out, tunnel=True, extra=(
+            "--ping", *_diag_flags(diag, "local proxy (tunnel -ping)")))
         targets.append(Target("mwiproxy tunnel -ping",
                               f"host=127.0.0.1 port={ping.port} {db} sslmode=disable",
                               [ping.proc.pid, cluster_pid]))
+        framed = topo.local_proxy(out, tunnel=False, extra=(
+            "--ping", *_diag_flags(diag, "local proxy (non-tunnel -ping)")))
+        targets.append(Target("mwiproxy non-tunnel -ping", topo.dsn(framed, out).replace(
+            "connect_timeout=10", ""), [framed.proc.pid, cluster_pid]))
     return targets
 
 
-def _agent_target(topo: Topology, agent: Agent) -> Target:
+def _agent_target(topo: Topology, agent: Agent, diag: Diag | None = None) -> Target:
     assert topo.cluster.proc is not None and agent.proc is not None
     out = topo.bot_output("bench-agent", ttl="1h", service=AGENT_SERVICE)
-    lp = topo.local_proxy(out, tunnel=True, service=AGENT_SERVICE)
-    return Target("mwiproxy tunnel via agent",
+    lp = topo.local_proxy(out, tunnel=True, service=AGENT_SERVICE,
+                          extra=_diag_flags(diag, "local proxy (via agent)"))
+    # the product's default: `-ping` offered
+    return Target("mwiproxy tunnel -ping via agent",
                   f"host=127.0.0.1 port={lp.port} user=alice dbname=example-db "
                   "sslmode=disable", [lp.proc.pid, topo.cluster.proc.pid, agent.proc.pid])
 
@@ -353,21 +366,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="repetitions (medians reported)")
     ap.add_argument("--no-ping", action="store_true", help="skip the `--ping` local proxy")
     ap.add_argument("--no-agent", action="store_true", help="skip the database agent path")
+    ap.add_argument("--metrics", choices=("off", "on", "both"), default="off",
+                    help="on: every mwiproxy process serves /metrics, scraped once a second "
+                    "while measured; both: the tunnel paths with metrics on and off, side by "
+                    "side, 16 clients (bench/pgmetrics.py)")
     ap.add_argument("--out", default="", help="also write the table (markdown) here")
+    ap.add_argument("--plots", default="bench/out/pgbench",
+                    help="PNG plots (spread over runs) and results.json here")
     args = ap.parse_args(argv)
     if not postgres.available():
         print("PostgreSQL 15 is not installed", file=sys.stderr)
         return 1
+    if args.metrics == "both":
+        from . import pgmetrics
+
+        return pgmetrics.run(args)
+    diag = Diag() if args.metrics == "on" else None
     with tempfile.TemporaryDirectory(prefix="mwi-pgbench-") as tmp, \
-            topology(Path(tmp), not args.no_ping, not args.no_agent) as targets:
+            topology(Path(tmp), not args.no_ping, not args.no_agent, diag) as targets, \
+            diag.scraping() if diag else contextlib.nullcontext():
         results = measure(targets, args.seconds, args.runs)
-    flags = " --no-ping" * args.no_ping + " --no-agent" * args.no_agent
-    report = (f"{table(results, [t.name for t in targets])}\n\n{machine()}\n\n"
+    flags = (" --no-ping" * args.no_ping + " --no-agent" * args.no_agent
+             + " --metrics on" * (diag is not None))
+    scraped = f"Scraped (metrics on):\n{diag.report()}\n\n" if diag else ""
+    report = (f"{table(results, [t.name for t in targets])}\n\n{scraped}{machine()}\n\n"
               f"Command: `python -m bench.pgbench_topology --seconds {args.seconds} "
               f"--runs {args.runs}{flags}`\n")
     print(report)
     if args.out:
         Path(args.out).write_text(report)
+    from . import pgplots  # here, not at the top: the import block is being reworked
+
+    names = [t.name for t in targets]
+    plots_dir = Path(args.plots)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    pgplots.write_json(results, CELLS, names, plots_dir,
+                       {"machine": machine(), "command": f"python -m bench.pgbench_topology "
+                        f"--seconds {args.seconds} --runs {args.runs}{flags}",
+                        "metrics": args.metrics,
+                        **({"scraped": diag.summary()} if diag else {})})
+    written = pgplots.write_plots(results, CELLS, names, plots_dir)
+    print(written if isinstance(written, str)
+          else f"plots: {', '.join(str(p) for p in written)}")
     return 0
 
 

@@ -24,6 +24,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "held": ("conns held", "{:.0f}"),
     "held_errors": ("errors", "{:.0f}"),
 }
+PRODUCT = "pg-"  # the product's rows (bench.product)
 PROXY_ONLY = {"cpu_rt", "cpu_conn", "cpu_conn_resumed", "kib_idle"}
 RATIO_KEYS = ["gbit", "gbit16", "p50", "added_p50", "cpu_rt", "cpu_conn", "cpu_conn_resumed",
               "kib_idle", "held"]
@@ -42,8 +43,11 @@ def _fmt(key: str, v: float | None) -> str:
 
 
 def refs(rows: list[Row], tls: bool) -> tuple[Row | None, Row | None]:
-    """(direct, HAProxy) for plain or TLS rows: HAProxy with 64 KiB buffers for plain."""
+    """(direct, HAProxy) for plain or TLS rows: HAProxy with 64 KiB buffers for plain;
+    for the product's rows, direct TLS to PostgreSQL and the HAProxy topology."""
     by = {r.path: r for r in rows}
+    if any(r.path.startswith(PRODUCT) for r in rows):
+        return by.get("pg-direct-tls"), by.get("pg-haproxy")
     if tls:
         return by.get("direct-tls"), by.get("haproxy-tls")
     return by.get("direct"), by.get("haproxy-64k") or by.get("haproxy-16k")
@@ -92,15 +96,21 @@ def _tables(rows: list[Row], tls: bool) -> list[str]:
 
 
 def render(rows: list[Row], runs: int) -> str:
-    plain = [r for r in rows if not r.path.endswith("-tls")]
-    tls = [r for r in rows if r.path.endswith("-tls")]
+    prod = [r for r in rows if r.path.startswith(PRODUCT)]
+    core = [r for r in rows if not r.path.startswith(PRODUCT)]
+    plain = [r for r in core if not r.path.endswith("-tls")]
+    tls = [r for r in core if r.path.endswith("-tls")]
     lines = [f"Medians of {runs} interleaved run(s).", ""]
+    if prod:
+        lines += ["The product (`mwiproxy start` + `mwibot proxy`) in front of PostgreSQL 15,"
+                  " via psycopg", ""] + _tables(prod, tls=True) + [""]
     if plain:
-        lines += ["Plain TCP", ""] + _tables(plain, tls=False)
+        lines += ["Raw core (not the product): plain TCP", ""] + _tables(plain, tls=False)
     if tls:
-        lines += ["", "TLS 1.3, ECDSA P-256 (client to proxy; proxy to back end plain)", ""]
+        lines += ["", "Raw core (not the product): TLS 1.3, ECDSA P-256 (client to proxy;"
+                  " proxy to back end plain)", ""]
         lines += _tables(tls, tls=True)
-    lines += ["", "Targets (issue 3)", ""] + targets(rows)
+    lines += ["", "Targets (issues 3 and 11)", ""] + targets(rows)
     return "\n".join(lines)
 
 
@@ -137,18 +147,26 @@ def _const(path: str, key: str, bound: float) -> Callable[[dict[str, Row]], tupl
 
 
 def _pure_over_native(by: dict[str, Row]) -> tuple[float, float] | None:
-    a, b = _get(by, "mwiproxy-pure-tls", "cpu_rt"), _get(by, "mwiproxy-native-tls", "cpu_rt")
+    a, b = _get(by, "core-pure-tls", "cpu_rt"), _get(by, "core-native-tls", "cpu_rt")
     return None if a is None or not b else (a / b, 1.3)
 
 
-N, NT = "mwiproxy-native", "mwiproxy-native-tls"
+N, NT, P = "core-native", "core-native-tls", "pg-mwiproxy-tunnel"
 CHECKS: list[Check] = [
+    # issue 11, through the product: connect + first query p50 <= 0.9x the HAProxy
+    # topology is, for sequential connections, a rate >= 1/0.9 of its rate
+    ("product tunnel: new conn/s >= 1/0.9x HAProxy topology",
+     _vs(P, "conn_s", "pg-haproxy", 1 / 0.9), ">="),
+    ("product tunnel: CPU/new conn <= 1.0x HAProxy topology",
+     _vs(P, "cpu_conn", "pg-haproxy", 1.0), "<="),
+    ("product non-tunnel: CPU/new conn <= 1.0x HAProxy topology",
+     _vs("pg-mwiproxy-non-tunnel", "cpu_conn", "pg-haproxy", 1.0), "<="),
     ("plain bulk 1 conn >= 0.8x direct", _vs(N, "gbit", "direct", 0.8), ">="),
     ("plain bulk 16 conns >= 0.8x direct", _vs(N, "gbit16", "direct", 0.8), ">="),
     ("plain added p50 <= 0.75x best of HAProxy 64k / pure",
-     _best_of(N, "added_p50", ["haproxy-64k", "mwiproxy-pure"], 0.75), "<="),
+     _best_of(N, "added_p50", ["haproxy-64k", "core-pure"], 0.75), "<="),
     ("plain CPU/rt <= 0.75x best of HAProxy 64k / pure",
-     _best_of(N, "cpu_rt", ["haproxy-64k", "mwiproxy-pure"], 0.75), "<="),
+     _best_of(N, "cpu_rt", ["haproxy-64k", "core-pure"], 0.75), "<="),
     ("plain CPU/new conn <= 1.0x HAProxy 64k", _vs(N, "cpu_conn", "haproxy-64k", 1.0), "<="),
     ("TLS bulk >= 1.2x HAProxy", _vs(NT, "gbit", "haproxy-tls", 1.2), ">="),
     ("TLS bulk >= 0.9x direct TLS", _vs(NT, "gbit", "direct-tls", 0.9), ">="),

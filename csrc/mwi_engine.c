@@ -165,13 +165,15 @@ static void expire_timers(mwi_engine *eng)
         mwi_relay *r = eng->heap[0];
         uint64_t dl = relay_deadline(r);
         if (dl <= eng->now_ms) {
-            int closing = r->close_ms && r->half_closed_ms
-                && r->half_closed_ms + r->close_ms <= eng->now_ms;
-            relay_finish(r, closing ? MWI_RELAY_CLOSE_TIMEOUT : MWI_RELAY_IDLE_TIMEOUT, 0);
-        } else {
-            r->heap_key = dl;
-            sift_down(eng, 0);
+            if (relay_timer_fired(r)) continue;     /* finished: out of the heap */
+            dl = relay_deadline(r);                 /* keepalives sent: the next one */
+            if (dl == UINT64_MAX) {
+                heap_remove(eng, r);
+                continue;
+            }
         }
+        r->heap_key = dl;
+        sift_down(eng, r->heap_idx);
     }
 }
 
@@ -228,6 +230,7 @@ static void relay_register(mwi_engine *eng, mwi_relay *r)
     if (eng->live) eng->live->live_prev = r;
     eng->live = r;
     r->last_active_ms = eng->now_ms;
+    r->frame[0].last_write_ms = r->frame[1].last_write_ms = eng->now_ms;
     timer_reschedule(eng, r);
     ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;     /* EPOLLOUT only while blocked */
     for (int i = 0; i < 2; i++) {
@@ -267,8 +270,9 @@ static int handle_commands(mwi_engine *eng)
         next = r->work_next;
         if ((cmd & MWI_CMD_START) && r->state == RS_NEW) {
             relay_register(eng, r);
-            /* TLS may hold records read during setup: no epoll edge will announce them */
-            if (r->tls[0] != NULL || r->tls[1] != NULL) ready_add(eng, r);
+            /* TLS may hold records read during setup: no epoll edge will announce them;
+             * and the buffer pump learns what each direction waits for by running once */
+            if (r->buffered) ready_add(eng, r);
         }
         /* a close while saying farewell changes nothing: that end is bounded already */
         if ((cmd & MWI_CMD_CLOSE) && r->state == RS_LIVE && !r->bye_since_ms)
@@ -382,6 +386,7 @@ mwi_engine *mwi_engine_new(const mwi_engine_config *cfg, int *err)
     else eng->cfg.use_splice = 1;
     if (eng->cfg.pipe_size == 0) eng->cfg.pipe_size = 256u << 10;
     if (eng->cfg.buf_size == 0) eng->cfg.buf_size = 64u << 10;
+    if (eng->cfg.buf_size < 64) eng->cfg.buf_size = 64;   /* a frame header and payload fit */
     if (eng->cfg.pool_max == 0) eng->cfg.pool_max = 64;
     eng->pool.max = eng->cfg.pool_max;
     eng->pool.pipes = calloc(eng->pool.max, sizeof *eng->pool.pipes);
@@ -477,6 +482,22 @@ static int prepare_socket(int fd)
     return 0;
 }
 
+int mwi_relay_set_counter_slot(mwi_relay *r, uint32_t slot)
+{
+    if (r->owner_started || slot >= MWI_COUNTER_SLOTS) return EINVAL;
+    r->counter = r->eng->counters[slot];
+    return 0;
+}
+
+size_t mwi_engine_counters_read(const mwi_engine *eng, uint64_t (*out)[2], size_t n)
+{
+    if (n > MWI_COUNTER_SLOTS) n = MWI_COUNTER_SLOTS;
+    for (size_t i = 0; i < n; i++)
+        for (int k = 0; k < 2; k++)
+            out[i][k] = __atomic_load_n(&eng->counters[i][k], __ATOMIC_RELAXED);
+    return n;
+}
+
 int mwi_relay_start(mwi_relay *r)
 {
     int err;
@@ -496,13 +517,16 @@ void mwi_relay_close(mwi_relay *r)
 int mwi_relay_close_farewell(mwi_relay *r, const void *farewell, size_t len)
 {
     uint8_t *copy = NULL;
+    size_t hdr = r->frame[0].on ? MWI_FRAME_HDR : 0;   /* set before start: owner's too */
     if (!r->owner_started) return 0;
+    if (hdr && len > UINT32_MAX) return EINVAL;
     if (len > 0 && !r->owner_bye) {    /* the worker owns the copy from here */
-        if ((copy = malloc(len)) == NULL) return ENOMEM;
-        memcpy(copy, farewell, len);
+        if ((copy = malloc(hdr + len)) == NULL) return ENOMEM;
+        if (hdr) put_be32(copy, (uint32_t)len);       /* a framed side A: one frame */
+        memcpy(copy + hdr, farewell, len);
         r->owner_bye = 1;
     }
-    post(r, MWI_CMD_CLOSE, copy, len);
+    post(r, MWI_CMD_CLOSE, copy, copy ? hdr + len : 0);
     return 0;
 }
 
@@ -525,6 +549,27 @@ int mwi_relay_set_tls(mwi_relay *r, int side, mwi_tls *t)
         || mwi_tls_fd(t) != r->fd[side])
         return EINVAL;
     r->tls[side] = t;
+    r->buffered = 1;
+    return 0;
+}
+
+int mwi_relay_set_framed(mwi_relay *r, int side, uint32_t keepalive_ms, const void *hdr,
+                         size_t hdr_len, uint32_t payload_left)
+{
+    mwi_framing *f;
+    int in_tls;
+    if (r->owner_started || side < 0 || side > 1 || r->frame[side].on || r->frame[side].in_tls)
+        return EINVAL;
+    f = &r->frame[side];
+    /* the side's TLS carries its records in frames: its reader is in there already */
+    in_tls = r->tls[side] != NULL && mwi_tls_framed(r->tls[side]);
+    if (in_tls ? hdr_len > 0 || payload_left > 0
+               : mwi_deframer_init(&f->rd, hdr, hdr_len, payload_left) != 0)
+        return EINVAL;
+    f->on = !in_tls;
+    f->in_tls = (uint8_t)in_tls;
+    f->keepalive_ms = keepalive_ms;
+    r->buffered = 1;
     return 0;
 }
 

@@ -39,6 +39,10 @@ int relay_fail(mwi_relay *r, int side, int e)
 void relay_delivered(mwi_relay *r, mwi_dir *d, size_t n)
 {
     __atomic_store_n(&d->bytes, d->bytes + n, __ATOMIC_RELAXED);
+    if (r->counter != NULL) {   /* the worker is the slot's only writer: no locked add */
+        uint64_t *c = &r->counter[d - r->dir];
+        __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
+    }
     r->last_active_ms = r->eng->now_ms;
 }
 
@@ -205,8 +209,7 @@ static int write_farewell(mwi_relay *r)
  * done; the timer (relay_deadline) ends it if A takes too long. */
 static int pump_farewell(mwi_relay *r)
 {
-    int tls = r->tls[0] != NULL || r->tls[1] != NULL;
-    int st = tls ? relay_tls_flush(r, 1) : flush(r, 1);
+    int st = r->buffered ? relay_tls_flush(r, 1) : flush(r, 1);
     /* once B's end of stream was seen, A has (or is about to get) its end: no farewell */
     if (st == PUMP_MORE && !r->dir[1].eof) st = write_farewell(r);
     if (st == PUMP_MORE) relay_finish(r, MWI_RELAY_CLOSED, 0);
@@ -241,7 +244,7 @@ int relay_pump(mwi_relay *r, int side, uint32_t events)
 {
     int more = 0, st;
     if (r->bye_since_ms) return pump_farewell(r);
-    if (r->tls[0] != NULL || r->tls[1] != NULL) return relay_pump_tls(r, side, events);
+    if (r->buffered) return relay_pump_tls(r, side, events);   /* TLS or -ping framing */
     for (int i = 0; i < 2; i++) {
         int both = (events & (EPOLLHUP | EPOLLERR)) != 0;
         int readable = i == side && (events & (EPOLLIN | EPOLLRDHUP));
@@ -271,7 +274,40 @@ uint64_t relay_deadline(const mwi_relay *r)
     if (r->idle_ms) dl = r->last_active_ms + r->idle_ms;
     if (r->close_ms && r->half_closed_ms && r->half_closed_ms + r->close_ms < dl)
         dl = r->half_closed_ms + r->close_ms;
+    for (int s = 0; s < 2; s++) {
+        const mwi_framing *f = &r->frame[s];
+        if (framing_keeps_alive(f) && !r->dir[1 - s].shut
+            && f->last_write_ms + f->keepalive_ms < dl)
+            dl = f->last_write_ms + f->keepalive_ms;
+    }
     return dl;
+}
+
+int relay_timer_fired(mwi_relay *r)
+{
+    uint64_t now = r->eng->now_ms;
+    int closing;
+    for (int s = 0; s < 2 && r->state == RS_LIVE && !r->bye_since_ms; s++) {
+        mwi_framing *f = &r->frame[s];
+        if (!framing_keeps_alive(f) || r->dir[1 - s].shut
+            || f->last_write_ms + f->keepalive_ms > now)
+            continue;
+        /* a side being written to right now needs none: its frame is on the way */
+        relay_keepalive(r, s);
+        f->last_write_ms = now;
+    }
+    if (r->state != RS_LIVE) return 1;
+    if (r->bye_since_ms) {
+        if (relay_deadline(r) > now) return 0;
+        relay_finish(r, MWI_RELAY_CLOSED, 0);
+        return 1;
+    }
+    closing = r->close_ms && r->half_closed_ms && r->half_closed_ms + r->close_ms <= now;
+    if (closing || (r->idle_ms && r->last_active_ms + r->idle_ms <= now)) {
+        relay_finish(r, closing ? MWI_RELAY_CLOSE_TIMEOUT : MWI_RELAY_IDLE_TIMEOUT, 0);
+        return 1;
+    }
+    return 0;
 }
 
 static void drop_dir_buffers(mwi_engine *eng, mwi_dir *d)

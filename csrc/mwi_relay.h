@@ -16,7 +16,8 @@
  *
  * Plain sockets are joined with splice() through a pipe taken from a pool only while
  * bytes are in flight (idle relays hold no pipe and no buffer); where splice is refused
- * the relay falls back to recv/send through a pooled buffer.
+ * the relay falls back to recv/send through a pooled buffer. TLS sides and `-ping` framed
+ * sides (mwi_relay_set_framed) always use the buffers (mwi_relay_tls.c).
  */
 #ifndef MWI_RELAY_H
 #define MWI_RELAY_H
@@ -29,6 +30,9 @@ typedef struct mwi_relay mwi_relay;
 typedef struct mwi_tls mwi_tls;   /* mwi_tls.h */
 
 #define MWI_FAREWELL_MS 5000   /* bound on a farewell when the relay has no close_ms */
+/* Counter slots per engine (mwi_relay_set_counter_slot): the owner maps its label sets
+ * (service, mode, ...) to slots; bounded so a scrape reads a fixed-size table. */
+#define MWI_COUNTER_SLOTS 1024
 
 typedef enum mwi_relay_reason {
     MWI_RELAY_RUNNING = 0,
@@ -71,6 +75,28 @@ mwi_relay *mwi_relay_new(mwi_engine *eng, int fd_a, int fd_b, uint32_t idle_ms,
  * a close_notify if the end was orderly. In the steady state the worker runs SSL_read and
  * SSL_write itself; bytes count plaintext. 0, or EINVAL (wrong fd, started, side taken). */
 int mwi_relay_set_tls(mwi_relay *r, int side, mwi_tls *t);
+/* Before start: side 0 (A) or 1 (B) speaks the `-ping` framing (on the plaintext of its
+ * TLS, if any): every write is a frame, a 4-byte big-endian length then that many bytes;
+ * length 0 is a keepalive. Bytes read from the side are deframed (headers stripped,
+ * keepalives dropped; a stream that ends inside a frame ends as a reset of that side);
+ * each chunk written to it goes as one frame (never a keepalive inside one), and so does
+ * a farewell to side A. A side nothing was written to for keepalive_ms (0: never) gets a
+ * keepalive from the worker. Frames of any uint32 length stream through: nothing waits
+ * for a frame whole. Such a relay uses buffers, never splice.
+ * The reading state at the hand-over, so no byte is lost or doubled: `hdr_len` (0-3)
+ * bytes of a header already read (`hdr`), or `payload_left` bytes of the current frame
+ * still to come (not both). Counters and stats count payload only.
+ * A TLS side whose records already travel in frames (mwi_tls_set_framed: non-tunnel
+ * `-ping`, set_tls first) keeps its reading state in there (hdr_len and payload_left
+ * must be 0): the relay only times its keepalives, which go on its outer connection
+ * between two records (mwi_tls_keepalive). 0, or EINVAL. */
+int mwi_relay_set_framed(mwi_relay *r, int side, uint32_t keepalive_ms, const void *hdr,
+                         size_t hdr_len, uint32_t payload_left);
+/* Before start: the relay also adds the bytes it delivers to the engine's counter slot
+ * `slot` (0 .. MWI_COUNTER_SLOTS-1), one add per chunk where its own counters grow, so
+ * many relays (finished and live) sum up in one place the owner reads in bulk
+ * (mwi_engine_counters_read). 0, or EINVAL (slot out of range, started). */
+int mwi_relay_set_counter_slot(mwi_relay *r, uint32_t slot);
 int mwi_relay_start(mwi_relay *r);               /* 0, or errno (fds not sockets, ...) */
 void mwi_relay_close(mwi_relay *r);              /* ask to end; finishes as CLOSED */
 /* Ask to end after telling side A why (a protocol's own error message, e.g. a PostgreSQL
@@ -90,6 +116,12 @@ void mwi_relay_release(mwi_relay *r);
 /* Owner: clear the done eventfd and pop finished relays one by one (NULL when empty). */
 void mwi_engine_ack_done(mwi_engine *eng);
 mwi_relay *mwi_engine_pop_done(mwi_engine *eng);
+
+/* Any thread, while the engine lives: copies slots 0 .. n-1 (n capped at
+ * MWI_COUNTER_SLOTS) into out[slot][direction] ([0]: A to B, [1]: B to A), each value
+ * read atomically (a live relay's bytes are in there up to its last chunk). Returns the
+ * number of slots copied. */
+size_t mwi_engine_counters_read(const mwi_engine *eng, uint64_t (*out)[2], size_t n);
 
 /* Safe from the owner thread at any time (counters are read atomically). */
 void mwi_relay_stats_get(const mwi_relay *r, mwi_relay_stats *out);

@@ -9,6 +9,9 @@
 
 #include <pthread.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "mwi_frame.h"
 
 /* epoll data: a relay pointer with the side in bit 0, or an acceptor's objects (mwi_accept.c)
  * tagged in the two low bits (every pointer here comes from calloc: 16-byte aligned) */
@@ -20,6 +23,24 @@
 #define MWI_CMD_START    1u
 #define MWI_CMD_CLOSE    2u
 #define MWI_CMD_RELEASE  4u
+
+/* The -ping framing of one side (mwi_relay_set_framed; the format: mwi_frame.h). `on`:
+ * the relay deframes what it reads from the side and frames what it writes; `in_tls`:
+ * the framing lives inside the side's TLS (its records are carried in frames:
+ * mwi_tls_set_framed), so the relay only times the keepalives, which the TLS layer sends
+ * between records (mwi_tls_keepalive). */
+typedef struct mwi_framing {
+    uint8_t on, in_tls;
+    mwi_deframer rd;          /* reading (on): where the deframer stands */
+    uint32_t keepalive_ms;    /* writing: an empty frame after this long unwritten (0: none) */
+    uint64_t last_write_ms;   /* worker: when anything last went to this side */
+} mwi_framing;
+
+/* The side gets keepalives from the worker's timer. */
+static inline int framing_keeps_alive(const mwi_framing *f)
+{
+    return (f->on || f->in_tls) && f->keepalive_ms;
+}
 
 typedef enum relay_state {
     RS_NEW = 0,       /* created, not yet seen by the worker */
@@ -39,6 +60,7 @@ typedef struct mwi_dir {
     uint8_t eof;              /* src said EOF */
     uint8_t shut;             /* ...and dst got shutdown(SHUT_WR) after the last byte */
     uint8_t wait, wait_side;  /* TLS relays: what this direction is blocked on (WAIT_*) */
+    uint8_t hdr_out;          /* leading buffer bytes that are a -ping header (not counted) */
     int fill_err;             /* TLS relays: an error seen after data, reported next */
     uint64_t bytes, chunks;   /* written by the worker, read atomically by the owner */
 } mwi_dir;
@@ -66,12 +88,15 @@ struct mwi_relay {
     uint8_t out_armed[2];     /* EPOLLOUT watched on fd[i] (only while blocked on it) */
     uint8_t no_splice;        /* splice refused (EINVAL) for these fds: buffers only */
     mwi_tls *tls[2];          /* NULL for a plain side; owned (freed at finish) */
+    mwi_framing frame[2];     /* -ping framing per side (on the plaintext of a TLS side) */
+    uint8_t buffered;         /* a TLS or framed side: the buffer pump (mwi_relay_tls.c) */
     /* a farewell to side A (mwi_relay_close_farewell): handed over under eng->lock in
      * cmd_bye, then the worker's in bye until the relay finishes */
     uint8_t *cmd_bye, *bye;
     size_t cmd_bye_len, bye_len, bye_off;
     uint64_t bye_since_ms;    /* worker: saying farewell since (0: not) */
     int owner_bye;            /* owner thread only: a farewell was asked for */
+    uint64_t *counter;        /* the engine's slot this relay adds to (bytes[2]), or NULL */
     uint64_t user;
 };
 
@@ -106,6 +131,9 @@ struct mwi_engine {
     mwi_acceptor *acc_todo;           /* requests taken, run after the current batch */
     mwi_acceptor *acc_live;
     struct mwi_conn *conn_handed, *conn_handed_tail;   /* published at the end of a batch */
+    /* counter slots: written by the worker only (relaxed atomic stores: one writer),
+     * read by anyone with relaxed atomic loads */
+    uint64_t counters[MWI_COUNTER_SLOTS][2];
 };
 
 /* mwi_relay.c, called by the worker with the epoll events seen on fd[side]
@@ -123,9 +151,15 @@ void relay_delivered(mwi_relay *r, mwi_dir *d, size_t n);
 void relay_got_eof(mwi_relay *r, mwi_dir *d);
 void relay_want_out(mwi_relay *r, int side, int on);
 
-/* mwi_relay_tls.c: the pump for relays with at least one TLS side, and their teardown
- * (close_notify where the end was orderly, then free the TLS state). */
+/* mwi_relay.c, called by the worker when the relay's timer is due: keepalives to framed
+ * sides, then the idle and close timeouts. Returns 1 if the relay finished. */
+int relay_timer_fired(mwi_relay *r);
+
+/* mwi_relay_tls.c: the buffer pump, for relays with at least one TLS or framed side, and
+ * the TLS teardown (close_notify where the end was orderly, then free the TLS state). */
 int relay_pump_tls(mwi_relay *r, int side, uint32_t events);
+/* queue an empty frame to framed side s behind nothing (0), or say why not (-1: busy) */
+int relay_keepalive(mwi_relay *r, int s);
 /* write what direction i holds (TLS relays); blocked on writability: EPOLLOUT armed */
 int relay_tls_flush(mwi_relay *r, int i);
 void relay_tls_end(mwi_relay *r, mwi_relay_reason reason);

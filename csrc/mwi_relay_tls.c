@@ -1,4 +1,5 @@
-/* mwi_relay_tls.c: the pump for relays with a TLS side (TLS<->plain, TLS<->TLS).
+/* mwi_relay_tls.c: the buffer pump, for relays with a TLS side (TLS<->plain, TLS<->TLS)
+ * or a `-ping` framed side (framing on the plaintext of TLS, or on a plain socket).
  *
  * Same rules as the plain pump (mwi_relay.c): edge-triggered, each direction moves bytes
  * until the kernel or OpenSSL says "would block", never reads while it holds unwritten
@@ -6,11 +7,17 @@
  * writable and a TLS write may need it readable, so each direction records exactly what
  * it waits for (side and in/out) and is pumped only when that arrives. No splice: TLS
  * bytes pass through one pooled buffer per direction, held only while in flight, and
- * OpenSSL releases its own record buffers when idle (SSL_MODE_RELEASE_BUFFERS). */
+ * OpenSSL releases its own record buffers when idle (SSL_MODE_RELEASE_BUFFERS).
+ *
+ * Framing: a chunk read from a framed side is deframed in place in its buffer (headers
+ * are only ever removed, so the payload fits); a chunk bound for a framed side is read
+ * 4 bytes into the buffer and gets its header in front, so header and payload leave as
+ * one unit and a keepalive (queued only into an empty buffer) never lands inside one. */
 #define _GNU_SOURCE
 #include "mwi_relay_int.h"
 
 #include <errno.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
@@ -54,10 +61,46 @@ static int flush(mwi_relay *r, int i)
             if (n < 0 && errno == EAGAIN) return blocked(d, dst, WAIT_OUT);
             if (n < 0) return relay_fail(r, dst, errno);
         }
+        if (r->frame[dst].on || r->frame[dst].in_tls) r->frame[dst].last_write_ms = r->eng->now_ms;
+        /* a header is not payload: count (and call active) only what lies past it */
+        if (d->buf_off + (uint32_t)n > d->hdr_out)
+            relay_delivered(r, d, d->buf_off + (uint32_t)n
+                            - (d->buf_off > d->hdr_out ? d->buf_off : d->hdr_out));
         d->buf_off += (uint32_t)n;
-        relay_delivered(r, d, (size_t)n);
     }
     return PUMP_MORE;
+}
+
+/* The raw bytes direction i read (buf + base, n of them) as what goes to side 1-i:
+ * deframed if side i is framed, behind a header if side 1-i is. */
+static void frame_chunk(mwi_relay *r, int i, size_t base, size_t n)
+{
+    mwi_dir *d = &r->dir[i];
+    if (r->frame[i].on) n = mwi_deframe(&r->frame[i].rd, d->buf + base, n);
+    d->hdr_out = 0;
+    d->buf_len = (uint32_t)n;
+    if (base && n) {                   /* never an empty frame: that would be a keepalive */
+        put_be32(d->buf, (uint32_t)n);
+        d->hdr_out = MWI_FRAME_HDR;
+        d->buf_len += MWI_FRAME_HDR;
+    }
+}
+
+int relay_keepalive(mwi_relay *r, int s)
+{
+    mwi_dir *d = &r->dir[1 - s];
+    if (d->buf != NULL || d->eof || d->shut) return -1;
+    if (r->frame[s].in_tls) {          /* between two records, on the outer connection */
+        int st = mwi_tls_keepalive(r->tls[s]);
+        /* WANT_*: it waits in the TLS layer and leaves before the next record */
+        if (st == MWI_TLS_ERROR) tls_fail(r, s, mwi_tls_errno(r->tls[s]));
+        return 0;
+    }
+    if (pool_get_buf(r->eng, d) != 0) return -1;
+    memset(d->buf, 0, MWI_FRAME_HDR);
+    d->buf_len = d->hdr_out = MWI_FRAME_HDR;
+    if (relay_tls_flush(r, 1 - s) == PUMP_MORE) pool_put_buf(r->eng, d);
+    return 0;
 }
 
 /* Fill direction i's buffer from side i. Returns bytes (> 0) or FILL_*; *drained is set
@@ -66,13 +109,15 @@ static ssize_t fill(mwi_relay *r, int i, int trust_short_read, int *drained, int
 {
     mwi_dir *d = &r->dir[i];
     mwi_tls *t = r->tls[i];
-    size_t cap = r->eng->cfg.buf_size, got = 0;
+    size_t base = r->frame[1 - i].on ? MWI_FRAME_HDR : 0;   /* room for a header */
+    size_t cap = r->eng->cfg.buf_size - base, got = 0;
+    uint8_t *p = d->buf + base;
     ssize_t n;
     *drained = 0;
     if (t == NULL) {
-        do n = recv(r->fd[i], d->buf, cap, MSG_DONTWAIT); while (n < 0 && errno == EINTR);
+        do n = recv(r->fd[i], p, cap, MSG_DONTWAIT); while (n < 0 && errno == EINTR);
         if (n > 0) {
-            d->buf_len = (uint32_t)n;
+            frame_chunk(r, i, base, (size_t)n);
             *drained = trust_short_read && (size_t)n < cap;
             return n;
         }
@@ -86,7 +131,7 @@ static ssize_t fill(mwi_relay *r, int i, int trust_short_read, int *drained, int
     }
     /* several records per buffer: one send() carries them all to the plain side */
     while (got < cap) {
-        n = mwi_tls_read(t, d->buf + got, cap - got);
+        n = mwi_tls_read(t, p + got, cap - got);
         if (n > 0) {
             got += (size_t)n;
             continue;
@@ -101,7 +146,7 @@ static ssize_t fill(mwi_relay *r, int i, int trust_short_read, int *drained, int
         else if (n == MWI_TLS_WANT_READ) *drained = 1;   /* OpenSSL saw EAGAIN itself */
         break;
     }
-    d->buf_len = (uint32_t)got;
+    frame_chunk(r, i, base, got);
     return (ssize_t)got;
 }
 
@@ -110,6 +155,9 @@ static int end_dir(mwi_relay *r, int i)
 {
     mwi_dir *d = &r->dir[i];
     int dst = 1 - i;
+    const mwi_framing *f = &r->frame[i];
+    /* a framed stream that ends inside a frame was cut, not closed */
+    if (f->on && mwi_deframer_mid_frame(&f->rd)) return relay_fail(r, i, ECONNRESET);
     if (!d->shut) {
         if (r->tls[dst] != NULL) {
             int st = mwi_tls_shutdown(r->tls[dst]);
@@ -141,7 +189,8 @@ static int pump_dir(mwi_relay *r, int i, int trust_short_read)
         n = fill(r, i, trust_short_read, &drained, &err);
         if (n > 0) {
             moved += (size_t)n;
-            __atomic_store_n(&d->chunks, d->chunks + 1, __ATOMIC_RELAXED);
+            if (d->buf_len > 0)            /* not only headers and keepalives */
+                __atomic_store_n(&d->chunks, d->chunks + 1, __ATOMIC_RELAXED);
             continue;
         }
         pool_put_buf(r->eng, d);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static const unsigned char SESSION_ID_CONTEXT[] = "mwiproxy";
 
@@ -105,8 +106,8 @@ static int new_session(SSL *ssl, SSL_SESSION *sess)
     /* A copy: OpenSSL marks a connection's own session not resumable when that connection
      * is freed without close_notify (relays often end that way), which must not cost the
      * next connection its resumption. */
-    if ((copy = SSL_SESSION_dup(sess)) == NULL) return 0;
-    tls_ctx_keep_session(t->ctx, SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name), copy);
+    if (t->session_key[0] == '\0' || (copy = SSL_SESSION_dup(sess)) == NULL) return 0;
+    tls_ctx_keep_session(t->ctx, t->session_key, copy);
     return 0;                          /* OpenSSL keeps (and drops) its own reference */
 }
 
@@ -215,8 +216,7 @@ void mwi_tls_ctx_unref(mwi_tls_ctx *ctx)
 {
     if (ctx == NULL || __atomic_sub_fetch(&ctx->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
     SSL_CTX_free(ctx->ssl_ctx);
-    SSL_SESSION_free(ctx->session);
-    free(ctx->session_name);
+    for (int i = 0; i < MWI_TLS_SESSIONS; i++) SSL_SESSION_free(ctx->sessions[i].sess);
     free(ctx->alpn);
     pthread_mutex_destroy(&ctx->lock);
     free(ctx);
@@ -224,33 +224,100 @@ void mwi_tls_ctx_unref(mwi_tls_ctx *ctx)
 
 int mwi_tls_ctx_is_server(const mwi_tls_ctx *ctx) { return ctx->server; }
 
-void tls_ctx_keep_session(mwi_tls_ctx *ctx, const char *name, SSL_SESSION *sess)
+/* ---- the client's sessions: a few per context, never one made with another context ---- */
+
+/* When a session stops being offered: its own lifetime (the ticket's), or earlier when the
+ * server's certificate expires (a resumed session skips verifying it again). */
+static time_t session_until(const SSL_SESSION *s)
 {
-    char *copy = strdup(name ? name : "");
+    time_t until = (time_t)SSL_SESSION_get_time(s) + (time_t)SSL_SESSION_get_timeout(s);
+    const X509 *peer = SSL_SESSION_get0_peer((SSL_SESSION *)s);
+    struct tm tm;
+    time_t not_after;
+    if (peer != NULL && ASN1_TIME_to_tm(X509_get0_notAfter(peer), &tm) == 1) {
+        not_after = timegm(&tm);
+        if (not_after < until) until = not_after;
+    }
+    return until;
+}
+
+static int expired(const tls_session_slot *slot, time_t now)
+{
+    return slot->until <= now;
+}
+
+/* Free the slot (lock held); returns what the caller frees after unlocking. */
+static SSL_SESSION *slot_clear(tls_session_slot *slot)
+{
+    SSL_SESSION *s = slot->sess;
+    slot->sess = NULL;
+    slot->key[0] = '\0';
+    return s;
+}
+
+/* Where a session for `key` goes (lock held): its own slot, a free or expired one, else the
+ * one stored longest ago. */
+static tls_session_slot *slot_for(mwi_tls_ctx *ctx, const char *key, time_t now)
+{
+    tls_session_slot *free_slot = NULL, *oldest = &ctx->sessions[0];
+    for (int i = 0; i < MWI_TLS_SESSIONS; i++) {
+        tls_session_slot *slot = &ctx->sessions[i];
+        if (slot->sess != NULL && strcmp(slot->key, key) == 0) return slot;
+        if (free_slot == NULL && (slot->sess == NULL || expired(slot, now)))
+            free_slot = slot;
+        if (slot->stored < oldest->stored) oldest = slot;
+    }
+    return free_slot != NULL ? free_slot : oldest;
+}
+
+void tls_ctx_keep_session(mwi_tls_ctx *ctx, const char *key, SSL_SESSION *sess)
+{
+    tls_session_slot *slot;
     SSL_SESSION *old;
-    char *old_name;
-    if (copy == NULL) {
+    time_t until = session_until(sess);
+    if (strlen(key) >= MWI_TLS_KEYLEN) {
         SSL_SESSION_free(sess);
         return;
     }
     pthread_mutex_lock(&ctx->lock);
-    old = ctx->session;
-    old_name = ctx->session_name;
-    ctx->session = sess;
-    ctx->session_name = copy;
+    slot = slot_for(ctx, key, time(NULL));
+    old = slot_clear(slot);
+    slot->sess = sess;
+    slot->until = until;
+    slot->stored = ++ctx->stored;
+    strcpy(slot->key, key);            /* fits: checked above */
     pthread_mutex_unlock(&ctx->lock);
     SSL_SESSION_free(old);
-    free(old_name);
 }
 
-SSL_SESSION *tls_ctx_session_for(mwi_tls_ctx *ctx, const char *name)
+SSL_SESSION *tls_ctx_session_for(mwi_tls_ctx *ctx, const char *key)
 {
-    SSL_SESSION *s = NULL;
+    SSL_SESSION *s = NULL, *gone = NULL;
+    time_t now = time(NULL);
     pthread_mutex_lock(&ctx->lock);
-    if (ctx->session != NULL && strcmp(ctx->session_name, name ? name : "") == 0) {
-        s = ctx->session;
-        SSL_SESSION_up_ref(s);
+    for (int i = 0; i < MWI_TLS_SESSIONS; i++) {
+        tls_session_slot *slot = &ctx->sessions[i];
+        if (slot->sess == NULL || strcmp(slot->key, key) != 0) continue;
+        if (expired(slot, now)) {
+            gone = slot_clear(slot);   /* the server would refuse it: drop it */
+        } else {
+            s = slot->sess;
+            SSL_SESSION_up_ref(s);
+        }
+        break;
     }
     pthread_mutex_unlock(&ctx->lock);
+    SSL_SESSION_free(gone);
     return s;
+}
+
+int mwi_tls_ctx_sessions(mwi_tls_ctx *ctx)
+{
+    int n = 0;
+    time_t now = time(NULL);
+    pthread_mutex_lock(&ctx->lock);
+    for (int i = 0; i < MWI_TLS_SESSIONS; i++)
+        n += ctx->sessions[i].sess != NULL && !expired(&ctx->sessions[i], now);
+    pthread_mutex_unlock(&ctx->lock);
+    return n;
 }

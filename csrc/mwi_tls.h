@@ -10,7 +10,14 @@
  * socket before the handshake (a peeked ClientHello) are fed with mwi_tls_feed and served
  * from a memory BIO first; once that is drained the socket is read directly again.
  *
- * Threading: a context may be used from any thread (the client session slot has a lock).
+ * Session resumption (client): a context keeps the last resumable session per server name
+ * and peer address, a few of them (MWI_TLS_SESSIONS; expired ones are dropped), and a new
+ * connection to the same name and address offers it. Sessions are stored as they arrive,
+ * also TLS 1.3 tickets that come after the handshake (on whichever thread reads them). A
+ * session carries the client certificate it was made with, and never leaves the context that
+ * made it: a new certificate means a new context, and so a full handshake.
+ *
+ * Threading: a context may be used from any thread (the client sessions have a lock).
  * A connection is used by one thread at a time: the owner during setup, then the relay
  * worker once handed over.
  */
@@ -49,10 +56,12 @@ mwi_tls_ctx *mwi_tls_ctx_new(int server, const char *cert_pem, size_t cert_len,
 void mwi_tls_ctx_ref(mwi_tls_ctx *ctx);
 void mwi_tls_ctx_unref(mwi_tls_ctx *ctx);
 int mwi_tls_ctx_is_server(const mwi_tls_ctx *ctx);
+/* Client: how many unexpired sessions the context keeps (at most MWI_TLS_SESSIONS). */
+int mwi_tls_ctx_sessions(mwi_tls_ctx *ctx);
 
-/* A connection over fd (nonblocking, not owned: mwi_tls_free leaves it open). A client
- * sends server_name as SNI (may be NULL) and offers the context's last session ticket
- * for that name. Returns NULL with a message in err. */
+/* A connection over fd (connected, nonblocking, not owned: mwi_tls_free leaves it open). A
+ * client sends server_name as SNI (may be NULL) and offers the context's session for that
+ * name and fd's peer address, if it keeps one. Returns NULL with a message in err. */
 mwi_tls *mwi_tls_new(mwi_tls_ctx *ctx, int fd, const char *server_name,
                      char *err, size_t errlen);
 /* TLS inside TLS: a connection whose records are the plaintext of `outer` (handshake done),
@@ -64,6 +73,20 @@ mwi_tls *mwi_tls_new(mwi_tls_ctx *ctx, int fd, const char *server_name,
  * sends both close_notifys, inner first. */
 mwi_tls *mwi_tls_new_inner(mwi_tls_ctx *ctx, mwi_tls *outer, const char *server_name,
                            char *err, size_t errlen);
+/* TLS inside TLS inside `-ping` framing (mwi_frame.h) on the outer plaintext, e.g. a
+ * PostgreSQL client's own TLS behind a `--ping` local proxy: every write the inner
+ * connection makes goes as one frame (header and payload in one write on outer), reads
+ * are deframed (keepalives dropped; an outer end inside a frame is an ERROR, ECONNRESET).
+ * Call right after mwi_tls_new_inner, with where the setup phase's deframer stopped:
+ * hdr_len (0-3) header bytes already read, or payload_left bytes still to come. 0, or
+ * EINVAL (not inner, framed already, a state that cannot be), ENOMEM. */
+int mwi_tls_set_framed(mwi_tls *t, const void *hdr, size_t hdr_len, uint32_t payload_left);
+int mwi_tls_framed(const mwi_tls *t);
+/* A keepalive (an empty frame) on a framed connection's outer one, between two records:
+ * OK when it went, or when a frame is on its way anyway (that does as well); WANT_* when
+ * the outer connection would block: it stays pending and leaves before the next record
+ * (or with the next call here); ERROR. */
+int mwi_tls_keepalive(mwi_tls *t);
 void mwi_tls_free(mwi_tls *t);
 int mwi_tls_fd(const mwi_tls *t);
 
@@ -87,7 +110,7 @@ const char *mwi_tls_error(const mwi_tls *t);              /* "" when none */
 const char *mwi_tls_version(const mwi_tls *t);            /* "TLSv1.3", ... */
 const char *mwi_tls_alpn(const mwi_tls *t, unsigned *len); /* NULL when none */
 const char *mwi_tls_server_name(const mwi_tls *t);        /* SNI; NULL when none */
-int mwi_tls_session_reused(const mwi_tls *t);
+int mwi_tls_session_reused(const mwi_tls *t);   /* resumed: no certificate was sent */
 /* DER of the peer's certificate into buf (if cap allows); returns its length, 0 if none. */
 int mwi_tls_peer_cert_der(const mwi_tls *t, unsigned char *buf, int cap);
 

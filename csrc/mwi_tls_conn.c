@@ -1,12 +1,17 @@
 /* mwi_tls_conn.c: one TLS connection over a nonblocking socket. See mwi_tls.h. */
 #include "mwi_tls_int.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/x509.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 /* A carrier (someone's outer connection) is driven from inside the inner one's OpenSSL
  * call, whose own errors must survive it: the carrier's BIO sets a mark and pops to it. */
@@ -27,6 +32,12 @@ static int outcome(mwi_tls *t, int ret, int saved, int handshaking)
     int e = SSL_get_error(t->ssl, ret);
     unsigned long code;
     long vr;
+    if (t->frame_cut) {                /* cut inside a frame: a reset, not an end */
+        t->err_no = ECONNRESET;
+        conn_err(t, "%s", "the framed stream ended inside a frame");
+        clear_errors(t);
+        return MWI_TLS_ERROR;
+    }
     if (t->outer_failed) {             /* the carrier broke: its reason is ours */
         t->outer_failed = 0;
         t->err_no = t->outer->err_no;
@@ -80,8 +91,61 @@ static int carrier_result(BIO *b, mwi_tls *t, ssize_t n)
     if (n == MWI_TLS_EOF) return 0;
     if (n == MWI_TLS_WANT_READ) BIO_set_retry_read(b);        /* SSL_get_error: WANT_READ */
     else if (n == MWI_TLS_WANT_WRITE) BIO_set_retry_write(b); /* ...and WANT_WRITE */
-    else t->outer_failed = 1;
+    else if (!t->frame_cut) t->outer_failed = 1;
     return -1;
+}
+
+/* -ping framing on the carrier. Reading: the outer plaintext deframed in place; a read of
+ * only headers and keepalives reads on. */
+static ssize_t framed_read(mwi_tls *t, char *buf, size_t len)
+{
+    for (;;) {
+        ssize_t n = mwi_tls_read(t->outer, buf, len);
+        size_t k;
+        if (n == MWI_TLS_EOF && mwi_deframer_mid_frame(&t->rd)) {
+            t->frame_cut = 1;
+            return MWI_TLS_ERROR;
+        }
+        if (n <= 0) return n;
+        if ((k = mwi_deframe(&t->rd, (uint8_t *)buf, (size_t)n)) > 0) return (ssize_t)k;
+    }
+}
+
+/* The rest of a pending keepalive: 1 once it is all out, or a MWI_TLS_* status. */
+static ssize_t flush_keepalive(mwi_tls *t)
+{
+    static const uint8_t zeros[MWI_FRAME_HDR];
+    while (t->ka_left > 0) {
+        ssize_t n = mwi_tls_write(t->outer, zeros, t->ka_left);
+        if (n <= 0) return n;
+        t->ka_left -= (size_t)n;
+    }
+    return 1;
+}
+
+/* Writing: each write OpenSSL makes (a record, or its first MWI_TLS_FRAME_MAX bytes) is
+ * one frame, header and payload in one write on the outer connection. After WANT_*,
+ * OpenSSL retries with the same bytes: the staged frame goes on from where it stopped. */
+static ssize_t framed_write(mwi_tls *t, const char *buf, size_t len)
+{
+    ssize_t n = flush_keepalive(t);
+    size_t payload;
+    if (n <= 0) return n;
+    if (t->stage_len == 0) {
+        payload = len < MWI_TLS_FRAME_MAX ? len : MWI_TLS_FRAME_MAX;
+        put_be32(t->stage, (uint32_t)payload);
+        memcpy(t->stage + MWI_FRAME_HDR, buf, payload);
+        t->stage_len = MWI_FRAME_HDR + payload;
+        t->stage_off = 0;
+    }
+    while (t->stage_off < t->stage_len) {
+        n = mwi_tls_write(t->outer, t->stage + t->stage_off, t->stage_len - t->stage_off);
+        if (n <= 0) return n;
+        t->stage_off += (size_t)n;
+    }
+    payload = t->stage_len - MWI_FRAME_HDR;
+    t->stage_len = 0;
+    return (ssize_t)payload;
 }
 
 static int carrier_read(BIO *b, char *buf, int len)
@@ -91,7 +155,7 @@ static int carrier_read(BIO *b, char *buf, int len)
     BIO_clear_retry_flags(b);
     if (len <= 0) return 0;
     ERR_set_mark();
-    n = mwi_tls_read(t->outer, buf, (size_t)len);
+    n = t->framed ? framed_read(t, buf, (size_t)len) : mwi_tls_read(t->outer, buf, (size_t)len);
     ERR_pop_to_mark();
     return carrier_result(b, t, n);
 }
@@ -103,7 +167,8 @@ static int carrier_write(BIO *b, const char *buf, int len)
     BIO_clear_retry_flags(b);
     if (len <= 0) return 0;
     ERR_set_mark();
-    n = mwi_tls_write(t->outer, buf, (size_t)len);
+    n = t->framed ? framed_write(t, buf, (size_t)len)
+                  : mwi_tls_write(t->outer, buf, (size_t)len);
     ERR_pop_to_mark();
     return carrier_result(b, t, n);
 }
@@ -158,6 +223,39 @@ static int prefix_drained(mwi_tls *t)
     return 1;
 }
 
+/* Where a client's sessions are kept: "<server name>|<peer address>" ("" if it does not
+ * fit: such a connection neither offers nor keeps one). The address keeps agents that share
+ * a name (or databases reached with none) from being offered each other's sessions. */
+static void session_key(mwi_tls *t, const char *server_name)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char host[INET6_ADDRSTRLEN] = "";
+    const char *name = server_name ? server_name : "";
+    int n = -1;
+    memset(&ss, 0, sizeof ss);
+    if (getpeername(t->fd, (struct sockaddr *)&ss, &len) != 0) {
+        n = snprintf(t->session_key, sizeof t->session_key, "%s|", name);
+    } else if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        n = snprintf(t->session_key, sizeof t->session_key, "%s|%s:%u", name, host,
+                     ntohs(a->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        n = snprintf(t->session_key, sizeof t->session_key, "%s|[%s]:%u", name, host,
+                     ntohs(a->sin6_port));
+    } else if (ss.ss_family == AF_UNIX) {
+        struct sockaddr_un *a = (struct sockaddr_un *)&ss;
+        size_t plen = len > offsetof(struct sockaddr_un, sun_path)
+            ? strnlen(a->sun_path, len - offsetof(struct sockaddr_un, sun_path)) : 0;
+        n = snprintf(t->session_key, sizeof t->session_key, "%s|unix:%.*s", name,
+                     (int)plen, a->sun_path);
+    }
+    if (n < 0 || (size_t)n >= sizeof t->session_key) t->session_key[0] = '\0';
+}
+
 static mwi_tls *conn_new(mwi_tls_ctx *ctx, int fd, mwi_tls *outer, const char *server_name,
                          char *err, size_t errlen)
 {
@@ -192,7 +290,9 @@ static mwi_tls *conn_new(mwi_tls_ctx *ctx, int fd, mwi_tls *outer, const char *s
         snprintf(err, errlen, "bad server name for SNI: %s", server_name);
         goto fail;
     }
-    if ((sess = tls_ctx_session_for(ctx, server_name)) != NULL) {
+    session_key(t, server_name);
+    sess = t->session_key[0] != '\0' ? tls_ctx_session_for(ctx, t->session_key) : NULL;
+    if (sess != NULL) {
         SSL_set_session(t->ssl, sess);  /* resumption offered; a refusal is a full handshake */
         SSL_SESSION_free(sess);
     }
@@ -222,6 +322,36 @@ mwi_tls *mwi_tls_new_inner(mwi_tls_ctx *ctx, mwi_tls *outer, const char *server_
     return t;
 }
 
+int mwi_tls_set_framed(mwi_tls *t, const void *hdr, size_t hdr_len, uint32_t payload_left)
+{
+    if (t->outer == NULL || t->framed || mwi_deframer_init(&t->rd, hdr, hdr_len, payload_left))
+        return EINVAL;
+    if ((t->stage = malloc(MWI_FRAME_HDR + MWI_TLS_FRAME_MAX)) == NULL) return ENOMEM;
+    t->framed = 1;
+    return 0;
+}
+
+int mwi_tls_framed(const mwi_tls *t) { return t->framed; }
+
+int mwi_tls_keepalive(mwi_tls *t)
+{
+    ssize_t n;
+    if (!t->framed) {
+        t->err_no = EINVAL;
+        conn_err(t, "%s", "keepalives need -ping framing");
+        return MWI_TLS_ERROR;
+    }
+    if (t->stage_len > 0) return MWI_TLS_OK;   /* a frame is on its way: that will do */
+    if (t->ka_left == 0) t->ka_left = MWI_FRAME_HDR;
+    n = flush_keepalive(t);
+    ERR_clear_error();                 /* we are no one's carrier call: nothing to keep */
+    if (n == MWI_TLS_ERROR) {
+        t->err_no = t->outer->err_no;
+        conn_err(t, "%s", t->outer->err);
+    }
+    return n > 0 ? MWI_TLS_OK : (int)n;
+}
+
 void mwi_tls_free(mwi_tls *t)
 {
     if (t == NULL) return;
@@ -231,6 +361,7 @@ void mwi_tls_free(mwi_tls *t)
     }
     mwi_tls_free(t->outer);
     mwi_tls_ctx_unref(t->ctx);
+    free(t->stage);
     free(t);
 }
 

@@ -17,7 +17,7 @@
 
 #define MWI_TLS_MAX_RECORD      16384u   /* TLSPlaintext.length <= 2^14 (RFC 8446 5.1) */
 #define MWI_TLS_MAX_HELLO       65536u   /* whole handshake message incl. 4-byte header */
-#define MWI_TLS_MAX_ALPN        32u
+#define MWI_TLS_MAX_ALPN        64u      /* 64 names of 255 bytes fill a record */
 #define MWI_TLS_MAX_NAME        255u
 #define MWI_TLS_MAX_VERSIONS    127u     /* supported_versions <2..254> / 2 */
 #define MWI_PG_MAX_STARTUP      10000u   /* PostgreSQL's MAX_STARTUP_PACKET_LENGTH */

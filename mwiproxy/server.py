@@ -2,23 +2,26 @@
 
 With no config file this is the embedded default: every service in one process, SQLite
 state in the data dir. On start it also writes, into the data dir:
-- `admin/identity`: the cluster admin identity `mwictl` uses (0600, renewed every start);
+- `admin/identity`: the cluster admin identity `mwictl` uses (0600, renewed while the
+  cluster runs, see proxy/owncerts.py);
 - `cluster.json`: the address mwictl should dial (public, no secrets).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import copy
+import dataclasses
 import json
 import logging
 import os
-import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from mwiproxy import _native
 from mwiproxy.auth.api import serve_connection
-from mwiproxy.auth.client import split_addr
+from mwiproxy.auth.ca_rotation import UPDATE_CLIENTS, drive_schedule
+from mwiproxy.auth.handlers import METHODS
 from mwiproxy.auth.service import AuthService
 from mwiproxy.auth.storage.base import LockRecord
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
@@ -26,33 +29,36 @@ from mwiproxy.config.cluster import ClusterConfig
 from mwiproxy.engines.base import LocalSigner
 from mwiproxy.engines.postgres import PROTOCOLS as POSTGRES_PROTOCOLS
 from mwiproxy.engines.postgres import Engine, PostgresEngine
-from mwiproxy.identity import oids
-from mwiproxy.identity.authorities import (
-    AuthoritySet,
-    cert_pem,
-    generate_private_key,
-    private_key_pem,
-    write_private,
-)
-from mwiproxy.identity.certs import Identity
-from mwiproxy.identity.identityfile import IdentityFile
+from mwiproxy.identity.authorities import AuthoritySet, write_private
+from mwiproxy.metrics.auth import AuthMetrics
+from mwiproxy.metrics.cluster import NoopProxyMetrics, ProxyMetrics
+from mwiproxy.metrics.diag import HEALTHY, INITIALIZING, DiagServer, HealthRegistry
+from mwiproxy.metrics.registry import process_registry
+from mwiproxy.process import binding
+from mwiproxy.process.lifecycle import Signals, serve
+from mwiproxy.process.pidfile import DataDirLock, PidFile
 from mwiproxy.proxy.directory import EngineDirectory
-from mwiproxy.proxy.listener import ProxyListener, ServerTLS
+from mwiproxy.proxy.listener import ProxyListener, listener_limits
+from mwiproxy.proxy.owncerts import OwnCertificates
 from mwiproxy.proxy.pingbridge import framed
 from mwiproxy.proxy.postgres import PostgresFrontend
+from mwiproxy.proxy.refusals import RefusalAudit
 from mwiproxy.proxy.sessions import SessionRegistry
 from mwiproxy.proxy.unserved import register_unserved, served_by_protocol
-from mwiproxy.wire import agentlink, alpn
+from mwiproxy.wire import alpn
+from mwiproxy.wire.addr import split_host_port
 
 log = logging.getLogger("mwiproxy")
 
-ADMIN_IDENTITY_TTL = dt.timedelta(days=30)
-PROXY_CERT_TTL = dt.timedelta(days=30)
-# the proxy's client identity towards database agents: short, re-signed as it nears expiry
-LINK_CERT_TTL = dt.timedelta(hours=12)
-LINK_CERT_RENEW_BEFORE = dt.timedelta(hours=1)
 ADMIN_IDENTITY = "admin/identity"
 CLUSTER_INFO = "cluster.json"
+# what a SIGHUP applies; any other change in cluster.yaml is logged as needing a restart
+RELOADABLE = frozenset({"databases", "log.level", "proxy.ping_interval",
+                        "proxy.drain_timeout", "auth.max_token_ttl",
+                        "auth.max_certificate_ttl"})
+# once cut, how long sessions get to wind up (the relay's close timeout is 5 s) and write
+# their db.session.end before what is left is cancelled
+CUT_GRACE = 10.0
 
 
 def private_dir(path: Path) -> Path:
@@ -65,60 +71,70 @@ class Cluster:
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
         self.data_dir = private_dir(Path(config.data_dir))
+        # one cluster per data dir: locked before anything in it is written
+        self._lock = DataDirLock(self.data_dir)
+        self._lock.acquire()
+        self._closed = False
         self.storage = SQLiteStorage(config.storage_path)
         self._check_cluster_name()
         self.cas = AuthoritySet.load_or_create(self.data_dir / "ca", config.cluster_name)
-        host, port = split_addr(config.proxy.listen_addr)
+        host, port = split_host_port(config.proxy.listen_addr)
         self.auth = AuthService(
             cluster=config.cluster_name, storage=self.storage, cas=self.cas,
             databases=list(config.databases),
             public_addr=config.proxy.public_addr or config.proxy.listen_addr,
+            limits=config.auth,
         )
-        self.listener = ProxyListener(host, port, self._tls_context)
+        self.metrics, self.diag = self._diagnostics()
+        # a tampered audit log is logged and audited here, never repaired
+        self.auth.audit.check_at_start()
+        # the proxy's certificates and the admin identity, each renewed while we run
+        self.own = OwnCertificates(self.cas, config, self._proxy_hosts(),
+                                   self.data_dir / ADMIN_IDENTITY)
+        self.listener = ProxyListener(host, port, self.own.server_tls,
+                                      on_refusal=RefusalAudit(self.auth.audit.emit),
+                                      limits=listener_limits(config.proxy),
+                                      metrics=self.metrics)
         self.listener.route(alpn.AUTH, self._serve_auth)
         self.sessions = SessionRegistry()
-        self._inner_ctx: _native.TLSContext | None = None
-        self._link_ctx: tuple[_native.TLSContext, dt.datetime] | None = None
+        self._rotation_timer: asyncio.Task[None] | None = None
         self._route_databases()
+
+    def _diagnostics(self) -> tuple[NoopProxyMetrics, DiagServer | None]:
+        """/livez, /readyz and /metrics on `diag_addr`; no-op metrics when it is off."""
+        if not self.config.diag_addr:
+            return NoopProxyMetrics(), None
+        registry = process_registry()
+        auth = self.auth
+        self.auth.use_metrics(AuthMetrics(
+            registry, METHODS, locks=lambda: len(auth.locks.active()),
+            agents=lambda: len(auth.agents.live()), audit=auth.audit.writer.counts))
+        metrics = ProxyMetrics(registry, [db.name for db in self.config.databases])
+        self.health = HealthRegistry()
+        self.health.set("proxy", INITIALIZING, "not listening yet")
+        return metrics, DiagServer(self.config.diag_addr, self.health, registry)
 
     def _route_databases(self) -> None:
         signer = LocalSigner(self.cas)
         engines: dict[str, Engine] = {
-            db.name: PostgresEngine(db, signer) for db in self.config.databases
+            db.name: PostgresEngine(db, signer, self.metrics) for db in self.config.databases
             if db.protocol in POSTGRES_PROTOCOLS}
         for db in self.config.databases:
             if db.name not in engines:
                 log.warning("database %r: no %s engine yet; it is listed but not served",
                             db.name, db.protocol)
-        directory = EngineDirectory(engines, self.auth, self._link_context, POSTGRES_PROTOCOLS)
+        # the agent link's client identity: user CA, usage `mwi:proxy`; agents must show
+        # a certificate from the agent CA. Inner TLS: the proxy's server certificate.
+        directory = EngineDirectory(engines, self.auth, self.own.link_context,
+                                    POSTGRES_PROTOCOLS, self.metrics)
         interval = self.config.proxy.ping_interval.total_seconds()
-        frontend = PostgresFrontend(self.auth, directory, self.sessions, self._inner_context,
-                                    ping_interval=interval)
+        frontend = PostgresFrontend(self.auth, directory, self.sessions,
+                                    self.own.inner_context, ping_interval=interval,
+                                    startup_timeout=self._first_message_timeout,
+                                    metrics=self.metrics)
         self.listener.route_tls(alpn.POSTGRES, frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve))
         register_unserved(self.listener, self.auth, served_by_protocol(self.config.databases))
-
-    def _inner_context(self) -> _native.TLSContext:
-        """The proxy's side of a client's own TLS (non-tunnel mode): no ALPN; a client
-        certificate is asked for and verified against the user CA when given."""
-        if self._inner_ctx is None:
-            self._inner_ctx = self._tls_context().native_context([])
-        return self._inner_ctx
-
-    def _link_context(self) -> _native.TLSContext:
-        """The proxy's client TLS towards database agents: a user-CA identity with usage
-        `mwi:proxy`; agents must show a certificate from the agent CA."""
-        now = dt.datetime.now(dt.UTC)
-        if self._link_ctx is None or now >= self._link_ctx[1]:
-            key = generate_private_key()
-            ident = Identity(user=f"proxy.{self.config.cluster_name}", roles=("Proxy",),
-                             usage=(oids.USAGE_PROXY,), cluster=self.config.cluster_name)
-            cert = self.cas["user"].sign_identity(ident, key.public_key(), LINK_CERT_TTL)
-            ctx = _native.TLSContext(False, cert_pem(cert), private_key_pem(key),
-                                     self.cas["agent"].cert_pem, verify=_native.VERIFY_REQUIRED,
-                                     alpn=[agentlink.ALPN])
-            self._link_ctx = (ctx, cert.not_valid_after_utc - LINK_CERT_RENEW_BEFORE)
-        return self._link_ctx[0]
 
     def _check_cluster_name(self) -> None:
         stored = self.storage.get_meta("cluster_name")
@@ -133,29 +149,18 @@ class Cluster:
         hosts = ["localhost", "127.0.0.1", "::1", self.config.cluster_name]
         for addr in (self.config.proxy.listen_addr, self.config.proxy.public_addr):
             if addr:
-                h = split_addr(addr)[0]
+                h = split_host_port(addr)[0]
                 if h not in ("0.0.0.0", "::") and h not in hosts:
                     hosts.append(h)
         return hosts
 
-    def _tls_context(self) -> ServerTLS:
-        key = generate_private_key()
-        hosts = self._proxy_hosts()
-        cert = self.cas["host"].sign_server(hosts[0], hosts, key.public_key(), PROXY_CERT_TTL)
-        return ServerTLS(cert_pem(cert), private_key_pem(key), self.cas["user"].cert_pem)
-
     async def _serve_auth(self, reader, writer, caller, remote):  # type: ignore[no-untyped-def]
-        await serve_connection(self.auth, reader, writer, caller, remote)
+        await serve_connection(self.auth, reader, writer, caller, remote,
+                               self._first_message_timeout)
 
-    def write_admin_identity(self) -> Path:
-        key = generate_private_key()
-        ident = Identity(user="admin", roles=("admin",), usage=(oids.USAGE_ADMIN,),
-                         cluster=self.config.cluster_name)
-        cert = self.cas["user"].sign_identity(ident, key.public_key(), ADMIN_IDENTITY_TTL)
-        path = private_dir(self.data_dir / "admin") / "identity"
-        data = IdentityFile(private_key_pem(key), cert_pem(cert), (self.cas["host"].cert_pem,))
-        write_private(path, data.render())
-        return path
+    @property
+    def _first_message_timeout(self) -> float:
+        return self.config.proxy.first_message_timeout.total_seconds()
 
     def write_cluster_info(self) -> None:
         host, port = self.listener.address
@@ -171,30 +176,156 @@ class Cluster:
             loop.call_soon_threadsafe(self.sessions.on_lock, lock)
 
         self.auth.locks.on_lock(cut_locked)
-        await self.listener.start()
-        self.write_admin_identity()
+        self.metrics.count_bytes(loop)
+        if self.diag is not None:
+            with binding.naming("diag_addr", self.config.diag_addr):
+                await self.diag.start()
+        with binding.naming("proxy.listen_addr", self.config.proxy.listen_addr):
+            await self.listener.start()
+        # writes the admin identity, then keeps every certificate of ours renewed
+        self.own.start(on_server_renew=self.listener.reload_tls)
         self.write_cluster_info()
+        # CA rotation: our certificates follow each phase; automatic rotations advance
+        self.auth.rotation.on_change(
+            lambda kind, phase: loop.call_soon_threadsafe(self._ca_rotated, kind, phase))
+        self._rotation_timer = loop.create_task(drive_schedule(self.auth.rotation))
+        if self.diag is not None:  # the auth service answers on the proxy's port
+            self.health.set("proxy", HEALTHY)
         host, port = self.listener.address
         log.info("cluster %s: proxy listening on %s:%d (CA pin %s)",
                  self.config.cluster_name, host, port, self.cas.host_pin)
 
+    def _ca_rotated(self, kind: str, phase: str) -> None:
+        """Re-issue what a CA phase change touches (auth/ca_rotation.py); the engines'
+        database contexts follow by themselves (AuthoritySet.epoch). The server
+        certificate stays through the host CA's update_clients: servers move to the new
+        CA in update_servers, after every client had a grace period to trust it."""
+        touched = {"host": (self.own.server, self.own.admin),
+                   "user": (self.own.server, self.own.link, self.own.admin),
+                   "agent": (self.own.link,)}.get(kind, ())
+        for rotating in touched:
+            if (kind, phase, rotating) == ("host", UPDATE_CLIENTS, self.own.server):
+                continue
+            try:
+                rotating.renew_now()
+            except Exception:  # the timer renews it later; the old one stays in use
+                log.exception("CA rotation (%s CA, %s): re-issuing %s failed", kind, phase,
+                              rotating.what)
+        self.write_cluster_info()
+
+    # -- reload and shutdown (see process/lifecycle.py) ---------------------------------
+
+    def status(self) -> str:
+        return (f"cluster {self.config.cluster_name}: proxy on {self.config.proxy.listen_addr}"
+                f", {len(self.config.databases)} database(s), {len(self.sessions)} session(s)")
+
+    def reload(self, new: ClusterConfig) -> None:
+        """SIGHUP: apply the RELOADABLE parts of `new`, keep the rest (logged as needing
+        a restart). Engines are rebuilt either way, so new sessions re-read the
+        databases' CA files and get fresh client certificates; open sessions go on."""
+        changed = _changed(self.config, new)
+        merged = copy.deepcopy(self.config)
+        for key in changed:
+            if key in RELOADABLE:
+                _set(merged, key, _get(new, key))
+            else:
+                log.warning("SIGHUP: %s changed (%r → %r): needs a restart; running on "
+                            "with the old value", key, _get(self.config, key), _get(new, key))
+        old, self.config = self.config, merged
+        try:
+            self._route_databases()
+        except Exception:
+            self.config = old
+            self._route_databases()
+            raise
+        self.auth.databases = {d.name: d for d in merged.databases}
+        self.auth.limits = merged.auth
+        logging.getLogger().setLevel(merged.log.level.upper())
+        applied = [key for key in changed if key in RELOADABLE]
+        log.info("SIGHUP: cluster.yaml reloaded (%s); database engines rebuilt",
+                 "changed: " + ", ".join(applied) if applied else "no reloadable change")
+
+    @property
+    def drain_timeout(self) -> float:
+        return self.config.proxy.drain_timeout.total_seconds()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting; give open sessions up to `timeout` s to end on their own."""
+        await self.listener.stop_accepting()
+        if self.diag is not None:
+            self.health.block("proxy", "draining: not accepting connections")
+        if self.sessions:
+            log.info("draining: no new connections; %d open session(s) have up to %gs",
+                     len(self.sessions), timeout)
+        if not await self._sessions_ended(timeout):
+            log.warning("drain timeout: cutting %d open session(s)", len(self.sessions))
+
+    async def _sessions_ended(self, timeout: float) -> bool:
+        return await self.sessions.wait_empty(timeout)
+
     async def close(self) -> None:
-        await self.listener.close()
+        """Cut what is still open, let every session write its db.session.end, then
+        stop. Storage closes last: the audit is written until then."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._rotation_timer is not None:
+            self._rotation_timer.cancel()
+        await self.listener.stop_accepting()
         self.sessions.close_all("shutdown", "the cluster proxy is shutting down")
+        await self._sessions_ended(CUT_GRACE)
+        await self.listener.close(wait=CUT_GRACE)  # cancelled sessions still write theirs
+        await self.own.close()
+        if self.diag is not None:
+            await self.diag.close()
+        # every event queued so far is stored (or logged as not stored) before exit
+        await asyncio.to_thread(self.auth.audit.close)
         self.storage.close()
+        self._lock.release()
 
 
-async def run(config: ClusterConfig) -> None:
+def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ (sections compared key by key)."""
+    out: list[str] = []
+    for f in dataclasses.fields(old):
+        key, a, b = prefix + f.name, getattr(old, f.name), getattr(new, f.name)
+        if a == b:
+            continue
+        if dataclasses.is_dataclass(a) and key not in RELOADABLE:
+            out += _changed(a, b, key + ".")
+        else:
+            out.append(key)
+    return out
+
+
+def _get(obj: Any, key: str) -> Any:
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set(obj: Any, key: str, value: Any) -> None:
+    *path, last = key.split(".")
+    setattr(_get(obj, ".".join(path)) if path else obj, last, value)
+
+
+async def run(config: ClusterConfig, reload: Callable[[], ClusterConfig] | None = None,
+              pid_file: str = "") -> None:
+    """Serve until SIGTERM/SIGINT (drained, see process/lifecycle.py); SIGHUP reloads
+    from `reload` (cluster.yaml read again)."""
+    signals = Signals()  # first: a SIGHUP during start-up is queued, not fatal
     cluster = Cluster(config)
-    await cluster.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"mwiproxy: cluster {config.cluster_name!r} ready on "
-          f"{':'.join(map(str, cluster.listener.address))}; data dir {cluster.data_dir}",
-          flush=True)
     try:
-        await stop.wait()
-    finally:
+        await cluster.start()
+    except BaseException:
         await cluster.close()
+        raise
+
+    async def reload_config() -> None:
+        assert reload is not None
+        cluster.reload(reload())
+
+    await serve(cluster, signals, reload=reload_config if reload else None,
+                drain_timeout=lambda: cluster.drain_timeout, pid_file=PidFile(pid_file),
+                ready_line=f"mwiproxy: cluster {config.cluster_name!r} ready on "
+                f"{':'.join(map(str, cluster.listener.address))}; data dir {cluster.data_dir}")

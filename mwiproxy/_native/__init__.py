@@ -12,6 +12,7 @@ import os
 import warnings
 
 from .acceptor_py import Acceptor
+from .counters import CounterTable
 from .firstbytes import (
     KIND_GARBAGE,
     KIND_HTTP,
@@ -23,8 +24,12 @@ from .firstbytes import (
     KIND_TLS,
     FirstBytes,
 )
-from .relay_py import Relay, close_engine
+from .relay_py import Relay, close_engine, engine_for
 from .relaytypes import (
+    ACC_CAPPED,
+    ACC_RAW,
+    ACC_REFUSED,
+    ACC_TLS,
     REASON_CLOSE_TIMEOUT,
     REASON_CLOSED,
     REASON_EOF,
@@ -33,7 +38,10 @@ from .relaytypes import (
     REASON_RESET_A,
     REASON_RESET_B,
     REASONS,
+    UNIX_SOURCE,
+    Accepted,
     AcceptorStats,
+    Framing,
     RelayStats,
 )
 from .tls_py import TLSContext, TLSStream
@@ -43,11 +51,14 @@ from .tlstypes import VERIFY_NONE, VERIFY_OPTIONAL, VERIFY_REQUIRED, TLSError
 # The pure-Python twins above are the reference API (what type checkers see); the
 # compiled modules replace them with the same names and signatures (see the .pyi stubs).
 NATIVE: bool = False
+# Why the compiled build is not in use (None when it is): the native test run fails on it.
+NATIVE_UNAVAILABLE: str | None = "MWIPROXY_NO_EXTENSIONS=1 is set"
 
 if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
     try:
         from . import _relay, _tlsrec
     except ImportError as exc:  # not built, or built for another interpreter
+        NATIVE_UNAVAILABLE = f"the compiled modules failed to import: {exc}"
         warnings.warn(
             f"mwiproxy native core unavailable ({exc}); using the pure-Python build",
             RuntimeWarning,
@@ -58,15 +69,25 @@ if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
         Relay = _relay.Relay  # type: ignore[assignment, misc]
         Acceptor = _relay.Acceptor  # type: ignore[assignment, misc]
         close_engine = _relay.close_engine
+        engine_for = _relay.engine_for  # type: ignore[assignment]
         TLSContext = _relay.TLSContext  # type: ignore[assignment, misc]
         TLSStream = _relay.TLSStream  # type: ignore[assignment, misc]
         NATIVE = True
+        NATIVE_UNAVAILABLE = None
 
 __all__ = [
     "NATIVE",
+    "NATIVE_UNAVAILABLE",
+    "ACC_CAPPED",
+    "ACC_RAW",
+    "ACC_REFUSED",
+    "ACC_TLS",
+    "UNIX_SOURCE",
+    "Accepted",
     "Acceptor",
     "AcceptorStats",
     "FirstBytes",
+    "Framing",
     "classify",
     "KIND_GARBAGE",
     "KIND_HTTP",
@@ -79,6 +100,8 @@ __all__ = [
     "Relay",
     "RelayStats",
     "close_engine",
+    "CounterTable",
+    "engine_for",
     "REASONS",
     "REASON_CLOSE_TIMEOUT",
     "REASON_CLOSED",

@@ -2,6 +2,14 @@
 from libc.stdint cimport uint32_t, uint64_t
 
 
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    cdef struct sockaddr:
+        unsigned short sa_family
+    cdef struct sockaddr_storage:
+        unsigned short ss_family
+
+
 cdef extern from "mwi_tls.h" nogil:
     ctypedef struct mwi_tls_ctx:
         pass
@@ -23,10 +31,13 @@ cdef extern from "mwi_tls.h" nogil:
                                  const unsigned char *alpn, size_t alpn_len,
                                  char *err, size_t errlen)
     void mwi_tls_ctx_unref(mwi_tls_ctx *ctx)
+    int mwi_tls_ctx_sessions(mwi_tls_ctx *ctx)
     mwi_tls *mwi_tls_new(mwi_tls_ctx *ctx, int fd, const char *server_name,
                          char *err, size_t errlen)
     mwi_tls *mwi_tls_new_inner(mwi_tls_ctx *ctx, mwi_tls *outer, const char *server_name,
                                char *err, size_t errlen)
+    int mwi_tls_set_framed(mwi_tls *t, const void *hdr, size_t hdr_len, uint32_t payload_left)
+    int mwi_tls_framed(const mwi_tls *t)
     void mwi_tls_free(mwi_tls *t)
     int mwi_tls_fd(const mwi_tls *t)
     int mwi_tls_feed(mwi_tls *t, const void *data, size_t len)
@@ -68,6 +79,12 @@ cdef extern from "mwi_relay.h" nogil:
     mwi_relay *mwi_relay_new(mwi_engine *eng, int fd_a, int fd_b, uint32_t idle_ms,
                              uint32_t close_ms, uint64_t user)
     int mwi_relay_set_tls(mwi_relay *r, int side, mwi_tls *t)
+    int mwi_relay_set_framed(mwi_relay *r, int side, uint32_t keepalive_ms, const void *hdr,
+                             size_t hdr_len, uint32_t payload_left)
+    enum:
+        MWI_COUNTER_SLOTS
+    int mwi_relay_set_counter_slot(mwi_relay *r, uint32_t slot)
+    size_t mwi_engine_counters_read(const mwi_engine *eng, uint64_t (*out)[2], size_t n)
     int mwi_relay_start(mwi_relay *r)
     void mwi_relay_close(mwi_relay *r)
     int mwi_relay_close_farewell(mwi_relay *r, const void *farewell, size_t len)
@@ -92,22 +109,67 @@ cdef extern from "mwi_accept.h" nogil:
         uint64_t handshake_timeouts
         uint64_t accept_errors
         uint64_t handshaking
+        uint64_t refused
+        uint64_t capped
+        uint64_t pending
+        uint64_t capped_source
+
+    enum:
+        MWI_ACC_CONN
+        MWI_ACC_TLS
+        MWI_ACC_RAW
+        MWI_ACC_REFUSED
+        MWI_ACC_CAPPED
+        MWI_ACC_CLOSED
+
+    ctypedef struct mwi_accepted:
+        uint64_t user
+        int outcome
+        int fd
+        mwi_tls *tls
+        int kind
+        sockaddr_storage peer
+        socklen_t peer_len
+        unsigned char *alpn
+        size_t alpn_len
+        char reason[256]
+        uint64_t accepted_ns
+        uint64_t ready_ns
 
     mwi_acceptor *mwi_acceptor_new(mwi_engine *eng, int listen_fd, mwi_tls_ctx *ctx,
                                    uint32_t handshake_ms, uint64_t user, int *err)
+    int mwi_acceptor_route(mwi_acceptor *a, const unsigned char *alpn, size_t alpn_len)
+    int mwi_acceptor_limit(mwi_acceptor *a, uint32_t total, uint32_t per_source)
     int mwi_acceptor_start(mwi_acceptor *a)
+    void mwi_acceptor_set_context(mwi_acceptor *a, mwi_tls_ctx *ctx)
+    void mwi_acceptor_release(mwi_acceptor *a, const sockaddr *peer)
+    void mwi_acceptor_arm_notice(mwi_acceptor *a)
+    void mwi_acceptor_hold(mwi_acceptor *a, int held)
+    void mwi_acceptor_grant(mwi_acceptor *a, uint32_t n)
     void mwi_acceptor_close(mwi_acceptor *a)
     void mwi_acceptor_stats_get(const mwi_acceptor *a, mwi_acceptor_stats *out)
-    int mwi_engine_pop_accepted(mwi_engine *eng, uint64_t *user, int *fd, mwi_tls **tls)
+    int mwi_engine_pop_accepted(mwi_engine *eng, mwi_accepted *out)
+    void mwi_accepted_clear(mwi_accepted *out)
+
+
+cdef extern from "mwi_tlsrec.h" nogil:
+    const char *mwi_fb_kind_name(int kind)
 
 
 cdef class Engine:
     cdef mwi_engine *eng
     cdef object loop_ref
     cdef dict running
-    cdef dict acceptors
+    cdef readonly dict acceptors   # aid -> Acceptor, until its MWI_ACC_CLOSED
     cdef uint64_t next_id
     cdef int done_fd
+    cdef readonly object counters   # counters.CounterTable, reading through a _SlotReader
+    cdef _SlotReader reader
+
+
+cdef class _SlotReader:
+    cdef mwi_engine *eng   # NULL once the engine is freed: `final` answers then
+    cdef list final
 
 
 cdef class Relay:
@@ -128,8 +190,6 @@ cdef class TLSContext:
     cdef readonly bint server_side
     cdef readonly str verify
     cdef readonly tuple alpn_protocols
-    cdef tuple _pems
-    cdef object _stdlib_ctx
 
 
 cdef class TLSStream:
@@ -147,8 +207,13 @@ cdef class Acceptor:
     cdef Engine engine
     cdef object loop
     cdef object on_accept
+    cdef object on_handshake
     cdef TLSContext context
     cdef uint64_t aid
     cdef object _final
+    cdef bint routing
+    cdef bint held
     cdef object _stats_now(self)
-    cdef void _deliver(self, int fd, mwi_tls *t)
+    cdef void _deliver(self, mwi_accepted *acc)
+    cdef void _timed(self, double seconds)
+    cdef void _call(self, conn)

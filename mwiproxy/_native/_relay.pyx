@@ -12,11 +12,15 @@ relay gets its on_done(reason) call there. Nothing here runs per chunk.
 
 cimport cython
 from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
 
 import os
 import weakref
 
+from mwiproxy._native.counters import SLOTS, CounterTable, check_slot
 from mwiproxy._native.relaytypes import REASON_CLOSED, RelayStats, timeout_ms
+
+assert SLOTS == MWI_COUNTER_SLOTS, "counters.SLOTS and csrc/mwi_relay.h disagree"
 
 _engines: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -42,11 +46,16 @@ cdef class Engine:
         self.acceptors = {}
         self.next_id = 1
         self.done_fd = mwi_engine_done_fd(self.eng)
+        self.reader = _SlotReader()
+        self.reader.eng = self.eng
+        self.counters = CounterTable(self.reader.read)
         self.loop_ref = weakref.ref(loop)
         loop.add_reader(self.done_fd, self._drain)
 
     def __dealloc__(self):
         if self.eng != NULL:
+            if self.reader is not None:
+                self.reader.eng = NULL
             mwi_engine_free(self.eng)
             self.eng = NULL
 
@@ -54,16 +63,15 @@ cdef class Engine:
         cdef mwi_relay *r
         cdef Relay relay
         cdef Acceptor acceptor
-        cdef uint64_t user
-        cdef int fd
-        cdef mwi_tls *t
+        cdef mwi_accepted acc
         mwi_engine_ack_done(self.eng)
-        while mwi_engine_pop_accepted(self.eng, &user, &fd, &t):
-            acceptor = self.acceptors.get(user)
+        while mwi_engine_pop_accepted(self.eng, &acc):
+            acceptor = self.acceptors.get(acc.user)
             if acceptor is None:   # closed meanwhile: nobody wants this connection
-                _drop_conn(fd, t)
+                _drop_conn(&acc)
             else:
-                acceptor._deliver(fd, t)
+                acceptor._deliver(&acc)
+            mwi_accepted_clear(&acc)
         while True:
             r = mwi_engine_pop_done(self.eng)
             if r == NULL:
@@ -88,7 +96,10 @@ cdef class Engine:
         for relay in self.running.values():
             relay._final = relay._stats_now()
         for acceptor in self.acceptors.values():
-            acceptor._final = acceptor._stats_now()
+            if acceptor.a != NULL:   # a closed one kept its final counts at close()
+                acceptor._final = acceptor._stats_now()
+        self.reader.final = self.reader.read(MWI_COUNTER_SLOTS)  # the sums outlive it
+        self.reader.eng = NULL
         mwi_engine_free(self.eng)   # joins the worker: every relay and acceptor is freed
         self.eng = NULL
         acceptors, self.acceptors = self.acceptors, {}
@@ -102,6 +113,27 @@ cdef class Engine:
     @property
     def relays_running(self):
         return len(self.running)
+
+
+cdef class _SlotReader:
+    """Reads the engine's counter slots in one call (no reference back to the Engine,
+    so the CounterTable makes no cycle with it)."""
+
+    def read(self, Py_ssize_t n):
+        cdef uint64_t (*buf)[2]
+        cdef size_t got
+        if self.eng == NULL:
+            final = self.final or []
+            return final[:n] + [(0, 0)] * (n - len(final[:n]))
+        n = max(0, min(n, MWI_COUNTER_SLOTS))
+        buf = <uint64_t (*)[2]>malloc(max(n, 1) * sizeof(uint64_t) * 2)
+        if buf == NULL:
+            raise MemoryError()
+        try:
+            got = mwi_engine_counters_read(self.eng, buf, n)
+            return [(buf[i][0], buf[i][1]) for i in range(got)]
+        finally:
+            free(buf)
 
 
 def engine_for(loop, **config):
@@ -121,17 +153,23 @@ def close_engine(loop):
 @cython.no_gc_clear
 cdef class Relay:
     """Joins two connected stream sockets (it owns both fds from here on). Each side is
-    a plain fd or a handshaken TLSStream (its TLS state and fd are taken over)."""
+    a plain fd or a handshaken TLSStream (its TLS state and fd are taken over), and may
+    speak the `-ping` framing (framed_a / framed_b: a relaytypes.Framing)."""
 
-    def __init__(self, loop, a, b, on_done=None, idle_timeout=None, close_timeout=None):
+    def __init__(self, loop, a, b, on_done=None, idle_timeout=None, close_timeout=None,
+                 framed_a=None, framed_b=None, counter_slot=None):
         cdef Engine engine = engine_for(loop)
         cdef uint32_t idle = timeout_ms(idle_timeout)
         cdef uint32_t closing = timeout_ms(close_timeout)
         cdef int fd_a = _side_fd(a), fd_b = _side_fd(b)
         cdef mwi_tls *tls_a = NULL
         cdef mwi_tls *tls_b = NULL
+        check_slot(counter_slot)
         if fd_a < 0 or fd_b < 0 or fd_a == fd_b:
             raise ValueError("two distinct open fds are needed")
+        for side, framing in ((a, framed_a), (b, framed_b)):
+            if framing is not None:
+                framing.check(isinstance(side, TLSStream) and side.framed)
         self.engine = engine
         self.on_done = on_done
         self.rid = engine.next_id
@@ -146,6 +184,12 @@ cdef class Relay:
         if isinstance(b, TLSStream):
             tls_b = (<TLSStream>b)._take()
             mwi_relay_set_tls(self.r, 1, tls_b)
+        if framed_a is not None:
+            _set_framed(self.r, 0, framed_a)
+        if framed_b is not None:
+            _set_framed(self.r, 1, framed_b)
+        if counter_slot is not None:   # in range (checked above): cannot fail
+            mwi_relay_set_counter_slot(self.r, counter_slot)
 
     def __dealloc__(self):
         # A relay the worker never saw is ours to free; a started one belongs to the
@@ -225,6 +269,13 @@ cdef class Relay:
                     raise
                 loop.call_exception_handler({"message": "relay on_done callback failed",
                                              "exception": exc})
+
+
+cdef void _set_framed(mwi_relay *r, int side, framing):
+    cdef bytes hdr = bytes(framing.header)
+    cdef const char *p = hdr
+    mwi_relay_set_framed(r, side, timeout_ms(framing.keepalive), p, len(hdr),
+                         framing.payload_left)
 
 
 cdef int _side_fd(side) except? -2:

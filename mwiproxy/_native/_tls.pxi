@@ -7,7 +7,6 @@
 
 from libc.string cimport strlen
 
-from mwiproxy._native import tls_py
 from mwiproxy._native.tlstypes import TLSError, alpn_wire, check_pems, verify_mode
 
 
@@ -17,7 +16,9 @@ cdef const char *_ptr(bytes b):
 
 cdef class TLSContext:
     """A server or client TLS context from PEM bytes: TLS >= 1.2, peers verified against
-    exactly `ca_pem`, ALPN selected (server) or offered (client), tickets on.
+    exactly `ca_pem`, ALPN selected (server) or offered (client), tickets on. A client
+    context keeps a few sessions (per server name and address) and its streams resume
+    them: the cache lives here, so a new certificate (a new context) starts without.
 
     Immutable: to swap certificates, build a new context and use it for new streams;
     connections made with the old one keep it alive until they end."""
@@ -38,18 +39,11 @@ cdef class TLSContext:
         self.server_side = server_side
         self.verify = verify
         self.alpn_protocols = tuple(alpn or ())
-        self._pems = (cert_pem, key_pem, ca_pem)
 
     @property
-    def ssl_context(self):
-        """The same context as an stdlib ssl.SSLContext, for TLS the native core cannot
-        carry (inside `-ping` framing, driven from Python). Built on first use."""
-        if self._stdlib_ctx is None:
-            cert, key, ca = self._pems
-            self._stdlib_ctx = tls_py.TLSContext(
-                self.server_side, cert, key, ca, self.verify,
-                list(self.alpn_protocols) or None).ssl_context
-        return self._stdlib_ctx
+    def cached_sessions(self):
+        """How many unexpired sessions a client context keeps (0 for a server)."""
+        return mwi_tls_ctx_sessions(self.ctx)
 
     def __dealloc__(self):
         if self.ctx != NULL:
@@ -226,16 +220,25 @@ cdef class TLSStream:
         self._require_handshake()
         return bool(mwi_tls_session_reused(self.t))
 
-    def wrap_inner(self, TLSContext context not None, str server_hostname=None):
+    def wrap_inner(self, TLSContext context not None, str server_hostname=None,
+                   framing=None):
         """TLS inside this one (a PostgreSQL client's own TLS carried in the local proxy's
         TLS): a new stream whose records are this stream's plaintext. It takes this
         stream's TLS state and fd over (this one is closed from here on); run its
-        handshake(initial) next. A Relay takes it like any TLSStream."""
+        handshake(initial) next. A Relay takes it like any TLSStream.
+
+        `framing` (a relaytypes.Framing): the records travel inside `-ping` framing on this
+        stream's plaintext, from where the setup phase's deframer stopped (its header and
+        payload_left; its keepalive is the relay's business). Such a stream is `framed`."""
         cdef char err[MWI_TLS_ERRLEN]
         cdef bytes name = server_hostname.encode("idna") if server_hostname else None
+        cdef bytes hdr = bytes(framing.header) if framing is not None else b""
         cdef mwi_tls *inner
         cdef TLSStream s
+        cdef int rc
         self._require_handshake()
+        if framing is not None:
+            framing.check()
         inner = mwi_tls_new_inner(context.ctx, self.t, _ptr(name), err, sizeof(err))
         if inner == NULL:
             raise ValueError(err.decode("utf-8", "replace"))
@@ -246,7 +249,16 @@ cdef class TLSStream:
         s.fd = self.fd
         self.t = NULL   # the inner connection owns ours now
         self.fd = -1
+        if framing is not None:
+            rc = mwi_tls_set_framed(inner, _ptr(hdr), len(hdr), framing.payload_left)
+            if rc:
+                raise OSError(rc, "cannot frame the inner TLS")
         return s
+
+    @property
+    def framed(self):
+        """Its records travel inside `-ping` framing (wrap_inner(framing=...))."""
+        return self.t != NULL and bool(mwi_tls_framed(self.t))
 
     cdef mwi_tls *_take(self) except NULL:
         """Hand the TLS state and the fd over (to a Relay)."""

@@ -28,8 +28,8 @@ cdef extern from "mwi_tlsrec.h" nogil:
         uint8_t sni_len
         char sni[256]
         uint8_t alpn_count
-        uint8_t alpn_len[32]
-        uint8_t alpn[32][255]
+        uint8_t alpn_len[64]
+        uint8_t alpn[64][255]
         uint8_t versions_count
         uint16_t versions[127]
         uint32_t pg_protocol

@@ -19,7 +19,7 @@ KIND_GARBAGE = "garbage"  # rejected; FirstBytes.error says why
 
 MAX_RECORD = 16384
 MAX_HELLO = 65536
-MAX_ALPN = 32
+MAX_ALPN = 64  # as many of the longest names (255 bytes) as fill a 16 KiB record
 MAX_NAME = 255
 PG_MAX_STARTUP = 10000
 PG_MAX_CANCEL_KEY = 256

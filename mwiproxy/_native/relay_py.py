@@ -1,6 +1,7 @@
 """Pure-Python twin of the native relay (mwiproxy/_native/_relay.pyx): the same API and
-the same close reasons, plain or TLS sides (tls_py.TLSStream), driven by the loop's own readiness callbacks (so it runs Python
-per chunk; it exists for MWIPROXY_NO_EXTENSIONS=1 and as the reference in tests).
+the same close reasons, plain or TLS sides (tls_py.TLSStream), either of them `-ping`
+framed, driven by the loop's own readiness callbacks (so it runs Python per chunk; it
+exists for MWIPROXY_NO_EXTENSIONS=1 and as the reference in tests).
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import socket
 import ssl
 import struct
 import time
+import weakref
 from collections.abc import Callable
 
+from mwiproxy.wire import ping
+
+from .counters import PyCounterTable, check_slot
 from .relaytypes import (
     REASON_CLOSE_TIMEOUT,
     REASON_CLOSED,
@@ -22,6 +27,7 @@ from .relaytypes import (
     REASON_IDLE_TIMEOUT,
     REASON_RESET_A,
     REASON_RESET_B,
+    Framing,
     RelayStats,
     timeout_ms,
 )
@@ -128,7 +134,8 @@ class _InnerTLS(_TLS):
     __slots__ = ("carrier",)
 
     def __init__(self, parts: InnerTLSParts) -> None:
-        self.carrier = _TLS(parts.outer)
+        outer = _TLS(parts.outer)  # framed: each flush of records is one frame in there
+        self.carrier = outer if parts.framing is None else _Framed(outer, parts.framing)
         self.sock = parts.sock
         self.obj, self.incoming, self.outgoing = parts.obj, parts.incoming, parts.outgoing
         self.tx = b""
@@ -153,6 +160,77 @@ class _InnerTLS(_TLS):
         self.flush_quietly()
         self.carrier.shut_wr()
 
+    def keeper(self) -> _Framed | None:
+        """The framing that gets this side's keepalives (between records), if framed."""
+        return self.carrier if isinstance(self.carrier, _Framed) else None
+
+
+class _Framed:
+    """The `-ping` framing over another end (on its plaintext): reads are deframed, each
+    chunk sent is one frame, and a keepalive goes only between frames."""
+
+    __slots__ = ("inner", "sock", "deframer", "tx", "keepalive_ms", "last_write")
+
+    def __init__(self, inner: _Plain, framing: Framing) -> None:
+        self.inner, self.sock = inner, inner.sock
+        self.deframer = ping.Deframer(framing.header, framing.payload_left)
+        self.tx = b""  # the frame the inner end did not take yet
+        self.keepalive_ms = timeout_ms(framing.keepalive)
+        self.last_write = time.monotonic()
+
+    def recv(self) -> bytes | None:
+        while (data := self.inner.recv()) is not None:
+            if not data:
+                if self.deframer.mid_frame:  # cut, not closed: like the native ECONNRESET
+                    raise ConnectionResetError(errno.ECONNRESET, "ended inside a frame")
+                return b""
+            if payload := self.deframer.feed(data):
+                return payload
+        return None
+
+    def send(self, data: memoryview) -> int:
+        self.flush()  # one frame at a time: BlockingIOError while the last is going out
+        self.tx = ping.frame(bytes(data))
+        self.flush_quietly()
+        return len(data)
+
+    def keepalive(self) -> None:
+        if not self.tx:
+            self.tx = ping.KEEPALIVE
+        self.flush_quietly()
+
+    def flush(self) -> None:
+        while self.tx:
+            n = self.inner.send(memoryview(self.tx))
+            self.tx = self.tx[n:]
+            self.last_write = time.monotonic()
+        self.inner.flush()
+
+    def flush_quietly(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            self.flush()
+
+    def buffered(self) -> bool:
+        return self.inner.buffered()
+
+    def shut_wr(self) -> None:
+        self.flush_quietly()
+        self.inner.shut_wr()
+
+
+_End = _Plain | _Framed
+
+
+def _is_tls(end: _End) -> bool:
+    return isinstance(end.inner if isinstance(end, _Framed) else end, _TLS)
+
+
+def _keeper(end: _End) -> _Framed | None:
+    """Where an end's keepalives go: its framing, or the one inside its TLS."""
+    if isinstance(end, _Framed):
+        return end
+    return end.keeper() if isinstance(end, _InnerTLS) else None
+
 
 class _Direction:
     """src -> dst. While `pending` holds unwritten bytes src is not read (backpressure)."""
@@ -160,7 +238,7 @@ class _Direction:
     __slots__ = ("src", "dst", "src_side", "pending", "eof", "shut", "bytes", "chunks",
                  "blocked")
 
-    def __init__(self, src: _Plain, dst: _Plain, src_side: int) -> None:
+    def __init__(self, src: _End, dst: _End, src_side: int) -> None:
         self.src, self.dst, self.src_side = src, dst, src_side
         self.pending: memoryview | None = None
         self.eof = self.shut = self.blocked = False
@@ -169,7 +247,8 @@ class _Direction:
 
 class Relay:
     """Joins two connected stream sockets (it owns both fds from here on). Each side is
-    a plain fd or a handshaken TLSStream (its TLS state and socket are taken over)."""
+    a plain fd or a handshaken TLSStream (its TLS state and socket are taken over), and may
+    speak the `-ping` framing (framed_a / framed_b: a relaytypes.Framing)."""
 
     def __init__(
         self,
@@ -179,15 +258,23 @@ class Relay:
         on_done: Callable[[str], object] | None = None,
         idle_timeout: float | None = None,
         close_timeout: float | None = None,
+        framed_a: Framing | None = None,
+        framed_b: Framing | None = None,
+        counter_slot: int | None = None,
     ) -> None:
+        check_slot(counter_slot)
         fds = [_side_fd(a), _side_fd(b)]
         if fds[0] < 0 or fds[1] < 0 or fds[0] == fds[1]:
             raise ValueError("two distinct open fds are needed")
+        for side, framing in ((a, framed_a), (b, framed_b)):
+            if framing is not None:
+                framing.check(isinstance(side, TLSStream) and side.framed)
+        self._framing = (framed_a, framed_b)
         self._loop = loop
         # from here the relay owns both sides: an int is an fd, a stream gives up its parts
         self._sides: list[int | TLSParts | InnerTLSParts] = [
             side.take() if isinstance(side, TLSStream) else side for side in (a, b)]
-        self._ends: tuple[_Plain, _Plain] | None = None
+        self._ends: tuple[_End, _End] | None = None
         self._dirs: tuple[_Direction, _Direction] | None = None
         self._on_done = on_done
         self._idle_ms = timeout_ms(idle_timeout)
@@ -198,22 +285,30 @@ class Relay:
         self._errno = 0
         self._started = False
         self._bye: memoryview | None = None  # a farewell to side A is being said
+        # the engine's slot this relay's bytes also add to ([a->b, b->a]), like the native
+        self._counter = None if counter_slot is None else \
+            engine_for(loop).counters.sums[counter_slot]
 
     # -- public API ---------------------------------------------------------------------
 
     def start(self) -> None:
         if self._started or not self._sides:
             raise RuntimeError("relay already started")
-        ends: list[_Plain] = []
-        for side in self._sides:
+        ends: list[_End] = []
+        for side, framing in zip(self._sides, self._framing, strict=True):
+            base: _Plain
             if isinstance(side, InnerTLSParts):
-                ends.append(_InnerTLS(side))
-                continue
-            if isinstance(side, TLSParts):
-                ends.append(_TLS(side))
-                continue
-            sock = socket.socket(fileno=side)  # OSError (ENOTSOCK, EBADF) like the native one
-            ends.append(_Plain(sock))
+                base = _InnerTLS(side)
+                keeper = base.keeper()
+                if keeper is not None:  # framed inside the TLS: the relay times keepalives
+                    keeper.keepalive_ms = timeout_ms(framing.keepalive) if framing else 0
+                    ends.append(base)
+                    continue
+            elif isinstance(side, TLSParts):
+                base = _TLS(side)
+            else:  # OSError (ENOTSOCK, EBADF) like the native one
+                base = _Plain(socket.socket(fileno=side))
+            ends.append(base if framing is None else _Framed(base, framing))
         for end in ends:
             end.sock.setblocking(False)
             with contextlib.suppress(OSError):
@@ -225,7 +320,7 @@ class Relay:
         self._last_active = time.monotonic()
         for d in self._dirs:
             self._loop.add_reader(d.src.sock.fileno(), self._on_readable, d)
-            if isinstance(d.src, _TLS):  # records read during setup raise no readiness
+            if _is_tls(d.src):  # records read during setup raise no readiness
                 self._loop.call_soon(self._on_readable, d)
         self._arm_timer()
 
@@ -314,6 +409,8 @@ class Relay:
                 self._fail(1 - d.src_side, exc)
                 return
             d.bytes += n
+            if self._counter is not None:
+                self._counter[d.src_side] += n
             self._last_active = time.monotonic()
             d.pending = d.pending[n:] if n < len(d.pending) else None
         if d.blocked:
@@ -378,6 +475,8 @@ class Relay:
             while ba.pending is not None:
                 n = a.send(ba.pending)
                 ba.bytes += n
+                if self._counter is not None:
+                    self._counter[1] += n
                 ba.pending = ba.pending[n:] if n < len(ba.pending) else None
             while self._bye:
                 self._bye = self._bye[a.send(self._bye):]
@@ -397,7 +496,30 @@ class Relay:
             deadlines.append(self._last_active + self._idle_ms / 1000)
         if self._close_ms and self._half_closed:
             deadlines.append(self._half_closed + self._close_ms / 1000)
+        deadlines += [end.last_write + end.keepalive_ms / 1000 for end in self._keepalive_ends()]
         return min(deadlines) if deadlines else None
+
+    def _keepalive_ends(self) -> list[_Framed]:
+        """Framings with a keepalive interval that are still written to."""
+        assert self._dirs is not None
+        return [k for d in self._dirs
+                if (k := _keeper(d.dst)) is not None and k.keepalive_ms and not d.shut]
+
+    def _send_keepalives(self, now: float) -> None:
+        """An empty frame to each framed end nothing was written to for its interval; an
+        end being written to right now needs none (its frame is on the way)."""
+        assert self._dirs is not None
+        for d in self._dirs:
+            end = _keeper(d.dst)
+            if (end is not None and end.keepalive_ms and not d.shut
+                    and end.last_write + end.keepalive_ms / 1000 <= now):
+                if d.pending is None and not d.blocked and not d.eof:
+                    try:
+                        end.keepalive()
+                    except OSError as exc:
+                        self._fail(1 - d.src_side, exc)
+                        return
+                end.last_write = now
 
     def _arm_timer(self) -> None:
         if self._timer is not None:
@@ -411,13 +533,15 @@ class Relay:
     def _on_timer(self) -> None:
         self._timer = None
         now = time.monotonic()
-        deadline = self._deadline()
-        if deadline is None or deadline > now:
-            self._arm_timer()  # activity moved the deadline: sleep again
+        self._send_keepalives(now)
+        if self._reason is not None:
             return
         closing = self._close_ms and self._half_closed and (
             self._half_closed + self._close_ms / 1000 <= now)
-        self._finish(REASON_CLOSE_TIMEOUT if closing else REASON_IDLE_TIMEOUT)
+        if closing or (self._idle_ms and self._last_active + self._idle_ms / 1000 <= now):
+            self._finish(REASON_CLOSE_TIMEOUT if closing else REASON_IDLE_TIMEOUT)
+        else:
+            self._arm_timer()  # activity moved the deadline, or keepalives went: sleep again
 
     def _finish(self, reason: str, err: int = 0) -> None:
         if self._reason is not None:
@@ -434,7 +558,7 @@ class Relay:
             with contextlib.suppress(OSError):
                 other.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         for end in self._ends:
-            if reason in _ORDERLY and isinstance(end, _TLS):
+            if reason in _ORDERLY and _is_tls(end):
                 with contextlib.suppress(OSError):
                     end.shut_wr()  # close_notify, best effort, like the native engine
             self._loop.remove_reader(end.sock.fileno())
@@ -467,10 +591,24 @@ def _side_fd(side: int | TLSStream) -> int:
     raise TypeError(f"a relay side is an fd or a pure TLSStream, not {type(side).__name__}")
 
 
-def engine_for(loop: asyncio.AbstractEventLoop, **config: object) -> None:
-    """The pure build has no engine; kept so both builds offer the same names."""
-    return None
+class Engine:
+    """The pure build has no worker: an engine here only keeps the loop's counters."""
+
+    def __init__(self) -> None:
+        self.counters = PyCounterTable()
+
+
+_engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Engine] = \
+    weakref.WeakKeyDictionary()
+
+
+def engine_for(loop: asyncio.AbstractEventLoop, **config: object) -> Engine:
+    """The engine of `loop` (created on first use; `config` only matters natively)."""
+    engine = _engines.get(loop)
+    if engine is None:
+        engine = _engines[loop] = Engine()
+    return engine
 
 
 def close_engine(loop: asyncio.AbstractEventLoop) -> None:
-    return None
+    _engines.pop(loop, None)

@@ -6,7 +6,7 @@ mwi_relay_reason_name() in csrc/mwi_relay.c exactly.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 REASON_EOF = "eof"  # both directions ended cleanly, half-closes propagated
 REASON_RESET_A = "reset_a"  # side A reset (or vanished while being written to)
@@ -25,6 +25,30 @@ REASONS = (
     REASON_CLOSED,
     REASON_ERROR,
 )
+
+
+class Framing(NamedTuple):
+    """A relay side that speaks the `-ping` framing (see csrc/mwi_relay.h,
+    mwi_relay_set_framed): reads deframed, writes framed, keepalives when idle.
+
+    `header` (0-3 bytes of a frame header) or `payload_left` (bytes of the current frame
+    still to come) is where the setup phase's deframer stopped, so the relay goes on from
+    exactly there."""
+
+    keepalive: float | None = None  # seconds without a write before an empty frame
+    header: bytes = b""
+    payload_left: int = 0
+
+    def check(self, in_tls: bool = False) -> None:
+        """`in_tls`: for a relay side whose TLS carries its records in the framing
+        (TLSStream.wrap_inner(framing=...)): the reading state is in there, the relay only
+        times the keepalives."""
+        if in_tls and (self.header or self.payload_left):
+            raise ValueError("a TLS stream framed inside keeps its own reading state")
+        if len(self.header) > 3 or (self.header and self.payload_left):
+            raise ValueError("a framing state is a partial header or a payload count")
+        if not 0 <= self.payload_left <= 0xFFFFFFFF:
+            raise ValueError("payload_left must fit in 32 bits")
 
 
 class RelayStats(NamedTuple):
@@ -50,7 +74,58 @@ class AcceptorStats(NamedTuple):
 
     accepted: int  # connections taken from the listen queue
     handed: int  # ...given to on_accept (after their handshake, with TLS)
-    handshake_failed: int  # TLS failures and peers that left mid-handshake
-    handshake_timeouts: int
+    handshake_failed: int  # TLS failures and peers that left before handover
+    handshake_timeouts: int  # ...and those that outlasted the handshake timeout
     accept_errors: int  # accept() failures (EMFILE, ...): accepting pauses briefly
-    handshaking: int  # handshakes in progress now
+    handshaking: int  # connections being peeked or handshaken now
+    refused: int = 0  # routing: hellos and handshakes refused (handed as "refused")
+    capped: int = 0  # closed at accept, over an admission cap
+    pending: int = 0  # counted against the caps now (incl. "raw" ones not released)
+    capped_source: int = 0  # ...of `capped`: over the per-source cap
+
+
+# What a routing Acceptor hands over (Accepted.outcome)
+ACC_TLS = "tls"  # a ClientHello offering a routed ALPN name: handshaken
+ACC_RAW = "raw"  # anything else: the fd, unread
+ACC_REFUSED = "refused"  # closed; `reason` says why (audited by the owner)
+UNIX_SOURCE = "local"  # the source of a Unix socket's peers (they have no address)
+ACC_CAPPED = "capped"  # closed at accept over a cap: the first since arm_notice()
+
+# how both TLS builds word a client that closed mid-handshake: a hang-up, not a refusal
+PEER_HUNG_UP = "the peer closed the connection"
+
+
+class Accepted(NamedTuple):
+    """One connection from a routing Acceptor."""
+
+    outcome: str  # ACC_*
+    conn: Any  # TLSStream ("tls"), the fd ("raw"), None otherwise
+    peer: str  # "203.0.113.7:51234" (IPv6 without brackets)
+    source: str  # the peer's IP: what the per-source cap counts
+    kind: str = "need_more"  # the first bytes' kind (firstbytes.KIND_*)
+    alpn: tuple[str, ...] = ()  # names the ClientHello offered
+    reason: str = ""  # "refused": why, in OpenSSL's or the port's words
+    # time.monotonic() when it was accepted and when handed over (after its handshake):
+    # taken by the acceptor itself, so the handshake's time is measured where it runs
+    accepted_at: float = 0.0
+    ready_at: float = 0.0
+
+
+def alpn_names(wire: bytes) -> tuple[str, ...]:
+    """Wire-format ALPN names (length-prefixed) as text (latin-1, like the classifier)."""
+    out, i = [], 0
+    while i < len(wire):
+        n = wire[i]
+        out.append(wire[i + 1:i + 1 + n].decode("latin-1"))
+        i += 1 + n
+    return tuple(out)
+
+
+def check_limits(limits: tuple[int, int] | None) -> tuple[int, int] | None:
+    """(total, per_source) admission caps, validated."""
+    if limits is None:
+        return None
+    total, per_source = limits
+    if not 0 < per_source <= total:
+        raise ValueError("need 0 < per_source <= total")
+    return int(total), int(per_source)

@@ -12,9 +12,15 @@ import copy
 import os
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from cryptography import x509
+
+from mwiproxy.wire import ping
+
+from .relaytypes import Framing
 from .tlstypes import (
     VERIFY_NONE,
     VERIFY_OPTIONAL,
@@ -24,6 +30,8 @@ from .tlstypes import (
 )
 
 _HANDSHAKE_EOF = "the peer closed the connection during the TLS handshake"
+MAX_SESSIONS = 8  # a client context's sessions (csrc/mwi_tls_int.h MWI_TLS_SESSIONS)
+_KEYLEN = 400  # MWI_TLS_KEYLEN: a longer key is neither offered nor kept
 
 
 @contextlib.contextmanager
@@ -47,9 +55,66 @@ def tls_error(exc: ssl.SSLError) -> TLSError:
     return TLSError(reason.lower().replace("_", " ") if reason else str(exc))
 
 
+class Sessions:
+    """A client context's sessions, by "<server name>|<peer address>" (the native rules,
+    csrc/mwi_tls.c): at most MAX_SESSIONS, expired ones dropped, the oldest stored goes
+    first. Only resumable sessions are kept (a ticket or a session id: TLS 1.3 has
+    neither until its ticket arrives after the handshake), and none past the server
+    certificate's notAfter (a resumed session skips verifying it again)."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, tuple[ssl.SSLSession, int]] = {}  # with its end of life
+
+    def get(self, key: str) -> ssl.SSLSession | None:
+        kept = self._by_key.get(key)
+        if kept is None:
+            return None
+        if kept[1] <= int(time.time()):
+            del self._by_key[key]  # the server would refuse it: drop it
+            return None
+        return kept[0]
+
+    def keep(self, key: str, session: ssl.SSLSession, not_after: int | None = None) -> None:
+        if not key or len(key) >= _KEYLEN or not (session.has_ticket or session.id):
+            return
+        until = session.time + session.timeout
+        if not_after is not None:
+            until = min(until, not_after)
+        now = int(time.time())
+        self._by_key.pop(key, None)
+        if len(self._by_key) >= MAX_SESSIONS:
+            stale = [k for k, (_, end) in self._by_key.items() if end <= now]
+            del self._by_key[stale[0] if stale else next(iter(self._by_key))]
+        self._by_key[key] = (session, until)
+
+    def __len__(self) -> int:
+        now = int(time.time())
+        return sum(end > now for _, end in self._by_key.values())
+
+
+def session_key(sock: socket.socket, server_name: str | None) -> str:
+    """Where a client's sessions are kept: the name it asks for and the peer's address
+    (agents sharing a name, or databases reached with none, get their own)."""
+    try:
+        addr = sock.getpeername()
+    except OSError:
+        return f"{server_name or ''}|"
+    if sock.family == socket.AF_INET:
+        peer = f"{addr[0]}:{addr[1]}"
+    elif sock.family == socket.AF_INET6:
+        peer = f"[{addr[0].split('%')[0]}]:{addr[1]}"
+    elif sock.family == socket.AF_UNIX:
+        peer = f"unix:{addr if isinstance(addr, str) else ''}"
+    else:
+        peer = ""
+    return f"{server_name or ''}|{peer}"
+
+
 class TLSContext:
     """A server or client TLS context from PEM bytes: TLS >= 1.2, peers verified against
-    exactly `ca_pem`, ALPN selected (server) or offered (client), tickets on."""
+    exactly `ca_pem`, ALPN selected (server) or offered (client), tickets on. A client
+    context keeps a few sessions (per server name and address) and its streams resume
+    them: the cache lives here, so a new certificate (a new context) starts without."""
 
     def __init__(self, server_side: bool, cert_pem: bytes | None = None,
                  key_pem: bytes | None = None, ca_pem: bytes | None = None,
@@ -59,7 +124,7 @@ class TLSContext:
         self.server_side = server_side
         self.verify = verify
         self.alpn_protocols = tuple(alpn or ())
-        self.sessions: dict[str, ssl.SSLSession] = {}  # client: last session per name
+        self.sessions = Sessions()  # client only
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.check_hostname = False
@@ -84,6 +149,11 @@ class TLSContext:
             ctx.num_tickets = 1
             ctx.sni_callback = _remember_sni
         self.ssl_context = ctx
+
+    @property
+    def cached_sessions(self) -> int:
+        """How many unexpired sessions a client context keeps (0 for a server)."""
+        return len(self.sessions)
 
 
 def _remember_sni(obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
@@ -114,11 +184,14 @@ class TLSStream:
         self._start_tls(server_hostname)
 
     def _start_tls(self, server_hostname: str | None) -> None:
-        """The SSL object over memory BIOs (a client offers its last session)."""
+        """The SSL object over memory BIOs (a client offers its session for the name and
+        address, if its context keeps one)."""
         context = self.context
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         name = server_hostname if not context.server_side else None
-        session = context.sessions.get(name or "") if not context.server_side else None
+        self._session_key = "" if context.server_side else session_key(self._live(), name)
+        self._kept: ssl.SSLSession | None = None
+        session = context.sessions.get(self._session_key) if self._session_key else None
         self._obj = context.ssl_context.wrap_bio(
             self._in, self._out, server_side=context.server_side,
             server_hostname=name or None, session=session)
@@ -163,8 +236,19 @@ class TLSStream:
             self._in.write_eof()
 
     def _keep_session(self) -> None:
-        if not self.context.server_side and self._obj.session is not None:
-            self.context.sessions[self._obj.server_hostname or ""] = self._obj.session
+        """Store a new session (after the handshake, and TLS 1.3 tickets after reads)."""
+        if self.context.server_side or not self._session_key:
+            return
+        session = self._obj.session
+        if session is not None and session != self._kept:
+            self._kept = session
+            self.context.sessions.keep(self._session_key, session, self._peer_not_after())
+
+    def _peer_not_after(self) -> int | None:
+        der = self._obj.getpeercert(binary_form=True)
+        if der is None:
+            return None
+        return int(x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp())
 
     async def handshake(self, initial: bytes = b"") -> None:
         """Run the handshake. `initial`: bytes already read from the socket (a ClientHello
@@ -245,16 +329,27 @@ class TLSStream:
         self._require_handshake()
         return bool(self._obj.session_reused)
 
-    def wrap_inner(self, context: TLSContext, server_hostname: str | None = None
-                   ) -> TLSStream:
+    def wrap_inner(self, context: TLSContext, server_hostname: str | None = None,
+                   framing: Framing | None = None) -> TLSStream:
         """TLS inside this one (a PostgreSQL client's own TLS carried in the local proxy's
         TLS): a new stream whose records are this stream's plaintext. It takes this
         stream's TLS state and socket over (this one is closed from here on); run its
-        handshake(initial) next. A Relay takes it like any TLSStream."""
+        handshake(initial) next. A Relay takes it like any TLSStream.
+
+        `framing`: the records travel inside `-ping` framing on this stream's plaintext,
+        from where the setup phase's deframer stopped (its keepalive is the relay's
+        business). Such a stream is `framed`."""
         self._require_handshake()
+        if framing is not None:
+            framing.check()
         carrier = copy.copy(self)  # the same socket, SSLObject and BIOs, now the inner's
         self._sock = None
-        return _InnerTLSStream(carrier, context, server_hostname)
+        return _InnerTLSStream(carrier, context, server_hostname, framing)
+
+    @property
+    def framed(self) -> bool:
+        """Its records travel inside `-ping` framing (wrap_inner(framing=...))."""
+        return False
 
     def take(self) -> TLSParts | InnerTLSParts:
         """Hand the TLS state and the socket over (to a Relay)."""
@@ -264,12 +359,14 @@ class TLSStream:
 
 
 class InnerTLSParts(NamedTuple):
-    """What a relay takes over from a handshaken stream inside another one."""
+    """What a relay takes over from a handshaken stream inside another one; `framing`:
+    where its deframer stands, if its records travel in `-ping` frames."""
 
     outer: TLSParts
     obj: ssl.SSLObject
     incoming: ssl.MemoryBIO
     outgoing: ssl.MemoryBIO
+    framing: Framing | None = None
 
     @property
     def sock(self) -> socket.socket:
@@ -277,15 +374,22 @@ class InnerTLSParts(NamedTuple):
 
 
 class _InnerTLSStream(TLSStream):
-    """TLS whose records travel in the plaintext of `carrier` (see TLSStream.wrap_inner)."""
+    """TLS whose records travel in the plaintext of `carrier` (see TLSStream.wrap_inner),
+    framed if a deframer is given."""
 
     def __init__(self, carrier: TLSStream, context: TLSContext,
-                 server_hostname: str | None) -> None:
+                 server_hostname: str | None, framing: Framing | None) -> None:
         self._carrier = carrier
         self.context = context
         self._loop = carrier._loop
         self._sock = carrier._sock  # for fileno and liveness; the carrier does the I/O
+        self._deframer = (None if framing is None
+                          else ping.Deframer(framing.header, framing.payload_left))
         self._start_tls(server_hostname)
+
+    @property
+    def framed(self) -> bool:
+        return self._sock is not None and self._deframer is not None
 
     def close(self) -> None:
         self._sock = None
@@ -300,19 +404,29 @@ class _InnerTLSStream(TLSStream):
     async def _flush(self) -> None:
         self._live()
         if self._out.pending:
-            await self._carrier.write(self._out.read())
+            data = self._out.read()
+            await self._carrier.write(data if self._deframer is None else ping.frame(data))
 
     async def _fill(self) -> None:
         self._live()
-        data = await self._carrier.read(65536)
-        if data:
-            self._in.write(data)
-        else:
-            self._in.write_eof()
+        while True:
+            data = await self._carrier.read(65536)
+            if not data:
+                if self._deframer is not None and self._deframer.mid_frame:
+                    raise ConnectionResetError("the framed stream ended inside a frame")
+                self._in.write_eof()
+                return
+            if self._deframer is not None:
+                data = self._deframer.feed(data)  # only keepalives: read on
+            if data:
+                self._in.write(data)
+                return
 
     def take(self) -> InnerTLSParts:
         self._require_handshake()
         self._sock = None
         outer = self._carrier.take()
         assert isinstance(outer, TLSParts)
-        return InnerTLSParts(outer, self._obj, self._in, self._out)
+        d = self._deframer
+        framing = None if d is None else Framing(None, d.header, d.payload_left)
+        return InnerTLSParts(outer, self._obj, self._in, self._out, framing)

@@ -27,15 +27,17 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
 from mwiproxy.auth import audit
+from mwiproxy.auth.agent_grants import Grant, GrantRefused, GrantStore
 from mwiproxy.auth.bots import DEFAULT_TOKEN_TTL, IssuedToken, token_id
-from mwiproxy.auth.errors import AccessDenied, BadRequest, Locked
+from mwiproxy.auth.errors import AccessDenied, AuthError, BadRequest, Locked, checked
 from mwiproxy.auth.locks import LockService, describe
 from mwiproxy.auth.storage.base import LockRecord, Storage, TokenRecord, TokenUnusable
-from mwiproxy.config.cluster import DatabaseConfig, split_host_port
+from mwiproxy.config.cluster import DatabaseConfig
 from mwiproxy.config.loader import ConfigError
-from mwiproxy.identity import oids
+from mwiproxy.identity import names, oids
 from mwiproxy.identity.authorities import AuthoritySet, PublicKey, cert_pem
 from mwiproxy.identity.certs import Identity
+from mwiproxy.wire.addr import split_host_port
 
 TOKEN_KIND = "db"
 AGENT_ROLE = "Db"  # Teleport's system role name for database agents
@@ -46,11 +48,18 @@ MAX_AGENT_TTL = dt.timedelta(days=7)
 DEFAULT_HEARTBEAT_TTL = 60.0
 MIN_HEARTBEAT_TTL = 3.0
 MAX_HEARTBEAT_TTL = 600.0
-DEFAULT_DB_CLIENT_TTL = dt.timedelta(hours=1)
-MAX_DB_CLIENT_TTL = dt.timedelta(hours=1)
+# Agents cache a database-client certificate per database user and reuse it for later
+# sessions (engines/base.py UpstreamTLS). One may be for a superuser, so it must not
+# become a long-lived key on the agent's host: a few minutes, then a new session grant.
+DEFAULT_DB_CLIENT_TTL = dt.timedelta(minutes=5)
+MAX_DB_CLIENT_TTL = dt.timedelta(minutes=5)
 PROTOCOLS = ("postgres", "mysql", "redis", "mongodb", "cockroachdb")
 MAX_HOSTS = 32
 MAX_DATABASES = 1000
+# Heartbeat labels are matched against every role on every request that lists or routes
+# to the database: bounded, so an agent cannot make that work large.
+MAX_LABELS = 64
+MAX_LABEL_VALUE = 4096
 _DB_KEYS = frozenset({"name", "protocol", "uri", "labels", "description"})
 _HOST = re.compile(r"^[a-zA-Z0-9_]([a-zA-Z0-9._-]*[a-zA-Z0-9_])?$")
 
@@ -100,6 +109,7 @@ class AgentService:
         self._static = static_databases
         self._registry: dict[str, AgentRecord] = {}
         self._mu = threading.Lock()
+        self._grants = GrantStore(clock)
         locks.on_lock(self._on_lock)
 
     # tokens
@@ -265,26 +275,57 @@ class AgentService:
                          databases=[d.name for d in rec.databases] if rec else [])
 
     # what the proxy engines need
+    def grant_session(self, *, session_id: int, host_id: str, service: str, db_name: str,
+                      db_user: str, user: str) -> str:
+        """For the cluster proxy (same process), once it has authorized a session that
+        agent host_id will serve: the secret that lets that agent have one database-client
+        certificate for db_user on service (`auth/agent_grants.py`)."""
+        return self._grants.issue(session_id=session_id, host_id=host_id, service=service,
+                                  db_name=db_name, db_user=db_user, user=user)
+
     def sign_db_client(self, caller: Identity, db_user: str, public_key: PublicKey,
-                       ttl: dt.timedelta) -> bytes:
-        host_id = self._host_id(caller)
+                       ttl: dt.timedelta, *, service: str = "", grant: str = "") -> bytes:
+        """A certificate for db_user on service, only with a grant the proxy gave this
+        agent for a session it authorized; every refusal is audited."""
+        host_id = ""
+        try:
+            host_id = self._host_id(caller)
+            session = self._check_sign(caller, host_id, db_user, service, grant)
+            ttl = min(ttl, MAX_DB_CLIENT_TTL)
+            if caller.expires is not None:  # never outlive the identity that asked
+                ttl = min(ttl, caller.expires - dt.datetime.now(dt.UTC))
+            if ttl <= dt.timedelta(0):
+                raise BadRequest("ttl must be positive")
+        except AuthError as e:  # what was asked, cut short: it may be an attacker's junk
+            self._audit.emit(audit.AGENT_SIGN_DENIED, user=caller.user, host_id=host_id,
+                             db_service=str(service)[:256], db_user=str(db_user)[:256],
+                             reason=e.message)
+            raise
+        cert = self._cas["db_client"].sign_database_user(db_user, public_key, ttl)
+        self._audit.emit(audit.CERT_CREATE, user=caller.user, usage="db_client",
+                         db_user=db_user, db_service=service, db_name=session.db_name,
+                         session_id=session.session_id, for_user=session.user,
+                         host_id=host_id, serial=format(cert.serial_number, "x"),
+                         expires=cert.not_valid_after_utc.timestamp())
+        return cert_pem(cert)
+
+    def _check_sign(self, caller: Identity, host_id: str, db_user: str, service: str,
+                    grant: str) -> Grant:
+        """The rule for sign_db_client; the grant it consumed, or an AuthError."""
         self._refuse_if_locked(caller, "sign_db_client")
-        if not any(r.host_id == host_id for r in self.live()):
-            raise AccessDenied("register with a heartbeat first")
         if not isinstance(db_user, str) or not db_user or len(db_user) > 256 \
                 or not db_user.isprintable():
             raise BadRequest("db_user must be a non-empty printable string")
-        ttl = min(ttl, MAX_DB_CLIENT_TTL)
-        if caller.expires is not None:  # never outlive the identity that asked
-            ttl = min(ttl, caller.expires - dt.datetime.now(dt.UTC))
-        if ttl <= dt.timedelta(0):
-            raise BadRequest("ttl must be positive")
-        cert = self._cas["db_client"].sign_database_user(db_user, public_key, ttl)
-        self._audit.emit(audit.CERT_CREATE, user=caller.user, usage="db_client",
-                         db_user=db_user, host_id=host_id,
-                         serial=format(cert.serial_number, "x"),
-                         expires=cert.not_valid_after_utc.timestamp())
-        return cert_pem(cert)
+        try:
+            session = self._grants.consume(grant, host_id=host_id, service=service,
+                                           db_user=db_user)
+        except GrantRefused as e:
+            raise AccessDenied(f"sign_db_client refused: {e}") from None
+        if not any(d.name == service for r in self.live() if r.host_id == host_id
+                   for d in r.databases):
+            raise AccessDenied(f"sign_db_client refused: agent {host_id} does not serve "
+                               f"database {service!r} (register it with a heartbeat first)")
+        return session
 
     def live(self) -> list[AgentRecord]:
         with self._mu:
@@ -358,6 +399,7 @@ def parse_database(entry: Any) -> DatabaseConfig:
     if not isinstance(labels, dict) or not all(
             isinstance(k, str) and k and isinstance(v, str) for k, v in labels.items()):
         raise ValueError("labels must map non-empty strings to strings")
+    _check_label_values(labels)
     description = entry.get("description") or ""
     if not isinstance(description, str):
         raise ValueError("description must be a string")
@@ -370,13 +412,25 @@ def parse_database(entry: Any) -> DatabaseConfig:
     return db
 
 
+def _check_label_values(labels: dict[str, str]) -> None:
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"{len(labels)} labels: at most {MAX_LABELS}")
+    for key, value in labels.items():
+        if len(value) > MAX_LABEL_VALUE:
+            raise ValueError(f"label {key[:64]!r}: value longer than {MAX_LABEL_VALUE} characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: JSON allows it, no database has it
+            raise ValueError(f"label {key[:64]!r}: value is not valid Unicode") from None
+
+
 def _check_hosts(hosts: list[str], cluster: str) -> None:
     if not isinstance(hosts, list) or not hosts:
         raise BadRequest("at least one host name or address is needed")
     if len(hosts) > MAX_HOSTS:
         raise BadRequest(f"at most {MAX_HOSTS} hosts")
     for h in hosts:
-        if not isinstance(h, str) or not (_is_ip(h) or (_HOST.match(h) and len(h) <= 253)):
+        if not isinstance(h, str) or not (_is_ip(h) or (_HOST.fullmatch(h) and len(h) <= 253)):
             raise BadRequest(f"host {h!r} is not a valid host name or IP address")
         if h == cluster:  # the proxy's own certificate carries the cluster name
             raise BadRequest(f"host {h!r} is the cluster's name; an agent cannot claim it")
@@ -391,8 +445,8 @@ def _is_ip(h: str) -> bool:
 
 
 def _check_hostname(hostname: str) -> None:
-    if not isinstance(hostname, str) or len(hostname) > 253 or not hostname.isprintable():
-        raise BadRequest("hostname must be a printable string of at most 253 characters")
+    if hostname != "":  # "" is not told: the one given at join is kept
+        checked(names.agent_hostname, hostname)
 
 
 def _agent_ttl(ttl: dt.timedelta) -> dt.timedelta:

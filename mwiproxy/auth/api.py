@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mwiproxy.auth.errors import AuthError
@@ -13,6 +14,18 @@ from mwiproxy.wire.frames import FrameError, encode, read_frame
 log = logging.getLogger("mwiproxy.auth")
 
 IDLE_TIMEOUT = 300.0
+# Handlers run here, not on the event loop that relays every session: parsing a role file
+# (up to 1 MiB of YAML), RBAC over every database the agents serve, signing. AuthService
+# is safe to call from threads: storage serializes on its lock (SQLite opened with
+# check_same_thread=False), the agent registry, grants and CA state have their own locks,
+# the parsed-role cache is a dict used with single GIL-atomic operations, and listeners
+# that reach the loop (locks, CA rotation) go through call_soon_threadsafe. A few workers
+# keep one slow request from queueing the others; a connection's requests stay in order.
+API_WORKERS = 4
+_workers = ThreadPoolExecutor(max_workers=API_WORKERS, thread_name_prefix="mwi-auth-api")
+# the first request must come sooner: until then the caller may be anyone
+# (proxy.first_message_timeout)
+FIRST_FRAME_TIMEOUT = 10.0
 
 
 def _reply(msg_id: Any, method: str, service: AuthService, caller: Caller,
@@ -30,25 +43,28 @@ def _reply(msg_id: Any, method: str, service: AuthService, caller: Caller,
 
 async def serve_connection(
     service: AuthService, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-    caller: Caller, remote: str,
+    caller: Caller, remote: str, first_frame_timeout: float = FIRST_FRAME_TIMEOUT,
 ) -> None:
+    timeout = first_frame_timeout
     try:
         while True:
             try:
-                msg = await asyncio.wait_for(read_frame(reader), IDLE_TIMEOUT)
+                msg = await asyncio.wait_for(read_frame(reader), timeout)
             except FrameError as e:
                 writer.write(encode({"id": None, "error": {"code": "bad_request",
                                                            "message": str(e)}}))
                 break
             if msg is None:
                 break
+            timeout = IDLE_TIMEOUT
             method = msg.get("method")
             if not isinstance(method, str):
                 reply = {"id": msg.get("id"),
                          "error": {"code": "bad_request", "message": "method missing"}}
             else:
-                reply = _reply(msg.get("id"), method, service, caller, msg.get("params", {}),
-                               remote)
+                reply = await asyncio.get_running_loop().run_in_executor(
+                    _workers, _reply, msg.get("id"), method, service, caller,
+                    msg.get("params", {}), remote)
             writer.write(encode(reply))
             await writer.drain()
     except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):

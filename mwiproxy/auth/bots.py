@@ -1,33 +1,48 @@
 """Bots and their join tokens; joining and renewal with the generation counter.
 
-A bot joins once with a one-time token and gets a renewable identity with generation 1.
-Each renewal must present the generation the cluster has on record, which is then bumped
-(compare-and-swap). A mismatch means two holders of one identity — possibly a stolen
-certificate — so the bot is locked and the event audited.
+A bot joins once with a one-time token and gets a renewable identity with generation 1
+and a new lineage (instance id). Each renewal must present the generation the cluster
+has on record, which is then bumped (compare-and-swap) together with the fingerprint of
+the public key the new generation was issued for.
+
+Renewal is idempotent so that a lost reply never locks a bot: the bot persists its next
+key before asking, and when it asks again with the *previous* generation and the *same*
+key (it never saw the answer), it gets an equivalent certificate of the current
+generation. Anything else — an older generation, another lineage, or the previous
+generation with a different key — means two holders of one identity (possibly a stolen
+certificate): the bot is locked and the event audited (Teleport's rule). A join retried
+with the same token and key, while the bot is still at generation 1 and the token has not
+expired, likewise gets its certificate again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from mwiproxy.auth import audit
-from mwiproxy.auth.errors import AccessDenied, AlreadyExists, BadRequest, Locked, NotFound
+from mwiproxy.auth.errors import (
+    AccessDenied,
+    AlreadyExists,
+    BadRequest,
+    Locked,
+    NotFound,
+    checked,
+)
 from mwiproxy.auth.locks import LockService, describe
 from mwiproxy.auth.storage.base import BotRecord, Storage, TokenRecord, TokenUnusable
-from mwiproxy.identity import oids
-from mwiproxy.identity.authorities import AuthoritySet, PublicKey
+from mwiproxy.identity import names, oids
+from mwiproxy.identity.authorities import AuthoritySet, PublicKey, cert_pem, key_fingerprint
 from mwiproxy.identity.certs import Identity
 
 DEFAULT_TOKEN_TTL = 3600.0
-MAX_BOT_TTL = dt.timedelta(hours=24)
-BOT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,59}$")
+MAX_BOT_TTL = dt.timedelta(hours=24)  # the default; cluster.yaml auth.max_certificate_ttl
 
 
 def token_id(secret: str) -> str:
@@ -48,7 +63,9 @@ class BotService:
     def __init__(
         self, storage: Storage, cas: AuthoritySet, locks: LockService,
         audit_log: audit.AuditLog, cluster: str, clock: Callable[[], float] = time.time,
+        max_ttl: Callable[[], dt.timedelta] = lambda: MAX_BOT_TTL,
     ) -> None:
+        self._max_ttl = max_ttl
         self._storage = storage
         self._cas = cas
         self._locks = locks
@@ -59,8 +76,7 @@ class BotService:
     # bots
     def add(self, name: str, roles: list[str], *, token_ttl: float | None = None,
             by: str = "") -> tuple[BotRecord, IssuedToken]:
-        if not BOT_NAME_RE.match(name):
-            raise BadRequest(f"invalid bot name {name!r}: use lowercase letters, digits, . _ -")
+        checked(names.bot_name, name)
         self._require_roles(roles)
         now = self._clock()
         bot = BotRecord(name=name, roles=sorted(set(roles)), generation=0, created=now)
@@ -105,6 +121,7 @@ class BotService:
 
     # tokens
     def add_token(self, bot_name: str, *, ttl: float | None = None, by: str = "") -> IssuedToken:
+        checked(names.bot_name, bot_name)
         self.get(bot_name)
         ttl = DEFAULT_TOKEN_TTL if ttl is None else ttl
         if ttl <= 0:
@@ -122,8 +139,10 @@ class BotService:
 
     def remove_token(self, token_or_id: str, *, by: str = "") -> None:
         key = token_or_id
-        if not re.fullmatch(r"[0-9a-f]{12,64}", key) or len(key) == 32:
-            key = token_id(token_or_id)  # the secret itself was given
+        if len(key) == 32:  # the secret itself was given
+            key = token_id(checked(names.join_token, token_or_id))
+        else:
+            checked(names.token_id, key)
         if self._storage.delete_token(key) == 0:
             raise NotFound("token not found")
         self._audit.emit(audit.TOKEN_DELETE, token_id=key[:12], by=by)
@@ -131,9 +150,13 @@ class BotService:
     # join and renew
     def join(self, secret: str, public_key: PublicKey, ttl: dt.timedelta,
              remote: str = "") -> tuple[Identity, bytes]:
+        tid, fingerprint = token_id(secret), key_fingerprint(public_key)
         try:
-            tok = self._storage.consume_token(token_id(secret), self._clock())
+            tok = self._storage.consume_token(tid, self._clock())
         except TokenUnusable as e:
+            retried = self._join_retry(tid, fingerprint, public_key, ttl, remote)
+            if retried is not None:
+                return retried
             self._audit.emit(audit.BOT_JOIN_FAILED, reason=str(e), remote=remote)
             raise AccessDenied(f"join refused: {e}") from None
         if tok.kind != "bot":
@@ -145,11 +168,28 @@ class BotService:
             raise AccessDenied("join refused: the token's bot no longer exists")
         self._refuse_if_locked(bot, "join")
         # A fresh join starts a new lineage; an older copy that renews later will mismatch.
-        self._storage.set_generation(bot.name, 1, self._clock())
         instance = str(uuid.uuid4())
         ident, pem = self._sign_bot(bot, 1, instance, public_key, ttl)
+        self._storage.set_generation(bot.name, 1, self._clock(), instance_id=instance,
+                                     issued=_issued(1, fingerprint, token=tid))
         self._audit.emit(audit.BOT_JOIN, bot=bot.name, bot_instance_id=instance,
-                         token_id=tok.token_id[:12], remote=remote, generation=1)
+                         token_id=tid[:12], remote=remote, generation=1)
+        return ident, pem
+
+    def _join_retry(self, tid: str, fingerprint: str, public_key: PublicKey,
+                    ttl: dt.timedelta, remote: str) -> tuple[Identity, bytes] | None:
+        """The same join again (its reply was lost): the same token, the same key, the bot
+        still at generation 1 and the token not expired. None when it is not that."""
+        tok = next((t for t in self._storage.list_tokens() if t.token_id == tid), None)
+        if tok is None or tok.kind != "bot" or tok.expires <= self._clock():
+            return None
+        bot = self._storage.get_bot(tok.bot_name)
+        if bot is None or bot.generation != 1 or bot.issued != _issued(1, fingerprint, token=tid):
+            return None
+        self._refuse_if_locked(bot, "join")
+        ident, pem = self._sign_bot(bot, 1, bot.instance_id, public_key, ttl)
+        self._audit.emit(audit.BOT_JOIN, bot=bot.name, bot_instance_id=bot.instance_id,
+                         token_id=tid[:12], remote=remote, generation=1, retry=True)
         return ident, pem
 
     def renew(self, caller: Identity, public_key: PublicKey, ttl: dt.timedelta,
@@ -160,19 +200,34 @@ class BotService:
         if bot is None:
             raise AccessDenied(f"bot {caller.bot_name!r} no longer exists")
         self._refuse_if_locked(bot, "renew")
-        if not self._storage.bump_generation(bot.name, caller.generation, self._clock()):
-            self._on_generation_mismatch(bot.name, caller, remote)
+        fingerprint = key_fingerprint(public_key)
+        if bot.instance_id and caller.bot_instance_id != bot.instance_id:
+            self._on_generation_mismatch(bot.name, caller, remote, "an earlier join")
+        if caller.generation == bot.generation - 1 and (
+                bot.issued.get("generation"), bot.issued.get("key_sha256")) == (
+                bot.generation, fingerprint):
+            # the reply to this very renewal was lost: the same certificate again
+            ident, pem = self._sign_bot(bot, bot.generation, bot.instance_id, public_key, ttl)
+            self._audit.emit(audit.BOT_RENEW, bot=bot.name, generation=bot.generation,
+                             remote=remote, retry=True)
+            return ident, pem
         new_gen = caller.generation + 1
+        if caller.generation != bot.generation or not self._storage.bump_generation(
+                bot.name, caller.generation, self._clock(), _issued(new_gen, fingerprint)):
+            self._on_generation_mismatch(bot.name, caller, remote)
         ident, pem = self._sign_bot(bot, new_gen, caller.bot_instance_id, public_key, ttl)
         self._audit.emit(audit.BOT_RENEW, bot=bot.name, generation=new_gen, remote=remote)
         return ident, pem
 
-    def _on_generation_mismatch(self, name: str, caller: Identity, remote: str) -> None:
+    def _on_generation_mismatch(self, name: str, caller: Identity, remote: str,
+                                lineage: str = "") -> NoReturn:
         stored = self.get(name).generation
-        msg = (f"bot generation mismatch (presented {caller.generation}, expected {stored}): "
-               "possibly a stolen certificate")
+        of = f" of {lineage}" if lineage else ""
+        msg = (f"bot generation mismatch (presented {caller.generation}{of}, expected "
+               f"{stored}): possibly a stolen certificate")
         self._audit.emit(audit.BOT_GENERATION_MISMATCH, bot=name, presented=caller.generation,
-                         expected=stored, remote=remote)
+                         expected=stored, remote=remote,
+                         bot_instance_id=caller.bot_instance_id)
         self._locks.create("bot", name, message=msg, by="mwiproxy")
         raise Locked(f"renewal refused and bot locked: {msg}")
 
@@ -185,9 +240,7 @@ class BotService:
 
     def _sign_bot(self, bot: BotRecord, generation: int, instance: str,
                   public_key: PublicKey, ttl: dt.timedelta) -> tuple[Identity, bytes]:
-        from mwiproxy.identity.authorities import cert_pem
-
-        ttl = min(ttl, MAX_BOT_TTL)
+        ttl = min(ttl, self._max_ttl())  # read per call: SIGHUP may change the ceiling
         ident = Identity(
             user=bot_user(bot.name), roles=(bot_user(bot.name),), usage=(oids.USAGE_BOT,),
             bot_name=bot.name, bot_instance_id=instance, generation=generation,
@@ -198,3 +251,33 @@ class BotService:
                          serial=format(cert.serial_number, "x"),
                          expires=cert.not_valid_after_utc.timestamp())
         return ident, cert_pem(cert)
+
+
+def stale_bot_identity(caller: Identity, bot: BotRecord | None, *, exact: bool) -> str:
+    """Why a bot's certificate — its identity, or a database certificate issued to it —
+    no longer speaks for the bot ("" when it does): the bot was removed, joined again
+    since (another lineage), or (`exact`, for its identity) renewed since. A database
+    certificate is bound to the lineage, not the generation: outputs renew on their own
+    schedule (a database output may renew less often than the identity, or fail a while
+    and keep its last good files), so the bot's generation moves on under certificates
+    that are still in use; theft is judged at renewal, and a lock ends them at once."""
+    if bot is None:
+        return f"bot {caller.bot_name!r} no longer exists"
+    if bot.instance_id and caller.bot_instance_id and caller.bot_instance_id != bot.instance_id:
+        return (f"the certificate is from an earlier join of bot {bot.name!r}; "
+                "the bot has joined again since")
+    if caller.generation and (caller.generation > bot.generation or (
+            exact and caller.generation != bot.generation)):
+        return (f"the certificate is of generation {caller.generation} of bot "
+                f"{bot.name!r}, but the bot is at generation {bot.generation}"
+                + (" (it has renewed since)" if caller.generation < bot.generation else ""))
+    return ""
+
+
+def _issued(generation: int, fingerprint: str, *, token: str | None = None) -> dict[str, Any]:
+    """What the cluster records about the certificate it issued last (see the module doc):
+    a retry must match it exactly."""
+    issued: dict[str, Any] = {"generation": generation, "key_sha256": fingerprint}
+    if token:
+        issued["token"] = token
+    return issued

@@ -3,7 +3,8 @@
 It dials the cluster proxy's single port with TLS, offers the `mwi-auth` ALPN protocol,
 verifies the proxy against the host CA, and presents a client certificate when it has
 one. Before a bot has joined it has no CA to verify with: `fetch_cas_pinned` reads the
-CAs over an unverified connection and accepts them only if the host CA matches a pin.
+CAs over an unverified connection and accepts them only if the host CA matches a pin
+(either host CA while it rotates).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import Any
 from cryptography import x509
 
 from mwiproxy.auth.errors import ERRORS_BY_CODE, AccessDenied, AuthError
-from mwiproxy.identity.authorities import spki_pin
+from mwiproxy.identity.authorities import cert_pem, spki_pin
 from mwiproxy.identity.identityfile import IdentityFile
+from mwiproxy.identity.pem import certificates
 from mwiproxy.identity.tlsctx import client_context
 from mwiproxy.wire import alpn
+from mwiproxy.wire.addr import DEFAULT_AUTH_PORT, HTTPS, LOOPBACK, TCP, parse_address
 from mwiproxy.wire.frames import FrameError, encode, recv_frame
 
 DEFAULT_TIMEOUT = 15.0
@@ -29,28 +32,16 @@ class ClusterUnreachable(AuthError):
     code = "unreachable"
 
 
-def split_addr(addr: str, default_port: int = 3080) -> tuple[str, int]:
-    addr = addr.removeprefix("tcp://").removeprefix("https://")
-    if addr.startswith("["):
-        host, _, rest = addr[1:].partition("]")
-        port = rest.removeprefix(":")
-    else:
-        host, sep, port = addr.rpartition(":")
-        if not sep:
-            host, port = addr, ""
-    try:
-        return host or "127.0.0.1", int(port) if port else default_port
-    except ValueError:
-        raise ValueError(f"invalid address {addr!r}: expected host:port") from None
-
-
 class AuthClient:
     def __init__(
         self, addr: str, *, ca_pems: bytes | None, cert_pem: bytes | None = None,
         key_pem: bytes | None = None, server_name: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self.host, self.port = split_addr(addr)
+        # what a user may type (--auth-server): host alone, :port, https://host
+        cluster = parse_address(addr, schemes=(TCP, HTTPS), default_host=LOOPBACK,
+                                default_port=DEFAULT_AUTH_PORT)
+        self.host, self.port = cluster.host, cluster.port
         self.server_name = server_name or ("localhost" if self.host in ("127.0.0.1", "::1")
                                            else self.host)
         self._ctx = client_context(ca_pems, cert_pem, key_pem, alpn=[alpn.AUTH])
@@ -126,15 +117,30 @@ class AuthClient:
 
 def fetch_cas_pinned(addr: str, pins: list[str], timeout: float = DEFAULT_TIMEOUT
                      ) -> dict[str, str]:
-    """Read the cluster's CA certificates and check the host CA against a pin."""
+    """Read the cluster's CA certificates and check the host CA against a pin.
+
+    During a host CA rotation the cluster names two host CAs; a pin of either is
+    accepted, and only the pinned ones are trusted (an unverified answer could append
+    any CA): the returned "host" holds just those. The join's answer, over the verified
+    connection, then brings the whole bundle."""
     with AuthClient(addr, ca_pems=None, timeout=timeout) as unverified:
         cas = unverified.call("get_cas")
-    host = x509.load_pem_x509_certificate(cas["host"].encode())
-    pin = spki_pin(host)
-    if pin not in pins:
-        raise AuthError(f"the cluster's host CA pin {pin} matches none of the configured "
+    hosts = [x509.load_pem_x509_certificate(pem) for pem in certificates(cas["host"].encode())]
+    pinned = [h for h in hosts if spki_pin(h) in pins]
+    if not pinned:
+        seen = ", ".join(spki_pin(h) for h in hosts) or "none"
+        raise AuthError(f"the cluster's host CA pin {seen} matches none of the configured "
                         "ca_pins: refusing to trust it")
-    # Confirm the server we talked to really holds a certificate from that CA.
-    with AuthClient(addr, ca_pems=cas["host"].encode(), timeout=timeout) as verified:
-        verified.call("ping")
-    return dict(cas)
+    trusted = b"".join(cert_pem(h) for h in pinned)
+    # Confirm the server we talked to really holds a certificate from a pinned CA.
+    try:
+        with AuthClient(addr, ca_pems=trusted, timeout=timeout) as verified:
+            verified.call("ping")
+    except (AuthError, OSError) as e:
+        others = [spki_pin(h) for h in hosts if h not in pinned]
+        if not others:
+            raise
+        raise AuthError(f"the cluster is rotating its host CA and serves a certificate from "
+                        f"the CA pinned {', '.join(others)}, which is not among ca_pins: add "
+                        f"that pin (`mwictl status` lists both) [{e}]") from None
+    return {**cas, "host": trusted.decode()}

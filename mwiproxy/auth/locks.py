@@ -7,7 +7,9 @@ import uuid
 from collections.abc import Callable, Iterable
 
 from mwiproxy.auth import audit
+from mwiproxy.auth.errors import BadRequest, checked
 from mwiproxy.auth.storage.base import LockRecord, Storage
+from mwiproxy.identity import names
 
 LOCK_TARGETS = ("bot", "role", "user")
 LockListener = Callable[[LockRecord], None]
@@ -32,9 +34,9 @@ class LockService:
         ttl: float | None = None, by: str = "",
     ) -> LockRecord:
         if target_kind not in LOCK_TARGETS:
-            raise ValueError(f"lock target must be one of {', '.join(LOCK_TARGETS)}")
-        if not target:
-            raise ValueError("lock target name is empty")
+            raise BadRequest(f"lock target must be one of {', '.join(LOCK_TARGETS)}")
+        # a lock on `example\n` would not stop `example` (nor be told apart from it)
+        checked(names.lock_target, target_kind, target)
         now = self._clock()
         lock = LockRecord(
             lock_id=str(uuid.uuid4()), target_kind=target_kind, target=target,

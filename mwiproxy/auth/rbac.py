@@ -12,8 +12,11 @@ Decisions this module makes, where Teleport's rules leave room:
 * A label key ``*`` with a value other than ``*`` is read literally, as Teleport does:
   it needs a label named ``*``, which databases do not have, so it never matches.
   ``roles.py`` refuses such selectors when a role is loaded.
-* ``^…$`` label values are regexes searched as written (their anchors make them full
-  matches), like Teleport's ``MatchString``; other values are globs where ``*`` is ``.*``.
+* ``^…$`` label values are regexes searched as written, like Teleport's ``MatchString``,
+  with RE2 (Go's syntax, linear time; roles.py compile_label_regex): ``$`` is the end of
+  the text, so ``^dev$`` does not match ``"dev\\n"``. ``^a|b$`` searches as Go would (it
+  matches ``a-x``): reading it as a full match instead would make a deny rule deny less
+  than Teleport's. Other values are globs where ``*`` is ``.*``, matched whole.
 * Rules with a ``where`` clause cannot be evaluated here: an allow rule with one grants
   nothing, a deny rule with one denies (the safe reading of both).
 """
@@ -21,11 +24,20 @@ Decisions this module makes, where Teleport's rules leave room:
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from mwiproxy.auth.roles import Role, RoleConditions, Rule, parse_trait_template
+import re2  # type: ignore[import-untyped]
+
+from mwiproxy.auth.roles import (
+    Role,
+    RoleConditions,
+    Rule,
+    compile_label_regex,
+    is_label_regex,
+    parse_trait_template,
+)
 
 __all__ = [
     "AccessDecision",
@@ -82,18 +94,20 @@ def _value_matches(pattern: str, value: str) -> bool:
     if pattern == WILDCARD:
         return True
     compiled = _compile(pattern)
-    return compiled is not None and compiled.search(value) is not None
+    # bytes, as compiled: a lone surrogate in a value must not raise mid-decision
+    text = value.encode("utf-8", "surrogatepass")
+    return compiled is not None and compiled.search(text) is not None
 
 
 @functools.lru_cache(maxsize=1024)
-def _compile(pattern: str) -> re.Pattern[str] | None:
-    if pattern.startswith("^") and pattern.endswith("$"):
-        try:
-            return re.compile(pattern)
-        except re.error:
-            return None  # roles are checked on load; a bad stored one just never matches
-    glob = ".*".join(re.escape(part) for part in pattern.split(WILDCARD))
-    return re.compile(f"^{glob}$")
+def _compile(pattern: str) -> Any:
+    """The RE2 program for a label pattern, compiled once per pattern."""
+    if not is_label_regex(pattern):
+        pattern = "(?s)^" + ".*".join(re2.escape(p) for p in pattern.split(WILDCARD)) + r"\z"
+    try:
+        return compile_label_regex(pattern)
+    except ValueError:
+        return None  # roles are checked on load; a bad stored one just never matches
 
 
 # --------------------------------------------------------------------------- traits

@@ -13,10 +13,19 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
+import re2  # type: ignore[import-untyped]
 import yaml
 
 from mwiproxy.config.durations import format_duration
-from mwiproxy.config.loader import ConfigError, decode, load_yaml_documents, locate_line
+from mwiproxy.config.loader import (
+    MAX_YAML_BYTES,
+    ConfigError,
+    Node,
+    decode,
+    load_yaml_documents,
+    locate_line,
+)
+from mwiproxy.identity import names
 
 __all__ = [
     "DEFAULT_MAX_SESSION_TTL",
@@ -25,6 +34,8 @@ __all__ = [
     "RoleConditions",
     "RoleOptions",
     "Rule",
+    "compile_label_regex",
+    "is_label_regex",
     "parse_roles",
     "parse_trait_template",
 ]
@@ -34,13 +45,40 @@ DEFAULT_MAX_SESSION_TTL = timedelta(hours=30)
 
 LabelSelector = dict[str, str | list[str]]
 
-_ROLE_NAME = re.compile(r"^[a-zA-Z0-9._@-]+$")
 _TEMPLATE = re.compile(
     r"""^\{\{\s*(?P<ns>internal|external)
         (?:\.(?P<dotted>[A-Za-z0-9_-]+)|\["(?P<quoted>[^"]+)"\])
         \s*\}\}$""",
     re.VERBOSE,
 )
+
+
+def is_label_regex(pattern: str) -> bool:
+    """Teleport reads a label value written ``^…$`` as a regex, anything else as a glob."""
+    return pattern.startswith("^") and pattern.endswith("$")
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is reported to its author, not on stderr
+_RE2_OPTIONS.never_capture = True  # only "does it match" is ever asked
+
+
+def compile_label_regex(pattern: str) -> Any:
+    """``pattern`` compiled by RE2, the syntax of Go's regexp that Teleport's roles use.
+
+    RE2 matches in time linear in the text, so neither a role author nor a label value
+    (agents send theirs) can make matching explode the way backtracking ``re`` does with
+    ``^(a+)+$``. Patterns are compiled as UTF-8 bytes and matched against bytes, so a
+    value holding a lone surrogate (JSON allows one) cannot raise. Raises ValueError
+    saying why RE2 refuses a pattern (backreferences, lookaround, ...).
+    """
+    try:
+        return re2.compile(pattern.encode("utf-8", "surrogatepass"), _RE2_OPTIONS)
+    except re2.error as err:
+        reason = err.args[0] if err.args else err
+        reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason
+        raise ValueError(f"{reason} (label regexes use RE2 syntax, as Teleport's do: no "
+                         "backreferences or lookaround)") from None
 
 
 def parse_trait_template(value: str) -> str | None:
@@ -51,7 +89,7 @@ def parse_trait_template(value: str) -> str | None:
     """
     if "{{" not in value and "}}" not in value:
         return None
-    match = _TEMPLATE.match(value)
+    match = _TEMPLATE.fullmatch(value)
     if match is None:
         raise ValueError(
             f"malformed trait template {value!r}: expected {{{{internal.<trait>}}}} or "
@@ -87,11 +125,11 @@ class RoleConditions:
     def validate(self) -> None:
         for name in ("db_labels", "node_labels", "app_labels"):
             _check_selector(getattr(self, name), name)
-        for name in ("db_names", "db_users"):
+        for name, check in (("db_names", names.db_name), ("db_users", names.db_user)):
             for i, value in enumerate(getattr(self, name)):
                 try:
-                    parse_trait_template(value)
-                except ValueError as err:
+                    parse_trait_template(check(value))
+                except ValueError as err:  # InvalidName is one
                     raise ConfigError(key=f"{name}[{i}]", message=str(err)) from None
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +148,10 @@ class RoleConditions:
 
 def _check_selector(selector: LabelSelector, name: str) -> None:
     for label, value in selector.items():
+        try:
+            names.label_key(label)  # the key only: values are globs or ^regex$
+        except names.InvalidName as err:
+            raise ConfigError(key=name, message=str(err)) from None
         values = [value] if isinstance(value, str) else value
         if label == "*" and values != ["*"]:
             # Teleport refuses this too: a wildcard key only makes sense as '*': '*'.
@@ -124,10 +166,10 @@ def _check_selector(selector: LabelSelector, name: str) -> None:
 def _check_label_value(pattern: str, key: str) -> None:
     if "{{" in pattern:
         raise ConfigError(key=key, message="trait templates in labels are not supported")
-    if pattern.startswith("^") and pattern.endswith("$"):
+    if is_label_regex(pattern):
         try:
-            re.compile(pattern)
-        except re.error as err:
+            compile_label_regex(pattern)
+        except ValueError as err:
             message = f"invalid regular expression {pattern!r}: {err}"
             raise ConfigError(key=key, message=message) from None
 
@@ -157,11 +199,10 @@ class _Metadata:
     labels: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if not _ROLE_NAME.match(self.name):
-            raise ConfigError(
-                key="name",
-                message=f"invalid role name {self.name!r}: use letters, digits, '.', '_', '@', '-'",
-            )
+        try:
+            names.role_name(self.name)
+        except names.InvalidName as err:
+            raise ConfigError(key="name", message=str(err)) from None
 
 
 @dataclass
@@ -219,18 +260,24 @@ class Role:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<stored>") -> Role:
         # Going through YAML reuses every check; errors then point into the dumped text.
-        roles = parse_roles(yaml.safe_dump(d, sort_keys=False), source)
+        # A stored role passed the size limit when it was created; dumped, its lists may
+        # be longer than the text it came from, and it must still load.
+        roles = parse_roles(yaml.safe_dump(d, sort_keys=False), source, max_bytes=None)
         if len(roles) != 1:
             raise ConfigError("expected exactly one role", file=source)
         return roles[0]
 
 
-def parse_roles(text: str, filename: str) -> list[Role]:
+def parse_roles(text: str, filename: str, *,
+                max_bytes: int | None = MAX_YAML_BYTES) -> list[Role]:
     """Every document of a role file; each must be ``kind: role`` with a unique name."""
     roles: list[Role] = []
     first_line: dict[str, int] = {}
-    for doc in load_yaml_documents(text, filename):
-        role = _to_role(decode(doc, _RoleDocument, filename))
+    for doc in load_yaml_documents(text, filename, max_bytes=max_bytes):
+        try:
+            role = _to_role(decode(doc, _RoleDocument, filename))
+        except ConfigError as err:
+            raise _naming_role(err, doc) from None
         if role.name in first_line:
             raise ConfigError(
                 f"duplicate role {role.name!r} (first defined on line {first_line[role.name]})",
@@ -243,6 +290,27 @@ def parse_roles(text: str, filename: str) -> list[Role]:
     if not roles:
         raise ConfigError("no role found in the file", file=filename)
     return roles
+
+
+def _naming_role(err: ConfigError, doc: Node) -> ConfigError:
+    """The error, saying which role it is in: a file may hold many, and an error raised
+    over the API is read far from the file."""
+    name = _scalar_at(doc, "metadata", "name")
+    if not name or err.key.startswith("metadata.name"):
+        return err
+    return ConfigError(f'{err.message} (role "{name}")', file=err.file, line=err.line,
+                       key=err.key)
+
+
+def _scalar_at(node: Node, *path: str) -> str:
+    for step in path:
+        if not isinstance(node, yaml.MappingNode):
+            return ""
+        found = [v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == step]
+        if not found:
+            return ""
+        node = found[0]
+    return str(node.value) if isinstance(node, yaml.ScalarNode) else ""
 
 
 def _to_role(doc: _RoleDocument) -> Role:

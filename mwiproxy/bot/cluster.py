@@ -12,17 +12,20 @@ the host CA it stored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 from mwiproxy.auth.client import AuthClient, ClusterUnreachable, fetch_cas_pinned
-from mwiproxy.auth.errors import AuthError
-from mwiproxy.bot.credentials import Credentials, generate_key
-from mwiproxy.bot.state import BotIdentity, token_hash
+from mwiproxy.auth.errors import AccessDenied, AuthError
+from mwiproxy.bot.credentials import Credentials, generate_key, public_key_pem
+from mwiproxy.bot.state import BotIdentity, StorageUnavailable, token_hash
 from mwiproxy.config.bot import BotConfig
 from mwiproxy.config.durations import format_duration
 from mwiproxy.identity.pem import certificates
+from mwiproxy.wire.frames import FrameError
 
 log = logging.getLogger("mwiproxy.bot")
 
@@ -50,28 +53,35 @@ def credentials_from(key_pem: bytes, reply: dict[str, Any]) -> Credentials:
 
 
 class ClusterClient:
-    def __init__(self, addr: str, timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(self, addr: str, timeout: float | None = None) -> None:
         self.addr = addr
-        self.timeout = timeout
+        self.timeout = CALL_TIMEOUT if timeout is None else timeout
 
-    def join(self, config: BotConfig, ttl: timedelta) -> BotIdentity:
-        """Join with the onboarding token (one use only) after checking the cluster."""
+    def join(self, config: BotConfig, ttl: timedelta, key_pem: bytes) -> BotIdentity:
+        """Join with the onboarding token after checking the cluster, for `key_pem`.
+
+        The token works once; a retry whose first reply was lost must bring the same key
+        (the cluster then answers with an equivalent certificate).
+        """
         token = config.onboarding.resolve_token()
         if not token:
             raise OnboardingError("no onboarding token: set onboarding.token (or --token)")
         host_ca = self._trusted_host_ca(config)
-        key, public = generate_key()
         with AuthClient(self.addr, ca_pems=host_ca, timeout=self.timeout) as client:
-            reply = client.call("join", token=token, public_key=public.decode(),
+            reply = client.call("join", token=token, public_key=public_key_pem(key_pem).decode(),
                                 ttl=format_duration(ttl))
-        return BotIdentity(credentials_from(key, reply), token_hash(token))
+        return _issued(BotIdentity(credentials_from(key_pem, reply), token_hash(token)))
 
-    def renew(self, ident: BotIdentity, ttl: timedelta) -> BotIdentity:
-        """A new bot certificate (generation + 1) for a new key."""
-        key, public = generate_key()
-        with self._as_bot(ident) as client:
-            reply = client.call("renew", public_key=public.decode(), ttl=format_duration(ttl))
-        return BotIdentity(credentials_from(key, reply), ident.token_sha256)
+    def renew(self, ident: BotIdentity, ttl: timedelta, key_pem: bytes) -> BotIdentity:
+        """The next bot certificate (generation + 1) for `key_pem`.
+
+        Asked again with the same identity and key after a lost reply, the cluster returns
+        an equivalent certificate; a different key from an old generation locks the bot.
+        """
+        with self._as_bot(ident) as client, _lost_answers_are_transient(self.addr):
+            reply = client.call("renew", public_key=public_key_pem(key_pem).decode(),
+                                ttl=format_duration(ttl))
+        return _issued(BotIdentity(credentials_from(key_pem, reply), ident.token_sha256))
 
     def issue_database(
         self, ident: BotIdentity, *, service: str, database: str, username: str,
@@ -108,6 +118,30 @@ class ClusterClient:
             "printed by `mwictl status`), onboarding.ca_path, or insecure: true")
 
 
+@contextlib.contextmanager
+def _lost_answers_are_transient(addr: str) -> Iterator[None]:
+    """AuthClient reads a first answer that never came as a refused certificate (how TLS
+    1.3 shows one). A refusal comes as a TLS alert; a timeout, a reset or a cut-off frame
+    is a lossy path instead: the renewal may have been committed, and asking again with
+    the same key is what gets its certificate back, so it is retried like any outage."""
+    try:
+        yield
+    except AccessDenied as e:
+        lost = e.__context__
+        if isinstance(lost, TimeoutError | ConnectionError | FrameError):
+            raise ClusterUnreachable(
+                f"lost the answer from the cluster at {addr} ({lost or type(lost).__name__})"
+            ) from None
+        raise
+
+
+def _issued(ident: BotIdentity) -> BotIdentity:
+    """Refuse a certificate that is not for our key (it would fail every later handshake)."""
+    if not ident.creds.key_matches_certificate():
+        raise AuthError("the cluster returned a bot certificate for another key")
+    return ident
+
+
 def _read_ca_file(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -122,5 +156,5 @@ def _read_ca_file(path: str) -> bytes:
 
 def is_transient(error: BaseException) -> bool:
     """Errors worth retrying soon (the cluster may come back); others need a person."""
-    return isinstance(error, ClusterUnreachable | OSError) or (
+    return isinstance(error, ClusterUnreachable | OSError | StorageUnavailable) or (
         isinstance(error, AuthError) and error.code in ("error", "internal"))

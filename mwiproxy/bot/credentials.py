@@ -60,6 +60,14 @@ def generate_key() -> tuple[bytes, bytes]:
     return private_pem, public_pem
 
 
+def public_key_pem(private_pem: bytes) -> bytes:
+    """The SubjectPublicKeyInfo PEM of a stored private key (a retry asks with the same key)."""
+    key = serialization.load_pem_private_key(private_pem, password=None)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def _spki(public_key: object) -> bytes:
     return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -31,7 +31,7 @@ Guarantees a reader gets:
    *newer* `tlscert`, never the reverse nor a mix of two switches in between. No
    layout of independent names can do better for two independent open() calls.
 3. **Consistent reads for cooperating readers.** A reader that pins a version first -
-   `read_bundle()` below, or by hand: `v = readlink(".bundles/current")`, then open
+   `identity/bundle.py`'s `read_bundle()`, or by hand: `v = readlink(".bundles/current")`, then open
    `.bundles/<v>/key` and `.bundles/<v>/tlscert` - always gets a matching pair: a
    version's files never change, and the previous version stays on disk until the next
    write, so a reader has one full renewal interval to finish; if it is slower, it gets
@@ -70,7 +70,12 @@ import shutil
 import stat
 from collections.abc import Iterator, Mapping
 
-from mwiproxy.bot.outputs import WRITE_TEST
+from mwiproxy.identity.bundle import (
+    BUNDLES_DIR,
+    CURRENT_LINK,
+    WRITE_TEST,
+    BundleError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +84,6 @@ SYMLINKS_TRY_SECURE = "try-secure"
 SYMLINKS_INSECURE = "insecure"
 SYMLINK_POLICIES = (SYMLINKS_SECURE, SYMLINKS_TRY_SECURE, SYMLINKS_INSECURE)
 
-BUNDLES_DIR = ".bundles"
-CURRENT_LINK = "current"
 LOCK_FILE = ".lock"
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -92,7 +95,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-class DestinationError(Exception):
+class DestinationError(BundleError):
     """A destination cannot be written; the message says why, for the operator."""
 
 
@@ -119,6 +122,10 @@ class DirectoryDestination:
             _write_probe(root)
             return _publish(root, bundles, files, names)
 
+    def open_root(self) -> int:
+        """A directory fd on the destination (made 0700 when missing), per `symlinks`."""
+        return self._open_root()
+
     def current_version(self) -> int | None:
         try:
             return int(os.readlink(os.path.join(self.path, BUNDLES_DIR, CURRENT_LINK)))
@@ -137,21 +144,6 @@ class DirectoryDestination:
             )
         log.warning("%s: cannot refuse symlinks on this platform; writing insecurely", self.path)
         return _open_following(self.path)
-
-
-def read_bundle(path: str, names: list[str], attempts: int = 50) -> tuple[int, dict[str, bytes]]:
-    """Read `names` from one version of the destination at `path`: (version, contents).
-
-    The consistent-read protocol of guarantee 3; retries when a slow read races pruning.
-    """
-    bundles = os.path.join(path, BUNDLES_DIR)
-    for _ in range(attempts):
-        version = os.readlink(os.path.join(bundles, CURRENT_LINK))
-        try:
-            return int(version), {n: _read(os.path.join(bundles, version, n)) for n in names}
-        except FileNotFoundError:
-            continue
-    raise DestinationError(f"{path}: no consistent version after {attempts} attempts")
 
 
 # --- publishing a version -------------------------------------------------------------
@@ -177,11 +169,11 @@ def _write_version(
     bundles: int, version: int, files: Mapping[str, bytes], names: list[str]
 ) -> None:
     tmp = f"{_TMP_PREFIX}{version}-{secrets.token_hex(4)}"
-    with contextlib.ExitStack() as stack:
+    with _removed_on_error(bundles, tmp), contextlib.ExitStack() as stack:
         top = _closing(stack, _ensure_dir(bundles, tmp))
         for name in names:
             with _parent_of(top, name) as parent:
-                _write_file(parent, _leaf(name), files[name])
+                write_new_file(parent, _leaf(name), files[name])
                 os.fsync(parent)
         os.fsync(top)
     os.rename(tmp, str(version), src_dir_fd=bundles, dst_dir_fd=bundles)
@@ -272,6 +264,18 @@ def _prune(bundles: int, keep: set[int | None]) -> None:
     for entry in os.listdir(bundles):
         if entry not in kept:
             _remove(bundles, entry)
+
+
+@contextlib.contextmanager
+def _removed_on_error(dir_fd: int, name: str) -> Iterator[None]:
+    """A version half written when a write fails (a full disk) is removed at once: each
+    retry would otherwise leave one more behind, on the disk that has no room."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _remove(dir_fd, name)
+        raise
 
 
 def _remove(dir_fd: int, name: str) -> None:
@@ -384,7 +388,8 @@ def _chmod_dir(fd: int, label: str) -> None:
         log.warning("%s: cannot set mode 0700 (not the owner)", label)
 
 
-def _write_file(dir_fd: int, name: str, data: bytes) -> None:
+def write_new_file(dir_fd: int, name: str, data: bytes) -> None:
+    """Create `name` (0600, must not exist, no symlink followed) with `data`, fsync'd."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _NOFOLLOW
     fd = os.open(name, flags, FILE_MODE, dir_fd=dir_fd)
     try:
@@ -458,8 +463,3 @@ def _is_link(dir_fd: int, name: str) -> bool:
         return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     except OSError:
         return False
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()

@@ -1,8 +1,7 @@
 """Render credentials into the files a bot output writes (Teleport tbot's names).
 
-The file names below are public API: users point their clients at them, so they are
-the names tbot writes (teleport-facts.md §2), defined once here for the bot, the local
-proxy and the tests.
+The file names are public API, defined once in `identity/bundle.py` (the bundle
+contract the bot, the local proxy and the tests share); this module only renders them.
 
 Not written: `key.pub` and `key-cert.pub` (the SSH half of tbot's identity). mwiproxy
 gives database access only and issues no SSH certificates.
@@ -22,25 +21,23 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mwiproxy.bot.credentials import Credentials
+from mwiproxy.identity.bundle import (
+    COCKROACH_CA,
+    COCKROACH_CERT,
+    COCKROACH_KEY,
+    DATABASE_CA,
+    HOST_CA,
+    IDENTITY,
+    KEY,
+    MONGO_CAS,
+    MONGO_CERT,
+    TLS_CERT,
+    TLS_FORMAT_CAS,
+    TLS_FORMAT_CERT,
+    TLS_FORMAT_KEY,
+    USER_CA,
+)
 from mwiproxy.identity.identityfile import IdentityFile
-
-KEY = "key"
-TLS_CERT = "tlscert"
-HOST_CA = "teleport-host-ca.crt"
-USER_CA = "teleport-user-ca.crt"
-DATABASE_CA = "teleport-database-ca.crt"
-IDENTITY = "identity"
-WRITE_TEST = ".write-test"
-
-TLS_FORMAT_CERT = "tls.crt"
-TLS_FORMAT_KEY = "tls.key"
-TLS_FORMAT_CAS = "tls.cas"
-MONGO_CERT = "mongo.crt"
-MONGO_CAS = "mongo.cas"
-COCKROACH_DIR = "cockroach"
-COCKROACH_CERT = f"{COCKROACH_DIR}/node.crt"
-COCKROACH_KEY = f"{COCKROACH_DIR}/node.key"
-COCKROACH_CA = f"{COCKROACH_DIR}/ca.crt"
 
 FORMAT_DEFAULT = ""
 FORMAT_TLS = "tls"

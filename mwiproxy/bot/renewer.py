@@ -8,8 +8,18 @@
 - A failure (cluster unreachable, destination unwritable, access denied) leaves the
   last good files in place, marks the service unhealthy with the reason, and retries
   with exponential backoff capped at the interval.
+- A bot renewal whose reply is lost, or whose result `storage` refuses, is retried the
+  same way with the stored next key (bot/keeper.py); a storage failure is logged at
+  ERROR and names the path and errno on /readyz.
 - A lock, or an expired identity, stops everything (`BotStopped`): every service turns
   unhealthy with the reason and nothing is retried until the operator acts.
+
+Health (metrics/diag.py): each service's readiness follows the credentials it serves, so it
+is ready as soon as they are written (or found valid on disk, or loaded from storage)
+and until they expire - a failing renewal only marks it unhealthy (`degraded` overall).
+A reload builds a new Renewer on the same registry and keeps what is known: statuses
+carry over, and what each output serves is read again from its files (a tunnel kept
+across the reload: from its credentials holder, which the daemon's TunnelSet keeps).
 
 Blocking work (cluster calls, file writes, reload actions) runs in worker threads so the
 event loop - and the diagnostics server on it - stays responsive.
@@ -20,23 +30,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
+
+from cryptography import x509
 
 from mwiproxy.auth.errors import AuthError
 from mwiproxy.bot.actions import ActionError, run_reload
 from mwiproxy.bot.cluster import is_transient
 from mwiproxy.bot.credentials import Credentials
 from mwiproxy.bot.destinations import DestinationError, DirectoryDestination
-from mwiproxy.bot.diag import HEALTHY, INITIALIZING, UNHEALTHY, HealthRegistry
 from mwiproxy.bot.keeper import BotStopped, IdentityKeeper, stamp
-from mwiproxy.bot.outputs import render_database_output, render_identity_output
+from mwiproxy.bot.outputs import TLS_CERT, render_database_output, render_identity_output
 from mwiproxy.bot.schedule import Backoff, next_renewal
-from mwiproxy.bot.state import BotIdentity
-from mwiproxy.bot.tunnels import CredentialsHolder, TunnelContext, TunnelRunner, tunnel_runner
+from mwiproxy.bot.state import BotIdentity, StorageUnavailable
+from mwiproxy.bot.tunnels import CredentialsHolder, TunnelSet
 from mwiproxy.config.bot import (
     BotConfig,
     DatabaseService,
@@ -45,6 +58,7 @@ from mwiproxy.config.bot import (
     ServiceConfig,
 )
 from mwiproxy.config.durations import format_duration
+from mwiproxy.metrics.diag import HEALTHY, INITIALIZING, UNHEALTHY, HealthRegistry
 from mwiproxy.metrics.names import (
     RESULT_FAILURE,
     RESULT_SUCCESS,
@@ -88,14 +102,15 @@ class Output:
         return f"{s.type} {where}" + (f" as {s.username}" if s.username else "")
 
 
-def build_outputs(config: BotConfig) -> list[Output]:
+def build_outputs(config: BotConfig, holders: dict[str, CredentialsHolder]) -> list[Output]:
+    """The outputs of `config`; a tunnel's credentials go to its holder in `holders`."""
     outputs = []
     for s in config.services:
         ttl = s.credential_ttl or config.credential_ttl
         interval = s.renewal_interval or config.renewal_interval
         out = Output(s, ttl, interval)
         if isinstance(s, DatabaseTunnelService):
-            out.holder = CredentialsHolder(s.name)
+            out.holder = holders[s.name]
         else:
             out.destination = DirectoryDestination(s.directory.path, s.directory.symlinks)
         outputs.append(out)
@@ -105,16 +120,35 @@ def build_outputs(config: BotConfig) -> list[Output]:
 class Renewer:
     def __init__(self, config: BotConfig, keeper: IdentityKeeper, *,
                  health: HealthRegistry | None = None,
-                 metrics: BotMetricsSink | None = None) -> None:
+                 metrics: BotMetricsSink | None = None,
+                 tunnel_set: TunnelSet | None = None) -> None:
         self.config = config
         self.keeper = keeper
         self.health = health or HealthRegistry()
         self.metrics: BotMetricsSink = metrics or NoopBotMetrics()
-        self.outputs = build_outputs(config)
+        # the running database-tunnels, owned by the daemon and already configured for
+        # `config` (TunnelSet.apply); without one, tunnels only get credentials
+        if tunnel_set is None:
+            tunnel_set = TunnelSet(None, self.health)
+            tunnel_set.configure(config)
+        self.tunnel_set = tunnel_set
+        self.tunnels = tunnel_set.holders
+        self.outputs = build_outputs(config, self.tunnels)
         self._oneshot = False
-        self.tunnels = {o.name: o.holder for o in self.outputs if o.holder is not None}
-        for name in [BOT_IDENTITY, *(o.name for o in self.outputs)]:
-            self.health.set(name, INITIALIZING)
+        self._gate = _IdentityGate()
+        self._announce()
+
+    def _announce(self) -> None:
+        """What each service serves right now; statuses a reload finds are kept."""
+        current = self.keeper.current
+        served = [(BOT_IDENTITY, current.not_after if current else None),
+                  *((o.name, _served_now(o)) for o in self.outputs)]
+        for name, until in served:
+            if self.health.get(name) is None:
+                self.health.set(name, INITIALIZING)
+            if not self.tunnel_set.running(name):  # a kept listener tells its own
+                self.health.block(name, "")  # a reload after a stop starts afresh
+            self.health.serving(name, until)
 
     # --- oneshot ------------------------------------------------------------------------
 
@@ -134,46 +168,42 @@ class Renewer:
     # --- daemon -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Renew until cancelled; raises BotStopped when renewing cannot go on."""
-        runners: list[asyncio.Task[None]] = []
+        """Renew until cancelled; raises BotStopped when renewing cannot go on.
+
+        Cancelled (a reload, the shutdown), it leaves the tunnels to their owner; when
+        renewal stops for good, it stops them too (nobody would renew their credentials)."""
         try:
             await self._establish()
-            runners = self._start_tunnel_runners()
+            self.tunnel_set.start()
             loops = [self._bot_loop()] + [self._output_loop(o) for o in self._issued_outputs()]
             await _supervise(loops)
         except BotStopped as e:
             self._stop_all(str(e))
+            await self.tunnel_set.stop_all()
             raise
-        finally:
-            for task in runners:
-                task.cancel()
-            await asyncio.gather(*runners, return_exceptions=True)
-
-    def _start_tunnel_runners(self) -> list[asyncio.Task[None]]:
-        runner = tunnel_runner()
-        if runner is None:
-            return []
-        tasks = []
-        for out in self.outputs:
-            if out.holder is not None:
-                assert isinstance(out.service, DatabaseTunnelService)
-                ctx = TunnelContext(self.config, out.service, out.holder, self.health)
-                tasks.append(asyncio.ensure_future(_run_tunnel(runner, ctx)))
-        return tasks
+        except Exception:
+            await self.tunnel_set.stop_all()
+            raise
 
     async def _establish(self) -> BotIdentity:
         backoff = Backoff(self.config.renewal_interval)
         while True:
+            before = self.keeper.renewed_at
             try:
-                return await asyncio.to_thread(self.keeper.ensure)
+                ident = await asyncio.to_thread(self.keeper.ensure)
             except Exception as e:
                 if not is_transient(e):
                     raise
                 delay = backoff.next()
                 self.health.set(BOT_IDENTITY, UNHEALTHY, _reason(e))
-                log.warning("cannot join or load the bot identity (%s); retrying in %s",
-                            _reason(e), _human(delay))
+                log.log(_level(e), "cannot join or load the bot identity (%s); retrying in %s",
+                        _reason(e), _human(delay))
                 await asyncio.sleep(delay.total_seconds())
+                continue
+            self.health.serving(BOT_IDENTITY, ident.not_after)
+            if self.keeper.renewed_at != before:  # joined just now: as good as a renewal
+                self.health.set(BOT_IDENTITY, HEALTHY)
+            return ident
 
     async def _bot_loop(self) -> None:
         backoff = Backoff(self.config.renewal_interval)
@@ -215,8 +245,12 @@ class Renewer:
     # --- one renewal --------------------------------------------------------------------
 
     async def _renew_bot(self) -> BotIdentity:
-        ident = await self._timed(BOT_IDENTITY, "bot", lambda: asyncio.to_thread(
-            self.keeper.renew))
+        async def renew() -> BotIdentity:
+            async with self._gate.renewing():
+                return await asyncio.to_thread(self.keeper.renew)
+
+        ident = await self._timed(BOT_IDENTITY, "bot", renew)
+        self.health.serving(BOT_IDENTITY, ident.not_after)
         self.health.set(BOT_IDENTITY, HEALTHY)
         self.metrics.output_renewed(BOT_IDENTITY, ident.not_after)
         log.info("renewed the bot identity (bot %s): expires %s (in %s), generation %d",
@@ -241,15 +275,17 @@ class Renewer:
     async def _renew_output(self, out: Output) -> Credentials:
         s = out.service
         assert isinstance(s, DatabaseService | DatabaseTunnelService)
-        ident = self.keeper.current
-        assert ident is not None
+        async def issue() -> tuple[BotIdentity, Credentials]:
+            # never with an identity being replaced: the cluster would refuse it as of
+            # an older generation (a false renewal failure, and an alert)
+            async with self._gate.using():
+                ident = self.keeper.current
+                assert ident is not None
+                return ident, await asyncio.to_thread(
+                    self.keeper.client.issue_database, ident, service=s.service,
+                    database=s.database, username=s.username, ttl=out.ttl)
 
-        def issue() -> Credentials:
-            return self.keeper.client.issue_database(
-                ident, service=s.service, database=s.database, username=s.username,
-                ttl=out.ttl)
-
-        creds = await self._timed(out.name, out.kind, lambda: asyncio.to_thread(issue))
+        ident, creds = await self._timed(out.name, out.kind, issue)
         await self._publish(out, creds, ident.generation)
         return creds
 
@@ -261,7 +297,13 @@ class Renewer:
             files = (render_database_output(creds, out.service.format)
                      if isinstance(out.service, DatabaseService)
                      else render_identity_output(creds))
-            await asyncio.to_thread(out.destination.write_bundle, files)
+            try:
+                await asyncio.to_thread(out.destination.write_bundle, files)
+            except OSError as e:  # a full disk, say: /readyz and the log name the place
+                raise DestinationError(f"cannot write the files of output {out.name} to "
+                                       f"{out.destination.path} (errno {e.errno}, "
+                                       f"{e.strerror})") from e
+        self.health.serving(out.name, creds.not_after)
         self.health.set(out.name, HEALTHY)
         self.metrics.output_renewed(out.name, creds.not_after)
         target = out.destination.path if out.destination else "memory"
@@ -297,8 +339,8 @@ class Renewer:
         reason = _reason(error)
         self.health.set(name, UNHEALTHY, reason)
         when = f"retrying in {_human(retry)}" if retry is not None else "will retry"
-        log.warning("%s %s: renewal failed: %s; %s (the last good credentials stay in place)",
-                    kind, name, reason, when)
+        log.log(_level(error), "%s %s: renewal failed: %s; %s (the last good credentials "
+                "stay in place)", kind, name, reason, when)
         if not isinstance(error, AuthError | OSError | DestinationError | ValueError):
             log.debug("%s %s: unexpected error", kind, name, exc_info=error)
 
@@ -306,6 +348,7 @@ class Renewer:
         log.error("renewal stopped: %s", reason)
         for name in [BOT_IDENTITY, *(o.name for o in self.outputs)]:
             self.health.set(name, UNHEALTHY, reason)
+            self.health.block(name, reason)  # a locked bot's certificates are refused
 
     def _issued_outputs(self) -> list[Output]:
         return [o for o in self.outputs if not isinstance(o.service, IdentityService)]
@@ -324,14 +367,39 @@ async def _supervise(loops: Sequence[Awaitable[None]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _run_tunnel(runner: TunnelRunner, ctx: TunnelContext) -> None:
-    try:
-        await runner(ctx)
-    except asyncio.CancelledError:
-        raise
-    except Exception as e:
-        log.exception("database-tunnel %s: the local proxy failed", ctx.service.name)
-        ctx.health.set(ctx.service.name, UNHEALTHY, f"local proxy failed: {e}")
+class _IdentityGate:
+    """Outputs are issued with the bot identity while no renewal replaces it: a renewal
+    waits for the issues in flight and holds new ones back until it is done."""
+
+    def __init__(self) -> None:
+        self._users = 0
+        self._renewing = False
+        self._cond = asyncio.Condition()
+
+    @asynccontextmanager
+    async def using(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._renewing)
+            self._users += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._users -= 1
+                self._cond.notify_all()
+
+    @asynccontextmanager
+    async def renewing(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._renewing)
+            self._renewing = True
+            await self._cond.wait_for(lambda: self._users == 0)
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._renewing = False
+                self._cond.notify_all()
 
 
 async def _retrying(step: Callable[[], Awaitable[T]]) -> T:
@@ -346,6 +414,29 @@ async def _retrying(step: Callable[[], Awaitable[T]]) -> T:
             log.warning("attempt %d failed (%s); retrying", attempt, _reason(e))
             await asyncio.sleep(backoff.next().total_seconds())
     raise AssertionError("unreachable")
+
+
+def _served_now(out: Output) -> datetime | None:
+    """Until when the certificate an output already holds (from a previous run or
+    before a reload: on disk, or in a tunnel's holder kept across it) is valid; None
+    when there is none it can read."""
+    if out.holder is not None:
+        try:
+            return out.holder.current().not_after
+        except LookupError:
+            return None
+    if out.destination is None:
+        return None
+    try:
+        pem = Path(out.destination.path, TLS_CERT).read_bytes()
+        return x509.load_pem_x509_certificate(pem).not_valid_after_utc
+    except (OSError, ValueError):
+        return None
+
+
+def _level(error: BaseException) -> int:
+    """A disk refusing the bot identity needs a person soon (the identity will expire)."""
+    return logging.ERROR if isinstance(error, StorageUnavailable) else logging.WARNING
 
 
 def _reason(error: BaseException) -> str:

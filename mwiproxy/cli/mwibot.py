@@ -24,7 +24,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from mwiproxy.cli.common import add_version, run_cli, setup_logging
+from mwiproxy.cli.common import (
+    add_version,
+    add_version_command,
+    print_version,
+    run_cli,
+    setup_logging,
+)
+from mwiproxy.process import logs
 
 Handler = Callable[[argparse.Namespace], int]
 FORMATS = ("", "tls", "mongo", "cockroach")
@@ -40,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _add_start(sub)
     _add_configure(sub)
+    add_version_command(sub).set_defaults(func=lambda a: print_version("mwibot", a.format))
     try:
         from mwiproxy.cli import mwibot_proxy
     except ImportError:
@@ -96,6 +104,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="serve /livez /readyz /metrics on HOST:PORT")
     p.add_argument("-d", "--debug", action="store_true", default=argparse.SUPPRESS,
                    help="debug logging")
+    p.add_argument("--log-format", choices=list(logs.FORMATS), default=argparse.SUPPRESS,
+                   help="the process log: text (default) or json, one object per line "
+                        "(tbot's flag)")
+    p.add_argument("--pid-file", default=argparse.SUPPRESS, metavar="PATH",
+                   help="write the process id here once running; removed on exit")
 
 
 def add_bot_flags(p: argparse.ArgumentParser) -> None:
@@ -227,29 +240,45 @@ def _start_from_file(a: argparse.Namespace) -> int:
         config.debug = config.debug or getattr(a, "debug", False)
         return config
 
-    return run_bot(load(), reload=load)
+    return run_bot(load(), reload=load, pid_file=getattr(a, "pid_file", ""),
+                   log_format=getattr(a, "log_format", "text"))
 
 
 def _start_from_flags(a: argparse.Namespace, service: dict[str, Any]) -> int:
     if getattr(a, "config", None):
         raise ValueError("use either -c FILE or the flags of a mode, not both")
-    return run_bot(config_from_flags(a, service))
+    return run_bot(config_from_flags(a, service), pid_file=getattr(a, "pid_file", ""),
+                   log_format=getattr(a, "log_format", "text"))
 
 
-def run_bot(config: Any, reload: Callable[[], Any] | None = None) -> int:
+def run_bot(config: Any, reload: Callable[[], Any] | None = None, pid_file: str = "",
+            log_format: str = "text") -> int:
     """Run the renewer for a checked BotConfig: oneshot, or the daemon until signalled."""
     import uvloop
 
     from mwiproxy.bot.daemon import BotDaemon, run_oneshot
     from mwiproxy.bot.tunnels import check_tunnels_servable
+    from mwiproxy.process.pidfile import PidFile
 
-    setup_logging(config.debug)
-    check_tunnels_servable(config)
+    setup_logging(config.debug, log_format)
+    runner = tunnel_runner()
+    check_tunnels_servable(config, runner)
     if config.oneshot:
         uvloop.run(run_oneshot(config))
     else:
-        uvloop.run(BotDaemon(config, reload).run())
+        PidFile(pid_file).check()
+        uvloop.run(BotDaemon(config, reload, pid_file, tunnel_runner=runner).run())
     return 0
+
+
+def tunnel_runner() -> Any:
+    """The local proxy's database-tunnel server, handed to the bot (which sits below the
+    local proxy and must not import it); None in a build without the local proxy."""
+    try:
+        from mwiproxy.localproxy.tunnel import serve_database_tunnel
+    except ImportError:
+        return None
+    return serve_database_tunnel
 
 
 def _guarded(handler: Handler, args: argparse.Namespace) -> int:

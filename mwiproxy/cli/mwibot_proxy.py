@@ -6,7 +6,7 @@
 `--proxy-server` is accepted for `--proxy`. Without --proxy the `proxy_server` of the
 tbot.yaml given with -c is used. `--max-connections N` caps open sessions (more callers
 wait in the accept queue), SIGTERM drains for up to `--drain-timeout` (a second signal
-cuts at once), `--diag-addr HOST:PORT` serves /livez and /readyz.
+cuts at once), `--diag-addr HOST:PORT` serves /livez, /readyz and /metrics.
 
 Also `mwibot start database-tunnel --proxy-server … --token … --listen … --service …
 --database … --username …` (the bot with one in-memory tunnel), and the runner of the
@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from typing import Any
 
-from mwiproxy.cli.common import setup_logging
+from mwiproxy.cli.common import add_log_flags, setup_logging
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -34,7 +33,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="the cluster proxy, host:port (default: proxy_server of -c)")
     p.add_argument("--destination-dir", required=True,
                    help="the directory a bot `database` output keeps renewed")
-    p.add_argument("-d", "--debug", action="store_true", help="debug logging")
+    add_log_flags(p)
     kinds = p.add_subparsers(dest="proxy_kind", metavar="KIND", required=True)
     db = kinds.add_parser("db", help="a database")
     db.add_argument("--port", type=int, default=0, help="local port on 127.0.0.1 "
@@ -48,13 +47,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                     "the certificate)")
     db.add_argument("-n", "--db-name", default="", help="database name (checked against "
                     "the certificate)")
-    db.add_argument("--ping", action="store_true", help="offer the `-ping` ALPN framing "
-                    "(keepalives from the cluster for idle sessions behind NAT/LBs; costs "
-                    "throughput: framed connections are copied in Python)")
+    db.add_argument("--ping", action=argparse.BooleanOptionalAction, default=True,
+                    help="offer the `-ping` ALPN framing, as Teleport does: the cluster "
+                    "sends keepalives to idle sessions so NAT and load balancers keep "
+                    "them (default: on; relayed natively, the cluster falls back to the "
+                    "plain name if it lacks it)")
     db.add_argument("service", help="the database service name (as in `mwictl db ls`)")
     _add_serving_flags(db)
     db.set_defaults(func=run_proxy_db)
-    _register_tunnel_runner()
     if "start" in sub.choices:
         _add_start_database_tunnel(sub)
 
@@ -66,6 +66,8 @@ def _add_serving_flags(p: argparse.ArgumentParser) -> None:
                    help="on SIGTERM, how long open sessions may finish (default 30s)")
     p.add_argument("--diag-addr", default="", metavar="HOST:PORT",
                    help="serve /livez and /readyz on HOST:PORT")
+    p.add_argument("--pid-file", default="", metavar="PATH",
+                   help="write the process id here once listening; removed on exit")
 
 
 def _add_start_database_tunnel(sub: argparse._SubParsersAction[Any]) -> None:
@@ -89,17 +91,8 @@ def _start_database_tunnel(args: argparse.Namespace) -> int:
         raise ValueError("use either -c FILE or the flags of a mode, not both")
     service = {"type": "database-tunnel", "listen": args.listen, "service": args.service,
                "database": args.database, "username": args.username}
-    return run_bot(config_from_flags(args, service))
-
-
-def _register_tunnel_runner() -> None:
-    try:
-        from mwiproxy.bot.tunnels import register_tunnel_runner
-    except ImportError:
-        return
-    from mwiproxy.localproxy.tunnel import serve_database_tunnel
-
-    register_tunnel_runner(serve_database_tunnel)
+    return run_bot(config_from_flags(args, service), pid_file=getattr(args, "pid_file", ""),
+                   log_format=getattr(args, "log_format", "text"))
 
 
 def _proxy_addr(args: argparse.Namespace) -> str:
@@ -122,8 +115,10 @@ def run_proxy_db(args: argparse.Namespace) -> int:
     from mwiproxy.config.durations import parse_duration
     from mwiproxy.localproxy.creds import CredentialsError, DirectoryCredentials
     from mwiproxy.localproxy.server import LocalProxy, UnsupportedMode
+    from mwiproxy.process.pidfile import PidFile
 
-    setup_logging(getattr(args, "debug", False))
+    setup_logging(getattr(args, "debug", False), getattr(args, "log_format", None))
+    PidFile(args.pid_file).check()
     try:
         drain = parse_duration(args.drain_timeout).total_seconds()
     except ValueError as e:
@@ -137,35 +132,51 @@ def run_proxy_db(args: argparse.Namespace) -> int:
         origin=args.destination_dir, max_connections=args.max_connections,
         offer_ping=args.ping)
     try:
-        uvloop.run(_serve(proxy, drain, args.diag_addr))
+        uvloop.run(_serve(proxy, drain, args.diag_addr, args.pid_file,
+                          named=("--listen", args.listen) if args.listen
+                          else ("--port", f"127.0.0.1:{args.port}")))
     except (CredentialsError, UnsupportedMode) as e:
         print(f"ERROR: mwibot proxy: {e}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(proxy: Any, drain_timeout: float, diag_addr: str) -> None:
+async def _serve(proxy: Any, drain_timeout: float, diag_addr: str, pid_file: str = "",
+                 named: tuple[str, str] = ("--listen", "")) -> None:
+    """Serve until SIGTERM/SIGINT, then drain (a second signal cuts at once); SIGHUP
+    re-reads the credentials (see process/lifecycle.py)."""
     from mwiproxy.localproxy.health import serve_diagnostics
+    from mwiproxy.process.binding import naming
+    from mwiproxy.process.lifecycle import Signals, serve
+    from mwiproxy.process.pidfile import PidFile
 
-    await proxy.start()
-    diag = await serve_diagnostics(diag_addr, {proxy.service: proxy.readiness}) \
-        if diag_addr else None
-    print(f"mwibot proxy: listening on {proxy.address} for {proxy.protocol} database "
-          f"{proxy.service!r} ({'tunnel' if proxy.tunnel else 'TLS pass-through'} mode)"
-          + (f"; diagnostics on {diag.host}:{diag.port}" if diag else ""), flush=True)
-    signals: asyncio.Queue[int] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, signals.put_nowait, sig)
-    await signals.get()
-    draining = asyncio.ensure_future(proxy.drain(drain_timeout))
-    second = asyncio.ensure_future(signals.get())  # a second signal: stop waiting
-    await asyncio.wait({draining, second}, return_when=asyncio.FIRST_COMPLETED)
-    second.cancel()
-    await proxy.close()
-    await draining
-    if diag is not None:
-        await diag.close()
+    signals = Signals()  # first: a SIGHUP during start-up is queued, not fatal
+    registry = _measured(proxy) if diag_addr else None
+    with naming(*named):  # a bind error says which flag and address
+        await proxy.start()
+    with naming("--diag-addr", diag_addr):
+        diag = await serve_diagnostics(diag_addr, {proxy.service: proxy.readiness},
+                                       registry) if diag_addr else None
+    line = (f"mwibot proxy: listening on {proxy.address} for {proxy.protocol} database "
+            f"{proxy.service!r} ({'tunnel' if proxy.tunnel else 'TLS pass-through'} mode)"
+            + (f"; diagnostics on {diag.host}:{diag.port}" if diag else ""))
+    try:
+        await serve(proxy, signals, reload=proxy.reload, drain_timeout=lambda: drain_timeout,
+                    pid_file=PidFile(pid_file), ready_line=line)
+    finally:
+        if diag is not None:
+            await diag.close()
+
+
+def _measured(proxy: Any) -> Any:
+    """Metrics on, where they are served (else the proxy keeps its no-op ones): the
+    registry for /metrics."""
+    from mwiproxy.metrics.localproxy import LocalProxyMetrics
+    from mwiproxy.metrics.registry import process_registry
+
+    registry = process_registry()
+    proxy.metrics = LocalProxyMetrics(registry, asyncio.get_running_loop())
+    return registry
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,8 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from typing import Any
 import yaml
 
 from mwiproxy.auth.client import AuthClient
+from mwiproxy.cli import mwictl_output as out
+from mwiproxy.cli import mwictl_rotate
 from mwiproxy.cli.common import table
 from mwiproxy.config.cluster import default_data_dir
 from mwiproxy.config.durations import parse_duration
@@ -46,19 +50,26 @@ def _csv(s: str | None) -> list[str]:
 
 
 def _dump(obj: Any, fmt: str) -> None:
+    """`get`: JSON, or YAML with one document per resource (what `create -f` reads)."""
     if fmt == "json":
-        print(json.dumps(obj, indent=2, sort_keys=True))
+        out.dump(obj, "json")
     else:
-        docs = obj if isinstance(obj, list) else [obj]
+        docs = out.machine(obj if isinstance(obj, list) else [obj])
         print(yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False).rstrip())
 
 
 def cmd_status(c: AuthClient, a: argparse.Namespace) -> int:
     s = c.call("status")
+    if a.format != "text":
+        out.dump({**s, "rotation": c.call("rotation_status")}, a.format)
+        return 0
+    pins = ", ".join(s.get("host_ca_pins") or [s["host_ca_pin"]])  # two while host CA rotates
     print(f"Cluster    {s['cluster_name']}\nVersion    {s['version']}\n"
-          f"CA pin     {s['host_ca_pin']}\nProxy      {s['public_addr']}\n"
+          f"CA pin     {pins}\nProxy      {s['public_addr']}\n"
           f"Bots       {s['bots']}\nRoles      {s['roles']}\nDatabases  {s['databases']}\n"
           f"Locks      {s['locks']}\nAgents     {s.get('agents', 0)}")
+    for line in mwictl_rotate.status_lines(c):
+        print(line)
     return 0
 
 
@@ -101,8 +112,8 @@ def cmd_rm(c: AuthClient, a: argparse.Namespace) -> int:
 
 def cmd_db(c: AuthClient, a: argparse.Namespace) -> int:
     dbs = c.call("db_ls")
-    if a.format == "json":
-        _dump(dbs, "json")
+    if a.format != "text":
+        out.dump(dbs, a.format)
         return 0
     rows = [(d["name"], d["protocol"], d["uri"],
              ",".join(f"{k}={v}" for k, v in sorted(d["labels"].items())),
@@ -115,14 +126,14 @@ def cmd_bots(c: AuthClient, a: argparse.Namespace) -> int:
     if a.sub == "add":
         res = c.call("bots_add", name=a.name, roles=_csv(a.roles), token_ttl=a.ttl)
         mins = int(round((res["token_expires"] - time.time()) / 60))
-        addr = c.call("ping")["public_addr"]
         print(f"The bot token: {res['token']}\nThis token will expire in {mins} minutes.\n\n"
-              "Run this on the new bot node:\n"
-              f"> mwibot start database --proxy-server={addr} --join-method=token "
-              f"--token={res['token']} --destination=./mwibot-db "
-              "--service=SERVICE --database=DATABASE --username=USER\n\n"
-              f"(or put the token in tbot.yaml's onboarding.token and run mwibot start -c "
-              f"tbot.yaml)")
+              "Run this on the new bot node (it joins and keeps the bot's identity "
+              "renewed in ./mwibot-id):\n"
+              f"> {_join_command(c, res['token'])}\n\n"
+              "For database credentials, once the bot has a role that allows them, use "
+              "`mwibot start database … --service=SERVICE --database=DATABASE "
+              "--username=USER` with the same flags, or put the token in tbot.yaml's "
+              "onboarding.token and run mwibot start -c tbot.yaml")
     elif a.sub == "update":
         res = c.call("bots_update", name=a.name, add_roles=_csv(a.add_roles),
                      remove_roles=_csv(a.remove_roles),
@@ -130,8 +141,8 @@ def cmd_bots(c: AuthClient, a: argparse.Namespace) -> int:
         print(f'Bot "{a.name}" has been updated; roles: {", ".join(res["roles"]) or "(none)"}')
     elif a.sub == "ls":
         bots = c.call("bots_ls")
-        if a.format == "json":
-            _dump(bots, "json")
+        if a.format != "text":
+            out.dump(bots, a.format)
         else:
             print(table(["Bot", "User", "Roles", "Generation", "Last seen"],
                         [(b["name"], b["user"], ",".join(b["roles"]), b["generation"],
@@ -142,13 +153,27 @@ def cmd_bots(c: AuthClient, a: argparse.Namespace) -> int:
     return 0
 
 
+def _pins(ping: dict[str, Any]) -> list[str]:
+    return list(ping.get("host_ca_pins") or [ping["host_ca_pin"]])  # two while rotating
+
+
+def _join_command(c: AuthClient, token: str) -> str:
+    """The bot's first start, complete: pasted as printed it joins (the CA pin pins the
+    cluster; state and identity go under the working directory)."""
+    ping = c.call("ping")
+    return shlex.join(["mwibot", "start", "identity", f"--proxy-server={ping['public_addr']}",
+                       "--join-method=token", f"--token={token}",
+                       *(f"--ca-pin={p}" for p in _pins(ping)),
+                       "--storage=./mwibot-data", "--destination=./mwibot-id"])
+
+
 def cmd_tokens(c: AuthClient, a: argparse.Namespace) -> int:
     if a.sub == "add":
         if a.type == "bot" and not a.bot_name:
             raise ValueError("--bot-name is needed for --type=bot")
         res = c.call("tokens_add", type=a.type, bot_name=a.bot_name or "", ttl=a.ttl)
-        if a.format == "json":
-            _dump(res, "json")
+        if a.format != "text":
+            out.dump(res, a.format)
             return 0
         print(f"The invite token: {res['token']}\nID: {res['id']}\n"
               f"This token will expire at {_when(res['expires'])}.")
@@ -156,11 +181,12 @@ def cmd_tokens(c: AuthClient, a: argparse.Namespace) -> int:
             ping = c.call("ping")
             print("\nRun this on the new database agent node:\n"
                   f"> mwiproxy start --roles=db --auth-server={ping['public_addr']} "
-                  f"--token={res['token']} --ca-pin={ping['host_ca_pin']} -c db.yaml")
+                  f"--token={res['token']} "
+                  + "".join(f"--ca-pin={p} " for p in _pins(ping)) + "-c db.yaml")
     elif a.sub == "ls":
         toks = c.call("tokens_ls")
-        if a.format == "json":
-            _dump(toks, "json")
+        if a.format != "text":
+            out.dump(toks, a.format)
         else:
             print(table(["ID", "Type", "Bot", "Expires", "State"],
                         [(t["id"], t["type"], t["bot_name"], _when(t["expires"]),
@@ -174,8 +200,8 @@ def cmd_tokens(c: AuthClient, a: argparse.Namespace) -> int:
 
 def cmd_agents(c: AuthClient, a: argparse.Namespace) -> int:
     agents = c.call("agents_ls")
-    if a.format == "json":
-        _dump(agents, "json")
+    if a.format != "text":
+        out.dump(agents, a.format)
     else:
         print(table(["Host ID", "Hostname", "Address", "Databases", "Last heartbeat",
                      "Expires"],
@@ -200,8 +226,8 @@ def cmd_locks(c: AuthClient, a: argparse.Namespace) -> int:
         print(f"Lock {a.id} has been deleted")
         return 0
     locks = c.call("locks_ls")
-    if a.format == "json":
-        _dump(locks, "json")
+    if a.format != "text":
+        out.dump(locks, a.format)
     else:
         print(table(["ID", "Target", "Message", "Expires"],
                     [(lk["id"], f"{lk['target_kind']}:{lk['target']}", lk["message"],
@@ -223,19 +249,52 @@ def _since(value: str | None) -> float | None:
                          ) from None
 
 
+CHAIN_BROKEN_EXIT = 2  # 1 stays "could not ask" (connection, identity)
+
+
+def _audit_verify(c: AuthClient, a: argparse.Namespace) -> int:
+    """Walk the audit hash chain; exit 2 naming each break, 0 when it is intact."""
+    r = c.call("audit_verify", expect_head=a.expect_head or "")
+    if a.format != "text":
+        out.dump(r, a.format)
+        return 0 if r["intact"] else CHAIN_BROKEN_EXIT
+    stream = sys.stderr if a.head else sys.stdout
+    for b in r["breaks"]:
+        seen = f" (reported at start by event {b['acknowledged_by']})" \
+            if b["acknowledged_by"] else ""
+        print(f"BROKEN at event {b['id']}: {b['reason']}: {b['detail']}{seen}", file=stream)
+    for rep in r["reported"]:
+        print(f"event {rep['event']}: a break at event(s) "
+              f"{', '.join(map(str, rep['ids'])) or '?'} was found at an earlier start",
+              file=stream)
+    if a.head:
+        print(r["head"])
+    elif r["intact"]:
+        print(f"{r['events']} events, chain intact, head {r['head']}")
+    else:
+        first = r["breaks"][0]["id"] if r["breaks"] else r["reported"][0]["event"]
+        print(f"{r['events']} events, chain BROKEN (first at event {first}), "
+              f"head {r['head']}")
+    return 0 if r["intact"] else CHAIN_BROKEN_EXIT
+
+
 def cmd_audit(c: AuthClient, a: argparse.Namespace) -> int:
+    if a.action == "verify":
+        return _audit_verify(c, a)
+    if a.head or a.expect_head:
+        raise ValueError("--head and --expect-head go with `mwictl audit verify`")
     events = c.call("audit", since=_since(a.since), types=a.type, limit=a.limit)
-    if a.format == "json":
-        for e in events:
-            print(json.dumps(e, sort_keys=True))
+    if a.format != "text":
+        out.dump_lines(events, a.format)
         return 0
     for e in events:
-        rest = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("id", "time", "type"))
-        print(f"{_when(e['time'])}  {e['type']:<24} {rest}")
+        print(out.event_line(e))
     return 0
 
 
 def cmd_auth(c: AuthClient, a: argparse.Namespace) -> int:
+    if a.sub == "rotate":
+        return mwictl_rotate.cmd_rotate(c, a)
     hosts = _csv(a.host)
     key = generate_private_key()
     res = c.call("sign_db_server", hosts=hosts, ttl=a.ttl,

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from mwiproxy.cli.common import add_version, run_cli, setup_logging
+from mwiproxy.cli.common import (
+    add_log_flags,
+    add_version,
+    add_version_command,
+    print_version,
+    run_cli,
+    setup_logging,
+)
+
+if TYPE_CHECKING:
+    from mwiproxy.config.cluster import ClusterConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "--type=db`, or the path of a file holding it")
     start.add_argument("--ca-pin", action="append", default=[],
                        help="db role: the cluster's CA pin (`mwictl status`); repeatable")
-    start.add_argument("-d", "--debug", action="store_true", help="debug logging")
-    sub.add_parser("version", help="print the version")
+    start.add_argument("--pid-file", default="", metavar="PATH",
+                       help="write the process id here once serving; removed on exit "
+                            "(systemd's PIDFile=)")
+    add_log_flags(start, debug_help="debug logging (else log.level of the config)")
+    add_version_command(sub)
     return p
 
 
@@ -49,10 +63,9 @@ def _roles(text: str) -> set[str]:
                      "is one with no databases in its config")
 
 
-def _start(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace) -> ClusterConfig:
+    """The config file with the command line's overrides: at start and on each SIGHUP."""
     from mwiproxy.config.cluster import ClusterConfig, load_cluster_config
-
-    roles = _roles(args.roles)
 
     cfg = load_cluster_config(args.config) if args.config else ClusterConfig.default(
         data_dir=args.data_dir)
@@ -65,38 +78,51 @@ def _start(args: argparse.Namespace) -> int:
         cfg.proxy.listen_addr = args.listen_addr
     if args.cluster_name:
         cfg.cluster_name = args.cluster_name
+    if args.debug:
+        cfg.log.level = "debug"
+    if args.log_format:
+        cfg.log.format = args.log_format
     agent = cfg.db_service
     if args.auth_server:
         agent.auth_server = args.auth_server
     if args.token:
         agent.token = args.token
     agent.ca_pins += args.ca_pin
-    if roles == {"db"}:
+    if _roles(args.roles) == {"db"}:
         if args.listen_addr:
             agent.listen_addr = args.listen_addr
         agent.validate()
+    return cfg
+
+
+def _start(args: argparse.Namespace) -> int:
+    from mwiproxy.process.logs import set_level
+    from mwiproxy.process.pidfile import PidFile
+
+    roles = _roles(args.roles)
+    setup_logging(args.debug, args.log_format)  # the config's own warnings, formatted
+    cfg = _load(args)
     setup_logging(args.debug, cfg.log.format)
+    set_level(cfg.log.level)
+    PidFile(args.pid_file).check()  # before anything starts: one named there still runs
 
     import uvloop
 
     if roles == {"db"}:
         from mwiproxy.dbagent.agent import run as run_agent
 
-        uvloop.run(run_agent(cfg))
+        uvloop.run(run_agent(cfg, reload=lambda: _load(args), pid_file=args.pid_file))
         return 0
     from mwiproxy.server import run
 
-    uvloop.run(run(cfg))
+    uvloop.run(run(cfg, reload=lambda: _load(args), pid_file=args.pid_file))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "version":
-        import mwiproxy
-
-        print(f"mwiproxy {mwiproxy.__version__}")
-        return 0
+        return print_version("mwiproxy", args.format)
     return run_cli(lambda: _start(args))
 
 

@@ -33,7 +33,6 @@ from typing import Any, Literal
 
 import yaml
 
-from mwiproxy.config.cluster import split_host_port
 from mwiproxy.config.durations import format_duration
 from mwiproxy.config.loader import (
     ConfigError,
@@ -43,6 +42,7 @@ from mwiproxy.config.loader import (
     node_line,
     resolve_token,
 )
+from mwiproxy.wire.addr import Address, parse_listen, split_host_port
 
 __all__ = [
     "BotConfig",
@@ -50,14 +50,12 @@ __all__ = [
     "DatabaseTunnelService",
     "DirectoryDestinationConfig",
     "IdentityService",
-    "ListenAddr",
     "Onboarding",
     "Reader",
     "ReloadAction",
     "ServiceConfig",
     "load_bot_config",
     "parse_bot_config",
-    "parse_listen",
 ]
 
 log = logging.getLogger("mwiproxy.config")
@@ -66,7 +64,6 @@ DEFAULT_STORAGE_PATH = "/var/lib/mwibot"
 DEFAULT_CREDENTIAL_TTL = timedelta(hours=1)
 DEFAULT_RENEWAL_INTERVAL = timedelta(minutes=20)
 MAX_RECOMMENDED_TTL = timedelta(hours=24)
-DEFAULT_TUNNEL_HOST = "127.0.0.1"
 
 _CA_PIN = re.compile(r"^sha256:[0-9a-f]{64}$")
 _OTHER_JOIN_METHODS = (
@@ -140,7 +137,7 @@ class Onboarding:
         if self.join_method != "token":
             raise ConfigError(f"unknown join method {self.join_method!r}", key="join_method")
         for i, pin in enumerate(self.ca_pins):
-            if not _CA_PIN.match(pin):
+            if not _CA_PIN.fullmatch(pin):
                 raise ConfigError("expected sha256:<64 hex digits>", key=f"ca_pins[{i}]")
         if self.ca_pins and self.ca_path:
             raise ConfigError("ca_pins and ca_path are mutually exclusive", key="ca_path")
@@ -201,38 +198,6 @@ def parse_signal(name: str) -> signals.Signals:
         return signals.Signals[text if text.startswith("SIG") else f"SIG{text}"]
     except KeyError:
         raise ValueError(f"unknown signal {name!r} (e.g. HUP, USR1, TERM)") from None
-
-
-@dataclass(frozen=True)
-class ListenAddr:
-    """Where a database tunnel listens: TCP host and port, or a Unix socket path."""
-
-    scheme: Literal["tcp", "unix"]
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    def __str__(self) -> str:
-        if self.scheme == "unix":
-            return f"unix://{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp://{host}:{self.port}"
-
-
-def parse_listen(value: str) -> ListenAddr:
-    """`tcp://host:port`, bare `host:port` (`:port` means loopback) or `unix:///path`."""
-    if value.startswith("unix://"):
-        path = value.removeprefix("unix://")
-        if not path.startswith("/"):
-            raise ValueError(f"{value!r}: a unix socket needs an absolute path (unix:///path)")
-        return ListenAddr("unix", path=path)
-    rest = value.removeprefix("tcp://")
-    if "://" in rest:
-        raise ValueError(f"{value!r}: scheme must be tcp:// or unix://")
-    if rest.startswith(":"):
-        rest = DEFAULT_TUNNEL_HOST + rest
-    host, port = split_host_port(rest)
-    return ListenAddr("tcp", host=host, port=port)
 
 
 @dataclass
@@ -308,7 +273,7 @@ class DatabaseTunnelService(_ServiceBase):
         self.check_lifetime()
 
     @property
-    def address(self) -> ListenAddr:
+    def address(self) -> Address:
         return parse_listen(self.listen)
 
 

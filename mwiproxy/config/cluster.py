@@ -21,8 +21,11 @@ from mwiproxy.config.loader import (
     node_line,
     resolve_token,
 )
+from mwiproxy.identity import names
+from mwiproxy.wire.addr import split_host_port
 
 __all__ = [
+    "AuthConfig",
     "ClusterConfig",
     "DBServiceConfig",
     "DatabaseConfig",
@@ -33,7 +36,6 @@ __all__ = [
     "default_data_dir",
     "is_loopback_addr",
     "load_cluster_config",
-    "split_host_port",
 ]
 
 log = logging.getLogger("mwiproxy.config")
@@ -42,9 +44,7 @@ DEFAULT_CLUSTER_NAME = "mwiproxy.local"
 DEFAULT_LISTEN_ADDR = "127.0.0.1:3080"
 STATE_DB_NAME = "state.db"
 
-_DATABASE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _CLUSTER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
-_HOSTNAME = re.compile(r"^[a-zA-Z0-9_]([a-zA-Z0-9._-]*[a-zA-Z0-9_])?$")
 
 
 def default_data_dir() -> str:
@@ -55,30 +55,6 @@ def default_data_dir() -> str:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         return "/var/lib/mwiproxy"
     return os.path.expanduser("~/.local/share/mwiproxy")
-
-
-def split_host_port(addr: str, *, min_port: int = 0) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` → (host, port); ValueError says what is wrong."""
-    host, sep, port_text = addr.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{addr!r} is not host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        _check_ip(host, addr)
-    elif ":" in host:
-        raise ValueError(f"{addr!r}: write IPv6 addresses in brackets, e.g. [::1]:3080")
-    elif not _HOSTNAME.match(host):
-        raise ValueError(f"{addr!r}: {host!r} is not a valid host name or address")
-    if not port_text.isdigit() or not min_port <= int(port_text) <= 65535:
-        raise ValueError(f"{addr!r}: port must be a number from {min_port} to 65535")
-    return host, int(port_text)
-
-
-def _check_ip(host: str, addr: str) -> None:
-    try:
-        ipaddress.IPv6Address(host)
-    except ValueError:
-        raise ValueError(f"{addr!r}: {host!r} is not an IPv6 address") from None
 
 
 def is_loopback_addr(addr: str) -> bool:
@@ -120,6 +96,21 @@ class ProxyConfig:
     public_addr: str = ""  # what clients are told to dial; defaults to listen_addr
     # keepalive frames on idle `-ping` connections, so middleboxes keep idle sessions
     ping_interval: timedelta = timedelta(seconds=30)
+    # clients that have not authenticated yet (README "Limits"): the first bytes and the
+    # TLS handshake, then the first protocol message, each within its timeout; at most
+    # so many such connections at once, in all and per source address
+    handshake_timeout: timedelta = timedelta(seconds=10)
+    first_message_timeout: timedelta = timedelta(seconds=10)
+    max_unauthenticated: int = 2000
+    max_unauthenticated_per_source: int = 512
+    # SIGTERM/SIGINT: how long open sessions may finish before they are cut
+    drain_timeout: timedelta = timedelta(seconds=30)
+    # the proxy's server certificate (auth API, database ALPNs, inner TLS of non-tunnel
+    # mode) and its client identity towards database agents; each is re-issued when
+    # `renew_at` of its life has passed (the admin identity too), without a restart
+    certificate_ttl: timedelta = timedelta(hours=720)
+    link_certificate_ttl: timedelta = timedelta(hours=12)
+    renew_at: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.public_addr:
@@ -130,6 +121,56 @@ class ProxyConfig:
         _check_addr(self.public_addr, "public_addr")
         if self.ping_interval <= timedelta(0):
             raise ConfigError("must be a positive duration", key="ping_interval")
+        self._validate_limits()
+        if not timedelta(0) <= self.drain_timeout <= timedelta(hours=1):
+            raise ConfigError("must be between 0s and 1h", key="drain_timeout")
+        _check_lifetime(self.certificate_ttl, "certificate_ttl", MAX_OWN_CERT_TTL)
+        _check_lifetime(self.link_certificate_ttl, "link_certificate_ttl",
+                        timedelta(days=7))
+        if not 0.1 <= self.renew_at <= 0.9:
+            raise ConfigError("must be a fraction of the certificate's life between 0.1 "
+                              "and 0.9 (0.5: at half-life)", key="renew_at")
+
+    def _validate_limits(self) -> None:
+        for key in ("handshake_timeout", "first_message_timeout"):
+            if not timedelta(seconds=1) <= getattr(self, key) <= timedelta(minutes=5):
+                raise ConfigError("must be between 1s and 5m", key=key)
+        if not 1 <= self.max_unauthenticated <= 1_000_000:
+            raise ConfigError("must be between 1 and 1000000", key="max_unauthenticated")
+        if not 1 <= self.max_unauthenticated_per_source <= self.max_unauthenticated:
+            raise ConfigError("must be between 1 and max_unauthenticated "
+                              f"({self.max_unauthenticated})",
+                              key="max_unauthenticated_per_source")
+
+
+# the cluster's own certificates (proxy, admin identity): at least a few seconds, so
+# tests can watch them rotate; at most a year
+MIN_OWN_CERT_TTL = timedelta(seconds=5)
+MAX_OWN_CERT_TTL = timedelta(days=365)
+
+
+def _check_lifetime(value: timedelta, key: str, most: timedelta) -> None:
+    if not MIN_OWN_CERT_TTL <= value <= most:
+        raise ConfigError(f"must be between 5s and {most.days * 24}h", key=key)
+
+
+@dataclass
+class AuthConfig:
+    """Ceilings the auth service enforces whatever a caller asks for."""
+
+    max_token_ttl: timedelta = timedelta(hours=24)  # join tokens (bot and db)
+    # bot identities, database certificates and agent identities
+    max_certificate_ttl: timedelta = timedelta(hours=24)
+    # `<data dir>/admin/identity` (mwictl's), rewritten at proxy.renew_at of its life
+    admin_identity_ttl: timedelta = timedelta(hours=720)
+
+    def validate(self) -> None:
+        _check_lifetime(self.admin_identity_ttl, "admin_identity_ttl", MAX_OWN_CERT_TTL)
+        if not timedelta(minutes=1) <= self.max_token_ttl <= timedelta(days=30):
+            raise ConfigError("must be between 1m and 30 days (720h)", key="max_token_ttl")
+        if not timedelta(minutes=1) <= self.max_certificate_ttl <= timedelta(days=7):
+            raise ConfigError("must be between 1m and 7 days (168h)",
+                              key="max_certificate_ttl")
 
 
 @dataclass
@@ -163,16 +204,16 @@ class DatabaseConfig:
     admin_user: str = ""  # reserved for automatic user provisioning; unused for now
 
     def validate(self) -> None:
-        if not _DATABASE_NAME.match(self.name):
-            raise ConfigError(
-                key="name",
-                message=f"{self.name!r} is not a valid name: use lower-case letters, digits, "
-                "'-', '_' and '.', starting with a letter or digit",
-            )
+        try:
+            names.database_service(self.name)
+        except names.InvalidName as err:
+            raise ConfigError(key="name", message=str(err)) from None
         _check_addr(self.uri, "uri", min_port=1)
         for label in self.static_labels:
-            if not label:
-                raise ConfigError(key="static_labels", message="label names must not be empty")
+            try:
+                names.label_key(label)
+            except names.InvalidName as err:
+                raise ConfigError(key="static_labels", message=str(err)) from None
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -198,6 +239,8 @@ class DBServiceConfig:
     # the agent's own identity; renewed at half-life
     certificate_ttl: timedelta = timedelta(hours=24)
     diag_addr: str = ""  # /livez and /readyz (registered and identity valid); off if empty
+    # SIGTERM/SIGINT: how long open link sessions may finish before they are cut
+    drain_timeout: timedelta = timedelta(seconds=30)
 
     def validate(self) -> None:
         if self.auth_server:
@@ -208,12 +251,14 @@ class DBServiceConfig:
         if self.diag_addr:
             _check_addr(self.diag_addr, "diag_addr")
         for i, pin in enumerate(self.ca_pins):
-            if not _CA_PIN.match(pin):
+            if not _CA_PIN.fullmatch(pin):
                 raise ConfigError("expected sha256:<64 hex digits>", key=f"ca_pins[{i}]")
         if not timedelta(seconds=3) <= self.heartbeat_ttl <= timedelta(minutes=10):
             raise ConfigError("must be between 3s and 10m", key="heartbeat_ttl")
         if not timedelta(seconds=10) <= self.certificate_ttl <= timedelta(days=7):
             raise ConfigError("must be between 10s and 7 days", key="certificate_ttl")
+        if not timedelta(0) <= self.drain_timeout <= timedelta(hours=1):
+            raise ConfigError("must be between 0s and 1h", key="drain_timeout")
 
     def resolve_token(self) -> str:
         """The join token: the value, or the content of the file when it is an absolute path."""
@@ -227,9 +272,13 @@ class ClusterConfig:
     data_dir: str = field(default_factory=default_data_dir)
     storage: StorageConfig = field(default_factory=StorageConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     databases: list[DatabaseConfig] = field(default_factory=list)
     db_service: DBServiceConfig = field(default_factory=DBServiceConfig)
+    # /livez, /readyz (proxy listening, auth service up) and /metrics of `mwiproxy
+    # start`; off if empty. "host:port": give a loopback host unless scrapers are remote
+    diag_addr: str = ""
 
     def __post_init__(self) -> None:
         self.data_dir = os.path.expanduser(self.data_dir)
@@ -247,12 +296,14 @@ class ClusterConfig:
         return next((db for db in self.databases if db.name == name), None)
 
     def validate(self) -> None:
-        if not _CLUSTER_NAME.match(self.cluster_name):
+        if not _CLUSTER_NAME.fullmatch(self.cluster_name):
             raise ConfigError(
                 key="cluster_name", message=f"{self.cluster_name!r} is not a valid cluster name"
             )
         if not self.data_dir:
             raise ConfigError(key="data_dir", message="must not be empty")
+        if self.diag_addr:
+            _check_addr(self.diag_addr, "diag_addr")
         seen: dict[str, int] = {}
         for i, db in enumerate(self.databases):
             if db.name in seen:
@@ -276,4 +327,7 @@ def load_cluster_config(path: str) -> ClusterConfig:
             path,
             config.proxy.listen_addr,
         )
+    if config.diag_addr and not is_loopback_addr(config.diag_addr):
+        log.warning("%s: diag_addr %s is not a loopback address: metrics and health "
+                    "are served to the network", path, config.diag_addr)
     return config

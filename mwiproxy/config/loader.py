@@ -30,6 +30,13 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from mwiproxy.config.durations import parse_duration
+from mwiproxy.config.yaml_budget import (
+    MAX_YAML_ALIAS_NODES,
+    MAX_YAML_BYTES,
+    MAX_YAML_DEPTH,
+    BudgetLoader,
+    OverBudget,
+)
 
 __all__ = [
     "ConfigError",
@@ -37,6 +44,9 @@ __all__ = [
     "decode",
     "decode_text",
     "join_key",
+    "MAX_YAML_ALIAS_NODES",
+    "MAX_YAML_BYTES",
+    "MAX_YAML_DEPTH",
     "load_yaml_documents",
     "load_yaml_file",
     "locate_line",
@@ -120,14 +130,30 @@ def node_line(node: Node) -> int:
 # --------------------------------------------------------------------------- loading
 
 
-def load_yaml_documents(text: str, filename: str) -> list[Node]:
-    """Compose every document of a YAML stream; empty documents are skipped."""
+def load_yaml_documents(text: str, filename: str, *,
+                        max_bytes: int | None = MAX_YAML_BYTES) -> list[Node]:
+    """Compose every document of a YAML stream within the budgets above; empty documents
+    are skipped. ``max_bytes=None`` only for text the product wrote itself from something
+    that passed the limit once (its canonical form may be longer than what was read)."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if max_bytes is not None and size > max_bytes:
+        raise ConfigError(f"{size} bytes of YAML is more than the limit of {max_bytes}",
+                          file=filename)
+    loader = BudgetLoader(text)
     try:
-        docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        docs = []
+        while loader.check_node():
+            docs.append(loader.get_node())
+    except OverBudget as err:
+        raise ConfigError(err.message, file=filename, line=int(err.mark.line) + 1) from None
     except yaml.MarkedYAMLError as err:
         raise _syntax_error(err, filename) from None
     except yaml.YAMLError as err:  # e.g. a control character in the input
         raise ConfigError(f"invalid YAML: {err}", file=filename) from None
+    except RecursionError:  # the depth budget should make this unreachable; never a traceback
+        raise ConfigError("YAML nested too deeply", file=filename) from None
+    finally:
+        loader.dispose()
     result = [doc for doc in docs if doc is not None and not _is_empty(doc)]
     for doc in result:
         _check_duplicate_keys(doc, filename)
@@ -136,11 +162,18 @@ def load_yaml_documents(text: str, filename: str) -> list[Node]:
 
 def load_yaml_file(path: str) -> list[Node]:
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)  # no more than the limit needs to refuse it
     except FileNotFoundError:
         raise ConfigError("file not found", file=path) from None
-    except (OSError, UnicodeDecodeError) as err:
+    except OSError as err:
+        raise ConfigError(f"cannot read file: {err}", file=path) from None
+    if len(data) > MAX_YAML_BYTES:
+        raise ConfigError(f"the file is larger than the limit of {MAX_YAML_BYTES} bytes",
+                          file=path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
         raise ConfigError(f"cannot read file: {err}", file=path) from None
     return load_yaml_documents(text, path)
 

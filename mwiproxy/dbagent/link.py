@@ -8,7 +8,9 @@ Trust, checked on every connection:
   user CA, is valid now, and routes to a database this agent serves, as the user and
   database the session asks for. RBAC and locks are the proxy's job (it holds the roles
   and sees locks at once); the agent's check means a proxy cannot invent a client.
-Then the engine signs in to the database and the native relay joins the two streams.
+Then the engine signs in to the database and the native relay joins the two streams. A
+new database-client certificate is signed by the cluster only for the session grant the
+proxy sent in the hello (`auth/agent_grants.py`); a cancel needs no certificate.
 """
 
 from __future__ import annotations
@@ -17,23 +19,31 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import socket
+import time
 from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from mwiproxy import _native
-from mwiproxy.config.cluster import split_host_port
 from mwiproxy.engines.base import UpstreamError
 from mwiproxy.engines.postgres import PostgresEngine, UpstreamRefused
 from mwiproxy.identity import oids
-from mwiproxy.identity.certs import Identity, identity_from_certificate
-from mwiproxy.relay.listen import AcceptLoop
+from mwiproxy.identity.certs import Identity, identity_from_certificate, identity_from_der
+from mwiproxy.identity.pem import certificates
+from mwiproxy.metrics.cluster import (
+    LISTENER_AGENT_LINK,
+    MODE_TUNNEL,
+    RESULT_ERROR,
+    RESULT_REFUSED,
+    RESULT_SUCCESS,
+)
+from mwiproxy.relay.listen import Admission, Listener
 from mwiproxy.relay.pipe import Pipe
-from mwiproxy.relay.streams import BufferedReader, set_nodelay
+from mwiproxy.relay.streams import BufferedReader
 from mwiproxy.wire import agentlink
 from mwiproxy.wire import postgres as pg
+from mwiproxy.wire.addr import TCP, Address, split_host_port
 
 if TYPE_CHECKING:
     from mwiproxy.dbagent.agent import DatabaseAgent
@@ -42,6 +52,9 @@ log = logging.getLogger("mwiproxy.agent.link")
 
 HANDSHAKE_TIMEOUT = 10.0
 HELLO_TIMEOUT = 30.0
+CUT_GRACE = 5.0  # a cut session's relay flushes and closes within this
+SHUTDOWN = "the database agent is shutting down"
+PROTOCOL = "postgres"  # the metrics' protocol label: the link serves PostgreSQL engines
 
 
 class Denied(Exception):
@@ -68,13 +81,20 @@ class LinkServer:
     def __init__(self, agent: DatabaseAgent) -> None:
         self._agent = agent
         self._ctx: _native.TLSContext | None = None
-        self._acceptor: AcceptLoop | None = None
+        self._listener: Listener | None = None
         self._pipes: set[Pipe] = set()
+        # only cluster proxies get past the handshake; the cluster port's caps on the
+        # rest (proxy.max_unauthenticated*) bound what anyone else can hold open here
+        # (counted by the acceptor until the handshake, which runs on its worker)
+        limits = agent.config.proxy
+        self.admission = Admission(limits.max_unauthenticated,
+                                   limits.max_unauthenticated_per_source,
+                                   where="on the agent link port")
 
     @property
     def address(self) -> tuple[str, int]:
-        assert self._acceptor is not None
-        return self._acceptor.address
+        assert self._listener is not None
+        return self._listener.address
 
     @property
     def public_addr(self) -> str:
@@ -84,11 +104,14 @@ class LinkServer:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def reload_tls(self) -> None:
-        """New connections use the current identity's server certificate."""
+        """New handshakes use the current identity's server certificate and user CAs
+        (the acceptor takes the new context; handshakes under way keep theirs)."""
         ident = self._agent.identity
         self._ctx = _native.TLSContext(True, ident.server_cert_pem, ident.key_pem,
                                        ident.cas["user"], verify=_native.VERIFY_REQUIRED,
                                        alpn=[agentlink.ALPN])
+        if self._listener is not None:
+            self._listener.set_context(self._ctx)
 
     async def start(self) -> None:
         self.reload_tls()
@@ -96,21 +119,48 @@ class LinkServer:
         if host in ("0.0.0.0", "::") and not self._agent.service.public_addr:
             raise ValueError("db_service.listen_addr listens on every address: set "
                              "db_service.public_addr to the address proxies should dial")
-        self._acceptor = AcceptLoop(host, port, self._serve)
-        self._acceptor.start()
+        assert self._ctx is not None
+        self._listener = Listener(Address(TCP, host=host, port=port), self._serve,
+                                  admission=self.admission, what="link connection",
+                                  context=self._ctx, handshake_timeout=HANDSHAKE_TIMEOUT,
+                                  on_handshake=lambda s: self._agent.metrics.handshake(
+                                      LISTENER_AGENT_LINK, s))
+        self._listener.start()
+
+    async def stop_accepting(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop_accepting()
+
+    async def drain(self, timeout: float) -> tuple[int, int]:
+        """Stop accepting; give the open link connections up to `timeout` s to end on
+        their own, then cut the rest. (drained, cut): how many ended each way."""
+        await self.stop_accepting()
+        open_now = set(self._listener.conns) if self._listener is not None else set()
+        if open_now:
+            log.info("draining: %d open link session(s) have up to %gs", len(open_now),
+                     timeout)
+            await asyncio.wait(open_now, timeout=timeout)
+        left = {task for task in open_now if not task.done()}
+        if left:
+            self._cut()
+            await asyncio.wait(left, timeout=CUT_GRACE)
+        return len(open_now) - len(left), len(left)
+
+    def _cut(self) -> None:
+        """End every relayed session now; the client hears why (a PostgreSQL error,
+        passed on by the cluster proxy)."""
+        for pipe in list(self._pipes):
+            pipe.close("shutdown", pg.error_response(SHUTDOWN, pg.ADMIN_SHUTDOWN))
 
     async def close(self) -> None:
-        for pipe in list(self._pipes):
-            pipe.close("shutdown")
-        if self._acceptor is not None:
-            await self._acceptor.close(wait=5)
+        self._cut()
+        if self._listener is not None:
+            await self._listener.close(wait=CUT_GRACE)
 
-    async def _serve(self, sock: socket.socket, remote: str) -> None:
-        assert self._ctx is not None
-        set_nodelay(sock)
-        stream = _native.TLSStream(asyncio.get_running_loop(), self._ctx, sock.detach())
+    async def _serve(self, stream: _native.TLSStream, remote: str) -> None:
+        """A connection the acceptor handshook on its worker (the user CA checked there):
+        it must be a cluster proxy of this cluster before anything is read."""
         try:
-            await asyncio.wait_for(stream.handshake(), HANDSHAKE_TIMEOUT)
             self._check_proxy(stream.peer_cert_der(), remote)
             reader = BufferedReader(stream)
             hello = await asyncio.wait_for(agentlink.read_hello(reader), HELLO_TIMEOUT)
@@ -118,14 +168,14 @@ class LinkServer:
         except Denied as e:
             log.warning("refused a link connection from %s: %s", remote, e)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, agentlink.LinkError) as e:
-            log.info("link connection from %s ended: %s", remote, e or "timeout")
+            log.info("link connection from %s ended: %s", remote, str(e) or "timeout")
         finally:
             stream.close()  # a no-op once the relay took it over
 
     def _check_proxy(self, der: bytes | None, remote: str) -> None:
         if not der:
             raise Denied("no client certificate")
-        ident = identity_from_certificate(x509.load_der_x509_certificate(der))
+        ident = identity_from_der(der)
         if oids.USAGE_PROXY not in ident.usage:
             raise Denied(f"{ident.user!r} is not a cluster proxy")
         cluster = self._agent.identity.identity.cluster
@@ -135,11 +185,16 @@ class LinkServer:
     async def _handle(self, stream: _native.TLSStream, reader: BufferedReader,
                       hello: agentlink.Hello) -> None:
         engine = self._agent.engines.get(hello.service)
+        metrics, started = self._agent.metrics, time.monotonic()
+        service = hello.service if engine is not None else ""
         try:
             if engine is None:
                 raise Denied(f"database {hello.service!r} is not served by this agent")
             client = self._check_client(hello)
         except Denied as e:
+            metrics.refusal(PROTOCOL, "unknown_service" if engine is None else "access_denied")
+            if hello.op == agentlink.OP_SESSION:
+                metrics.connection(service, PROTOCOL, MODE_TUNNEL, RESULT_REFUSED)
             log.warning("refused %s session for %r: %s", hello.op, hello.service, e)
             await stream.write(agentlink.Reply(agentlink.DENIED, str(e)).encode())
             return
@@ -149,19 +204,24 @@ class LinkServer:
             return
         said = _Collector()
         try:
-            upstream = await engine.start(hello.startup, hello.db_user, said, caller=client)
+            upstream = await engine.start(hello.startup, hello.db_user, said, caller=client,
+                                          grant=hello.grant)
         except UpstreamRefused as e:
+            metrics.connection(service, PROTOCOL, MODE_TUNNEL, RESULT_REFUSED)
             await stream.write(agentlink.Reply(agentlink.REFUSED, str(e),
                                                answer=bytes(said.data)).encode())
             return
         except UpstreamError as e:
+            metrics.connection(service, PROTOCOL, MODE_TUNNEL, RESULT_ERROR)
             await stream.write(agentlink.Reply(agentlink.ERROR, str(e)).encode())
             return
+        metrics.connection(service, PROTOCOL, MODE_TUNNEL, RESULT_SUCCESS)
         key = upstream.cancel_key
         try:
             await stream.write(agentlink.Reply(
                 agentlink.OK, cancel_key=(key.pid, key.secret) if key else None,
                 answer=bytes(said.data)).encode())
+            metrics.first_byte(service, PROTOCOL, MODE_TUNNEL, time.monotonic() - started)
             if early := reader.leftover():
                 await upstream.stream.write(early)
             await self._relay(stream, upstream.stream, hello)
@@ -170,12 +230,17 @@ class LinkServer:
 
     async def _relay(self, proxy: _native.TLSStream, db: _native.TLSStream,
                      hello: agentlink.Hello) -> None:
-        pipe = Pipe(proxy, db)
+        metrics, started = self._agent.metrics, time.monotonic()
+        pipe = Pipe(proxy, db,
+                    count_as=metrics.bytes_key(hello.service, PROTOCOL, MODE_TUNNEL))
         self._pipes.add(pipe)
+        metrics.opened(hello.service, PROTOCOL, MODE_TUNNEL)
         try:
             stats = await pipe.run()
         finally:
             self._pipes.discard(pipe)
+            metrics.closed(hello.service, PROTOCOL, MODE_TUNNEL,
+                           pipe.stats.reason or "shutdown", time.monotonic() - started)
         log.info("session %d (%s as %s) ended: %s; %d bytes in, %d out", hello.session_id,
                  hello.service, hello.db_user, stats.reason, stats.bytes_a_to_b,
                  stats.bytes_b_to_a)
@@ -194,12 +259,11 @@ class LinkServer:
         """The forwarded client certificate: ours, valid now, for this request."""
         try:
             cert = x509.load_der_x509_certificate(hello.client_cert)
-            user_ca = x509.load_pem_x509_certificate(self._agent.identity.cas["user"])
-            cert.verify_directly_issued_by(user_ca)
+            _verify_issued_by_any(cert, self._agent.identity.cas["user"])
             client = identity_from_certificate(cert)
         except (ValueError, TypeError, InvalidSignature) as e:
             raise Denied(f"the client certificate is not from this cluster's user CA: "
-                         f"{e or 'bad signature'}") from None
+                         f"{str(e) or 'bad signature'}") from None
         now = dt.datetime.now(dt.UTC)
         if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
             raise Denied(f"the client certificate of {client.user!r} is not valid now")
@@ -215,3 +279,15 @@ class LinkServer:
             raise Denied(f"the certificate is for database {route.database!r}, "
                          f"not {hello.db_name!r}")
         return client
+
+
+def _verify_issued_by_any(cert: x509.Certificate, ca_pems: bytes) -> None:
+    """Issued by one of the trusted user CAs (two while the user CA rotates)."""
+    error: Exception = ValueError("no user CA is trusted")
+    for pem in certificates(ca_pems):
+        try:
+            cert.verify_directly_issued_by(x509.load_pem_x509_certificate(pem))
+            return
+        except (ValueError, TypeError, InvalidSignature) as e:
+            error = e
+    raise error

@@ -66,6 +66,22 @@ class AgentIdentity:
                    cas)
 
 
+def issued_by_others(ident: AgentIdentity, signers: dict[str, str]) -> bool:
+    """True when the agent's certificates name an issuer other than the CA that signs
+    now (`signers`: kind -> key id, from a heartbeat answer)."""
+    pairs = ((ident.cert_pem, signers.get("user")), (ident.server_cert_pem, signers.get("agent")))
+    return any(want and _issuer_key_id(pem) != want for pem, want in pairs)
+
+
+def _issuer_key_id(pem: bytes) -> str:
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return ""
+    return (aki.key_identifier or b"").hex()
+
+
 def state_dir(data_dir: str | os.PathLike[str]) -> Path:
     path = Path(data_dir) / STATE_DIR
     path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -45,8 +45,17 @@ class ClientCertSigner(Protocol):
     @property
     def db_ca_pem(self) -> bytes: ...
 
-    async def sign_db_client(self, db_user: str, public_key: PublicKey, ttl: dt.timedelta
-                             ) -> x509.Certificate: ...
+    @property
+    def trust_epoch(self) -> int:
+        """Changes whenever a CA rotates: cached contexts are then built anew."""
+        ...
+
+    async def sign_db_client(self, db_user: str, public_key: PublicKey, ttl: dt.timedelta,
+                             *, service: str = "", grant: str = "") -> x509.Certificate:
+        """`service` is the database; `grant` the session grant an agent was sent with
+        the session (the cluster signs for an agent only with one; see
+        `auth/agent_grants.py`)."""
+        ...
 
 
 class LocalSigner:
@@ -59,8 +68,13 @@ class LocalSigner:
     def db_ca_pem(self) -> bytes:
         return self._cas["db"].cert_pem
 
-    async def sign_db_client(self, db_user: str, public_key: PublicKey, ttl: dt.timedelta
-                             ) -> x509.Certificate:
+    @property
+    def trust_epoch(self) -> int:
+        return self._cas.epoch
+
+    async def sign_db_client(self, db_user: str, public_key: PublicKey, ttl: dt.timedelta,
+                             *, service: str = "", grant: str = "") -> x509.Certificate:
+        # in the cluster's own process: the proxy authorized the session just now
         return self._cas["db_client"].sign_database_user(db_user, public_key, ttl)
 
 
@@ -68,11 +82,15 @@ class LocalSigner:
 class _Cached:
     ctx: _native.TLSContext
     renew_at: float
+    epoch: int  # the signer's trust_epoch when built: a CA rotation rebuilds it
 
 
 class UpstreamTLS:
     """Client TLS contexts towards one database, one per database user, reused until the
-    user's certificate is near expiry."""
+    user's certificate is near expiry. A context would resume its sessions, and a new
+    certificate or CA epoch means a new context (so no session outlives its certificate);
+    PostgreSQL itself turns tickets and its session cache off, so that hop never resumes
+    (tests/integration/test_postgres_tls_sessions.py)."""
 
     def __init__(self, db: DatabaseConfig, signer: ClientCertSigner, *,
                  ttl: dt.timedelta = USER_CERT_TTL,
@@ -97,22 +115,38 @@ class UpstreamTLS:
             return None
         return self._db.tls.server_name or self._db.host_port[0]
 
-    async def context_for(self, db_user: str) -> _native.TLSContext:
+    async def context_for(self, db_user: str, grant: str = "") -> _native.TLSContext:
+        """A context signing in as db_user; `grant` (a session grant, in an agent) is
+        spent only when a new certificate is needed."""
         cached = self._cache.get(db_user)
-        if cached is None or self._clock() >= cached.renew_at:
-            cached = await self._issue(db_user)
+        if (cached is None or self._clock() >= cached.renew_at
+                or cached.epoch != self._signer.trust_epoch):
+            cached = await self._issue(db_user, grant)
             self._cache[db_user] = cached
         return cached.ctx
 
-    async def _issue(self, db_user: str) -> _Cached:
+    def anonymous_context(self) -> _native.TLSContext:
+        """A context with no client certificate, for what needs no database user (a
+        PostgreSQL CancelRequest: the server checks only the cancel key)."""
+        server_ca = self._load_server_ca()
+        verify = _native.VERIFY_NONE if server_ca is None else _native.VERIFY_REQUIRED
+        return _native.TLSContext(False, None, None, server_ca, verify=verify)
+
+    async def _issue(self, db_user: str, grant: str) -> _Cached:
         key = generate_private_key()
-        cert = await self._signer.sign_db_client(db_user, key.public_key(), self._ttl)
+        cert = await self._signer.sign_db_client(db_user, key.public_key(), self._ttl,
+                                                 service=self._db.name, grant=grant)
+        epoch = self._signer.trust_epoch
         server_ca = self._load_server_ca()  # read per certificate: follows a CA change
         verify = _native.VERIFY_NONE if server_ca is None else _native.VERIFY_REQUIRED
         ctx = _native.TLSContext(False, cert_pem(cert), private_key_pem(key),
                                  server_ca, verify=verify)
-        renew_at = cert.not_valid_after_utc.timestamp() - RENEW_BEFORE.total_seconds()
-        return _Cached(ctx, max(renew_at, self._clock() + 1))
+        # renewed a margin before expiry: RENEW_BEFORE, or a fifth of a short certificate's
+        # life (an agent's last minutes, auth/agents.py MAX_DB_CLIENT_TTL)
+        life = cert.not_valid_after_utc - cert.not_valid_before_utc
+        margin = min(RENEW_BEFORE, life / 5)
+        renew_at = (cert.not_valid_after_utc - margin).timestamp()
+        return _Cached(ctx, max(renew_at, self._clock() + 1), epoch)
 
 
 def check_server_name(der: bytes | None, name: str) -> None:

@@ -6,7 +6,8 @@ The agents serving a database are those with a live heartbeat (`auth/agents.py`)
 session tries them in random order and takes the first that answers, so several agents
 can serve one database. The proxy's own identity (user CA, usage `mwi:proxy`) is the
 client certificate; the agent must show a agent-CA certificate valid for the address it
-registered.
+registered. Each session's hello carries a single-use grant from the auth service, the
+only thing that lets the agent have a database-client certificate (`auth/agent_grants.py`).
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from mwiproxy import _native
-from mwiproxy.config.cluster import split_host_port
 from mwiproxy.engines.base import CONNECT_TIMEOUT, UpstreamError, check_server_name
 from mwiproxy.engines.postgres import Upstream, UpstreamRefused
 from mwiproxy.identity.certs import Identity
+from mwiproxy.metrics.cluster import NoopProxyMetrics
 from mwiproxy.relay.streams import BufferedReader, ByteStream, dial_tcp
 from mwiproxy.wire import agentlink
 from mwiproxy.wire import postgres as pg
+from mwiproxy.wire.addr import split_host_port
 
 log = logging.getLogger("mwiproxy.engines.remote")
 
@@ -43,14 +46,27 @@ class Agent(Protocol):
     def addr(self) -> str: ...
 
 
+class GrantSession(Protocol):
+    """The auth service's `AgentService.grant_session`: a single-use secret that lets
+    agent host_id have one database-client certificate for this session's db_user."""
+
+    def __call__(self, *, session_id: int, host_id: str, service: str, db_name: str,
+                 db_user: str, user: str) -> str: ...
+
+
 class RemoteEngine:
     """One database service, reached through whichever of its agents answers."""
 
     def __init__(self, name: str, find_agents: Callable[[], Sequence[Agent]],
-                 link_tls: Callable[[], _native.TLSContext]) -> None:
+                 link_tls: Callable[[], _native.TLSContext],
+                 grant_session: GrantSession, metrics: NoopProxyMetrics | None = None,
+                 protocol: str = "postgres") -> None:
         self.name = name
+        self._metrics = metrics or NoopProxyMetrics()
+        self._protocol = protocol
         self._find_agents = find_agents
         self._link_tls = link_tls
+        self._grant_session = grant_session
 
     def agents(self) -> list[Agent]:
         found = list(self._find_agents())
@@ -70,29 +86,34 @@ class RemoteEngine:
             raise
         return stream
 
-    async def _open(self, hello: agentlink.Hello
+    async def _open(self, hello_for: Callable[[Agent], agentlink.Hello]
                     ) -> tuple[_native.TLSStream, BufferedReader, agentlink.Reply]:
+        """The link to the first agent that answers, after its hello (made for that
+        agent: a session grant is good for the one agent it was sent to)."""
         agents = self.agents()
         if not agents:
             raise UpstreamError(f"database {self.name!r}: no agent serving it has sent a "
                                 "heartbeat recently (is `mwiproxy start --roles=db` running?)")
         failures = []
         for agent in agents:
+            started = time.monotonic()
             try:
                 stream = await asyncio.wait_for(self._dial(agent), CONNECT_TIMEOUT)
             except (OSError, TimeoutError, UpstreamError) as e:  # TLSError is an OSError
+                self._metrics.dial(self.name, self._protocol, None)
                 failures.append(f"{agent.hostname or agent.host_id} at {agent.addr}: "
-                                f"{e or 'timeout'}")
+                                f"{str(e) or 'timeout'}")
                 continue
+            self._metrics.dial(self.name, self._protocol, time.monotonic() - started)
             try:
-                await stream.write(hello.encode())
+                await stream.write(hello_for(agent).encode())
                 reader = BufferedReader(stream)
                 reply = await asyncio.wait_for(agentlink.read_reply(reader), LINK_TIMEOUT)
             except (OSError, TimeoutError, asyncio.IncompleteReadError,
                     agentlink.LinkError) as e:
                 stream.close()
                 raise UpstreamError(f"database {self.name!r}: the agent at {agent.addr} "
-                                    f"failed: {e or 'timeout'}") from None
+                                    f"failed: {str(e) or 'timeout'}") from None
             return stream, reader, reply
         raise UpstreamError(f"database {self.name!r}: no agent could be reached: "
                             + "; ".join(failures))
@@ -100,10 +121,17 @@ class RemoteEngine:
     async def start(self, startup: bytes, db_user: str, client: ByteStream, *,
                     caller: Identity, db_name: str = "", remote: str = "",
                     session_id: int = 0) -> Upstream:
-        hello = agentlink.Hello(agentlink.OP_SESSION, self.name, db_user, caller.cert_der,
-                                db_name=db_name, startup=startup, remote=remote,
-                                session_id=session_id)
-        stream, reader, reply = await self._open(hello)
+        def hello_for(agent: Agent) -> agentlink.Hello:
+            # the session is authorized (the proxy's checks ran before start), so the
+            # agent may have a database-client certificate for it, and for nothing else
+            grant = self._grant_session(session_id=session_id, host_id=agent.host_id,
+                                        service=self.name, db_name=db_name,
+                                        db_user=db_user, user=caller.user)
+            return agentlink.Hello(agentlink.OP_SESSION, self.name, db_user,
+                                   caller.cert_der, db_name=db_name, startup=startup,
+                                   remote=remote, session_id=session_id, grant=grant)
+
+        stream, reader, reply = await self._open(hello_for)
         try:
             if reply.status == agentlink.OK:
                 await client.write(reply.answer + reader.leftover())
@@ -120,7 +148,9 @@ class RemoteEngine:
     async def cancel(self, key: pg.CancelKey, db_user: str, *, caller: Identity) -> None:
         hello = agentlink.Hello(agentlink.OP_CANCEL, self.name, db_user, caller.cert_der,
                                 cancel=(key.pid, key.secret))
-        stream, _, reply = await self._open(hello)
+        # no grant: the agent cancels without a client certificate (PostgreSQL checks
+        # only the cancel key)
+        stream, _, reply = await self._open(lambda _agent: hello)
         with contextlib.closing(stream):
             if reply.status != agentlink.OK:
                 raise UpstreamError(reply.message or f"the agent answered {reply.status}")

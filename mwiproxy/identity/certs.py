@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,6 +37,7 @@ class Identity:
     renewable: bool = False
     cluster: str = ""
     expires: datetime | None = None
+    not_before: datetime | None = None
     serial: int = 0
     # the certificate it was read from (DER), so it can be shown to a database agent
     cert_der: bytes = field(default=b"", repr=False, compare=False)
@@ -47,6 +49,18 @@ class Identity:
     @property
     def is_bot(self) -> bool:
         return bool(self.bot_name)
+
+    def validity_problem(self, now: datetime) -> str:
+        """Why the certificate this identity came from is not valid at `now` ("" if it
+        is). Checked at every use, not only at the handshake: a resumed TLS session or a
+        long-lived connection must not outlive the certificate."""
+        if self.not_before is not None and now < self.not_before:
+            return (f"the certificate of {self.user!r} is not valid before "
+                    f"{self.not_before:%Y-%m-%d %H:%M:%S} UTC")
+        if self.expires is not None and now >= self.expires:
+            return (f"the certificate of {self.user!r} expired at "
+                    f"{self.expires:%Y-%m-%d %H:%M:%S} UTC")
+        return ""
 
 
 def subject_for(identity: Identity) -> x509.Name:
@@ -86,6 +100,16 @@ def _one(name: x509.Name, oid: x509.ObjectIdentifier) -> str:
     return vals[0] if vals else ""
 
 
+@functools.lru_cache(maxsize=1024)
+def identity_from_der(der: bytes) -> Identity:
+    """identity_from_certificate on DER, parsed once per certificate: a bot's certificate
+    serves many connections, and each would otherwise cost a parse (the DER is the key,
+    so a renewed certificate is read anew; a refusal, a ValueError, is not cached).
+    The Identity is frozen; nothing validity-related is cached beyond what the
+    certificate itself says, and every connection still checks it."""
+    return identity_from_certificate(x509.load_der_x509_certificate(der))
+
+
 def identity_from_certificate(cert: x509.Certificate) -> Identity:
     """Decode an identity; raises ValueError when the subject is not one of ours."""
     s = cert.subject
@@ -117,6 +141,7 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
         renewable=_one(s, oids.RENEWABLE) == "true",
         cluster=str(issuer_org[0].value) if issuer_org else "",
         expires=cert.not_valid_after_utc,
+        not_before=cert.not_valid_before_utc,
         serial=cert.serial_number,
         cert_der=cert.public_bytes(Encoding.DER),
     )

@@ -35,6 +35,14 @@ def server_context(
 ) -> ssl.SSLContext:
     """client_cert: "none" | "optional" (verified when offered) | "required"."""
     ctx = _base(ssl.Purpose.CLIENT_AUTH)
+    # No session resumption: a resumed session skips certificate verification. These
+    # are the control plane's endpoints (the auth API), spoken only by mwiproxy's own
+    # clients, calls minutes apart: a full handshake costs nothing there. TLS 1.3 with no
+    # tickets cannot resume at all; TLS 1.2 would resume by session id from OpenSSL's
+    # server cache, which Python cannot turn off — so these endpoints take TLS 1.3 only.
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.num_tickets = 0
+    ctx.options |= ssl.OP_NO_TICKET
     _load_chain_from_memory(ctx, cert_pem, key_pem)
     if client_cert != "none":
         if not client_ca_pems:

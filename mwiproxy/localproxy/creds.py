@@ -15,8 +15,7 @@ from functools import cached_property
 
 from cryptography import x509
 
-from mwiproxy.bot.destinations import BUNDLES_DIR, DestinationError, read_bundle
-from mwiproxy.bot.outputs import HOST_CA, KEY, TLS_CERT
+from mwiproxy.identity.bundle import HOST_CA, KEY, TLS_CERT, BundleError, read_files
 from mwiproxy.identity.certs import Identity, identity_from_certificate
 
 CredentialsProvider = Callable[[], tuple[bytes, bytes, bytes]]
@@ -24,7 +23,12 @@ FILES = [TLS_CERT, KEY, HOST_CA]
 
 
 class CredentialsError(Exception):
-    """Credentials missing, unreadable, expired or for another database."""
+    """Credentials missing, unreadable, expired or for another database; `reason` is the
+    refusal reason of the metrics (metrics/localproxy.py: REFUSAL_REASONS)."""
+
+    def __init__(self, message: str, reason: str = "credentials_missing") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -58,13 +62,14 @@ def check_usable(creds: TLSCredentials, service: str, origin: str) -> None:
     if creds.not_after <= now:
         raise CredentialsError(
             f"the certificate in {origin} expired at {creds.not_after:%Y-%m-%d %H:%M:%S} UTC; "
-            "is the bot (mwibot start) running and renewing it?")
+            "is the bot (mwibot start) running and renewing it?", "credentials_expired")
     route = creds.identity.route
     if route is None:
-        raise CredentialsError(f"the certificate in {origin} is not a database certificate")
+        raise CredentialsError(f"the certificate in {origin} is not a database certificate",
+                               "other")
     if service and route.service != service:
         raise CredentialsError(f"the certificate in {origin} is for database service "
-                               f"{route.service!r}, not {service!r}")
+                               f"{route.service!r}, not {service!r}", "other")
 
 
 class DirectoryCredentials:
@@ -96,15 +101,7 @@ class DirectoryCredentials:
 
     def _read(self) -> tuple[bytes, bytes, bytes]:
         try:
-            if os.path.isdir(os.path.join(self.path, BUNDLES_DIR)):
-                files = read_bundle(self.path, FILES)[1]  # one consistent version
-            else:
-                files = {n: _read(os.path.join(self.path, n)) for n in FILES}
-        except (OSError, DestinationError) as e:
+            files = read_files(self.path, FILES)  # one consistent version when mwibot wrote it
+        except (OSError, BundleError) as e:
             raise CredentialsError(f"cannot read the credentials in {self.path}: {e}") from None
         return files[TLS_CERT], files[KEY], files[HOST_CA]
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()

@@ -1,4 +1,4 @@
-"""/livez and /readyz for `mwibot proxy`, on the bot's diagnostics server.
+"""/livez, /readyz and /metrics for `mwibot proxy`, on the bot's diagnostics server.
 
 Readiness is computed when probed, from each local proxy's `readiness()`: it is
 accepting, and its credentials are present, readable and unexpired. A probe never dials
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from mwiproxy.bot.diag import HEALTHY, UNHEALTHY, DiagServer, HealthRegistry, ServiceHealth
+from prometheus_client import CollectorRegistry
+
+from mwiproxy.metrics.diag import HEALTHY, UNHEALTHY, DiagServer, HealthRegistry, ServiceHealth
+from mwiproxy.metrics.registry import process_registry
 
 Probe = Callable[[], tuple[bool, str]]
 
@@ -26,17 +29,15 @@ class ProbedHealth(HealthRegistry):
             ready, reason = probe()
             self.set(name, HEALTHY if ready else UNHEALTHY, reason)
 
-    def snapshot(self) -> dict[str, ServiceHealth]:
+    def snapshot(self) -> dict[str, ServiceHealth]:  # get() reads through it too
         self._refresh()
         return super().snapshot()
 
-    def get(self, service: str) -> ServiceHealth | None:
-        self._refresh()
-        return super().get(service)
 
-
-async def serve_diagnostics(addr: str, probes: Mapping[str, Probe]) -> DiagServer:
-    """A started DiagServer on `addr` ("host:port") reporting the probes."""
-    diag = DiagServer(addr, ProbedHealth(probes))
+async def serve_diagnostics(addr: str, probes: Mapping[str, Probe],
+                            registry: CollectorRegistry | None = None) -> DiagServer:
+    """A started DiagServer on `addr` ("host:port") reporting the probes, and `registry`
+    on /metrics (by default the process's own collectors only)."""
+    diag = DiagServer(addr, ProbedHealth(probes), registry or process_registry())
     await diag.start()
     return diag

@@ -22,25 +22,34 @@ Credentials come from a provider read for every new connection; a changed provid
 result gives a new TLS context, open connections keep theirs.
 
 The TLS to the cluster is a native TLSStream, so after the first exchange the relay
-(`relay/pipe.py`) runs natively in both modes. `-ping` framing is offered only when
-asked for (`offer_ping`): a framed connection is copied in Python.
+(`relay/pipe.py`) runs natively in both modes, `-ping` framed (`offer_ping`) or not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import socket
+import time
 
 from mwiproxy import _native
-from mwiproxy.localproxy.acceptor import Acceptor, ListenAddr
+from mwiproxy.localproxy.connlog import Connection
 from mwiproxy.localproxy.creds import (
     CredentialsError,
     CredentialsProvider,
     TLSCredentials,
     check_usable,
 )
+from mwiproxy.metrics.localproxy import (
+    BAD_REQUEST,
+    UPSTREAM_REFUSED,
+    LocalProxyMetricsSink,
+    NoopLocalProxyMetrics,
+    mode_of,
+)
+from mwiproxy.relay.listen import Listener
 from mwiproxy.relay.pipe import Pipe
 from mwiproxy.relay.streams import (
     BufferedReader,
@@ -52,8 +61,9 @@ from mwiproxy.relay.streams import (
 from mwiproxy.relay.tlsnames import certificate_names
 from mwiproxy.wire import alpn, mysql
 from mwiproxy.wire import postgres as pg
+from mwiproxy.wire.addr import HTTPS, TCP, UNIX, parse_address, parse_listen
 
-__all__ = ["DRAIN_TIMEOUT", "CredentialsError", "ListenAddr", "LocalProxy",
+__all__ = ["DRAIN_TIMEOUT", "CredentialsError", "LocalProxy",
            "UnsupportedMode", "UpstreamFailed"]
 
 log = logging.getLogger("mwiproxy.localproxy")
@@ -79,10 +89,11 @@ class UpstreamFailed(Exception):
 
 
 def _split_proxy(addr: str) -> tuple[str, int]:
-    host, sep, port = addr.removeprefix("tcp://").removeprefix("https://").rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"proxy address {addr!r} is not host:port")
-    return host.strip("[]"), int(port)
+    try:
+        proxy = parse_address(addr, schemes=(TCP, HTTPS))
+    except ValueError as e:
+        raise ValueError(f"invalid proxy address: {e}") from None
+    return proxy.host, proxy.port
 
 
 class LocalProxy:
@@ -90,10 +101,11 @@ class LocalProxy:
                  credentials: CredentialsProvider, tunnel: bool = True,
                  database: str = "", username: str = "", server_name: str = "",
                  origin: str = "the bot's credentials", max_connections: int = 0,
-                 offer_ping: bool = False, protocol: str = "") -> None:
+                 offer_ping: bool = True, protocol: str = "",
+                 metrics: LocalProxyMetricsSink | None = None) -> None:
         if protocol and protocol not in alpn.DATABASE_PROTOCOLS:
             raise ValueError(f"unknown database protocol {protocol!r}")
-        self.listen = ListenAddr.parse(listen)
+        self.listen = parse_listen(listen)
         self.proxy_host, self.proxy_port = _split_proxy(proxy_addr)
         self.server_name = server_name or (
             "localhost" if self.proxy_host in ("127.0.0.1", "::1") else self.proxy_host)
@@ -105,12 +117,16 @@ class LocalProxy:
         self._origin = origin
         self._last_creds: TLSCredentials | None = None
         self._contexts: dict[bool, tuple[TLSCredentials, _native.TLSContext]] = {}
-        self._acceptor = Acceptor(self.listen, self._serve, max_connections)
+        self._listener = Listener(self.listen, self._serve, max_connections=max_connections,
+                                  what="local proxy connection")
         self._setups = asyncio.Semaphore(MAX_CONCURRENT_SETUPS)
         self._asked_protocol = protocol
         self.protocol = protocol or "postgres"  # settled from the certificate at start
         self.offer_ping = offer_ping
         self.draining = False
+        self.mode = mode_of(tunnel)
+        self.metrics: LocalProxyMetricsSink = metrics or NoopLocalProxyMetrics()
+        self._count_as: tuple[str, ...] = ()  # the relays' counter key (none without metrics)
 
     @property
     def alpn(self) -> str:
@@ -138,7 +154,8 @@ class LocalProxy:
                 f"--tunnel is required for mysql/mongodb/redis: database service "
                 f"{self.service!r} is {self.protocol}, and only PostgreSQL clients can "
                 "bring their own TLS through the local proxy")
-        await self._acceptor.start()
+        self._listener.start()
+        self._count_as = self.metrics.serving(self.service, self.mode, self._expiry)
         log.info("local proxy for %r (%s) listening on %s (%s mode)", self.service,
                  self.protocol, self.address, "tunnel" if self.tunnel else "TLS pass-through")
 
@@ -156,31 +173,56 @@ class LocalProxy:
 
     @property
     def address(self) -> str:
-        if self.listen.unix_path:
-            return f"unix://{self.listen.unix_path}"
-        host, port = self._acceptor.sockname()
+        if self.listen.scheme == UNIX:
+            return str(self.listen)
+        host, port = self._listener.address
         return f"{host}:{port}"
 
     @property
     def port(self) -> int:
-        assert not self.listen.unix_path
-        return self._acceptor.sockname()[1]
+        assert self.listen.scheme == TCP
+        return self._listener.address[1]
 
     @property
     def active_connections(self) -> int:
-        return self._acceptor.active
+        return self._listener.active
+
+    def accept_stats(self) -> _native.AcceptorStats:
+        """The acceptor's counters (accepted, handed, accept errors) since start."""
+        return self._listener.stats()
 
     async def serve_forever(self) -> None:
-        await self._acceptor.wait()
+        await self._listener.wait()
 
     async def drain(self, timeout: float = DRAIN_TIMEOUT) -> bool:
         """Stop accepting, let open sessions finish for up to `timeout` s, cut the rest."""
         self.draining = True
-        return await self._acceptor.drain(timeout)
+        try:
+            return await self._listener.drain(timeout)
+        finally:
+            self.metrics.stopped(self.service)
 
     async def close(self) -> None:
         self.draining = True
-        await self._acceptor.close()
+        try:
+            await self._listener.drain(0)
+        finally:
+            self.metrics.stopped(self.service)
+
+    async def reload(self) -> None:
+        """SIGHUP: read the credentials again now rather than at the next connection;
+        CredentialsError says what is wrong with them (readiness says it too)."""
+        self._last_creds = None
+        self._contexts.clear()
+        ready, reason = self.readiness()
+        if not ready:
+            raise CredentialsError(reason)
+        log.info("SIGHUP: credentials re-read: %s", reason)
+
+    def status(self) -> str:
+        ready, reason = self.readiness()
+        return (f"local proxy for {self.service!r} on {self.address}: "
+                f"{'ready' if ready else 'not ready'}, {reason}")
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason): accepting, and credentials present and unexpired. Reads the
@@ -196,6 +238,13 @@ class LocalProxy:
         except CredentialsError as e:
             return False, str(e)
         return True, f"certificate valid until {creds.not_after:%Y-%m-%d %H:%M:%S} UTC"
+
+    def _expiry(self) -> dt.datetime | None:
+        """notAfter of the certificate served now (the metrics read it at scrape time)."""
+        try:
+            return self._credentials().not_after
+        except CredentialsError:
+            return None
 
     # -- credentials -------------------------------------------------------------------
 
@@ -217,12 +266,12 @@ class LocalProxy:
         if alpn.DATABASE_PROTOCOLS.get(route.protocol) != self.alpn:
             raise CredentialsError(f"the certificate in {self._origin} is for a "
                                    f"{route.protocol or 'unknown'} database, not "
-                                   f"{self.protocol}")
+                                   f"{self.protocol}", "other")
         for asked, have, what in ((self.username, route.username, "database user"),
                                   (self.database, route.database, "database")):
             if asked and have and asked != have:
                 raise CredentialsError(f"the certificate in {self._origin} is for {what} "
-                                       f"{have!r}, not {asked!r}")
+                                       f"{have!r}, not {asked!r}", "other")
 
     def _context(self, with_cert: bool) -> _native.TLSContext:
         creds = self._credentials()
@@ -239,20 +288,26 @@ class LocalProxy:
 
     # -- a connection ------------------------------------------------------------------
 
-    async def _serve(self, sock: socket.socket) -> None:
+    def _connection(self) -> Connection:
+        return Connection(self.metrics, self.service, self.mode, self.username, self.database)
+
+    async def _serve(self, sock: socket.socket, _peer: str) -> None:
         client = SocketStream(sock)
+        conn = self._connection()
         if not self.speaks_postgres:
-            await self._serve_opaque(client)
+            await self._serve_opaque(client, conn)
             return
         reader = BufferedReader(client)
         try:
             first = await asyncio.wait_for(pg.read_first_packet(reader), FIRST_PACKET_TIMEOUT)
         except (pg.ProtocolError, TimeoutError, OSError, asyncio.IncompleteReadError):
             client.close()
+            conn.refused(BAD_REQUEST)
             return
+        conn.startup(first)
         try:
             async with self._setups:  # bursts queue here, not in the cluster's handshakes
-                upstream = await self._dial(with_cert=self.tunnel or first.is_cancel)
+                upstream = await self._dial(self.tunnel or first.is_cancel, conn)
                 answer = await self._first_exchange(upstream, first.raw)
         except (CredentialsError, UpstreamFailed) as e:
             log.warning("connection refused locally: %s", e)
@@ -260,22 +315,33 @@ class LocalProxy:
             with contextlib.suppress(OSError):  # the client may have given up already
                 await client.write(pg.error_response(f"mwibot local proxy: {e}", sqlstate))
             client.close()
+            _setup_failed(conn, e)
             return
         try:
             await client.write(answer)
+            conn.answered()
             if early := reader.leftover():
                 await upstream.write(early)
-            await Pipe(client, upstream).run()
+            await self._relay(client, upstream, conn)
         finally:
             upstream.close()  # a no-op once the relay took it over
 
-    async def _serve_opaque(self, client: SocketStream) -> None:
+    async def _relay(self, client: ByteStream, upstream: ByteStream, conn: Connection) -> None:
+        pipe = Pipe(client, upstream, count_as=self._count_as or None)
+        conn.relaying()
+        try:
+            await pipe.run()
+        finally:  # cut by a drain too: the line says what moved until then
+            conn.relayed(pipe.stats)
+
+    async def _serve_opaque(self, client: SocketStream, conn: Connection) -> None:
         """Tunnel mode for a protocol whose bytes are not parsed here: dial at once
-        (the client may be waiting for the server to speak), then relay."""
+        (the client may be waiting for the server to speak), then relay. Only MySQL's
+        greeting is seen here: for the others the first answer goes by in the relay."""
         greeting = b""
         try:
             async with self._setups:
-                upstream = await self._dial(with_cert=True)
+                upstream = await self._dial(True, conn)
                 if self.protocol == "mysql":  # the server speaks first
                     greeting = await self._first_answer(upstream)
         except (CredentialsError, UpstreamFailed) as e:
@@ -284,19 +350,33 @@ class LocalProxy:
                 with contextlib.suppress(OSError):
                     await client.write(_mysql_refusal(e))
             client.close()
+            _setup_failed(conn, e)
             return
         try:
             if greeting:
                 await client.write(greeting)
-            await Pipe(client, upstream).run()
+                conn.answered()
+            await self._relay(client, upstream, conn)
         finally:
             upstream.close()  # a no-op once the relay took it over
 
-    async def _dial(self, with_cert: bool) -> ByteStream:
+    async def _dial(self, with_cert: bool, conn: Connection) -> ByteStream:
         """TLS to the cluster proxy; the stream is framed if `-ping` was agreed."""
+        conn.credentials(self._credentials())  # whose they are, even when refused below
         ctx = self._context(with_cert)
+        started = time.monotonic()
         try:
-            stream = await asyncio.wait_for(self._handshake(ctx), DIAL_TIMEOUT)
+            stream = await self._handshake(ctx)
+        except UpstreamFailed:
+            conn.dialed(None)
+            raise
+        conn.dialed(time.monotonic() - started)
+        return self._framed(stream)
+
+    async def _handshake(self, ctx: _native.TLSContext) -> _native.TLSStream:
+        """TCP and TLS to the cluster proxy (UpstreamFailed says why not)."""
+        try:
+            return await asyncio.wait_for(self._tls_dial(ctx), DIAL_TIMEOUT)
         except _native.TLSError as e:
             if str(e).startswith("certificate verify failed"):
                 raise UpstreamFailed(f"the cluster proxy at {self.proxy_host}:"
@@ -304,13 +384,15 @@ class LocalProxy:
             raise UpstreamFailed(self._unreachable(e)) from None
         except (OSError, TimeoutError) as e:
             raise UpstreamFailed(self._unreachable(e)) from None
+
+    def _framed(self, stream: _native.TLSStream) -> ByteStream:
         framed = len(self.alpn_offer) > 1 and stream.alpn() == self.alpn_offer[0]
         return FramedStream(stream) if framed else stream
 
     def _unreachable(self, e: BaseException) -> str:
         return f"cannot reach the cluster proxy at {self.proxy_host}:{self.proxy_port}: {_why(e)}"
 
-    async def _handshake(self, ctx: _native.TLSContext) -> _native.TLSStream:
+    async def _tls_dial(self, ctx: _native.TLSContext) -> _native.TLSStream:
         loop = asyncio.get_running_loop()
         raw = await dial_tcp(self.proxy_host, self.proxy_port)
         stream = _native.TLSStream(loop, ctx, raw.detach(), server_hostname=self.server_name)
@@ -351,6 +433,16 @@ class LocalProxy:
     def _refused(self, reason: str) -> str:
         return (f"the cluster proxy refused the connection ({reason}); check that "
                 f"{self._origin} hold a valid certificate of this cluster")
+
+
+def _setup_failed(conn: Connection, error: CredentialsError | UpstreamFailed) -> None:
+    """Refused (our credentials, or the cluster said no) or failed (unreachable)."""
+    if isinstance(error, CredentialsError):
+        conn.refused(error.reason)
+    elif error.sqlstate == pg.INVALID_AUTHORIZATION:
+        conn.refused(UPSTREAM_REFUSED)
+    else:
+        conn.failed()
 
 
 def _mysql_refusal(error: Exception) -> bytes:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mwiproxy.bot.diag import UNHEALTHY
 from mwiproxy.localproxy.server import DRAIN_TIMEOUT, LocalProxy
 
 log = logging.getLogger("mwiproxy.localproxy")
 
 
 async def serve_database_tunnel(ctx: Any) -> None:
-    """Runner for `mwiproxy.bot.tunnels.register_tunnel_runner` (a TunnelContext)."""
+    """The `TunnelRunner` that `mwibot` hands to the bot (one per database-tunnel)."""
     service, holder = ctx.service, ctx.holder
     await holder.wait()
 
@@ -28,11 +27,13 @@ async def serve_database_tunnel(ctx: Any) -> None:
         listen=service.listen, proxy_addr=ctx.config.proxy_server or ctx.config.auth_server,
         service=service.service, credentials=current, tunnel=True,
         database=service.database, username=service.username,
-        origin=f"database-tunnel {service.name or service.service}")
+        origin=f"database-tunnel {service.name or service.service}",
+        metrics=getattr(ctx, "proxy_metrics", None))
     await proxy.start()
     log.info("database-tunnel %s: listening on %s", service.service, proxy.address)
+    ctx.accepting(proxy.readiness)
     try:
         await proxy.serve_forever()
     finally:
-        ctx.health.set(service.name, UNHEALTHY, "draining: not accepting new connections")
+        ctx.not_accepting("draining: not accepting new connections")
         await proxy.drain(DRAIN_TIMEOUT)

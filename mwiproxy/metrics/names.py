@@ -92,13 +92,20 @@ class BotMetrics:
         self._renewals = Counter(
             RENEWALS_TOTAL, "Credential renewals by result.", (LABEL_RESULT,), registry=registry
         )
+        # Both results exist at 0 from the start: otherwise the first failure creates the
+        # series at 1, increase() sees no rise and an alert misses it.
+        for result in (RESULT_SUCCESS, RESULT_FAILURE):
+            self._renewals.labels(result)
         for collector in (self._total, self._ok, self._failed, self._freshness):
             registry.register(collector)
 
     def task_iteration(self, service: str, name: str, ok: bool, seconds: float) -> None:
         key = (service, name)
         self._total.inc(key)
-        (self._ok if ok else self._failed).inc(key)
+        # both exist from the task's first iteration (the other at 0), so a dashboard or
+        # increase() sees the first failure too
+        self._ok.inc(key, 1.0 if ok else 0.0)
+        self._failed.inc(key, 0.0 if ok else 1.0)
         self._duration.labels(service, name).observe(seconds)
 
     def output_renewed(self, output: str, not_after: datetime, at: float | None = None) -> None:

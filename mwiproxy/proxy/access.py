@@ -11,9 +11,10 @@ import datetime as dt
 from collections.abc import Container
 from dataclasses import dataclass
 
-from mwiproxy.auth.errors import AuthError
+from mwiproxy.auth.errors import AuthError, DeniedByLock, StaleGeneration
 from mwiproxy.auth.roles import Role
 from mwiproxy.auth.service import AuthService
+from mwiproxy.identity import names
 from mwiproxy.identity.certs import DatabaseRoute, Identity
 
 NO_IDENTITY = ("no client certificate was presented: use the local proxy in tunnel mode "
@@ -21,11 +22,13 @@ NO_IDENTITY = ("no client certificate was presented: use the local proxy in tunn
 
 
 class Refusal(Exception):
-    """Access refused; `reason` is for the operator (sent to the client and audited)."""
+    """Access refused; `reason` is for the operator (sent to the client and audited),
+    `code` the bounded reason of mwiproxy_refusals_total."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, code: str = "access_denied") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code
 
     @property
     def message(self) -> str:
@@ -50,13 +53,22 @@ def _check_route(caller: Identity, protocols: Container[str], served: Container[
         raise Refusal(f"the certificate is for a {route.protocol or 'unknown'} database, "
                       "not this protocol")
     if route.service not in served:
-        raise Refusal(f"database service {route.service!r} is not served by this cluster")
-    if caller.expires is not None and caller.expires <= dt.datetime.now(dt.UTC):
-        raise Refusal(f"the certificate expired at {caller.expires:%Y-%m-%d %H:%M:%S} UTC")
+        raise Refusal(f"database service {route.service!r} is not served by this cluster",
+                      "unknown_service")
+    # checked per connection, not trusted from the handshake: a resumed TLS session
+    # restores the peer certificate without verifying it again
+    invalid = caller.validity_problem(dt.datetime.now(dt.UTC))
+    if invalid:
+        raise Refusal(invalid, "not_yet_valid" if "not valid before" in invalid
+                      else "expired")
     return route
 
 
 def _check_startup(route: DatabaseRoute, db_user: str, db_name: str) -> None:
+    try:  # what the server would read differently (truncated) or logs would show wrongly
+        names.database_route(route.service, route.protocol, db_user, db_name)
+    except names.InvalidName as e:
+        raise Refusal(str(e), "bad_startup") from None
     if route.username and route.username != db_user:
         raise Refusal(f'the certificate is for database user "{route.username}", '
                       f'not "{db_user}"')
@@ -67,16 +79,33 @@ def _check_startup(route: DatabaseRoute, db_user: str, db_name: str) -> None:
 def authorize(auth: AuthService, caller: Identity | None, *, db_user: str, db_name: str,
               protocols: Container[str], served: Container[str]) -> Grant:
     """Raise Refusal unless `caller` may use its routed database as db_user/db_name."""
+    asked = check_certificate(caller, db_user=db_user, db_name=db_name, protocols=protocols,
+                              served=served)
+    assert caller is not None
+    return check_policy(auth, caller, asked)
+
+
+def check_certificate(caller: Identity | None, *, db_user: str, db_name: str,
+                      protocols: Container[str], served: Container[str]) -> DatabaseRoute:
+    """The part of `authorize` that reads only the certificate and the startup (no
+    storage): the database route asked for, or Refusal. Passing it is what an early
+    dial of the database waits for."""
     if caller is None:
         raise Refusal(NO_IDENTITY)
     route = _check_route(caller, protocols, served)
     _check_startup(route, db_user, db_name)
-    asked = DatabaseRoute(route.service, route.protocol, db_user, db_name)
+    return DatabaseRoute(route.service, route.protocol, db_user, db_name)
+
+
+def check_policy(auth: AuthService, caller: Identity, asked: DatabaseRoute) -> Grant:
+    """The rest of `authorize`: locks, bot lineage and generation, roles (storage)."""
     try:
-        roles = auth.authorize_database(caller, asked)
+        names, roles = auth.check_database(caller, asked)
     except AuthError as e:
-        raise Refusal(e.message) from None
-    return Grant(asked, tuple(roles), disconnect_at_expiry(auth.roles_for(list(roles))))
+        code = "locked" if isinstance(e, DeniedByLock) else \
+            "stale_generation" if isinstance(e, StaleGeneration) else "access_denied"
+        raise Refusal(e.message, code) from None
+    return Grant(asked, tuple(names), disconnect_at_expiry(roles))
 
 
 def disconnect_at_expiry(roles: list[Role]) -> bool:

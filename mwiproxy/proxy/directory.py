@@ -14,12 +14,14 @@ from mwiproxy.auth.agents import AgentRecord
 from mwiproxy.auth.service import AuthService
 from mwiproxy.engines.postgres import Engine
 from mwiproxy.engines.remote import RemoteEngine
+from mwiproxy.metrics.cluster import NoopProxyMetrics
 
 
 class EngineDirectory:
     def __init__(self, local: Mapping[str, Engine], auth: AuthService,
                  link_tls: Callable[[], _native.TLSContext],
-                 protocols: Collection[str]) -> None:
+                 protocols: Collection[str], metrics: NoopProxyMetrics | None = None) -> None:
+        self._metrics = metrics or NoopProxyMetrics()
         self._local = dict(local)
         self._auth = auth
         self._link_tls = link_tls
@@ -31,11 +33,16 @@ class EngineDirectory:
         return name in self._local or any(
             db.protocol in self._protocols for _, db in self._auth.agents.servers_for(name))
 
+    def local(self, name: str) -> Engine | None:
+        """The engine of a database served in this process (none for an agent's)."""
+        return self._local.get(name)
+
     def get(self, name: str) -> Engine | None:
         if name in self._local:
             return self._local[name]
         if name in self:
-            return RemoteEngine(name, lambda: self._agents_for(name), self._link_tls)
+            return RemoteEngine(name, lambda: self._agents_for(name), self._link_tls,
+                                self._auth.agents.grant_session, self._metrics)
         return None
 
     def _agents_for(self, name: str) -> list[AgentRecord]:

@@ -2,8 +2,9 @@
 
 The handler gets the TLS stream wrapped in a `FramedStream`: it reads payload and
 writes frames exactly as it would on an unframed connection, in the same process and
-without a local hop. Its relay copies in Python (the native relay does not frame) and
-sends the keepalives; that is why the local proxy offers the framed name only when asked.
+without a local hop. Its relay (`relay/pipe.py`) hands the framing over to the native
+relay, which frames, deframes and sends the keepalives (the ping interval, set by
+whoever builds the Pipe) with no Python per chunk.
 """
 
 from __future__ import annotations

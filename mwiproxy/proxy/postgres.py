@@ -9,37 +9,58 @@ Then: startup → access check → engine → relay, with audit events at each e
 CancelRequest forwarded to the database of the session that owns the key. The setup
 reads and writes the streams directly; the relay (`relay/pipe.py`) then takes both over
 — natively in both modes (the client's inner TLS runs on the native core over the outer
-one, `TLSStream.wrap_inner`); in Python only when `-ping` framing sits between them.
+one, `TLSStream.wrap_inner`), `-ping` framed or not (in non-tunnel `-ping` the frames sit
+between the two TLS layers: `wrap_inner(framing=)`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-
-from cryptography import x509
 
 from mwiproxy import _native
 from mwiproxy.auth import audit
 from mwiproxy.auth.service import AuthService
 from mwiproxy.engines.base import UpstreamError
-from mwiproxy.engines.postgres import PROTOCOLS, Upstream, UpstreamRefused
-from mwiproxy.identity.certs import Identity, identity_from_certificate
-from mwiproxy.proxy.access import Refusal, authorize
+from mwiproxy.engines.postgres import (
+    PROTOCOLS,
+    EarlyDial,
+    PostgresEngine,
+    Upstream,
+    UpstreamRefused,
+)
+from mwiproxy.identity.certs import Identity, identity_from_der
+from mwiproxy.metrics.cluster import (
+    MODE_NON_TUNNEL,
+    MODE_TUNNEL,
+    RESULT_ERROR,
+    RESULT_REFUSED,
+    RESULT_SUCCESS,
+    NoopProxyMetrics,
+)
+from mwiproxy.proxy.access import Refusal, check_certificate, check_policy
 from mwiproxy.proxy.directory import EngineDirectory
+from mwiproxy.proxy.listener import accepted_at
 from mwiproxy.proxy.sessions import Session, SessionRegistry
-from mwiproxy.relay.pipe import Pipe
-from mwiproxy.relay.streams import BufferedReader, ByteStream, MemoryTLSStream
+from mwiproxy.relay.pipe import Pipe, PipeStats
+from mwiproxy.relay.streams import BufferedReader, ByteStream, FramedStream
 from mwiproxy.wire import postgres as pg
 
 log = logging.getLogger("mwiproxy.proxy.postgres")
+# one line per session at its end (fields in `extra`: the JSON log has them at top level)
+session_log = logging.getLogger("mwiproxy.proxy.session")
+PROTOCOL = "postgres"  # the metrics' protocol label (the ALPN's; CockroachDB included)
 
-STARTUP_TIMEOUT = 30.0
+# from the hand-off to the startup message (with the inner TLS handshake of non-tunnel
+# mode): an unauthenticated client must not hold a connection longer (proxy.
+# first_message_timeout)
+STARTUP_TIMEOUT = 10.0
 MAX_NEGOTIATIONS = 3
 
 
@@ -50,6 +71,11 @@ class _Conn:
     caller: Identity | None
     remote: str
     inner_tls: bool = False
+    accepted_at: float = 0.0
+
+    @property
+    def mode(self) -> str:
+        return MODE_NON_TUNNEL if self.inner_tls else MODE_TUNNEL
 
 
 _ENDED = (pg.ProtocolError, ssl.SSLError, OSError, TimeoutError, asyncio.IncompleteReadError)
@@ -58,17 +84,22 @@ _ENDED = (pg.ProtocolError, ssl.SSLError, OSError, TimeoutError, asyncio.Incompl
 class PostgresFrontend:
     def __init__(self, auth: AuthService, engines: EngineDirectory,
                  sessions: SessionRegistry, inner_tls: Callable[[], _native.TLSContext],
-                 ping_interval: float | None = None) -> None:
+                 ping_interval: float | None = None,
+                 startup_timeout: float = STARTUP_TIMEOUT,
+                 metrics: NoopProxyMetrics | None = None) -> None:
         self._auth = auth
+        self._metrics = metrics or NoopProxyMetrics()
+        self._startup_timeout = startup_timeout
         self._engines = engines
         self._sessions = sessions
         self._inner_tls = inner_tls
         self._ping_interval = ping_interval
 
     async def serve(self, stream: ByteStream, caller: Identity | None, remote: str) -> None:
-        conn = _Conn(stream, BufferedReader(stream), caller, remote)
+        conn = _Conn(stream, BufferedReader(stream), caller, remote,
+                     accepted_at=accepted_at())
         try:
-            first = await asyncio.wait_for(self._negotiate(conn), STARTUP_TIMEOUT)
+            first = await asyncio.wait_for(self._negotiate(conn), self._startup_timeout)
             if first.is_cancel:
                 await self._cancel(conn, pg.parse_cancel(first.raw))
             else:
@@ -76,6 +107,8 @@ class PostgresFrontend:
         except Refusal as r:
             await self._refuse(conn, r)
         except _ENDED as e:
+            if isinstance(e, TimeoutError):  # held the connection, sent no startup
+                self._metrics.refusal(PROTOCOL, "timeout")
             log.info("postgres connection from %s ended before startup: %s", remote, e)
         finally:
             conn.stream.close()  # a no-op once a relay took it over
@@ -98,14 +131,14 @@ class PostgresFrontend:
     async def _accept_inner_tls(self, conn: _Conn) -> None:
         await conn.stream.write(pg.SSL_YES)
         ctx, initial = self._inner_tls(), conn.reader.leftover()
-        inner: _native.TLSStream | MemoryTLSStream
-        if isinstance(conn.stream, _native.TLSStream):  # the native relay can take it over
-            inner = conn.stream.wrap_inner(ctx)
-            handshake = inner.handshake(initial)
-        else:  # inside `-ping` framing: the stdlib's TLS, copied in Python
-            inner = MemoryTLSStream(conn.stream, ctx.ssl_context, server_side=True,
-                                    initial=initial)
-            handshake = inner.handshake()
+        outer, framing = conn.stream, None
+        if isinstance(outer, FramedStream):  # `-ping`: the client's records travel in frames
+            framing = outer.framing(None)
+            outer = outer.inner
+        if not isinstance(outer, _native.TLSStream):
+            raise pg.ProtocolError("the client's TLS is carried only inside the proxy's")
+        inner = outer.wrap_inner(ctx, framing=framing)
+        handshake = inner.handshake(initial)
         conn.stream = inner  # owns the outer stream from here: closed with it
         try:
             await handshake
@@ -116,7 +149,7 @@ class PostgresFrontend:
         der = inner.peer_cert_der()
         if der:
             try:
-                conn.caller = identity_from_certificate(x509.load_der_x509_certificate(der))
+                conn.caller = identity_from_der(der)
             except ValueError as e:
                 raise Refusal(f"the client certificate carries no identity: {e}") from None
 
@@ -126,6 +159,10 @@ class PostgresFrontend:
                       params: Mapping[str, str] | None = None) -> None:
         log.info("refused %s from %s: %s", conn.caller.user if conn.caller else "anonymous",
                  conn.remote, refusal.reason)
+        route = conn.caller.route if conn.caller else None
+        service = route.service if route and route.service in self._engines else ""
+        self._metrics.refusal(PROTOCOL, refusal.code)
+        self._metrics.connection(service, PROTOCOL, conn.mode, RESULT_REFUSED)
         self._audit_denied(conn, refusal.reason, params)
         with contextlib.suppress(OSError, ssl.SSLError):
             await conn.stream.write(pg.error_response(refusal.message))
@@ -145,38 +182,72 @@ class PostgresFrontend:
         params = pg.parse_startup(startup)
         db_user = params.get("user", "")
         db_name = params.get("database") or db_user
+        early: EarlyDial | None = None
         try:
-            grant = authorize(self._auth, conn.caller, db_user=db_user, db_name=db_name,
-                              protocols=PROTOCOLS, served=self._engines)
+            asked = check_certificate(conn.caller, db_user=db_user, db_name=db_name,
+                                      protocols=PROTOCOLS, served=self._engines)
+            assert conn.caller is not None
+            early = await self._dial_early(asked.service)
+            grant = check_policy(self._auth, conn.caller, asked)
         except Refusal as r:
+            if early is not None:
+                early.cancel()  # the database saw a TCP connection and an SSLRequest
             await self._refuse(conn, r, {"user": db_user, "database": db_name})
             return
-        assert conn.caller is not None
         session = Session(conn.caller, grant.route.service, db_user, db_name, conn.remote,
-                          roles=grant.roles, disconnect_at_expiry=grant.disconnect_at_expiry)
+                          roles=grant.roles, disconnect_at_expiry=grant.disconnect_at_expiry,
+                          mode=conn.mode, accepted_at=conn.accepted_at)
         # cut before the relay: see _run
         self._sessions.add(session)
         try:
-            await self._run(conn, session, startup)
+            await self._run(conn, session, startup, early)
         finally:
+            if early is not None:
+                early.cancel()  # a no-op once the engine took its socket
             self._sessions.remove(session)
 
-    async def _run(self, conn: _Conn, session: Session, startup: bytes) -> None:
+    async def _dial_early(self, service: str) -> EarlyDial | None:
+        """An in-process engine starts dialing while the policy check runs (the
+        certificate was verified and checked by now); an agent-served database is
+        dialed only after it, as a session grant goes with that dial."""
+        engine = self._engines.local(service)
+        if not isinstance(engine, PostgresEngine):
+            return None
+        early = engine.dial_early()
+        await early.head_start()
+        return early
+
+    async def _run(self, conn: _Conn, session: Session, startup: bytes,
+                   early: EarlyDial | None) -> None:
         engine = self._engines.get(session.service)
         started = time.monotonic()
         try:
             if engine is None:  # its agent went away since the check
                 raise UpstreamError(f"database service {session.service!r} is no longer "
                                     "served")
-            upstream = await engine.start(
+            start: Callable[..., Awaitable[Upstream]] = engine.start
+            if isinstance(engine, PostgresEngine):
+                start = functools.partial(engine.start, early=early)
+            upstream = await start(
                 startup, session.db_user, conn.stream, caller=session.identity,
                 db_name=session.db_name, remote=session.remote,
                 session_id=session.session_id)
         except (UpstreamError, UpstreamRefused) as e:
+            self._metrics.connection(session.service, PROTOCOL, session.mode,
+                                     RESULT_ERROR if isinstance(e, UpstreamError)
+                                     else RESULT_REFUSED)
             self._audit_start(session, error=str(e))
             if isinstance(e, UpstreamError):
                 await conn.stream.write(pg.error_response(str(e), pg.CONNECTION_FAILURE))
             return
+        except asyncio.CancelledError:  # only a shutdown cancels a connection's task
+            self._metrics.connection(session.service, PROTOCOL, session.mode, RESULT_ERROR)
+            self._audit_start(session, error="the cluster proxy shut down while connecting")
+            raise
+        # the engine sent the database's answer (AuthenticationOk … ReadyForQuery) on
+        session.first_byte = time.monotonic() - session.accepted_at
+        self._metrics.first_byte(session.service, PROTOCOL, session.mode, session.first_byte)
+        self._metrics.connection(session.service, PROTOCOL, session.mode, RESULT_SUCCESS)
         if upstream.cancel_key is not None:
             self._sessions.set_cancel_key(session, upstream.cancel_key)
         try:
@@ -188,20 +259,32 @@ class PostgresFrontend:
                      started: float) -> None:
         if early := conn.reader.leftover():  # sent before the answer: still the db's
             await upstream.stream.write(early)
-        pipe = Pipe(conn.stream, upstream.stream, keepalive=self._ping_interval)
+        pipe = Pipe(conn.stream, upstream.stream, keepalive=self._ping_interval,
+                    count_as=self._metrics.bytes_key(session.service, PROTOCOL, session.mode))
         session.cut = lambda reason, message: pipe.close(
             reason, farewell_to_a=pg.error_response(message, pg.ADMIN_SHUTDOWN))
         if session.end_reason:  # locked while the engine was dialing
             session.end(session.end_reason)
         self._audit_start(session)
-        stats = await pipe.run()
-        log.debug("session %d relayed %s", session.session_id,
-                  "natively" if stats.native else "in Python")
+        self._metrics.opened(session.service, PROTOCOL, session.mode)
+        try:
+            stats = await pipe.run()
+            log.debug("session %d relayed %s", session.session_id,
+                      "natively" if stats.native else "in Python")
+        finally:  # cut, cancelled (a shutdown past its grace) or failed: still audited
+            self._ended(session, pipe.stats, started)
+
+    def _ended(self, session: Session, stats: PipeStats, started: float) -> None:
+        """A session's end, told once: the audit event, the metrics, the log line."""
+        duration = time.monotonic() - started
+        reason = session.end_reason or stats.reason or "cancelled"
         self._auth.audit.emit(
             audit.SESSION_END, session_id=session.session_id, **_who(session),
             bytes_client_to_db=stats.bytes_a_to_b, bytes_db_to_client=stats.bytes_b_to_a,
-            duration=round(time.monotonic() - started, 3),
-            reason=session.end_reason or stats.reason, native=stats.native)
+            duration=round(duration, 3), reason=reason, native=stats.native)
+        self._metrics.closed(session.service, PROTOCOL, session.mode,
+                             "shutdown" if reason == "cancelled" else reason, duration)
+        log_session_end(session, stats, duration, reason)
 
     def _audit_start(self, session: Session, error: str = "") -> None:
         fields = {"success": not error, **({"error": error} if error else {})}
@@ -224,6 +307,25 @@ class PostgresFrontend:
             log.info("cancel for session %d failed: %s", session.session_id, e)
             return
         log.info("cancelled the running query of session %d", session.session_id)
+
+
+def log_session_end(session: Session, stats: PipeStats, duration: float,
+                    reason: str) -> None:
+    """The one line per session (INFO, logger mwiproxy.proxy.session); its fields are
+    in `extra` as well, for the JSON log."""
+    ident = session.identity
+    fields = {"session_id": session.session_id, "user": ident.user, "bot": ident.bot_name,
+              "db_service": session.service, "db_user": session.db_user,
+              "db_name": session.db_name, "protocol": PROTOCOL, "mode": session.mode,
+              "bytes_client_to_db": stats.bytes_a_to_b,
+              "bytes_db_to_client": stats.bytes_b_to_a, "duration": round(duration, 3),
+              "setup_latency": round(session.first_byte, 4), "reason": reason}
+    who = f"{ident.user} (bot {ident.bot_name})" if ident.bot_name else ident.user
+    session_log.info(
+        "session %d closed: %s as %s@%s on %s (%s, %s): %d bytes to the database, %d "
+        "from it, %.3fs (setup %.1f ms), %s", session.session_id, who, session.db_user,
+        session.db_name, session.service, PROTOCOL, session.mode, stats.bytes_a_to_b,
+        stats.bytes_b_to_a, duration, session.first_byte * 1000, reason, extra=fields)
 
 
 def _same_owner(session: Session, caller: Identity) -> bool:

@@ -41,6 +41,9 @@ class Session:
     started: float = field(default_factory=time.time)
     end_reason: str = ""
     disconnect_at_expiry: bool = True
+    mode: str = "tunnel"  # or "non_tunnel": the client's own TLS ended here
+    accepted_at: float = 0.0  # time.monotonic() at accept (the acceptor's)
+    first_byte: float = 0.0  # s from accept to the database's answer sent to the client
     _expiry: asyncio.TimerHandle | None = None
 
     def end(self, reason: str, message: str = "") -> None:
@@ -65,6 +68,7 @@ class SessionRegistry:
     def __init__(self) -> None:
         self._sessions: dict[int, Session] = {}
         self._by_cancel_key: dict[CancelKey, Session] = {}
+        self._emptied: asyncio.Event | None = None  # made by wait_empty, set by remove
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -83,6 +87,21 @@ class SessionRegistry:
             self._by_cancel_key.pop(session.cancel_key, None)
         if session._expiry is not None:
             session._expiry.cancel()
+        if not self._sessions and self._emptied is not None:
+            self._emptied.set()
+
+    async def wait_empty(self, timeout: float) -> bool:
+        """Wait (a drain) until no session is left, at most `timeout` s; True if none is."""
+        if not self._sessions:
+            return True
+        self._emptied = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._emptied.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._emptied = None
+        return not self._sessions
 
     def by_cancel_key(self, key: CancelKey) -> Session | None:
         return self._by_cancel_key.get(key)

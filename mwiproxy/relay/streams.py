@@ -2,10 +2,10 @@
 relay (`pipe.py`) takes over once the setup is done.
 
 A native `_native.TLSStream` (TLS on a socket, or TLS inside one: `wrap_inner`, the
-client's own TLS in non-tunnel mode) and `SocketStream` (a plain socket) can be handed to
-the native relay. `FramedStream` (the `-ping` framing) and `MemoryTLSStream` (TLS carried
-inside any other stream: the client's own TLS inside `-ping` framing) cannot, so a pipe
-with one of them copies in Python.
+client's own TLS in non-tunnel mode, which may travel in `-ping` frames:
+`wrap_inner(framing=)`), `SocketStream` (a plain socket) and a `FramedStream` (the
+`-ping` framing) over either are all handed to the native relay, which frames and sends
+the keepalives itself.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
 from typing import Protocol
 
+from mwiproxy import _native
 from mwiproxy.wire import ping
 
 READ_SIZE = 64 * 1024  # TLS records are at most 16 KiB: bigger reads only cost zeroing
@@ -71,14 +71,13 @@ def set_nodelay(sock: socket.socket) -> None:
 
 
 class FramedStream:
-    """The `-ping` framing over another stream: reads are deframed (keepalives dropped),
-    each write is one frame. Writes are serialized so a keepalive never lands inside one."""
+    """The `-ping` framing over another stream, for the setup phase: reads are deframed
+    (keepalives dropped), each write is one frame. The relay takes it over where its
+    deframer stopped (`framing`) and sends the keepalives from then on."""
 
     def __init__(self, inner: ByteStream) -> None:
         self.inner = inner
         self._deframer = ping.Deframer()
-        self._writing = asyncio.Lock()
-        self.last_write = asyncio.get_running_loop().time()
 
     async def read(self, max_bytes: int = READ_SIZE) -> bytes:
         while data := await self.inner.read(max_bytes):
@@ -89,80 +88,15 @@ class FramedStream:
         return b""
 
     async def write(self, data: bytes) -> None:
-        await self._send(ping.frame(data))
-
-    async def keepalive(self) -> None:
-        await self._send(ping.KEEPALIVE)
-
-    async def _send(self, raw: bytes) -> None:
-        async with self._writing:
-            self.last_write = asyncio.get_running_loop().time()
-            await self.inner.write(raw)
+        await self.inner.write(ping.frame(data))
 
     def close(self) -> None:
         self.inner.close()
 
-
-class MemoryTLSStream:
-    """TLS carried inside another stream (stdlib SSLObject over memory BIOs); inside a
-    native TLS stream, `_native.TLSStream.wrap_inner` does the same without Python."""
-
-    def __init__(self, inner: ByteStream, ctx: ssl.SSLContext, *, server_side: bool,
-                 initial: bytes = b"") -> None:
-        self.inner = inner
-        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._obj = ctx.wrap_bio(self._in, self._out, server_side=server_side)
-        self._writing = asyncio.Lock()
-        if initial:
-            self._in.write(initial)
-
-    async def _flush(self) -> None:
-        async with self._writing:
-            if self._out.pending:
-                await self.inner.write(self._out.read())
-
-    async def _fill(self) -> None:
-        data = await self.inner.read(READ_SIZE)
-        if data:
-            self._in.write(data)
-        else:
-            self._in.write_eof()
-
-    async def handshake(self) -> None:
-        """Raises ssl.SSLError (after sending the alert) when the handshake fails."""
-        while True:
-            try:
-                self._obj.do_handshake()
-            except ssl.SSLWantReadError:
-                await self._flush()
-                await self._fill()
-                continue
-            except ssl.SSLError:
-                with contextlib.suppress(OSError):
-                    await self._flush()  # the alert tells the client why
-                raise
-            await self._flush()
-            return
-
-    def peer_cert_der(self) -> bytes | None:
-        return self._obj.getpeercert(binary_form=True)
-
-    async def read(self, max_bytes: int = READ_SIZE) -> bytes:
-        while True:
-            try:
-                return self._obj.read(max_bytes)
-            except ssl.SSLWantReadError:
-                await self._flush()
-                await self._fill()
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return b""
-
-    async def write(self, data: bytes) -> None:
-        self._obj.write(data)
-        await self._flush()
-
-    def close(self) -> None:
-        self.inner.close()
+    def framing(self, keepalive: float | None) -> _native.Framing:
+        """The framing for a relay (or an inner TLS: `TLSStream.wrap_inner`) taking
+        `inner` over: where the deframer stopped, so no byte is lost or doubled."""
+        return _native.Framing(keepalive, self._deframer.header, self._deframer.payload_left)
 
 
 class BufferedReader:

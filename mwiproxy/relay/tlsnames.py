@@ -3,14 +3,17 @@ verify the chain only; callers that dial by name check the name with this."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from cryptography import x509
 
 
+@functools.lru_cache(maxsize=256)
 def certificate_names(der: bytes | None, name: str) -> bool:
     """True if the certificate's subjectAltName lists `name` (a DNS name, one leading
-    wildcard label allowed, or an IP address)."""
+    wildcard label allowed, or an IP address). Answered once per (certificate, name):
+    each connection a local proxy dials shows it the same cluster certificate."""
     if not der:
         return False
     cert = x509.load_der_x509_certificate(der)

@@ -9,8 +9,11 @@ and routes to a database this agent serves as the user and database asked for.
 
 proxy → agent, one frame (the auth API's framing, `wire/frames.py`):
     {"op": "session", "service", "db_user", "db_name", "client_cert": base64 DER,
-     "startup": base64, "remote", "session_id"}
+     "startup": base64, "remote", "session_id", "grant"}
     {"op": "cancel", "service", "db_user", "client_cert", "cancel": [pid, secret]}
+`grant` is the secret of a single-use session grant from the auth service: the agent
+shows it to the cluster to have the session's database-client certificate signed
+(`auth/agent_grants.py`). A cancel needs none: it goes to the database without one.
 agent → proxy, one frame then `answer` raw bytes:
     {"status": "ok" | "refused" | "denied" | "error", "message": str,
      "cancel_key": [pid, secret] | null, "answer": N}
@@ -35,6 +38,7 @@ OP_CANCEL = "cancel"
 OK, REFUSED, DENIED, ERROR = "ok", "refused", "denied", "error"
 STATUSES = (OK, REFUSED, DENIED, ERROR)
 MAX_ANSWER = 1 << 20
+MAX_GRANT = 128  # the cluster's grants are 43 characters (auth/agent_grants.py)
 
 __all__ = ["ALPN", "Hello", "LinkError", "Reply", "read_hello", "read_reply"]
 
@@ -58,12 +62,13 @@ class Hello:
     cancel: tuple[int, int] | None = None
     remote: str = ""
     session_id: int = 0
+    grant: str = field(default="", repr=False)  # a secret: kept out of logs
 
     def encode(self) -> bytes:
         msg: dict[str, Any] = {
             "op": self.op, "service": self.service, "db_user": self.db_user,
             "db_name": self.db_name, "client_cert": _b64(self.client_cert),
-            "remote": self.remote, "session_id": self.session_id}
+            "remote": self.remote, "session_id": self.session_id, "grant": self.grant}
         if self.op == OP_SESSION:
             msg["startup"] = _b64(self.startup)
         if self.cancel is not None:
@@ -103,7 +108,7 @@ async def read_hello(reader: Reader) -> Hello:
             db_name=_text(msg, "db_name"), client_cert=_unb64(msg, "client_cert"),
             startup=_unb64(msg, "startup") if op == OP_SESSION else b"",
             cancel=_pair(msg.get("cancel")), remote=_text(msg, "remote"),
-            session_id=int(msg.get("session_id") or 0))
+            session_id=int(msg.get("session_id") or 0), grant=_grant(msg))
     except (TypeError, ValueError) as e:
         raise LinkError(f"malformed {op} request: {e}") from None
 
@@ -122,6 +127,13 @@ def _text(msg: dict[str, Any], key: str) -> str:
     value = msg.get(key, "")
     if not isinstance(value, str):
         raise TypeError(f"{key} must be a string")
+    return value
+
+
+def _grant(msg: dict[str, Any]) -> str:
+    value = _text(msg, "grant")
+    if len(value) > MAX_GRANT:
+        raise ValueError(f"grant longer than {MAX_GRANT} characters")
     return value
 
 

@@ -33,10 +33,23 @@ def frame(data: bytes) -> bytes:
 class Deframer:
     """Turns the framed byte stream back into the payload stream, dropping keepalives."""
 
-    def __init__(self) -> None:
-        self._header = bytearray()
-        self._left = 0  # payload bytes still to come in the current frame
+    def __init__(self, header: bytes = b"", payload_left: int = 0) -> None:
+        """A deframer resuming where another stopped (see `header`, `payload_left`)."""
+        if len(header) >= HEADER.size or (header and payload_left):
+            raise ValueError("a deframer stops inside a header or inside a payload")
+        self._header = bytearray(header)
+        self._left = payload_left  # payload bytes still to come in the current frame
         self.keepalives = 0
+
+    @property
+    def header(self) -> bytes:
+        """The first bytes of a header not yet complete (0-3 of them)."""
+        return bytes(self._header)
+
+    @property
+    def payload_left(self) -> int:
+        """Payload bytes of the current frame still to come."""
+        return self._left
 
     @property
     def mid_frame(self) -> bool:

@@ -1,64 +1,7 @@
-"""A database agent process (`mwiproxy start --roles=db`) next to a test topology."""
+"""A database agent process: the dev kit's (mwiproxy.devkit.agent)."""
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
-from typing import TYPE_CHECKING
+from mwiproxy.devkit.agent import AGENT_SERVICE, AGENT_YAML, Agent, db_token
 
-from tests._testbase.ports import free_port
-
-if TYPE_CHECKING:
-    from tests.e2e.conftest import Topology
-
-AGENT_SERVICE = "agent-server"
-AGENT_YAML = """\
-version: v1
-cluster_name: mwiproxy.local
-data_dir: {data_dir}
-db_service:
-  listen_addr: 127.0.0.1:{port}
-  heartbeat_ttl: 3s
-{service_extra}databases:
-  - name: agent-server
-    protocol: postgres
-    uri: 127.0.0.1:{pg_port}
-    static_labels: {{env: dev}}
-"""
-
-
-class Agent:
-    def __init__(self, topo: Topology, name: str, service_extra: str = "") -> None:
-        self.topo = topo
-        self.data_dir = topo.root / f"agent-{name}"
-        self.config = topo.root / f"agent-{name}.yaml"
-        self.port = free_port()
-        self.config.write_text(AGENT_YAML.format(data_dir=self.data_dir, port=self.port,
-                                                 pg_port=topo.pg.port,
-                                                 service_extra=service_extra))
-        self.log = topo.root / f"agent-{name}.log"
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self, *, token: str | None = None, expect_ready: bool = True
-              ) -> subprocess.Popen[str]:
-        cmd = [sys.executable, "-m", "mwiproxy.cli.mwiproxy", "start", "--roles=db",
-               "-c", str(self.config), f"--auth-server={self.topo.cluster.addr}",
-               f"--ca-pin={self.topo.ca_pin}", *([f"--token={token}"] if token else [])]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                     stderr=open(self.log, "a"), text=True)
-        if expect_ready:
-            line = self.proc.stdout.readline() if self.proc.stdout else ""
-            assert "database agent" in line, f"agent failed: {line}{self.log.read_text()}"
-        return self.proc
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(15)
-
-
-def db_token(topo: Topology) -> str:
-    out = topo.cluster.ctl("tokens", "add", "--type=db", "--ttl=5m", "--format", "json").stdout
-    return str(json.loads(out)["token"])
+__all__ = ["AGENT_SERVICE", "AGENT_YAML", "Agent", "db_token"]

@@ -1,20 +1,7 @@
-"""Shared test data."""
+"""Shared test data: the guide's role lives in the dev kit (mwiproxy.devkit.guide)."""
 
 from __future__ import annotations
 
-# The role from the guide's step 1, verbatim.
-GUIDE_ROLE = """\
-kind: role
-version: v6
-metadata:
-  name: example-role
-spec:
-  allow:
-    db_labels:
-      '*': '*'
-    db_names: [example-db]
-    db_users: [alice]
-    rules:
-      - resources: [db_server, db]
-        verbs: [read, list]
-"""
+from mwiproxy.devkit.guide import GUIDE_ROLE
+
+__all__ = ["GUIDE_ROLE"]

@@ -1,11 +1,7 @@
-"""Free loopback ports for servers the tests start."""
+"""Free loopback ports: the dev kit's (mwiproxy.devkit.ports)."""
 
 from __future__ import annotations
 
-import socket
+from mwiproxy.devkit.ports import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port"]

@@ -1,179 +1,37 @@
-"""One real topology shared by the e2e tests: PostgreSQL (cert auth, server cert from
-`mwictl auth sign --format=db`) ← cluster process serving it as `example-server` ←
-local proxy processes (`mwibot proxy … db …`) using bot credentials from the auth API."""
+"""One real topology shared by the e2e tests, started by the dev kit
+(mwiproxy.devkit.topology): PostgreSQL (cert auth) ← cluster process serving it as
+`example-server` ← local proxy processes using bot credentials from the auth API."""
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mwiproxy.auth.client import AuthClient
-from mwiproxy.bot.credentials import Credentials
-from mwiproxy.bot.destinations import DirectoryDestination
-from mwiproxy.bot.outputs import render_database_output
-from mwiproxy.identity.authorities import generate_private_key, private_key_pem, public_key_pem
-from tests._testbase import postgres
-from tests._testbase.cluster import ClusterProcess
-from tests._testbase.fixtures import GUIDE_ROLE
-from tests._testbase.ports import free_port
+from mwiproxy.devkit import postgres
+from mwiproxy.devkit.topology import (
+    CLUSTER_YAML,
+    SERVICE,
+    LocalProxyProcess,
+    Topology,
+    start_postgres,
+    start_topology,
+    wait_for,
+)
 
-SERVICE = "example-server"
-CLUSTER_YAML = """\
-version: v1
-cluster_name: mwiproxy.local
-data_dir: {data_dir}
-proxy:
-  listen_addr: 127.0.0.1:{port}
-  ping_interval: 1s
-databases:
-  - name: example-server
-    protocol: postgres
-    uri: 127.0.0.1:PGPORT
-    static_labels: {env: dev}
-"""
-
-
-@dataclass
-class LocalProxyProcess:
-    proc: subprocess.Popen[str]
-    port: int
-    log: Path
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@dataclass
-class Topology:
-    root: Path
-    cluster: ClusterProcess
-    pg: postgres.PostgresServer
-    proxies: list[LocalProxyProcess] = field(default_factory=list)
-
-    @property
-    def host_ca(self) -> bytes:
-        return (self.cluster.data_dir / "ca" / "host.crt").read_bytes()
-
-    def add_bot(self, name: str) -> str:
-        self.cluster.ctl("bots", "add", name, "--roles=example-role")
-        tok = self.cluster.ctl("tokens", "add", "--type=bot", f"--bot-name={name}",
-                               "--ttl=5m", "--format", "json").stdout
-        return str(json.loads(tok)["token"])
-
-    def bot_output(self, bot: str, *, username: str = "alice", database: str = "example-db",
-                   ttl: str = "10m", service: str = SERVICE) -> Path:
-        """Join `bot` and write a database output for it, as `mwibot start` would."""
-        key = generate_private_key()
-        pub = public_key_pem(key.public_key()).decode()
-        with AuthClient(self.cluster.addr, ca_pems=self.host_ca) as anon:
-            joined = anon.call("join", token=self.add_bot(bot), public_key=pub)
-        with AuthClient(self.cluster.addr, ca_pems=self.host_ca,
-                        cert_pem=joined["cert"].encode(), key_pem=private_key_pem(key)) as c:
-            db_key = generate_private_key()
-            got = c.call("issue_database_cert", public_key=public_key_pem(
-                db_key.public_key()).decode(), service=service, database=database,
-                username=username, ttl=ttl)
-        return self.write_output(bot, private_key_pem(db_key), got["cert"].encode(),
-                                 got["cas"])
-
-    def write_output(self, name: str, key_pem: bytes, cert_pem: bytes, cas: dict[str, str]
-                     ) -> Path:
-        out = self.root / f"out-{name}"
-        creds = Credentials(key_pem, cert_pem, (cas["host"].encode(),),
-                            (cas["user"].encode(),), (cas["db"].encode(),))
-        DirectoryDestination(str(out)).write_bundle(render_database_output(creds))
-        return out
-
-    def local_proxy(self, out: Path, *, tunnel: bool, check: bool = True, listen: str = "",
-                    extra: tuple[str, ...] = (), service: str = SERVICE) -> LocalProxyProcess:
-        port = free_port()
-        log = self.root / f"localproxy-{port}.log"
-        cmd = [sys.executable, "-m", "mwiproxy.cli.mwibot", "proxy",
-               f"--proxy={self.cluster.addr}", f"--destination-dir={out}", "db",
-               f"--port={port}", *([f"--listen={listen}"] if listen else []),
-               *(["--tunnel"] if tunnel else []), *extra, service]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
-        lp = LocalProxyProcess(proc, port, log)
-        self.proxies.append(lp)
-        if check:
-            line = proc.stdout.readline() if proc.stdout else ""
-            assert "listening on" in line, f"local proxy failed: {line}{log.read_text()}"
-        return lp
-
-    def dsn(self, lp: LocalProxyProcess, out: Path | None = None, **kw: str) -> str:
-        parts = {"host": "localhost", "port": str(lp.port), "user": "alice",
-                 "dbname": "example-db", "connect_timeout": "10"}
-        if out is None:
-            parts["sslmode"] = "disable"
-        else:
-            parts.update(sslmode="verify-full", sslrootcert=f"{out}/teleport-host-ca.crt",
-                         sslcert=f"{out}/tlscert", sslkey=f"{out}/key")
-        parts.update(kw)
-        return " ".join(f"{k}={v}" for k, v in parts.items())
-
-    def psql(self, dsn: str, sql: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["psql", dsn, "-v", "ON_ERROR_STOP=1", "-Atc", sql],
-                              capture_output=True, text=True, timeout=60)
-
-    @property
-    def ca_pin(self) -> str:
-        info = json.loads((self.cluster.data_dir / "cluster.json").read_text())
-        return str(info["host_ca_pin"])
-
-    def audit(self, kind: str) -> list[dict[str, object]]:
-        # every event of the kind: the 1,000-client test alone writes thousands
-        out = self.cluster.ctl("audit", "--type", kind, "--format", "json",
-                               "--limit", "1000000").stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def _start_postgres(pg: postgres.PostgresServer, cluster: ClusterProcess, root: Path) -> None:
-    out = root / "server"
-    cluster.ctl("auth", "sign", "--format=db", "--host=localhost,127.0.0.1", f"--out={out}",
-                "--ttl=24h")
-    pg.ssl_files = (f"{out}.crt", f"{out}.key", f"{out}.cas")
-    pg.start()
-    with open(pg.data / "postgresql.conf", "a") as f:
-        f.write("max_connections = 1100\n")
-    subprocess.run([*pg.prefix, str(postgres.PG_BIN / "pg_ctl"), "-D", str(pg.data), "-w",
-                    "-l", str(pg.root / "log"), "restart"], check=True, capture_output=True)
-    pg.psql("CREATE USER alice")
-    pg.psql("CREATE USER bob")
-    pg.psql('CREATE DATABASE "example-db" OWNER alice')
+# The names the e2e tests import from here.
+_start_postgres = start_postgres
+__all__ = ["CLUSTER_YAML", "SERVICE", "LocalProxyProcess", "Topology", "_start_postgres",
+           "wait_for"]
 
 
 @pytest.fixture(scope="package")
-def topo(tmp_path_factory: pytest.TempPathFactory):
+def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     if not postgres.available():
         pytest.skip("PostgreSQL 15 not installed")
-    root = tmp_path_factory.mktemp("e2e")
-    pg = postgres.PostgresServer(hba=["local all all trust", "hostssl all all 127.0.0.1/32 cert"])
-    config = CLUSTER_YAML.replace("{env: dev}", "{{env: dev}}").replace("PGPORT", str(pg.port))
-    cluster = ClusterProcess(root / "data", config=config).start()
-    topology = Topology(root, cluster, pg)
-    try:
-        _start_postgres(pg, cluster, root)
-        (root / "role.yaml").write_text(GUIDE_ROLE)
-        cluster.ctl("create", "-f", str(root / "role.yaml"))
+    with start_topology(tmp_path_factory.mktemp("e2e")) as topology:
         yield topology
-    finally:
-        for lp in topology.proxies:
-            lp.stop()
-        cluster.stop()
-        pg.stop()
 
 
 @pytest.fixture(scope="package")
@@ -189,14 +47,3 @@ def tunnel(topo: Topology, alice_out: Path) -> LocalProxyProcess:
 @pytest.fixture(scope="package")
 def passthrough(topo: Topology, alice_out: Path) -> LocalProxyProcess:
     return topo.local_proxy(alice_out, tunnel=False)
-
-
-def wait_for(predicate, timeout: float = 5.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
-
-

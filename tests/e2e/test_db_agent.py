@@ -21,6 +21,8 @@ import pytest
 
 from mwiproxy.auth.client import AuthClient
 from mwiproxy.auth.errors import AuthError
+from mwiproxy.dbagent import state
+from mwiproxy.identity.authorities import generate_private_key, private_key_pem, public_key_pem
 from tests._testbase.agent import AGENT_SERVICE, Agent, db_token
 from tests._testbase.ports import free_port
 from tests.e2e.conftest import LocalProxyProcess, Topology, wait_for
@@ -84,6 +86,39 @@ def test_psql_through_the_agent_in_both_modes(topo, agent, agent_out, agent_tunn
     assert res.stdout.strip() == "42", res.stderr
     starts = [e for e in topo.audit("db.session.start") if e["db_service"] == AGENT_SERVICE]
     assert starts and all(e["success"] for e in starts)
+    # the agent's database certificate came with a session grant, and says for which
+    issued = [e for e in topo.audit("cert.create") if e.get("usage") == "db_client"]
+    assert issued and {e["session_id"] for e in issued} <= {e["session_id"] for e in starts}
+    assert all((e["db_service"], e["db_user"], e["db_name"]) == (
+        AGENT_SERVICE, "alice", "example-db") for e in issued), issued
+
+
+def test_a_rogue_agent_gets_no_database_certificate(topo, agent):
+    """A stolen db join token makes a registered agent, not a superuser: without a grant
+    from a session the proxy authorized, `agent_sign_db_client` signs nothing."""
+    key = generate_private_key()
+    with AuthClient(topo.cluster.addr, ca_pems=topo.host_ca) as anon:
+        joined = anon.call("agent_join", token=db_token(topo), hostname="rogue",
+                           public_key=public_key_pem(key.public_key()).decode())
+    rogue = {"db_user": "postgres", "public_key": public_key_pem(
+        generate_private_key().public_key()).decode()}
+    with AuthClient(topo.cluster.addr, ca_pems=topo.host_ca, cert_pem=joined["cert"].encode(),
+                    key_pem=private_key_pem(key)) as c:
+        c.call("agent_heartbeat", addr="127.0.0.1:9", hostname="rogue", databases=[
+            {"name": "rogue-db", "protocol": "postgres", "uri": f"127.0.0.1:{topo.pg.port}"}])
+        try:
+            for params in ({"service": AGENT_SERVICE}, {"service": "rogue-db"},
+                           {"service": "rogue-db", "grant": "guessed"}):
+                with pytest.raises(AuthError, match="sign_db_client refused"):
+                    c.call("agent_sign_db_client", **rogue, **params)
+        finally:
+            c.call("agent_goodbye")
+    denied = [e for e in topo.audit("agent.sign.denied") if e["host_id"] == joined["host_id"]]
+    assert [(e["db_user"], e["db_service"]) for e in denied] == [
+        ("postgres", AGENT_SERVICE), ("postgres", "rogue-db"), ("postgres", "rogue-db")]
+    assert "no grant" in str(denied[0]["reason"])
+    assert not [e for e in topo.audit("cert.create")
+                if e.get("usage") == "db_client" and e.get("host_id") == joined["host_id"]]
 
 
 def test_cancel_and_refusals_through_the_agent(topo, agent, agent_tunnel):
@@ -168,8 +203,9 @@ def test_the_agent_renews_its_identity_and_keeps_serving(topo, agent_out):
     r = Agent(topo, "renewing", service_extra="  certificate_ttl: 12s\n")
     r.start(token=db_token(topo))
     try:
-        host_id = next(e["host_id"] for e in topo.audit("agent.join")
-                       if e["host_id"] not in seen_hosts(topo, before=r))
+        ident = state.load(r.data_dir)
+        assert ident is not None
+        host_id = ident.host_id
         first = (r.data_dir / "agent" / "identity").read_bytes()
         assert wait_for(lambda: len([e for e in topo.audit("agent.renew")
                                      if e["host_id"] == host_id]) >= 2, timeout=30)
@@ -180,17 +216,6 @@ def test_the_agent_renews_its_identity_and_keeps_serving(topo, agent_out):
         assert not topo.audit("agent.generation_mismatch")
     finally:
         r.stop()
-
-
-def seen_hosts(topo: Topology, before: Agent) -> set[str]:
-    """host_ids of agents other than `before` (their data dirs name them)."""
-    from mwiproxy.dbagent import state
-
-    out = set()
-    for d in topo.root.glob("agent-*"):
-        if d.is_dir() and d != before.data_dir and (ident := state.load(d)) is not None:
-            out.add(ident.host_id)
-    return out
 
 
 def test_a_dead_agents_database_is_refused_clearly(topo, agent, agent_tunnel):

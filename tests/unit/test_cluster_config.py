@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,9 @@ from mwiproxy.config.cluster import (
     default_data_dir,
     is_loopback_addr,
     load_cluster_config,
-    split_host_port,
 )
 from mwiproxy.config.loader import ConfigError
+from mwiproxy.wire.addr import split_host_port
 
 FULL = """\
 version: v1
@@ -84,7 +85,19 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert config.proxy.listen_addr == config.proxy.public_addr == "127.0.0.1:3080"
         assert (config.log.level, config.log.format) == ("info", "text")
         assert config.databases == []
+        assert (config.proxy.certificate_ttl, config.proxy.link_certificate_ttl,
+                config.proxy.renew_at) == (timedelta(hours=720), timedelta(hours=12), 0.5)
+        assert config.auth.admin_identity_ttl == timedelta(hours=720)
     assert ClusterConfig.default("/srv/x").storage_path == "/srv/x/state.db"
+
+
+def test_own_certificate_lifetimes(tmp_path: Path) -> None:
+    config = load_cluster_config(write(tmp_path, (
+        "proxy: {certificate_ttl: 5s, link_certificate_ttl: 1m, renew_at: 0.75}\n"
+        "auth: {admin_identity_ttl: 8760h}\n")))
+    assert (config.proxy.certificate_ttl, config.proxy.link_certificate_ttl,
+            config.proxy.renew_at) == (timedelta(seconds=5), timedelta(minutes=1), 0.75)
+    assert config.auth.admin_identity_ttl == timedelta(days=365)
 
 
 def test_default_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,6 +129,14 @@ BAD = [
     ("proxy:\n  listen_addr: 'b@d:3080'\n", 2, "proxy.listen_addr", "not a valid host"),
     ("proxy:\n  public_addr: x:y\n", 2, "proxy.public_addr", "port must be"),
     ("proxy:\n  listen: x\n", 2, "proxy.listen", 'did you mean "listen_addr"'),
+    ("proxy:\n  certificate_ttl: 4s\n", 2, "proxy.certificate_ttl", "between 5s and 8760h"),
+    ("proxy:\n  certificate_ttl: 9000h\n", 2, "proxy.certificate_ttl", "between 5s and 8760h"),
+    ("proxy:\n  link_certificate_ttl: 200h\n", 2, "proxy.link_certificate_ttl",
+     "between 5s and 168h"),
+    ("proxy:\n  renew_at: 0.95\n", 2, "proxy.renew_at", "between 0.1 and 0.9"),
+    ("proxy:\n  renew_at: half\n", 2, "proxy.renew_at", "a number"),
+    ("proxy:\n  renew: 0.5\n", 2, "proxy.renew", 'did you mean "renew_at"'),
+    ("auth:\n  admin_identity_ttl: 1s\n", 2, "auth.admin_identity_ttl", "between 5s and"),
     ("log: {level: verbose}\n", 1, "log.level", "'debug', 'info', 'warning', 'error'"),
     ("log: {format: xml}\n", 1, "log.format", "'text', 'json'"),
     ("log:\n  colour: true\n", 2, "log.colour", "unknown field"),
@@ -143,6 +164,9 @@ BAD = [
     ("db_service:\n  auth_server: nope\n", 2, "db_service.auth_server", "not host:port"),
     ("db_service:\n  ca_pins: [sha1:x]\n", 2, "db_service.ca_pins[0]", "sha256:<64 hex"),
     ("db_service:\n  listen: x\n", 2, "db_service.listen", 'did you mean "listen_addr"'),
+    ("auth:\n  max_token_ttl: 100000h\n", 2, "auth.max_token_ttl", "between 1m and 30 days"),
+    ("auth:\n  max_certificate_ttl: 8760h\n", 2, "auth.max_certificate_ttl", "between 1m and 7 days"),
+    ("auth:\n  max_token: 1h\n", 2, "auth.max_token", 'did you mean "max_token_ttl"'),
     ("a: 1\n---\nb: 2\n", 3, "", "single YAML document"),
     ("databases: [\n", 2, "", "invalid YAML"),
 ]

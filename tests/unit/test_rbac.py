@@ -12,6 +12,7 @@ from mwiproxy.auth.rbac import (
     match_labels,
 )
 from mwiproxy.auth.roles import Role, RoleConditions, Rule, parse_roles
+from mwiproxy.config.loader import ConfigError
 from tests._testbase.fixtures import GUIDE_ROLE
 
 LABELS = {"env": "prod", "region": "eu-west-1", "team": "db"}
@@ -43,6 +44,10 @@ MATCH = [
     ({"env": "prod", "team": "db"}, LABELS, True),
     ({"env": "prod", "team": "web"}, LABELS, False),
     ({"env": "prod", "missing": "x"}, LABELS, False),
+    # identifiers match whole: Python's `$` would also match before a final newline
+    ({"env": "^prod$"}, {"env": "prod\n"}, False),
+    ({"env": "prod"}, {"env": "prod\n"}, False),
+    ({"env": "pro*"}, {"env": "prod\nx"}, True),
 ]
 
 
@@ -424,3 +429,69 @@ def test_allowed_users_and_names() -> None:
     assert allowed_db_users(blocked, LABELS, TRAITS) == []
     nobody = [*roles, role("x", deny=allow(db_users=["*"]))]
     assert allowed_db_users(nobody, LABELS, TRAITS) == []
+
+
+# ---- RE2: linear-time label matching ---------------------------------------------------
+
+REDOS_VALUE = "a" * 30 + "!"
+
+
+def test_a_backtracking_bomb_pattern_matches_in_linear_time() -> None:
+    # backtracking `re` tries 2**30 ways to split the a's before giving up; RE2 does not
+    assert match_labels({"team": "^(a+)+$"}, {"team": REDOS_VALUE})[0] is False
+    assert match_labels({"team": "^(a+)+$"}, {"team": "a" * 100_000})[0] is True
+    assert match_labels({"team": "^(a|aa)+$"}, {"team": "a" * 5000 + "!"})[0] is False
+
+
+def test_a_redos_role_decides_access_over_many_databases() -> None:
+    (bomb,) = parse_roles(
+        "kind: role\nversion: v7\nmetadata: {name: bomb}\nspec:\n  allow:\n"
+        "    db_labels: {team: '^(a+)+$'}\n    db_users: [alice]\n    db_names: ['*']\n"
+        "  deny:\n    db_labels: {team: '^(a|a)*b$'}\n", "bomb.yaml")
+    for i in range(200):
+        decision = check_database_access([bomb], db_labels={"team": REDOS_VALUE + str(i)},
+                                         db_name="app", db_user="alice")
+        assert not decision.allowed
+    assert check_database_access([bomb], db_labels={"team": "aaa"}, db_name="app",
+                                 db_user="alice").allowed
+
+
+@pytest.mark.parametrize(("pattern", "why"), [
+    (r"^(a)\1$", "invalid escape sequence"),
+    ("^(?=a).*$", "invalid perl operator"),
+    ("^(?<!a)b$", "invalid perl operator"),
+    ("^a{1001}$", "invalid repetition size"),
+], ids=["backreference", "lookahead", "lookbehind", "repeat-too-large"])
+def test_patterns_re2_refuses_are_refused_when_the_role_is_created(pattern: str,
+                                                                   why: str) -> None:
+    text = ("kind: role\nversion: v7\nmetadata:\n  name: fancy\nspec:\n  allow:\n"
+            f"    db_labels:\n      team: '{pattern}'\n")
+    with pytest.raises(ConfigError) as e:
+        parse_roles(text, "fancy.yaml")
+    message = str(e.value)
+    assert message.startswith("fancy.yaml:8: spec.allow.db_labels.team: invalid regular ")
+    assert why in message and "RE2 syntax" in message
+    assert message.endswith('(role "fancy")')
+
+
+def test_go_semantics_are_kept_with_re2() -> None:
+    # `$` is the end of the text, as in Go: no match before a final newline
+    assert match_labels({"env": "^prod$"}, {"env": "prod\n"})[0] is False
+    assert match_labels({"env": "^prod$"}, {"env": "prod"})[0] is True
+    # searched as written, like Teleport: `^a|b$` is "starts with a or ends with b", so a
+    # deny rule written that way denies as much here as it does in Teleport
+    assert match_labels({"env": "^prod|test$"}, {"env": "prod-eu"})[0] is True
+    # globs: `*` spans anything, the rest is literal and matched whole
+    assert match_labels({"env": "p.o*"}, {"env": "prod"})[0] is False
+    assert match_labels({"env": "p.o*"}, {"env": "p.od"})[0] is True
+    assert match_labels({"env": "é*"}, {"env": "été"})[0] is True
+
+
+def test_a_label_value_with_a_lone_surrogate_is_judged_not_raised() -> None:
+    # JSON heartbeats can carry one; matching must neither raise nor skip a deny rule
+    assert match_labels({"env": "*"}, {"env": "\ud800"})[0] is True
+    assert match_labels({"env": "^x.*$"}, {"env": "x\ud800"})[0] is True  # RE2: any byte
+    deny_all = role("d", allow=allow(db_labels=ALL, db_users=["*"]),
+                    deny=allow(db_labels={"env": "*"}))
+    assert not check_database_access([deny_all], db_labels={"env": "\ud800"}, db_name="a",
+                                     db_user="u").allowed

@@ -2,12 +2,13 @@
 
 Every backend (SQLite now, PostgreSQL later) stores the same records and gives the same
 guarantees: token use and bot generation bumps are atomic compare-and-swap operations,
-and the audit log is append-only.
+and the audit log is append-only and hash-chained.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,10 @@ class BotRecord:
     traits: dict[str, list[str]] = field(default_factory=dict)
     created: float = 0.0
     last_seen: float = 0.0
+    instance_id: str = ""  # the lineage: set at each join, carried by every renewal
+    # what the current generation was issued for: {"generation", "key_sha256",
+    # "not_after"} — a renewal retried with the same key gets it again (see bots.py)
+    issued: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -48,6 +53,31 @@ class AuditEvent:
     time: float
     type: str
     fields: dict[str, Any]
+
+
+@dataclass
+class ChainedAuditEvent:
+    """An audit event as stored, with its link in the hash chain (see chain.py); `text`
+    is the fields exactly as stored, which is what the hash covers."""
+    event_id: int
+    time: float
+    type: str
+    text: str
+    prev_hash: str | None
+    hash: str | None
+
+
+@dataclass
+class AuditHead:
+    event_id: int
+    hash: str
+
+
+@dataclass
+class AuditTail:
+    """What the store records about the end of the audit log apart from the rows."""
+    head: AuditHead | None  # the newest event, written with it
+    highest_id: int  # the highest event id the store has handed out
 
 
 class TokenUnusable(Exception):
@@ -86,11 +116,14 @@ class Storage(abc.ABC):
     def delete_bot(self, name: str) -> bool: ...
 
     @abc.abstractmethod
-    def bump_generation(self, name: str, expected: int, now: float) -> bool:
-        """Compare-and-swap: generation expected → expected + 1. False on mismatch."""
+    def bump_generation(self, name: str, expected: int, now: float,
+                        issued: dict[str, Any]) -> bool:
+        """Compare-and-swap: generation expected → expected + 1, recording `issued` in
+        the same step. False on mismatch."""
 
     @abc.abstractmethod
-    def set_generation(self, name: str, generation: int, now: float) -> None:
+    def set_generation(self, name: str, generation: int, now: float, *,
+                       instance_id: str, issued: dict[str, Any]) -> None:
         """Start a new lineage (a fresh join)."""
 
     # join tokens
@@ -117,9 +150,23 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def delete_lock(self, lock_id: str) -> bool: ...
 
-    # audit (append-only)
+    # audit (append-only, hash-chained: see chain.py)
     @abc.abstractmethod
-    def append_audit(self, time: float, type: str, fields: dict[str, Any]) -> int: ...
+    def append_audit_batch(self, events: Sequence[tuple[float, str, dict[str, Any]]]
+                           ) -> list[int]:
+        """Store (time, type, fields) events in order, each linked to the one before and
+        the first to the head, and move the head: all or none, in one transaction.
+        Returns their ids."""
+
+    @abc.abstractmethod
+    def audit_chain(self) -> tuple[AuditTail, Iterator[ChainedAuditEvent]]:
+        """The recorded tail and every event in id order, read from one consistent
+        snapshot (appends may go on meanwhile)."""
+
+    @abc.abstractmethod
+    def audit_guards_missing(self) -> list[str]:
+        """The append-only guards (SQLite: triggers) that were missing when the store
+        was opened; they have been put back since."""
 
     @abc.abstractmethod
     def query_audit(

@@ -6,16 +6,20 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from mwiproxy.auth.storage.base import (
     AuditEvent,
+    AuditTail,
     BotRecord,
+    ChainedAuditEvent,
     LockRecord,
     Storage,
     TokenRecord,
     TokenUnusable,
 )
+from mwiproxy.auth.storage.sqlite_audit import AUDIT_SCHEMA, SQLiteAudit, take_missing_guards
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -30,15 +34,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE TABLE IF NOT EXISTS locks (
     lock_id TEXT PRIMARY KEY, target_kind TEXT NOT NULL, target TEXT NOT NULL,
     message TEXT NOT NULL, expires REAL, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, type TEXT NOT NULL,
-    fields TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"""
+""" + AUDIT_SCHEMA
 
 
 class SQLiteStorage(Storage):
@@ -52,7 +48,10 @@ class SQLiteStorage(Storage):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        guards_missing = take_missing_guards(self._db)  # before SCHEMA re-creates them
         self._db.executescript(SCHEMA)
+        self._migrate_bots()
+        self._audit = SQLiteAudit(path, guards_missing)
 
     def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -81,23 +80,37 @@ class SQLiteStorage(Storage):
         return self._x("DELETE FROM roles WHERE name = ?", (name,)) == 1
 
     # bots
+    _BOT_COLUMNS = "name, roles, generation, traits, created, last_seen, instance_id, issued"
+
+    def _migrate_bots(self) -> None:
+        """Data dirs from before lineage tracking: add the columns (empty until the
+        bot's next join or renewal)."""
+        have = {r[1] for r in self._q("PRAGMA table_info(bots)")}
+        for column in ("instance_id", "issued"):
+            if column not in have:
+                default = "''" if column == "instance_id" else "'{}'"
+                self._x(f"ALTER TABLE bots ADD COLUMN {column} TEXT NOT NULL "
+                        f"DEFAULT {default}")
+
     @staticmethod
     def _bot(row: tuple[Any, ...]) -> BotRecord:
-        return BotRecord(row[0], json.loads(row[1]), row[2], json.loads(row[3]), row[4], row[5])
+        return BotRecord(row[0], json.loads(row[1]), row[2], json.loads(row[3]), row[4], row[5],
+                         row[6], json.loads(row[7]))
 
     def create_bot(self, bot: BotRecord) -> bool:
         return self._x(
-            "INSERT OR IGNORE INTO bots VALUES (?, ?, ?, ?, ?, ?)",
+            f"INSERT OR IGNORE INTO bots ({self._BOT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (bot.name, json.dumps(bot.roles), bot.generation, json.dumps(bot.traits),
-             bot.created, bot.last_seen),
+             bot.created, bot.last_seen, bot.instance_id, json.dumps(bot.issued)),
         ) == 1
 
     def get_bot(self, name: str) -> BotRecord | None:
-        rows = self._q("SELECT * FROM bots WHERE name = ?", (name,))
+        rows = self._q(f"SELECT {self._BOT_COLUMNS} FROM bots WHERE name = ?", (name,))
         return self._bot(rows[0]) if rows else None
 
     def list_bots(self) -> list[BotRecord]:
-        return [self._bot(r) for r in self._q("SELECT * FROM bots ORDER BY name")]
+        return [self._bot(r) for r in self._q(f"SELECT {self._BOT_COLUMNS} FROM bots "
+                                              "ORDER BY name")]
 
     def set_bot_roles(self, name: str, roles: list[str]) -> bool:
         return self._x("UPDATE bots SET roles = ? WHERE name = ?", (json.dumps(roles), name)) == 1
@@ -107,16 +120,18 @@ class SQLiteStorage(Storage):
             self._db.execute("DELETE FROM tokens WHERE bot_name = ?", (name,))
             return self._db.execute("DELETE FROM bots WHERE name = ?", (name,)).rowcount == 1
 
-    def bump_generation(self, name: str, expected: int, now: float) -> bool:
+    def bump_generation(self, name: str, expected: int, now: float,
+                        issued: dict[str, Any]) -> bool:
         return self._x(
-            "UPDATE bots SET generation = generation + 1, last_seen = ? "
+            "UPDATE bots SET generation = generation + 1, last_seen = ?, issued = ? "
             "WHERE name = ? AND generation = ?",
-            (now, name, expected),
+            (now, json.dumps(issued), name, expected),
         ) == 1
 
-    def set_generation(self, name: str, generation: int, now: float) -> None:
-        self._x("UPDATE bots SET generation = ?, last_seen = ? WHERE name = ?",
-                (generation, now, name))
+    def set_generation(self, name: str, generation: int, now: float, *,
+                       instance_id: str, issued: dict[str, Any]) -> None:
+        self._x("UPDATE bots SET generation = ?, last_seen = ?, instance_id = ?, issued = ? "
+                "WHERE name = ?", (generation, now, instance_id, json.dumps(issued), name))
 
     # tokens
     @staticmethod
@@ -176,12 +191,16 @@ class SQLiteStorage(Storage):
     def delete_lock(self, lock_id: str) -> bool:
         return self._x("DELETE FROM locks WHERE lock_id = ?", (lock_id,)) == 1
 
-    # audit
-    def append_audit(self, time: float, type: str, fields: dict[str, Any]) -> int:
-        with self._lock:
-            cur = self._db.execute("INSERT INTO audit (time, type, fields) VALUES (?, ?, ?)",
-                                   (time, type, json.dumps(fields, sort_keys=True)))
-            return int(cur.lastrowid or 0)
+    # audit (the chain: sqlite_audit.py)
+    def append_audit_batch(self, events: Sequence[tuple[float, str, dict[str, Any]]]
+                           ) -> list[int]:
+        return self._audit.append_batch(events)
+
+    def audit_chain(self) -> tuple[AuditTail, Iterator[ChainedAuditEvent]]:
+        return self._audit.chain()
+
+    def audit_guards_missing(self) -> list[str]:
+        return list(self._audit.guards_missing)
 
     def query_audit(
         self, *, since: float | None = None, types: list[str] | None = None, limit: int = 1000
@@ -208,4 +227,5 @@ class SQLiteStorage(Storage):
 
     def close(self) -> None:
         with self._lock:
+            self._audit.close()
             self._db.close()

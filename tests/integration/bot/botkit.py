@@ -19,6 +19,7 @@ import yaml
 
 from mwiproxy.bot.state import BotStateStore
 from mwiproxy.config.bot import DirectoryDestinationConfig
+from mwiproxy.devkit.processes import terminate
 from tests._testbase.cluster import ClusterProcess
 from tests._testbase.fixtures import GUIDE_ROLE
 from tests._testbase.ports import free_port
@@ -36,11 +37,15 @@ databases:
 """
 
 ROLE = GUIDE_ROLE
+REPO = Path(__file__).resolve().parents[3]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    """Poll until predicate() is truthy; its value, or AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
+    """Poll until predicate() is truthy; its value, or AssertionError at the deadline.
+
+    The deadline only bounds a hang: it is never under 60 s, so a loaded 2-core machine
+    does not fail a wait that a quiet one passes (a met condition returns at once)."""
+    deadline = time.monotonic() + max(timeout, 60.0)
     while True:
         value = predicate()
         if value:
@@ -93,6 +98,14 @@ class BotEnv:
         assert ident is not None
         return ident.generation
 
+    def cluster_generation(self, bot: str = "example") -> int:
+        """The generation the cluster has on record for the bot."""
+        bots = json.loads(self.cluster.ctl("get", "bots", "--format", "json").stdout)
+        return int(next(b["generation"] for b in bots if b["name"] == bot))
+
+    def locks(self) -> list[dict[str, Any]]:
+        return list(json.loads(self.cluster.ctl("locks", "ls", "--format", "json").stdout))
+
     def audit(self, event_type: str) -> list[dict[str, Any]]:
         out = self.cluster.ctl("audit", "--type", event_type, "--format", "json").stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -101,16 +114,23 @@ class BotEnv:
 class BotProcess:
     """`mwibot start -c FILE` running in the background, with its log and diagnostics."""
 
-    def __init__(self, config: Path, diag_port: int | None = None) -> None:
+    def __init__(self, config: Path, diag_port: int | None = None,
+                 faults: dict[str, str] | None = None) -> None:
         self.config = config
         self.diag_port = diag_port
+        self.faults = faults  # MWIBOT_TEST_* settings: run tests/.../faultybot.py instead
         self.log = config.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> BotProcess:
+        module, env = "mwiproxy.cli.mwibot", None
+        if self.faults is not None:
+            module = "tests.integration.bot.faultybot"
+            path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+            env = {**os.environ, **self.faults, "PYTHONPATH": path}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mwiproxy.cli.mwibot", "start", "-c", str(self.config)],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+            [sys.executable, "-m", module, "start", "-c", str(self.config)],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
         return self
 
     def log_text(self) -> str:
@@ -123,14 +143,7 @@ class BotProcess:
     def stop(self) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
+        code = terminate(self.proc)
         self.proc = None
         return code
 

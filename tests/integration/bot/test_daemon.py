@@ -72,6 +72,9 @@ def test_renews_every_interval_with_diagnostics_and_actions(env: BotEnv):
                   if ln.startswith('mwibot_output_expiry_seconds{output="out"}')]
         assert 0 < float(expiry[0].split()[-1]) <= 10
         assert 'mwibot_output_last_renewal_timestamp_seconds{output="me"}' in metrics
+        # the reload command runs after the renewal is written: wait for it, not the file
+        wait_until(lambda: marks.exists() and len(marks.read_text().splitlines()) >= 3, 30,
+                   "three reload commands")
         assert marks.read_text().splitlines()[:3] == ["out"] * 3
         wait_until(lambda: (env.root / "hup.txt").exists(), 5, "the USR1 action")
         assert env.generation() >= 2

@@ -15,15 +15,15 @@ from mwiproxy.auth.agents import MAX_HEARTBEAT_TTL, MIN_HEARTBEAT_TTL
 from mwiproxy.auth.errors import AccessDenied, BadRequest, Locked, NotFound
 from mwiproxy.auth.service import AuthService
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
-from mwiproxy.config.cluster import DatabaseConfig
+from mwiproxy.config.cluster import AuthConfig
 from mwiproxy.identity import oids
 from mwiproxy.identity.authorities import (
-    AuthoritySet,
     generate_private_key,
     load_public_key,
     public_key_pem,
 )
 from mwiproxy.identity.certs import Identity, identity_from_certificate
+from tests._testbase.authkit import Clock, make_service
 from tests._testbase.fixtures import GUIDE_ROLE as ROLE
 
 ADMIN = Identity(user="admin", usage=(oids.USAGE_ADMIN,))
@@ -32,34 +32,11 @@ PG = {"name": "agent-pg", "protocol": "postgres", "uri": "10.0.0.5:5432",
       "labels": {"env": "dev"}, "description": "served by an agent"}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _make(tmp_path, clock: Clock) -> tuple[AuthService, SQLiteStorage]:
-    storage = SQLiteStorage(str(tmp_path / "state.db"))
-    cas = AuthoritySet.load_or_create(tmp_path / "ca", CLUSTER)
-    dbs = [DatabaseConfig(name="example-server", protocol="postgres", uri="localhost:5432",
-                          static_labels={"env": "dev"})]
-    return AuthService(cluster=CLUSTER, storage=storage, cas=cas, databases=dbs,
-                       clock=clock), storage
+    s = make_service(tmp_path, clock)
+    return s, s.storage  # type: ignore[return-value]
 
 
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def svc(tmp_path, clock):
-    s, storage = _make(tmp_path, clock)
-    s.call("create_roles", ADMIN, {"yaml": ROLE})
-    yield s
-    storage.close()
 
 
 def _key():
@@ -144,7 +121,12 @@ def test_join_default_hosts_and_ttl_limits(svc):
     assert ident.expires is not None
     left = ident.expires - dt.datetime.now(dt.UTC)
     assert dt.timedelta(hours=23, minutes=58) < left <= dt.timedelta(hours=24)
-    res, ident = _join_agent(svc, ttl="720h")  # 30 days asked, 7 days given
+    res, ident = _join_agent(svc, ttl="720h")  # 30 days asked: the cluster's maximum given
+    assert ident.expires is not None
+    left = ident.expires - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(hours=23, minutes=58) < left <= dt.timedelta(hours=24)
+    svc.limits = AuthConfig(max_certificate_ttl=dt.timedelta(days=7))
+    res, ident = _join_agent(svc, ttl="720h")  # auth.max_certificate_ttl: 168h
     assert ident.expires is not None
     left = ident.expires - dt.datetime.now(dt.UTC)
     assert dt.timedelta(days=6, hours=23) < left <= dt.timedelta(days=7)
@@ -200,6 +182,7 @@ def test_renew_keeps_host_id_and_survives_restart(tmp_path, clock):
     assert _ident(renewed["cert"]).user == agent.user
     assert _cert(renewed["server_cert"]).public_key() == k2.public_key()
     assert svc_events(s, audit.AGENT_RENEW) == [res["host_id"]]
+    s.audit.close()
     storage.close()
     # a cluster restart: new service, same storage and CAs
     s2, storage2 = _make(tmp_path, clock)
@@ -366,28 +349,36 @@ def test_locked_agent_is_refused_and_dropped(svc):
 # ---- db_client certificates -----------------------------------------------------------
 
 def test_sign_db_client_needs_a_live_heartbeat(svc, clock):
-    _, agent = _join_agent(svc)
+    """(Grants, the other half of the rule, are in test_agent_grants.py.)"""
+    joined, agent = _join_agent(svc)
     key = _key()
-    req = {"db_user": "alice", "public_key": _pem(key)}
+
+    def req() -> dict:
+        grant = svc.agents.grant_session(session_id=1, host_id=joined["host_id"],
+                                         service="agent-pg", db_name="example-db",
+                                         db_user="alice", user="bot-example")
+        return {"db_user": "alice", "public_key": _pem(key), "service": "agent-pg",
+                "grant": grant}
+
     with pytest.raises(AccessDenied, match="heartbeat first"):
-        svc.call("agent_sign_db_client", agent, req)
+        svc.call("agent_sign_db_client", agent, req())
     _beat(svc, agent)
-    res = svc.call("agent_sign_db_client", agent, {**req, "ttl": "10h"})
+    res = svc.call("agent_sign_db_client", agent, {**req(), "ttl": "10h"})
     cert = _cert(res["cert"])
     cert.verify_directly_issued_by(svc.cas["db_client"].cert)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice"
     assert cert.public_key() == key.public_key()
     left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
-    assert dt.timedelta(minutes=58) < left <= dt.timedelta(hours=1)  # capped at 1h
+    assert dt.timedelta(minutes=4) < left <= dt.timedelta(minutes=5)  # capped at 5 min
     assert res["db_ca"] == svc.cas["db"].cert_pem.decode()
     ev = [e for e in svc.audit.query(types=[audit.CERT_CREATE])
           if e.fields.get("usage") == "db_client"]
     assert ev[0].fields["db_user"] == "alice" and ev[0].fields["host_id"] in agent.user
     with pytest.raises(BadRequest):
-        svc.call("agent_sign_db_client", agent, {**req, "db_user": ""})
+        svc.call("agent_sign_db_client", agent, {**req(), "db_user": ""})
     clock.now += 61
     with pytest.raises(AccessDenied, match="heartbeat first"):
-        svc.call("agent_sign_db_client", agent, req)
+        svc.call("agent_sign_db_client", agent, req())
 
 
 # ---- who may call what ----------------------------------------------------------------

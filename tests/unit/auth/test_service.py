@@ -20,29 +20,6 @@ from tests._testbase.fixtures import GUIDE_ROLE as ROLE
 ADMIN = Identity(user="admin", usage=(oids.USAGE_ADMIN,))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def svc(tmp_path):
-    clock = Clock()
-    storage = SQLiteStorage(str(tmp_path / "state.db"))
-    cas = AuthoritySet.load_or_create(tmp_path / "ca", "example.local")
-    dbs = [DatabaseConfig(name="example-server", protocol="postgres", uri="localhost:5432",
-                          static_labels={"env": "dev"})]
-    s = AuthService(cluster="example.local", storage=storage, cas=cas, databases=dbs,
-                    clock=clock)
-    s.call("create_roles", ADMIN, {"yaml": ROLE})
-    s.clock_obj = clock  # type: ignore[attr-defined]
-    yield s
-    storage.close()
-
-
 def _pub() -> str:
     return public_key_pem(generate_private_key().public_key()).decode()
 
@@ -190,6 +167,7 @@ def test_role_create_conflict_and_bad_yaml(svc):
 
 def test_audit_log_is_append_only(svc):
     _join(svc)
+    assert svc.audit.flush(60)  # the rows the triggers must protect are stored
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         svc.storage._db.execute("DELETE FROM audit")
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
@@ -219,4 +197,5 @@ def test_db_ls_shows_a_bot_only_what_its_roles_match(tmp_path):
     bot = _ident(s.call("join", None, {"token": tok, "public_key": _pub()})["cert"])
     assert [d["name"] for d in s.call("db_ls", bot, {})] == ["dev-db"]
     assert [d["name"] for d in s.call("db_ls", ADMIN, {})] == ["dev-db", "prod-db"]
+    s.audit.close()
     storage.close()

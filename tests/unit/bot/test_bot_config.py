@@ -12,11 +12,10 @@ from mwiproxy.config.bot import (
     DatabaseService,
     DatabaseTunnelService,
     IdentityService,
-    ListenAddr,
     load_bot_config,
-    parse_listen,
 )
 from mwiproxy.config.loader import ConfigError
+from mwiproxy.wire.addr import Address, parse_listen
 
 GOOD = """\
 version: v2
@@ -80,7 +79,7 @@ def test_good_config(tmp_path: Path) -> None:
     assert cache.effective_username("redis") == "default"
     assert cache.effective_username("postgres") == ""
     assert isinstance(tunnel, DatabaseTunnelService)
-    assert tunnel.address == ListenAddr("tcp", host="127.0.0.1", port=25432)
+    assert tunnel.address == Address("tcp", host="127.0.0.1", port=25432)
     assert tunnel.credential_ttl == timedelta(minutes=10)
     assert isinstance(ident, IdentityService)
     assert [(r.user, r.group) for r in ident.directory.readers] == [(1000, ""), ("", "dbas")]
@@ -115,14 +114,14 @@ def test_token_from_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("tcp://0.0.0.0:5432", ListenAddr("tcp", "0.0.0.0", 5432)),
-        ("localhost:5432", ListenAddr("tcp", "localhost", 5432)),
-        (":5432", ListenAddr("tcp", "127.0.0.1", 5432)),
-        ("[::1]:5432", ListenAddr("tcp", "::1", 5432)),
-        ("unix:///run/pg.sock", ListenAddr("unix", path="/run/pg.sock")),
+        ("tcp://0.0.0.0:5432", Address("tcp", "0.0.0.0", 5432)),
+        ("localhost:5432", Address("tcp", "localhost", 5432)),
+        (":5432", Address("tcp", "127.0.0.1", 5432)),
+        ("[::1]:5432", Address("tcp", "::1", 5432)),
+        ("unix:///run/pg.sock", Address("unix", path="/run/pg.sock")),
     ],
 )
-def test_parse_listen(value: str, expected: ListenAddr) -> None:
+def test_parse_listen(value: str, expected: Address) -> None:
     assert parse_listen(value) == expected
     assert parse_listen(str(expected)) == expected
 

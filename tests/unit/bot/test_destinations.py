@@ -12,8 +12,9 @@ from cryptography import x509
 
 from mwiproxy.bot import destinations
 from mwiproxy.bot.credentials import Credentials
-from mwiproxy.bot.destinations import DestinationError, DirectoryDestination, read_bundle
+from mwiproxy.bot.destinations import DestinationError, DirectoryDestination
 from mwiproxy.bot.outputs import render_database_output
+from mwiproxy.identity.bundle import read_bundle
 
 from ._pki import TestPKI
 

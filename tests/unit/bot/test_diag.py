@@ -8,9 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mwiproxy.bot import diag
-from mwiproxy.bot.diag import DiagServer, HealthRegistry
-from mwiproxy.metrics import names
+from mwiproxy.metrics import diag, names
+from mwiproxy.metrics.diag import DiagServer, HealthRegistry
 from mwiproxy.metrics.names import BotMetrics, NoopBotMetrics
 
 Exchange = Callable[[bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
@@ -82,7 +81,8 @@ def test_readyz_shape(services: dict[str, str], overall: str, code: int) -> None
         assert doc["status"] == overall
         assert set(doc["services"]) == set(services)
         for name, entry in doc["services"].items():
-            assert set(entry) == {"status", "reason", "updated_at"}
+            assert set(entry) == {"status", "reason", "updated_at", "ready", "expires_at"}
+            assert entry["ready"] == (services[name] == "healthy")
             assert entry["status"] == services[name]
             assert entry["reason"] == f"{name} is {services[name]}"
             stamp = datetime.fromisoformat(entry["updated_at"].replace("Z", "+00:00"))

@@ -9,26 +9,22 @@ import os
 import random
 import signal
 import sys
-from pathlib import Path
-from typing import Any
+import time
 
 import pytest
 
 from mwiproxy.auth.client import ClusterUnreachable
-from mwiproxy.auth.errors import AccessDenied, Locked
+from mwiproxy.auth.errors import AccessDenied
 from mwiproxy.bot.actions import ActionError, run_reload
 from mwiproxy.bot.credentials import Credentials
-from mwiproxy.bot.diag import HEALTHY, UNHEALTHY, HealthRegistry
-from mwiproxy.bot.keeper import BotStopped, IdentityKeeper
+from mwiproxy.bot.keeper import BotStopped
 from mwiproxy.bot.renewer import BOT_IDENTITY, Renewer
 from mwiproxy.bot.schedule import Backoff, jittered, next_renewal
-from mwiproxy.bot.state import BotIdentity, BotStateStore, token_hash
+from mwiproxy.bot.state import BotStateStore
 from mwiproxy.bot.tunnels import CredentialsHolder
-from mwiproxy.config.bot import BotConfig, ReloadAction, parse_bot_config
-from mwiproxy.config.loader import load_yaml_documents
-from mwiproxy.identity import oids
-from mwiproxy.identity.authorities import cert_pem, create_authority, load_public_key
-from mwiproxy.identity.certs import DatabaseRoute, Identity
+from mwiproxy.config.bot import ReloadAction
+from mwiproxy.metrics.diag import HEALTHY, UNHEALTHY, HealthRegistry
+from tests.unit.bot._fakecluster import FakeCluster, keeper_for, make_config
 
 S = dt.timedelta(seconds=1)
 
@@ -57,92 +53,6 @@ def test_backoff_doubles_and_caps_at_the_interval():
     assert all(d <= 8 for d in delays) and delays[-1] >= 7.2
     b.reset()
     assert b.next() <= 1.1 * S
-
-
-# --- a fake cluster -------------------------------------------------------------------
-
-
-class FakeCluster:
-    """Signs real certificates like the auth service; errors can be injected."""
-
-    addr = "fake:3080"
-
-    def __init__(self) -> None:
-        self.user_ca = create_authority("user", "test.local")
-        self.host_ca = create_authority("host", "test.local")
-        self.db_ca = create_authority("db", "test.local")
-        self.generation = 0
-        self.fail: Exception | None = None
-        self.calls: list[str] = []
-
-    def _sign(self, ident: Identity, public: bytes, ttl: dt.timedelta) -> dict[str, Any]:
-        cert = self.user_ca.sign_identity(ident, load_public_key(public), ttl)
-        return {"cert": cert_pem(cert).decode(), "cas": {
-            "host": self.host_ca.cert_pem.decode(), "user": self.user_ca.cert_pem.decode(),
-            "db": self.db_ca.cert_pem.decode()}}
-
-    def _bot(self, key: bytes, public: bytes, ttl: dt.timedelta, token: str) -> BotIdentity:
-        from mwiproxy.bot.cluster import credentials_from
-
-        ident = Identity(user="bot-x", roles=("bot-x",), usage=(oids.USAGE_BOT,), bot_name="x",
-                         generation=self.generation, renewable=True)
-        return BotIdentity(credentials_from(key, self._sign(ident, public, ttl)), token)
-
-    def _call(self, name: str) -> None:
-        self.calls.append(name)
-        if self.fail is not None:
-            raise self.fail
-
-    def join(self, config: BotConfig, ttl: dt.timedelta) -> BotIdentity:
-        from mwiproxy.bot.credentials import generate_key
-
-        self._call("join")
-        self.generation = 1
-        key, public = generate_key()
-        return self._bot(key, public, ttl, token_hash(config.onboarding.resolve_token()))
-
-    def renew(self, ident: BotIdentity, ttl: dt.timedelta) -> BotIdentity:
-        from mwiproxy.bot.credentials import generate_key
-
-        self._call("renew")
-        if ident.generation != self.generation:
-            raise Locked("renewal refused and bot locked: possibly a stolen certificate")
-        self.generation += 1
-        key, public = generate_key()
-        return self._bot(key, public, ttl, ident.token_sha256)
-
-    def issue_database(self, ident: BotIdentity, *, service: str, database: str,
-                       username: str, ttl: dt.timedelta) -> Credentials:
-        from mwiproxy.bot.cluster import credentials_from
-        from mwiproxy.bot.credentials import generate_key
-
-        self._call("issue")
-        key, public = generate_key()
-        route = DatabaseRoute(service, "postgres", username, database)
-        db = Identity(user="bot-x", usage=(oids.USAGE_DATABASE,), route=route, bot_name="x")
-        return credentials_from(key, self._sign(db, public, ttl))
-
-
-def make_config(tmp_path: Path, extra: str = "", token: str = "tok", **top: str) -> BotConfig:
-    lines = [f"{k}: {v}" for k, v in {"credential_ttl": "20s", "renewal_interval": "1s",
-                                        **top}.items()]
-    text = "\n".join([
-        "version: v2", "proxy_server: 127.0.0.1:3080", "insecure: true",
-        "onboarding:", f"  token: {token}" if token else "  join_method: token",
-        f"storage: {tmp_path / 'storage'}", *lines,
-        "services:",
-        "  - type: database", "    name: out", f"    destination: {tmp_path / 'out'}",
-        "    service: pg", "    username: alice",
-        "  - type: database-tunnel", "    name: tun", "    listen: 127.0.0.1:0",
-        "    service: pg", "    database: app", "    username: alice",
-        "  - type: identity", "    name: me", f"    destination: {tmp_path / 'me'}",
-        extra,
-    ])
-    return parse_bot_config(load_yaml_documents(text, "t.yaml")[0], "t.yaml")
-
-
-def keeper_for(config: BotConfig, cluster: FakeCluster) -> IdentityKeeper:
-    return IdentityKeeper(config, client=cluster)  # type: ignore[arg-type]
 
 
 # --- the stored identity --------------------------------------------------------------
@@ -334,3 +244,62 @@ def test_reload_signal_from_a_pid_file(tmp_path):
             run_reload(ReloadAction(pid_file=str(pid_file)), service="s", destination="/x")
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+class _StrictCluster(FakeCluster):
+    """Refuses a database certificate to a bot identity of an older generation, as the
+    real cluster does, and renews slowly, so an issue racing a renewal would be seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stale = 0
+
+    def renew(self, ident, ttl, key_pem):  # type: ignore[no-untyped-def]
+        out = super().renew(ident, ttl, key_pem)
+        time.sleep(0.15)  # the committed generation is ahead of the bot's for a while
+        return out
+
+    def issue_database(self, ident, **kw):  # type: ignore[no-untyped-def]
+        if ident.generation != self.generation:
+            self.stale += 1
+            raise AccessDenied(f"certificate is of generation {ident.generation}")
+        return super().issue_database(ident, **kw)
+
+
+def test_outputs_are_never_issued_with_an_identity_being_renewed(tmp_path):
+    """Each output and the bot identity renew on their own timers: an output issued while
+    the identity is being replaced would be refused (a false renewal failure, and with
+    it the renewals-failing alert). The renewal waits for issues in flight and holds new
+    ones back."""
+    cluster = _StrictCluster()
+    config = make_config(tmp_path)
+    failures: list[str] = []
+
+    class Sink:
+        def task_iteration(self, service, name, ok, seconds):  # type: ignore[no-untyped-def]
+            if not ok:
+                failures.append(name)
+
+        def output_renewed(self, output, not_after, at=None):  # type: ignore[no-untyped-def]
+            pass
+
+        def renewal(self, result):  # type: ignore[no-untyped-def]
+            pass
+
+        def forget_output(self, output):  # type: ignore[no-untyped-def]
+            pass
+
+    renewer = Renewer(config, keeper_for(config, cluster), metrics=Sink())
+    seen: list[str] = []
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(renewer.run())
+        await _until(lambda: cluster.generation >= 5 and cluster.calls.count("issue") >= 10,
+                     60)
+        seen.extend(failures)  # the cancellation below may cut a renewal: not a failure
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert cluster.stale == 0 and seen == []

@@ -184,10 +184,7 @@ def argparse_with_extra_mode():
 
 
 def test_tunnel_without_local_proxy_is_refused(tmp_path, capsys, monkeypatch):
-    from mwiproxy.bot import tunnels
-
-    monkeypatch.setattr(tunnels, "_runner", None)
-    monkeypatch.setattr(tunnels, "localproxy_available", lambda: False)
+    monkeypatch.setattr(mwibot, "tunnel_runner", lambda: None)  # a build without it
     monkeypatch.setattr(mwibot, "build_parser", _parser_without_proxy)
     path = tmp_path / "tbot.yaml"
     path.write_text(textwrap.dedent(BASE.split("services:")[0]) + textwrap.dedent("""\

@@ -102,6 +102,8 @@ def test_database_user_cert_cn_is_db_user():
     ca = create_authority("db_client", "c")
     cert = ca.sign_database_user("alice", generate_private_key().public_key(), HOUR)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice"
+    # nothing else in the subject: databases match it whole (REQUIRE SUBJECT '/CN=alice')
+    assert cert.subject.rfc4514_string() == "CN=alice"
 
 
 def test_authority_set_persists_with_private_modes(tmp_path):

@@ -43,10 +43,11 @@ class CA:
             .sign(self.key, hashes.SHA256()))
         self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, cn: str, *, dns: list[str] | None = None, expired: bool = False) -> Issued:
+    def issue(self, cn: str, *, dns: list[str] | None = None, expired: bool = False,
+              valid_for: dt.timedelta = dt.timedelta(days=7)) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
-        start, end = now - dt.timedelta(days=1), now + dt.timedelta(days=7)
+        start, end = now - dt.timedelta(days=1), now + valid_for
         if expired:
             start, end = now - dt.timedelta(days=10), now - dt.timedelta(days=2)
         builder = (

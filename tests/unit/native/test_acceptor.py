@@ -69,7 +69,9 @@ def test_tls_connections_are_handed_handshaken_and_relayed(tls_mod: Any, pki: An
         loop = asyncio.get_running_loop()
         srv = _listener()
         streams: asyncio.Queue[Any] = asyncio.Queue()
-        acc = tls_mod.Acceptor(loop, srv, streams.put_nowait, pki.server_ctx(tls_mod))
+        timed: list[float] = []  # accept -> handshaken, once per connection
+        acc = tls_mod.Acceptor(loop, srv, streams.put_nowait, pki.server_ctx(tls_mod),
+                               on_handshake=timed.append)
         ctx: ssl.SSLContext = pki.stdlib_client()
 
         async def one(i: int) -> None:
@@ -93,6 +95,7 @@ def test_tls_connections_are_handed_handshaken_and_relayed(tls_mod: Any, pki: An
             await one(i)
         st = acc.stats()
         assert (st.accepted, st.handed, st.handshake_failed) == (count, count, 0)
+        assert len(timed) == count and all(0 < t < 60 for t in timed)
         acc.close()
         srv.close()
         tls_mod.close_engine(loop)

@@ -168,22 +168,6 @@ def test_pre_read_client_hello_is_honoured(tls_mod: Any, pki: Any) -> None:
     run(body)
 
 
-def test_client_sessions_are_resumed(tls_mod: Any, pki: Any) -> None:
-    async def body() -> None:
-        server_ctx, client_ctx = pki.server_ctx(tls_mod), pki.client_ctx(tls_mod)
-        reused = []
-        for _ in range(2):
-            server, client = await handshaken(tls_mod, server_ctx, client_ctx)
-            reused.append(client.session_reused())
-            await server.write(b"x")  # TLS 1.3 tickets ride in after the handshake
-            assert await client.read(1) == b"x"
-            server.close()
-            client.close()
-        assert reused == [False, True]
-
-    run(body)
-
-
 def test_stream_misuse_is_refused(tls_mod: Any, pki: Any) -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()

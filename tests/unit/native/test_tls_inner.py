@@ -10,102 +10,26 @@ import asyncio
 import hashlib
 import random
 import socket
-import ssl
 from typing import Any
 
 import pytest
 
-from mwiproxy._native import REASON_CLOSED, REASON_EOF, TLSError
-from mwiproxy._native.tls_py import _memfile
-from mwiproxy.relay.streams import MemoryTLSStream
+from mwiproxy._native import REASON_CLOSED, REASON_EOF, Framing, TLSError
 
+from .innerkit import InnerClient, inner_pair
 from .relaykit import FAREWELL, open_fds, recv_all, run, tcp_pair
 from .tlskit import plain_pair
 
 
-class InnerClient(MemoryTLSStream):
-    """The client's own TLS (stdlib) inside an outer client stream of the build under test,
-    telling the peer's close_notify from a bare end."""
-
-    def __init__(self, outer: Any, ctx: ssl.SSLContext) -> None:
-        super().__init__(outer, ctx, server_side=False)
-        self.close_notify = False  # the peer's end was a close_notify, not a bare end
-
-    @property
-    def outer(self) -> Any:
-        return self.inner
-
-    async def write(self, data: bytes) -> None:
-        for i in range(0, len(data), 1 << 20):
-            self._obj.write(data[i:i + (1 << 20)])
-            await self._flush()
-
-    async def read(self, n: int = 1 << 20) -> bytes:
-        while True:
-            try:
-                data = self._obj.read(n)
-                self.close_notify |= not data  # the stdlib says b"" for a close_notify only
-                return data
-            except ssl.SSLWantReadError:
-                await self._flush()
-                await self._fill()
-            except ssl.SSLZeroReturnError:
-                self.close_notify = True
-                return b""
-            except ssl.SSLEOFError:
-                return b""
-
-    async def read_all(self, limit: int | None = None) -> bytes:
-        out = bytearray()
-        while limit is None or len(out) < limit:
-            chunk = await self.read()
-            if not chunk:
-                break
-            out += chunk
-        return bytes(out)
-
-    async def shut(self) -> None:
-        """Our close_notify (the read side stays open)."""
-        try:
-            self._obj.unwrap()
-        except ssl.SSLWantReadError:
-            pass
-        await self._flush()
+@pytest.fixture(params=[False, True], ids=["unframed", "framed"])
+def framed(request: pytest.FixtureRequest) -> bool:
+    """Whether `-ping` framing sits between the two TLS layers (non-tunnel `-ping`)."""
+    return bool(request.param)
 
 
-async def inner_pair(mod: Any, pki: Any, client_cert: Any = "default",
-                     verify: str = "optional") -> tuple[Any, InnerClient]:
-    """(the proxy's inner server stream, the client's inner TLS), handshaken; the proxy
-    reads the start of the ClientHello itself first, like after an SSLRequest."""
-    loop = asyncio.get_running_loop()
-    c, s = tcp_pair()
-    outer_server = mod.TLSStream(loop, pki.server_ctx(mod, verify="optional"), s.detach())
-    outer_client = mod.TLSStream(loop, pki.client_ctx(mod, with_cert=False), c.detach(),
-                                 server_hostname="proxy.mwi.test")
-    await asyncio.gather(outer_server.handshake(), outer_client.handshake())
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(cadata=pki.ca.pem.decode())
-    if client_cert is not None:
-        issued = pki.client if client_cert == "default" else client_cert
-        with _memfile(issued.cert_pem) as cert, _memfile(issued.key_pem) as key:
-            ctx.load_cert_chain(cert, key)
-    client = InnerClient(outer_client, ctx)
-    hello = asyncio.ensure_future(client.handshake())
-    initial = await outer_server.read(1 << 16)  # the ClientHello, read before the wrap
-    server = outer_server.wrap_inner(pki.server_ctx(mod, verify=verify))
-    try:
-        await asyncio.gather(server.handshake(initial), hello)
-    except BaseException:
-        server.close()
-        outer_client.close()
-        raise
-    return server, client
-
-
-def test_inner_handshake_reports_the_client_certificate(tls_mod: Any, pki: Any) -> None:
+def test_inner_handshake_reports_the_client_certificate(tls_mod: Any, pki: Any, framed: bool) -> None:
     async def body() -> None:
-        server, client = await inner_pair(tls_mod, pki)
+        server, client = await inner_pair(tls_mod, pki, framed=framed)
         assert server.peer_cert_der() == pki.client.der
         assert server.version() == "TLSv1.3"
         await client.write(b"startup")
@@ -120,9 +44,9 @@ def test_inner_handshake_reports_the_client_certificate(tls_mod: Any, pki: Any) 
     run(body)
 
 
-def test_inner_handshake_without_a_client_certificate(tls_mod: Any, pki: Any) -> None:
+def test_inner_handshake_without_a_client_certificate(tls_mod: Any, pki: Any, framed: bool) -> None:
     async def body() -> None:
-        server, client = await inner_pair(tls_mod, pki, client_cert=None)
+        server, client = await inner_pair(tls_mod, pki, client_cert=None, framed=framed)
         assert server.peer_cert_der() is None
         server.close()
         client.outer.close()
@@ -130,10 +54,10 @@ def test_inner_handshake_without_a_client_certificate(tls_mod: Any, pki: Any) ->
     run(body)
 
 
-def test_inner_handshake_refuses_a_foreign_client_certificate(tls_mod: Any, pki: Any) -> None:
+def test_inner_handshake_refuses_a_foreign_client_certificate(tls_mod: Any, pki: Any, framed: bool) -> None:
     async def body() -> None:
         with pytest.raises(TLSError, match="certificate verify failed"):
-            await inner_pair(tls_mod, pki, client_cert=pki.stranger)
+            await inner_pair(tls_mod, pki, client_cert=pki.stranger, framed=framed)
 
     run(body)
 
@@ -154,10 +78,12 @@ def test_the_outer_stream_is_handed_over(tls_mod: Any, pki: Any) -> None:
     run(body)
 
 
-async def _relayed(mod: Any, pki: Any, **kw: Any) -> tuple[Any, InnerClient, socket.socket,
-                                                        asyncio.Future[str]]:
+async def _relayed(mod: Any, pki: Any, framed: bool = False, **kw: Any
+                   ) -> tuple[Any, InnerClient, socket.socket, asyncio.Future[str]]:
     loop = asyncio.get_running_loop()
-    server, client = await inner_pair(mod, pki)
+    server, client = await inner_pair(mod, pki, framed=framed)
+    if framed:
+        kw.setdefault("framed_a", Framing(None))
     plain, inner = plain_pair()
     done: asyncio.Future[str] = loop.create_future()
     relay = mod.Relay(loop, server, inner.detach(), on_done=done.set_result, **kw)
@@ -165,13 +91,13 @@ async def _relayed(mod: Any, pki: Any, **kw: Any) -> tuple[Any, InnerClient, soc
     return relay, client, plain, done
 
 
-def test_inner_tls_to_plain_is_byte_exact_both_ways(tls_mod: Any, pki: Any) -> None:
+def test_inner_tls_to_plain_is_byte_exact_both_ways(tls_mod: Any, pki: Any, framed: bool) -> None:
     up, down = random.randbytes(20 << 20), random.randbytes(20 << 20)
 
     async def body() -> None:
         loop = asyncio.get_running_loop()
         before = open_fds()
-        relay, client, plain, done = await _relayed(tls_mod, pki)
+        relay, client, plain, done = await _relayed(tls_mod, pki, framed)
 
         async def plain_send() -> None:
             await loop.sock_sendall(plain, down)
@@ -195,10 +121,10 @@ def test_inner_tls_to_plain_is_byte_exact_both_ways(tls_mod: Any, pki: Any) -> N
     run(body, timeout=120)
 
 
-def test_half_close_through_inner_tls_keeps_the_other_way(tls_mod: Any, pki: Any) -> None:
+def test_half_close_through_inner_tls_keeps_the_other_way(tls_mod: Any, pki: Any, framed: bool) -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        relay, client, plain, done = await _relayed(tls_mod, pki)
+        relay, client, plain, done = await _relayed(tls_mod, pki, framed)
         await client.write(b"query")
         await client.shut()  # the client's close_notify: the plain side gets a FIN
         assert await recv_all(loop, plain) == b"query"
@@ -213,10 +139,10 @@ def test_half_close_through_inner_tls_keeps_the_other_way(tls_mod: Any, pki: Any
     run(body)
 
 
-def test_farewell_goes_through_the_inner_tls(tls_mod: Any, pki: Any) -> None:
+def test_farewell_goes_through_the_inner_tls(tls_mod: Any, pki: Any, framed: bool) -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        relay, client, plain, done = await _relayed(tls_mod, pki)
+        relay, client, plain, done = await _relayed(tls_mod, pki, framed)
         await loop.sock_sendall(plain, b"1 row")
         assert await client.read() == b"1 row"
         relay.close(FAREWELL)
@@ -227,12 +153,3 @@ def test_farewell_goes_through_the_inner_tls(tls_mod: Any, pki: Any) -> None:
         plain.close()
 
     run(body)
-
-
-def test_a_context_offers_its_stdlib_twin_for_tls_inside_framing(tls_mod: Any, pki: Any) -> None:
-    """Inside `-ping` framing the client's own TLS is run by the stdlib (MemoryTLSStream)
-    with the same certificate and client-certificate rule as the native inner TLS."""
-    ctx = pki.server_ctx(tls_mod, verify="optional").ssl_context
-    assert isinstance(ctx, ssl.SSLContext)
-    assert ctx.verify_mode == ssl.CERT_OPTIONAL
-    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2

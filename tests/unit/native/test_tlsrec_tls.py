@@ -166,7 +166,7 @@ def test_hello_at_64k_cap(classify: Classify) -> None:
         (build_hello(ext(16, b"\x00\x00")), "tls_alpn"),
         (build_hello(ext(16, b"\x00\x02\x00\x00")), "tls_alpn"),
         (build_hello(ext(16, b"\x00\x03\x05ab")), "tls_alpn"),
-        (build_hello(alpn_ext(*[b"p%d" % i for i in range(33)])), "tls_alpn_too_many"),
+        (build_hello(alpn_ext(*[b"p%d" % i for i in range(65)])), "tls_alpn_too_many"),
         (build_hello(ext(43, b"\x03\x03\x04\x03")), "tls_supported_versions"),
         (build_hello(ext(43, b"\x00")), "tls_supported_versions"),
         (build_hello(ext(43, b"\x04\x03\x04")), "tls_supported_versions"),

@@ -32,8 +32,9 @@ def _frame(obj: object) -> bytes:
 def test_session_hello_round_trip() -> None:
     hello = agentlink.Hello(agentlink.OP_SESSION, "db1", "alice", b"\x30\x82der",
                             db_name="example-db", startup=b"\x00\x00\x00\x08startup",
-                            remote="127.0.0.1:5", session_id=7)
+                            remote="127.0.0.1:5", session_id=7, grant="g" * 43)
     assert asyncio.run(agentlink.read_hello(_Reader(hello.encode()))) == hello
+    assert "g" * 43 not in repr(hello)  # the grant is a secret: never in a log line
 
 
 def test_cancel_hello_round_trip() -> None:
@@ -63,6 +64,10 @@ def test_reply_round_trip_leaves_the_session_bytes(reply: agentlink.Reply) -> No
              "startup": ""}), "client_cert"),
     (_frame({"op": "cancel", "service": "a", "db_user": "u", "client_cert": "",
              "cancel": [1]}), "two integers"),
+    (_frame({"op": "session", "service": "a", "db_user": "u", "client_cert": "",
+             "startup": "", "grant": "g" * (agentlink.MAX_GRANT + 1)}), "grant longer"),
+    (_frame({"op": "session", "service": "a", "db_user": "u", "client_cert": "",
+             "startup": "", "grant": 5}), "grant must be a string"),
 ])
 def test_bad_hello(raw: bytes, fragment: str) -> None:
     with pytest.raises(agentlink.LinkError, match=fragment):

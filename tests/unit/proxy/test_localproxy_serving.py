@@ -1,5 +1,6 @@
 """The local proxy's serving behaviour: a connection cap that queues callers, a drain
-with a maximum delay, and /livez /readyz that read credentials only."""
+with a maximum delay (both kept by `relay/listen.py`'s Listener, which the local proxy
+serves on), and /livez /readyz that read credentials only."""
 
 from __future__ import annotations
 
@@ -15,25 +16,27 @@ from mwiproxy.identity.authorities import (
     private_key_pem,
 )
 from mwiproxy.identity.certs import DatabaseRoute, Identity
-from mwiproxy.localproxy.acceptor import Acceptor, ListenAddr
 from mwiproxy.localproxy.health import serve_diagnostics
 from mwiproxy.localproxy.server import LocalProxy
+from mwiproxy.relay.listen import Listener
 from mwiproxy.relay.streams import SocketStream
+from mwiproxy.wire.addr import Address
 
 USER_CA = create_authority("user", "c")
 HOST_CA = create_authority("host", "c")
 
 
-async def _echo(sock: socket.socket) -> None:
+async def _echo(sock: socket.socket, _peer: str) -> None:
     stream = SocketStream(sock)
     while data := await stream.read(1024):
         await stream.write(data)
 
 
-async def _started(max_connections: int = 0) -> tuple[Acceptor, int]:
-    acceptor = Acceptor(ListenAddr("127.0.0.1", 0), _echo, max_connections)
-    await acceptor.start()
-    return acceptor, acceptor.sockname()[1]
+async def _started(max_connections: int = 0) -> tuple[Listener, int]:
+    acceptor = Listener(Address("tcp", "127.0.0.1", 0), _echo,
+                        max_connections=max_connections)
+    acceptor.start()
+    return acceptor, acceptor.address[1]
 
 
 async def _ask(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -57,7 +60,7 @@ def test_callers_over_the_cap_wait_and_are_served_when_a_slot_frees():
         assert acceptor.active == 2
         first[1].close()
         assert await asyncio.wait_for(third[0].readexactly(4), 5) == b"ping"
-        await acceptor.close()
+        await acceptor.drain(0)
 
     asyncio.run(main())
 

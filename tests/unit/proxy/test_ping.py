@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import inspect
 import socket
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mwiproxy import _native
 from mwiproxy.identity.authorities import (
     cert_pem,
     create_authority,
@@ -22,7 +24,7 @@ from mwiproxy.identity.tlsctx import client_context
 from mwiproxy.localproxy.server import LocalProxy
 from mwiproxy.proxy.listener import ProxyListener, ServerTLS, TLSHandler
 from mwiproxy.proxy.pingbridge import framed
-from mwiproxy.relay.pipe import Pipe
+from mwiproxy.relay.pipe import Pipe, PipeStats
 from mwiproxy.relay.streams import ByteStream, FramedStream, SocketStream
 from mwiproxy.wire import alpn, ping
 from mwiproxy.wire import postgres as pg
@@ -90,7 +92,7 @@ def test_framed_pipe_frames_one_side_and_sends_keepalives_when_idle():
         pipe.close()
         await asyncio.wait_for(task, 5)
         assert pipe.stats.bytes_a_to_b == 8 and pipe.stats.bytes_b_to_a == 3
-        assert not pipe.stats.native
+        assert pipe.stats.native  # the relay frames and keeps alive: no Python copy
 
     asyncio.run(main())
 
@@ -117,14 +119,16 @@ def _server_tls() -> ServerTLS:
     return ServerTLS(cert_pem(cert), private_key_pem(key), USER_CA.cert_pem)
 
 
-def _echo(interval: float | None = None) -> TLSHandler:
+def _echo(interval: float | None = None, stats: list[PipeStats] | None = None) -> TLSHandler:
     async def serve(stream: ByteStream, _caller: Identity | None, _remote: str) -> None:
         """Answers the first chunk itself (setup), then relays to an upper-casing peer."""
         await stream.write((await stream.read(65536)).upper())
         ours, theirs = socket.socketpair()
         upper = asyncio.ensure_future(_upper(theirs))
-        await Pipe(stream, SocketStream(ours), keepalive=interval).run()
+        result = await Pipe(stream, SocketStream(ours), keepalive=interval).run()
         await upper
+        if stats is not None:
+            stats.append(result)
 
     return serve
 
@@ -175,6 +179,46 @@ def test_listener_prefers_the_ping_name_and_keeps_idle_connections_alive():
     asyncio.run(main())
 
 
+def test_a_framed_tunnel_session_is_relayed_natively_with_keepalives_from_the_relay():
+    """The cluster's framed handler: the whole session leaves Python (the relay takes the
+    FramedStream's TLS stream and deframer state over), and an idle session gets its
+    keepalives from the relay, not from a Python task."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stats: list[PipeStats] = []
+        listener = ProxyListener("127.0.0.1", 0, _server_tls)
+        listener.route_tls(PG_PING, framed(_echo(0.05, stats)))
+        await listener.start()
+        reader, writer, chosen = await _dial(listener, [PG_PING])
+        assert chosen == PG_PING
+        # the setup reads one chunk; the header of the next frame comes in two pieces,
+        # the first with the setup's chunk: the relay resumes mid-header
+        nxt = ping.frame(b"relayed")
+        writer.write(ping.frame(b"setup") + nxt[:2])
+        deframer, got = ping.Deframer(), b""
+        while len(got) < 5:
+            got += deframer.feed(await asyncio.wait_for(reader.read(100), 5))
+        assert got == b"SETUP"
+        writer.write(nxt[2:])
+        got = b""
+        while len(got) < 7:
+            got += deframer.feed(await asyncio.wait_for(reader.read(100), 5))
+        assert got == b"RELAYED"
+        before = deframer.keepalives
+        while deframer.keepalives < before + 3:  # idle: keepalives, from the relay
+            assert deframer.feed(await asyncio.wait_for(reader.read(100), 5)) == b""
+        if _native.NATIVE:
+            from mwiproxy._native import _relay
+            assert _relay.engine_for(loop).relays_running == 1  # the worker holds it
+        writer.close()
+        while not stats:
+            await asyncio.sleep(0.01)
+        assert stats[0].native and stats[0].bytes_a_to_b == 7 and stats[0].bytes_b_to_a == 7
+        await listener.close()
+
+    asyncio.run(main())
+
+
 # -- the local proxy offers -ping first and falls back -------------------------------
 
 
@@ -209,3 +253,16 @@ def test_local_proxy_offers_ping_when_asked_and_falls_back(cluster_has_ping, off
 
     startup = pg.build_startup({"user": "alice"})
     assert asyncio.run(main()) == startup.upper() + b"MORE"
+
+
+@pytest.mark.parametrize(("flags", "offered"), [((), True), (("--ping",), True),
+                                                 (("--no-ping",), False)])
+def test_the_local_proxy_offers_ping_by_default(flags, offered):
+    """As Teleport's local proxy does: framed first unless told not to (the tunnel
+    services of `mwibot start` build LocalProxy with its default)."""
+    from mwiproxy.cli.mwibot import build_parser
+
+    args = build_parser().parse_args(["proxy", "--proxy=127.0.0.1:3080",
+                                      "--destination-dir=/tmp/x", "db", *flags, "svc"])
+    assert args.ping is offered
+    assert inspect.signature(LocalProxy).parameters["offer_ping"].default is True

@@ -1,5 +1,5 @@
-"""The relay: native for plain and native-TLS ends, a Python copy otherwise; counters,
-half-close, close() (with its farewell) and idle timeout behave the same for callers."""
+"""The relay (always `_native.Relay`, the compiled core or its pure twin): counters,
+half-close, close() (with its farewell) and idle timeout."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ async def _pair() -> tuple[SocketStream, socket.socket]:
     return SocketStream(ours), theirs
 
 
-async def _exchange(allow_native: bool) -> tuple[Pipe, bytes, bytes]:
+async def _exchange() -> tuple[Pipe, bytes, bytes]:
     loop = asyncio.get_running_loop()
     (a, peer_a), (b, peer_b) = await _pair(), await _pair()
-    pipe = Pipe(a, b, allow_native=allow_native)
+    pipe = Pipe(a, b)
     task = asyncio.ensure_future(pipe.run())
     payload = b"x" * 3_000_000
     send = asyncio.ensure_future(loop.sock_sendall(peer_a, payload))
@@ -44,23 +44,21 @@ async def _exchange(allow_native: bool) -> tuple[Pipe, bytes, bytes]:
     peer_b.close()
     await asyncio.wait_for(task, 5)
     peer_a.close()
-    assert pipe.stats.native == allow_native
+    assert pipe.stats.native
     return pipe, bytes(got), back
 
 
-@pytest.mark.parametrize("allow_native", [True, False])
-def test_relay_both_ways_with_counters(allow_native):
-    pipe, got, back = asyncio.run(_exchange(allow_native))
+def test_relay_both_ways_with_counters():
+    pipe, got, back = asyncio.run(_exchange())
     assert got == b"x" * 3_000_000 and back == b"pong"
     assert pipe.stats.bytes_a_to_b == 3_000_000 and pipe.stats.bytes_b_to_a == 4
 
 
-@pytest.mark.parametrize("allow_native", [True, False])
-def test_close_cuts_both_sides(allow_native):
+def test_close_cuts_both_sides():
     async def main() -> str:
         loop = asyncio.get_running_loop()
         (a, peer_a), (b, peer_b) = await _pair(), await _pair()
-        pipe = Pipe(a, b, allow_native=allow_native)
+        pipe = Pipe(a, b)
         task = asyncio.ensure_future(pipe.run())
         await asyncio.sleep(0.05)
         pipe.close("locked")
@@ -73,14 +71,13 @@ def test_close_cuts_both_sides(allow_native):
 
 
 @pytest.mark.parametrize("before_run", [False, True], ids=["running", "before-run"])
-@pytest.mark.parametrize("allow_native", [True, False])
-def test_close_with_a_farewell_tells_side_a_why(allow_native, before_run):
+def test_close_with_a_farewell_tells_side_a_why(before_run):
     farewell = b"E\x00\x00\x00\x0bMlocked\x00\x00"
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         (a, peer_a), (b, peer_b) = await _pair(), await _pair()
-        pipe = Pipe(a, b, allow_native=allow_native)
+        pipe = Pipe(a, b)
         if before_run:
             pipe.close("locked", farewell_to_a=farewell)
         task = asyncio.ensure_future(pipe.run())
@@ -89,7 +86,7 @@ def test_close_with_a_farewell_tells_side_a_why(allow_native, before_run):
             assert await loop.sock_recv(peer_a, 10) == b"ready"
             pipe.close("locked", farewell_to_a=farewell)
         stats = await asyncio.wait_for(task, 5)
-        assert stats.reason == "locked" and stats.native == allow_native
+        assert stats.reason == "locked" and stats.native
         got = b""
         while chunk := await loop.sock_recv(peer_a, 100):
             got += chunk
@@ -101,10 +98,10 @@ def test_close_with_a_farewell_tells_side_a_why(allow_native, before_run):
     asyncio.run(main())
 
 
-def test_idle_timeout_in_the_asyncio_copy():
+def test_idle_timeout():
     async def main() -> str:
         (a, _pa), (b, _pb) = await _pair(), await _pair()
-        stats = await asyncio.wait_for(Pipe(a, b, idle_timeout=0.2, allow_native=False).run(), 5)
+        stats = await asyncio.wait_for(Pipe(a, b, idle_timeout=0.2).run(), 5)
         return stats.reason
 
     assert asyncio.run(main()) == _native.REASON_IDLE_TIMEOUT

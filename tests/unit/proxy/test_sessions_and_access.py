@@ -92,14 +92,12 @@ class FakeAuth:
         self.deny = deny
         self.asked: list[DatabaseRoute] = []
 
-    def authorize_database(self, caller: Identity, route: DatabaseRoute) -> list[str]:
+    def check_database(self, caller: Identity, route: DatabaseRoute
+                       ) -> tuple[list[str], list[object]]:
         self.asked.append(route)
         if self.deny:
             raise AccessDenied(self.deny)
-        return ["example-role"]
-
-    def roles_for(self, names: list[str]) -> list[object]:
-        return []  # no role options: sessions end at certificate expiry
+        return ["example-role"], []  # no role options: sessions end at certificate expiry
 
 
 def _authorize(caller, auth=None, user="alice", db="example-db"):  # type: ignore[no-untyped-def]

@@ -1,4 +1,5 @@
-"""The bot's diagnostics server: /livez, /readyz, /readyz/{service}, /metrics.
+"""The diagnostics server of every long-running process (the bot, the local proxy, the
+database agent): /livez, /readyz, /readyz/{service}, /metrics.
 
 A deliberately tiny HTTP/1.1 server on asyncio streams: GET and HEAD only, one request
 per connection (`Connection: close`), request bodies never read, the request head
@@ -8,6 +9,17 @@ it leaves no room for request smuggling or slow-loris clients.
 Readiness only reports what the renewer last recorded in the `HealthRegistry`; it
 never dials the cluster or a database (a probe must not become load, nor fail because
 a dependency is slow).
+
+Two questions, two answers:
+- `/readyz` (overall): can this host serve now? For a bot service that is whether the
+  credentials it serves are present and unexpired (and, for a `database-tunnel`, its
+  listener accepts) - not whether its last renewal worked: a renewal failing while the
+  last good credentials are valid is `degraded` (200); missing or expired credentials,
+  a stopped bot or a listener not accepting are 503 with the reason.
+- `/readyz/{service}`: is that service's renewal working? 503 while it is failing
+  (with the reason, e.g. the storage path and errno), even while its credentials are
+  still good; the body says `ready` and `expires_at` as well.
+Services that serve no credentials (the database agent's) are ready when healthy.
 """
 
 from __future__ import annotations
@@ -17,13 +29,15 @@ import contextlib
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from mwiproxy.config.cluster import split_host_port
+from mwiproxy.wire.addr import split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +45,9 @@ HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
 INITIALIZING = "initializing"
 STATUSES = (HEALTHY, UNHEALTHY, INITIALIZING)
+DEGRADED = "degraded"  # overall only: every service can serve, some renewal is failing
+
+Probe = Callable[[], tuple[bool, str]]  # (ready, reason), e.g. LocalProxy.readiness
 
 MAX_HEAD_BYTES = 8192
 HEAD_TIMEOUT_SECONDS = 5.0
@@ -50,47 +67,101 @@ _REASONS = {
 
 @dataclass(frozen=True)
 class ServiceHealth:
-    status: str
+    status: str  # of its renewal (or, without credentials, of the service itself)
     reason: str
     updated_at: datetime
+    serves_credentials: bool = False  # readiness follows `expires_at`, not `status`
+    expires_at: datetime | None = None  # of the credentials it serves now; None: none
+    blocked: str = ""  # why it cannot serve whatever its credentials (stopped, not listening)
 
-    def to_json(self) -> dict[str, str]:
-        stamp = self.updated_at.isoformat().replace("+00:00", "Z")
-        return {"status": self.status, "reason": self.reason, "updated_at": stamp}
+    def unready(self, now: datetime) -> str:
+        """Why this service cannot serve at `now`; "" when it can."""
+        if self.blocked:
+            return self.blocked
+        if not self.serves_credentials:
+            return "" if self.status == HEALTHY else (self.reason or self.status)
+        failing = f" ({self.reason})" if self.reason and self.status != HEALTHY else ""
+        if self.expires_at is None:
+            return f"no credentials yet{failing}"
+        if self.expires_at <= now:
+            return f"credentials expired at {_iso(self.expires_at)}{failing}"
+        return ""
+
+    def to_json(self, now: datetime | None = None) -> dict[str, object]:
+        expires = _iso(self.expires_at) if self.expires_at else None
+        return {"status": self.status, "reason": self.reason,
+                "updated_at": _iso(self.updated_at),
+                "ready": not self.unready(now or datetime.now(UTC)), "expires_at": expires}
 
 
 class HealthRegistry:
-    """Last known status of each bot service; safe to update from any thread."""
+    """Last known status of each service; safe to update from any thread."""
 
     def __init__(self) -> None:
         self._services: dict[str, ServiceHealth] = {}
+        self._probes: dict[str, Probe] = {}
         self._lock = threading.Lock()
 
     def set(self, service: str, status: str, reason: str = "") -> None:
+        """Record a status; what the service serves (credentials, blocks) is kept."""
         if status not in STATUSES:
             raise ValueError(f"unknown health status {status!r}")
+        self._update(service, status=status, reason=reason)
+
+    def serving(self, service: str, expires_at: datetime | None) -> None:
+        """The service now serves credentials valid until `expires_at` (None: none), and
+        its readiness follows them from now on."""
+        self._update(service, serves_credentials=True, expires_at=expires_at)
+
+    def block(self, service: str, reason: str) -> None:
+        """Not ready whatever its credentials, for `reason` ("" lifts the block)."""
+        self._update(service, blocked=reason)
+
+    def probe(self, service: str, probe: Probe | None) -> None:
+        """While set, `probe()` decides on each read whether the service is blocked."""
         with self._lock:
-            self._services[service] = ServiceHealth(status, reason, datetime.now(UTC))
+            if probe is None:
+                self._probes.pop(service, None)
+            else:
+                self._probes[service] = probe
+
+    def _update(self, service: str, **changes: object) -> None:
+        with self._lock:
+            old = self._services.get(service) or ServiceHealth(INITIALIZING, "", _now())
+            if "status" in changes:
+                changes["updated_at"] = _now()
+            self._services[service] = replace(old, **changes)  # type: ignore[arg-type]
 
     def remove(self, service: str) -> None:
         with self._lock:
             self._services.pop(service, None)
+            self._probes.pop(service, None)
 
     def get(self, service: str) -> ServiceHealth | None:
-        with self._lock:
-            return self._services.get(service)
+        return self.snapshot().get(service)
 
     def snapshot(self) -> dict[str, ServiceHealth]:
         with self._lock:
-            return dict(self._services)
+            services, probes = dict(self._services), dict(self._probes)
+        for name, probe in probes.items():  # outside the lock: a probe may take a moment
+            if name in services:
+                ready, why = probe()
+                services[name] = replace(services[name], blocked="" if ready else why)
+        return services
+
+    def readiness(self) -> tuple[str, dict[str, str]]:
+        """(overall status, {service: why it cannot serve}) - see the module docstring."""
+        services, now = self.snapshot(), _now()
+        unready = {n: why for n, h in services.items() if (why := h.unready(now))}
+        if unready:
+            starting = all(services[n].status == INITIALIZING for n in unready)
+            return (INITIALIZING if starting else UNHEALTHY), unready
+        if any(h.status != HEALTHY for h in services.values()):
+            return DEGRADED, {}
+        return HEALTHY, {}
 
     def overall(self) -> str:
-        """unhealthy if any service is; else initializing if any is; else healthy."""
-        statuses = {h.status for h in self.snapshot().values()}
-        for status in (UNHEALTHY, INITIALIZING):
-            if status in statuses:
-                return status
-        return HEALTHY
+        return self.readiness()[0]
 
 
 @dataclass(frozen=True)
@@ -168,21 +239,28 @@ class DiagServer:
         if path == "/livez":
             return _text(200, "OK")
         if path == "/metrics":
-            return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+            # the text format every scraper reads (the metric contract names this version)
+            return Response(200, generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4)
         if path == "/readyz":
             return self._readyz()
         return self._readyz_service(path.removeprefix("/readyz/"))
 
     def _readyz(self) -> Response:
-        services = {name: h.to_json() for name, h in sorted(self.health.snapshot().items())}
-        status = self.health.overall()
-        return _json(_code(status), {"status": status, "services": services})
+        status, unready = self.health.readiness()
+        now = _now()
+        services = {name: h.to_json(now) for name, h in sorted(self.health.snapshot().items())}
+        reason = "; ".join(f"{name}: {why}" for name, why in sorted(unready.items()))
+        if status == DEGRADED:
+            reason = "serving; renewal failing for " + ", ".join(
+                n for n, h in services.items() if h["status"] != HEALTHY)
+        code = 200 if status in (HEALTHY, DEGRADED) else 503
+        return _json(code, {"status": status, "reason": reason, "services": services})
 
     def _readyz_service(self, name: str) -> Response:
         health = self.health.get(name)
         if health is None:
             return _json(404, {"error": f"unknown service {name!r}"})
-        return _json(_code(health.status), health.to_json())
+        return _json(200 if health.status == HEALTHY else 503, health.to_json())
 
 
 async def read_head(reader: asyncio.StreamReader) -> tuple[str, str]:
@@ -238,8 +316,12 @@ async def _discard_unread(reader: asyncio.StreamReader, writer: asyncio.StreamWr
                 pass
 
 
-def _code(status: str) -> int:
-    return 200 if status == HEALTHY else 503
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _text(status: int, body: str) -> Response:

@@ -1,0 +1,2 @@
+"""Process plumbing shared by every long-running command: signals (reload, drain),
+sd_notify, the pid file and the data dir lock."""
