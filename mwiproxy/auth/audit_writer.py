@@ -10,7 +10,8 @@ in full, counted, and the count (with the types dropped) is itself written as an
 writes is written as `audit.resumed`.
 
 `flush` waits until everything queued before it is stored; `close` drains the queue
-(bounded) and logs in full whatever could not be stored.
+(bounded) and logs in full whatever could not be stored. A store that says it is closed
+(`StoreClosed`) is not retried: the writer stops and logs in full what it held.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mwiproxy.auth.storage.base import StoreClosed
 from mwiproxy.process.logs import with_rfc3339_times
 
 log = logging.getLogger("mwiproxy.audit")
@@ -191,7 +193,12 @@ class AuditWriter:
             batch, real = self._take()
             if not batch:
                 return
-            if not self._write(batch):
+            try:
+                stored = self._write(batch)
+            except StoreClosed as e:
+                self._store_closed(batch, e)
+                return
+            if not stored:
                 with self._cond:  # closing, gave up: back to the queue for close()
                     self._queue.extendleft(reversed(batch))
                     self._thread = None
@@ -201,6 +208,20 @@ class AuditWriter:
                 self.stats.written += real
                 self._reports_in_flight = 0
                 self._cond.notify_all()
+
+    def _store_closed(self, batch: list[Pending], error: StoreClosed) -> None:
+        """The store will take no more writes: stop, as if closed, and log in full what
+        was held (nothing is retried forever against a closed store)."""
+        with self._cond:
+            self._closing = True
+            left = batch + list(self._queue)
+            self._queue.clear()
+            self._thread = None
+            self._cond.notify_all()
+        log.error("the audit log is closed (%s); %d event(s) not stored, logged in full",
+                  error, len(left))
+        for event in left:
+            log_event(event, None, "audit store closed, event not stored")
 
     def _take(self) -> tuple[list[Pending], int]:
         """The next batch (queued events first, then this writer's own reports) and how
@@ -251,6 +272,8 @@ class AuditWriter:
             started = time.monotonic()
             try:
                 ids = self._append(batch)
+            except StoreClosed:
+                raise
             except Exception as e:  # kept and retried: nothing is dropped for a failure
                 last_log = self._failed(e, len(batch), last_log)
                 with self._cond:

@@ -84,6 +84,10 @@ class TokenUnusable(Exception):
     """A join token is unknown, already used or expired."""
 
 
+class StoreClosed(Exception):
+    """The storage was closed: no later write can succeed (nothing to retry)."""
+
+
 class Storage(abc.ABC):
     # roles: stored as the role's dict form
     @abc.abstractmethod

@@ -17,7 +17,7 @@ import time as _time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from mwiproxy.auth.storage.base import AuditHead, AuditTail, ChainedAuditEvent
+from mwiproxy.auth.storage.base import AuditHead, AuditTail, ChainedAuditEvent, StoreClosed
 from mwiproxy.auth.storage.chain import CHAIN_MIGRATED, GENESIS, fields_text, link_hash
 
 log = logging.getLogger("mwiproxy.audit")
@@ -71,6 +71,7 @@ class SQLiteAudit:
         self._lock = threading.Lock()
         self._path = path
         self.guards_missing = guards_missing
+        self._closed = False
         self._top = 0  # the highest id handed out
         self._head_hash = GENESIS
         with self._lock:
@@ -80,6 +81,7 @@ class SQLiteAudit:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
 
     def _add_columns(self) -> None:
@@ -161,6 +163,8 @@ class SQLiteAudit:
     def append_batch(self, events: Sequence[tuple[float, str, dict[str, Any]]]) -> list[int]:
         rows = [(float(t), type_, fields_text(fields)) for t, type_, fields in events]
         with self._lock:
+            if self._closed:
+                raise StoreClosed(f"the audit store {self._path} is closed")
             for retry in (False, True):
                 saved = (self._top, self._head_hash)
                 try:

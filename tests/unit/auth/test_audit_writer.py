@@ -207,3 +207,23 @@ def test_events_that_json_cannot_encode_are_stored_as_text_and_the_log_goes_on(p
     assert log.verify().intact
     log.close()
     storage.close()
+
+
+def test_a_store_closed_under_the_writer_stops_it_and_logs_what_it_held(path, caplog):
+    """Closing the storage before the audit log (a wrong teardown order) must not leave
+    the writer thread retrying forever: it stops and logs each event in full."""
+    storage = GatedStorage(path)
+    log = audit.AuditLog(storage)
+    log.emit("test.event", n=0)
+    assert storage.entered.wait(WIDE)  # the writer is inside the store
+    log.emit("test.event", n=1)
+    storage.close()
+    with caplog.at_level("INFO", logger="mwiproxy.audit"):
+        storage.gate.set()
+        assert wait_for(lambda: log.writer._thread is None, timeout=WIDE)
+    held = [r for r in caplog.records if "audit store closed" in r.getMessage()]
+    assert len(held) == 2
+    assert any("the audit log is closed" in r.getMessage() for r in caplog.records)
+    assert not any("kept and retried" in r.getMessage() for r in caplog.records)
+    assert not log.writer.put("test.event", {"n": 2})  # refused, logged, not queued
+    log.close()
