@@ -29,6 +29,7 @@ from mwiproxy.bot.credentials import Credentials
 from mwiproxy.config.bot import BotConfig, DatabaseTunnelService
 from mwiproxy.metrics.diag import UNHEALTHY, HealthRegistry, Probe
 from mwiproxy.metrics.localproxy import LocalProxyMetricsSink
+from mwiproxy.process.binding import BindError
 
 log = logging.getLogger("mwiproxy.bot")
 
@@ -196,6 +197,9 @@ async def _run_tunnel(runner: TunnelRunner, ctx: TunnelContext) -> None:
     except asyncio.CancelledError:
         raise
     except Exception as e:
-        log.exception("database-tunnel %s: the local proxy failed", ctx.service.name)
+        if isinstance(e, BindError):  # the operator's to fix: no traceback
+            log.error("database-tunnel %s: the local proxy failed: %s", ctx.service.name, e)
+        else:
+            log.exception("database-tunnel %s: the local proxy failed", ctx.service.name)
         ctx.health.set(ctx.service.name, UNHEALTHY, f"local proxy failed: {e}")
         ctx.health.block(ctx.service.name, f"not listening: the local proxy failed: {e}")

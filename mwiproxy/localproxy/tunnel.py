@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from mwiproxy.localproxy.server import DRAIN_TIMEOUT, LocalProxy
+from mwiproxy.process.binding import naming
 
 log = logging.getLogger("mwiproxy.localproxy")
 
@@ -29,7 +30,9 @@ async def serve_database_tunnel(ctx: Any) -> None:
         database=service.database, username=service.username,
         origin=f"database-tunnel {service.name or service.service}",
         metrics=getattr(ctx, "proxy_metrics", None))
-    await proxy.start()
+    # a bind error names the service's `listen` setting (the bot may run several tunnels)
+    with naming(f"database-tunnel {service.name or service.service} listen", service.listen):
+        await proxy.start()
     log.info("database-tunnel %s: listening on %s", service.service, proxy.address)
     ctx.accepting(proxy.readiness)
     try:

@@ -138,3 +138,25 @@ def test_a_reload_keeps_an_unchanged_tunnel_and_moves_or_stops_the_others(topo, 
         assert bot.readyz()["status"] == "healthy"
     finally:
         assert bot.stop() == 0
+
+
+def test_a_tunnel_whose_port_is_taken_names_its_listen_setting(topo, tmp_path):
+    """The bot keeps running (its other outputs need it); the tunnel's /readyz and the
+    log say which tunnel's `listen` could not be bound, not a bare [Errno 98]."""
+    diag = free_port()
+    config = tmp_path / "tbot.yaml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        write_config(config, topo, topo.add_bot("taken-bot"), diag, [tunnel("busy", port)])
+        bot = BotProcess(config, diag).start()
+        try:
+            expected = (f"database-tunnel busy listen tcp://127.0.0.1:{port}: "
+                        "address already in use")
+            wait_until(lambda: expected in str(bot.readyz().get("services", {})
+                                               .get("busy", {})), 60, "the tunnel's status")
+            assert expected in bot.log_text()
+            assert "Errno 98" not in bot.log_text()
+        finally:
+            bot.stop()
