@@ -364,7 +364,6 @@ class Relay:
     def resume(self) -> None:
         """After on_held(message): the message goes on to side B, and reading side A goes
         on (nothing happens unless a message is held)."""
-        assert self._dirs is not None or not self._started
         if self._reason is not None or self._bye is not None or self._dirs is None:
             return
         d = self._dirs[0]
