@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mwiproxy.devkit.cluster import ClusterProcess
 from mwiproxy.devkit.ports import free_port
 from mwiproxy.devkit.processes import terminate
 
@@ -37,6 +38,16 @@ REDIS_SERVER = os.environ.get("MWI_REDIS_SERVER", "redis-server")
 REDIS_CLI = os.environ.get("MWI_REDIS_CLI", "redis-cli")
 RUN_AS = "redis"
 ACL_RULES = "on nopass ~* &* +@all"
+
+
+SERVICE = "example-redis"
+# the cluster.yaml entry of a Redis (REDISPORT: its TLS port), to add to a template
+DATABASE_YAML = """\
+  - name: example-redis
+    protocol: redis
+    uri: 127.0.0.1:REDISPORT
+    static_labels: {env: dev}
+"""
 
 
 def available() -> bool:
@@ -62,10 +73,11 @@ def users_acl(users: tuple[str, ...], default_on: bool = True) -> str:
 
 
 class RedisServer:
-    def __init__(self, *, tls_files: tuple[str, str, str], users: tuple[str, ...] = (
+    def __init__(self, *, tls_files: tuple[str, str, str] = ("", "", ""), users: tuple[str, ...] = (
                  "alice", "bob"), default_on: bool = True, port: int | None = None) -> None:
         """tls_files: (cert, key, ca) paths — the server's certificate and key and the CA
-        its clients' certificates must chain to; port: the TLS port (default: free)."""
+        its clients' certificates must chain to (set by start_redis); port: the TLS
+        port (default: a free one)."""
         self.port = port or free_port()
         self.tls_files = tls_files
         self.users = users
@@ -148,3 +160,13 @@ class RedisServer:
             return self.log.read_text()
         except OSError:
             return ""
+
+
+def start_redis(server: RedisServer, cluster: ClusterProcess, root: Path) -> RedisServer:
+    """Start `server` with a server certificate from `mwictl auth sign --format=db`
+    (its `.cas`, the database-client CA, is what client certificates must chain to)."""
+    out = root / "redis-server"
+    cluster.ctl("auth", "sign", "--format=db", "--host=localhost,127.0.0.1", f"--out={out}",
+                "--ttl=24h")
+    server.tls_files = (f"{out}.crt", f"{out}.key", f"{out}.cas")
+    return server.start()
