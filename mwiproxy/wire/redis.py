@@ -1,4 +1,5 @@
-"""Redis wire messages (RESP) the proxies need to refuse a connection.
+"""Redis wire messages (RESP): what the proxies need to refuse a connection, and to
+read the commands the relay's inspector holds (`parse_held`, `split_inline`).
 
 The client speaks first: a command is an array of bulk strings
 (`*2\\r\\n$4\\r\\nECHO\\r\\n$2\\r\\nhi\\r\\n`), or an inline command (one line of
@@ -135,7 +136,7 @@ def split_inline(line: bytes) -> list[bytes] | None:
     "double quotes" with \\xHH and \\n-style escapes, 'single quotes' with \\' only,
     a closing quote followed by a space or the end); None for unbalanced quotes, which
     redis-server answers with a protocol error and a hang-up."""
-    line = line.split(b"\0", 1)[0]  # a C string there: a NUL ends it
+    line = line.split(b"\0", 1)[0]  # a C string there (parse_held refuses a NUL)
     args: list[bytes] = []
     i, n = 0, len(line)
     while True:
@@ -200,6 +201,8 @@ def parse_held(message: bytes) -> list[bytes] | None:
         return list(command.args)
     if not message.endswith(b"\n") or b"\n" in message[:-1] or len(message) > INLINE_MAX:
         raise ProtocolError("a held message that is not one inline command")
+    if b"\0" in message:  # redis-server looks for the line end with strchr: it would
+        raise ProtocolError("a NUL byte in an inline command")  # wait forever
     line = message[:-1]
     if line.endswith(b"\r"):
         line = line[:-1]
