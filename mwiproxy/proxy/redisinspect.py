@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from mwiproxy.auth import audit as events
 from mwiproxy.auth.audit import AuditLog
 from mwiproxy.engines.redis import DEFAULT_USER
 from mwiproxy.proxy.sessions import Session
@@ -29,7 +30,7 @@ from mwiproxy.wire import redis as resp
 
 log = logging.getLogger("mwiproxy.proxy.redis")
 
-REDIS_COMMAND = "db.session.redis.command"
+REDIS_COMMAND = events.SESSION_REDIS_COMMAND
 MASK = "****"
 VIOLATION = resp.error_reply("ERR Protocol error: a malformed or oversized command; "
                              "the session ends")
