@@ -139,7 +139,9 @@ class Cluster:
                                     metrics=self.metrics)
         self.listener.route_tls(alpn.POSTGRES, frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve))
-        redis_frontend = RedisFrontend(self.auth, redis, self.sessions,
+        redis_engines = EngineDirectory(redis, self.auth, self.own.link_context,
+                                        (REDIS_PROTOCOL,), self.metrics, label=REDIS_PROTOCOL)
+        redis_frontend = RedisFrontend(self.auth, redis_engines, self.sessions,
                                        self.own.inner_context, ping_interval=interval,
                                        setup_timeout=self._first_message_timeout,
                                        metrics=self.metrics)

@@ -7,7 +7,9 @@ certificate (the one PostgreSQL's non-tunnel clients see), and the identity is t
 handshake's client certificate.
 
 Then: access check (the route's user, `default` when it names none; Redis has no
-database names) → the engine signs in to Redis as that user → the native relay, which
+database names) → the engine signs in to Redis as that user (in this process, or in a
+database agent serving it: `engines/remote.py` with no startup message) → the native
+relay, which
 holds the few commands that could switch the user (AUTH, HELLO, RESET, and every inline
 command, whose quoting is parsed here as redis-server parses it) for `_Inspector` to
 decide. A refused command ends the session with `-ERR <why>`. Refusals before the relay
@@ -21,16 +23,18 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from mwiproxy import _native
 from mwiproxy.auth.service import AuthService
 from mwiproxy.engines.base import UpstreamError
+from mwiproxy.engines.postgres import UpstreamRefused as AgentRefused
 from mwiproxy.engines.redis import DEFAULT_USER, PROTOCOL, RedisEngine, UpstreamRefused
 from mwiproxy.identity.certs import DatabaseRoute, Identity
 from mwiproxy.metrics.cluster import RESULT_ERROR, RESULT_REFUSED, NoopProxyMetrics
 from mwiproxy.proxy.access import Refusal, check_certificate, check_policy
 from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError
+from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import accepted_at
 from mwiproxy.proxy.redisinspect import command_inspector
 from mwiproxy.proxy.sessions import Session, SessionRegistry
@@ -74,12 +78,12 @@ async def answer_errors(stream: ByteStream, message: str, buffered: bytes = b"")
 class RedisFrontend(DbFrontend):
     protocol = PROTOCOL
 
-    def __init__(self, auth: AuthService, engines: Mapping[str, RedisEngine],
+    def __init__(self, auth: AuthService, engines: EngineDirectory[RedisEngine],
                  sessions: SessionRegistry, inner_tls: Callable[[], _native.TLSContext],
                  ping_interval: float | None = None, setup_timeout: float = SETUP_TIMEOUT,
                  metrics: NoopProxyMetrics | None = None) -> None:
         super().__init__(auth, sessions, inner_tls, ping_interval, metrics)
-        self._engines = dict(engines)
+        self._engines = engines
         self._setup_timeout = setup_timeout
 
     async def serve(self, stream: ByteStream, caller: Identity | None, remote: str) -> None:
@@ -152,11 +156,10 @@ class RedisFrontend(DbFrontend):
             self._sessions.remove(session)
 
     async def _run(self, conn: Conn, session: Session) -> None:
-        engine = self._engines[session.service]
         started = time.monotonic()
         try:
-            upstream = await engine.start(session.db_user)
-        except (UpstreamError, UpstreamRefused) as e:
+            upstream = await self._start(conn, session)
+        except (UpstreamError, UpstreamRefused, AgentRefused) as e:
             self._metrics.connection(session.service, PROTOCOL, session.mode,
                                      RESULT_ERROR if isinstance(e, UpstreamError)
                                      else RESULT_REFUSED)
@@ -173,6 +176,22 @@ class RedisFrontend(DbFrontend):
                              inspect=command_inspector(self._auth.audit, session))
         finally:
             upstream.close()  # a no-op once the relay took it over
+
+
+    async def _start(self, conn: Conn, session: Session) -> ByteStream:
+        """Redis signed in as the session's user: by this process's engine, or through
+        one of the agents serving the database (which signs in the same way)."""
+        engine = self._engines.get(session.service)
+        if engine is None:  # its agent went away since the check
+            raise UpstreamError(f"database service {session.service!r} is no longer served")
+        if isinstance(engine, RedisEngine):
+            return await engine.start(session.db_user)
+        route = session.identity.route
+        upstream = await engine.start(b"", session.db_user, conn.stream,
+                                      caller=session.identity, remote=session.remote,
+                                      db_name=route.database if route else "",
+                                      session_id=session.session_id)
+        return upstream.stream
 
 
 def _farewell(message: str) -> bytes:

@@ -20,6 +20,7 @@ import pytest
 
 from mwiproxy.devkit import postgres
 from mwiproxy.devkit import redis as redis_kit
+from mwiproxy.devkit.agent import Agent, db_token
 from mwiproxy.devkit.guide import GUIDE_ROLE
 from mwiproxy.devkit.topology import CLUSTER_YAML, LocalProxyProcess, Topology, start_topology
 from mwiproxy.devkit.topology import wait_for as wait_until
@@ -34,18 +35,32 @@ BOB_ROLE = GUIDE_ROLE.replace("example-role", "bob-role").replace("[alice]", "[b
 DEFAULT_ROLE = GUIDE_ROLE.replace("example-role", "default-role").replace(
     "[alice]", "[default]")
 SECRET = "s3cr3t-pw-never-logged"
+AGENT_REDIS = "agent-redis"
+AGENT_YAML = """\
+version: v1
+cluster_name: mwiproxy.local
+data_dir: {data_dir}
+db_service:
+  listen_addr: 127.0.0.1:{port}
+  heartbeat_ttl: 3s
+{service_extra}databases:
+  - name: agent-redis
+    protocol: redis
+    uri: 127.0.0.1:REDISPORT
+    static_labels: {{env: dev}}
+"""
 
 
 class RedisTopology(Topology):
     redis: redis_kit.RedisServer
 
     def out(self, bot: str, *, username: str = "alice", roles: str = "example-role",
-            fmt: str = "") -> Path:
-        return self.bot_output(bot, username=username, database="", service=SERVICE,
+            fmt: str = "", service: str = SERVICE) -> Path:
+        return self.bot_output(bot, username=username, database="", service=service,
                                roles=roles, fmt=fmt)
 
-    def proxy(self, out: Path, *, tunnel: bool) -> LocalProxyProcess:
-        return self.local_proxy(out, tunnel=tunnel, service=SERVICE)
+    def proxy(self, out: Path, *, tunnel: bool, service: str = SERVICE) -> LocalProxyProcess:
+        return self.local_proxy(out, tunnel=tunnel, service=service)
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +292,28 @@ def test_sessions_are_audited_at_both_ends(topo, tunnel):
                and e["db_service"] == SERVICE and e["db_user"] == "alice" for e in ends)
     starts = events(topo, "db.session.start", user="bot-rd-tunnel", protocol="redis")
     assert {e["session_id"] for e in ends} <= {e["session_id"] for e in starts}
+
+
+def test_redis_served_by_a_database_agent(topo):
+    """The same Redis registered by a database agent as `agent-redis`: the agent signs
+    in (its certificate through the session's grant), the cluster proxy's relay still
+    holds AUTH."""
+    agent = Agent(topo, "redis", template=AGENT_YAML.replace("REDISPORT",
+                                                             str(topo.redis.port)))
+    agent.start(token=db_token(topo))
+    try:
+        listed = lambda: AGENT_REDIS in topo.cluster.ctl("db", "ls").stdout  # noqa: E731
+        assert wait_until(listed, timeout=20), topo.cluster.ctl("db", "ls").stdout
+        lp = topo.proxy(topo.out("rd-agent", service=AGENT_REDIS), tunnel=True,
+                        service=AGENT_REDIS)
+        r = client(lp)
+        assert r.execute_command("ACL", "WHOAMI") == b"alice"
+        big = b"a" * (1 << 20)
+        assert r.set("via-agent", big) and r.get("via-agent") == big
+        r.close()
+        data = _refused_then_closed(lp, resp.encode_command("AUTH", "bob", SECRET))
+        assert data.startswith(b'-ERR AUTH as "bob" is not allowed'), data
+        assert wait_until(lambda: len(events(topo, "db.session.end", user="bot-rd-agent",
+                                             db_service=AGENT_REDIS)) >= 2, timeout=20)
+    finally:
+        agent.stop()
