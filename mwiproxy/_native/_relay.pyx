@@ -18,7 +18,13 @@ import os
 import weakref
 
 from mwiproxy._native.counters import SLOTS, CounterTable, check_slot
-from mwiproxy._native.relaytypes import REASON_CLOSED, RelayStats, timeout_ms
+from mwiproxy._native.relaytypes import (
+    REASON_CLOSED,
+    RelayStats,
+    check_close_reason,
+    check_inspect,
+    timeout_ms,
+)
 
 assert SLOTS == MWI_COUNTER_SLOTS, "counters.SLOTS and csrc/mwi_relay.h disagree"
 
@@ -157,7 +163,8 @@ cdef class Relay:
     speak the `-ping` framing (framed_a / framed_b: a relaytypes.Framing)."""
 
     def __init__(self, loop, a, b, on_done=None, idle_timeout=None, close_timeout=None,
-                 framed_a=None, framed_b=None, counter_slot=None):
+                 framed_a=None, framed_b=None, counter_slot=None, inspect=None,
+                 on_held=None):
         cdef Engine engine = engine_for(loop)
         cdef uint32_t idle = timeout_ms(idle_timeout)
         cdef uint32_t closing = timeout_ms(close_timeout)
@@ -165,6 +172,8 @@ cdef class Relay:
         cdef mwi_tls *tls_a = NULL
         cdef mwi_tls *tls_b = NULL
         check_slot(counter_slot)
+        if check_inspect(inspect, on_held, framed_b):
+            raise NotImplementedError("native inspection: not yet")
         if fd_a < 0 or fd_b < 0 or fd_a == fd_b:
             raise ValueError("two distinct open fds are needed")
         for side, framing in ((a, framed_a), (b, framed_b)):
@@ -208,7 +217,7 @@ cdef class Relay:
         self.started = True
         self.engine.running[self.rid] = self
 
-    def close(self, farewell_a=b""):
+    def close(self, farewell_a=b"", reason=REASON_CLOSED):
         """Ask the relay to end; on_done("closed") follows unless it ended already.
 
         farewell_a (bytes-like): said to side A before it is closed. Nothing more is read
@@ -217,6 +226,7 @@ cdef class Relay:
         farewell given is the one said. See mwi_relay_close_farewell (csrc/mwi_relay.h)."""
         cdef bytes bye = bytes(memoryview(farewell_a))
         cdef const char *p = bye
+        check_close_reason(reason)
         if self.r == NULL:
             return
         if self.started:
