@@ -259,8 +259,8 @@ def test_reset_is_refused_unless_the_user_is_default(topo, tunnel):
     lp = topo.proxy(topo.out("rd-default", username="", roles="default-role"), tunnel=True)
     r = client(lp)
     assert r.execute_command("ACL", "WHOAMI") == b"default"
-    assert r.execute_command("RESET") == b"RESET"
-    assert r.execute_command("AUTH", "anything") == b"OK"  # AUTH <pw>: as `default`
+    assert r.execute_command("RESET") in (b"RESET", "RESET")  # a simple string
+    assert r.execute_command("AUTH", "default", "x") in (True, b"OK", "OK")  # itself
     r.close()
     assert events(topo, "db.session.redis.command", user="bot-rd-default", command="RESET",
                   allowed=True)
