@@ -91,8 +91,12 @@ class RedisFrontend(DbFrontend):
         try:
             buffered = b""
             if caller is None:
-                buffered = await asyncio.wait_for(self._maybe_inner_tls(conn),
-                                                  self._setup_timeout)
+                try:
+                    buffered = await asyncio.wait_for(self._maybe_inner_tls(conn),
+                                                      self._setup_timeout)
+                except Refusal as r:  # a client certificate without an identity
+                    await self._refuse(conn, r)
+                    return
             await self._session(conn, buffered)
         except _ENDED as e:
             if isinstance(e, TimeoutError):
@@ -108,11 +112,7 @@ class RedisFrontend(DbFrontend):
         first = await conn.reader.read_some()
         if first[:1] != bytes([TLS_HANDSHAKE]):
             return first
-        try:
-            await self.accept_inner_tls(conn, first)
-        except Refusal as r:  # a certificate without an identity
-            await self._refuse(conn, r)
-            raise InnerTLSError("refused") from None
+        await self.accept_inner_tls(conn, first)
         return b""
 
     async def _refuse(self, conn: Conn, refusal: Refusal, db_user: str = "",

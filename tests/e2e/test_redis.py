@@ -11,8 +11,10 @@ the password never."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from mwiproxy.devkit import postgres
 from mwiproxy.devkit import redis as redis_kit
 from mwiproxy.devkit.agent import Agent, db_token
 from mwiproxy.devkit.guide import GUIDE_ROLE
+from mwiproxy.devkit.ports import free_port
 from mwiproxy.devkit.topology import CLUSTER_YAML, LocalProxyProcess, Topology, start_topology
 from mwiproxy.devkit.topology import wait_for as wait_until
 from mwiproxy.wire import redis as resp
@@ -69,7 +72,8 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisTopology]:
         pytest.skip("PostgreSQL 15 or Redis not installed")
     root = tmp_path_factory.mktemp("redis")
     server = redis_kit.RedisServer()
-    template = CLUSTER_YAML + redis_kit.DATABASE_YAML.replace("REDISPORT", str(server.port))
+    template = (CLUSTER_YAML + redis_kit.DATABASE_YAML.replace("REDISPORT", str(server.port))
+                + f"diag_addr: 127.0.0.1:{free_port()}\n")
     with start_topology(root, template, kind=RedisTopology) as topology:
         topology.redis = server
         try:
@@ -317,3 +321,15 @@ def test_redis_served_by_a_database_agent(topo):
                                              db_service=AGENT_REDIS)) >= 2, timeout=20)
     finally:
         agent.stop()
+
+
+def test_redis_sessions_are_counted_in_the_metrics(topo, tunnel):
+    client(tunnel).ping()
+    addr = re.search(r"diag_addr: (\S+)", topo.cluster.config_path.read_text()).group(1)
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    ok = re.search(r'mwiproxy_db_connections_total\{mode="tunnel",protocol="redis",'
+                   r'result="success",service="example-redis"\} (\S+)', text)
+    assert ok and float(ok.group(1)) >= 1, text[:2000]
+    assert re.search(r'mwiproxy_db_transmit_bytes_total\{[^}]*protocol="redis"[^}]*\} '
+                     r'[1-9]', text), "no Redis bytes counted"
