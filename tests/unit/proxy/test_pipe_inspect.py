@@ -21,8 +21,6 @@ AUTH = b"*3\r\n$4\r\nAuTh\r\n$4\r\nuser\r\n$6\r\nsecret\r\n"
 DENIED = b"-ERR AUTH is not allowed through this proxy\r\n"
 BROKEN = b"-ERR Protocol error: the proxy could not frame this command\r\n"
 
-pytestmark = pytest.mark.skipif(_native.NATIVE, reason="native inspection: next commit")
-
 
 class Session:
     """client <-> Pipe(inspect) <-> server, over socket pairs; the test plays both ends."""
