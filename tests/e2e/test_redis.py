@@ -323,11 +323,19 @@ def test_redis_served_by_a_database_agent(topo):
         agent.stop()
 
 
-def test_redis_sessions_are_counted_in_the_metrics(topo, tunnel):
-    client(tunnel).ping()
+def _metrics(topo: RedisTopology) -> str:
     addr = re.search(r"diag_addr: (\S+)", topo.cluster.config_path.read_text()).group(1)
     with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as r:
-        text = r.read().decode()
+        return r.read().decode()
+
+
+def test_redis_sessions_are_counted_in_the_metrics(topo, tunnel):
+    client(tunnel).ping()
+    _refused_then_closed(tunnel, resp.encode_command("RESET"))
+    refused = re.compile(r'mwiproxy_db_connections_closed_total\{mode="tunnel",'
+                         r'protocol="redis",reason="refused",service="example-redis"\} [1-9]')
+    assert wait_until(lambda: refused.search(_metrics(topo)), timeout=20)
+    text = _metrics(topo)
     ok = re.search(r'mwiproxy_db_connections_total\{mode="tunnel",protocol="redis",'
                    r'result="success",service="example-redis"\} (\S+)', text)
     assert ok and float(ok.group(1)) >= 1, text[:2000]
