@@ -184,6 +184,16 @@ def test_non_tunnel_mode_with_redis_cli(topo, passthrough, tls_out):
     assert starts and all(e["success"] for e in starts), starts
 
 
+@pytest.mark.parametrize("tunnel_mode", [True, False])
+def test_without_ping_framing(topo, tls_out, tunnel_mode):
+    """`--no-ping`: plain `teleport-redis` (the other tests run framed, the default)."""
+    lp = topo.local_proxy(tls_out, tunnel=tunnel_mode, service=SERVICE, extra=("--no-ping",))
+    tls = None if tunnel_mode else tls_out
+    assert cli(lp, "SET", f"np-{tunnel_mode}", "1", tls=tls).stdout.strip() == "OK"
+    res = cli(lp, "AUTH", "bob", "x", tls=tls)
+    assert 'AUTH as "bob" is not allowed' in res.stdout + res.stderr, res
+
+
 def test_non_tunnel_mode_with_redis_py(topo, passthrough, tls_out):
     r = client(passthrough, tls=tls_out)
     exercise(r, "nt-py")
