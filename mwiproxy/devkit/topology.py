@@ -71,8 +71,9 @@ class Topology:
         return str(json.loads(tok)["token"])
 
     def bot_output(self, bot: str, *, username: str = "alice", database: str = "example-db",
-                   ttl: str = "10m", service: str = SERVICE) -> Path:
-        """Join `bot` and write a database output for it, as `mwibot start` would."""
+                   ttl: str = "10m", service: str = SERVICE, fmt: str = "") -> Path:
+        """Join `bot` and write a database output (`fmt`: the output's format) for it,
+        as `mwibot start` would."""
         key = generate_private_key()
         pub = public_key_pem(key.public_key()).decode()
         with AuthClient(self.cluster.addr, ca_pems=self.host_ca) as anon:
@@ -84,14 +85,14 @@ class Topology:
                 db_key.public_key()).decode(), service=service, database=database,
                 username=username, ttl=ttl)
         return self.write_output(bot, private_key_pem(db_key), got["cert"].encode(),
-                                 got["cas"])
+                                 got["cas"], fmt)
 
-    def write_output(self, name: str, key_pem: bytes, cert_pem: bytes, cas: dict[str, str]
-                     ) -> Path:
+    def write_output(self, name: str, key_pem: bytes, cert_pem: bytes, cas: dict[str, str],
+                     fmt: str = "") -> Path:
         out = self.root / f"out-{name}"
         creds = Credentials(key_pem, cert_pem, (cas["host"].encode(),),
                             (cas["user"].encode(),), (cas["db"].encode(),))
-        DirectoryDestination(str(out)).write_bundle(render_database_output(creds))
+        DirectoryDestination(str(out)).write_bundle(render_database_output(creds, fmt))
         return out
 
     def local_proxy(self, out: Path, *, tunnel: bool, check: bool = True, listen: str = "",
