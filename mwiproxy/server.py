@@ -27,6 +27,8 @@ from mwiproxy.auth.storage.base import LockRecord
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
 from mwiproxy.config.cluster import ClusterConfig
 from mwiproxy.engines.base import LocalSigner
+from mwiproxy.engines.mongodb import PROTOCOL as MONGO_PROTOCOL
+from mwiproxy.engines.mongodb import MongoEngine
 from mwiproxy.engines.postgres import PROTOCOLS as POSTGRES_PROTOCOLS
 from mwiproxy.engines.postgres import Engine, PostgresEngine
 from mwiproxy.identity.authorities import AuthoritySet, write_private
@@ -39,6 +41,7 @@ from mwiproxy.process.lifecycle import Signals, serve
 from mwiproxy.process.pidfile import DataDirLock, PidFile
 from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import ProxyListener, listener_limits
+from mwiproxy.proxy.mongodb import MongoFrontend
 from mwiproxy.proxy.owncerts import OwnCertificates
 from mwiproxy.proxy.pingbridge import framed
 from mwiproxy.proxy.postgres import PostgresFrontend
@@ -120,7 +123,7 @@ class Cluster:
             db.name: PostgresEngine(db, signer, self.metrics) for db in self.config.databases
             if db.protocol in POSTGRES_PROTOCOLS}
         for db in self.config.databases:
-            if db.name not in engines:
+            if db.name not in engines and db.protocol != MONGO_PROTOCOL:
                 log.warning("database %r: no %s engine yet; it is listed but not served",
                             db.name, db.protocol)
         # the agent link's client identity: user CA, usage `mwi:proxy`; agents must show
@@ -134,6 +137,13 @@ class Cluster:
                                     metrics=self.metrics)
         self.listener.route_tls(alpn.POSTGRES, frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve))
+        mongo = MongoFrontend(self.auth, {
+            db.name: MongoEngine(db, signer, self.metrics) for db in self.config.databases
+            if db.protocol == MONGO_PROTOCOL}, self.sessions, self.own.db_inner_context,
+            ping_interval=interval, setup_timeout=self._first_message_timeout,
+            metrics=self.metrics)
+        self.listener.route_tls(alpn.MONGODB, mongo.serve)
+        self.listener.route_tls(alpn.with_ping(alpn.MONGODB), framed(mongo.serve))
         register_unserved(self.listener, self.auth, served_by_protocol(self.config.databases))
 
     def _check_cluster_name(self) -> None:

@@ -1,5 +1,6 @@
 """Front ends for the protocols listed in cluster.yaml that have no engine yet:
-`teleport-mysql`, `teleport-mongodb`, `teleport-redis` and their `-ping` variants.
+`teleport-mysql`, `teleport-redis` and their `-ping` variants (MongoDB has its engine:
+proxy/mongodb.py).
 
 Each connection gets the same access check as PostgreSQL (identity from the outer TLS:
 tunnel mode), is audited as `db.access.denied`, and is refused in the protocol's own
@@ -10,8 +11,6 @@ would be allowed — with "database service … has no engine in this version".
 - Redis: each command the client sends (a bounded number, each bounded in size) is
   answered with `-ERR …`. Not only the first: redis-py swallows the errors of its
   opening `CLIENT SETINFO` commands and would otherwise show a bare "connection closed".
-- MongoDB: each message (bounded likewise) is answered with a command error
-  `{ok: 0, errmsg, code, codeName}` as OP_REPLY (to OP_QUERY) or OP_MSG (to OP_MSG).
 """
 
 from __future__ import annotations
@@ -29,9 +28,8 @@ from mwiproxy.identity.certs import Identity
 from mwiproxy.proxy.access import Refusal, authorize
 from mwiproxy.proxy.listener import ProxyListener
 from mwiproxy.proxy.pingbridge import framed
-from mwiproxy.relay.streams import BufferedReader, ByteStream
+from mwiproxy.relay.streams import ByteStream
 from mwiproxy.wire import alpn, mysql
-from mwiproxy.wire import mongodb as mongo
 from mwiproxy.wire import redis as resp
 
 log = logging.getLogger("mwiproxy.proxy.unserved")
@@ -43,7 +41,7 @@ MAX_ANSWERS = 16
 READ_CAP = 64 * 1024
 
 _ENDED = (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError,
-          mysql.ProtocolError, resp.ProtocolError, mongo.ProtocolError)
+          mysql.ProtocolError, resp.ProtocolError)
 
 
 @dataclass(frozen=True)
@@ -138,33 +136,8 @@ class RedisFrontend(UnservedFrontend):
                 answered += 1
 
 
-class MongoDBFrontend(UnservedFrontend):
-    protocol = "mongodb"
-
-    async def tell(self, stream: ByteStream, verdict: Verdict) -> None:
-        code = mongo.UNAUTHORIZED if verdict.denied else mongo.HOST_UNREACHABLE
-        document = mongo.error_document(verdict.message, code)
-        reader = BufferedReader(stream)
-        for _ in range(MAX_ANSWERS):
-            try:
-                head = await reader.readexactly(mongo.HEADER_SIZE)
-            except asyncio.IncompleteReadError as e:
-                if e.partial:
-                    raise
-                return  # the client hung up between messages
-            header = mongo.parse_header(head)
-            if header.length > READ_CAP:
-                raise mongo.ProtocolError(f"a first message of {header.length} bytes "
-                                          f"(read at most {READ_CAP})")
-            request = mongo.parse_request(
-                head + await reader.readexactly(header.length - mongo.HEADER_SIZE))
-            if request.expects_reply:
-                await stream.write(mongo.reply_to(request, document))
-
-
 FRONTENDS: tuple[tuple[str, type[UnservedFrontend]], ...] = (
     (alpn.MYSQL, MySQLFrontend),
-    (alpn.MONGODB, MongoDBFrontend),
     (alpn.REDIS, RedisFrontend),
 )
 

@@ -1,0 +1,191 @@
+"""A MongoDB session's relay, in Python: one task reads the client's messages whole and
+checks each before it goes to the database, one copies the database's bytes back.
+
+Why not the native relay: every message carries its own `$db`, so each must be parsed,
+and the native relay has no MongoDB framer yet (the follow-up: a "mongodb" inspector in
+the native relay's framework, deciding per message with this module's rules). Bounded:
+a message is at most the server's maxMessageSizeBytes and its inspection walks a bounded
+number of fields (wire/mongomsg.py), the database's answers are copied in chunks of at
+most 64 KiB with no parsing, and each task awaits its writes (a slow side slows only
+its own direction; nothing is buffered beyond one message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mwiproxy import _native
+from mwiproxy.relay.streams import READ_SIZE, BufferedReader, ByteStream, FramedStream
+from mwiproxy.wire import mongodb as mongo
+from mwiproxy.wire import mongomsg
+from mwiproxy.wire.mongomsg import ClientMessage
+
+# the decisions a session remembers (per database name); past this, each is asked anew
+MAX_REMEMBERED = 64
+# refused messages audited one by one per session; the rest are counted (session end)
+MAX_AUDITED = 16
+AUTH_REFUSED = ("the cluster proxy authenticates this connection itself (MONGODB-X509 "
+                "as the certificate's database user): {} is refused")
+NO_COMPRESSION = "compression was not agreed: OP_COMPRESSED messages are refused"
+NO_DATABASE = "the message names no database ($db)"
+
+
+@dataclass
+class RelayResult:
+    bytes_to_db: int = 0
+    bytes_to_client: int = 0
+    messages: int = 0
+    refused: int = 0
+    reason: str = ""
+
+
+class Relay:
+    """`allowed(db)` answers "" or why not; `on_refused(message, why)` is told of the
+    first MAX_AUDITED refusals."""
+
+    def __init__(self, client: ByteStream, db: ByteStream, max_message_size: int, *,
+                 allowed: Callable[[str], str],
+                 on_refused: Callable[[ClientMessage, str], None],
+                 keepalive: float | None = None) -> None:
+        self._client, self._db = client, db
+        self._max = max_message_size
+        self._allowed, self._on_refused = allowed, on_refused
+        self._keepalive = keepalive if isinstance(client, FramedStream) else None
+        self._decisions: dict[str, str] = {}
+        self._client_lock = asyncio.Lock()
+        self._last_write = time.monotonic()
+        self._tasks: list[asyncio.Task[str]] = []
+        self._db_failed = False  # the last OSError was the database's (a write to it)
+        self.result = RelayResult()
+
+    async def run(self) -> RelayResult:
+        if self.result.reason:  # cut (a lock) before it ran
+            self._client.close()
+            self._db.close()
+            return self.result
+        self._tasks = [asyncio.ensure_future(self._client_to_db()),
+                       asyncio.ensure_future(self._db_to_client())]
+        if self._keepalive:
+            self._tasks.append(asyncio.ensure_future(self._keepalives(self._keepalive)))
+        try:
+            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and not self.result.reason:
+                    self.result.reason = task.result()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._client.close()
+            self._db.close()
+        return self.result
+
+    def close(self, reason: str = _native.REASON_CLOSED) -> None:
+        """Cut the session (a lock, an expired certificate, shutdown)."""
+        if not self.result.reason:
+            self.result.reason = reason
+        for task in self._tasks:
+            task.cancel()
+
+    # -- client → database ---------------------------------------------------------------
+
+    async def _client_to_db(self) -> str:
+        reader = BufferedReader(self._client)
+        try:
+            while True:
+                try:
+                    head = await reader.readexactly(mongo.HEADER_SIZE)
+                except asyncio.IncompleteReadError as e:
+                    return _native.REASON_RESET_A if e.partial else _native.REASON_EOF
+                header = mongo.parse_header(head, self._max)
+                message = head + await reader.readexactly(header.length - mongo.HEADER_SIZE)
+                await self._pass(message)
+        except mongo.ProtocolError:
+            return _native.REASON_ERROR
+        except asyncio.IncompleteReadError:
+            return _native.REASON_RESET_A
+        except OSError:
+            return _native.REASON_RESET_B if self._db_failed else _native.REASON_RESET_A
+
+    async def _pass(self, message: bytes) -> None:
+        msg = mongomsg.inspect(message, self._max)
+        self.result.messages += 1
+        why, code = self._judge(msg)
+        if why:
+            self.result.refused += 1
+            if self.result.refused <= MAX_AUDITED:
+                self._on_refused(msg, why)
+            if msg.expects_reply:
+                await self._to_client(_reply(msg, mongo.error_document(why, code)))
+            return
+        message = mongomsg.strip_handshake(message, msg)
+        try:
+            await self._db.write(message)
+        except OSError:
+            self._db_failed = True
+            raise
+        self.result.bytes_to_db += len(message)
+
+    def _judge(self, msg: ClientMessage) -> tuple[str, tuple[int, str]]:
+        """Why `msg` is refused ("" if it is not) and the error code to answer with."""
+        if msg.compressed:
+            return NO_COMPRESSION, mongo.UNAUTHORIZED
+        if msg.is_auth:
+            return f"access to db denied: {AUTH_REFUSED.format(msg.command)}", \
+                mongo.UNAUTHORIZED
+        if msg.is_handshake:  # reads nothing of any database
+            return "", mongo.UNAUTHORIZED
+        if not msg.database:
+            return NO_DATABASE, mongo.UNAUTHORIZED
+        why = self._decisions.get(msg.database)
+        if why is None:
+            why = self._allowed(msg.database)
+            if len(self._decisions) < MAX_REMEMBERED:
+                self._decisions[msg.database] = why
+        return why, mongo.UNAUTHORIZED
+
+    # -- database → client ---------------------------------------------------------------
+
+    async def _db_to_client(self) -> str:
+        while True:
+            try:
+                data = await self._db.read(READ_SIZE)
+            except OSError:
+                return _native.REASON_RESET_B
+            if not data:
+                return _native.REASON_EOF
+            try:
+                await self._to_client(data)
+            except OSError:
+                return _native.REASON_RESET_A
+
+    async def _to_client(self, data: bytes) -> None:
+        async with self._client_lock:
+            await self._client.write(data)
+            self._last_write = time.monotonic()
+        self.result.bytes_to_client += len(data)
+
+    async def _keepalives(self, interval: float) -> str:
+        """`-ping`: an empty frame to a client nothing was written to for `interval`."""
+        assert isinstance(self._client, FramedStream)
+        while True:
+            await asyncio.sleep(max(0.05, self._last_write + interval - time.monotonic()))
+            if time.monotonic() - self._last_write >= interval:
+                try:
+                    async with self._client_lock:
+                        await self._client.write(b"")  # a frame of length 0: a keepalive
+                        self._last_write = time.monotonic()
+                except OSError:
+                    return _native.REASON_RESET_A
+
+
+def _reply(msg: ClientMessage, document: mongo.Document) -> bytes:
+    """An answer in the format the client reads after `msg` (OP_REPLY after OP_QUERY)."""
+    build = mongo.op_reply if msg.op_code == mongo.OP_QUERY else mongo.op_msg
+    return build(msg.header.request_id, document)
