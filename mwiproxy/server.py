@@ -208,13 +208,17 @@ class Cluster:
     def _ca_rotated(self, kind: str, phase: str) -> None:
         """Re-issue what a CA phase change touches (auth/ca_rotation.py); the engines'
         database contexts follow by themselves (AuthoritySet.epoch). The server
-        certificate stays through the host CA's update_clients: servers move to the new
-        CA in update_servers, after every client had a grace period to trust it."""
+        certificate stays through the host (and Database) CA's update_clients: servers
+        move to the new CA in update_servers, after every client had a grace period to
+        trust it."""
         touched = {"host": (self.own.server, self.own.admin),
                    "user": (self.own.server, self.own.link, self.own.admin),
-                   "agent": (self.own.link,)}.get(kind, ())
+                   "agent": (self.own.link,),
+                   # the MongoDB inner certificate (non-tunnel) is the Database CA's
+                   "db": (self.own.server,)}.get(kind, ())
         for rotating in touched:
-            if (kind, phase, rotating) == ("host", UPDATE_CLIENTS, self.own.server):
+            if (kind in ("host", "db") and phase == UPDATE_CLIENTS
+                    and rotating is self.own.server):
                 continue
             try:
                 rotating.renew_now()
