@@ -24,7 +24,7 @@ from mwiproxy.wire import mongodb as mongo
 from mwiproxy.wire import mongomsg
 from mwiproxy.wire.mongomsg import ClientMessage
 
-# the decisions a session remembers (per database name); past this, each is asked anew
+# databases one session may name (each decided once, then remembered)
 MAX_REMEMBERED = 64
 # refused messages audited one by one per session; the rest are counted (session end)
 MAX_AUDITED = 16
@@ -143,12 +143,22 @@ class Relay:
             return "", mongo.UNAUTHORIZED
         if not msg.database:
             return NO_DATABASE, mongo.UNAUTHORIZED
-        why = self._decisions.get(msg.database)
+        for db in (msg.database, *msg.writes_to):
+            if why := self._decision(db):
+                return why, mongo.UNAUTHORIZED
+        return "", mongo.UNAUTHORIZED
+
+    def _decision(self, db: str) -> str:
+        """The roles' answer for `db`, asked once per session (the auth service reads its
+        storage); a session naming more than MAX_REMEMBERED databases is refused the
+        others, so no client can make every message a storage read."""
+        why = self._decisions.get(db)
         if why is None:
-            why = self._allowed(msg.database)
-            if len(self._decisions) < MAX_REMEMBERED:
-                self._decisions[msg.database] = why
-        return why, mongo.UNAUTHORIZED
+            if len(self._decisions) >= MAX_REMEMBERED:
+                return (f"a session may use at most {MAX_REMEMBERED} databases: open "
+                        "another connection")
+            why = self._decisions[db] = self._allowed(db)
+        return why
 
     # -- database → client ---------------------------------------------------------------
 

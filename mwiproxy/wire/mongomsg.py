@@ -66,6 +66,9 @@ class ClientMessage:
     command: str  # the command document's first field ("" if none)
     expects_reply: bool
     compressed: bool = False
+    # other databases the command writes to: an aggregation's `$out`/`$merge` or a
+    # mapReduce's `out` naming a `db`
+    writes_to: tuple[str, ...] = ()
 
     @property
     def is_auth(self) -> bool:
@@ -204,9 +207,45 @@ def _body_section(body: bytes) -> tuple[int, int]:
 def _op_msg(header: Header, op_code: int, body: bytes) -> ClientMessage:
     flags, at = _body_section(body)
     fs = fields(body, at)
-    db = next((_string(body, f) for f in fs if f.name == b"$db"), "")
+    dbs = [f for f in fs if f.name == b"$db"]
+    if len(dbs) > 1:  # which one a server reads is not ours to guess
+        raise ProtocolError("an OP_MSG with more than one $db")
     command = fs[0].name.decode("utf-8", "replace") if fs else ""
-    return ClientMessage(header, op_code, db, command, not flags & MSG_MORE_TO_COME)
+    return ClientMessage(header, op_code, _string(body, dbs[0]) if dbs else "", command,
+                         not flags & MSG_MORE_TO_COME,
+                         writes_to=_writes_to(body, command, fs))
+
+
+def _field(data: bytes, fs: list[Field], name: bytes, kind: int) -> Field | None:
+    return next((f for f in fs if f.name == name and f.kind == kind), None)
+
+
+def _db_of(data: bytes, target: Field | None) -> list[str]:
+    """The `db` named by an output target `{db: …, coll: …}` (none for a plain name)."""
+    if target is None:
+        return []
+    db = _field(data, fields(data, target.value), b"db", 0x02)
+    return [_string(data, db)] if db else []
+
+
+def _writes_to(data: bytes, command: str, fs: list[Field]) -> tuple[str, ...]:
+    """Databases other than `$db` an aggregate (`$out`, `$merge`) or a mapReduce (`out`)
+    writes to; each stage is a bounded walk (MAX_FIELDS stages at most)."""
+    out: list[str] = []
+    name = command.lower()
+    if name == "aggregate" and (pipeline := _field(data, fs, b"pipeline", 0x04)):
+        for stage in fields(data, pipeline.value):
+            if stage.kind != 0x03:
+                continue
+            ops = fields(data, stage.value, 2)  # a stage is one operator (the server says)
+            if ops and ops[0].name == b"$out":
+                out += _db_of(data, ops[0] if ops[0].kind == 0x03 else None)
+            elif ops and ops[0].name == b"$merge" and ops[0].kind == 0x03:
+                into = _field(data, fields(data, ops[0].value), b"into", 0x03)
+                out += _db_of(data, into)
+    elif name == "mapreduce":
+        out += _db_of(data, _field(data, fs, b"out", 0x03))
+    return tuple(out)
 
 
 def _query_parts(body: bytes) -> tuple[str, int]:

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from mwiproxy.proxy.mongoloop import MAX_AUDITED, Relay
+from mwiproxy.proxy.mongoloop import MAX_AUDITED, MAX_REMEMBERED, Relay
 from mwiproxy.relay.streams import SocketStream
 from mwiproxy.wire import mongodb as mongo
 from tests.unit.proxy.test_wire_mongomsg import op_msg, op_query
@@ -140,4 +140,32 @@ def test_a_cut_ends_both_sides():
         loop = asyncio.get_running_loop()
         assert await asyncio.wait_for(loop.sock_recv(rig.client, 10), 5) == b""
         assert await asyncio.wait_for(loop.sock_recv(rig.db, 10), 5) == b""
+    _run(main())
+
+
+def test_an_aggregate_writing_to_another_database_is_checked_for_it():
+    async def main():
+        rig = Rig()
+        task = asyncio.ensure_future(rig.relay.run())
+        await rig.send(op_msg({"aggregate": "t", "cursor": {}, "$db": "example-db",
+                               "pipeline": [{"$out": {"db": "secret", "coll": "c"}}]}))
+        _, doc = mongo.parse_reply(await rig.recv_message(rig.client))
+        assert '"secret"' in doc["errmsg"]
+        rig.client.close()
+        result = await asyncio.wait_for(task, 5)
+        assert result.bytes_to_db == 0 and rig.asked == ["example-db", "secret"]
+    _run(main())
+
+
+def test_a_session_names_a_bounded_number_of_databases():
+    async def main():
+        rig = Rig()
+        task = asyncio.ensure_future(rig.relay.run())
+        for i in range(MAX_REMEMBERED + 3):
+            await rig.send(op_msg({"ping": 1, "$db": f"db{i}"}))
+            _, doc = mongo.parse_reply(await rig.recv_message(rig.client))
+        assert "at most" in doc["errmsg"]
+        rig.client.close()
+        await asyncio.wait_for(task, 5)
+        assert len(rig.asked) == MAX_REMEMBERED
     _run(main())

@@ -208,3 +208,26 @@ def test_fuzz_reply_scalars(data):
         mongomsg.reply_scalars(data, 1 << 20)
     except mongo.ProtocolError:
         pass
+
+
+def test_two_db_fields_are_refused():
+    one = bson.encode(SON([("find", "t"), ("$db", "a")]))
+    extra = b"\x02$db\0" + struct.pack("<i", 2) + b"b\0"  # a dict cannot hold it twice
+    doc = struct.pack("<i", len(one) + len(extra)) + one[4:-1] + extra + b"\0"
+    body = struct.pack("<I", 0) + b"\0" + doc
+    with pytest.raises(mongo.ProtocolError, match=r"\$db"):
+        mongomsg.inspect(struct.pack("<iiii", 16 + len(body), 1, 0, mongo.OP_MSG) + body, MAX)
+
+
+def test_writes_to_other_databases_are_seen():
+    pipeline = [{"$match": {}}, {"$out": {"db": "out-db", "coll": "c"}},
+                {"$merge": {"into": {"db": "merge-db", "coll": "c"}}}, {"$out": "same-db"},
+                {"$merge": {"into": "plain"}}]
+    msg = mongomsg.inspect(op_msg(SON([("aggregate", "t"), ("pipeline", pipeline),
+                                       ("cursor", {}), ("$db", "example-db")])), MAX)
+    assert msg.writes_to == ("out-db", "merge-db")
+    mr = mongomsg.inspect(op_msg(SON([("mapReduce", "t"), ("map", bson.Code("f")),
+                                      ("out", {"replace": "c", "db": "mr-db"}),
+                                      ("$db", "example-db")])), MAX)
+    assert mr.writes_to == ("mr-db",)
+    assert mongomsg.inspect(op_msg({"find": "t", "$db": "d"}), MAX).writes_to == ()
