@@ -155,3 +155,24 @@ def test_a_user_the_roles_do_not_allow_is_told_why_at_the_first_message(mongo):
     denied = [e for e in mongo.topo.audit("db.access.denied")
               if e.get("user") == "bot-mg-bob"]
     assert denied and denied[-1]["protocol"] == "mongodb" and denied[-1]["db_user"] == "alice"
+
+
+def test_tunnel_mode_without_ping_framing(mongo):
+    lp = mongo.topo.local_proxy(mongo.output("mg-noping"), tunnel=True, service=MONGO,
+                                extra=("--no-ping",))
+    with mongo.client(lp.port) as client:
+        assert client["example-db"].things.find_one() == {"_id": 1, "x": "hello"}
+
+
+def test_a_database_refusing_the_certificate_user_is_told_to_the_client(mongo):
+    lp = mongo.topo.local_proxy(mongo.output("mg-x509"), tunnel=True, service=MONGO)
+    refuse = mongo.db.autoresponds("authenticate", ok=0, errmsg="No verified subject name")
+    try:
+        with mongo.client(lp.port, serverSelectionTimeoutMS=3000) as client:
+            with pytest.raises(pymongo.errors.PyMongoError) as err:
+                client["example-db"].command("ping")
+    finally:
+        refuse.cancel()
+    assert "refused MONGODB-X509 for CN=alice: No verified subject name" in str(err.value)
+    starts = [e for e in mongo.topo.audit("db.session.start") if e.get("bot") == "mg-x509"]
+    assert starts and not starts[-1]["success"]
