@@ -157,11 +157,12 @@ class Cluster:
     def _route_mongodb(self, signer: LocalSigner, interval: float) -> None:
         """MongoDB (in-process engines only): non-tunnel clients are answered with the
         Database CA's certificate, the CA of the bot's mongo.cas."""
-        mongo = MongoFrontend(self.auth, {
-            db.name: MongoEngine(db, signer, self.metrics) for db in self.config.databases
-            if db.protocol == MONGO_PROTOCOL}, self.sessions, self.own.db_inner_context,
-            ping_interval=interval, setup_timeout=self._first_message_timeout,
-            metrics=self.metrics)
+        engines = {db.name: MongoEngine(db, signer, self.metrics)
+                   for db in self.config.databases if db.protocol == MONGO_PROTOCOL}
+        mongo = MongoFrontend(self.auth, self.sessions, self.own.db_inner_context,
+                              engines=engines, ping_interval=interval,
+                              setup_timeout=self._first_message_timeout,
+                              metrics=self.metrics)
         self.listener.route_tls(alpn.MONGODB, mongo.serve)
         self.listener.route_tls(alpn.with_ping(alpn.MONGODB), framed(mongo.serve))
 
