@@ -39,7 +39,7 @@ from mwiproxy.metrics.cluster import RESULT_ERROR, NoopProxyMetrics
 from mwiproxy.proxy.access import Refusal, check_certificate, check_policy
 from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError
 from mwiproxy.proxy.listener import accepted_at
-from mwiproxy.proxy.mongoloop import Relay
+from mwiproxy.proxy.mongoloop import Relay, answer_with
 from mwiproxy.proxy.sessions import Session, SessionRegistry
 from mwiproxy.relay.pipe import PipeStats
 from mwiproxy.relay.streams import BufferedReader, ByteStream
@@ -51,8 +51,6 @@ log = logging.getLogger("mwiproxy.proxy.mongodb")
 SETUP_TIMEOUT = 10.0  # accept → inner TLS → access check (proxy.first_message_timeout)
 # a refused client gets this long, and this many answers, before the proxy hangs up
 REFUSAL_TIMEOUT = 15.0
-MAX_ANSWERS = 16
-READ_CAP = 64 * 1024  # the largest message read from a client that is refused anyway
 NO_IDENTITY = ("no client certificate was presented: use the local proxy in tunnel mode "
                "(--tunnel), or give the client tlsCertificateKeyFile=DIR/mongo.crt")
 
@@ -145,7 +143,7 @@ class MongoFrontend(DbFrontend):
                       allowed=lambda db: self._allowed(session, db),
                       on_refused=lambda msg, why: self._message_refused(session, msg, why),
                       keepalive=self._ping_interval)
-        session.cut = lambda reason, message: relay.close(reason)
+        session.cut = relay.close  # the client's next message is told `message`
         if session.end_reason:  # locked while the engine was dialing
             session.end(session.end_reason)
         self.audit_start(session)
@@ -187,25 +185,3 @@ class MongoFrontend(DbFrontend):
         self._metrics.closed(session.service, PROTOCOL, session.mode,
                              "shutdown" if reason == "cancelled" else reason, duration)
         self.log_session_end(session, stats, duration, reason)
-
-
-async def answer_with(stream: ByteStream, document: mongo.Document) -> None:
-    """Answer each client message (up to MAX_ANSWERS, each ≤ READ_CAP) with `document`,
-    in the format it expects (OP_REPLY to OP_QUERY, else OP_MSG); return at the client's
-    hang-up between messages."""
-    reader = BufferedReader(stream)
-    for _ in range(MAX_ANSWERS):
-        try:
-            head = await reader.readexactly(mongo.HEADER_SIZE)
-        except asyncio.IncompleteReadError as e:
-            if e.partial:
-                raise
-            return
-        header = mongo.parse_header(head)
-        if header.length > READ_CAP:
-            raise mongo.ProtocolError(f"a message of {header.length} bytes from a refused "
-                                      f"client (read at most {READ_CAP})")
-        request = mongo.parse_request(
-            head + await reader.readexactly(header.length - mongo.HEADER_SIZE))
-        if request.expects_reply:
-            await stream.write(mongo.reply_to(request, document))

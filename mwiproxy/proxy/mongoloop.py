@@ -32,6 +32,10 @@ AUTH_REFUSED = ("the cluster proxy authenticates this connection itself (MONGODB
                 "as the certificate's database user): {} is refused")
 NO_COMPRESSION = "compression was not agreed: OP_COMPRESSED messages are refused"
 NO_DATABASE = "the message names no database ($db)"
+# a cut session answers the client's next messages with why, for this long at most
+FAREWELL_TIMEOUT = 5.0
+MAX_ANSWERS = 16  # messages answered with an error before hanging up
+READ_CAP = 64 * 1024  # the largest message read from a client that is refused anyway
 
 
 @dataclass
@@ -60,12 +64,15 @@ class Relay:
         self._last_write = time.monotonic()
         self._tasks: list[asyncio.Task[str]] = []
         self._db_failed = False  # the last OSError was the database's (a write to it)
+        self._farewell = ""
         self.result = RelayResult()
 
     async def run(self) -> RelayResult:
         if self.result.reason:  # cut (a lock) before it ran
-            self._client.close()
             self._db.close()
+            if self._farewell:
+                await self._say_farewell()
+            self._client.close()
             return self.result
         self._tasks = [asyncio.ensure_future(self._client_to_db()),
                        asyncio.ensure_future(self._db_to_client())]
@@ -82,14 +89,25 @@ class Relay:
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            self._client.close()
             self._db.close()
+            if self._farewell:
+                await self._say_farewell()
+            self._client.close()
         return self.result
 
-    def close(self, reason: str = _native.REASON_CLOSED) -> None:
-        """Cut the session (a lock, an expired certificate, shutdown)."""
+    async def _say_farewell(self) -> None:
+        document = mongo.error_document(self._farewell, mongo.UNAUTHORIZED)
+        with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError,
+                                 mongo.ProtocolError):
+            await asyncio.wait_for(answer_with(self._client, document), FAREWELL_TIMEOUT)
+
+    def close(self, reason: str = _native.REASON_CLOSED, message: str = "") -> None:
+        """Cut the session (a lock, an expired certificate, shutdown): the database side
+        at once; the client's next messages (within FAREWELL_TIMEOUT) are answered with
+        `message`, as MongoDB has no unsolicited message to say it."""
         if not self.result.reason:
             self.result.reason = reason
+            self._farewell = message
         for task in self._tasks:
             task.cancel()
 
@@ -199,3 +217,25 @@ def _reply(msg: ClientMessage, document: mongo.Document) -> bytes:
     """An answer in the format the client reads after `msg` (OP_REPLY after OP_QUERY)."""
     build = mongo.op_reply if msg.op_code == mongo.OP_QUERY else mongo.op_msg
     return build(msg.header.request_id, document)
+
+
+async def answer_with(stream: ByteStream, document: mongo.Document) -> None:
+    """Answer each client message (up to MAX_ANSWERS, each ≤ READ_CAP) with `document`,
+    in the format it expects (OP_REPLY to OP_QUERY, else OP_MSG); return at the client's
+    hang-up between messages."""
+    reader = BufferedReader(stream)
+    for _ in range(MAX_ANSWERS):
+        try:
+            head = await reader.readexactly(mongo.HEADER_SIZE)
+        except asyncio.IncompleteReadError as e:
+            if e.partial:
+                raise
+            return
+        header = mongo.parse_header(head)
+        if header.length > READ_CAP:
+            raise mongo.ProtocolError(f"a message of {header.length} bytes from a refused "
+                                      f"client (read at most {READ_CAP})")
+        request = mongo.parse_request(
+            head + await reader.readexactly(header.length - mongo.HEADER_SIZE))
+        if request.expects_reply:
+            await stream.write(mongo.reply_to(request, document))

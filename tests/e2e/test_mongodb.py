@@ -177,3 +177,25 @@ def test_a_database_refusing_the_certificate_user_is_told_to_the_client(mongo):
     starts = [e for e in mongo.topo.audit("db.session.start") if e.get("bot") == "mg-x509"]
     assert any(not e["success"] and "refused MONGODB-X509" in str(e["error"])
                for e in starts), starts
+
+
+def test_a_locked_bot_s_live_session_is_cut_and_told_why(mongo):
+    lp = mongo.topo.local_proxy(mongo.output("mg-locked"), tunnel=True, service=MONGO)
+    errors: list[str] = []
+
+    def refused() -> bool:
+        try:
+            client["example-db"].command("ping")
+        except pymongo.errors.PyMongoError as e:
+            errors.append(str(e))
+            return True
+        return False
+
+    with mongo.client(lp.port, serverSelectionTimeoutMS=3000, retryReads=False) as client:
+        assert client["example-db"].command("ping")["ok"] == 1.0
+        mongo.topo.cluster.ctl("lock", "--bot=mg-locked", "--message", "incident 27")
+        assert wait_for(refused, 20, step=0.2)
+    assert "incident 27" in errors[0], errors
+    assert wait_for(lambda: any(
+        e.get("bot") == "mg-locked" and e["reason"] == "locked"
+        for e in mongo.topo.audit("db.session.end")), 20)

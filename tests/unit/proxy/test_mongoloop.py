@@ -169,3 +169,19 @@ def test_a_session_names_a_bounded_number_of_databases():
         await asyncio.wait_for(task, 5)
         assert len(rig.asked) == MAX_REMEMBERED
     _run(main())
+
+
+def test_a_cut_with_a_message_tells_the_client_at_its_next_message():
+    async def main():
+        rig = Rig()
+        task = asyncio.ensure_future(rig.relay.run())
+        await asyncio.sleep(0)
+        rig.relay.close("locked", "session ended: bot locked (incident 27)")
+        loop = asyncio.get_running_loop()
+        assert await asyncio.wait_for(loop.sock_recv(rig.db, 10), 5) == b""  # at once
+        await rig.send(op_msg({"ping": 1, "$db": "example-db"}, request_id=77))
+        header, doc = mongo.parse_reply(await rig.recv_message(rig.client))
+        assert header.response_to == 77 and "incident 27" in doc["errmsg"]
+        rig.client.close()
+        assert (await asyncio.wait_for(task, 5)).reason == "locked"
+    _run(main())
