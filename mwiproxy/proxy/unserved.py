@@ -1,6 +1,6 @@
 """Front ends for the protocols listed in cluster.yaml that have no engine yet:
-`teleport-mysql`, `teleport-mongodb` and their `-ping` variants (Redis has its engine:
-`proxy/redis.py`).
+`teleport-mysql` and its `-ping` variant (Redis and MongoDB have their engines:
+`proxy/redis.py`, `proxy/mongodb.py`).
 
 Each connection gets the same access check as PostgreSQL (identity from the outer TLS:
 tunnel mode), is audited as `db.access.denied`, and is refused in the protocol's own
@@ -8,8 +8,6 @@ format so the real client shows why: with the access check's reason, or — when
 would be allowed — with "database service … has no engine in this version".
 
 - MySQL: the server speaks first; an ERR_Packet (sequence 0) replaces the handshake.
-- MongoDB: each message (bounded likewise) is answered with a command error
-  `{ok: 0, errmsg, code, codeName}` as OP_REPLY (to OP_QUERY) or OP_MSG (to OP_MSG).
 """
 
 from __future__ import annotations
@@ -27,9 +25,8 @@ from mwiproxy.identity.certs import Identity
 from mwiproxy.proxy.access import Refusal, authorize
 from mwiproxy.proxy.listener import ProxyListener
 from mwiproxy.proxy.pingbridge import framed
-from mwiproxy.relay.streams import BufferedReader, ByteStream
+from mwiproxy.relay.streams import ByteStream
 from mwiproxy.wire import alpn, mysql
-from mwiproxy.wire import mongodb as mongo
 
 log = logging.getLogger("mwiproxy.proxy.unserved")
 
@@ -40,7 +37,7 @@ MAX_ANSWERS = 16
 READ_CAP = 64 * 1024
 
 _ENDED = (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError,
-          mysql.ProtocolError, mongo.ProtocolError)
+          mysql.ProtocolError)
 
 
 @dataclass(frozen=True)
@@ -112,33 +109,8 @@ class MySQLFrontend(UnservedFrontend):
         await stream.write(mysql.err_packet(code, state, verdict.message))
 
 
-class MongoDBFrontend(UnservedFrontend):
-    protocol = "mongodb"
-
-    async def tell(self, stream: ByteStream, verdict: Verdict) -> None:
-        code = mongo.UNAUTHORIZED if verdict.denied else mongo.HOST_UNREACHABLE
-        document = mongo.error_document(verdict.message, code)
-        reader = BufferedReader(stream)
-        for _ in range(MAX_ANSWERS):
-            try:
-                head = await reader.readexactly(mongo.HEADER_SIZE)
-            except asyncio.IncompleteReadError as e:
-                if e.partial:
-                    raise
-                return  # the client hung up between messages
-            header = mongo.parse_header(head)
-            if header.length > READ_CAP:
-                raise mongo.ProtocolError(f"a first message of {header.length} bytes "
-                                          f"(read at most {READ_CAP})")
-            request = mongo.parse_request(
-                head + await reader.readexactly(header.length - mongo.HEADER_SIZE))
-            if request.expects_reply:
-                await stream.write(mongo.reply_to(request, document))
-
-
 FRONTENDS: tuple[tuple[str, type[UnservedFrontend]], ...] = (
     (alpn.MYSQL, MySQLFrontend),
-    (alpn.MONGODB, MongoDBFrontend),
 )
 
 

@@ -9,6 +9,7 @@ import struct
 
 import pytest
 
+from mwiproxy.proxy import mongoloop as mongofront
 from mwiproxy.proxy import redis as redis_frontend
 from mwiproxy.proxy import unserved
 from mwiproxy.wire import mongodb as mongo
@@ -273,13 +274,15 @@ def test_mysql_refusal_replaces_the_greeting():
 
 
 def test_mongodb_refusal_answers_each_message_and_caps_what_it_reads():
+    """A refusal held until the client's messages (proxy/mongoloop.py answer_with)."""
+    document = mongo.error_document("access to db denied: why")
     stream = FakeStream(_op_query(HELLO), _op_msg({"ping": 1}))
-    _tell(unserved.MongoDBFrontend, stream)
+    asyncio.run(mongofront.answer_with(stream, document))
     replies = [mongo.parse_reply(w) for w in stream.written]
     assert [h.op_code for h, _ in replies] == [mongo.OP_REPLY, mongo.OP_MSG]
     assert all(d["errmsg"] == "access to db denied: why" for _, d in replies)
-    big = struct.pack("<iiii", unserved.READ_CAP + 1, 1, 0, mongo.OP_MSG)
+    big = struct.pack("<iiii", mongofront.READ_CAP + 1, 1, 0, mongo.OP_MSG)
     stream = FakeStream(big)
     with pytest.raises(mongo.ProtocolError):
-        _tell(unserved.MongoDBFrontend, stream)
+        asyncio.run(mongofront.answer_with(stream, document))
     assert stream.written == []
