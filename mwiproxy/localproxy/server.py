@@ -13,7 +13,8 @@ the host CA.
 The ALPN name follows the database's protocol: the `protocol` argument, else the
 route in the certificate, else PostgreSQL. PostgreSQL's first packet is parsed (to
 answer SSLRequest and CancelRequest, and to turn a refusal into an ErrorResponse); the
-other protocols (tunnel mode only) are relayed as they are. MySQL's server speaks
+other protocols are relayed as they are (Redis and MongoDB in tunnel mode only; MySQL
+clients upgrade to their own TLS in-protocol with the cluster). MySQL's server speaks
 first, so its first answer is awaited before relaying, and a failure to reach the
 cluster becomes a MySQL ERR packet; Redis and MongoDB clients are just disconnected
 (the reason is logged).
@@ -149,11 +150,11 @@ class LocalProxy:
         self._settle_protocol(creds)
         if self.tunnel:
             self._check_tunnel(creds)
-        elif not self.speaks_postgres:
+        elif not (self.speaks_postgres or self.alpn == alpn.MYSQL):
             raise UnsupportedMode(
-                f"--tunnel is required for mysql/mongodb/redis: database service "
-                f"{self.service!r} is {self.protocol}, and only PostgreSQL clients can "
-                "bring their own TLS through the local proxy")
+                f"--tunnel is required for mongodb/redis: database service "
+                f"{self.service!r} is {self.protocol}, and only PostgreSQL and MySQL "
+                "clients can bring their own TLS through the local proxy")
         self._listener.start()
         self._count_as = self.metrics.serving(self.service, self.mode, self._expiry)
         log.info("local proxy for %r (%s) listening on %s (%s mode)", self.service,
@@ -335,13 +336,15 @@ class LocalProxy:
             conn.relayed(pipe.stats)
 
     async def _serve_opaque(self, client: SocketStream, conn: Connection) -> None:
-        """Tunnel mode for a protocol whose bytes are not parsed here: dial at once
-        (the client may be waiting for the server to speak), then relay. Only MySQL's
-        greeting is seen here: for the others the first answer goes by in the relay."""
+        """A protocol whose bytes are not parsed here: dial at once (the client may be
+        waiting for the server to speak), then relay. Only MySQL's greeting is seen here:
+        for the others the first answer goes by in the relay. MySQL in non-tunnel mode:
+        the client's TLS upgrade (SSL Request, then its handshake) happens in-protocol
+        with the cluster, inside this TLS."""
         greeting = b""
         try:
             async with self._setups:
-                upstream = await self._dial(True, conn)
+                upstream = await self._dial(self.tunnel, conn)
                 if self.protocol == "mysql":  # the server speaks first
                     greeting = await self._first_answer(upstream)
         except (CredentialsError, UpstreamFailed) as e:
