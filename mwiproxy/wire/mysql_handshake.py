@@ -129,7 +129,7 @@ class _Cursor:
         self.pos += n
         return out
 
-    def int(self, n: int) -> int:
+    def uint(self, n: int) -> int:
         return int.from_bytes(self.take(n), "little")
 
     def cstring(self, limit: int = MAX_NAME) -> bytes:
@@ -141,15 +141,15 @@ class _Cursor:
         return out
 
     def lenenc(self) -> int:
-        first = self.int(1)
+        first = self.uint(1)
         if first < 0xFB:
             return first
         if first == 0xFC:
-            return self.int(2)
+            return self.uint(2)
         if first == 0xFD:
-            return self.int(3)
+            return self.uint(3)
         if first == 0xFE:
-            return self.int(8)
+            return self.uint(8)
         raise ProtocolError(f"{self.what}: bad length-encoded integer")
 
     def rest(self) -> bytes:
@@ -174,19 +174,19 @@ def _text(raw: bytes, what: str) -> str:
 
 def parse_greeting(payload: bytes) -> Greeting:
     c = _Cursor(payload, "the server greeting")
-    version = c.int(1)
+    version = c.uint(1)
     if version == 0xFF:
         raise ProtocolError("the server sent an error instead of its greeting")
     if version != 10:
         raise ProtocolError(f"unsupported MySQL protocol version {version}")
     server_version = _text(c.cstring(), "the server version")
-    connection_id = c.int(4)
+    connection_id = c.uint(4)
     data = c.take(8)
     c.take(1)
-    caps = c.int(2)
-    charset, status = c.int(1), c.int(2)
-    caps |= c.int(2) << 16
-    data_len = c.int(1)
+    caps = c.uint(2)
+    charset, status = c.uint(1), c.uint(2)
+    caps |= c.uint(2) << 16
+    data_len = c.uint(1)
     c.take(10)
     if caps & SECURE_CONNECTION:
         data += c.take(max(13, data_len - 8))
@@ -228,7 +228,7 @@ def build_ssl_request(capabilities: int, charset: int = UTF8MB4_GENERAL_CI) -> b
 
 def parse_handshake_response(payload: bytes) -> HandshakeResponse:
     c = _Cursor(payload, "the client's handshake response")
-    caps, max_packet, charset = c.int(4), c.int(4), c.int(1)
+    caps, max_packet, charset = c.uint(4), c.uint(4), c.uint(1)
     if not caps & PROTOCOL_41:
         raise ProtocolError("the client does not speak MySQL protocol 4.1")
     c.take(23)
@@ -236,7 +236,7 @@ def parse_handshake_response(payload: bytes) -> HandshakeResponse:
     if caps & PLUGIN_AUTH_LENENC_DATA:
         auth = c.take(c.lenenc())
     elif caps & SECURE_CONNECTION:
-        auth = c.take(c.int(1))
+        auth = c.take(c.uint(1))
     else:
         auth = c.cstring()
     database = ""
@@ -275,7 +275,7 @@ def build_handshake_response(r: HandshakeResponse) -> bytes:
 
 def parse_auth_switch(payload: bytes) -> AuthSwitch:
     c = _Cursor(payload, "the server's AuthSwitchRequest")
-    if c.int(1) != EOF_HEADER:
+    if c.uint(1) != EOF_HEADER:
         raise ProtocolError("not an AuthSwitchRequest")
     if c.done:  # the old form: switch to mysql_old_password
         return AuthSwitch("mysql_old_password", b"")
