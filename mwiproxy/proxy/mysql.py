@@ -76,7 +76,7 @@ _ENDED = (mysql.ProtocolError, ssl.SSLError, OSError, TimeoutError,
 
 @dataclass
 class _Conn(Conn):
-    seq: int = 0  # the sequence id of the client's last packet
+    seq: int = 0xFF  # the sequence id of the last packet (the greeting's is 0)
 
     async def send(self, payload: bytes) -> None:
         """One packet to the client, next in its sequence."""
@@ -143,7 +143,13 @@ class MySQLFrontend(DbFrontend):
         return None
 
     async def _handshake(self, conn: _Conn) -> hs.HandshakeResponse:
-        await conn.stream.write(mysql.packet(self._greeting(conn), 0))
+        if conn.caller is not None:  # tunnel mode: a certificate unfit for this protocol
+            # or service (or expired) is refused in place of the greeting
+            route = conn.caller.route
+            check_certificate(conn.caller, db_user=route.username if route else "",
+                              db_name=route.database if route else "",
+                              protocols=PROTOCOLS, served=self._engines)
+        await conn.send(self._greeting(conn))
         payload = await conn.read()
         if hs.is_ssl_request(payload):
             if conn.caller is not None:  # CLIENT_SSL was not offered in tunnel mode
@@ -156,6 +162,8 @@ class MySQLFrontend(DbFrontend):
                       database: str = "") -> None:
         route = conn.caller.route if conn.caller else None
         service = route.service if route and route.service in self._engines else ""
+        if route is not None and not user:  # refused before the client named any
+            user, database = route.username, route.database
         self.refused(conn, refusal, service, user, database)
         with contextlib.suppress(*_ENDED):
             await conn.send(_err(mysql.ER_ACCESS_DENIED, mysql.ACCESS_DENIED_STATE,
