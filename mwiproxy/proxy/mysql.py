@@ -64,6 +64,10 @@ STARTUP_TIMEOUT = 10.0
 
 NO_IDENTITY = ("no client certificate was presented: use the local proxy in tunnel mode "
                "(--tunnel), or give the client --ssl-cert=DIR/tlscert --ssl-key=DIR/key")
+# a schema name is compared as text here but read by the server in the session's
+# character set (the handshake's, or any SET NAMES since): only ASCII reads the same in
+# every character set a MySQL client may use
+NOT_ASCII = "only ASCII database names are accepted through mwiproxy"
 ER_DBACCESS_DENIED, DBACCESS_STATE = 1044, "42000"  # ER_DBACCESS_DENIED_ERROR
 ER_CONNECTION_KILLED, KILLED_STATE = 1927, "70100"
 ER_NET_READ_ERROR, NET_STATE = 1158, "08S01"
@@ -178,6 +182,8 @@ class MySQLFrontend(DbFrontend):
         try:
             if conn.caller is None:
                 raise Refusal(NO_IDENTITY)
+            if not db_name.isascii():
+                raise Refusal(NOT_ASCII, "bad_startup")
             asked = check_certificate(conn.caller, db_user=db_user, db_name=db_name,
                                       protocols=PROTOCOLS, served=self._engines)
             grant = check_policy(self._auth, conn.caller, asked)
@@ -272,8 +278,8 @@ class _Decider:
                         f"access to db denied: {reason}", 1)
         if command != hs.COM_INIT_DB:  # the inspector holds nothing else
             return None
-        schema = arg.decode("utf-8", "replace")
-        why = self._frontend.check_schema(session, schema)
+        schema = arg.decode("ascii", "replace")
+        why = NOT_ASCII if not arg.isascii() else self._frontend.check_schema(session, schema)
         if not why:
             session.db_name = schema
             return None

@@ -212,3 +212,31 @@ def test_a_big_result_set_streams(my, tunnel):
     assert wait_for(lambda: any(e["bytes_db_to_client"] > 12_000_000
                                 for e in my.audit("db.session.end")
                                 if e["db_service"] == SERVICE))
+
+
+def _raw(lp: LocalProxyProcess) -> tuple[socket.socket, object]:
+    s = socket.create_connection(("127.0.0.1", lp.port), timeout=15)
+    return s, s.makefile("rb")
+
+
+def _read_packet(reader) -> tuple[int, bytes]:  # noqa: ANN001
+    header = reader.read(4)
+    assert len(header) == 4, header
+    return header[3], reader.read(int.from_bytes(header[:3], "little"))
+
+
+def test_an_oversized_handshake_packet_is_refused_unread(my, tunnel):
+    s, reader = _raw(tunnel)
+    with s:
+        assert _read_packet(reader)[0] == 0  # the greeting
+        s.sendall(b"\xff\xff\xff\x01")  # announces 16 MiB, sends none of it
+        seq, err = _read_packet(reader)
+        parsed = mysql.parse_err(err)
+        assert seq == 1 and parsed.code == 1158 and "exceeds" in parsed.message
+        assert reader.read(1) == b""
+
+
+def test_a_non_ascii_database_name_is_refused(my, tunnel):
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        _connect(tunnel, database="exämple-db")
+    assert err.value.args[0] == 1045 and "only ASCII" in err.value.args[1]
