@@ -240,3 +240,14 @@ def test_a_non_ascii_database_name_is_refused(my, tunnel):
     with pytest.raises(pymysql.err.OperationalError) as err:
         _connect(tunnel, database="exämple-db")
     assert err.value.args[0] == 1045 and "only ASCII" in err.value.args[1]
+
+
+def test_mysqlslap_through_the_tunnel_has_no_errors(my, tunnel):
+    res = subprocess.run(
+        ["mysqlslap", "--no-defaults", "-h", "127.0.0.1", "-P", str(tunnel.port), "-u",
+         "alice", "--create-schema=example-db", "--no-drop", "--concurrency=4",
+         "--iterations=3", "--number-of-queries=200",
+         "--query=select count(*) from information_schema.tables"],
+        capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Number of clients running queries: 4" in res.stdout
