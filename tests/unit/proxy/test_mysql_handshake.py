@@ -128,3 +128,92 @@ def test_a_real_server_greeting_parses():
     assert not g.capabilities & (hs.SSL | hs.LONG_PASSWORD)
     assert g.capabilities & hs.PROTOCOL_41 and g.capabilities & hs.PLUGIN_AUTH
     assert g.auth_plugin == hs.NATIVE_PASSWORD and len(g.auth_data) == 20
+
+
+# -- the front end's connection phase, fed arbitrary client bytes ------------------------
+
+
+class _Audit:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, object]]] = []
+
+    def emit(self, kind: str, **fields: object) -> None:
+        self.events.append((kind, fields))
+
+
+class _Auth:
+    def __init__(self) -> None:
+        self.audit = _Audit()
+
+
+class _Stream:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks, self.written, self.closed = list(chunks), bytearray(), False
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        await asyncio.sleep(0)
+        return self.chunks.pop(0)[:max_bytes] if self.chunks else b""
+
+    async def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _packets(data: bytes) -> list[mysql.Packet]:
+    out = []
+    while (split := mysql.split_packet(data)) is not None:
+        packet, data = split
+        out.append(packet)
+    assert data == b""
+    return out
+
+
+def _serve(chunks: list[bytes]) -> tuple[_Stream, _Auth]:
+    from mwiproxy.proxy.mysql import MySQLFrontend
+    from mwiproxy.proxy.sessions import SessionRegistry
+
+    auth, stream = _Auth(), _Stream(chunks)
+    frontend = MySQLFrontend(auth, {}, SessionRegistry(), lambda: None,  # type: ignore[arg-type]
+                             startup_timeout=5)
+    asyncio.run(asyncio.wait_for(frontend.serve(stream, None, "test"), 10))  # type: ignore[arg-type]
+    return stream, auth
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=400), cuts=st.lists(st.integers(1, 64), max_size=8))
+def test_arbitrary_client_bytes_end_in_at_most_one_err_packet(data, cuts):
+    """Whatever an unauthenticated client sends: the greeting, then at most one ERR
+    packet (never a session: no identity), and the connection is closed."""
+    chunks, rest = [], data
+    for cut in cuts:
+        chunks.append(rest[:cut])
+        rest = rest[cut:]
+    chunks.append(rest)
+    stream, auth = _serve([c for c in chunks if c])
+    packets = _packets(bytes(stream.written))
+    assert packets[0].sequence == 0 and hs.parse_greeting(packets[0].payload)
+    assert len(packets) <= 2 and stream.closed
+    if len(packets) == 2:
+        assert packets[1].payload[:1] == b"\xff"
+    assert all(kind == "db.access.denied" for kind, _ in auth.audit.events)
+
+
+def test_a_handshake_without_tls_in_non_tunnel_mode_is_refused_with_the_reason():
+    hello = hs.build_handshake_response(hs.HandshakeResponse(
+        hs.PROXY_CAPS, hs.MAX_PACKET, 45, "alice", b"", "example-db", hs.NATIVE_PASSWORD))
+    stream, auth = _serve([mysql.packet(hello, 1)])
+    greeting, refusal = _packets(bytes(stream.written))
+    assert hs.parse_greeting(greeting.payload).capabilities & hs.SSL  # offered
+    err = mysql.parse_err(refusal.payload)
+    assert refusal.sequence == 2 and err.code == mysql.ER_ACCESS_DENIED
+    assert "no client certificate was presented" in err.message
+    assert [k for k, _ in auth.audit.events] == ["db.access.denied"]
+
+
+def test_an_ssl_request_outside_the_proxys_tls_is_refused():
+    stream, _ = _serve([mysql.packet(hs.build_ssl_request(hs.PROXY_CAPS), 1)])
+    greeting, refusal = _packets(bytes(stream.written))
+    err = mysql.parse_err(refusal.payload)
+    assert refusal.sequence == 2 and "only inside the proxy's" in err.message
