@@ -251,3 +251,31 @@ def test_mysqlslap_through_the_tunnel_has_no_errors(my, tunnel):
         capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Number of clients running queries: 4" in res.stdout
+
+
+PASSWORD_ROLE = BOB_ROLE.replace("bob-role", "pw-role").replace("[bob]", "[dave, erin]")
+
+
+@pytest.mark.parametrize("user, create", [
+    ("dave", "IDENTIFIED BY 'secret'"),  # the server asks the engine for a password
+    ("erin", "IDENTIFIED VIA ed25519 USING PASSWORD('secret')"),  # an AuthSwitchRequest
+])
+def test_the_databases_refusal_reaches_the_client_as_its_err_packet(my, user, create):
+    assert my.maria is not None
+    if user == "erin" and not my.maria.sql(
+            "select 1 from information_schema.plugins where plugin_name = 'ed25519'"):
+        my.maria.sql("INSTALL SONAME 'auth_ed25519'")
+    my.maria.sql(f"CREATE USER '{user}'@'%' {create} REQUIRE SUBJECT '/CN={user}'")
+    my.maria.sql(f"GRANT ALL PRIVILEGES ON `example-db`.* TO '{user}'@'%'")
+    (my.root / "pw-role.yaml").write_text(PASSWORD_ROLE)
+    if user == "dave":
+        my.cluster.ctl("create", "-f", str(my.root / "pw-role.yaml"))
+    my.bot_roles[f"pw-{user}"] = "pw-role"
+    out = my.bot_output(f"pw-{user}", service=SERVICE, username=user)
+    lp = my.local_proxy(out, tunnel=True, service=SERVICE)
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        _connect(lp, user=user)
+    assert err.value.args[0] == 1045, err.value.args  # MariaDB's own ER_ACCESS_DENIED
+    assert f"Access denied for user '{user}'@" in err.value.args[1]
+    starts = [e for e in my.audit("db.session.start") if e.get("db_user") == user]
+    assert starts and not starts[-1]["success"] and "database refused" in starts[-1]["error"]
