@@ -279,3 +279,19 @@ def test_the_databases_refusal_reaches_the_client_as_its_err_packet(my, user, cr
     assert f"Access denied for user '{user}'@" in err.value.args[1]
     starts = [e for e in my.audit("db.session.start") if e.get("db_user") == user]
     assert starts and not starts[-1]["success"] and "database refused" in starts[-1]["error"]
+
+
+def test_the_greeting_carries_the_servers_version_once_known(my, tunnel):
+    assert my.maria is not None
+    res = _cli(tunnel, "select version()")  # a session: the engine read the greeting
+    assert res.returncode == 0, res.stderr
+    s, reader = _raw(tunnel)
+    with s:
+        seq, payload = _read_packet(reader)
+    greeting = hs.parse_greeting(payload)
+    assert greeting.server_version.endswith(my.maria.sql("select version()"))
+    assert res.stdout.strip() == my.maria.sql("select version()")
+    # offered: what the proxy honours end to end, and never these
+    assert greeting.capabilities & ~hs.PROXY_CAPS == 0
+    for flag in (hs.COMPRESS, hs.LOCAL_FILES, hs.DEPRECATE_EOF, hs.SESSION_TRACK, hs.SSL):
+        assert not greeting.capabilities & flag
