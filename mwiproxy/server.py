@@ -31,6 +31,8 @@ from mwiproxy.engines.mysql import PROTOCOLS as MYSQL_PROTOCOLS
 from mwiproxy.engines.mysql import MySQLEngine
 from mwiproxy.engines.postgres import PROTOCOLS as POSTGRES_PROTOCOLS
 from mwiproxy.engines.postgres import Engine, PostgresEngine
+from mwiproxy.engines.redis import PROTOCOL as REDIS_PROTOCOL
+from mwiproxy.engines.redis import RedisEngine
 from mwiproxy.identity.authorities import AuthoritySet, write_private
 from mwiproxy.metrics.auth import AuthMetrics
 from mwiproxy.metrics.cluster import NoopProxyMetrics, ProxyMetrics
@@ -45,6 +47,7 @@ from mwiproxy.proxy.mysql import MySQLFrontend
 from mwiproxy.proxy.owncerts import OwnCertificates
 from mwiproxy.proxy.pingbridge import framed
 from mwiproxy.proxy.postgres import PostgresFrontend
+from mwiproxy.proxy.redis import RedisFrontend
 from mwiproxy.proxy.refusals import RefusalAudit
 from mwiproxy.proxy.sessions import SessionRegistry
 from mwiproxy.proxy.unserved import register_unserved, served_by_protocol
@@ -124,8 +127,10 @@ class Cluster:
             if db.protocol in POSTGRES_PROTOCOLS}
         mysql_engines = {db.name: MySQLEngine(db, signer, self.metrics)
                          for db in self.config.databases if db.protocol in MYSQL_PROTOCOLS}
+        redis = {db.name: RedisEngine(db, signer, self.metrics)
+                 for db in self.config.databases if db.protocol == REDIS_PROTOCOL}
         for db in self.config.databases:
-            if db.name not in engines and db.name not in mysql_engines:
+            if db.name not in engines and db.name not in redis and db.name not in mysql_engines:
                 log.warning("database %r: no %s engine yet; it is listed but not served",
                             db.name, db.protocol)
         # the agent link's client identity: user CA, usage `mwi:proxy`; agents must show
@@ -139,14 +144,22 @@ class Cluster:
                                     metrics=self.metrics)
         self.listener.route_tls(alpn.POSTGRES, frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve))
-        register_unserved(self.listener, self.auth, served_by_protocol(self.config.databases))
-        # MySQL has an engine (in this process only: not yet through a database agent)
+        redis_engines = EngineDirectory(redis, self.auth, self.own.link_context,
+                                        (REDIS_PROTOCOL,), self.metrics, label=REDIS_PROTOCOL)
+        redis_frontend = RedisFrontend(self.auth, redis_engines, self.sessions,
+                                       self.own.inner_context, ping_interval=interval,
+                                       setup_timeout=self._first_message_timeout,
+                                       metrics=self.metrics)
+        self.listener.route_tls(alpn.REDIS, redis_frontend.serve)
+        self.listener.route_tls(alpn.with_ping(alpn.REDIS), framed(redis_frontend.serve))
+        # MySQL: engines in this process only (not yet through a database agent)
         mysql = MySQLFrontend(self.auth, mysql_engines, self.sessions, self.own.inner_context,
                               ping_interval=interval,
                               startup_timeout=self._first_message_timeout,
                               metrics=self.metrics)
         self.listener.route_tls(alpn.MYSQL, mysql.serve)
         self.listener.route_tls(alpn.with_ping(alpn.MYSQL), framed(mysql.serve))
+        register_unserved(self.listener, self.auth, served_by_protocol(self.config.databases))
 
     def _check_cluster_name(self) -> None:
         stored = self.storage.get_meta("cluster_name")

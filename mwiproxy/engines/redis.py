@@ -52,10 +52,11 @@ class RedisEngine:
         self.tls = UpstreamTLS(db, signer)
         self.metrics = metrics or NoopProxyMetrics()
 
-    async def start(self, db_user: str) -> _native.TLSStream:
-        """A TLS connection to Redis signed in as db_user (`default` if empty)."""
+    async def start(self, db_user: str, grant: str = "") -> _native.TLSStream:
+        """A TLS connection to Redis signed in as db_user (`default` if empty).
+        `grant`: in an agent, the session grant the proxy sent, for a new certificate."""
         db_user = db_user or DEFAULT_USER
-        stream = await self.connect(db_user)
+        stream = await self.connect(db_user, grant)
         try:
             await stream.write(resp.encode_command("AUTH", db_user, PLACEHOLDER_PASSWORD))
             reply = await asyncio.wait_for(_read_line(stream), CONNECT_TIMEOUT)
@@ -78,10 +79,10 @@ class RedisEngine:
                                 f"{reply[:40]!r}: not a Redis server?")
         return stream
 
-    async def connect(self, db_user: str) -> _native.TLSStream:
+    async def connect(self, db_user: str, grant: str = "") -> _native.TLSStream:
         started = time.monotonic()
         try:
-            stream = await asyncio.wait_for(self._connect(db_user), CONNECT_TIMEOUT)
+            stream = await asyncio.wait_for(self._connect(db_user, grant), CONNECT_TIMEOUT)
         except (OSError, TimeoutError, UpstreamError) as e:  # TLSError is an OSError
             self.metrics.dial(self.name, PROTOCOL, None)
             raise self._dial_error(e) from None
@@ -97,12 +98,12 @@ class RedisEngine:
         return UpstreamError(
             f"cannot reach database {self.name!r} at {self.db.uri}: {e or 'timeout'}")
 
-    async def _connect(self, db_user: str) -> _native.TLSStream:
+    async def _connect(self, db_user: str, grant: str) -> _native.TLSStream:
         loop = asyncio.get_running_loop()
         sock = await dial_tcp(*self.db.host_port)
         name = self.tls.server_hostname
         try:
-            ctx = await self.tls.context_for(db_user)
+            ctx = await self.tls.context_for(db_user, grant)
         except BaseException:
             sock.close()
             raise

@@ -13,11 +13,12 @@ the host CA.
 The ALPN name follows the database's protocol: the `protocol` argument, else the
 route in the certificate, else PostgreSQL. PostgreSQL's first packet is parsed (to
 answer SSLRequest and CancelRequest, and to turn a refusal into an ErrorResponse); the
-other protocols are relayed as they are (Redis and MongoDB in tunnel mode only; MySQL
-clients upgrade to their own TLS in-protocol with the cluster). MySQL's server speaks
+other protocols are relayed as they are (tunnel mode only, but for Redis, whose
+clients' TLS starts at their first byte: `redis-cli --tls`, and MySQL, whose clients
+upgrade to their own TLS in-protocol with the cluster). MySQL's server speaks
 first, so its first answer is awaited before relaying, and a failure to reach the
-cluster becomes a MySQL ERR packet; Redis and MongoDB clients are just disconnected
-(the reason is logged).
+cluster becomes a MySQL ERR packet; in tunnel mode a Redis client gets `-ERR <why>`;
+MongoDB clients are just disconnected (the reason is logged).
 
 Credentials come from a provider read for every new connection; a changed provider
 result gives a new TLS context, open connections keep theirs.
@@ -62,6 +63,7 @@ from mwiproxy.relay.streams import (
 from mwiproxy.relay.tlsnames import certificate_names
 from mwiproxy.wire import alpn, mysql
 from mwiproxy.wire import postgres as pg
+from mwiproxy.wire import redis as resp
 from mwiproxy.wire.addr import HTTPS, TCP, UNIX, parse_address, parse_listen
 
 __all__ = ["DRAIN_TIMEOUT", "CredentialsError", "LocalProxy",
@@ -150,10 +152,10 @@ class LocalProxy:
         self._settle_protocol(creds)
         if self.tunnel:
             self._check_tunnel(creds)
-        elif not (self.speaks_postgres or self.alpn == alpn.MYSQL):
+        elif not (self.speaks_postgres or self.protocol in ("redis", "mysql")):
             raise UnsupportedMode(
-                f"--tunnel is required for mongodb/redis: database service "
-                f"{self.service!r} is {self.protocol}, and only PostgreSQL and MySQL "
+                f"--tunnel is required for mongodb: database service "
+                f"{self.service!r} is {self.protocol}, and only PostgreSQL, MySQL and Redis "
                 "clients can bring their own TLS through the local proxy")
         self._listener.start()
         self._count_as = self.metrics.serving(self.service, self.mode, self._expiry)
@@ -336,11 +338,12 @@ class LocalProxy:
             conn.relayed(pipe.stats)
 
     async def _serve_opaque(self, client: SocketStream, conn: Connection) -> None:
-        """A protocol whose bytes are not parsed here: dial at once (the client may be
-        waiting for the server to speak), then relay. Only MySQL's greeting is seen here:
-        for the others the first answer goes by in the relay. MySQL in non-tunnel mode:
-        the client's TLS upgrade (SSL Request, then its handshake) happens in-protocol
-        with the cluster, inside this TLS."""
+        """A protocol whose bytes are not parsed here (in tunnel mode; Redis's own TLS
+        in non-tunnel mode, which starts at its first byte; MySQL's in non-tunnel mode,
+        whose upgrade — SSL Request, then its handshake — happens in-protocol with the
+        cluster): dial at once (the client may be waiting for the server to speak), then
+        relay. Only MySQL's greeting is seen here: for the others the first answer goes
+        by in the relay."""
         greeting = b""
         try:
             async with self._setups:
@@ -352,6 +355,9 @@ class LocalProxy:
             if self.protocol == "mysql":
                 with contextlib.suppress(OSError):
                     await client.write(_mysql_refusal(e))
+            elif self.protocol == "redis" and self.tunnel:  # the reply to its first command
+                with contextlib.suppress(OSError):
+                    await client.write(resp.error_reply(f"ERR mwibot local proxy: {e}"))
             client.close()
             _setup_failed(conn, e)
             return

@@ -285,8 +285,7 @@ def test_the_databases_refusal_reaches_the_client_as_its_err_packet(my, user, cr
     (my.root / "pw-role.yaml").write_text(PASSWORD_ROLE)
     if user == "dave":
         my.cluster.ctl("create", "-f", str(my.root / "pw-role.yaml"))
-    my.bot_roles[f"pw-{user}"] = "pw-role"
-    out = my.bot_output(f"pw-{user}", service=SERVICE, username=user)
+    out = my.bot_output(f"pw-{user}", service=SERVICE, username=user, roles="pw-role")
     lp = my.local_proxy(out, tunnel=True, service=SERVICE)
     with pytest.raises(pymysql.err.OperationalError) as err:
         _connect(lp, user=user)
