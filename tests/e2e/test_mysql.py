@@ -328,3 +328,14 @@ def test_mysql_sessions_are_counted_in_the_metrics(my, tunnel):
     assert ok and float(ok.group(1)) >= 1, text[:2000]
     assert re.search(r'mwiproxy_db_transmit_bytes_total\{[^}]*protocol="mysql"[^}]*\} '
                      r'[1-9]', text), "no MySQL bytes counted"
+
+
+@pytest.mark.parametrize("tunnel_mode", [True, False])
+def test_unframed_in_both_modes(my, out, tunnel_mode):
+    """`--no-ping`: plain `teleport-mysql` (the other tests run framed, the default)."""
+    lp = my.local_proxy(out, tunnel=tunnel_mode, service=SERVICE, extra=("--no-ping",))
+    res = _cli(lp, WHO, out=None if tunnel_mode else out)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["alice@%", "example-db", "1"]
+    res = _cli(lp, "use `other-db`", out=None if tunnel_mode else out)
+    assert "ERROR 1044" in res.stderr and 'db_name "other-db"' in res.stderr, res.stderr
