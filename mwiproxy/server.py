@@ -29,6 +29,8 @@ from mwiproxy.config.cluster import ClusterConfig
 from mwiproxy.engines.base import LocalSigner
 from mwiproxy.engines.mongodb import PROTOCOL as MONGO_PROTOCOL
 from mwiproxy.engines.mongodb import MongoEngine
+from mwiproxy.engines.mysql import PROTOCOLS as MYSQL_PROTOCOLS
+from mwiproxy.engines.mysql import MySQLEngine
 from mwiproxy.engines.postgres import PROTOCOLS as POSTGRES_PROTOCOLS
 from mwiproxy.engines.postgres import Engine, PostgresEngine
 from mwiproxy.engines.redis import PROTOCOL as REDIS_PROTOCOL
@@ -44,6 +46,7 @@ from mwiproxy.process.pidfile import DataDirLock, PidFile
 from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import ProxyListener, listener_limits
 from mwiproxy.proxy.mongodb import MongoFrontend
+from mwiproxy.proxy.mysql import MySQLFrontend
 from mwiproxy.proxy.owncerts import OwnCertificates
 from mwiproxy.proxy.pingbridge import framed
 from mwiproxy.proxy.postgres import PostgresFrontend
@@ -125,11 +128,13 @@ class Cluster:
         engines: dict[str, Engine] = {
             db.name: PostgresEngine(db, signer, self.metrics) for db in self.config.databases
             if db.protocol in POSTGRES_PROTOCOLS}
+        mysql_engines = {db.name: MySQLEngine(db, signer, self.metrics)
+                         for db in self.config.databases if db.protocol in MYSQL_PROTOCOLS}
         redis = {db.name: RedisEngine(db, signer, self.metrics)
                  for db in self.config.databases if db.protocol == REDIS_PROTOCOL}
         for db in self.config.databases:
             if (db.name not in engines and db.name not in redis
-                    and db.protocol != MONGO_PROTOCOL):
+                    and db.name not in mysql_engines and db.protocol != MONGO_PROTOCOL):
                 log.warning("database %r: no %s engine yet; it is listed but not served",
                             db.name, db.protocol)
         # the agent link's client identity: user CA, usage `mwi:proxy`; agents must show
@@ -151,6 +156,13 @@ class Cluster:
                                        metrics=self.metrics)
         self.listener.route_tls(alpn.REDIS, redis_frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.REDIS), framed(redis_frontend.serve))
+        # MySQL: engines in this process only (not yet through a database agent)
+        mysql = MySQLFrontend(self.auth, mysql_engines, self.sessions, self.own.inner_context,
+                              ping_interval=interval,
+                              startup_timeout=self._first_message_timeout,
+                              metrics=self.metrics)
+        self.listener.route_tls(alpn.MYSQL, mysql.serve)
+        self.listener.route_tls(alpn.with_ping(alpn.MYSQL), framed(mysql.serve))
         self._route_mongodb(signer, interval)
         register_unserved(self.listener, self.auth, served_by_protocol(self.config.databases))
 

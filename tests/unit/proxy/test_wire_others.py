@@ -11,7 +11,6 @@ import pytest
 
 from mwiproxy.proxy import mongoloop as mongofront
 from mwiproxy.proxy import redis as redis_frontend
-from mwiproxy.proxy import unserved
 from mwiproxy.wire import mongodb as mongo
 from mwiproxy.wire import mysql
 from mwiproxy.wire import redis as resp
@@ -244,12 +243,6 @@ class FakeStream:
         pass
 
 
-def _tell(frontend: type[unserved.UnservedFrontend], stream: FakeStream,
-          denied: bool = True) -> None:
-    verdict = unserved.Verdict("access to db denied: why", denied=denied)
-    asyncio.run(frontend.tell(frontend.__new__(frontend), stream, verdict))
-
-
 def test_redis_refusal_answers_every_command_up_to_a_bound():
     commands = resp.encode_command("CLIENT", "SETINFO", "LIB-NAME", "x") + b"\r\n"
     stream = FakeStream(commands[:5], commands[5:], resp.encode_command("PING") * 40)
@@ -262,15 +255,6 @@ def test_redis_refusal_stops_at_an_oversized_command():
     with pytest.raises(resp.ProtocolError):
         asyncio.run(redis_frontend.answer_errors(stream, "access to db denied: why"))
     assert stream.written == []
-
-
-def test_mysql_refusal_replaces_the_greeting():
-    stream = FakeStream()
-    _tell(unserved.MySQLFrontend, stream, denied=False)
-    packet, _ = mysql.split_packet(b"".join(stream.written)) or ()
-    assert packet.sequence == 0
-    assert mysql.parse_err(packet.payload) == mysql.ErrPacket(
-        mysql.ER_UNKNOWN_ERROR, "HY000", "access to db denied: why")
 
 
 def test_mongodb_refusal_answers_each_message_and_caps_what_it_reads():
