@@ -53,7 +53,6 @@ from mwiproxy.proxy.postgres import PostgresFrontend
 from mwiproxy.proxy.redis import RedisFrontend
 from mwiproxy.proxy.refusals import RefusalAudit
 from mwiproxy.proxy.sessions import SessionRegistry
-from mwiproxy.proxy.unserved import register_unserved, served_by_protocol
 from mwiproxy.wire import alpn
 from mwiproxy.wire.addr import split_host_port
 
@@ -164,7 +163,6 @@ class Cluster:
         self.listener.route_tls(alpn.MYSQL, mysql.serve)
         self.listener.route_tls(alpn.with_ping(alpn.MYSQL), framed(mysql.serve))
         self._route_mongodb(signer, interval)
-        register_unserved(self.listener, self.auth, served_by_protocol(self.config.databases))
 
     def _route_mongodb(self, signer: LocalSigner, interval: float) -> None:
         """MongoDB (in-process engines only): non-tunnel clients are answered with the
