@@ -117,7 +117,7 @@ class Cluster:
         self.auth.use_metrics(AuthMetrics(
             registry, METHODS, locks=lambda: len(auth.locks.active()),
             agents=lambda: len(auth.agents.live()), audit=auth.audit.writer.counts))
-        metrics = ProxyMetrics(registry, [db.name for db in self.config.databases])
+        metrics = ProxyMetrics(registry, [(db.name, db.protocol) for db in self.config.databases])
         self.health = HealthRegistry()
         self.health.set("proxy", INITIALIZING, "not listening yet")
         return metrics, DiagServer(self.config.diag_addr, self.health, registry)

@@ -120,7 +120,8 @@ class DatabaseAgent:
         # the db_* families for the link sessions, heartbeats, identity expiry
         registry = process_registry() if self.service.diag_addr else None
         self.metrics: NoopProxyMetrics = NoopProxyMetrics() if registry is None else \
-            ProxyMetrics(registry, [db.name for db in config.databases], agent=True)
+            ProxyMetrics(registry, [(db.name, db.protocol) for db in config.databases],
+                         agent=True)
         self.engines = _engines(config, _AuthSigner(self), self.metrics)
         self._closed = False
         self._said_goodbye = False

@@ -127,12 +127,18 @@ class NoopProxyMetrics:
         return None
 
 
+def metric_protocol(protocol: str) -> str:
+    """The `protocol` label of a database's series: its wire protocol (CockroachDB speaks
+    PostgreSQL's, and its sessions are counted by the PostgreSQL front end)."""
+    return "postgres" if protocol == "cockroachdb" else protocol
+
+
 class ProxyMetrics(NoopProxyMetrics):
     """The data-path families, registered on `registry`. `services`: the configured
     database services (their counters start at 0); `agent`: the agent's extras too."""
 
-    def __init__(self, registry: CollectorRegistry, services: Iterable[str] = (),
-                 protocols: Iterable[str] = ("postgres",), agent: bool = False) -> None:
+    def __init__(self, registry: CollectorRegistry,
+                 services: Iterable[str | tuple[str, str]] = (), agent: bool = False) -> None:
         key = ("service", "protocol", "mode")
         self._conns = Counter(DB_CONNECTIONS_TOTAL, "Database connections by result.",
                               (*key, "result"), registry=registry)
@@ -152,7 +158,9 @@ class ProxyMetrics(NoopProxyMetrics):
                                      "database's first answer sent to the client.", key,
                                      buckets=FIRST_BYTE_BUCKETS, registry=registry)
         self._registry = registry
-        self._services, self._protocols = list(services), list(protocols)
+        # (service, protocol label): a bare name is a PostgreSQL service
+        self._services = [(s, "postgres") if isinstance(s, str) else (s[0], metric_protocol(s[1]))
+                          for s in services]
         self._refusals = _Refusals()
         registry.register(self._refusals)
         self._handshake = Histogram(TLS_HANDSHAKE_DURATION_SECONDS, "From accept to the "
@@ -161,7 +169,7 @@ class ProxyMetrics(NoopProxyMetrics):
         self._unauth = Gauge(CONNECTIONS_UNAUTHENTICATED, "Connections not authenticated "
                              "yet (first bytes and TLS handshake).", registry=registry)
         self._unauth.set_function(lambda: 0.0)
-        self._start_at_zero(list(services), list(protocols))
+        self._start_at_zero()
         if agent:
             self._heartbeats = Counter(AGENT_HEARTBEATS_TOTAL, "Agent heartbeats by result.",
                                        ("result",), registry=registry)
@@ -174,24 +182,22 @@ class ProxyMetrics(NoopProxyMetrics):
         relayed = RelayBytes(DB_TRANSMIT_BYTES_TOTAL, "Bytes relayed between clients and "
                              "databases (read from the relay engine at scrape time).",
                              ("service", "protocol", "mode"), loop)
-        for service in self._services:
-            for protocol in self._protocols:
-                for mode in MODES:
-                    relayed.start((service, protocol, mode))
+        for service, protocol in self._services:
+            for mode in MODES:
+                relayed.start((service, protocol, mode))
         self._registry.register(relayed)
 
     def bytes_key(self, service: str, protocol: str, mode: str) -> tuple[str, ...] | None:
         return (service, protocol, mode)
 
-    def _start_at_zero(self, services: list[str], protocols: list[str]) -> None:
-        for service in services:
-            for protocol in protocols:
-                self._dial_failed.labels(service, protocol)
-                for mode in MODES:
-                    for result in CONNECTION_RESULTS:
-                        self._conns.labels(service, protocol, mode, result)
-                    self._active.labels(service, protocol, mode)
-        for protocol in protocols:
+    def _start_at_zero(self) -> None:
+        for service, protocol in self._services:
+            self._dial_failed.labels(service, protocol)
+            for mode in MODES:
+                for result in CONNECTION_RESULTS:
+                    self._conns.labels(service, protocol, mode, result)
+                self._active.labels(service, protocol, mode)
+        for protocol in sorted({p for _, p in self._services} or {"postgres"}):
             for reason in REFUSAL_REASONS:
                 self._refusals.inc((protocol, reason), 0)
 
