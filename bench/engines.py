@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ping", action="store_true",
                     help="local proxies without `-ping` (default: offered, as the product)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke: 1 run of ~1 s per cell, no warm-up pass")
+                    help="smoke: one run of each cell at the warm-up size (a few thousand "
+                    "requests), no warm-up pass; --seconds and --runs are ignored")
     ap.add_argument("--out", default="", help="also write the report (markdown) here")
     args = ap.parse_args(argv)
     engines = tuple(e for e in args.engines.split(",") if e)
@@ -283,13 +284,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not installed: {', '.join(missing)} (scripts/install-deps --bench)",
               file=sys.stderr)
         return 1
-    seconds, runs = (1.0, 1) if args.quick else (args.seconds, args.runs)
+    runs = 1 if args.quick else args.runs
     with tempfile.TemporaryDirectory(prefix="mwi-engines-") as tmp, \
             topology(Path(tmp), engines, not args.no_ping) as bench:
-        results = measure(bench, seconds, runs, warm_up=not args.quick)
-    flags = (f" --engines {args.engines}" * (engines != ENGINES) + " --no-ping" * args.no_ping
-             + " --quick" * args.quick)
-    command = f"python -m bench.engines --seconds {args.seconds:g} --runs {args.runs}{flags}"
+        results = measure(bench, args.seconds, runs, warm_up=not args.quick)
+    flags = f" --engines {args.engines}" * (engines != ENGINES) + " --no-ping" * args.no_ping
+    sizing = " --quick" if args.quick else f" --seconds {args.seconds:g} --runs {args.runs}"
+    command = f"python -m bench.engines{sizing}{flags}"
     report = (f"{table(bench, results)}\n\n{ratios(bench, results)}\n\n{machine()}\n\n"
               f"Command: `{command}`\n")
     print(report)
