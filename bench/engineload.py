@@ -44,6 +44,7 @@ class Target:
     port: int
     args: tuple[str, ...]  # the client's options for this path (TLS, user)
     pids: list[int] = field(default_factory=list)  # the proxy processes on this path
+    processes: tuple[str, ...] = ()  # their names, in the same order
 
 
 @dataclass
@@ -51,7 +52,21 @@ class Sample:
     rps: float
     lat_ms: float  # p50 (redis-benchmark) or mean (mysqlslap)
     p99_ms: float  # NaN where the client does not report it
-    cpu_us: float  # proxy CPU per request
+    cpu_each: tuple[float, ...] = ()  # CPU µs per request of each proxy process
+
+    @property
+    def cpu_us(self) -> float:
+        """Proxy CPU per request, all the path's proxy processes together."""
+        return sum(self.cpu_each)
+
+
+def _ticks(target: Target) -> list[int]:
+    return [cpu_ticks([pid]) for pid in target.pids]
+
+
+def _per_request(target: Target, before: list[int], requests: int) -> tuple[float, ...]:
+    return tuple(cpu_us_per(after - was, requests)
+                 for after, was in zip(_ticks(target), before, strict=True))
 
 
 def redis_cells(clients: int = 50) -> list[Cell]:
@@ -84,15 +99,15 @@ def parse_redis_csv(text: str) -> tuple[float, float, float]:
 
 
 def run_redis(target: Target, cell: Cell, requests: int) -> Sample:
-    before = cpu_ticks(target.pids)
+    before = _ticks(target)
     res = subprocess.run(redis_command(target, cell, requests), capture_output=True,
                          text=True, timeout=600)
-    cpu = cpu_ticks(target.pids) - before
+    cpu = _per_request(target, before, requests)
     if res.returncode != 0 or "rps" not in res.stdout:
         raise RuntimeError(f"redis-benchmark failed on {target.name}: "
                            f"{(res.stdout + res.stderr)[-2000:]}")
     rps, p50, p99 = parse_redis_csv(res.stdout)
-    return Sample(rps, p50, p99, cpu_us_per(cpu, requests) if target.pids else 0.0)
+    return Sample(rps, p50, p99, cpu)
 
 
 # -- MariaDB ----------------------------------------------------------------------------
@@ -133,17 +148,16 @@ def run_slap(target: Target, cell: Cell, requests: int, schema: str) -> Sample:
     # mysqlslap splits the count over the clients, rounding down (and says so: "not exact")
     per_client = max(1, requests // cell.clients)
     requests = per_client * cell.clients
-    before = cpu_ticks(target.pids)
+    before = _ticks(target)
     res = subprocess.run(slap_command(target, cell, requests, schema), capture_output=True,
                          text=True, timeout=600)
-    cpu = cpu_ticks(target.pids) - before
+    cpu = _per_request(target, before, requests)
     if res.returncode != 0:
         raise RuntimeError(f"mysqlslap failed on {target.name}: "
                            f"{(res.stdout + res.stderr)[-2000:]}")
     seconds, clients = parse_slap_csv(res.stdout)
     rps = requests / seconds if seconds > 0 else float("nan")
-    return Sample(rps, clients / rps * 1000, float("nan"),
-                  cpu_us_per(cpu, requests) if target.pids else 0.0)
+    return Sample(rps, clients / rps * 1000, float("nan"), cpu)
 
 
 # -- both -------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ database the two HAProxies of bench/dbpath.py. Three paths each:
 - mwiproxy tunnel: the client speaks plain text to the local proxy; the cluster's engine
   signs in to the database (TLS with a db_client certificate).
 
-Cells (interleaved across paths, each repeated --runs times after one warm-up pass,
-medians reported): Redis SET and GET, 50 clients, no pipelining (redis-benchmark, random
+Cells (interleaved across paths, their order alternating run by run, each repeated
+--runs times after one warm-up pass, medians reported): Redis SET and GET, 50 clients, no pipelining (redis-benchmark, random
 keys); MariaDB primary-key selects, 1 and 16 clients (mysqlslap). See bench/engineload.py.
 If the tree has no engine for a protocol yet, its mwiproxy path is skipped and the report
 says why (the cluster's own refusal).
@@ -68,6 +68,9 @@ DIRECT, HAPROXY, MWIPROXY = "direct TLS", "HAProxy topology", "mwiproxy tunnel"
 USER, SCHEMA = "alice", "example-db"
 # Redis ACL users are nopass (the certificate is the credential): AUTH only picks the user
 REDIS_AUTH = ("--user", USER, "-a", "mwiproxy-bench")
+# the proxy processes of each path, in Target.pids order (start_haproxies: service host first)
+MWIPROXY_PROCESSES = ("local proxy", "cluster")
+HAPROXY_PROCESSES = ("service-host HAProxy", "cluster-side HAProxy")
 
 
 @dataclass
@@ -104,7 +107,7 @@ def _tunnel(topo: Topology, engine: str, ping: bool) -> Target | str:
                           extra=() if ping else ("--no-ping",))
     assert topo.cluster.proc is not None
     target = Target(MWIPROXY, lp.port, () if engine == "redis" else (
-        "-u", USER, "--skip-ssl"), [lp.proc.pid, topo.cluster.proc.pid])
+        "-u", USER, "--skip-ssl"), [lp.proc.pid, topo.cluster.proc.pid], MWIPROXY_PROCESSES)
     if engine == "redis":
         probe = subprocess.run([redis.REDIS_CLI, "-h", "127.0.0.1", "-p", str(lp.port),
                                 "PING"], capture_output=True, text=True, timeout=60)
@@ -136,7 +139,7 @@ def _redis(topo: Topology, server: redis.RedisServer, ca: str, crt: str, key: st
     stack.callback(stop_all, procs)
     tls = ("--tls", "--sni", "localhost", "--cacert", ca, "--cert", crt, "--key", key)
     targets = [Target(DIRECT, server.port, (*tls, *REDIS_AUTH)),
-               Target(HAPROXY, ha_port, REDIS_AUTH, [p.pid for p in procs])]
+               Target(HAPROXY, ha_port, REDIS_AUTH, [p.pid for p in procs], HAPROXY_PROCESSES)]
     tunnel = _tunnel(topo, "redis", ping)
     if isinstance(tunnel, str):
         bench.skipped["redis"] = tunnel
@@ -159,7 +162,7 @@ def _mariadb(topo: Topology, server: mariadb.MariaDBServer, ca: str, crt: str, k
     tls = ("-u", USER, f"--ssl-ca={ca}", f"--ssl-cert={crt}", f"--ssl-key={key}",
            "--ssl-verify-server-cert")
     targets = [Target(DIRECT, server.port, tls),
-               Target(HAPROXY, ha_port, tls, [p.pid for p in procs])]
+               Target(HAPROXY, ha_port, tls, [p.pid for p in procs], HAPROXY_PROCESSES)]
     tunnel = _tunnel(topo, "mariadb", ping)
     if isinstance(tunnel, str):
         bench.skipped["mariadb"] = tunnel
@@ -200,7 +203,9 @@ def measure(bench: Bench, seconds: float, runs: int, warm_up: bool = True) -> Re
     for run in range(runs):
         for engine, cells in bench.cells.items():
             for cell in cells:
-                for target in bench.targets[engine]:
+                # the paths' order alternates run by run (no path always first or last)
+                targets = bench.targets[engine]
+                for target in targets if run % 2 == 0 else targets[::-1]:
                     s = runner.run(target, cell)
                     results.setdefault((engine, cell.name, target.name), []).append(s)
                     print(f"run {run + 1}/{runs} {engine:7} {cell.name:26} {target.name:17} "
@@ -217,9 +222,20 @@ def _ms(value: float) -> str:
     return "–" if value != value else f"{value:.3f}"
 
 
+def _each(samples: list[Sample]) -> tuple[float, ...]:
+    """The median CPU per request of each proxy process."""
+    return tuple(statistics.median(each) for each in zip(*(s.cpu_each for s in samples),
+                                                          strict=True))
+
+
+def _cpu(samples: list[Sample]) -> str:
+    each = _each(samples)
+    return f"{sum(each):.1f} ({' + '.join(f'{c:.1f}' for c in each)})" if each else "–"
+
+
 def table(bench: Bench, results: Results) -> str:
     lines = ["| engine | cell | path | req/s | latency ms | p99 ms | × direct | × HAProxy | "
-             "proxy CPU µs/req |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "proxy CPU µs/req (each process) |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for engine, cells in bench.cells.items():
         for cell in cells:
             direct = _median(results[(engine, cell.name, DIRECT)], "rps")
@@ -230,7 +246,7 @@ def table(bench: Bench, results: Results) -> str:
                 lines.append(f"| {engine} | {cell.name} | {target.name} | {rps:.0f} | "
                              f"{_ms(_median(s, 'lat_ms'))} | {_ms(_median(s, 'p99_ms'))} | "
                              f"{rps / direct:.2f} | {rps / haproxy:.2f} | "
-                             f"{_median(s, 'cpu_us'):.1f} |")
+                             f"{_cpu(s)} |")
     return "\n".join(lines)
 
 
@@ -244,12 +260,18 @@ def ratios(bench: Bench, results: Results) -> str:
             continue
         for cell in cells:
             m, h, d = (results[(engine, cell.name, p)] for p in (MWIPROXY, HAPROXY, DIRECT))
+            mc, hc = sum(_each(m)), sum(_each(h))
             lines.append(
                 f"- {engine} {cell.name}: mwiproxy/HAProxy {_median(m, 'rps') / _median(h, 'rps'):.2f}×, "
                 f"mwiproxy/direct {_median(m, 'rps') / _median(d, 'rps'):.2f}×; proxy CPU per "
-                f"request {_median(m, 'cpu_us'):.1f} vs {_median(h, 'cpu_us'):.1f} µs "
-                f"({_median(m, 'cpu_us') / _median(h, 'cpu_us'):.2f}×)")
+                f"request {mc:.1f} vs {hc:.1f} µs ({mc / hc:.2f}×)")
     return "\n".join(lines)
+
+
+def cpu_legend() -> str:
+    return (f"Proxy CPU per request: utime + stime from /proc over the run ÷ requests; "
+            f"mwiproxy = {' + '.join(MWIPROXY_PROCESSES)}, HAProxy topology = "
+            f"{' + '.join(HAPROXY_PROCESSES)}.")
 
 
 def machine() -> str:
@@ -291,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     flags = f" --engines {args.engines}" * (engines != ENGINES) + " --no-ping" * args.no_ping
     sizing = " --quick" if args.quick else f" --seconds {args.seconds:g} --runs {args.runs}"
     command = f"python -m bench.engines{sizing}{flags}"
-    report = (f"{table(bench, results)}\n\n{ratios(bench, results)}\n\n{machine()}\n\n"
+    report = (f"{table(bench, results)}\n\n{cpu_legend()}\n\n{ratios(bench, results)}\n\n"
+              f"{machine()}\n\n"
               f"Command: `{command}`\n")
     print(report)
     if args.out:

@@ -25,7 +25,7 @@ def _bench(skipped: bool) -> tuple[Bench, engines.Results]:
                   skipped={"redis": "no redis engine in this tree"} if skipped else {})
     samples = {DIRECT: [30000, 40000, 35000], HAPROXY: [10000, 14000, 12000],
                MWIPROXY: [13000, 11000, 15000]}
-    cpu = {DIRECT: 0.0, HAPROXY: 80.0, MWIPROXY: 60.0}
+    cpu = {DIRECT: (), HAPROXY: (30.0, 50.0), MWIPROXY: (20.0, 40.0)}
     results = {("redis", CELL.name, p): [Sample(r, 1.0, 2.0, cpu[p]) for r in samples[p]]
                for p in paths}
     return bench, results
@@ -35,9 +35,10 @@ def test_table_and_ratios_are_medians_against_direct_and_haproxy() -> None:
     bench, results = _bench(skipped=False)
     table = engines.table(bench, results)
     # medians: direct 35000, HAProxy 12000, mwiproxy 13000
-    assert "| redis | GET, 50 clients | mwiproxy tunnel | 13000 | 1.000 | 2.000 | 0.37 | 1.08 | 60.0 |" \
+    assert "| redis | GET, 50 clients | mwiproxy tunnel | 13000 | 1.000 | 2.000 | 0.37 | 1.08 | 60.0 (20.0 + 40.0) |" \
         in table
     assert "| redis | GET, 50 clients | HAProxy topology | 12000 |" in table
+    assert table.splitlines()[2].endswith("| 1.00 | 2.92 | – |")  # direct: no proxy
     line = engines.ratios(bench, results)
     assert "mwiproxy/HAProxy 1.08×, mwiproxy/direct 0.37×" in line
     assert "60.0 vs 80.0 µs (0.75×)" in line
@@ -106,9 +107,9 @@ def test_smoke_every_path_carries_requests_to_real_servers(tmp_path: Path) -> No
                 assert s.rps > 0 and s.lat_ms > 0, (engine, cell.name, name, s)
                 assert math.isnan(s.p99_ms) == (engine == "mariadb")
                 if name == DIRECT:
-                    assert s.cpu_us == 0.0
-                else:
-                    assert s.cpu_us > 0, (engine, cell.name, name, s)
+                    assert s.cpu_each == ()
+                else:  # both proxy processes, which together did work
+                    assert len(s.cpu_each) == 2 and s.cpu_us > 0, (engine, cell.name, name, s)
     table = engines.table(bench, results)
     assert table.count("\n") == 1 + sum(len(bench.targets[e]) * len(bench.cells[e])
                                         for e in engines.ENGINES)
