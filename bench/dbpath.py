@@ -17,7 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 from mwiproxy.devkit.ports import free_port
@@ -106,10 +108,28 @@ def start_haproxies(root: Path, backend: str, name: str = "db"
             procs.append(subprocess.Popen(["haproxy", "-db", "-f", str(cfg)],
                                           stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL))
+        for port in (edge, service):
+            wait_listening(port, procs)
     except BaseException:
         stop_all(procs)
         raise
     return service, procs
+
+
+def wait_listening(port: int, procs: list[subprocess.Popen[bytes]], timeout: float = 20.0
+                   ) -> None:
+    """Until 127.0.0.1:`port` accepts a connection (raises if one of `procs` exits)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            pass
+        dead = [p.args for p in procs if p.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on 127.0.0.1:{port} (exited: {dead})")
+        time.sleep(0.05)
 
 
 def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
