@@ -214,9 +214,29 @@ void engine_forget(mwi_engine *eng, mwi_relay *r)
     eng->finished = r;
 }
 
-/* A farewell that came too late (the relay had finished) is freed with the relay. */
+void engine_held(mwi_engine *eng, mwi_relay *r)
+{
+    r->held_next = eng->held_new;
+    eng->held_new = r;
+}
+
+/* A farewell that came too late (the relay had finished) is freed with the relay, and
+ * a held message the owner never popped leaves the owner's queue. */
 static void relay_free(mwi_relay *r)
 {
+    mwi_engine *eng = r->eng;
+    if (r->held_queued) {
+        mwi_relay **p;
+        pthread_mutex_lock(&eng->lock);
+        for (p = &eng->held_head; *p != NULL; p = &(*p)->held_next)
+            if (*p == r) {
+                *p = r->held_next;
+                break;
+            }
+        pthread_mutex_unlock(&eng->lock);
+    }
+    if (r->ins != NULL) mwi_inspect_free(r->ins);
+    free(r->ins);
     free(r->cmd_bye);
     free(r->bye);
     free(r);
@@ -257,6 +277,7 @@ static int handle_commands(mwi_engine *eng)
             r->bye_len = r->cmd_bye_len;
             r->cmd_bye = NULL;
         }
+        if (r->cmd_reason && !r->close_reason) r->close_reason = r->cmd_reason;
         r->work_next = NULL;
         *tail = r;
         tail = &r->work_next;
@@ -274,6 +295,13 @@ static int handle_commands(mwi_engine *eng)
              * and the buffer pump learns what each direction waits for by running once */
             if (r->buffered) ready_add(eng, r);
         }
+        if ((cmd & MWI_CMD_RESUME) && r->state == RS_LIVE && !r->bye_since_ms
+            && r->ins_wait == MWI_INS_WAIT_HELD) {
+            r->ins_wait = 0;           /* the held message goes first (relay_pump_tls) */
+            r->ins_send_held = 1;
+            r->held_off = 0;
+            ready_add(eng, r);
+        }
         /* a close while saying farewell changes nothing: that end is bounded already */
         if ((cmd & MWI_CMD_CLOSE) && r->state == RS_LIVE && !r->bye_since_ms)
             relay_close_asked(r);
@@ -286,11 +314,18 @@ static void publish_finished(mwi_engine *eng)
 {
     mwi_relay *r, *next;
     int handed = accept_publish(eng);
-    if (eng->finished == NULL) {
+    if (eng->finished == NULL && eng->held_new == NULL) {
         if (handed) eventfd_signal(eng->done_fd);
         return;
     }
     pthread_mutex_lock(&eng->lock);
+    for (r = eng->held_new; r != NULL; r = next) {
+        next = r->held_next;
+        r->held_next = eng->held_head;
+        r->held_queued = 1;
+        eng->held_head = r;
+    }
+    eng->held_new = NULL;
     for (r = eng->finished; r != NULL; r = next) {
         next = r->done_next;
         r->done_next = NULL;
@@ -355,11 +390,13 @@ static void *worker_main(void *arg)
 
 /* ---- owner thread -------------------------------------------------------------------- */
 
-static void post(mwi_relay *r, unsigned cmd, uint8_t *bye, size_t bye_len)
+static void post(mwi_relay *r, unsigned cmd, uint8_t *bye, size_t bye_len,
+                 mwi_relay_reason reason)
 {
     mwi_engine *eng = r->eng;
     int was_empty;
     pthread_mutex_lock(&eng->lock);
+    if (reason && !r->cmd_reason) r->cmd_reason = reason;
     if (bye != NULL) {
         r->cmd_bye = bye;
         r->cmd_bye_len = bye_len;
@@ -505,19 +542,28 @@ int mwi_relay_start(mwi_relay *r)
     if ((err = prepare_socket(r->fd[0])) != 0 || (err = prepare_socket(r->fd[1])) != 0)
         return err;
     r->owner_started = 1;
-    post(r, MWI_CMD_START, NULL, 0);
+    post(r, MWI_CMD_START, NULL, 0, 0);
     return 0;
 }
 
 void mwi_relay_close(mwi_relay *r)
 {
-    if (r->owner_started) post(r, MWI_CMD_CLOSE, NULL, 0);
+    if (r->owner_started) post(r, MWI_CMD_CLOSE, NULL, 0, 0);
 }
 
 int mwi_relay_close_farewell(mwi_relay *r, const void *farewell, size_t len)
 {
+    return mwi_relay_close_reason(r, MWI_RELAY_CLOSED, farewell, len);
+}
+
+int mwi_relay_close_reason(mwi_relay *r, mwi_relay_reason reason, const void *farewell,
+                           size_t len)
+{
     uint8_t *copy = NULL;
     size_t hdr = r->frame[0].on ? MWI_FRAME_HDR : 0;   /* set before start: owner's too */
+    if (reason != MWI_RELAY_CLOSED && reason != MWI_RELAY_REFUSED
+        && reason != MWI_RELAY_PROTOCOL && reason != MWI_RELAY_ERROR)
+        return EINVAL;
     if (!r->owner_started) return 0;
     if (hdr && len > UINT32_MAX) return EINVAL;
     if (len > 0 && !r->owner_bye) {    /* the worker owns the copy from here */
@@ -526,14 +572,57 @@ int mwi_relay_close_farewell(mwi_relay *r, const void *farewell, size_t len)
         memcpy(copy + hdr, farewell, len);
         r->owner_bye = 1;
     }
-    post(r, MWI_CMD_CLOSE, copy, copy ? hdr + len : 0);
+    post(r, MWI_CMD_CLOSE, copy, copy ? hdr + len : 0, reason);
     return 0;
+}
+
+void mwi_relay_resume(mwi_relay *r)
+{
+    if (r->owner_started && r->ins != NULL) post(r, MWI_CMD_RESUME, NULL, 0, 0);
+}
+
+int mwi_relay_set_inspect(mwi_relay *r, int proto)
+{
+    if (r->owner_started || r->ins != NULL || r->frame[1].on || r->frame[1].in_tls)
+        return EINVAL;
+    if ((r->ins = malloc(sizeof *r->ins)) == NULL) return ENOMEM;
+    if (mwi_inspect_init(r->ins, proto) != 0) {
+        free(r->ins);
+        r->ins = NULL;
+        return EINVAL;
+    }
+    r->buffered = 1;                   /* bytes pass through user space: no splice */
+    return 0;
+}
+
+mwi_relay *mwi_engine_pop_held(mwi_engine *eng)
+{
+    mwi_relay *r;
+    pthread_mutex_lock(&eng->lock);
+    r = eng->held_head;
+    if (r != NULL) {
+        eng->held_head = r->held_next;
+        r->held_next = NULL;
+        r->held_queued = 0;
+    }
+    pthread_mutex_unlock(&eng->lock);
+    return r;
+}
+
+const uint8_t *mwi_relay_held(const mwi_relay *r, size_t *len)
+{
+    if (r->ins == NULL || r->ins_wait != MWI_INS_WAIT_HELD) {
+        *len = 0;
+        return NULL;
+    }
+    *len = r->ins->held_len;
+    return r->ins->held;
 }
 
 void mwi_relay_release(mwi_relay *r)
 {
     if (r->owner_started) {
-        post(r, MWI_CMD_RELEASE, NULL, 0);   /* the worker frees it, after any request before */
+        post(r, MWI_CMD_RELEASE, NULL, 0, 0);   /* the worker frees it, after any request before */
         return;
     }
     mwi_tls_free(r->tls[0]);
@@ -558,7 +647,8 @@ int mwi_relay_set_framed(mwi_relay *r, int side, uint32_t keepalive_ms, const vo
 {
     mwi_framing *f;
     int in_tls;
-    if (r->owner_started || side < 0 || side > 1 || r->frame[side].on || r->frame[side].in_tls)
+    if (r->owner_started || side < 0 || side > 1 || r->frame[side].on || r->frame[side].in_tls
+        || (side == 1 && r->ins != NULL))
         return EINVAL;
     f = &r->frame[side];
     /* the side's TLS carries its records in frames: its reader is in there already */

@@ -219,7 +219,7 @@ static int pump_farewell(mwi_relay *r)
 void relay_close_asked(mwi_relay *r)
 {
     if (r->bye == NULL || r->bye_len == 0) {
-        relay_finish(r, MWI_RELAY_CLOSED, 0);
+        relay_finish(r, r->close_reason ? r->close_reason : MWI_RELAY_CLOSED, 0);
         return;
     }
     r->bye_since_ms = r->eng->now_ms ? r->eng->now_ms : 1;
@@ -330,7 +330,7 @@ void relay_finish(mwi_relay *r, mwi_relay_reason reason, int err)
     mwi_engine *eng = r->eng;
     if (r->state == RS_FINISHED) return;
     if (r->bye_since_ms) {             /* the owner asked: whatever happened on the way out */
-        reason = MWI_RELAY_CLOSED;
+        reason = r->close_reason ? r->close_reason : MWI_RELAY_CLOSED;
         err = 0;
     }
     if (r->state == RS_LIVE) {
@@ -363,7 +363,7 @@ const char *mwi_relay_reason_name(mwi_relay_reason reason)
 {
     static const char *const names[MWI_RELAY_REASON_COUNT] = {
         "running", "eof", "reset_a", "reset_b", "idle_timeout", "close_timeout",
-        "closed", "error",
+        "closed", "error", "refused", "protocol",
     };
     return (unsigned)reason < MWI_RELAY_REASON_COUNT ? names[reason] : "?";
 }

@@ -43,6 +43,8 @@ typedef enum mwi_relay_reason {
     MWI_RELAY_CLOSE_TIMEOUT,  /* one side closed and the other did not follow within close_ms */
     MWI_RELAY_CLOSED,         /* the owner asked (mwi_relay_close*, or engine shutdown) */
     MWI_RELAY_ERROR,          /* any other failure; see mwi_relay_errno */
+    MWI_RELAY_REFUSED,        /* the owner refused a held message (mwi_relay_close_reason) */
+    MWI_RELAY_PROTOCOL,       /* side A broke its protocol's framing (the owner closed it so) */
     MWI_RELAY_REASON_COUNT
 } mwi_relay_reason;
 
@@ -97,6 +99,16 @@ int mwi_relay_set_framed(mwi_relay *r, int side, uint32_t keepalive_ms, const vo
  * many relays (finished and live) sum up in one place the owner reads in bulk
  * (mwi_engine_counters_read). 0, or EINVAL (slot out of range, started). */
 int mwi_relay_set_counter_slot(mwi_relay *r, uint32_t slot);
+/* Before start: side A's plaintext (after TLS and -ping deframing) is framed message by
+ * message in protocol `proto` (MWI_INSPECT_*, csrc/mwi_inspect.h), and the messages
+ * the protocol's rule marks are HELD: what came before goes on to B, reading A pauses,
+ * and the owner hears of it (mwi_engine_pop_held, mwi_relay_held). Then either
+ * mwi_relay_resume (the message goes on and the relay with it) or a close
+ * (mwi_relay_close_reason: it never reaches B). A stream that breaks the framing, or a
+ * held message over MWI_INSPECT_MAX_HELD, pauses A the same way and is reported as a
+ * violation (the owner closes the relay). Such a relay uses buffers, never splice; side
+ * B must not be framed. 0, or EINVAL (started, framed B, unknown protocol), ENOMEM. */
+int mwi_relay_set_inspect(mwi_relay *r, int proto);
 int mwi_relay_start(mwi_relay *r);               /* 0, or errno (fds not sockets, ...) */
 void mwi_relay_close(mwi_relay *r);              /* ask to end; finishes as CLOSED */
 /* Ask to end after telling side A why (a protocol's own error message, e.g. a PostgreSQL
@@ -110,12 +122,25 @@ void mwi_relay_close(mwi_relay *r);              /* ask to end; finishes as CLOS
  * CLOSED. No farewell once B's end of stream was seen. The first farewell asked for is
  * the one said; stats count B's bytes only. 0, or ENOMEM. */
 int mwi_relay_close_farewell(mwi_relay *r, const void *farewell, size_t len);
+/* The same, ending as `reason` (CLOSED, REFUSED, PROTOCOL or ERROR; the first close asked
+ * for decides) rather than CLOSED. 0, EINVAL (another reason), or ENOMEM. */
+int mwi_relay_close_reason(mwi_relay *r, mwi_relay_reason reason, const void *farewell,
+                           size_t len);
+/* An inspected relay holding a message: it goes on to B, then reading A goes on.
+ * Nothing happens otherwise (no message held, a violation, or finished meanwhile). */
+void mwi_relay_resume(mwi_relay *r);
 /* Once finished (popped from the done queue), or never started: hand the relay back. */
 void mwi_relay_release(mwi_relay *r);
 
 /* Owner: clear the done eventfd and pop finished relays one by one (NULL when empty). */
 void mwi_engine_ack_done(mwi_engine *eng);
 mwi_relay *mwi_engine_pop_done(mwi_engine *eng);
+/* Owner: pop inspected relays that hold a message (or saw a violation), NULL when none,
+ * before popping the finished ones (the same done eventfd says so). Then
+ * mwi_relay_held: the held message (*len bytes, valid until mwi_relay_resume or the
+ * release), or NULL for a violation. */
+mwi_relay *mwi_engine_pop_held(mwi_engine *eng);
+const uint8_t *mwi_relay_held(const mwi_relay *r, size_t *len);
 
 /* Any thread, while the engine lives: copies slots 0 .. n-1 (n capped at
  * MWI_COUNTER_SLOTS) into out[slot][direction] ([0]: A to B, [1]: B to A), each value

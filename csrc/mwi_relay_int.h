@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "mwi_frame.h"
+#include "mwi_inspect.h"
 
 /* epoll data: a relay pointer with the side in bit 0, or an acceptor's objects (mwi_accept.c)
  * tagged in the two low bits (every pointer here comes from calloc: 16-byte aligned) */
@@ -23,6 +24,11 @@
 #define MWI_CMD_START    1u
 #define MWI_CMD_CLOSE    2u
 #define MWI_CMD_RELEASE  4u
+#define MWI_CMD_RESUME   8u
+
+/* an inspected relay waits for its owner (r->ins_wait) */
+#define MWI_INS_WAIT_HELD      1u
+#define MWI_INS_WAIT_VIOLATION 2u
 
 /* The -ping framing of one side (mwi_relay_set_framed; the format: mwi_frame.h). `on`:
  * the relay deframes what it reads from the side and frames what it writes; `in_tls`:
@@ -97,6 +103,17 @@ struct mwi_relay {
     uint64_t bye_since_ms;    /* worker: saying farewell since (0: not) */
     int owner_bye;            /* owner thread only: a farewell was asked for */
     uint64_t *counter;        /* the engine's slot this relay adds to (bytes[2]), or NULL */
+    mwi_relay_reason cmd_reason;   /* the owner's close reason (under eng->lock), 0: CLOSED */
+    mwi_relay_reason close_reason; /* worker: what a close asked for ends as */
+    /* inspection of side A (mwi_relay_set_inspect): dir[0]'s buffer holds output at
+     * [buf_off, buf_len) and bytes read but not scanned yet at [ins_in, ins_end) */
+    mwi_inspect *ins;
+    uint32_t ins_in, ins_end;
+    uint8_t ins_wait;         /* MWI_INS_WAIT_*: reading A waits for the owner */
+    uint8_t ins_send_held;    /* resumed: the held message goes to B before anything else */
+    uint8_t held_queued;      /* on eng->held_head (under eng->lock) */
+    uint32_t held_off;
+    mwi_relay *held_next;     /* worker list eng->held_new, then eng->held_head */
     uint64_t user;
 };
 
@@ -114,11 +131,13 @@ struct mwi_engine {
     pthread_mutex_t lock;             /* guards cmd queue, done queue, stop */
     mwi_relay *cmd_head, *cmd_tail;
     mwi_relay *done_head, *done_tail;
+    mwi_relay *held_head;             /* inspected relays waiting for the owner (LIFO) */
     int stop;
     /* worker-only state below */
     mwi_relay *live;                  /* every relay in RS_LIVE */
     mwi_relay *finished;              /* finished during the current batch */
     mwi_relay *ready, *ready_tail;    /* spent their budget: run again before sleeping */
+    mwi_relay *held_new;              /* held a message during the current batch */
     size_t nready;
     mwi_relay **heap;
     size_t heap_len, heap_cap;
@@ -165,6 +184,7 @@ int relay_tls_flush(mwi_relay *r, int i);
 void relay_tls_end(mwi_relay *r, mwi_relay_reason reason);
 
 /* mwi_engine.c, called by the pump */
+void engine_held(mwi_engine *eng, mwi_relay *r);   /* tell the owner at the batch's end */
 int pool_get_pipe(mwi_engine *eng, mwi_dir *d);
 void pool_put_pipe(mwi_engine *eng, mwi_dir *d);
 int pool_get_buf(mwi_engine *eng, mwi_dir *d);

@@ -40,27 +40,53 @@ static int tls_fail(mwi_relay *r, int side, int e)
     return e ? relay_fail(r, side, e) : (relay_finish(r, MWI_RELAY_ERROR, EPROTO), PUMP_FINISHED);
 }
 
+/* Write len bytes at p to side dst: > 0 bytes went, or a PUMP_* status (as negative). */
+static ssize_t write_side(mwi_relay *r, mwi_dir *d, int dst, const uint8_t *p, size_t len)
+{
+    mwi_tls *t = r->tls[dst];
+    ssize_t n;
+    for (;;) {
+        if (t != NULL) {
+            n = mwi_tls_write(t, p, len);
+            if (n == MWI_TLS_WANT_WRITE) return -blocked(d, dst, WAIT_OUT) - 1;
+            if (n == MWI_TLS_WANT_READ) return -blocked(d, dst, WAIT_IN) - 1;
+            if (n < 0) return -tls_fail(r, dst, mwi_tls_errno(t)) - 1;
+            return n;
+        }
+        n = send(r->fd[dst], p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) return -blocked(d, dst, WAIT_OUT) - 1;
+        if (n < 0) return -relay_fail(r, dst, errno) - 1;
+        return n;
+    }
+}
+
+/* An inspected relay let its held message go: it goes to B right behind what came
+ * before it. PUMP_MORE once all of it went out (its buffer is dropped then). */
+static int flush_held(mwi_relay *r, mwi_dir *d)
+{
+    while (r->held_off < r->ins->held_len) {
+        ssize_t n = write_side(r, d, 1, r->ins->held + r->held_off,
+                               r->ins->held_len - r->held_off);
+        if (n < 0) return (int)(-n - 1);
+        r->held_off += (uint32_t)n;
+        relay_delivered(r, d, (size_t)n);
+    }
+    r->ins_send_held = 0;
+    mwi_inspect_drop_held(r->ins);
+    return PUMP_MORE;
+}
+
 /* Write what direction i holds to side 1-i. PUMP_MORE when all of it went out. */
 static int flush(mwi_relay *r, int i)
 {
     mwi_dir *d = &r->dir[i];
     int dst = 1 - i;
-    mwi_tls *t = r->tls[dst];
     ssize_t n;
     while (d->buf != NULL && d->buf_off < d->buf_len) {
         const uint8_t *p = d->buf + d->buf_off;
         size_t len = d->buf_len - d->buf_off;
-        if (t != NULL) {
-            n = mwi_tls_write(t, p, len);
-            if (n == MWI_TLS_WANT_WRITE) return blocked(d, dst, WAIT_OUT);
-            if (n == MWI_TLS_WANT_READ) return blocked(d, dst, WAIT_IN);
-            if (n < 0) return tls_fail(r, dst, mwi_tls_errno(t));
-        } else {
-            n = send(r->fd[dst], p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0 && errno == EAGAIN) return blocked(d, dst, WAIT_OUT);
-            if (n < 0) return relay_fail(r, dst, errno);
-        }
+        if ((n = write_side(r, d, dst, p, len)) < 0) return (int)(-n - 1);
         if (r->frame[dst].on || r->frame[dst].in_tls) r->frame[dst].last_write_ms = r->eng->now_ms;
         /* a header is not payload: count (and call active) only what lies past it */
         if (d->buf_off + (uint32_t)n > d->hdr_out)
@@ -68,7 +94,29 @@ static int flush(mwi_relay *r, int i)
                             - (d->buf_off > d->hdr_out ? d->buf_off : d->hdr_out));
         d->buf_off += (uint32_t)n;
     }
+    if (i == 0 && r->ins_send_held) return flush_held(r, d);
     return PUMP_MORE;
+}
+
+/* Scan what direction 0 read and did not scan yet ([ins_in, ins_end) of its buffer):
+ * what goes on lands at the buffer's start (the scan writes behind its reading); a held
+ * message or a violation stops it there and tells the owner. 0, or PUMP_FINISHED. */
+static int inspect_scan(mwi_relay *r)
+{
+    mwi_dir *d = &r->dir[0];
+    size_t used, out_len;
+    int st = mwi_inspect_scan(r->ins, d->buf + r->ins_in, r->ins_end - r->ins_in, &used,
+                              d->buf, &out_len);
+    d->buf_off = 0;
+    d->buf_len = (uint32_t)out_len;
+    d->hdr_out = 0;
+    if (st == MWI_INS_NOMEM) return relay_fail(r, 0, ENOMEM);
+    r->ins_in = st == MWI_INS_HOLD ? r->ins_in + (uint32_t)used : r->ins_end;
+    if (st != MWI_INS_MORE) {
+        r->ins_wait = st == MWI_INS_HOLD ? MWI_INS_WAIT_HELD : MWI_INS_WAIT_VIOLATION;
+        engine_held(r->eng, r);
+    }
+    return 0;
 }
 
 /* The raw bytes direction i read (buf + base, n of them) as what goes to side 1-i:
@@ -77,6 +125,13 @@ static void frame_chunk(mwi_relay *r, int i, size_t base, size_t n)
 {
     mwi_dir *d = &r->dir[i];
     if (r->frame[i].on) n = mwi_deframe(&r->frame[i].rd, d->buf + base, n);
+    if (i == 0 && r->ins != NULL) {    /* scanned in pump_dir (side B is never framed) */
+        r->ins_in = (uint32_t)base;
+        r->ins_end = (uint32_t)(base + n);
+        d->buf_off = d->buf_len = 0;
+        d->hdr_out = 0;
+        return;
+    }
     d->hdr_out = 0;
     d->buf_len = (uint32_t)n;
     if (base && n) {                   /* never an empty frame: that would be a keepalive */
@@ -109,7 +164,9 @@ static ssize_t fill(mwi_relay *r, int i, int trust_short_read, int *drained, int
 {
     mwi_dir *d = &r->dir[i];
     mwi_tls *t = r->tls[i];
-    size_t base = r->frame[1 - i].on ? MWI_FRAME_HDR : 0;   /* room for a header */
+    /* room for a header, or for what an inspected scan writes behind its reading */
+    size_t base = i == 0 && r->ins != NULL ? MWI_INSPECT_PRE
+                : r->frame[1 - i].on ? MWI_FRAME_HDR : 0;
     size_t cap = r->eng->cfg.buf_size - base, got = 0;
     uint8_t *p = d->buf + base;
     ssize_t n;
@@ -180,6 +237,13 @@ static int pump_dir(mwi_relay *r, int i, int trust_short_read)
     for (;;) {
         st = flush(r, i);
         if (st != PUMP_MORE) return st;
+        if (i == 0 && r->ins != NULL) {    /* inspected: scan what was read, or wait */
+            if (r->ins_wait) return blocked(d, i, WAIT_NONE);
+            if (r->ins_in < r->ins_end) {
+                if (inspect_scan(r) != 0) return PUMP_FINISHED;
+                continue;
+            }
+        }
         if (d->buf != NULL) pool_put_buf(r->eng, d);    /* empty: idle relays hold none */
         if (d->eof) return end_dir(r, i);
         if (drained) return blocked(d, i, WAIT_IN);
@@ -189,7 +253,8 @@ static int pump_dir(mwi_relay *r, int i, int trust_short_read)
         n = fill(r, i, trust_short_read, &drained, &err);
         if (n > 0) {
             moved += (size_t)n;
-            if (d->buf_len > 0)            /* not only headers and keepalives */
+            /* not only headers and keepalives */
+            if (d->buf_len > 0 || (i == 0 && r->ins_in < r->ins_end))
                 __atomic_store_n(&d->chunks, d->chunks + 1, __ATOMIC_RELAXED);
             continue;
         }

@@ -29,6 +29,8 @@ from mwiproxy.config.cluster import ClusterConfig
 from mwiproxy.engines.base import LocalSigner
 from mwiproxy.engines.postgres import PROTOCOLS as POSTGRES_PROTOCOLS
 from mwiproxy.engines.postgres import Engine, PostgresEngine
+from mwiproxy.engines.redis import PROTOCOL as REDIS_PROTOCOL
+from mwiproxy.engines.redis import RedisEngine
 from mwiproxy.identity.authorities import AuthoritySet, write_private
 from mwiproxy.metrics.auth import AuthMetrics
 from mwiproxy.metrics.cluster import NoopProxyMetrics, ProxyMetrics
@@ -42,6 +44,7 @@ from mwiproxy.proxy.listener import ProxyListener, listener_limits
 from mwiproxy.proxy.owncerts import OwnCertificates
 from mwiproxy.proxy.pingbridge import framed
 from mwiproxy.proxy.postgres import PostgresFrontend
+from mwiproxy.proxy.redis import RedisFrontend
 from mwiproxy.proxy.refusals import RefusalAudit
 from mwiproxy.proxy.sessions import SessionRegistry
 from mwiproxy.proxy.unserved import register_unserved, served_by_protocol
@@ -119,8 +122,10 @@ class Cluster:
         engines: dict[str, Engine] = {
             db.name: PostgresEngine(db, signer, self.metrics) for db in self.config.databases
             if db.protocol in POSTGRES_PROTOCOLS}
+        redis = {db.name: RedisEngine(db, signer, self.metrics)
+                 for db in self.config.databases if db.protocol == REDIS_PROTOCOL}
         for db in self.config.databases:
-            if db.name not in engines:
+            if db.name not in engines and db.name not in redis:
                 log.warning("database %r: no %s engine yet; it is listed but not served",
                             db.name, db.protocol)
         # the agent link's client identity: user CA, usage `mwi:proxy`; agents must show
@@ -134,6 +139,14 @@ class Cluster:
                                     metrics=self.metrics)
         self.listener.route_tls(alpn.POSTGRES, frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve))
+        redis_engines = EngineDirectory(redis, self.auth, self.own.link_context,
+                                        (REDIS_PROTOCOL,), self.metrics, label=REDIS_PROTOCOL)
+        redis_frontend = RedisFrontend(self.auth, redis_engines, self.sessions,
+                                       self.own.inner_context, ping_interval=interval,
+                                       setup_timeout=self._first_message_timeout,
+                                       metrics=self.metrics)
+        self.listener.route_tls(alpn.REDIS, redis_frontend.serve)
+        self.listener.route_tls(alpn.with_ping(alpn.REDIS), framed(redis_frontend.serve))
         register_unserved(self.listener, self.auth, served_by_protocol(self.config.databases))
 
     def _check_cluster_name(self) -> None:

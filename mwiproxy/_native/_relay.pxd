@@ -91,6 +91,12 @@ cdef extern from "mwi_relay.h" nogil:
     void mwi_relay_release(mwi_relay *r)
     void mwi_engine_ack_done(mwi_engine *eng)
     mwi_relay *mwi_engine_pop_done(mwi_engine *eng)
+    int mwi_relay_set_inspect(mwi_relay *r, int proto)
+    int mwi_relay_close_reason(mwi_relay *r, mwi_relay_reason reason, const void *farewell,
+                               size_t len)
+    void mwi_relay_resume(mwi_relay *r)
+    mwi_relay *mwi_engine_pop_held(mwi_engine *eng)
+    const unsigned char *mwi_relay_held(const mwi_relay *r, size_t *len)
     void mwi_relay_stats_get(const mwi_relay *r, mwi_relay_stats *out)
     uint64_t mwi_relay_user(const mwi_relay *r)
     mwi_relay_reason mwi_relay_reason_get(const mwi_relay *r)
@@ -152,6 +158,19 @@ cdef extern from "mwi_accept.h" nogil:
     void mwi_accepted_clear(mwi_accepted *out)
 
 
+cdef extern from "mwi_inspect.h" nogil:
+    enum:
+        MWI_INSPECT_PRE
+        MWI_INSPECT_MAX_HELD
+    ctypedef struct mwi_inspect:
+        unsigned char *held
+        uint32_t held_len
+    int mwi_inspect_init(mwi_inspect *s, int proto)
+    void mwi_inspect_free(mwi_inspect *s)
+    int mwi_inspect_scan(mwi_inspect *s, const unsigned char *data, size_t n, size_t *used,
+                         unsigned char *out, size_t *out_len)
+
+
 cdef extern from "mwi_tlsrec.h" nogil:
     const char *mwi_fb_kind_name(int kind)
 
@@ -181,8 +200,16 @@ cdef class Relay:
     cdef object _final
     cdef bint started
     cdef uint64_t rid
+    cdef object on_held
     cdef object _stats_now(self)
     cdef void _finished(self, str reason, int err)
+    cdef void _held(self)
+
+
+cdef class Framer:
+    cdef mwi_inspect s
+    cdef bint ready
+    cdef readonly bytes held
 
 
 cdef class TLSContext:

@@ -18,7 +18,13 @@ import os
 import weakref
 
 from mwiproxy._native.counters import SLOTS, CounterTable, check_slot
-from mwiproxy._native.relaytypes import REASON_CLOSED, RelayStats, timeout_ms
+from mwiproxy._native.relaytypes import (
+    REASON_CLOSED,
+    RelayStats,
+    check_close_reason,
+    check_inspect,
+    timeout_ms,
+)
 
 assert SLOTS == MWI_COUNTER_SLOTS, "counters.SLOTS and csrc/mwi_relay.h disagree"
 
@@ -26,6 +32,7 @@ _engines: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 include "_tls.pxi"
 include "_accept.pxi"
+include "_inspect.pxi"
 
 
 cdef class Engine:
@@ -72,6 +79,13 @@ cdef class Engine:
             else:
                 acceptor._deliver(&acc)
             mwi_accepted_clear(&acc)
+        while True:   # held messages before the finished relays: a relay popped as held
+            r = mwi_engine_pop_held(self.eng)   # is not released until popped as done
+            if r == NULL:
+                break
+            relay = self.running.get(mwi_relay_user(r))
+            if relay is not None:
+                relay._held()
         while True:
             r = mwi_engine_pop_done(self.eng)
             if r == NULL:
@@ -157,13 +171,15 @@ cdef class Relay:
     speak the `-ping` framing (framed_a / framed_b: a relaytypes.Framing)."""
 
     def __init__(self, loop, a, b, on_done=None, idle_timeout=None, close_timeout=None,
-                 framed_a=None, framed_b=None, counter_slot=None):
+                 framed_a=None, framed_b=None, counter_slot=None, inspect=None,
+                 on_held=None):
         cdef Engine engine = engine_for(loop)
         cdef uint32_t idle = timeout_ms(idle_timeout)
         cdef uint32_t closing = timeout_ms(close_timeout)
         cdef int fd_a = _side_fd(a), fd_b = _side_fd(b)
         cdef mwi_tls *tls_a = NULL
         cdef mwi_tls *tls_b = NULL
+        cdef int proto = check_inspect(inspect, on_held, framed_b)
         check_slot(counter_slot)
         if fd_a < 0 or fd_b < 0 or fd_a == fd_b:
             raise ValueError("two distinct open fds are needed")
@@ -190,6 +206,10 @@ cdef class Relay:
             _set_framed(self.r, 1, framed_b)
         if counter_slot is not None:   # in range (checked above): cannot fail
             mwi_relay_set_counter_slot(self.r, counter_slot)
+        if proto:   # checked above: only ENOMEM can fail
+            if mwi_relay_set_inspect(self.r, proto) != 0:
+                raise MemoryError()
+            self.on_held = on_held
 
     def __dealloc__(self):
         # A relay the worker never saw is ours to free; a started one belongs to the
@@ -208,7 +228,7 @@ cdef class Relay:
         self.started = True
         self.engine.running[self.rid] = self
 
-    def close(self, farewell_a=b""):
+    def close(self, farewell_a=b"", reason=REASON_CLOSED):
         """Ask the relay to end; on_done("closed") follows unless it ended already.
 
         farewell_a (bytes-like): said to side A before it is closed. Nothing more is read
@@ -217,16 +237,23 @@ cdef class Relay:
         farewell given is the one said. See mwi_relay_close_farewell (csrc/mwi_relay.h)."""
         cdef bytes bye = bytes(memoryview(farewell_a))
         cdef const char *p = bye
+        cdef int code = check_close_reason(reason)
         if self.r == NULL:
             return
         if self.started:
-            if mwi_relay_close_farewell(self.r, p, len(bye)) != 0:
+            if mwi_relay_close_reason(self.r, <mwi_relay_reason>code, p, len(bye)) != 0:
                 raise MemoryError()
         else:
             mwi_relay_release(self.r)
             self.r = NULL
             self._final = RelayStats(0, 0, 0, 0)
-            self._reason = REASON_CLOSED
+            self._reason = reason
+
+    def resume(self):
+        """After on_held(message): the message goes on to side B, and reading side A goes
+        on (nothing happens unless a message is held). See mwi_relay_resume."""
+        if self.r != NULL and self.started:
+            mwi_relay_resume(self.r)
 
     def stats(self):
         if self._final is not None:
@@ -251,6 +278,24 @@ cdef class Relay:
             return RelayStats(0, 0, 0, 0)
         mwi_relay_stats_get(self.r, &st)
         return RelayStats(st.bytes[0], st.bytes[1], st.chunks[0], st.chunks[1])
+
+    cdef void _held(self):
+        """The worker holds a message of side A (or saw its framing break): the owner's
+        on_held gets the message (None for a violation)."""
+        cdef size_t n = 0
+        cdef const unsigned char *p
+        if self.r == NULL or self.on_held is None:
+            return
+        p = mwi_relay_held(self.r, &n)
+        message = None if p == NULL else p[:n]
+        try:
+            self.on_held(message)
+        except BaseException as exc:
+            loop = self.engine.loop_ref()
+            if loop is None:
+                raise
+            loop.call_exception_handler({"message": "relay on_held callback failed",
+                                         "exception": exc})
 
     cdef void _finished(self, str reason, int err):
         if self.r != NULL:

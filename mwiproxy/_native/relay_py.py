@@ -19,6 +19,7 @@ from collections.abc import Callable
 from mwiproxy.wire import ping
 
 from .counters import PyCounterTable, check_slot
+from .inspect_py import Gate
 from .relaytypes import (
     REASON_CLOSE_TIMEOUT,
     REASON_CLOSED,
@@ -29,6 +30,8 @@ from .relaytypes import (
     REASON_RESET_B,
     Framing,
     RelayStats,
+    check_close_reason,
+    check_inspect,
     timeout_ms,
 )
 from .tls_py import InnerTLSParts, TLSParts, TLSStream
@@ -236,13 +239,14 @@ class _Direction:
     """src -> dst. While `pending` holds unwritten bytes src is not read (backpressure)."""
 
     __slots__ = ("src", "dst", "src_side", "pending", "eof", "shut", "bytes", "chunks",
-                 "blocked")
+                 "blocked", "gate")
 
     def __init__(self, src: _End, dst: _End, src_side: int) -> None:
         self.src, self.dst, self.src_side = src, dst, src_side
         self.pending: memoryview | None = None
         self.eof = self.shut = self.blocked = False
         self.bytes = self.chunks = 0
+        self.gate: Gate | None = None  # side a's messages, inspected (a -> b only)
 
 
 class Relay:
@@ -261,8 +265,11 @@ class Relay:
         framed_a: Framing | None = None,
         framed_b: Framing | None = None,
         counter_slot: int | None = None,
+        inspect: str | None = None,
+        on_held: Callable[[bytes | None], object] | None = None,
     ) -> None:
         check_slot(counter_slot)
+        check_inspect(inspect, on_held, framed_b)
         fds = [_side_fd(a), _side_fd(b)]
         if fds[0] < 0 or fds[1] < 0 or fds[0] == fds[1]:
             raise ValueError("two distinct open fds are needed")
@@ -285,6 +292,8 @@ class Relay:
         self._errno = 0
         self._started = False
         self._bye: memoryview | None = None  # a farewell to side A is being said
+        self._close_reason = REASON_CLOSED
+        self._inspect, self._on_held = inspect, on_held
         # the engine's slot this relay's bytes also add to ([a->b, b->a]), like the native
         self._counter = None if counter_slot is None else \
             engine_for(loop).counters.sums[counter_slot]
@@ -316,6 +325,8 @@ class Relay:
         a, b = ends
         self._ends = (a, b)
         self._dirs = (_Direction(a, b, 0), _Direction(b, a, 1))
+        if self._inspect is not None:
+            self._dirs[0].gate = Gate(self._inspect)
         self._started = True
         self._last_active = time.monotonic()
         for d in self._dirs:
@@ -324,27 +335,46 @@ class Relay:
                 self._loop.call_soon(self._on_readable, d)
         self._arm_timer()
 
-    def close(self, farewell_a: bytes | bytearray | memoryview = b"") -> None:
+    def close(self, farewell_a: bytes | bytearray | memoryview = b"",
+              reason: str = REASON_CLOSED) -> None:
         """Ask the relay to end; on_done("closed") follows unless it ended already.
 
         farewell_a: said to side A before it is closed. Nothing more is read from either
         side; what was already read from B reaches A first, then the farewell, then the
         usual close. Bounded by close_timeout (5 s when none); the first farewell given is
-        the one said. Same rules as the native mwi_relay_close_farewell."""
+        the one said. Same rules as the native mwi_relay_close_farewell. `reason`: what
+        the relay ends as (closed, refused, protocol, error)."""
+        check_close_reason(reason)
         bye = bytes(memoryview(farewell_a))
         if self._reason is not None or self._bye is not None:
             return  # ended, or saying farewell already (bounded)
+        self._close_reason = reason
         if not self._started:
             for side in self._sides:
                 with contextlib.suppress(OSError):
                     (socket.socket(fileno=side) if isinstance(side, int) else side.sock).close()
             self._sides = []
-            self._reason = REASON_CLOSED
+            self._reason = reason
             return
         if not bye:
-            self._finish(REASON_CLOSED)
+            self._finish(reason)
             return
         self._say_farewell(bye)
+
+    def resume(self) -> None:
+        """After on_held(message): the message goes on to side B, and reading side A goes
+        on (nothing happens unless a message is held)."""
+        assert self._dirs is not None or not self._started
+        if self._reason is not None or self._bye is not None or self._dirs is None:
+            return
+        d = self._dirs[0]
+        if d.gate is None or not d.gate.paused or d.gate.waiting is None:
+            return
+        self._gate_out(d, d.gate.resume())
+        if self._reason is None and not d.blocked and not d.gate.paused and not d.eof:
+            self._loop.add_reader(d.src.sock.fileno(), self._on_readable, d)
+            if d.src.buffered():
+                self._loop.call_soon(self._on_readable, d)
 
     def stats(self) -> RelayStats:
         if self._dirs is None:
@@ -369,6 +399,8 @@ class Relay:
     def _on_readable(self, d: _Direction) -> None:
         if self._reason is not None or self._bye is not None or d.eof or d.blocked:
             return
+        if d.gate is not None and d.gate.paused:
+            return
         try:
             data = d.src.recv()
         except OSError as exc:
@@ -380,9 +412,12 @@ class Relay:
             self._got_eof(d)
             return
         d.chunks += 1
-        d.pending = memoryview(data)
-        self._flush(d)
-        if self._reason is None and not d.blocked and d.src.buffered():
+        if d.gate is not None:
+            self._gate_out(d, d.gate.feed(data))
+        else:
+            d.pending = memoryview(data)
+            self._flush(d)
+        if self._reason is None and not d.blocked and _reading(d) and d.src.buffered():
             self._loop.call_soon(self._on_readable, d)  # decrypted bytes wait inside TLS
 
     def _on_writable(self, d: _Direction) -> None:
@@ -416,10 +451,25 @@ class Relay:
         if d.blocked:
             d.blocked = False
             self._loop.remove_writer(d.dst.sock.fileno())
-            if not d.eof:
+            if not d.eof and _reading(d):
                 self._loop.add_reader(d.src.sock.fileno(), self._on_readable, d)
                 if d.src.buffered():
                     self._loop.call_soon(self._on_readable, d)
+
+    def _gate_out(self, d: _Direction, out: bytes) -> None:
+        """Forward what the gate let through; if it paused on a message (or a violation),
+        stop reading side A and tell the owner (on_held: the message, or None)."""
+        assert d.gate is not None
+        d.pending = memoryview(out) if out else None
+        if d.gate.paused:
+            self._loop.remove_reader(d.src.sock.fileno())
+            if self._on_held is not None:
+                self._loop.call_soon(self._held, d.gate.waiting)
+        self._flush(d)
+
+    def _held(self, message: bytes | None) -> None:
+        if self._reason is None and self._on_held is not None:
+            self._on_held(message)
 
     def _got_eof(self, d: _Direction) -> None:
         d.eof = True
@@ -547,7 +597,7 @@ class Relay:
         if self._reason is not None:
             return
         if self._bye is not None:  # the owner asked: whatever happened on the way out
-            reason, err = REASON_CLOSED, 0
+            reason, err = self._close_reason, 0
         self._reason, self._errno = reason, err
         if self._timer is not None:
             self._timer.cancel()
@@ -569,6 +619,11 @@ class Relay:
         cb, self._on_done = self._on_done, None
         if cb is not None:
             self._loop.call_soon(cb, reason)  # like the native engine: never re-entrant
+
+
+def _reading(d: _Direction) -> bool:
+    """src is read: not while its gate waits for a verdict."""
+    return d.gate is None or not d.gate.paused
 
 
 def _discard_input(sock: socket.socket) -> None:

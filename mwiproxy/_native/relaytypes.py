@@ -15,6 +15,8 @@ REASON_IDLE_TIMEOUT = "idle_timeout"
 REASON_CLOSE_TIMEOUT = "close_timeout"  # one side closed, the other did not follow in time
 REASON_CLOSED = "closed"  # Relay.close() or engine shutdown
 REASON_ERROR = "error"  # anything else; Relay.errno says what
+REASON_REFUSED = "refused"  # the owner refused a held message (Relay.close(reason=...))
+REASON_PROTOCOL = "protocol"  # side a broke its protocol's framing (inspected relays)
 
 REASONS = (
     REASON_EOF,
@@ -24,7 +26,33 @@ REASONS = (
     REASON_CLOSE_TIMEOUT,
     REASON_CLOSED,
     REASON_ERROR,
+    REASON_REFUSED,
+    REASON_PROTOCOL,
 )
+# what the owner may end a relay as (Relay.close(reason=...))
+CLOSE_REASONS = (REASON_CLOSED, REASON_REFUSED, REASON_PROTOCOL, REASON_ERROR)
+# protocols a relay can inspect (side a's messages): ids of csrc/mwi_inspect.h
+INSPECT_PROTOCOLS = {"resp": 1, "mysql": 2}
+
+
+def check_close_reason(reason: str) -> int:
+    """The reason's index in REASONS (its C enum value minus one)."""
+    if reason not in CLOSE_REASONS:
+        raise ValueError(f"a relay is closed as one of {CLOSE_REASONS}, not {reason!r}")
+    return REASONS.index(reason) + 1
+
+
+def check_inspect(inspect: str | None, on_held: object, framed_b: object) -> int:
+    """The protocol id of an inspected relay (0: none)."""
+    if inspect is None:
+        return 0
+    if inspect not in INSPECT_PROTOCOLS:
+        raise ValueError(f"no inspection for protocol {inspect!r}")
+    if on_held is None:
+        raise ValueError("an inspected relay needs on_held")
+    if framed_b is not None:
+        raise ValueError("inspection needs side b unframed")
+    return INSPECT_PROTOCOLS[inspect]
 
 
 class Framing(NamedTuple):

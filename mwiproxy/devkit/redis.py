@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mwiproxy.devkit.cluster import ClusterProcess
 from mwiproxy.devkit.ports import free_port
 from mwiproxy.devkit.processes import terminate
 
@@ -37,6 +38,16 @@ REDIS_SERVER = os.environ.get("MWI_REDIS_SERVER", "redis-server")
 REDIS_CLI = os.environ.get("MWI_REDIS_CLI", "redis-cli")
 RUN_AS = "redis"
 ACL_RULES = "on nopass ~* &* +@all"
+
+
+SERVICE = "example-redis"
+# the cluster.yaml entry of a Redis (REDISPORT: its TLS port), to add to a template
+DATABASE_YAML = """\
+  - name: example-redis
+    protocol: redis
+    uri: 127.0.0.1:REDISPORT
+    static_labels: {env: dev}
+"""
 
 
 def available() -> bool:
@@ -62,10 +73,11 @@ def users_acl(users: tuple[str, ...], default_on: bool = True) -> str:
 
 
 class RedisServer:
-    def __init__(self, *, tls_files: tuple[str, str, str], users: tuple[str, ...] = (
+    def __init__(self, *, tls_files: tuple[str, str, str] = ("", "", ""), users: tuple[str, ...] = (
                  "alice", "bob"), default_on: bool = True, port: int | None = None) -> None:
         """tls_files: (cert, key, ca) paths — the server's certificate and key and the CA
-        its clients' certificates must chain to; port: the TLS port (default: free)."""
+        its clients' certificates must chain to (set by start_redis; none: no TCP port at
+        all, the Unix socket only); port: the TLS port (default: a free one)."""
         self.port = port or free_port()
         self.tls_files = tls_files
         self.users = users
@@ -83,12 +95,16 @@ class RedisServer:
             for p in [self.root, *self.root.rglob("*")]:
                 os.chown(p, pw.pw_uid, pw.pw_gid)
 
+    @property
+    def tls(self) -> bool:
+        return all(self.tls_files)
+
     def config(self) -> str:
+        tls = ["bind 127.0.0.1", f"tls-port {self.port}", "tls-cert-file server.crt",
+               "tls-key-file server.key", "tls-ca-cert-file server.cas",
+               "tls-auth-clients yes", 'tls-protocols "TLSv1.2 TLSv1.3"']
         return "\n".join([
-            "port 0", "bind 127.0.0.1", f"tls-port {self.port}",
-            "tls-cert-file server.crt", "tls-key-file server.key",
-            "tls-ca-cert-file server.cas", "tls-auth-clients yes",
-            'tls-protocols "TLSv1.2 TLSv1.3"', "aclfile users.acl",
+            "port 0", *(tls if self.tls else []), "aclfile users.acl",
             f"unixsocket {self.socket}", "unixsocketperm 700",
             f"dir {self.root}", f"logfile {self.log}", "save \"\"", "appendonly no",
             "daemonize no", "protected-mode no", "databases 16", "",
@@ -97,8 +113,9 @@ class RedisServer:
     def start(self, timeout: float = 20.0) -> RedisServer:
         for src, name in zip(self.tls_files, ("server.crt", "server.key", "server.cas"),
                              strict=True):
-            shutil.copy(src, self.root / name)
-            os.chmod(self.root / name, 0o600)
+            if src:
+                shutil.copy(src, self.root / name)
+                os.chmod(self.root / name, 0o600)
         (self.root / "users.acl").write_text(users_acl(self.users, self.default_on))
         (self.root / "redis.conf").write_text(self.config())
         self._chown()
@@ -110,7 +127,7 @@ class RedisServer:
             if self.proc.poll() is not None:
                 raise AssertionError(f"redis-server exited {self.proc.returncode}:\n"
                                      f"{self.log_text()}")
-            if self.socket.exists() and self._accepts():
+            if self.socket.exists() and (not self.tls or self._accepts()):
                 return self
             time.sleep(0.05)
         raise AssertionError(f"redis-server did not start:\n{self.log_text()}")
@@ -148,3 +165,13 @@ class RedisServer:
             return self.log.read_text()
         except OSError:
             return ""
+
+
+def start_redis(server: RedisServer, cluster: ClusterProcess, root: Path) -> RedisServer:
+    """Start `server` with a server certificate from `mwictl auth sign --format=db`
+    (its `.cas`, the database-client CA, is what client certificates must chain to)."""
+    out = root / "redis-server"
+    cluster.ctl("auth", "sign", "--format=db", "--host=localhost,127.0.0.1", f"--out={out}",
+                "--ttl=24h")
+    server.tls_files = (f"{out}.crt", f"{out}.key", f"{out}.cas")
+    return server.start()

@@ -16,17 +16,41 @@ other end before `run()`.
 `count_as` (a label tuple, e.g. (service, mode)) adds the relay's bytes to that slot of
 the engine's CounterTable, where metrics read them at scrape time, live sessions
 included (metrics/relaybytes.py); side a is the client's (a -> b = client_to_server).
+
+`inspect` (an `Inspect`) has the relay frame side a's plaintext (after TLS and `-ping`
+deframing) message by message, natively (csrc/mwi_inspect.c; twin _native/inspect_py.py):
+the few messages the protocol's rule marks (Redis AUTH, HELLO, RESET and every inline
+command; MySQL COM_INIT_DB, COM_CHANGE_USER) are HELD: what came before goes on, reading
+side a pauses, and `decide(message)` runs on the loop with the message's exact bytes.
+None: the message goes on and the relay with it. Bytes: refused, the pipe ends as
+"refused" with those bytes as the farewell to side a; the message never reaches b. If
+`decide` raises, the pipe ends as "error" without a farewell (the exception goes to the
+loop's exception handler). A held message over MAX_HELD (64 KiB) or a stream that breaks
+the protocol's framing ends the pipe as "protocol" with `violation_farewell`; bytes of
+that message not yet forwarded never are (a value streaming out when the framing breaks
+has gone out in part). Inspection never splices, and side b must not be framed. Byte
+counts count forwarded bytes only.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mwiproxy import _native
 from mwiproxy.relay.streams import ByteStream, FramedStream, SocketStream
 
 CLOSE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Inspect:
+    """Side a's messages checked on the way (see the module doc)."""
+
+    protocol: str  # "resp" or "mysql"
+    decide: Callable[[bytes], Awaitable[bytes | None]]  # None: forward; bytes: refuse
+    violation_farewell: bytes = b""  # said to side a when its framing breaks
 
 
 @dataclass
@@ -42,8 +66,11 @@ class Pipe:
 
     def __init__(self, a: ByteStream, b: ByteStream, *, idle_timeout: float | None = None,
                  close_timeout: float = CLOSE_TIMEOUT, keepalive: float | None = None,
-                 count_as: tuple[str, ...] | None = None) -> None:
+                 count_as: tuple[str, ...] | None = None,
+                 inspect: Inspect | None = None) -> None:
         self._a, self._b = a, b
+        self._inspect = inspect
+        self._deciding: asyncio.Task[None] | None = None
         self._count_as = count_as
         self._idle = idle_timeout
         self._close_timeout = close_timeout
@@ -65,7 +92,7 @@ class Pipe:
             self.stats.reason = reason
         self._farewell = self._farewell or farewell_to_a
         if self._relay is not None:
-            self._relay.close(self._farewell)
+            self._relay.close(self._farewell, _relay_reason(reason))
 
     async def run(self) -> PipeStats:
         loop = asyncio.get_running_loop()
@@ -76,19 +103,46 @@ class Pipe:
         self._relay = _native.Relay(
             loop, _take(self._a), _take(self._b), lambda r: _settle(done, r),
             idle_timeout=self._idle, close_timeout=self._close_timeout,
-            framed_a=framed_a, framed_b=framed_b, counter_slot=slot)
+            framed_a=framed_a, framed_b=framed_b, counter_slot=slot,
+            inspect=None if self._inspect is None else self._inspect.protocol,
+            on_held=None if self._inspect is None else self._on_held)
         self._relay.start()
         self.stats.native = True  # by the relay (either build), not a copy in Python
         if self.stats.reason:  # closed while being set up
-            self._relay.close(self._farewell)
+            self._relay.close(self._farewell, _relay_reason(self.stats.reason))
         try:
             reason = await done
         except asyncio.CancelledError:  # the owner is going away: so does the relay
             self._relay.close(self._farewell)
             self._count(_native.REASON_CLOSED)  # what moved until now, for the owner's log
             raise
+        finally:
+            if self._deciding is not None:
+                self._deciding.cancel()
         self._count(reason)
         return self.stats
+
+    def _on_held(self, message: bytes | None) -> None:
+        """The relay holds a message of side a (or saw its framing break: None)."""
+        assert self._inspect is not None
+        if message is None:
+            self.close(_native.REASON_PROTOCOL, self._inspect.violation_farewell)
+            return
+        self._deciding = asyncio.get_running_loop().create_task(self._decide(message))
+
+    async def _decide(self, message: bytes) -> None:
+        assert self._inspect is not None and self._relay is not None
+        try:
+            verdict = await self._inspect.decide(message)
+        except Exception as exc:
+            self.close(_native.REASON_ERROR)
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "Inspect.decide failed: the pipe ends", "exception": exc})
+            return
+        if verdict is None:
+            self._relay.resume()
+        else:
+            self.close(_native.REASON_REFUSED, verdict)
 
     def _count(self, reason: str) -> None:
         assert self._relay is not None
@@ -116,6 +170,11 @@ def _take(stream: ByteStream) -> int | _native.TLSStream:
     if isinstance(stream, _native.TLSStream):
         return stream
     raise TypeError(f"the relay cannot take a {type(stream).__name__} over")
+
+
+def _relay_reason(reason: str) -> str:
+    """What the relay itself ends as: the owner's own reasons (a lock, ...) are "closed"."""
+    return reason if reason in _native.CLOSE_REASONS else _native.REASON_CLOSED
 
 
 def _settle(done: asyncio.Future[str], reason: str) -> None:

@@ -9,6 +9,7 @@ import struct
 
 import pytest
 
+from mwiproxy.proxy import redis as redis_frontend
 from mwiproxy.proxy import unserved
 from mwiproxy.wire import mongodb as mongo
 from mwiproxy.wire import mysql
@@ -251,14 +252,14 @@ def _tell(frontend: type[unserved.UnservedFrontend], stream: FakeStream,
 def test_redis_refusal_answers_every_command_up_to_a_bound():
     commands = resp.encode_command("CLIENT", "SETINFO", "LIB-NAME", "x") + b"\r\n"
     stream = FakeStream(commands[:5], commands[5:], resp.encode_command("PING") * 40)
-    _tell(unserved.RedisFrontend, stream)
-    assert stream.written == [b"-ERR access to db denied: why\r\n"] * unserved.MAX_ANSWERS
+    asyncio.run(redis_frontend.answer_errors(stream, "access to db denied: why"))
+    assert stream.written == [b"-ERR access to db denied: why\r\n"] * redis_frontend.MAX_ANSWERS
 
 
 def test_redis_refusal_stops_at_an_oversized_command():
     stream = FakeStream(b"*1\r\n$999999\r\n")
     with pytest.raises(resp.ProtocolError):
-        _tell(unserved.RedisFrontend, stream)
+        asyncio.run(redis_frontend.answer_errors(stream, "access to db denied: why"))
     assert stream.written == []
 
 

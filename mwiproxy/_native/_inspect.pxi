@@ -1,0 +1,36 @@
+# The C message framer of inspected relays (csrc/mwi_inspect.c), on its own: the same
+# API as inspect_py.Framer, for the differential tests and the long fuzz run.
+
+from mwiproxy._native.relaytypes import INSPECT_PROTOCOLS
+
+
+cdef class Framer:
+    """scan(data) -> (status, used, forward); `held` after a HOLD (see inspect_py)."""
+
+    def __cinit__(self, str protocol):
+        if protocol not in INSPECT_PROTOCOLS:
+            raise ValueError(f"no inspection for protocol {protocol!r}")
+        mwi_inspect_init(&self.s, INSPECT_PROTOCOLS[protocol])
+        self.ready = True
+        self.held = b""
+
+    def __dealloc__(self):
+        if self.ready:
+            mwi_inspect_free(&self.s)
+
+    def scan(self, data):
+        cdef const unsigned char[::1] view = memoryview(data).cast("B")
+        cdef size_t n = view.shape[0], used = 0, out_len = 0
+        cdef unsigned char *out = <unsigned char *>malloc(n + MWI_INSPECT_PRE)
+        cdef int st
+        if out == NULL:
+            raise MemoryError()
+        try:
+            st = mwi_inspect_scan(&self.s, &view[0] if n else NULL, n, &used, out, &out_len)
+            if st == 3:
+                raise MemoryError()
+            if st == 1:
+                self.held = self.s.held[:self.s.held_len]
+            return st, used, out[:out_len]
+        finally:
+            free(out)

@@ -1,0 +1,129 @@
+"""The inspection framers: csrc/mwi_inspect.c (through _relay.Framer) against its twin
+_native/inspect_py.py, on the same streams in different chunkings, plus what any framer
+must do whatever the stream (never alter a byte, never forward a held one).
+
+The long run is this file with MWIPROXY_INSPECT_FUZZ=1000000 (inputs per protocol);
+CI runs it short:
+    MWIPROXY_INSPECT_FUZZ=1000000 python3 -m pytest -q -p no:cacheprovider \\
+        tests/unit/native/test_inspect_differential.py -k long
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mwiproxy._native import inspect_py
+
+from .inspectkit import chunked, decisions, stream
+
+try:
+    from mwiproxy._native._relay import Framer as CFramer
+except ImportError:
+    CFramer = None
+
+PROTOCOLS = ["resp", "mysql"]
+LONG_N = int(os.environ.get("MWIPROXY_INSPECT_FUZZ", "3000"))
+
+native = [pytest.mark.native_only,
+          pytest.mark.skipif(CFramer is None, reason="extension not built")]
+
+
+def _check_invariants(data: bytes, events: list[tuple[str, bytes]]) -> None:
+    """Forwarded and held bytes are the stream's own bytes, in order, nothing added;
+    what is left over is an unfinished message (or what follows a violation)."""
+    seen = b"".join(body for _, body in events)
+    assert data.startswith(seen)
+    if not events or events[-1][0] != "violation":
+        left = len(data) - len(seen)
+        assert left <= inspect_py.MAX_HELD + inspect_py.PRE_MAX
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_twin_alone_is_chunking_independent(protocol):
+    rng = random.Random(7)
+    for _ in range(400):
+        data = stream(protocol, rng)
+        whole = decisions(inspect_py.Framer(protocol), [data])
+        _check_invariants(data, whole)
+        assert decisions(inspect_py.Framer(protocol), chunked(data, rng)) == whole
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.long
+@pytest.mark.native_only
+@pytest.mark.skipif(CFramer is None, reason="extension not built")
+def test_long_differential_run(protocol, seed):
+    """LONG_N inputs per protocol (split over the seeds): C and twin, each in its own
+    random chunking, agree on every decision."""
+    rng = random.Random(seed * 1000 + len(protocol))
+    differ = 0
+    for _ in range(LONG_N // 2):
+        data = stream(protocol, rng)
+        want = decisions(inspect_py.Framer(protocol), chunked(data, rng))
+        got = decisions(CFramer(protocol), chunked(data, rng))
+        differ += got != want
+        assert got == want, data[:400]
+    assert differ == 0
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.native_only
+@pytest.mark.skipif(CFramer is None, reason="extension not built")
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32), raw=st.binary(max_size=200),
+       cuts=st.lists(st.integers(1, 64), max_size=20))
+def test_hypothesis_c_and_twin_agree(protocol, seed, raw, cuts):
+    """Generated streams and raw bytes, cut where hypothesis says."""
+    rng = random.Random(seed)
+    for data in (stream(protocol, rng), raw, stream(protocol, rng) + raw):
+        chunks, pos = [], 0
+        for size in cuts:
+            chunks.append(data[pos:pos + size])
+            pos += size
+        chunks.append(data[pos:])
+        want = decisions(inspect_py.Framer(protocol), [data])
+        _check_invariants(data, want)
+        assert decisions(CFramer(protocol), chunks) == want
+        assert decisions(inspect_py.Framer(protocol), chunks) == want
+
+
+CASES = [
+    ("resp", b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", [("fwd", b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")]),
+    ("resp", b"*1\r\n$5\r\nhElLo\r\n*0\r\n",
+     [("hold", b"*1\r\n$5\r\nhElLo\r\n"), ("fwd", b"*0\r\n")]),
+    ("resp", b"*-7\r\nPING\n", [("fwd", b"*-7\r\n"), ("hold", b"PING\n")]),
+    ("resp", b"*1\r\n$5\r\nRESET\r\n", [("hold", b"*1\r\n$5\r\nRESET\r\n")]),
+    ("resp", b"*1\r\n$4\r\nAUTHX", [("violation", b"")]),  # held AUTH, no \r\n: none of it
+    ("resp", b"*1\r\n$5\r\nAUTHX\r\n", [("fwd", b"*1\r\n$5\r\nAUTHX\r\n")]),
+    ("resp", b"*01\r\n", [("violation", b"")]),
+    ("resp", b"*1\r\n$-0\r\n", [("violation", b"")]),
+    ("resp", b"*-9223372036854775808\r\n", [("fwd", b"*-9223372036854775808\r\n")]),
+    ("resp", b"*-9223372036854775809\r\n", [("violation", b"")]),
+    ("resp", b"*1048577\r\n", [("violation", b"")]),
+    ("resp", b"GET \x00k\n", [("violation", b"")]),
+    ("resp", b"*2\r\n$3\r\nSET\r\n$2\r\nab\n\n",
+     [("fwd", b"*2\r\n$3\r\nSET\r\n$2\r\nab"), ("violation", b"")]),  # the bad byte stays
+    ("mysql", b"\x01\x00\x00\x00\x0e\x07\x00\x00\x00\x02testdb",
+     [("fwd", b"\x01\x00\x00\x00\x0e"), ("hold", b"\x07\x00\x00\x00\x02testdb")]),
+    ("mysql", b"\x02\x00\x00\x03\x11x", [("fwd", b"\x02\x00\x00\x03\x11x")]),
+    ("mysql", b"\x00\x00\x00\x00\x01\x00\x00\x00\x11",
+     [("fwd", b"\x00\x00\x00\x00"), ("hold", b"\x01\x00\x00\x00\x11")]),
+    ("mysql", b"\xfd\xff\x00\x00\x02", [("violation", b"")]),  # 65533 + 4 > 64 KiB
+]
+
+
+@pytest.mark.parametrize("protocol,data,want", CASES)
+@pytest.mark.parametrize("impl", [
+    pytest.param(inspect_py.Framer, id="py"),
+    pytest.param(CFramer, id="native", marks=native),
+])
+def test_known_streams(impl, protocol, data, want):
+    for step in (len(data), 1, 3):
+        chunks = [data[i:i + step] for i in range(0, len(data), step)]
+        assert decisions(impl(protocol), chunks) == want
