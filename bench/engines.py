@@ -62,7 +62,7 @@ from .engineload import (
 )
 
 ENGINES = ("redis", "mariadb")
-SERVICES = {"redis": "example-redis", "mariadb": "example-mariadb"}
+SERVICES = {"redis": redis.SERVICE, "mariadb": mariadb.SERVICE}
 PROTOCOLS = {"redis": "redis", "mariadb": "mysql"}
 DIRECT, HAPROXY, MWIPROXY = "direct TLS", "HAProxy topology", "mwiproxy tunnel"
 USER, SCHEMA = "alice", "example-db"
@@ -88,13 +88,6 @@ def cluster_template(engines: tuple[str, ...], ports: dict[str, int]) -> str:
                     f"    uri: 127.0.0.1:{ports[e]}\n    static_labels: {{env: dev}}\n"
                     for e in engines)
     return CLUSTER_YAML + extra
-
-
-def _server_files(topo: Topology, name: str) -> tuple[str, str, str]:
-    out = topo.root / f"{name}-server"
-    topo.cluster.ctl("auth", "sign", "--format=db", "--host=localhost,127.0.0.1",
-                     f"--out={out}", "--ttl=24h")
-    return f"{out}.crt", f"{out}.key", f"{out}.cas"
 
 
 def _tunnel(topo: Topology, engine: str, ping: bool) -> Target | str:
@@ -128,9 +121,8 @@ def _tunnel(topo: Topology, engine: str, ping: bool) -> Target | str:
 
 def _redis(topo: Topology, server: redis.RedisServer, ca: str, crt: str, key: str,
            ping: bool, stack: ExitStack, bench: Bench) -> None:
-    server.tls_files = _server_files(topo, "redis")
-    server.start()
     stack.callback(server.stop)
+    redis.start_redis(server, topo.cluster, topo.root)
     pem = dbpath.write_secret(topo.root / "alice-redis.pem",
                               Path(crt).read_bytes() + Path(key).read_bytes())
     ha_port, procs = start_haproxies(
@@ -174,7 +166,7 @@ def _mariadb(topo: Topology, server: mariadb.MariaDBServer, ca: str, crt: str, k
 
 @contextmanager
 def topology(root: Path, engines: tuple[str, ...], ping: bool = True) -> Iterator[Bench]:
-    rs = redis.RedisServer(tls_files=("", "", "")) if "redis" in engines else None
+    rs = redis.RedisServer() if "redis" in engines else None
     ms = mariadb.MariaDBServer() if "mariadb" in engines else None
     ports = {e: s.port for e, s in (("redis", rs), ("mariadb", ms)) if s is not None}
     bench = Bench()

@@ -27,6 +27,8 @@ from mwiproxy.auth.storage.base import LockRecord
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
 from mwiproxy.config.cluster import ClusterConfig
 from mwiproxy.engines.base import LocalSigner
+from mwiproxy.engines.mysql import PROTOCOLS as MYSQL_PROTOCOLS
+from mwiproxy.engines.mysql import MySQLEngine
 from mwiproxy.engines.postgres import PROTOCOLS as POSTGRES_PROTOCOLS
 from mwiproxy.engines.postgres import Engine, PostgresEngine
 from mwiproxy.engines.redis import PROTOCOL as REDIS_PROTOCOL
@@ -41,6 +43,7 @@ from mwiproxy.process.lifecycle import Signals, serve
 from mwiproxy.process.pidfile import DataDirLock, PidFile
 from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import ProxyListener, listener_limits
+from mwiproxy.proxy.mysql import MySQLFrontend
 from mwiproxy.proxy.owncerts import OwnCertificates
 from mwiproxy.proxy.pingbridge import framed
 from mwiproxy.proxy.postgres import PostgresFrontend
@@ -124,8 +127,10 @@ class Cluster:
             if db.protocol in POSTGRES_PROTOCOLS}
         redis = {db.name: RedisEngine(db, signer, self.metrics)
                  for db in self.config.databases if db.protocol == REDIS_PROTOCOL}
+        mysql_engines = {db.name: MySQLEngine(db, signer, self.metrics)
+                         for db in self.config.databases if db.protocol in MYSQL_PROTOCOLS}
         for db in self.config.databases:
-            if db.name not in engines and db.name not in redis:
+            if db.name not in engines and db.name not in redis and db.name not in mysql_engines:
                 log.warning("database %r: no %s engine yet; it is listed but not served",
                             db.name, db.protocol)
         # the agent link's client identity: user CA, usage `mwi:proxy`; agents must show
@@ -148,6 +153,13 @@ class Cluster:
         self.listener.route_tls(alpn.REDIS, redis_frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.REDIS), framed(redis_frontend.serve))
         register_unserved(self.listener, self.auth, served_by_protocol(self.config.databases))
+        # MySQL has an engine (in this process only: not yet through a database agent)
+        mysql = MySQLFrontend(self.auth, mysql_engines, self.sessions, self.own.inner_context,
+                              ping_interval=interval,
+                              startup_timeout=self._first_message_timeout,
+                              metrics=self.metrics)
+        self.listener.route_tls(alpn.MYSQL, mysql.serve)
+        self.listener.route_tls(alpn.with_ping(alpn.MYSQL), framed(mysql.serve))
 
     def _check_cluster_name(self) -> None:
         stored = self.storage.get_meta("cluster_name")

@@ -10,16 +10,22 @@ database-client CA (the `.cas` file), so a client certificate with `CN=alice` si
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mwiproxy.devkit.cluster import ClusterProcess
+from mwiproxy.devkit.guide import GUIDE_ROLE
 from mwiproxy.devkit.ports import free_port
+from mwiproxy.devkit.topology import Topology
 
 MARIADBD = Path(os.environ.get("MWI_MARIADBD", "/usr/sbin/mariadbd"))
 INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
@@ -156,3 +162,58 @@ def start_mariadb(server: MariaDBServer, cluster: ClusterProcess, root: Path) ->
 
 
 SCHEMAS = ("example-db", "other-db")
+
+
+SERVICE = "example-mysql"
+CLUSTER_YAML = """\
+version: v1
+cluster_name: mwiproxy.local
+data_dir: {{data_dir}}
+proxy:
+  listen_addr: 127.0.0.1:{{port}}
+  ping_interval: 1s
+databases:
+  - name: example-mysql
+    protocol: mysql
+    uri: 127.0.0.1:{mysql_port}
+    static_labels: {{{{env: dev}}}}
+"""
+
+
+@dataclass
+class MySQLTopology(Topology):
+    """The guide's topology with MariaDB in place of PostgreSQL (`pg` is unused)."""
+
+    maria: MariaDBServer | None = None
+    bot_roles: dict[str, str] = field(default_factory=dict)  # bot → its roles (csv)
+
+    def add_bot(self, name: str, roles: str = "example-role") -> str:
+        roles = self.bot_roles.get(name, roles)
+        self.cluster.ctl("bots", "add", name, f"--roles={roles}")
+        tok = self.cluster.ctl("tokens", "add", "--type=bot", f"--bot-name={name}",
+                               "--ttl=5m", "--format", "json").stdout
+        return str(json.loads(tok)["token"])
+
+    def stop(self) -> None:
+        for lp in self.proxies:
+            lp.stop()
+        self.cluster.stop()
+        if self.maria is not None:
+            self.maria.stop()
+
+
+@contextmanager
+def start_mysql_topology(root: Path) -> Iterator[MySQLTopology]:
+    """Cluster serving MariaDB as `example-mysql` + the guide's role (db_names
+    [example-db], db_users [alice]) under `root`; stopped on exit with what it started."""
+    server = MariaDBServer()
+    config = CLUSTER_YAML.format(mysql_port=server.port)
+    cluster = ClusterProcess(root / "data", config=config).start()
+    topology = MySQLTopology(root, cluster, None, maria=server)  # type: ignore[arg-type]
+    try:
+        start_mariadb(server, cluster, root)
+        (root / "role.yaml").write_text(GUIDE_ROLE)
+        cluster.ctl("create", "-f", str(root / "role.yaml"))
+        yield topology
+    finally:
+        topology.stop()

@@ -14,7 +14,8 @@ The ALPN name follows the database's protocol: the `protocol` argument, else the
 route in the certificate, else PostgreSQL. PostgreSQL's first packet is parsed (to
 answer SSLRequest and CancelRequest, and to turn a refusal into an ErrorResponse); the
 other protocols are relayed as they are (tunnel mode only, but for Redis, whose
-clients' TLS starts at their first byte: `redis-cli --tls`). MySQL's server speaks
+clients' TLS starts at their first byte: `redis-cli --tls`; MySQL clients upgrade to
+their own TLS in-protocol with the cluster). MySQL's server speaks
 first, so its first answer is awaited before relaying, and a failure to reach the
 cluster becomes a MySQL ERR packet; in tunnel mode a Redis client gets `-ERR <why>`;
 MongoDB clients are just disconnected (the reason is logged).
@@ -151,10 +152,11 @@ class LocalProxy:
         self._settle_protocol(creds)
         if self.tunnel:
             self._check_tunnel(creds)
-        elif not self.speaks_postgres and self.protocol != "redis":
+        elif not (self.speaks_postgres or self.alpn == alpn.MYSQL
+                  or self.protocol == "redis"):
             raise UnsupportedMode(
-                f"--tunnel is required for mysql/mongodb: database service "
-                f"{self.service!r} is {self.protocol}, and only PostgreSQL and Redis "
+                f"--tunnel is required for mongodb: database service "
+                f"{self.service!r} is {self.protocol}, and only PostgreSQL, MySQL and Redis "
                 "clients can bring their own TLS through the local proxy")
         self._listener.start()
         self._count_as = self.metrics.serving(self.service, self.mode, self._expiry)
@@ -340,7 +342,9 @@ class LocalProxy:
         """A protocol whose bytes are not parsed here (in tunnel mode; and Redis's own
         TLS in non-tunnel mode, which starts at its first byte): dial at once (the
         client may be waiting for the server to speak), then relay. Only MySQL's
-        greeting is seen here: for the others the first answer goes by in the relay."""
+        greeting is seen here: for the others the first answer goes by in the relay.
+        MySQL in non-tunnel mode: the client's TLS upgrade (SSL Request, then its
+        handshake) happens in-protocol with the cluster, inside this TLS."""
         greeting = b""
         try:
             async with self._setups:

@@ -1,11 +1,11 @@
-"""MySQL and MongoDB databases listed in cluster.yaml have no engine yet: through
-the local proxy in tunnel mode, each real client (PyMySQL, redis-py, pymongo) is refused
-in its own protocol and shows why — the access check's reason, or "no engine" when the
-roles would allow it (Redis has its engine, tests/e2e/test_redis.py: here it is
-refused because its database cannot be reached). Each refusal is audited, and PostgreSQL keeps being served.
+"""MySQL, Redis and MongoDB databases listed in cluster.yaml, through the local proxy in
+tunnel mode: each real client (PyMySQL, redis-py, pymongo) is refused in its own protocol
+and shows why — the access check's reason, "no engine" when the roles would allow it
+(MongoDB), or that the database cannot be reached (MySQL and Redis, which have engines:
+tests/e2e/test_mysql.py, tests/e2e/test_redis.py). Each refusal is audited, and
+PostgreSQL keeps being served.
 
-No MySQL, Redis or MongoDB server runs: every connection is refused before an engine
-would dial one (their uris point at unused ports)."""
+No MySQL, Redis or MongoDB server runs: their uris point at unused ports."""
 
 from __future__ import annotations
 
@@ -171,11 +171,13 @@ def _denied(others: Others, protocol: str, service: str) -> list[dict[str, objec
             if e.get("protocol") == protocol and e.get("db_service") == service]
 
 
-def test_mysql_is_refused_in_mysql_format(others, pg_tunnel):
+def test_mysql_is_served_and_refusals_are_in_mysql_format(others, pg_tunnel):
+    """MySQL has an engine now (tests/e2e/test_mysql.py): with no server at its uri, an
+    allowed client is told the database cannot be reached; a denied one why not."""
     allowed = others.started(others.proxy(others.issue("my-ok", MYSQL), MYSQL))
     message = _mysql_error(allowed)
-    print("PyMySQL (allowed):", message)
-    assert message.startswith("(1105, ") and NO_ENGINE.format(MYSQL, "mysql") in message
+    print("PyMySQL (allowed, no server):", message)
+    assert message.startswith("(2003, ") and f"cannot reach database '{MYSQL}'" in message
 
     demoted = others.issue("my-bob", MYSQL, move_to_role="bob-role")
     message = _mysql_error(others.started(others.proxy(demoted, MYSQL)))
@@ -183,9 +185,10 @@ def test_mysql_is_refused_in_mysql_format(others, pg_tunnel):
     assert message == f"(1045, '{USERS_DENIED.format(MYSQL)}')"
 
     events = _denied(others, "mysql", MYSQL)
-    assert {e["user"] for e in events} >= {"bot-my-ok", "bot-my-bob"}
-    assert any(e["reason"] == NO_ENGINE.format(MYSQL, "mysql") and e["db_user"] == "alice"
+    assert any(e["user"] == "bot-my-bob" and e["db_user"] == "alice"
                and e["db_name"] == "example-db" for e in events), events
+    starts = [e for e in others.audit("db.session.start") if e.get("user") == "bot-my-ok"]
+    assert starts and not starts[-1]["success"] and "cannot reach" in starts[-1]["error"]
     _still_serving_postgres(others, pg_tunnel)
 
 
@@ -264,13 +267,13 @@ def test_the_local_proxy_speaks_mysql_when_the_cluster_is_unreachable(others):
 def test_mysql_through_a_ping_framed_local_proxy(others):
     lp = others.started(others.proxy(others.issue("my-ping", MYSQL), MYSQL,
                                      extra=("--ping",)))
-    assert NO_ENGINE.format(MYSQL, "mysql") in _mysql_error(lp)
+    assert f"cannot reach database '{MYSQL}'" in _mysql_error(lp)
 
 
 def test_non_tunnel_mode_is_refused_at_start(others):
-    lp = others.proxy(others.issue("my-plain", MYSQL), MYSQL, tunnel=False)
+    lp = others.proxy(others.issue("mg-plain", MONGO), MONGO, tunnel=False)
     assert lp.proc.wait(20) == 1
-    assert "--tunnel is required for mysql/mongodb" in lp.log.read_text()
+    assert "--tunnel is required for mongodb" in lp.log.read_text()
 
 
 def _tls(out: Path, name: str) -> ssl.SSLContext:
