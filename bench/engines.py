@@ -34,6 +34,7 @@ says why (the cluster's own refusal).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -260,6 +261,19 @@ def ratios(bench: Bench, results: Results) -> str:
     return "\n".join(lines)
 
 
+def samples_json(bench: Bench, results: Results, command: str) -> dict[str, object]:
+    """Every sample of every cell and path, with the command and the machine."""
+    return {"command": command, "machine": machine(), "skipped": bench.skipped,
+            "cells": [{"engine": engine, "cell": cell.name, "path": t.name,
+                       "processes": list(t.processes),
+                       "samples": [{"rps": s.rps, "lat_ms": s.lat_ms,
+                                    "p99_ms": None if s.p99_ms != s.p99_ms else s.p99_ms,
+                                    "cpu_us_each": list(s.cpu_each)}
+                                   for s in results[(engine, cell.name, t.name)]]}
+                      for engine, cells in bench.cells.items() for cell in cells
+                      for t in bench.targets[engine]]}
+
+
 def cpu_legend() -> str:
     return (f"Proxy CPU per request: utime + stime from /proc over the run ÷ requests; "
             f"mwiproxy = {' + '.join(MWIPROXY_PROCESSES)}, HAProxy topology = "
@@ -287,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="smoke: one run of each cell at the warm-up size (a few thousand "
                     "requests), no warm-up pass; --seconds and --runs are ignored")
     ap.add_argument("--out", default="", help="also write the report (markdown) here")
+    ap.add_argument("--json", default="", help="also write every sample (JSON) here")
     args = ap.parse_args(argv)
     engines = tuple(e for e in args.engines.split(",") if e)
     unknown = set(engines) - set(ENGINES)
@@ -311,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     if args.out:
         Path(args.out).write_text(report)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(samples_json(bench, results, command), indent=1))
     return 0
 
 

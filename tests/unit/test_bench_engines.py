@@ -4,7 +4,7 @@ clients' output parsed, and a smoke run of every path against real servers."""
 
 from __future__ import annotations
 
-import math
+import json
 import shutil
 from pathlib import Path
 
@@ -42,6 +42,10 @@ def test_table_and_ratios_are_medians_against_direct_and_haproxy() -> None:
     line = engines.ratios(bench, results)
     assert "mwiproxy/HAProxy 1.08×, mwiproxy/direct 0.37×" in line
     assert "60.0 vs 80.0 µs (0.75×)" in line
+    data = json.loads(json.dumps(engines.samples_json(bench, results, "the command")))
+    (mwi,) = [c for c in data["cells"] if c["path"] == MWIPROXY]
+    assert [s["rps"] for s in mwi["samples"]] == [13000, 11000, 15000]
+    assert mwi["samples"][0]["cpu_us_each"] == [20.0, 40.0]
 
 
 def test_a_skipped_mwiproxy_path_is_said_with_its_reason() -> None:
@@ -88,28 +92,35 @@ def test_runs_are_sized_from_the_last_rate_of_their_path() -> None:
                     reason="Redis, MariaDB, PostgreSQL 15, HAProxy or the bench clients are "
                     "not installed (scripts/install-deps --bench)")
 def test_smoke_every_path_carries_requests_to_real_servers(tmp_path: Path) -> None:
-    """Real Redis (TLS only) and MariaDB (REQUIRE SUBJECT): a direct request succeeds only
-    over TLS with the db_client certificate; the proxied paths burn proxy CPU. The mwiproxy
-    path runs where the tree has the engine, else it is skipped with the cluster's own
-    refusal as the reason."""
-    with engines.topology(tmp_path, engines.ENGINES) as bench:
-        results = engines.measure(bench, seconds=1, runs=1, warm_up=False)
+    """The one command (`python -m bench.engines --quick`) against real Redis (TLS only)
+    and MariaDB (REQUIRE SUBJECT): a direct request succeeds only over TLS with the
+    db_client certificate; the proxied paths burn proxy CPU in both their processes. The
+    mwiproxy path runs where the tree has the engine, else it is skipped with the
+    cluster's own refusal as the reason."""
+    out, samples = tmp_path / "report.md", tmp_path / "samples.json"
+    assert engines.main(["--quick", "--out", str(out), "--json", str(samples)]) == 0
+    data = json.loads(samples.read_text())
+    report = out.read_text()
+    assert data["command"] == "python -m bench.engines --quick"
     for engine in engines.ENGINES:
-        names = [t.name for t in bench.targets[engine]]
-        if engine in bench.skipped:
-            assert "has no engine" in bench.skipped[engine]
-            assert names == [DIRECT, HAPROXY]
+        cells = [c for c in data["cells"] if c["engine"] == engine]
+        assert {c["cell"] for c in cells} == {
+            c.name for c in (engineload.redis_cells() if engine == "redis"
+                             else engineload.mariadb_cells(""))}
+        paths = {c["path"] for c in cells}
+        if engine in data["skipped"]:
+            assert "has no engine" in data["skipped"][engine]
+            assert paths == {DIRECT, HAPROXY}
         else:
-            assert names == [DIRECT, HAPROXY, MWIPROXY]
-        for cell in bench.cells[engine]:
-            for name in names:
-                (s,) = results[(engine, cell.name, name)]
-                assert s.rps > 0 and s.lat_ms > 0, (engine, cell.name, name, s)
-                assert math.isnan(s.p99_ms) == (engine == "mariadb")
-                if name == DIRECT:
-                    assert s.cpu_each == ()
-                else:  # both proxy processes, which together did work
-                    assert len(s.cpu_each) == 2 and s.cpu_us > 0, (engine, cell.name, name, s)
-    table = engines.table(bench, results)
-    assert table.count("\n") == 1 + sum(len(bench.targets[e]) * len(bench.cells[e])
-                                        for e in engines.ENGINES)
+            assert paths == {DIRECT, HAPROXY, MWIPROXY}
+            assert f"- {engine} " in report and "mwiproxy/HAProxy" in report
+        for c in cells:
+            (s,) = c["samples"]
+            assert s["rps"] > 0 and s["lat_ms"] > 0, c
+            assert (s["p99_ms"] is None) == (engine == "mariadb"), c
+            if c["path"] == DIRECT:
+                assert s["cpu_us_each"] == [] and c["processes"] == []
+            else:  # both proxy processes, which together did work
+                assert len(s["cpu_us_each"]) == len(c["processes"]) == 2, c
+                assert sum(s["cpu_us_each"]) > 0, c
+            assert f"| {engine} | {c['cell']} | {c['path']} |" in report
