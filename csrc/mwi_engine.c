@@ -423,7 +423,9 @@ mwi_engine *mwi_engine_new(const mwi_engine_config *cfg, int *err)
     else eng->cfg.use_splice = 1;
     if (eng->cfg.pipe_size == 0) eng->cfg.pipe_size = 256u << 10;
     if (eng->cfg.buf_size == 0) eng->cfg.buf_size = 64u << 10;
-    if (eng->cfg.buf_size < 64) eng->cfg.buf_size = 64;   /* a frame header and payload fit */
+    /* a frame header and payload fit, and so does an inspected read behind the room its
+     * scan writes in (MWI_INSPECT_PRE) */
+    if (eng->cfg.buf_size < 2 * MWI_INSPECT_PRE) eng->cfg.buf_size = 2 * MWI_INSPECT_PRE;
     if (eng->cfg.pool_max == 0) eng->cfg.pool_max = 64;
     eng->pool.max = eng->cfg.pool_max;
     eng->pool.pipes = calloc(eng->pool.max, sizeof *eng->pool.pipes);

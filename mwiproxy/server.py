@@ -125,10 +125,10 @@ class Cluster:
         engines: dict[str, Engine] = {
             db.name: PostgresEngine(db, signer, self.metrics) for db in self.config.databases
             if db.protocol in POSTGRES_PROTOCOLS}
-        redis = {db.name: RedisEngine(db, signer, self.metrics)
-                 for db in self.config.databases if db.protocol == REDIS_PROTOCOL}
         mysql_engines = {db.name: MySQLEngine(db, signer, self.metrics)
                          for db in self.config.databases if db.protocol in MYSQL_PROTOCOLS}
+        redis = {db.name: RedisEngine(db, signer, self.metrics)
+                 for db in self.config.databases if db.protocol == REDIS_PROTOCOL}
         for db in self.config.databases:
             if db.name not in engines and db.name not in redis and db.name not in mysql_engines:
                 log.warning("database %r: no %s engine yet; it is listed but not served",
@@ -152,14 +152,14 @@ class Cluster:
                                        metrics=self.metrics)
         self.listener.route_tls(alpn.REDIS, redis_frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.REDIS), framed(redis_frontend.serve))
-        register_unserved(self.listener, self.auth, served_by_protocol(self.config.databases))
-        # MySQL has an engine (in this process only: not yet through a database agent)
+        # MySQL: engines in this process only (not yet through a database agent)
         mysql = MySQLFrontend(self.auth, mysql_engines, self.sessions, self.own.inner_context,
                               ping_interval=interval,
                               startup_timeout=self._first_message_timeout,
                               metrics=self.metrics)
         self.listener.route_tls(alpn.MYSQL, mysql.serve)
         self.listener.route_tls(alpn.with_ping(alpn.MYSQL), framed(mysql.serve))
+        register_unserved(self.listener, self.auth, served_by_protocol(self.config.databases))
 
     def _check_cluster_name(self) -> None:
         stored = self.storage.get_meta("cluster_name")

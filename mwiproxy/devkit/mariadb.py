@@ -10,7 +10,6 @@ database-client CA (the `.cas` file), so a client certificate with `CN=alice` si
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import shutil
@@ -19,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mwiproxy.devkit.cluster import ClusterProcess
@@ -185,14 +184,6 @@ class MySQLTopology(Topology):
     """The guide's topology with MariaDB in place of PostgreSQL (`pg` is unused)."""
 
     maria: MariaDBServer | None = None
-    bot_roles: dict[str, str] = field(default_factory=dict)  # bot → its roles (csv)
-
-    def add_bot(self, name: str, roles: str = "example-role") -> str:
-        roles = self.bot_roles.get(name, roles)
-        self.cluster.ctl("bots", "add", name, f"--roles={roles}")
-        tok = self.cluster.ctl("tokens", "add", "--type=bot", f"--bot-name={name}",
-                               "--ttl=5m", "--format", "json").stdout
-        return str(json.loads(tok)["token"])
 
     def stop(self) -> None:
         for lp in self.proxies:

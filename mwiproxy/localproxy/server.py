@@ -14,8 +14,8 @@ The ALPN name follows the database's protocol: the `protocol` argument, else the
 route in the certificate, else PostgreSQL. PostgreSQL's first packet is parsed (to
 answer SSLRequest and CancelRequest, and to turn a refusal into an ErrorResponse); the
 other protocols are relayed as they are (tunnel mode only, but for Redis, whose
-clients' TLS starts at their first byte: `redis-cli --tls`; MySQL clients upgrade to
-their own TLS in-protocol with the cluster). MySQL's server speaks
+clients' TLS starts at their first byte: `redis-cli --tls`, and MySQL, whose clients
+upgrade to their own TLS in-protocol with the cluster). MySQL's server speaks
 first, so its first answer is awaited before relaying, and a failure to reach the
 cluster becomes a MySQL ERR packet; in tunnel mode a Redis client gets `-ERR <why>`;
 MongoDB clients are just disconnected (the reason is logged).
@@ -152,8 +152,7 @@ class LocalProxy:
         self._settle_protocol(creds)
         if self.tunnel:
             self._check_tunnel(creds)
-        elif not (self.speaks_postgres or self.alpn == alpn.MYSQL
-                  or self.protocol == "redis"):
+        elif not (self.speaks_postgres or self.protocol in ("redis", "mysql")):
             raise UnsupportedMode(
                 f"--tunnel is required for mongodb: database service "
                 f"{self.service!r} is {self.protocol}, and only PostgreSQL, MySQL and Redis "
@@ -339,12 +338,12 @@ class LocalProxy:
             conn.relayed(pipe.stats)
 
     async def _serve_opaque(self, client: SocketStream, conn: Connection) -> None:
-        """A protocol whose bytes are not parsed here (in tunnel mode; and Redis's own
-        TLS in non-tunnel mode, which starts at its first byte): dial at once (the
-        client may be waiting for the server to speak), then relay. Only MySQL's
-        greeting is seen here: for the others the first answer goes by in the relay.
-        MySQL in non-tunnel mode: the client's TLS upgrade (SSL Request, then its
-        handshake) happens in-protocol with the cluster, inside this TLS."""
+        """A protocol whose bytes are not parsed here (in tunnel mode; Redis's own TLS
+        in non-tunnel mode, which starts at its first byte; MySQL's in non-tunnel mode,
+        whose upgrade — SSL Request, then its handshake — happens in-protocol with the
+        cluster): dial at once (the client may be waiting for the server to speak), then
+        relay. Only MySQL's greeting is seen here: for the others the first answer goes
+        by in the relay."""
         greeting = b""
         try:
             async with self._setups:

@@ -55,7 +55,7 @@ LISTENER_CLUSTER, LISTENER_AGENT_LINK = "cluster", "agent_link"
 # mwiproxy_db_connections_closed_total{reason}: the relay's close reasons, and ours
 CLOSE_REASONS = frozenset({"eof", "reset_client", "reset_server", "idle_timeout",
                            "close_timeout", "closed", "error", "lock", "expired",
-                           "shutdown"})
+                           "shutdown", "refused", "protocol"})
 # mwiproxy_refusals_total{reason}
 REFUSAL_REASONS = ("admission_global", "admission_source", "tls_handshake",
                    "bad_client_hello", "expired", "not_yet_valid", "locked",

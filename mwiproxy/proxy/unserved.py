@@ -1,13 +1,12 @@
 """Front ends for the protocols listed in cluster.yaml that have no engine yet:
-`teleport-mysql`, `teleport-mongodb` and their `-ping` variants (Redis has its engine:
-`proxy/redis.py`).
+`teleport-mongodb` and its `-ping` variant (Redis and MySQL have their engines:
+`proxy/redis.py`, `proxy/mysql.py`).
 
 Each connection gets the same access check as PostgreSQL (identity from the outer TLS:
 tunnel mode), is audited as `db.access.denied`, and is refused in the protocol's own
 format so the real client shows why: with the access check's reason, or — when access
 would be allowed — with "database service … has no engine in this version".
 
-- MySQL: the server speaks first; an ERR_Packet (sequence 0) replaces the handshake.
 - MongoDB: each message (bounded likewise) is answered with a command error
   `{ok: 0, errmsg, code, codeName}` as OP_REPLY (to OP_QUERY) or OP_MSG (to OP_MSG).
 """
@@ -28,7 +27,7 @@ from mwiproxy.proxy.access import Refusal, authorize
 from mwiproxy.proxy.listener import ProxyListener
 from mwiproxy.proxy.pingbridge import framed
 from mwiproxy.relay.streams import BufferedReader, ByteStream
-from mwiproxy.wire import alpn, mysql
+from mwiproxy.wire import alpn
 from mwiproxy.wire import mongodb as mongo
 
 log = logging.getLogger("mwiproxy.proxy.unserved")
@@ -40,7 +39,7 @@ MAX_ANSWERS = 16
 READ_CAP = 64 * 1024
 
 _ENDED = (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError,
-          mysql.ProtocolError, mongo.ProtocolError)
+          mongo.ProtocolError)
 
 
 @dataclass(frozen=True)
@@ -101,17 +100,6 @@ class UnservedFrontend:
         raise NotImplementedError
 
 
-class MySQLFrontend(UnservedFrontend):
-    protocol = "mysql"
-
-    async def tell(self, stream: ByteStream, verdict: Verdict) -> None:
-        if verdict.denied:
-            code, state = mysql.ER_ACCESS_DENIED, mysql.ACCESS_DENIED_STATE
-        else:
-            code, state = mysql.ER_UNKNOWN_ERROR, mysql.GENERAL_ERROR_STATE
-        await stream.write(mysql.err_packet(code, state, verdict.message))
-
-
 class MongoDBFrontend(UnservedFrontend):
     protocol = "mongodb"
 
@@ -137,7 +125,6 @@ class MongoDBFrontend(UnservedFrontend):
 
 
 FRONTENDS: tuple[tuple[str, type[UnservedFrontend]], ...] = (
-    (alpn.MYSQL, MySQLFrontend),
     (alpn.MONGODB, MongoDBFrontend),
 )
 

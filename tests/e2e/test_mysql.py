@@ -117,7 +117,36 @@ def test_use_of_a_refused_schema_ends_the_session_before_the_server_sees_it(my, 
     assert "ERROR 1044" in res.stderr and 'db_name "other-db"' in res.stderr, res.stderr
     assert "after" not in res.stdout
     ends = [e for e in my.audit("db.session.end") if e["db_service"] == SERVICE]
-    assert ends[-1]["db_name"] == "example-db"
+    assert ends[-1]["db_name"] == "example-db" and ends[-1]["reason"] == "refused"
+
+
+def _signed_in(lp: LocalProxyProcess) -> tuple[socket.socket, object]:
+    """A raw client session through `lp` (tunnel mode), signed in as alice."""
+    s, reader = _raw(lp)
+    seq, greeting = _read_packet(reader)
+    caps = hs.PROXY_CAPS & hs.parse_greeting(greeting).capabilities | hs.CONNECT_WITH_DB
+    s.sendall(mysql.packet(hs.build_handshake_response(hs.HandshakeResponse(
+        caps, hs.MAX_PACKET, hs.UTF8MB4_GENERAL_CI, "alice", b"", "example-db",
+        hs.NATIVE_PASSWORD)), 1))
+    seq, ok = _read_packet(reader)
+    assert (seq, ok[:1]) == (2, b"\x00"), ok
+    return s, reader
+
+
+def test_pipelined_commands_after_a_refused_use_never_reach_the_server(my, tunnel):
+    assert my.maria is not None
+    s, reader = _signed_in(tunnel)
+    with s:
+        s.sendall(mysql.packet(b"\x03select 41 + 1", 0) + hs.init_db("other-db")
+                  + mysql.packet(b"\x03create table `example-db`.pipelined (x int)", 0))
+        answers = []
+        while header := reader.read(4):
+            answers.append((header[3], reader.read(int.from_bytes(header[:3], "little"))))
+    assert any(b"42" in payload for _, payload in answers)  # the query before it ran
+    seq, last = answers[-1]
+    assert seq == 1 and mysql.parse_err(last).code == 1044, answers[-1]
+    assert my.maria.sql("select count(*) from information_schema.tables where "
+                        "table_schema = 'example-db' and table_name = 'pipelined'") == "0"
 
 
 def test_database_at_connect_is_checked(my, tunnel):
@@ -177,25 +206,11 @@ def test_a_lock_cuts_a_live_session(my):
 
 
 def test_change_user_is_refused_on_a_raw_session(my, tunnel):
-    with socket.create_connection(("127.0.0.1", tunnel.port), timeout=10) as s:
-        reader = s.makefile("rb")
-
-        def read() -> tuple[int, bytes]:
-            header = reader.read(4)
-            return header[3], reader.read(int.from_bytes(header[:3], "little"))
-
-        seq, greeting = read()
-        g = hs.parse_greeting(greeting)
-        assert seq == 0 and not g.capabilities & hs.SSL  # tunnel mode: no TLS offered
-        caps = hs.PROXY_CAPS & g.capabilities | hs.CONNECT_WITH_DB
-        s.sendall(mysql.packet(hs.build_handshake_response(hs.HandshakeResponse(
-            caps, hs.MAX_PACKET, hs.UTF8MB4_GENERAL_CI, "alice", b"", "example-db",
-            hs.NATIVE_PASSWORD)), 1))
-        seq, ok = read()
-        assert (seq, ok[:1]) == (2, b"\x00"), ok
+    s, reader = _signed_in(tunnel)
+    with s:
         change = bytes([hs.COM_CHANGE_USER]) + b"root\x00\x00example-db\x00"
         s.sendall(mysql.packet(change, 0))
-        seq, err = read()
+        seq, err = _read_packet(reader)
         assert seq == 1
         parsed = mysql.parse_err(err)
         assert parsed.code == mysql.ER_ACCESS_DENIED and "COM_CHANGE_USER" in parsed.message
@@ -270,8 +285,7 @@ def test_the_databases_refusal_reaches_the_client_as_its_err_packet(my, user, cr
     (my.root / "pw-role.yaml").write_text(PASSWORD_ROLE)
     if user == "dave":
         my.cluster.ctl("create", "-f", str(my.root / "pw-role.yaml"))
-    my.bot_roles[f"pw-{user}"] = "pw-role"
-    out = my.bot_output(f"pw-{user}", service=SERVICE, username=user)
+    out = my.bot_output(f"pw-{user}", service=SERVICE, username=user, roles="pw-role")
     lp = my.local_proxy(out, tunnel=True, service=SERVICE)
     with pytest.raises(pymysql.err.OperationalError) as err:
         _connect(lp, user=user)

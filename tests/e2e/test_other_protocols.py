@@ -1,7 +1,7 @@
 """MySQL, Redis and MongoDB databases listed in cluster.yaml, through the local proxy in
 tunnel mode: each real client (PyMySQL, redis-py, pymongo) is refused in its own protocol
 and shows why — the access check's reason, "no engine" when the roles would allow it
-(MongoDB), or that the database cannot be reached (MySQL and Redis, which have engines:
+(MongoDB), or that the database cannot be reached (MySQL and Redis have engines:
 tests/e2e/test_mysql.py, tests/e2e/test_redis.py). Each refusal is audited, and
 PostgreSQL keeps being served.
 

@@ -184,6 +184,16 @@ def test_non_tunnel_mode_with_redis_cli(topo, passthrough, tls_out):
     assert starts and all(e["success"] for e in starts), starts
 
 
+@pytest.mark.parametrize("tunnel_mode", [True, False])
+def test_without_ping_framing(topo, tls_out, tunnel_mode):
+    """`--no-ping`: plain `teleport-redis` (the other tests run framed, the default)."""
+    lp = topo.local_proxy(tls_out, tunnel=tunnel_mode, service=SERVICE, extra=("--no-ping",))
+    tls = None if tunnel_mode else tls_out
+    assert cli(lp, "SET", f"np-{tunnel_mode}", "1", tls=tls).stdout.strip() == "OK"
+    res = cli(lp, "AUTH", "bob", "x", tls=tls)
+    assert 'AUTH as "bob" is not allowed' in res.stdout + res.stderr, res
+
+
 def test_non_tunnel_mode_with_redis_py(topo, passthrough, tls_out):
     r = client(passthrough, tls=tls_out)
     exercise(r, "nt-py")
@@ -323,11 +333,19 @@ def test_redis_served_by_a_database_agent(topo):
         agent.stop()
 
 
-def test_redis_sessions_are_counted_in_the_metrics(topo, tunnel):
-    client(tunnel).ping()
+def _metrics(topo: RedisTopology) -> str:
     addr = re.search(r"diag_addr: (\S+)", topo.cluster.config_path.read_text()).group(1)
     with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as r:
-        text = r.read().decode()
+        return r.read().decode()
+
+
+def test_redis_sessions_are_counted_in_the_metrics(topo, tunnel):
+    client(tunnel).ping()
+    _refused_then_closed(tunnel, resp.encode_command("RESET"))
+    refused = re.compile(r'mwiproxy_db_connections_closed_total\{mode="tunnel",'
+                         r'protocol="redis",reason="refused",service="example-redis"\} [1-9]')
+    assert wait_until(lambda: refused.search(_metrics(topo)), timeout=20)
+    text = _metrics(topo)
     ok = re.search(r'mwiproxy_db_connections_total\{mode="tunnel",protocol="redis",'
                    r'result="success",service="example-redis"\} (\S+)', text)
     assert ok and float(ok.group(1)) >= 1, text[:2000]

@@ -263,15 +263,6 @@ def test_redis_refusal_stops_at_an_oversized_command():
     assert stream.written == []
 
 
-def test_mysql_refusal_replaces_the_greeting():
-    stream = FakeStream()
-    _tell(unserved.MySQLFrontend, stream, denied=False)
-    packet, _ = mysql.split_packet(b"".join(stream.written)) or ()
-    assert packet.sequence == 0
-    assert mysql.parse_err(packet.payload) == mysql.ErrPacket(
-        mysql.ER_UNKNOWN_ERROR, "HY000", "access to db denied: why")
-
-
 def test_mongodb_refusal_answers_each_message_and_caps_what_it_reads():
     stream = FakeStream(_op_query(HELLO), _op_msg({"ping": 1}))
     _tell(unserved.MongoDBFrontend, stream)

@@ -1,0 +1,134 @@
+"""Relay(inspect=..., on_held=...), both builds, below Pipe: side A's messages framed
+after `-ping` deframing and after TLS, held ones reported with their exact bytes,
+resume() and close(reason=...), and the arguments an inspected relay refuses."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from mwiproxy._native import REASON_EOF, REASON_REFUSED, Framing
+from mwiproxy.wire import ping
+
+from .relaykit import Joined, recv_all, run
+from .tlskit import plain_pair
+
+GET = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+AUTH = b"*2\r\n$4\r\nAUTH\r\n$6\r\nsecret\r\n"
+HELLO = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
+BYE = b"-ERR AUTH is refused here\r\n"
+
+
+class Held:
+    """on_held for a test: the messages, and an event per message."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes | None] = []
+        self.came = asyncio.Event()
+
+    def __call__(self, message: bytes | None) -> None:
+        self.messages.append(message)
+        self.came.set()
+
+    async def next(self) -> bytes | None:
+        await asyncio.wait_for(self.came.wait(), 10)
+        self.came.clear()
+        return self.messages[-1]
+
+
+def test_framed_side_a_is_inspected_after_deframing(relay_mod: Any) -> None:
+    stream = GET + AUTH + GET + HELLO + GET
+    # frames cut through the commands, keepalives between them
+    frames = b"".join(ping.KEEPALIVE + ping.frame(stream[i:i + 11])
+                      for i in range(0, len(stream), 11))
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        held = Held()
+        j = Joined(relay_mod.Relay, loop, framed_a=Framing(), inspect="resp", on_held=held)
+        j.relay.start()
+        await loop.sock_sendall(j.a, frames)
+        assert await held.next() == AUTH
+        assert await recv_all(loop, j.b, len(GET)) == GET  # what came before it went on
+        assert j.relay.stats().bytes_a_to_b == len(GET)
+        j.relay.resume()
+        assert await held.next() == HELLO
+        j.relay.resume()
+        j.relay.resume()  # nothing held: nothing happens
+        j.a.shutdown(1)
+        assert await recv_all(loop, j.b) == stream[len(GET):]
+        j.b.shutdown(1)
+        assert await asyncio.wait_for(j.done, 10) == REASON_EOF
+        assert j.relay.stats().bytes_a_to_b == len(stream)
+        j.close()
+
+    run(body)
+
+
+def test_tls_side_a_refused_gets_the_farewell_inside_tls(tls_mod: Any, pki: Any) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        from .relaykit import tcp_pair
+        c, s = tcp_pair()
+        server = tls_mod.TLSStream(loop, pki.server_ctx(tls_mod), s.detach())
+        client = pki.stdlib_client().wrap_socket(c, server_hostname="proxy.mwi.test",
+                                                  do_handshake_on_connect=False)
+        hs = asyncio.ensure_future(asyncio.to_thread(client.do_handshake))
+        await server.handshake()
+        await hs
+        plain, inner = plain_pair()
+        done: asyncio.Future[str] = loop.create_future()
+        held = Held()
+        relay = tls_mod.Relay(loop, server, inner.detach(), on_done=done.set_result,
+                              inspect="resp", on_held=held)
+        relay.start()
+        await asyncio.to_thread(client.sendall, GET + GET + AUTH + GET)
+        assert await held.next() == AUTH
+        assert await recv_all(loop, plain, 2 * len(GET)) == GET + GET
+        relay.close(BYE, reason=REASON_REFUSED)
+
+        def read_all() -> bytes:
+            got = b""
+            while chunk := client.recv(1 << 16):
+                got += chunk
+            return got
+
+        assert await asyncio.to_thread(read_all) == BYE
+        assert await done == REASON_REFUSED
+        assert await recv_all(loop, plain) == b""  # neither AUTH nor the GET after it
+        client.close()
+        plain.close()
+
+    run(body)
+
+
+@pytest.mark.parametrize("kw", [
+    {"inspect": "mongodb"},
+    {"inspect": "resp", "on_held": None},
+    {"inspect": "mysql", "framed_b": Framing()},
+], ids=["unknown-protocol", "no-on-held", "framed-b"])
+def test_an_inspected_relay_refuses_what_it_cannot_do(relay_mod: Any, kw: dict[str, Any]
+                                                      ) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        args = {"on_held": print, **kw}
+        with pytest.raises(ValueError):
+            Joined(relay_mod.Relay, loop, **args)
+
+    run(body)
+
+
+def test_close_reasons_are_checked(relay_mod: Any) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        j = Joined(relay_mod.Relay, loop)
+        j.relay.start()
+        with pytest.raises(ValueError):
+            j.relay.close(b"", reason="eof")
+        j.relay.close(reason=REASON_REFUSED)
+        assert await asyncio.wait_for(j.done, 10) == REASON_REFUSED
+        j.close()
+
+    run(body)
