@@ -214,29 +214,11 @@ void engine_forget(mwi_engine *eng, mwi_relay *r)
     eng->finished = r;
 }
 
-void engine_held(mwi_engine *eng, mwi_relay *r)
-{
-    r->held_next = eng->held_new;
-    eng->held_new = r;
-}
-
 /* A farewell that came too late (the relay had finished) is freed with the relay, and
  * a held message the owner never popped leaves the owner's queue. */
 static void relay_free(mwi_relay *r)
 {
-    mwi_engine *eng = r->eng;
-    if (r->held_queued) {
-        mwi_relay **p;
-        pthread_mutex_lock(&eng->lock);
-        for (p = &eng->held_head; *p != NULL; p = &(*p)->held_next)
-            if (*p == r) {
-                *p = r->held_next;
-                break;
-            }
-        pthread_mutex_unlock(&eng->lock);
-    }
-    if (r->ins != NULL) mwi_inspect_free(r->ins);
-    free(r->ins);
+    relay_inspect_free(r);
     free(r->cmd_bye);
     free(r->bye);
     free(r);
@@ -583,43 +565,6 @@ void mwi_relay_resume(mwi_relay *r)
     if (r->owner_started && r->ins != NULL) post(r, MWI_CMD_RESUME, NULL, 0, 0);
 }
 
-int mwi_relay_set_inspect(mwi_relay *r, int proto)
-{
-    if (r->owner_started || r->ins != NULL || r->frame[1].on || r->frame[1].in_tls)
-        return EINVAL;
-    if ((r->ins = malloc(sizeof *r->ins)) == NULL) return ENOMEM;
-    if (mwi_inspect_init(r->ins, proto) != 0) {
-        free(r->ins);
-        r->ins = NULL;
-        return EINVAL;
-    }
-    r->buffered = 1;                   /* bytes pass through user space: no splice */
-    return 0;
-}
-
-mwi_relay *mwi_engine_pop_held(mwi_engine *eng)
-{
-    mwi_relay *r;
-    pthread_mutex_lock(&eng->lock);
-    r = eng->held_head;
-    if (r != NULL) {
-        eng->held_head = r->held_next;
-        r->held_next = NULL;
-        r->held_queued = 0;
-    }
-    pthread_mutex_unlock(&eng->lock);
-    return r;
-}
-
-const uint8_t *mwi_relay_held(const mwi_relay *r, size_t *len)
-{
-    if (r->ins == NULL || r->ins_wait != MWI_INS_WAIT_HELD) {
-        *len = 0;
-        return NULL;
-    }
-    *len = r->ins->held_len;
-    return r->ins->held;
-}
 
 void mwi_relay_release(mwi_relay *r)
 {

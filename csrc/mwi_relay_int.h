@@ -183,8 +183,13 @@ int relay_keepalive(mwi_relay *r, int s);
 int relay_tls_flush(mwi_relay *r, int i);
 void relay_tls_end(mwi_relay *r, mwi_relay_reason reason);
 
+/* mwi_relay_inspect.c: the worker tells the owner of a held message (or a violation)
+ * at the batch's end; relay_inspect_free drops a relay's inspection state and takes it
+ * off the owner's queue (it may sit there, never popped, when the relay is freed) */
+void engine_held(mwi_engine *eng, mwi_relay *r);
+void relay_inspect_free(mwi_relay *r);
+
 /* mwi_engine.c, called by the pump */
-void engine_held(mwi_engine *eng, mwi_relay *r);   /* tell the owner at the batch's end */
 int pool_get_pipe(mwi_engine *eng, mwi_dir *d);
 void pool_put_pipe(mwi_engine *eng, mwi_dir *d);
 int pool_get_buf(mwi_engine *eng, mwi_dir *d);

@@ -364,7 +364,6 @@ class Relay:
     def resume(self) -> None:
         """After on_held(message): the message goes on to side B, and reading side A goes
         on (nothing happens unless a message is held)."""
-        assert self._dirs is not None or not self._started
         if self._reason is not None or self._bye is not None or self._dirs is None:
             return
         d = self._dirs[0]
@@ -460,7 +459,8 @@ class Relay:
         """Forward what the gate let through; if it paused on a message (or a violation),
         stop reading side A and tell the owner (on_held: the message, or None)."""
         assert d.gate is not None
-        d.pending = memoryview(out) if out else None
+        if out:  # behind what still waits for B (a resume while B was full)
+            d.pending = memoryview(out if d.pending is None else bytes(d.pending) + out)
         if d.gate.paused:
             self._loop.remove_reader(d.src.sock.fileno())
             if self._on_held is not None:

@@ -5,6 +5,7 @@ resume() and close(reason=...), and the arguments an inspected relay refuses."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -100,6 +101,43 @@ def test_tls_side_a_refused_gets_the_farewell_inside_tls(tls_mod: Any, pki: Any)
         assert await recv_all(loop, plain) == b""  # neither AUTH nor the GET after it
         client.close()
         plain.close()
+
+    run(body)
+
+
+def test_resume_while_side_b_is_full_keeps_the_order(relay_mod: Any) -> None:
+    """A resume that comes while what preceded the held message still waits for B:
+    that goes first, then the message, then the rest."""
+    value = b"v" * 50_000
+    stream = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n" % (len(value), value)
+    stream += AUTH + GET
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        a, inner_a = socket.socketpair()
+        inner_b, b = socket.socketpair()
+        inner_b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # B fills at once
+        for s in (a, b):
+            s.setblocking(False)
+        held = Held()
+        done: asyncio.Future[str] = loop.create_future()
+
+        def resume_at_once(message: bytes | None) -> None:
+            held(message)
+            relay.resume()
+
+        relay = relay_mod.Relay(loop, inner_a.detach(), inner_b.detach(),
+                                on_done=done.set_result, inspect="resp",
+                                on_held=resume_at_once)
+        relay.start()
+        await loop.sock_sendall(a, stream)  # one read takes it all, AUTH included
+        assert await held.next() == AUTH
+        a.shutdown(socket.SHUT_WR)
+        assert await recv_all(loop, b) == stream
+        b.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(done, 10) == REASON_EOF
+        a.close()
+        b.close()
 
     run(body)
 
