@@ -168,7 +168,12 @@ def close_engine(loop):
 cdef class Relay:
     """Joins two connected stream sockets (it owns both fds from here on). Each side is
     a plain fd or a handshaken TLSStream (its TLS state and fd are taken over), and may
-    speak the `-ping` framing (framed_a / framed_b: a relaytypes.Framing)."""
+    speak the `-ping` framing (framed_a / framed_b: a relaytypes.Framing).
+
+    inspect ("resp", "mysql"): side A's messages are framed and the protocol's marked
+    ones held (csrc/mwi_inspect.h): reading A pauses and on_held(message) is called on
+    the loop (None: A broke the framing); then resume(), or close(farewell, reason=...).
+    Side B must not be framed then."""
 
     def __init__(self, loop, a, b, on_done=None, idle_timeout=None, close_timeout=None,
                  framed_a=None, framed_b=None, counter_slot=None, inspect=None,

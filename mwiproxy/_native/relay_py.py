@@ -252,7 +252,12 @@ class _Direction:
 class Relay:
     """Joins two connected stream sockets (it owns both fds from here on). Each side is
     a plain fd or a handshaken TLSStream (its TLS state and socket are taken over), and may
-    speak the `-ping` framing (framed_a / framed_b: a relaytypes.Framing)."""
+    speak the `-ping` framing (framed_a / framed_b: a relaytypes.Framing).
+
+    inspect ("resp", "mysql"): side A's messages are framed and the protocol's marked
+    ones held (csrc/mwi_inspect.h): reading A pauses and on_held(message) is called on
+    the loop (None: A broke the framing); then resume(), or close(farewell, reason=...).
+    Side B must not be framed then."""
 
     def __init__(
         self,

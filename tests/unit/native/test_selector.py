@@ -15,7 +15,9 @@ PROBE = "import mwiproxy._native as n; print(n.NATIVE, n.classify.__module__, n.
 
 
 def probe(env_extra: dict[str, str], prelude: str = "") -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MWIPROXY_NO_EXTENSIONS"}
+    # the inner run's failures are its own: not for scripts/test's re-run list
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MWIPROXY_NO_EXTENSIONS", "MWIPROXY_FAILED_TESTS")}
     env.update(env_extra)
     return subprocess.run([sys.executable, "-W", "always", "-c", prelude + PROBE],
                           env=env, capture_output=True, text=True, check=True)
@@ -37,7 +39,9 @@ def test_missing_extension_falls_back_with_one_warning() -> None:
 def run_pytest(args: list[str], prelude: str = "", env_extra: dict[str, str] | None = None,
                ) -> subprocess.CompletedProcess[str]:
     """A nested pytest run with the suite's conftest as a plugin, from the repository root."""
-    env = {k: v for k, v in os.environ.items() if k != "MWIPROXY_NO_EXTENSIONS"}
+    # the inner run's failures are its own: not for scripts/test's re-run list
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MWIPROXY_NO_EXTENSIONS", "MWIPROXY_FAILED_TESTS")}
     env.update(env_extra or {})
     code = prelude + f"import pytest, sys; sys.exit(pytest.main({args!r}))"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
