@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -168,6 +169,7 @@ CLUSTER_YAML = """\
 version: v1
 cluster_name: mwiproxy.local
 data_dir: {{data_dir}}
+diag_addr: 127.0.0.1:{diag_port}
 proxy:
   listen_addr: 127.0.0.1:{{port}}
   ping_interval: 1s
@@ -185,6 +187,14 @@ class MySQLTopology(Topology):
 
     maria: MariaDBServer | None = None
 
+    def metrics(self) -> str:
+        """The cluster's /metrics page."""
+        assert self.cluster.config_path is not None
+        text = self.cluster.config_path.read_text()
+        addr = text.split("diag_addr: ", 1)[1].split()[0]
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as r:
+            return str(r.read().decode())
+
     def stop(self) -> None:
         for lp in self.proxies:
             lp.stop()
@@ -198,7 +208,7 @@ def start_mysql_topology(root: Path) -> Iterator[MySQLTopology]:
     """Cluster serving MariaDB as `example-mysql` + the guide's role (db_names
     [example-db], db_users [alice]) under `root`; stopped on exit with what it started."""
     server = MariaDBServer()
-    config = CLUSTER_YAML.format(mysql_port=server.port)
+    config = CLUSTER_YAML.format(mysql_port=server.port, diag_port=free_port())
     cluster = ClusterProcess(root / "data", config=config).start()
     topology = MySQLTopology(root, cluster, None, maria=server)  # type: ignore[arg-type]
     try:

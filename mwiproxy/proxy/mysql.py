@@ -47,7 +47,13 @@ from mwiproxy.engines.base import UpstreamError
 from mwiproxy.engines.mysql import PROTOCOLS, MySQLEngine, UpstreamRefused
 from mwiproxy.identity import names
 from mwiproxy.identity.certs import DatabaseRoute, Identity
-from mwiproxy.metrics.cluster import RESULT_ERROR, RESULT_REFUSED, NoopProxyMetrics
+from mwiproxy.metrics.cluster import (
+    MODE_NON_TUNNEL,
+    MODE_TUNNEL,
+    RESULT_ERROR,
+    RESULT_REFUSED,
+    NoopProxyMetrics,
+)
 from mwiproxy.proxy.access import Refusal, check_certificate, check_policy
 from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError
 from mwiproxy.proxy.listener import accepted_at
@@ -81,6 +87,11 @@ _ENDED = (mysql.ProtocolError, ssl.SSLError, OSError, TimeoutError,
 @dataclass
 class _Conn(Conn):
     seq: int = 0xFF  # the sequence id of the last packet (the greeting's is 0)
+
+    @property
+    def mode(self) -> str:
+        """No identity on the outer TLS is non-tunnel mode, inner TLS or not (yet)."""
+        return MODE_NON_TUNNEL if self.inner_tls or self.caller is None else MODE_TUNNEL
 
     async def send(self, payload: bytes) -> None:
         """One packet to the client, next in its sequence."""
@@ -121,9 +132,10 @@ class MySQLFrontend(DbFrontend):
                 self._metrics.refusal(PROTOCOL, "timeout")
             log.info("mysql connection from %s ended before sign-in: %s", remote,
                      e or type(e).__name__)
-            if isinstance(e, mysql.ProtocolError | InnerTLSError):
+            if isinstance(e, mysql.ProtocolError | InnerTLSError | TimeoutError):
+                why = str(e) or (f"no handshake within {self._startup_timeout:g}s")
                 with contextlib.suppress(*_ENDED):
-                    await conn.send(_err(ER_NET_READ_ERROR, NET_STATE, str(e)))
+                    await conn.send(_err(ER_NET_READ_ERROR, NET_STATE, why))
         finally:
             conn.stream.close()  # a no-op once a relay took it over
 

@@ -7,6 +7,7 @@ The guide's role lists db_names [example-db] and db_users [alice]; MariaDB grant
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -309,3 +310,32 @@ def test_the_greeting_carries_the_servers_version_once_known(my, tunnel):
     assert greeting.capabilities & ~hs.PROXY_CAPS == 0
     for flag in (hs.COMPRESS, hs.LOCAL_FILES, hs.DEPRECATE_EOF, hs.SESSION_TRACK, hs.SSL):
         assert not greeting.capabilities & flag
+
+
+def test_mysql_sessions_are_counted_in_the_metrics(my, tunnel):
+    s, reader = _signed_in(tunnel)
+    with s:
+        s.sendall(mysql.packet(b"\x03select 1", 0) + hs.init_db("other-db"))
+        while reader.read(4096):
+            pass
+    label = 'mode="tunnel",protocol="mysql"'
+    refused = re.compile(r'mwiproxy_db_connections_closed_total\{' + label
+                         + r',reason="refused",service="example-mysql"\} [1-9]')
+    assert wait_for(lambda: refused.search(my.metrics()), timeout=20)
+    text = my.metrics()
+    ok = re.search(r'mwiproxy_db_connections_total\{' + label
+                   + r',result="success",service="example-mysql"\} (\S+)', text)
+    assert ok and float(ok.group(1)) >= 1, text[:2000]
+    assert re.search(r'mwiproxy_db_transmit_bytes_total\{[^}]*protocol="mysql"[^}]*\} '
+                     r'[1-9]', text), "no MySQL bytes counted"
+
+
+@pytest.mark.parametrize("tunnel_mode", [True, False])
+def test_unframed_in_both_modes(my, out, tunnel_mode):
+    """`--no-ping`: plain `teleport-mysql` (the other tests run framed, the default)."""
+    lp = my.local_proxy(out, tunnel=tunnel_mode, service=SERVICE, extra=("--no-ping",))
+    res = _cli(lp, WHO, out=None if tunnel_mode else out)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["alice@%", "example-db", "1"]
+    res = _cli(lp, "use `other-db`", out=None if tunnel_mode else out)
+    assert "ERROR 1044" in res.stderr and 'db_name "other-db"' in res.stderr, res.stderr

@@ -217,3 +217,21 @@ def test_an_ssl_request_outside_the_proxys_tls_is_refused():
     greeting, refusal = _packets(bytes(stream.written))
     err = mysql.parse_err(refusal.payload)
     assert refusal.sequence == 2 and "only inside the proxy's" in err.message
+
+
+def test_a_silent_client_is_told_and_dropped_at_the_timeout():
+    from mwiproxy.proxy.mysql import MySQLFrontend
+    from mwiproxy.proxy.sessions import SessionRegistry
+
+    class Silent(_Stream):
+        async def read(self, max_bytes: int = 65536) -> bytes:
+            await asyncio.sleep(3600)
+            return b""
+
+    stream = Silent([])
+    frontend = MySQLFrontend(_Auth(), {}, SessionRegistry(), lambda: None,  # type: ignore[arg-type]
+                             startup_timeout=0.2)
+    asyncio.run(asyncio.wait_for(frontend.serve(stream, None, "test"), 10))  # type: ignore[arg-type]
+    greeting, farewell = _packets(bytes(stream.written))
+    assert "no handshake within 0.2s" in mysql.parse_err(farewell.payload).message
+    assert stream.closed
