@@ -8,17 +8,18 @@ the host CA.
   plaintext to the local port.
 - Non-tunnel mode: no certificate on the outer TLS; the client's own TLS (with its
   sslcert/sslkey) runs inside it. A CancelRequest carries no certificate of its own, so
-  the local proxy presents the bot's certificate for it.
+  the local proxy presents the bot's certificate for it. MongoDB clients (TLS from
+  their first byte: `tls=true&tlsCertificateKeyFile=…`) pass through unread likewise.
 
 The ALPN name follows the database's protocol: the `protocol` argument, else the
 route in the certificate, else PostgreSQL. PostgreSQL's first packet is parsed (to
 answer SSLRequest and CancelRequest, and to turn a refusal into an ErrorResponse); the
-other protocols are relayed as they are (tunnel mode only, but for Redis, whose
-clients' TLS starts at their first byte: `redis-cli --tls`, and MySQL, whose clients
-upgrade to their own TLS in-protocol with the cluster). MySQL's server speaks
-first, so its first answer is awaited before relaying, and a failure to reach the
-cluster becomes a MySQL ERR packet; in tunnel mode a Redis client gets `-ERR <why>`;
-MongoDB clients are just disconnected (the reason is logged).
+other protocols are relayed as they are (in tunnel mode; in non-tunnel mode too for
+Redis and MongoDB, whose clients' TLS starts at their first byte: `redis-cli --tls`,
+`tls=true`, and MySQL, whose clients upgrade to their own TLS in-protocol with the
+cluster). MySQL's server speaks first, so its first answer is awaited before relaying,
+and a failure to reach the cluster becomes a MySQL ERR packet; in tunnel mode a Redis
+client gets `-ERR <why>`; MongoDB clients are just disconnected (the reason is logged).
 
 Credentials come from a provider read for every new connection; a changed provider
 result gives a new TLS context, open connections keep theirs.
@@ -77,6 +78,9 @@ FIRST_ANSWER_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 30.0
 # connections being set up (dial, handshake, first answer) at once; more wait their turn
 MAX_CONCURRENT_SETUPS = 64
+# protocols whose clients' own TLS (from their first byte) passes through unread in
+# non-tunnel mode, terminated by the cluster proxy
+PASS_THROUGH = frozenset({"redis", "mongodb", "mysql"})
 
 
 class UnsupportedMode(Exception):
@@ -152,10 +156,10 @@ class LocalProxy:
         self._settle_protocol(creds)
         if self.tunnel:
             self._check_tunnel(creds)
-        elif not (self.speaks_postgres or self.protocol in ("redis", "mysql")):
+        elif not self.speaks_postgres and self.protocol not in PASS_THROUGH:
             raise UnsupportedMode(
-                f"--tunnel is required for mongodb: database service "
-                f"{self.service!r} is {self.protocol}, and only PostgreSQL, MySQL and Redis "
+                f"--tunnel is required: database service {self.service!r} is "
+                f"{self.protocol}, and only PostgreSQL, MySQL, Redis and MongoDB "
                 "clients can bring their own TLS through the local proxy")
         self._listener.start()
         self._count_as = self.metrics.serving(self.service, self.mode, self._expiry)
@@ -338,10 +342,11 @@ class LocalProxy:
             conn.relayed(pipe.stats)
 
     async def _serve_opaque(self, client: SocketStream, conn: Connection) -> None:
-        """A protocol whose bytes are not parsed here (in tunnel mode; Redis's own TLS
-        in non-tunnel mode, which starts at its first byte; MySQL's in non-tunnel mode,
-        whose upgrade — SSL Request, then its handshake — happens in-protocol with the
-        cluster): dial at once (the client may be waiting for the server to speak), then
+        """A protocol whose bytes are not parsed here (in tunnel mode; the own TLS of
+        Redis and MongoDB clients in non-tunnel mode, which starts at their first byte;
+        MySQL's in non-tunnel mode, whose upgrade — SSL Request, then its handshake —
+        happens in-protocol with the cluster): dial at once (the client may be waiting
+        for the server to speak), then
         relay. Only MySQL's greeting is seen here: for the others the first answer goes
         by in the relay."""
         greeting = b""
