@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,22 +38,22 @@ from pathlib import Path
 
 from mwiproxy.devkit import postgres
 from mwiproxy.devkit.agent import AGENT_SERVICE, Agent, db_token
-from mwiproxy.devkit.ports import free_port
 from mwiproxy.devkit.topology import CLUSTER_YAML, Topology, start_topology
-from mwiproxy.identity.authorities import (
-    AuthoritySet,
-    cert_pem,
-    create_authority,
-    generate_private_key,
-    private_key_pem,
-)
-from mwiproxy.identity.certs import Identity
 
+from . import dbpath
+from .dbpath import (
+    cpu_ticks,
+    cpu_us_per,
+    db_client_cert,
+    first_line,
+    percentile,
+    start_haproxies,
+    stop_all,
+)
 from .scrape import Diag
 
 PGBENCH = str(postgres.PG_BIN / "pgbench")
 SCALE = 16
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 CONNECT = "connect + first query (psycopg)"
@@ -97,62 +94,15 @@ class Sample:
 # -- the topologies -----------------------------------------------------------------
 
 
-def _write(path: Path, data: bytes) -> str:
-    path.write_bytes(data)
-    os.chmod(path, 0o600)
-    return str(path)
-
-
 def _alice_cert(topo: Topology) -> tuple[str, str]:
     """A certificate PostgreSQL accepts for user alice (db_client CA), for the direct
     and HAProxy paths where pgbench speaks TLS to PostgreSQL itself."""
-    cas = AuthoritySet.load_or_create(topo.cluster.data_dir / "ca", "mwiproxy.local")
-    key = generate_private_key()
-    cert = cas["db_client"].sign_database_user("alice", key.public_key(),
-                                               dt.timedelta(hours=2))
-    return (_write(topo.root / "alice.crt", cert_pem(cert)),
-            _write(topo.root / "alice.key", private_key_pem(key)))
-
-
-HAPROXY_GLOBAL = """global
-  maxconn 4096
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-"""
+    return db_client_cert(topo.cluster.data_dir, topo.root, "alice")
 
 
 def _haproxy(root: Path, pg_port: int) -> tuple[int, list[subprocess.Popen[bytes]]]:
-    """The two HAProxies; returns the service-host port pgbench connects to."""
-    host_ca, user_ca = create_authority("host", "ha"), create_authority("user", "ha")
-    skey, ckey = generate_private_key(), generate_private_key()
-    server = host_ca.sign_server("localhost", ["localhost", "127.0.0.1"], skey.public_key(),
-                                 dt.timedelta(hours=2))
-    client = user_ca.sign_identity(Identity(user="bot-ha", bot_name="ha"), ckey.public_key(),
-                                   dt.timedelta(hours=2))
-    files = {n: _write(root / f"ha-{n}", data) for n, data in (
-        ("server.pem", cert_pem(server) + private_key_pem(skey)),
-        ("client.pem", cert_pem(client) + private_key_pem(ckey)),
-        ("host-ca.crt", host_ca.cert_pem), ("user-ca.crt", user_ca.cert_pem))}
-    edge, service = free_port(), free_port()
-    configs = {
-        "cluster-side": f"frontend edge\n  bind 127.0.0.1:{edge} ssl crt {files['server.pem']}"
-                        f" ca-file {files['user-ca.crt']} verify required\n"
-                        f"  default_backend pg\nbackend pg\n  server pg 127.0.0.1:{pg_port}\n",
-        "service-host": f"frontend svc\n  bind 127.0.0.1:{service}\n  default_backend up\n"
-                        f"backend up\n  server edge 127.0.0.1:{edge} ssl crt "
-                        f"{files['client.pem']} ca-file {files['host-ca.crt']} verify required"
-                        " sni str(localhost) verifyhost localhost\n",
-    }
-    procs = []
-    for name, body in configs.items():
-        cfg = root / f"haproxy-{name}.cfg"
-        cfg.write_text(HAPROXY_GLOBAL + body)
-        procs.append(subprocess.Popen(["haproxy", "-db", "-f", str(cfg)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    return service, procs
+    """The two HAProxies; the last leg is plain TCP, pgbench's own TLS rides through."""
+    return start_haproxies(root, f"127.0.0.1:{pg_port}", "pg")
 
 
 @contextmanager
@@ -182,9 +132,7 @@ def topology(root: Path, with_ping: bool, with_agent: bool = True, diag: Diag | 
         finally:
             if agent is not None:
                 agent.stop()
-            for proc in haproxies:
-                proc.terminate()
-                proc.wait()
+            stop_all(haproxies)
 
 
 def _diag_flags(diag: Diag | None, process: str) -> tuple[str, ...]:
@@ -239,14 +187,6 @@ def _agent_target(topo: Topology, agent: Agent, diag: Diag | None = None) -> Tar
 # -- measuring ----------------------------------------------------------------------
 
 
-def _cpu_ticks(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total
-
-
 def _latencies_ms(logdir: Path) -> list[float]:
     values = []
     for log in logdir.glob("pgbench_log*"):
@@ -257,30 +197,24 @@ def _latencies_ms(logdir: Path) -> list[float]:
     return sorted(values)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
 def run_connect_cell(target: Target, seconds: int) -> Sample:
     """Connect, run `select 1`, disconnect, in a loop: pgbench -C leaves the connection
     time out of its per-transaction latency, so this is timed here."""
     import psycopg
 
     times: list[float] = []
-    before = _cpu_ticks(target.pids)
+    before = cpu_ticks(target.pids)
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         start = time.monotonic()
         with psycopg.connect(target.dsn) as conn:
             conn.execute("select 1").fetchone()
         times.append((time.monotonic() - start) * 1000)
-    cpu = _cpu_ticks(target.pids) - before
+    cpu = cpu_ticks(target.pids) - before
     times.sort()
-    return Sample(tps=len(times) / seconds, p50_ms=_percentile(times, 0.5),
-                  p99_ms=_percentile(times, 0.99),
-                  cpu_us_per_tx=cpu / CLK_TCK * 1e6 / len(times) if target.pids else 0.0)
+    return Sample(tps=len(times) / seconds, p50_ms=percentile(times, 0.5),
+                  p99_ms=percentile(times, 0.99),
+                  cpu_us_per_tx=cpu_us_per(cpu, len(times)) if target.pids else 0.0)
 
 
 def run_cell(target: Target, cell: Cell, seconds: int) -> Sample:
@@ -290,15 +224,15 @@ def run_cell(target: Target, cell: Cell, seconds: int) -> Sample:
         cmd = [PGBENCH, "-n", "-T", str(seconds), "-c", str(cell.clients), "-j",
                str(min(cell.clients, 2)), *cell.args, "-l", "--log-prefix",
                f"{logdir}/pgbench_log", target.dsn]
-        before = _cpu_ticks(target.pids)
+        before = cpu_ticks(target.pids)
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
-        cpu = _cpu_ticks(target.pids) - before
+        cpu = cpu_ticks(target.pids) - before
         if res.returncode != 0:
             raise RuntimeError(f"pgbench failed on {target.name}: {res.stderr[-2000:]}")
         lat = _latencies_ms(Path(logdir))
     tx = len(lat)
-    return Sample(tps=tx / seconds, p50_ms=_percentile(lat, 0.5), p99_ms=_percentile(lat, 0.99),
-                  cpu_us_per_tx=cpu / CLK_TCK * 1e6 / tx if tx and target.pids else 0.0)
+    return Sample(tps=tx / seconds, p50_ms=percentile(lat, 0.5), p99_ms=percentile(lat, 0.99),
+                  cpu_us_per_tx=cpu_us_per(cpu, tx) if target.pids else 0.0)
 
 
 def measure(targets: list[Target], seconds: int, runs: int
@@ -343,20 +277,7 @@ def table(results: dict[tuple[str, str], list[Sample]], names: list[str]) -> str
 
 
 def machine() -> str:
-    def out(*cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True).stdout.strip() or \
-                subprocess.run(cmd, capture_output=True, text=True).stderr.strip()
-        except OSError:
-            return "?"
-    from mwiproxy import _native
-
-    return "\n".join([
-        f"- `uname -a`: {out('uname', '-a')}",
-        f"- nproc: {os.cpu_count()}; Python {platform.python_version()}; "
-        f"native core: {'compiled' if _native.NATIVE else 'pure-Python'}",
-        f"- {out(PGBENCH, '--version')}; {out('haproxy', '-v').splitlines()[0]}",
-    ])
+    return dbpath.machine(first_line(PGBENCH, "--version"), first_line("haproxy", "-v"))
 
 
 def main(argv: list[str] | None = None) -> int:
