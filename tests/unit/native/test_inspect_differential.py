@@ -20,13 +20,14 @@ from hypothesis import strategies as st
 from mwiproxy._native import inspect_py
 
 from .inspectkit import chunked, decisions, stream
+from .mongokit import ALLOWED
 
 try:
     from mwiproxy._native._relay import Framer as CFramer
 except ImportError:
     CFramer = None
 
-PROTOCOLS = ["resp", "mysql"]
+PROTOCOLS = ["resp", "mysql", "mongodb"]
 LONG_N = int(os.environ.get("MWIPROXY_INSPECT_FUZZ", "3000"))
 
 native = [pytest.mark.native_only,
@@ -48,9 +49,9 @@ def test_twin_alone_is_chunking_independent(protocol):
     rng = random.Random(7)
     for _ in range(400):
         data = stream(protocol, rng)
-        whole = decisions(inspect_py.Framer(protocol), [data])
+        whole = decisions(inspect_py.Framer(protocol, ALLOWED), [data])
         _check_invariants(data, whole)
-        assert decisions(inspect_py.Framer(protocol), chunked(data, rng)) == whole
+        assert decisions(inspect_py.Framer(protocol, ALLOWED), chunked(data, rng)) == whole
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -65,8 +66,8 @@ def test_long_differential_run(protocol, seed):
     differ = 0
     for _ in range(LONG_N // 2):
         data = stream(protocol, rng)
-        want = decisions(inspect_py.Framer(protocol), chunked(data, rng))
-        got = decisions(CFramer(protocol), chunked(data, rng))
+        want = decisions(inspect_py.Framer(protocol, ALLOWED), chunked(data, rng))
+        got = decisions(CFramer(protocol, ALLOWED), chunked(data, rng))
         differ += got != want
         assert got == want, data[:400]
     assert differ == 0
@@ -87,10 +88,10 @@ def test_hypothesis_c_and_twin_agree(protocol, seed, raw, cuts):
             chunks.append(data[pos:pos + size])
             pos += size
         chunks.append(data[pos:])
-        want = decisions(inspect_py.Framer(protocol), [data])
+        want = decisions(inspect_py.Framer(protocol, ALLOWED), [data])
         _check_invariants(data, want)
-        assert decisions(CFramer(protocol), chunks) == want
-        assert decisions(inspect_py.Framer(protocol), chunks) == want
+        assert decisions(CFramer(protocol, ALLOWED), chunks) == want
+        assert decisions(inspect_py.Framer(protocol, ALLOWED), chunks) == want
 
 
 CASES = [
@@ -126,4 +127,4 @@ CASES = [
 def test_known_streams(impl, protocol, data, want):
     for step in (len(data), 1, 3):
         chunks = [data[i:i + step] for i in range(0, len(data), step)]
-        assert decisions(impl(protocol), chunks) == want
+        assert decisions(impl(protocol, ALLOWED), chunks) == want
