@@ -21,8 +21,8 @@ from mwiproxy.wire import ping
 from .counters import PyCounterTable, check_slot
 from .inspect_py import Gate
 from .relaytypes import (
-    REASON_CLOSE_TIMEOUT,
     MONGO_MAX_MESSAGE,
+    REASON_CLOSE_TIMEOUT,
     REASON_CLOSED,
     REASON_EOF,
     REASON_ERROR,

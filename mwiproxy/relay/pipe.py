@@ -111,9 +111,9 @@ class Pipe:
             framed_a=framed_a, framed_b=framed_b, counter_slot=slot,
             inspect=None if self._inspect is None else self._inspect.protocol,
             on_held=None if self._inspect is None else self._on_held,
-            **({} if self._inspect is None else {
-                "inspect_allowed": self._inspect.allowed,
-                "inspect_max_message": self._inspect.max_message}))
+            inspect_allowed=() if self._inspect is None else self._inspect.allowed,
+            inspect_max_message=_native.MONGO_MAX_MESSAGE if self._inspect is None
+            else self._inspect.max_message)
         self._relay.start()
         self.stats.native = True  # by the relay (either build), not a copy in Python
         if self.stats.reason:  # closed while being set up
