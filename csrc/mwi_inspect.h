@@ -17,8 +17,9 @@
  *          (mwi_inspect_set_mongo): a violation. A message's first min(length, 64 KiB)
  *          bytes (its window) are buffered and judged: an OP_MSG with no unknown required
  *          flag bit (nor a checksum), sections of kind 1 and exactly one body (kind 0)
- *          whose first element (the command) is none of authenticate, saslStart,
- *          saslContinue, logout and whose top-level `$db` (a string, once) is an allowed
+ *          whose first element (the command) is none of Python's (authentication,
+ *          the handshake, aggregate and mapReduce: ASCII case-insensitive, see
+ *          mwi_inspect_mongo.c) and whose top-level `$db` (a string, once) is an allowed
  *          name PASSES: the window goes on (MWI_INS_PASS), the rest of the message
  *          streams. Anything else is held, or over 64 KiB a violation. A message longer
  *          than its window passes when its body's walk within the window found all that

@@ -87,12 +87,23 @@ static int64_t value_size(uint8_t t, const uint8_t *b, size_t v, size_t w, size_
     return n > (int64_t)room ? MALFORMED : n;
 }
 
-static int is_auth(const uint8_t *name, size_t n)
+/* A command Python decides (ASCII case-insensitive, a superset of what the server
+ * matches): authentication (the proxy authenticates the connection itself), the
+ * handshake (Python rewrites it), and commands that may write to another database. */
+static int is_held_command(const uint8_t *name, size_t n)
 {
-    static const char *const names[] = { "authenticate", "saslStart", "saslContinue",
-                                         "logout" };
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
-        if (strlen(names[k]) == n && memcmp(names[k], name, n) == 0) return 1;
+    static const char *const names[] = {
+        "authenticate", "saslstart", "saslcontinue", "logout", "getnonce",
+        "copydbsaslstart", "copydbgetnonce", "hello", "ismaster", "aggregate", "mapreduce" };
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        size_t i;
+        if (strlen(names[k]) != n) continue;
+        for (i = 0; i < n; i++) {
+            uint8_t c = name[i] >= 'A' && name[i] <= 'Z' ? (uint8_t)(name[i] + 32) : name[i];
+            if (c != (uint8_t)names[k][i]) break;
+        }
+        if (i == n) return 1;
+    }
     return 0;
 }
 
@@ -136,7 +147,7 @@ static int walk_body(const mwi_inspect *s, const uint8_t *b, size_t pos, size_t 
             break;
         }
         v = (size_t)q + 1;
-        if (first && is_auth(b + p + 1, (size_t)q - p - 1)) return B_HOLD;
+        if (first && is_held_command(b + p + 1, (size_t)q - p - 1)) return B_HOLD;
         first = 0;
         n = value_size(b[p], b, v, w, last - v);
         if (n == MALFORMED) return B_HOLD;

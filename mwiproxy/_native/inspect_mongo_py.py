@@ -13,7 +13,14 @@ from __future__ import annotations
 OP_MSG = 2013
 HDR = 16
 MAX_MESSAGE = 48_000_000  # the server's default maxMessageSizeBytes
-AUTH_COMMANDS = (b"authenticate", b"saslStart", b"saslContinue", b"logout")
+# commands Python decides (ASCII case-insensitive, a superset of what the server matches):
+# authentication (the proxy authenticates the connection itself), the handshake (Python
+# rewrites it), commands that may write to another database (aggregate $out/$merge,
+# mapReduce out)
+HELD_COMMANDS = frozenset((b"authenticate", b"saslstart", b"saslcontinue", b"logout",
+                           b"getnonce", b"copydbsaslstart", b"copydbgetnonce", b"hello",
+                           b"ismaster", b"aggregate", b"mapreduce"))
+_LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 
 _UNREADABLE, _MALFORMED = -2, -1
 _B_HOLD, _B_OK, _B_PARTIAL = 0, 1, 2
@@ -87,7 +94,7 @@ def walk_body(allowed: frozenset[bytes], b: bytes, pos: int, w: int,
             break
         v = q + 1
         name = b[p + 1:q]
-        if first and name in AUTH_COMMANDS:
+        if first and name.translate(_LOWER) in HELD_COMMANDS:
             return _B_HOLD, size
         first = False
         n = value_size(b[p], b, v, w, last - v)

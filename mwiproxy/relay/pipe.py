@@ -21,8 +21,8 @@ included (metrics/relaybytes.py); side a is the client's (a -> b = client_to_ser
 deframing) message by message, natively (csrc/mwi_inspect.c; twin _native/inspect_py.py):
 the few messages the protocol's rule marks (Redis AUTH, HELLO, RESET and every inline
 command; MySQL COM_INIT_DB, COM_CHANGE_USER; MongoDB every message but an OP_MSG whose
-`$db` is one of `allowed` and whose command is no authentication: see
-csrc/mwi_inspect.h) are HELD: what came before goes on, reading side a pauses, and
+`$db` is one of `allowed` and whose command is not one Python decides (authentication,
+the handshake, aggregate, mapReduce): see csrc/mwi_inspect.h) are HELD: what came before goes on, reading side a pauses, and
 `decide(message)` runs on the loop with the message's exact bytes.
 None: the message goes on and the relay with it. Bytes: refused, the pipe ends as
 "refused" with those bytes as the farewell to side a; the message never reaches b. If

@@ -14,7 +14,8 @@ ALLOWED = ("app", "tést")
 DBS = [b"app", "tést".encode(), b"admin", b"ap", b"appx", b"", b"app\x00x", b"other"]
 COMMANDS = [b"find", b"insert", b"ping", b"find", b"insert", b"ping", b"authenticate",
             b"saslStart", b"saslContinue", b"logout", b"Logout", b"saslstart", b"$db",
-            b"hello", b""]
+            b"hello", b"isMaster", b"aggregate", b"mapReduce", b"getnonce", b"mapReducex",
+            b""]
 OPCODES = [2013] * 40 + [2004, 2012, 2010, 1, 0]
 FLAGS = [0] * 30 + [2, 0x10000, 0x10002, 1, 4, 0x8000, 0x80000000]
 

@@ -153,6 +153,10 @@ MONGO_CASES = [
      [("hold", _mongo(_doc(_str(b"find", b"c"), _str(b"$db", b"admin"))))]),
     (_mongo(_doc(_str(b"saslStart", b"c"), _str(b"$db", b"app"))),
      [("hold", _mongo(_doc(_str(b"saslStart", b"c"), _str(b"$db", b"app"))))]),
+    (_mongo(_doc(_str(b"aGgregate", b"c"), _str(b"$db", b"app"))),
+     [("hold", _mongo(_doc(_str(b"aGgregate", b"c"), _str(b"$db", b"app"))))]),
+    (_mongo(_doc(_str(b"findx", b"c"), _str(b"$db", b"app"))),
+     [("fwd", _mongo(_doc(_str(b"findx", b"c"), _str(b"$db", b"app"))))]),
     (_mongo(_doc(_str(b"find", b"c"), _str(b"$db", b"app"), _str(b"$db", b"app"))),
      [("hold", _mongo(_doc(_str(b"find", b"c"), _str(b"$db", b"app"), _str(b"$db", b"app"))))]),
     (_mongo(_doc(_str(b"find", b"c"), _str(b"$db", b"app")), flags=1),
@@ -232,7 +236,9 @@ def _oracle(message: bytes) -> bool | None:
     if not doc:
         return False
     command = next(iter(doc))
-    return command not in ("authenticate", "saslStart", "saslContinue", "logout") \
+    return command.lower() not in ("authenticate", "saslstart", "saslcontinue", "logout",
+                                   "getnonce", "copydbsaslstart", "copydbgetnonce", "hello",
+                                   "ismaster", "aggregate", "mapreduce") \
         and isinstance(doc.get("$db"), str) and doc["$db"] in ALLOWED
 
 
