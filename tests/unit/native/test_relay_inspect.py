@@ -143,10 +143,13 @@ def test_resume_while_side_b_is_full_keeps_the_order(relay_mod: Any) -> None:
 
 
 @pytest.mark.parametrize("kw", [
-    {"inspect": "mongodb"},
+    {"inspect": "postgres"},
     {"inspect": "resp", "on_held": None},
     {"inspect": "mysql", "framed_b": Framing()},
-], ids=["unknown-protocol", "no-on-held", "framed-b"])
+    {"inspect": "mongodb", "inspect_allowed": ("a\0b",)},
+    {"inspect": "mongodb", "inspect_allowed": ("",)},
+    {"inspect": "mongodb", "inspect_max_message": 15},
+], ids=["unknown-protocol", "no-on-held", "framed-b", "nul-in-db", "empty-db", "max-15"])
 def test_an_inspected_relay_refuses_what_it_cannot_do(relay_mod: Any, kw: dict[str, Any]
                                                       ) -> None:
     async def body() -> None:
