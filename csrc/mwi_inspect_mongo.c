@@ -1,8 +1,9 @@
 /* mwi_inspect_mongo.c: the mongodb framer of inspected relays (see mwi_inspect.h), twin
  * of the mongodb part of mwiproxy/_native/inspect_py.py, step for step.
  *
- * A message's first min(length, MWI_INSPECT_MAX_HELD) bytes (its window) are kept in the
- * held buffer, then judged once (O(window)): PASS (the window goes on, the rest of the
+ * A message's first min(length, MWI_INSPECT_MAX_HELD) bytes (its window) are judged once
+ * (O(window)): in place when the input holds all of them and they pass, else kept in the
+ * held buffer first (a message cut across reads, or one held): PASS (the window goes on, the rest of the
  * message streams by runs), HOLD (the whole message is the window), or, for a message
  * longer than its window that does not pass, a violation. The judge walks the OP_MSG
  * sections and the body document's top-level elements (BSON sizes by type, every size
@@ -212,6 +213,19 @@ int mwi_inspect_mongo_scan(mwi_inspect *s, const uint8_t *in, size_t n, size_t *
             if (s->bulk_left == 0) s->state = G_WINDOW;
             continue;
         }
+        if (s->held_len == 0 && n - i >= HDR) {    /* a whole window here: judged in place */
+            int64_t len = le32s(in + i);
+            size_t w = len < MWI_INSPECT_MAX_HELD ? (size_t)len : MWI_INSPECT_MAX_HELD;
+            if (len >= HDR && (uint64_t)len <= s->max_message && n - i >= w
+                && judge(s, in + i, w, (size_t)len) == J_PASS) {
+                memmove(out + *out_len, in + i, w);  /* no copy kept, no return */
+                *out_len += w;
+                i += w;
+                s->bulk_left = (uint64_t)len - w;
+                if (s->bulk_left) s->state = G_STREAM;
+                continue;
+            }
+        }                                /* else buffered: the same verdict, in steps */
         take = (s->window ? s->window : HDR) - s->held_len;
         if (take > n - i) take = n - i;
         if ((k = mwi_inspect_keep(s, in + i, take)) <= 0)

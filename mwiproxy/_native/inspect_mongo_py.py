@@ -31,7 +31,7 @@ _PREFIXED = {0x02: (1, 4), 0x0D: (1, 4), 0x0E: (1, 4), 0x03: (5, 0), 0x04: (5, 0
              0x0F: (14, 0), 0x05: (0, 5), 0x0C: (1, 16)}
 
 
-def le32s(b: bytes | bytearray, at: int) -> int:
+def le32s(b: bytes | bytearray | memoryview, at: int) -> int:
     return int.from_bytes(b[at:at + 4], "little", signed=True)
 
 
