@@ -27,8 +27,12 @@ from mwiproxy.auth.storage.base import LockRecord
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
 from mwiproxy.config.cluster import ClusterConfig
 from mwiproxy.engines.base import LocalSigner
+from mwiproxy.engines.mongodb import PROTOCOL as MONGO_PROTOCOL
+from mwiproxy.engines.mongodb import MongoEngine
 from mwiproxy.engines.postgres import PROTOCOLS as POSTGRES_PROTOCOLS
 from mwiproxy.engines.postgres import Engine, PostgresEngine
+from mwiproxy.engines.redis import PROTOCOL as REDIS_PROTOCOL
+from mwiproxy.engines.redis import RedisEngine
 from mwiproxy.identity.authorities import AuthoritySet, write_private
 from mwiproxy.metrics.auth import AuthMetrics
 from mwiproxy.metrics.cluster import NoopProxyMetrics, ProxyMetrics
@@ -39,9 +43,11 @@ from mwiproxy.process.lifecycle import Signals, serve
 from mwiproxy.process.pidfile import DataDirLock, PidFile
 from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import ProxyListener, listener_limits
+from mwiproxy.proxy.mongodb import MongoFrontend
 from mwiproxy.proxy.owncerts import OwnCertificates
 from mwiproxy.proxy.pingbridge import framed
 from mwiproxy.proxy.postgres import PostgresFrontend
+from mwiproxy.proxy.redis import RedisFrontend
 from mwiproxy.proxy.refusals import RefusalAudit
 from mwiproxy.proxy.sessions import SessionRegistry
 from mwiproxy.proxy.unserved import register_unserved, served_by_protocol
@@ -119,8 +125,11 @@ class Cluster:
         engines: dict[str, Engine] = {
             db.name: PostgresEngine(db, signer, self.metrics) for db in self.config.databases
             if db.protocol in POSTGRES_PROTOCOLS}
+        redis = {db.name: RedisEngine(db, signer, self.metrics)
+                 for db in self.config.databases if db.protocol == REDIS_PROTOCOL}
         for db in self.config.databases:
-            if db.name not in engines:
+            if (db.name not in engines and db.name not in redis
+                    and db.protocol != MONGO_PROTOCOL):
                 log.warning("database %r: no %s engine yet; it is listed but not served",
                             db.name, db.protocol)
         # the agent link's client identity: user CA, usage `mwi:proxy`; agents must show
@@ -134,7 +143,28 @@ class Cluster:
                                     metrics=self.metrics)
         self.listener.route_tls(alpn.POSTGRES, frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve))
+        redis_engines = EngineDirectory(redis, self.auth, self.own.link_context,
+                                        (REDIS_PROTOCOL,), self.metrics, label=REDIS_PROTOCOL)
+        redis_frontend = RedisFrontend(self.auth, redis_engines, self.sessions,
+                                       self.own.inner_context, ping_interval=interval,
+                                       setup_timeout=self._first_message_timeout,
+                                       metrics=self.metrics)
+        self.listener.route_tls(alpn.REDIS, redis_frontend.serve)
+        self.listener.route_tls(alpn.with_ping(alpn.REDIS), framed(redis_frontend.serve))
+        self._route_mongodb(signer, interval)
         register_unserved(self.listener, self.auth, served_by_protocol(self.config.databases))
+
+    def _route_mongodb(self, signer: LocalSigner, interval: float) -> None:
+        """MongoDB (in-process engines only): non-tunnel clients are answered with the
+        Database CA's certificate, the CA of the bot's mongo.cas."""
+        engines = {db.name: MongoEngine(db, signer, self.metrics)
+                   for db in self.config.databases if db.protocol == MONGO_PROTOCOL}
+        mongo = MongoFrontend(self.auth, self.sessions, self.own.db_inner_context,
+                              engines=engines, ping_interval=interval,
+                              setup_timeout=self._first_message_timeout,
+                              metrics=self.metrics)
+        self.listener.route_tls(alpn.MONGODB, mongo.serve)
+        self.listener.route_tls(alpn.with_ping(alpn.MONGODB), framed(mongo.serve))
 
     def _check_cluster_name(self) -> None:
         stored = self.storage.get_meta("cluster_name")
@@ -198,13 +228,17 @@ class Cluster:
     def _ca_rotated(self, kind: str, phase: str) -> None:
         """Re-issue what a CA phase change touches (auth/ca_rotation.py); the engines'
         database contexts follow by themselves (AuthoritySet.epoch). The server
-        certificate stays through the host CA's update_clients: servers move to the new
-        CA in update_servers, after every client had a grace period to trust it."""
+        certificate stays through the host (and Database) CA's update_clients: servers
+        move to the new CA in update_servers, after every client had a grace period to
+        trust it."""
         touched = {"host": (self.own.server, self.own.admin),
                    "user": (self.own.server, self.own.link, self.own.admin),
-                   "agent": (self.own.link,)}.get(kind, ())
+                   "agent": (self.own.link,),
+                   # the MongoDB inner certificate (non-tunnel) is the Database CA's
+                   "db": (self.own.server,)}.get(kind, ())
         for rotating in touched:
-            if (kind, phase, rotating) == ("host", UPDATE_CLIENTS, self.own.server):
+            if (kind in ("host", "db") and phase == UPDATE_CLIENTS
+                    and rotating is self.own.server):
                 continue
             try:
                 rotating.renew_now()

@@ -42,6 +42,8 @@ ACCESS_GRANTED = "db.access.granted"
 ACCESS_DENIED = "db.access.denied"
 SESSION_START = "db.session.start"
 SESSION_END = "db.session.end"
+# a Redis command that could switch the session's user (AUTH, HELLO … AUTH, RESET)
+SESSION_REDIS_COMMAND = "db.session.redis.command"
 AUTH_DENIED = "auth.denied"
 # a refused handshake (or identity-less certificate) at the cluster port's outer TLS
 TLS_REFUSED = "tls.refused"

@@ -8,9 +8,13 @@ gives database access only and issues no SSH certificates.
 
 CA choices per format:
 - `identity` and `tls.cas` carry the Host CA (what verifies the cluster proxy).
-- `mongo.cas` and `cockroach/ca.crt` carry the Database CA. For cockroach, which CA
-  Teleport writes is not confirmed across versions; the Database CA is the one that
-  signs the database-facing certificates, so a client verifying its server needs it.
+- `mongo.cas` carries the Database CA: through the local proxy the client's own TLS is
+  answered by the cluster proxy's MongoDB front end with a certificate of that CA.
+- `cockroach/ca.crt` carries the Database CA and then the Host CA (which one Teleport
+  writes is not confirmed across versions). A CockroachDB client checks its server with
+  it: a node signed by the Database CA, or — through the local proxy, whose PostgreSQL
+  front end also answers `psql` with the default files' `teleport-host-ca.crt` — the
+  cluster proxy, signed by the Host CA.
 
 Every function returns `{relative name: content}`, ready for
 `DirectoryDestination.write_bundle`, which writes them all-or-nothing.
@@ -101,7 +105,7 @@ def _cockroach_files(creds: Credentials) -> Files:
     return {
         COCKROACH_CERT: creds.cert_pem,
         COCKROACH_KEY: creds.key_pem,
-        COCKROACH_CA: b"".join(creds.db_ca_pems),
+        COCKROACH_CA: b"".join(creds.db_ca_pems + creds.host_ca_pems),
     }
 
 

@@ -29,6 +29,8 @@ from mwiproxy.dbagent.link import LinkServer
 from mwiproxy.dbagent.state import AgentIdentity
 from mwiproxy.engines.base import UpstreamError
 from mwiproxy.engines.postgres import PROTOCOLS, PostgresEngine
+from mwiproxy.engines.redis import PROTOCOL as REDIS
+from mwiproxy.engines.redis import RedisEngine
 from mwiproxy.identity.authorities import (
     BACKDATE,
     PublicKey,
@@ -91,9 +93,12 @@ class _AuthSigner:
 
 
 def _engines(config: ClusterConfig, signer: _AuthSigner, metrics: NoopProxyMetrics
-             ) -> dict[str, PostgresEngine]:
-    engines = {db.name: PostgresEngine(db, signer, metrics) for db in config.databases
-               if db.protocol in PROTOCOLS}
+             ) -> dict[str, PostgresEngine | RedisEngine]:
+    engines: dict[str, PostgresEngine | RedisEngine] = {
+        db.name: PostgresEngine(db, signer, metrics) for db in config.databases
+        if db.protocol in PROTOCOLS}
+    engines.update({db.name: RedisEngine(db, signer, metrics) for db in config.databases
+                    if db.protocol == REDIS})
     for db in config.databases:
         if db.name not in engines:
             log.warning("database %r: no %s engine yet; it is not registered",
@@ -121,8 +126,8 @@ class DatabaseAgent:
         self._said_goodbye = False
         self._beat: asyncio.Future[Any] | None = None  # the heartbeat call in flight
         if not self.engines:
-            raise AgentError("the agent serves no database: list PostgreSQL or CockroachDB "
-                             "databases under `databases` in the config file")
+            raise AgentError("the agent serves no database: list PostgreSQL, CockroachDB "
+                             "or Redis databases under `databases` in the config file")
         self.link = LinkServer(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._registered: set[str] = set()

@@ -28,6 +28,9 @@ from cryptography.exceptions import InvalidSignature
 from mwiproxy import _native
 from mwiproxy.engines.base import UpstreamError
 from mwiproxy.engines.postgres import PostgresEngine, UpstreamRefused
+from mwiproxy.engines.redis import PROTOCOL as REDIS
+from mwiproxy.engines.redis import RedisEngine
+from mwiproxy.engines.redis import UpstreamRefused as RedisRefused
 from mwiproxy.identity import oids
 from mwiproxy.identity.certs import Identity, identity_from_certificate, identity_from_der
 from mwiproxy.identity.pem import certificates
@@ -54,7 +57,7 @@ HANDSHAKE_TIMEOUT = 10.0
 HELLO_TIMEOUT = 30.0
 CUT_GRACE = 5.0  # a cut session's relay flushes and closes within this
 SHUTDOWN = "the database agent is shutting down"
-PROTOCOL = "postgres"  # the metrics' protocol label: the link serves PostgreSQL engines
+PROTOCOL = "postgres"  # the metrics' protocol label of PostgreSQL sessions (Redis: "redis")
 
 
 class Denied(Exception):
@@ -198,6 +201,9 @@ class LinkServer:
             log.warning("refused %s session for %r: %s", hello.op, hello.service, e)
             await stream.write(agentlink.Reply(agentlink.DENIED, str(e)).encode())
             return
+        if isinstance(engine, RedisEngine):
+            await self._redis_session(stream, engine, hello, client)
+            return
         if hello.op == agentlink.OP_CANCEL:
             assert hello.cancel is not None
             await self._cancel(stream, engine, pg.CancelKey(*hello.cancel), hello.db_user)
@@ -228,18 +234,47 @@ class LinkServer:
         finally:
             upstream.stream.close()
 
+    async def _redis_session(self, stream: _native.TLSStream, engine: RedisEngine,
+                             hello: agentlink.Hello, client: Identity) -> None:
+        """A Redis session: signed in as the user (the engine's AUTH), then relayed. The
+        commands that could switch the user are held by the cluster proxy's relay."""
+        metrics, started, service = self._agent.metrics, time.monotonic(), hello.service
+        route = client.route
+        if hello.op != agentlink.OP_SESSION or route is None or route.protocol != REDIS:
+            metrics.refusal(REDIS, "access_denied")
+            await stream.write(agentlink.Reply(
+                agentlink.DENIED, f"{service!r} is a Redis database: a {hello.op} for a "
+                f"{route.protocol if route else 'unknown'} route is refused").encode())
+            return
+        try:
+            upstream = await engine.start(hello.db_user, grant=hello.grant)
+        except (UpstreamError, RedisRefused) as e:
+            refused = isinstance(e, RedisRefused)
+            metrics.connection(service, REDIS, MODE_TUNNEL,
+                               RESULT_REFUSED if refused else RESULT_ERROR)
+            await stream.write(agentlink.Reply(agentlink.REFUSED if refused
+                                               else agentlink.ERROR, str(e)).encode())
+            return
+        metrics.connection(service, REDIS, MODE_TUNNEL, RESULT_SUCCESS)
+        try:
+            await stream.write(agentlink.Reply(agentlink.OK).encode())
+            metrics.first_byte(service, REDIS, MODE_TUNNEL, time.monotonic() - started)
+            await self._relay(stream, upstream, hello, REDIS)
+        finally:
+            upstream.close()
+
     async def _relay(self, proxy: _native.TLSStream, db: _native.TLSStream,
-                     hello: agentlink.Hello) -> None:
+                     hello: agentlink.Hello, protocol: str = PROTOCOL) -> None:
         metrics, started = self._agent.metrics, time.monotonic()
         pipe = Pipe(proxy, db,
-                    count_as=metrics.bytes_key(hello.service, PROTOCOL, MODE_TUNNEL))
+                    count_as=metrics.bytes_key(hello.service, protocol, MODE_TUNNEL))
         self._pipes.add(pipe)
-        metrics.opened(hello.service, PROTOCOL, MODE_TUNNEL)
+        metrics.opened(hello.service, protocol, MODE_TUNNEL)
         try:
             stats = await pipe.run()
         finally:
             self._pipes.discard(pipe)
-            metrics.closed(hello.service, PROTOCOL, MODE_TUNNEL,
+            metrics.closed(hello.service, protocol, MODE_TUNNEL,
                            pipe.stats.reason or "shutdown", time.monotonic() - started)
         log.info("session %d (%s as %s) ended: %s; %d bytes in, %d out", hello.session_id,
                  hello.service, hello.db_user, stats.reason, stats.bytes_a_to_b,

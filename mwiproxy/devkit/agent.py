@@ -30,14 +30,17 @@ db_service:
 
 
 class Agent:
-    def __init__(self, topo: Topology, name: str, service_extra: str = "") -> None:
+    def __init__(self, topo: Topology, name: str, service_extra: str = "",
+                 template: str = AGENT_YAML) -> None:
+        """`template`: the config (AGENT_YAML: the topology's PostgreSQL as
+        `agent-server`), formatted with data_dir, port, service_extra and pg_port."""
         self.topo = topo
         self.data_dir = topo.root / f"agent-{name}"
         self.config = topo.root / f"agent-{name}.yaml"
         self.port = free_port()
-        self.config.write_text(AGENT_YAML.format(data_dir=self.data_dir, port=self.port,
-                                                 pg_port=topo.pg.port,
-                                                 service_extra=service_extra))
+        self.config.write_text(template.format(data_dir=self.data_dir, port=self.port,
+                                               pg_port=topo.pg.port,
+                                               service_extra=service_extra))
         self.log = topo.root / f"agent-{name}.log"
         self.proc: subprocess.Popen[str] | None = None
 

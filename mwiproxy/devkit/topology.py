@@ -64,19 +64,21 @@ class Topology:
     def host_ca(self) -> bytes:
         return (self.cluster.data_dir / "ca" / "host.crt").read_bytes()
 
-    def add_bot(self, name: str) -> str:
-        self.cluster.ctl("bots", "add", name, "--roles=example-role")
+    def add_bot(self, name: str, roles: str = "example-role") -> str:
+        self.cluster.ctl("bots", "add", name, f"--roles={roles}")
         tok = self.cluster.ctl("tokens", "add", "--type=bot", f"--bot-name={name}",
                                "--ttl=5m", "--format", "json").stdout
         return str(json.loads(tok)["token"])
 
     def bot_output(self, bot: str, *, username: str = "alice", database: str = "example-db",
-                   ttl: str = "10m", service: str = SERVICE) -> Path:
-        """Join `bot` and write a database output for it, as `mwibot start` would."""
+                   ttl: str = "10m", service: str = SERVICE, roles: str = "example-role",
+                   fmt: str = "") -> Path:
+        """Join `bot` (with `roles`) and write a database output (`format: fmt`) for
+        it, as `mwibot start` would."""
         key = generate_private_key()
         pub = public_key_pem(key.public_key()).decode()
         with AuthClient(self.cluster.addr, ca_pems=self.host_ca) as anon:
-            joined = anon.call("join", token=self.add_bot(bot), public_key=pub)
+            joined = anon.call("join", token=self.add_bot(bot, roles), public_key=pub)
         with AuthClient(self.cluster.addr, ca_pems=self.host_ca,
                         cert_pem=joined["cert"].encode(), key_pem=private_key_pem(key)) as c:
             db_key = generate_private_key()
@@ -84,14 +86,14 @@ class Topology:
                 db_key.public_key()).decode(), service=service, database=database,
                 username=username, ttl=ttl)
         return self.write_output(bot, private_key_pem(db_key), got["cert"].encode(),
-                                 got["cas"])
+                                 got["cas"], fmt)
 
-    def write_output(self, name: str, key_pem: bytes, cert_pem: bytes, cas: dict[str, str]
-                     ) -> Path:
+    def write_output(self, name: str, key_pem: bytes, cert_pem: bytes, cas: dict[str, str],
+                     fmt: str = "") -> Path:
         out = self.root / f"out-{name}"
         creds = Credentials(key_pem, cert_pem, (cas["host"].encode(),),
                             (cas["user"].encode(),), (cas["db"].encode(),))
-        DirectoryDestination(str(out)).write_bundle(render_database_output(creds))
+        DirectoryDestination(str(out)).write_bundle(render_database_output(creds, fmt))
         return out
 
     def local_proxy(self, out: Path, *, tunnel: bool, check: bool = True, listen: str = "",

@@ -8,15 +8,17 @@ the host CA.
   plaintext to the local port.
 - Non-tunnel mode: no certificate on the outer TLS; the client's own TLS (with its
   sslcert/sslkey) runs inside it. A CancelRequest carries no certificate of its own, so
-  the local proxy presents the bot's certificate for it.
+  the local proxy presents the bot's certificate for it. MongoDB clients (TLS from
+  their first byte: `tls=true&tlsCertificateKeyFile=…`) pass through unread likewise.
 
 The ALPN name follows the database's protocol: the `protocol` argument, else the
 route in the certificate, else PostgreSQL. PostgreSQL's first packet is parsed (to
 answer SSLRequest and CancelRequest, and to turn a refusal into an ErrorResponse); the
-other protocols (tunnel mode only) are relayed as they are. MySQL's server speaks
-first, so its first answer is awaited before relaying, and a failure to reach the
-cluster becomes a MySQL ERR packet; Redis and MongoDB clients are just disconnected
-(the reason is logged).
+other protocols are relayed as they are (tunnel mode only, but for Redis and MongoDB,
+whose clients' TLS starts at their first byte: `redis-cli --tls`, `tls=true`). MySQL's
+server speaks first, so its first answer is awaited before relaying, and a failure to
+reach the cluster becomes a MySQL ERR packet; in tunnel mode a Redis client gets `-ERR
+<why>`; MongoDB clients are just disconnected (the reason is logged).
 
 Credentials come from a provider read for every new connection; a changed provider
 result gives a new TLS context, open connections keep theirs.
@@ -61,6 +63,7 @@ from mwiproxy.relay.streams import (
 from mwiproxy.relay.tlsnames import certificate_names
 from mwiproxy.wire import alpn, mysql
 from mwiproxy.wire import postgres as pg
+from mwiproxy.wire import redis as resp
 from mwiproxy.wire.addr import HTTPS, TCP, UNIX, parse_address, parse_listen
 
 __all__ = ["DRAIN_TIMEOUT", "CredentialsError", "LocalProxy",
@@ -74,6 +77,9 @@ FIRST_ANSWER_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 30.0
 # connections being set up (dial, handshake, first answer) at once; more wait their turn
 MAX_CONCURRENT_SETUPS = 64
+# protocols whose clients' own TLS (from their first byte) passes through unread in
+# non-tunnel mode, terminated by the cluster proxy
+PASS_THROUGH = frozenset({"redis", "mongodb"})
 
 
 class UnsupportedMode(Exception):
@@ -149,11 +155,11 @@ class LocalProxy:
         self._settle_protocol(creds)
         if self.tunnel:
             self._check_tunnel(creds)
-        elif not self.speaks_postgres:
+        elif not self.speaks_postgres and self.protocol not in PASS_THROUGH:
             raise UnsupportedMode(
-                f"--tunnel is required for mysql/mongodb/redis: database service "
-                f"{self.service!r} is {self.protocol}, and only PostgreSQL clients can "
-                "bring their own TLS through the local proxy")
+                f"--tunnel is required for mysql: database service "
+                f"{self.service!r} is {self.protocol}, and only PostgreSQL, Redis and MongoDB "
+                "clients can bring their own TLS through the local proxy")
         self._listener.start()
         self._count_as = self.metrics.serving(self.service, self.mode, self._expiry)
         log.info("local proxy for %r (%s) listening on %s (%s mode)", self.service,
@@ -335,13 +341,15 @@ class LocalProxy:
             conn.relayed(pipe.stats)
 
     async def _serve_opaque(self, client: SocketStream, conn: Connection) -> None:
-        """Tunnel mode for a protocol whose bytes are not parsed here: dial at once
-        (the client may be waiting for the server to speak), then relay. Only MySQL's
-        greeting is seen here: for the others the first answer goes by in the relay."""
+        """A protocol whose bytes are not parsed here (in tunnel mode; and the own TLS
+        of Redis and MongoDB clients in non-tunnel mode, which starts at their first
+        byte): dial at once (the client may be waiting for the server to speak), then
+        relay. Only MySQL's greeting is seen here: for the others the first answer goes
+        by in the relay."""
         greeting = b""
         try:
             async with self._setups:
-                upstream = await self._dial(True, conn)
+                upstream = await self._dial(self.tunnel, conn)
                 if self.protocol == "mysql":  # the server speaks first
                     greeting = await self._first_answer(upstream)
         except (CredentialsError, UpstreamFailed) as e:
@@ -349,6 +357,9 @@ class LocalProxy:
             if self.protocol == "mysql":
                 with contextlib.suppress(OSError):
                     await client.write(_mysql_refusal(e))
+            elif self.protocol == "redis" and self.tunnel:  # the reply to its first command
+                with contextlib.suppress(OSError):
+                    await client.write(resp.error_reply(f"ERR mwibot local proxy: {e}"))
             client.close()
             _setup_failed(conn, e)
             return

@@ -8,20 +8,27 @@ moment its registration expires, and a new one is served from its first heartbea
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
+from typing import Generic, TypeVar
 
 from mwiproxy import _native
 from mwiproxy.auth.agents import AgentRecord
 from mwiproxy.auth.service import AuthService
-from mwiproxy.engines.postgres import Engine
 from mwiproxy.engines.remote import RemoteEngine
 from mwiproxy.metrics.cluster import NoopProxyMetrics
 
+E = TypeVar("E")
 
-class EngineDirectory:
-    def __init__(self, local: Mapping[str, Engine], auth: AuthService,
+
+class EngineDirectory(Generic[E]):
+    """`protocols`: those of the agents' databases it serves; `label` the metrics'
+    protocol label of their sessions."""
+
+    def __init__(self, local: Mapping[str, E], auth: AuthService,
                  link_tls: Callable[[], _native.TLSContext],
-                 protocols: Collection[str], metrics: NoopProxyMetrics | None = None) -> None:
+                 protocols: Collection[str], metrics: NoopProxyMetrics | None = None,
+                 label: str = "postgres") -> None:
         self._metrics = metrics or NoopProxyMetrics()
+        self._label = label
         self._local = dict(local)
         self._auth = auth
         self._link_tls = link_tls
@@ -33,16 +40,17 @@ class EngineDirectory:
         return name in self._local or any(
             db.protocol in self._protocols for _, db in self._auth.agents.servers_for(name))
 
-    def local(self, name: str) -> Engine | None:
+    def local(self, name: str) -> E | None:
         """The engine of a database served in this process (none for an agent's)."""
         return self._local.get(name)
 
-    def get(self, name: str) -> Engine | None:
+    def get(self, name: str) -> E | RemoteEngine | None:
         if name in self._local:
             return self._local[name]
         if name in self:
             return RemoteEngine(name, lambda: self._agents_for(name), self._link_tls,
-                                self._auth.agents.grant_session, self._metrics)
+                                self._auth.agents.grant_session, self._metrics,
+                                protocol=self._label)
         return None
 
     def _agents_for(self, name: str) -> list[AgentRecord]:

@@ -2,7 +2,9 @@
 the cluster runs (see identity/rotation.py):
 
 - the proxy's server certificate (host CA), on the auth API and the database ALPNs;
-- the same certificate on the inner TLS of non-tunnel mode (the client's own TLS);
+- the same certificate on the inner TLS of non-tunnel PostgreSQL (the client's own TLS:
+  `sslrootcert=teleport-host-ca.crt`), and one from the Database CA, for the same
+  names, on the inner TLS of non-tunnel MongoDB (the bot's `mongo.cas` is that CA);
 - the proxy's client identity towards database agents (user CA, usage `mwi:proxy`);
 - the admin identity file `mwictl` reads (`<data dir>/admin/identity`, 0600, replaced
   by a rename so a reader never sees half a file).
@@ -44,6 +46,7 @@ T = TypeVar("T")
 class ServerIdentity:
     tls: ServerTLS  # the listener builds its contexts from it
     inner: _native.TLSContext  # non-tunnel mode: no ALPN, client certificate optional
+    db_inner: _native.TLSContext  # the same, with a certificate of the Database CA
 
 
 class OwnCertificates:
@@ -70,6 +73,9 @@ class OwnCertificates:
     def inner_context(self) -> _native.TLSContext:
         return self.server.current.inner
 
+    def db_inner_context(self) -> _native.TLSContext:
+        return self.server.current.db_inner
+
     def link_context(self) -> _native.TLSContext:
         return self.link.current
 
@@ -90,7 +96,12 @@ class OwnCertificates:
         cert = self._cas["host"].sign_server(self._hosts[0], self._hosts, key.public_key(),
                                              self._ttl["server"])
         tls = ServerTLS(cert_pem(cert), private_key_pem(key), self._cas["user"].cert_pem)
-        return _issued(ServerIdentity(tls, tls.native_context([])), cert)
+        # the Database CA's: what a client holding mongo.cas expects of its server
+        db_cert = self._cas["db"].sign_server(self._hosts[0], self._hosts, key.public_key(),
+                                              self._ttl["server"])
+        db_tls = ServerTLS(cert_pem(db_cert), tls.key_pem, tls.client_ca_pem)
+        return _issued(ServerIdentity(tls, tls.native_context([]), db_tls.native_context([])),
+                       cert)
 
     def _issue_link(self) -> Issued[_native.TLSContext]:
         key = generate_private_key()

@@ -16,16 +16,13 @@ between the two TLS layers: `wrap_inner(framing=)`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 
 from mwiproxy import _native
-from mwiproxy.auth import audit
 from mwiproxy.auth.service import AuthService
 from mwiproxy.engines.base import UpstreamError
 from mwiproxy.engines.postgres import (
@@ -35,26 +32,21 @@ from mwiproxy.engines.postgres import (
     Upstream,
     UpstreamRefused,
 )
-from mwiproxy.identity.certs import Identity, identity_from_der
+from mwiproxy.identity.certs import Identity
 from mwiproxy.metrics.cluster import (
-    MODE_NON_TUNNEL,
-    MODE_TUNNEL,
     RESULT_ERROR,
     RESULT_REFUSED,
-    RESULT_SUCCESS,
     NoopProxyMetrics,
 )
 from mwiproxy.proxy.access import Refusal, check_certificate, check_policy
+from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError, tell_client
 from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import accepted_at
 from mwiproxy.proxy.sessions import Session, SessionRegistry
-from mwiproxy.relay.pipe import Pipe, PipeStats
-from mwiproxy.relay.streams import BufferedReader, ByteStream, FramedStream
+from mwiproxy.relay.streams import BufferedReader, ByteStream
 from mwiproxy.wire import postgres as pg
 
 log = logging.getLogger("mwiproxy.proxy.postgres")
-# one line per session at its end (fields in `extra`: the JSON log has them at top level)
-session_log = logging.getLogger("mwiproxy.proxy.session")
 PROTOCOL = "postgres"  # the metrics' protocol label (the ALPN's; CockroachDB included)
 
 # from the hand-off to the startup message (with the inner TLS handshake of non-tunnel
@@ -64,39 +56,23 @@ STARTUP_TIMEOUT = 10.0
 MAX_NEGOTIATIONS = 3
 
 
-@dataclass
-class _Conn:
-    stream: ByteStream
-    reader: BufferedReader
-    caller: Identity | None
-    remote: str
-    inner_tls: bool = False
-    accepted_at: float = 0.0
-
-    @property
-    def mode(self) -> str:
-        return MODE_NON_TUNNEL if self.inner_tls else MODE_TUNNEL
+_ENDED = (pg.ProtocolError, InnerTLSError, ssl.SSLError, OSError, TimeoutError, asyncio.IncompleteReadError)
 
 
-_ENDED = (pg.ProtocolError, ssl.SSLError, OSError, TimeoutError, asyncio.IncompleteReadError)
+class PostgresFrontend(DbFrontend):
+    protocol = PROTOCOL
 
-
-class PostgresFrontend:
     def __init__(self, auth: AuthService, engines: EngineDirectory,
                  sessions: SessionRegistry, inner_tls: Callable[[], _native.TLSContext],
                  ping_interval: float | None = None,
                  startup_timeout: float = STARTUP_TIMEOUT,
                  metrics: NoopProxyMetrics | None = None) -> None:
-        self._auth = auth
-        self._metrics = metrics or NoopProxyMetrics()
+        super().__init__(auth, sessions, inner_tls, ping_interval, metrics)
         self._startup_timeout = startup_timeout
         self._engines = engines
-        self._sessions = sessions
-        self._inner_tls = inner_tls
-        self._ping_interval = ping_interval
 
     async def serve(self, stream: ByteStream, caller: Identity | None, remote: str) -> None:
-        conn = _Conn(stream, BufferedReader(stream), caller, remote,
+        conn = Conn(stream, BufferedReader(stream), caller, remote,
                      accepted_at=accepted_at())
         try:
             first = await asyncio.wait_for(self._negotiate(conn), self._startup_timeout)
@@ -115,7 +91,7 @@ class PostgresFrontend:
 
     # -- before the startup message ----------------------------------------------------
 
-    async def _negotiate(self, conn: _Conn) -> pg.FirstPacket:
+    async def _negotiate(self, conn: Conn) -> pg.FirstPacket:
         for _ in range(MAX_NEGOTIATIONS):
             first = await pg.read_first_packet(conn.reader)
             if first.is_startup or first.is_cancel:
@@ -128,57 +104,24 @@ class PostgresFrontend:
                 raise pg.ProtocolError(f"unknown startup request code {first.code}")
         raise pg.ProtocolError("too many encryption requests")
 
-    async def _accept_inner_tls(self, conn: _Conn) -> None:
+    async def _accept_inner_tls(self, conn: Conn) -> None:
         await conn.stream.write(pg.SSL_YES)
-        ctx, initial = self._inner_tls(), conn.reader.leftover()
-        outer, framing = conn.stream, None
-        if isinstance(outer, FramedStream):  # `-ping`: the client's records travel in frames
-            framing = outer.framing(None)
-            outer = outer.inner
-        if not isinstance(outer, _native.TLSStream):
-            raise pg.ProtocolError("the client's TLS is carried only inside the proxy's")
-        inner = outer.wrap_inner(ctx, framing=framing)
-        handshake = inner.handshake(initial)
-        conn.stream = inner  # owns the outer stream from here: closed with it
-        try:
-            await handshake
-        except (ssl.SSLError, OSError) as e:
-            self._audit_denied(conn, f"client TLS handshake failed: {e}")
-            raise
-        conn.reader, conn.inner_tls = BufferedReader(inner), True
-        der = inner.peer_cert_der()
-        if der:
-            try:
-                conn.caller = identity_from_der(der)
-            except ValueError as e:
-                raise Refusal(f"the client certificate carries no identity: {e}") from None
+        await self.accept_inner_tls(conn, conn.reader.leftover())
 
     # -- refusals ----------------------------------------------------------------------
 
-    async def _refuse(self, conn: _Conn, refusal: Refusal,
+    async def _refuse(self, conn: Conn, refusal: Refusal,
                       params: Mapping[str, str] | None = None) -> None:
-        log.info("refused %s from %s: %s", conn.caller.user if conn.caller else "anonymous",
-                 conn.remote, refusal.reason)
         route = conn.caller.route if conn.caller else None
         service = route.service if route and route.service in self._engines else ""
-        self._metrics.refusal(PROTOCOL, refusal.code)
-        self._metrics.connection(service, PROTOCOL, conn.mode, RESULT_REFUSED)
-        self._audit_denied(conn, refusal.reason, params)
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await conn.stream.write(pg.error_response(refusal.message))
-
-    def _audit_denied(self, conn: _Conn, reason: str,
-                      params: Mapping[str, str] | None = None) -> None:
-        caller, params = conn.caller, params or {}
-        route = caller.route if caller else None
-        self._auth.audit.emit(
-            audit.ACCESS_DENIED, user=caller.user if caller else "", protocol="postgres",
-            db_service=route.service if route else "", db_user=params.get("user", ""),
-            db_name=params.get("database", ""), reason=reason, remote=conn.remote)
+        params = params or {}
+        self.refused(conn, refusal, service, params.get("user", ""),
+                     params.get("database", ""))
+        await tell_client(conn.stream, pg.error_response(refusal.message))
 
     # -- a session ---------------------------------------------------------------------
 
-    async def _session(self, conn: _Conn, startup: bytes) -> None:
+    async def _session(self, conn: Conn, startup: bytes) -> None:
         params = pg.parse_startup(startup)
         db_user = params.get("user", "")
         db_name = params.get("database") or db_user
@@ -217,7 +160,7 @@ class PostgresFrontend:
         await early.head_start()
         return early
 
-    async def _run(self, conn: _Conn, session: Session, startup: bytes,
+    async def _run(self, conn: Conn, session: Session, startup: bytes,
                    early: EarlyDial | None) -> None:
         engine = self._engines.get(session.service)
         started = time.monotonic()
@@ -236,18 +179,16 @@ class PostgresFrontend:
             self._metrics.connection(session.service, PROTOCOL, session.mode,
                                      RESULT_ERROR if isinstance(e, UpstreamError)
                                      else RESULT_REFUSED)
-            self._audit_start(session, error=str(e))
+            self.audit_start(session, error=str(e))
             if isinstance(e, UpstreamError):
                 await conn.stream.write(pg.error_response(str(e), pg.CONNECTION_FAILURE))
             return
         except asyncio.CancelledError:  # only a shutdown cancels a connection's task
             self._metrics.connection(session.service, PROTOCOL, session.mode, RESULT_ERROR)
-            self._audit_start(session, error="the cluster proxy shut down while connecting")
+            self.audit_start(session, error="the cluster proxy shut down while connecting")
             raise
         # the engine sent the database's answer (AuthenticationOk … ReadyForQuery) on
-        session.first_byte = time.monotonic() - session.accepted_at
-        self._metrics.first_byte(session.service, PROTOCOL, session.mode, session.first_byte)
-        self._metrics.connection(session.service, PROTOCOL, session.mode, RESULT_SUCCESS)
+        self.connected(session)
         if upstream.cancel_key is not None:
             self._sessions.set_cancel_key(session, upstream.cancel_key)
         try:
@@ -255,45 +196,16 @@ class PostgresFrontend:
         finally:
             upstream.stream.close()  # a no-op once the relay took it over
 
-    async def _relay(self, conn: _Conn, session: Session, upstream: Upstream,
+    async def _relay(self, conn: Conn, session: Session, upstream: Upstream,
                      started: float) -> None:
         if early := conn.reader.leftover():  # sent before the answer: still the db's
             await upstream.stream.write(early)
-        pipe = Pipe(conn.stream, upstream.stream, keepalive=self._ping_interval,
-                    count_as=self._metrics.bytes_key(session.service, PROTOCOL, session.mode))
-        session.cut = lambda reason, message: pipe.close(
-            reason, farewell_to_a=pg.error_response(message, pg.ADMIN_SHUTDOWN))
-        if session.end_reason:  # locked while the engine was dialing
-            session.end(session.end_reason)
-        self._audit_start(session)
-        self._metrics.opened(session.service, PROTOCOL, session.mode)
-        try:
-            stats = await pipe.run()
-            log.debug("session %d relayed %s", session.session_id,
-                      "natively" if stats.native else "in Python")
-        finally:  # cut, cancelled (a shutdown past its grace) or failed: still audited
-            self._ended(session, pipe.stats, started)
-
-    def _ended(self, session: Session, stats: PipeStats, started: float) -> None:
-        """A session's end, told once: the audit event, the metrics, the log line."""
-        duration = time.monotonic() - started
-        reason = session.end_reason or stats.reason or "cancelled"
-        self._auth.audit.emit(
-            audit.SESSION_END, session_id=session.session_id, **_who(session),
-            bytes_client_to_db=stats.bytes_a_to_b, bytes_db_to_client=stats.bytes_b_to_a,
-            duration=round(duration, 3), reason=reason, native=stats.native)
-        self._metrics.closed(session.service, PROTOCOL, session.mode,
-                             "shutdown" if reason == "cancelled" else reason, duration)
-        log_session_end(session, stats, duration, reason)
-
-    def _audit_start(self, session: Session, error: str = "") -> None:
-        fields = {"success": not error, **({"error": error} if error else {})}
-        self._auth.audit.emit(audit.SESSION_START, session_id=session.session_id,
-                              **_who(session), roles=list(session.roles), **fields)
+        await self.relay(conn, session, upstream.stream, started,
+                         lambda message: pg.error_response(message, pg.ADMIN_SHUTDOWN))
 
     # -- cancel ------------------------------------------------------------------------
 
-    async def _cancel(self, conn: _Conn, key: pg.CancelKey) -> None:
+    async def _cancel(self, conn: Conn, key: pg.CancelKey) -> None:
         session = self._sessions.by_cancel_key(key)
         if conn.caller is None or session is None or not _same_owner(session, conn.caller):
             log.info("CancelRequest from %s matches no session of its identity", conn.remote)
@@ -309,33 +221,8 @@ class PostgresFrontend:
         log.info("cancelled the running query of session %d", session.session_id)
 
 
-def log_session_end(session: Session, stats: PipeStats, duration: float,
-                    reason: str) -> None:
-    """The one line per session (INFO, logger mwiproxy.proxy.session); its fields are
-    in `extra` as well, for the JSON log."""
-    ident = session.identity
-    fields = {"session_id": session.session_id, "user": ident.user, "bot": ident.bot_name,
-              "db_service": session.service, "db_user": session.db_user,
-              "db_name": session.db_name, "protocol": PROTOCOL, "mode": session.mode,
-              "bytes_client_to_db": stats.bytes_a_to_b,
-              "bytes_db_to_client": stats.bytes_b_to_a, "duration": round(duration, 3),
-              "setup_latency": round(session.first_byte, 4), "reason": reason}
-    who = f"{ident.user} (bot {ident.bot_name})" if ident.bot_name else ident.user
-    session_log.info(
-        "session %d closed: %s as %s@%s on %s (%s, %s): %d bytes to the database, %d "
-        "from it, %.3fs (setup %.1f ms), %s", session.session_id, who, session.db_user,
-        session.db_name, session.service, PROTOCOL, session.mode, stats.bytes_a_to_b,
-        stats.bytes_b_to_a, duration, session.first_byte * 1000, reason, extra=fields)
-
-
 def _same_owner(session: Session, caller: Identity) -> bool:
     owner = session.identity
     if owner.bot_name or caller.bot_name:
         return owner.bot_name == caller.bot_name
     return owner.user == caller.user
-
-
-def _who(session: Session) -> dict[str, str]:
-    return {"user": session.identity.user, "bot": session.identity.bot_name,
-            "db_service": session.service, "db_user": session.db_user,
-            "db_name": session.db_name, "remote": session.remote, "protocol": "postgres"}

@@ -1,5 +1,6 @@
 """Front ends for the protocols listed in cluster.yaml that have no engine yet:
-`teleport-mysql`, `teleport-mongodb`, `teleport-redis` and their `-ping` variants.
+`teleport-mysql` and its `-ping` variant (Redis and MongoDB have their engines:
+`proxy/redis.py`, `proxy/mongodb.py`).
 
 Each connection gets the same access check as PostgreSQL (identity from the outer TLS:
 tunnel mode), is audited as `db.access.denied`, and is refused in the protocol's own
@@ -7,11 +8,6 @@ format so the real client shows why: with the access check's reason, or — when
 would be allowed — with "database service … has no engine in this version".
 
 - MySQL: the server speaks first; an ERR_Packet (sequence 0) replaces the handshake.
-- Redis: each command the client sends (a bounded number, each bounded in size) is
-  answered with `-ERR …`. Not only the first: redis-py swallows the errors of its
-  opening `CLIENT SETINFO` commands and would otherwise show a bare "connection closed".
-- MongoDB: each message (bounded likewise) is answered with a command error
-  `{ok: 0, errmsg, code, codeName}` as OP_REPLY (to OP_QUERY) or OP_MSG (to OP_MSG).
 """
 
 from __future__ import annotations
@@ -29,10 +25,8 @@ from mwiproxy.identity.certs import Identity
 from mwiproxy.proxy.access import Refusal, authorize
 from mwiproxy.proxy.listener import ProxyListener
 from mwiproxy.proxy.pingbridge import framed
-from mwiproxy.relay.streams import BufferedReader, ByteStream
+from mwiproxy.relay.streams import ByteStream
 from mwiproxy.wire import alpn, mysql
-from mwiproxy.wire import mongodb as mongo
-from mwiproxy.wire import redis as resp
 
 log = logging.getLogger("mwiproxy.proxy.unserved")
 
@@ -43,7 +37,7 @@ MAX_ANSWERS = 16
 READ_CAP = 64 * 1024
 
 _ENDED = (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError,
-          mysql.ProtocolError, resp.ProtocolError, mongo.ProtocolError)
+          mysql.ProtocolError)
 
 
 @dataclass(frozen=True)
@@ -115,57 +109,8 @@ class MySQLFrontend(UnservedFrontend):
         await stream.write(mysql.err_packet(code, state, verdict.message))
 
 
-class RedisFrontend(UnservedFrontend):
-    protocol = "redis"
-
-    def db_user(self, caller: Identity | None) -> str:
-        return super().db_user(caller) or "default"  # Redis's user when none is named
-
-    async def tell(self, stream: ByteStream, verdict: Verdict) -> None:
-        reply = resp.error_reply(f"ERR {verdict.message}")
-        buf, answered = b"", 0
-        while answered < MAX_ANSWERS:
-            command = resp.parse_command(buf, READ_CAP)
-            if command is None:
-                data = await stream.read(READ_CAP)
-                if not data:
-                    return
-                buf += data
-                continue
-            buf = buf[command.size:]
-            if command.args:  # an empty line or `*0` asks nothing
-                await stream.write(reply)
-                answered += 1
-
-
-class MongoDBFrontend(UnservedFrontend):
-    protocol = "mongodb"
-
-    async def tell(self, stream: ByteStream, verdict: Verdict) -> None:
-        code = mongo.UNAUTHORIZED if verdict.denied else mongo.HOST_UNREACHABLE
-        document = mongo.error_document(verdict.message, code)
-        reader = BufferedReader(stream)
-        for _ in range(MAX_ANSWERS):
-            try:
-                head = await reader.readexactly(mongo.HEADER_SIZE)
-            except asyncio.IncompleteReadError as e:
-                if e.partial:
-                    raise
-                return  # the client hung up between messages
-            header = mongo.parse_header(head)
-            if header.length > READ_CAP:
-                raise mongo.ProtocolError(f"a first message of {header.length} bytes "
-                                          f"(read at most {READ_CAP})")
-            request = mongo.parse_request(
-                head + await reader.readexactly(header.length - mongo.HEADER_SIZE))
-            if request.expects_reply:
-                await stream.write(mongo.reply_to(request, document))
-
-
 FRONTENDS: tuple[tuple[str, type[UnservedFrontend]], ...] = (
     (alpn.MYSQL, MySQLFrontend),
-    (alpn.MONGODB, MongoDBFrontend),
-    (alpn.REDIS, RedisFrontend),
 )
 
 

@@ -1,4 +1,5 @@
-"""Redis wire messages (RESP) the proxies need to refuse a connection.
+"""Redis wire messages (RESP): what the proxies need to refuse a connection, and to
+read the commands the relay's inspector holds (`parse_held`, `split_inline`).
 
 The client speaks first: a command is an array of bulk strings
 (`*2\\r\\n$4\\r\\nECHO\\r\\n$2\\r\\nhi\\r\\n`), or an inline command (one line of
@@ -119,3 +120,90 @@ def _parse_inline(data: bytes, max_size: int) -> Command | None:
     if len(words) > MAX_ARGS:
         raise ProtocolError(f"a command of {len(words)} arguments (at most {MAX_ARGS})")
     return Command(tuple(words), end + 1)
+
+
+# -- what the inspector holds: inline commands as redis-server splits them -------------
+
+INLINE_MAX = 64 * 1024  # redis-server's PROTO_INLINE_MAX_SIZE
+_SPACE = b" \n\r\t\v\f"
+_ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b",
+            ord("a"): b"\a"}
+_HEX = b"0123456789abcdefABCDEF"
+
+
+def split_inline(line: bytes) -> list[bytes] | None:
+    """An inline command's arguments as redis-server reads them (its sdssplitargs:
+    "double quotes" with \\xHH and \\n-style escapes, 'single quotes' with \\' only,
+    a closing quote followed by a space or the end); None for unbalanced quotes, which
+    redis-server answers with a protocol error and a hang-up."""
+    line = line.split(b"\0", 1)[0]  # a C string there (parse_held refuses a NUL)
+    args: list[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in _SPACE:
+            i += 1
+        if i >= n:
+            return args
+        cur, inq, insq = bytearray(), False, False
+        while True:
+            c = line[i] if i < n else None
+            if inq:
+                if c is None:
+                    return None
+                if (c == 0x5C and i + 3 < n and line[i + 1] == ord("x")
+                        and line[i + 2] in _HEX and line[i + 3] in _HEX):
+                    cur.append(int(line[i + 2:i + 4], 16))
+                    i += 3
+                elif c == 0x5C and i + 1 < n:
+                    i += 1
+                    cur += _ESCAPES.get(line[i], bytes([line[i]]))
+                elif c == ord('"'):
+                    if i + 1 < n and line[i + 1] not in _SPACE:
+                        return None  # a closing quote must be followed by a space
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+            elif insq:
+                if c is None:
+                    return None
+                if c == 0x5C and i + 1 < n and line[i + 1] == ord("'"):
+                    i += 1
+                    cur.append(ord("'"))
+                elif c == ord("'"):
+                    if i + 1 < n and line[i + 1] not in _SPACE:
+                        return None
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+            else:
+                if c is None or c in b" \n\r\t":
+                    break
+                if c == ord('"'):
+                    inq = True
+                elif c == ord("'"):
+                    insq = True
+                else:
+                    cur.append(c)
+            i += 1
+        args.append(bytes(cur))
+
+
+def parse_held(message: bytes) -> list[bytes] | None:
+    """The arguments of one whole command as the relay's inspector holds it (a
+    multibulk, or an inline line with its line end); None: an inline line with
+    unbalanced quotes. ProtocolError if it is not one well-formed command."""
+    if message[:1] == b"*":
+        command = _parse_array(message, len(message))
+        if command is None or command.size != len(message):
+            raise ProtocolError("a held message that is not one whole command")
+        return list(command.args)
+    if not message.endswith(b"\n") or b"\n" in message[:-1] or len(message) > INLINE_MAX:
+        raise ProtocolError("a held message that is not one inline command")
+    if b"\0" in message:  # redis-server looks for the line end with strchr: it would
+        raise ProtocolError("a NUL byte in an inline command")  # wait forever
+    line = message[:-1]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return split_inline(line)

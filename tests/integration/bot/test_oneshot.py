@@ -77,7 +77,7 @@ def test_join_writes_every_format_name_for_name(env: BotEnv):
     assert read(mongo, "mongo.cas") == db
     roach = env.root / "db-cockroach"
     assert file_mode(roach / "cockroach") == 0o700
-    assert read(roach, "cockroach/ca.crt") == db
+    assert read(roach, "cockroach/ca.crt") == db + host
     assert read(roach, "cockroach/node.key") == read(roach, "key")
     me = env.root / "me"
     assert published(me) == COMMON

@@ -102,7 +102,8 @@ def test_mongo_and_cockroach_contents(creds: Credentials, pki: TestPKI) -> None:
     roach = outputs.render_database_output(creds, "cockroach")
     assert roach["cockroach/node.crt"] == creds.cert_pem
     assert roach["cockroach/node.key"] == creds.key_pem
-    assert certificates(roach["cockroach/ca.crt"]) == [pki.db.pem]
+    # the Database CA (a node's), then the Host CA (the cluster proxy's, non-tunnel mode)
+    assert certificates(roach["cockroach/ca.crt"]) == [pki.db.pem, pki.host.pem]
 
 
 @pytest.mark.parametrize("fmt", sorted(EXPECTED))

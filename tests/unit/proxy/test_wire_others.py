@@ -9,6 +9,8 @@ import struct
 
 import pytest
 
+from mwiproxy.proxy import mongoloop as mongofront
+from mwiproxy.proxy import redis as redis_frontend
 from mwiproxy.proxy import unserved
 from mwiproxy.wire import mongodb as mongo
 from mwiproxy.wire import mysql
@@ -251,14 +253,14 @@ def _tell(frontend: type[unserved.UnservedFrontend], stream: FakeStream,
 def test_redis_refusal_answers_every_command_up_to_a_bound():
     commands = resp.encode_command("CLIENT", "SETINFO", "LIB-NAME", "x") + b"\r\n"
     stream = FakeStream(commands[:5], commands[5:], resp.encode_command("PING") * 40)
-    _tell(unserved.RedisFrontend, stream)
-    assert stream.written == [b"-ERR access to db denied: why\r\n"] * unserved.MAX_ANSWERS
+    asyncio.run(redis_frontend.answer_errors(stream, "access to db denied: why"))
+    assert stream.written == [b"-ERR access to db denied: why\r\n"] * redis_frontend.MAX_ANSWERS
 
 
 def test_redis_refusal_stops_at_an_oversized_command():
     stream = FakeStream(b"*1\r\n$999999\r\n")
     with pytest.raises(resp.ProtocolError):
-        _tell(unserved.RedisFrontend, stream)
+        asyncio.run(redis_frontend.answer_errors(stream, "access to db denied: why"))
     assert stream.written == []
 
 
@@ -272,13 +274,15 @@ def test_mysql_refusal_replaces_the_greeting():
 
 
 def test_mongodb_refusal_answers_each_message_and_caps_what_it_reads():
+    """A refusal held until the client's messages (proxy/mongoloop.py answer_with)."""
+    document = mongo.error_document("access to db denied: why")
     stream = FakeStream(_op_query(HELLO), _op_msg({"ping": 1}))
-    _tell(unserved.MongoDBFrontend, stream)
+    asyncio.run(mongofront.answer_with(stream, document))
     replies = [mongo.parse_reply(w) for w in stream.written]
     assert [h.op_code for h, _ in replies] == [mongo.OP_REPLY, mongo.OP_MSG]
     assert all(d["errmsg"] == "access to db denied: why" for _, d in replies)
-    big = struct.pack("<iiii", unserved.READ_CAP + 1, 1, 0, mongo.OP_MSG)
+    big = struct.pack("<iiii", mongofront.READ_CAP + 1, 1, 0, mongo.OP_MSG)
     stream = FakeStream(big)
     with pytest.raises(mongo.ProtocolError):
-        _tell(unserved.MongoDBFrontend, stream)
+        asyncio.run(mongofront.answer_with(stream, document))
     assert stream.written == []

@@ -1,0 +1,187 @@
+"""The cluster proxy's MongoDB front end (ALPN `teleport-mongodb`, and `-ping`).
+
+Tunnel mode: the identity comes from the outer TLS. Non-tunnel mode: the outer TLS
+carries no client certificate and the client's own TLS starts at its first byte inside
+it; it is terminated here (`TLSStream.wrap_inner`) with a certificate of the Database CA
+— the CA of the bot's `mongo.cas` — so the guide's URI
+(`tls=true&tlsCAFile=DIR/mongo.cas&tlsCertificateKeyFile=DIR/mongo.crt`) works as is,
+and the identity is taken from that inner handshake's client certificate.
+
+Then the access check and the engine's dial (engines/mongodb.py: MONGODB-X509 as
+`CN=<db user>`). A refusal or a failed dial is held until the client's first message
+and answered in the format that message expects, so the driver shows why.
+
+A session then runs two loops in Python (no native MongoDB framer yet): every client
+message is read whole (16 bytes up to the server's maxMessageSizeBytes), inspected
+(wire/mongomsg.py, a bounded walk) and refused with a command error unless its `$db` is
+one the session's roles allow (a handshake `hello`/`isMaster` needs none) and it is not
+an authentication command (`authenticate`, `saslStart`, `saslContinue`, `logout`, …);
+compression is never agreed (stripped from the client's handshake), so OP_COMPRESSED is
+refused. The database's bytes go back unparsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable, Mapping
+
+from mwiproxy import _native
+from mwiproxy.auth import audit
+from mwiproxy.auth.service import AuthService
+from mwiproxy.engines.base import UpstreamError
+from mwiproxy.engines.mongodb import PROTOCOL, MongoEngine
+from mwiproxy.identity.certs import DatabaseRoute, Identity
+from mwiproxy.metrics.cluster import RESULT_ERROR, NoopProxyMetrics
+from mwiproxy.proxy.access import Refusal, check_certificate, check_policy
+from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError
+from mwiproxy.proxy.listener import accepted_at
+from mwiproxy.proxy.mongoloop import Relay, answer_with
+from mwiproxy.proxy.sessions import Session, SessionRegistry
+from mwiproxy.relay.pipe import PipeStats
+from mwiproxy.relay.streams import BufferedReader, ByteStream
+from mwiproxy.wire import mongodb as mongo
+from mwiproxy.wire import mongomsg
+
+log = logging.getLogger("mwiproxy.proxy.mongodb")
+
+SETUP_TIMEOUT = 10.0  # accept → inner TLS → access check (proxy.first_message_timeout)
+# a refused client gets this long, and this many answers, before the proxy hangs up
+REFUSAL_TIMEOUT = 15.0
+NO_IDENTITY = ("no client certificate was presented: use the local proxy in tunnel mode "
+               "(--tunnel), or give the client tlsCertificateKeyFile=DIR/mongo.crt")
+
+_ENDED = (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError,
+          mongo.ProtocolError, InnerTLSError)
+
+
+class MongoFrontend(DbFrontend):
+    """`engines`: the in-process MongoDB engines by service name; `inner_tls`: the
+    Database CA's server context (owncerts.db_inner_context)."""
+
+    protocol = PROTOCOL
+
+    def __init__(self, auth: AuthService, sessions: SessionRegistry,
+                 inner_tls: Callable[[], _native.TLSContext], *,
+                 engines: Mapping[str, MongoEngine], ping_interval: float | None = None,
+                 setup_timeout: float = SETUP_TIMEOUT,
+                 metrics: NoopProxyMetrics | None = None) -> None:
+        super().__init__(auth, sessions, inner_tls, ping_interval, metrics)
+        self._engines = dict(engines)
+        self._setup_timeout = setup_timeout
+
+    async def serve(self, stream: ByteStream, caller: Identity | None, remote: str) -> None:
+        conn = Conn(stream, BufferedReader(stream), caller, remote, accepted_at=accepted_at())
+        try:
+            try:
+                route = await asyncio.wait_for(self._check(conn), self._setup_timeout)
+            except Refusal as r:
+                asked = conn.caller.route if conn.caller else None
+                served = asked.service if asked and asked.service in self._engines else ""
+                self.refused(conn, r, served, asked.username if asked else "",
+                             asked.database if asked else "")
+                await self._answer(conn, mongo.error_document(r.message))
+                return
+            await self._session(conn, route)
+        except _ENDED as e:
+            log.info("mongodb connection from %s ended: %s", remote, e or type(e).__name__)
+        finally:
+            conn.stream.close()  # the relay's streams end with it
+
+    async def _check(self, conn: Conn) -> DatabaseRoute:
+        """The client's own TLS in non-tunnel mode (at its first byte), then the access
+        check of the route in its certificate."""
+        if conn.caller is None:
+            await self.accept_inner_tls(conn)
+            if conn.caller is None:
+                raise Refusal(NO_IDENTITY)
+        route = conn.caller.route
+        return check_certificate(conn.caller, db_user=route.username if route else "",
+                                 db_name=route.database if route else "",
+                                 protocols=(PROTOCOL,), served=self._engines)
+
+    async def _answer(self, conn: Conn, document: mongo.Document) -> None:
+        """A connect-time error, held: each client message (a bounded number, each of
+        bounded size, within REFUSAL_TIMEOUT) gets it as its reply, in its format."""
+        with contextlib.suppress(*_ENDED):
+            await asyncio.wait_for(answer_with(conn.stream, document), REFUSAL_TIMEOUT)
+
+    # -- a session ---------------------------------------------------------------------
+
+    async def _session(self, conn: Conn, route: DatabaseRoute) -> None:
+        assert conn.caller is not None
+        try:
+            grant = check_policy(self._auth, conn.caller, route)
+        except Refusal as r:
+            self.refused(conn, r, route.service, route.username, route.database)
+            await self._answer(conn, mongo.error_document(r.message))
+            return
+        session = Session(conn.caller, route.service, route.username, route.database,
+                          conn.remote, roles=grant.roles,
+                          disconnect_at_expiry=grant.disconnect_at_expiry,
+                          mode=conn.mode, accepted_at=conn.accepted_at)
+        self._sessions.add(session)  # a lock while the engine dials cuts it too
+        try:
+            await self._run(conn, session)
+        finally:
+            self._sessions.remove(session)
+
+    async def _run(self, conn: Conn, session: Session) -> None:
+        started = time.monotonic()
+        try:
+            upstream = await self._engines[session.service].connect(session.db_user)
+        except UpstreamError as e:
+            self._metrics.connection(session.service, PROTOCOL, session.mode, RESULT_ERROR)
+            self.audit_start(session, error=str(e))
+            await self._answer(conn, mongo.error_document(str(e), mongo.HOST_UNREACHABLE))
+            return
+        self.connected(session)
+        relay = Relay(conn.stream, upstream.stream, upstream.max_message_size,
+                      allowed=lambda db: self._allowed(session, db),
+                      on_refused=lambda msg, why: self._message_refused(session, msg, why),
+                      keepalive=self._ping_interval)
+        session.cut = relay.close  # the client's next message is told `message`
+        if session.end_reason:  # locked while the engine was dialing
+            session.end(session.end_reason)
+        self.audit_start(session)
+        self._metrics.opened(session.service, PROTOCOL, session.mode)
+        try:
+            await relay.run()
+        finally:  # cut, cancelled (a shutdown) or failed: still audited
+            upstream.stream.close()
+            self._ended(session, relay, started)
+
+    def _allowed(self, session: Session, db_name: str) -> str:
+        """"" if the session's roles allow `db_name`, else why not (the relay remembers
+        the answer for the session)."""
+        asked = DatabaseRoute(session.service, PROTOCOL, session.db_user, db_name)
+        try:
+            check_policy(self._auth, session.identity, asked)
+        except Refusal as r:
+            return r.message
+        return ""
+
+    def _message_refused(self, session: Session, msg: mongomsg.ClientMessage,
+                         reason: str) -> None:
+        log.info("session %d: refused %r on %r: %s", session.session_id, msg.command,
+                 msg.database, reason)
+        self._auth.audit.emit(
+            audit.ACCESS_DENIED, session_id=session.session_id, **self.who(session),
+            command=msg.command, message_db=msg.database, reason=reason)
+
+    def _ended(self, session: Session, relay: Relay, started: float) -> None:
+        """DbFrontend.ended, with the messages relayed and refused."""
+        result, duration = relay.result, time.monotonic() - started
+        reason = session.end_reason or result.reason or "cancelled"
+        stats = PipeStats(result.bytes_to_db, result.bytes_to_client, reason, native=False)
+        self._auth.audit.emit(
+            audit.SESSION_END, session_id=session.session_id, **self.who(session),
+            bytes_client_to_db=stats.bytes_a_to_b, bytes_db_to_client=stats.bytes_b_to_a,
+            duration=round(duration, 3), reason=reason, native=False,
+            messages=result.messages, refused_messages=result.refused)
+        self._metrics.closed(session.service, PROTOCOL, session.mode,
+                             "shutdown" if reason == "cancelled" else reason, duration)
+        self.log_session_end(session, stats, duration, reason)

@@ -1,0 +1,201 @@
+"""The guide's step 4 for MongoDB: pymongo through the local proxy in both modes, the
+cluster's MongoDB engine signing in with MONGODB-X509, every message's `$db` checked.
+
+No MongoDB server can be installed here: the database is mockupdb (PyPI) behind TLS
+requiring a client certificate of the database-client CA (tests/_testbase/mongomock.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mwiproxy.devkit import postgres
+from mwiproxy.devkit.guide import GUIDE_ROLE
+from mwiproxy.devkit.ports import free_port
+from mwiproxy.devkit.topology import CLUSTER_YAML, Topology, start_topology, wait_for
+from tests._testbase import mongomock
+from tests._testbase.mongomock import TLSMockupDB, server_context
+
+pymongo = pytest.importorskip("pymongo")
+
+pytestmark = pytest.mark.integration
+
+MONGO = "example-mongo"
+TEMPLATE = CLUSTER_YAML + f"""\
+  - name: {MONGO}
+    protocol: mongodb
+    uri: 127.0.0.1:MONGOPORT
+    static_labels: {{env: dev}}
+"""
+BOB_ROLE = GUIDE_ROLE.replace("example-role", "bob-role").replace("[alice]", "[bob]")
+
+
+class Mongo:
+    def __init__(self, topo: Topology, db: TLSMockupDB) -> None:
+        self.topo, self.db = topo, db
+        self._outs: dict[str, Path] = {}
+
+    def output(self, bot: str, *, move_to_role: str = "") -> Path:
+        out = self.topo.bot_output(bot, service=MONGO, fmt="mongo")
+        if move_to_role:
+            self.topo.cluster.ctl("bots", "update", bot, "--set-roles", move_to_role)
+        return out
+
+    def client(self, port: int, out: Path | None = None, **kw: object):
+        uri = f"mongodb://localhost:{port}/"
+        if out is not None:  # the guide's URI
+            uri += f"?tls=true&tlsCAFile={out}/mongo.cas&tlsCertificateKeyFile={out}/mongo.crt"
+        options: dict[str, object] = {"serverSelectionTimeoutMS": 8000,
+                                      "connectTimeoutMS": 8000, **kw}
+        return pymongo.MongoClient(uri, **options)
+
+
+@pytest.fixture(scope="module")
+def mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mongo]:
+    if not postgres.available():
+        pytest.skip("PostgreSQL 15 not installed")
+    root = tmp_path_factory.mktemp("mongo")
+    port = free_port()
+    with start_topology(root, TEMPLATE.replace("MONGOPORT", str(port))) as topo:
+        out = root / "mongo-server"
+        topo.cluster.ctl("auth", "sign", "--format=db", "--host=localhost,127.0.0.1",
+                         f"--out={out}", "--ttl=24h")
+        (root / "bob-role.yaml").write_text(BOB_ROLE)
+        topo.cluster.ctl("create", "-f", str(root / "bob-role.yaml"))
+        db = TLSMockupDB(server_context(f"{out}.crt", f"{out}.key", f"{out}.cas"), port)
+        db.autoresponds(mongomock.mockupdb.OpMsg("find", "things"), cursor={"id": 0, "ns": "example-db.things",
+                                        "firstBatch": [{"_id": 1, "x": "hello"}]})
+        db.run()
+        try:
+            yield Mongo(topo, db)
+        finally:
+            db.stop()
+
+
+def _sent(db: TLSMockupDB, name: str) -> list[tuple[str, str, dict]]:
+    return [c for c in db.commands() if c[0] and c[0].lower() == name.lower()]
+
+
+def test_tunnel_mode_reads_through_the_engine(mongo):
+    lp = mongo.topo.local_proxy(mongo.output("mg-tunnel"), tunnel=True, service=MONGO)
+    with mongo.client(lp.port, compressors="zlib") as client:
+        assert client["example-db"].command("ping")["ok"] == 1.0
+        assert client["example-db"].things.find_one() == {"_id": 1, "x": "hello"}
+    assert "CN=alice" in mongo.db.subjects  # the engine's certificate, not the bot's
+    auth = _sent(mongo.db, "authenticate")
+    assert auth and all(doc["mechanism"] == "MONGODB-X509" and doc["user"] == "CN=alice"
+                        and ns == "$external" for _, ns, doc in auth)
+    hellos = _sent(mongo.db, "ismaster") + _sent(mongo.db, "hello")
+    assert hellos and all("compression" not in doc for _, _, doc in hellos)
+    finds = _sent(mongo.db, "find")
+    assert finds and finds[-1][1] == "example-db"
+
+
+def test_non_tunnel_mode_with_the_guides_uri(mongo):
+    out = mongo.output("mg-plain")
+    lp = mongo.topo.local_proxy(out, tunnel=False, service=MONGO)
+    with mongo.client(lp.port, out) as client:
+        assert client["example-db"].things.find_one() == {"_id": 1, "x": "hello"}
+    starts = [e for e in mongo.topo.audit("db.session.start")
+              if e.get("bot") == "mg-plain" and e["success"]]
+    assert starts and starts[-1]["protocol"] == "mongodb"
+
+
+def test_non_tunnel_mode_without_a_client_certificate_is_told_why(mongo):
+    out = mongo.output("mg-nocert")
+    lp = mongo.topo.local_proxy(out, tunnel=False, service=MONGO)
+    uri = f"mongodb://localhost:{lp.port}/?tls=true&tlsCAFile={out}/mongo.cas"
+    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=3000) as client:
+        with pytest.raises(pymongo.errors.PyMongoError) as err:
+            client["example-db"].command("ping")
+    assert "no client certificate was presented" in str(err.value)
+
+
+def test_databases_the_role_does_not_allow_are_refused_per_message(mongo):
+    lp = mongo.topo.local_proxy(mongo.output("mg-dbs"), tunnel=True, service=MONGO)
+    seen = len(mongo.db.commands())
+    with mongo.client(lp.port) as client:
+        for db in ("other-db", "admin"):
+            with pytest.raises(pymongo.errors.OperationFailure) as err:
+                client[db].command("ping")
+            assert err.value.code == 13
+            assert f'"{db}"' in str(err.value) and "denied" in str(err.value)
+        assert client["example-db"].command("ping")["ok"] == 1.0  # the session goes on
+    reached = {ns for name, ns, _ in mongo.db.commands()[seen:] if name == "ping"}
+    assert reached == {"example-db"}
+    denied = [e for e in mongo.topo.audit("db.access.denied") if e.get("bot") == "mg-dbs"]
+    assert {e["message_db"] for e in denied} >= {"other-db", "admin"}
+    assert wait_for(lambda: any(
+        e.get("bot") == "mg-dbs" and e["refused_messages"] >= 2
+        for e in mongo.topo.audit("db.session.end")), 10)
+
+
+def test_authentication_commands_are_refused(mongo):
+    lp = mongo.topo.local_proxy(mongo.output("mg-auth"), tunnel=True, service=MONGO)
+    seen = len(_sent(mongo.db, "saslStart"))
+    with mongo.client(lp.port) as client:
+        for command in ("saslStart", "logout", "authenticate"):
+            with pytest.raises(pymongo.errors.OperationFailure) as err:
+                client["example-db"].command(command, 1)
+            assert "authenticates this connection itself" in str(err.value), command
+    assert len(_sent(mongo.db, "saslStart")) == seen
+    assert not _sent(mongo.db, "logout")
+
+
+def test_a_user_the_roles_do_not_allow_is_told_why_at_the_first_message(mongo):
+    out = mongo.output("mg-bob", move_to_role="bob-role")
+    lp = mongo.topo.local_proxy(out, tunnel=True, service=MONGO)
+    with mongo.client(lp.port, serverSelectionTimeoutMS=3000) as client:
+        with pytest.raises(pymongo.errors.PyMongoError) as err:
+            client["example-db"].command("ping")
+    assert 'no role allows db_user "alice"' in str(err.value), err.value
+    denied = [e for e in mongo.topo.audit("db.access.denied")
+              if e.get("user") == "bot-mg-bob"]
+    assert denied and denied[-1]["protocol"] == "mongodb" and denied[-1]["db_user"] == "alice"
+
+
+def test_tunnel_mode_without_ping_framing(mongo):
+    lp = mongo.topo.local_proxy(mongo.output("mg-noping"), tunnel=True, service=MONGO,
+                                extra=("--no-ping",))
+    with mongo.client(lp.port) as client:
+        assert client["example-db"].things.find_one() == {"_id": 1, "x": "hello"}
+
+
+def test_a_database_refusing_the_certificate_user_is_told_to_the_client(mongo):
+    lp = mongo.topo.local_proxy(mongo.output("mg-x509"), tunnel=True, service=MONGO)
+    refuse = mongo.db.autoresponds("authenticate", ok=0, errmsg="No verified subject name")
+    try:
+        with mongo.client(lp.port, serverSelectionTimeoutMS=3000) as client:
+            with pytest.raises(pymongo.errors.PyMongoError) as err:
+                client["example-db"].command("ping")
+    finally:
+        refuse.cancel()
+    assert "refused MONGODB-X509 for CN=alice: No verified subject name" in str(err.value)
+    starts = [e for e in mongo.topo.audit("db.session.start") if e.get("bot") == "mg-x509"]
+    assert any(not e["success"] and "refused MONGODB-X509" in str(e["error"])
+               for e in starts), starts
+
+
+def test_a_locked_bot_s_live_session_is_cut_and_told_why(mongo):
+    lp = mongo.topo.local_proxy(mongo.output("mg-locked"), tunnel=True, service=MONGO)
+    errors: list[str] = []
+
+    def refused() -> bool:
+        try:
+            client["example-db"].command("ping")
+        except pymongo.errors.PyMongoError as e:
+            errors.append(str(e))
+            return True
+        return False
+
+    with mongo.client(lp.port, serverSelectionTimeoutMS=3000, retryReads=False) as client:
+        assert client["example-db"].command("ping")["ok"] == 1.0
+        mongo.topo.cluster.ctl("lock", "--bot=mg-locked", "--message", "incident 27")
+        assert wait_for(refused, 20, step=0.2)
+    assert "incident 27" in errors[0], errors
+    assert wait_for(lambda: any(
+        e.get("bot") == "mg-locked" and e["reason"] == "locked"
+        for e in mongo.topo.audit("db.session.end")), 20)
