@@ -14,6 +14,7 @@ import pytest
 from bson import SON
 
 from mwiproxy import _native
+from mwiproxy.wire import mongodb as mongo
 
 from .test_pipe_inspect import BROKEN, Session, _allow, _read
 
@@ -141,6 +142,31 @@ def test_violations_end_the_pipe_with_the_farewell(message):
         assert stats.reason == _native.REASON_PROTOCOL
         assert await _read(s.loop, s.server, None) == FIND  # none of the bad message
         assert s.held == []
+        s.client.close()
+        s.server.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("message,op_reply", [(OTHER_DB, False), (op_query("admin"), True)],
+                         ids=["op-msg", "op-query"])
+def test_decide_answers_in_the_format_the_held_message_expects(message, op_reply):
+    """What a MongoDB front end's decide does with a held message: the refusal reply
+    built from its exact bytes (wire/mongodb.py), read by the client as its answer."""
+    async def main() -> None:
+        async def refuse(held: bytes) -> bytes:
+            request = mongo.parse_request(held)
+            return mongo.reply_to(request, mongo.error_document("denied here"))
+
+        s = Session("mongodb", refuse, allowed=ALLOWED)
+        await s.send(message)
+        got = await _read(s.loop, s.client, None)
+        header, document = mongo.parse_reply(got)
+        request_id = struct.unpack_from("<i", message, 4)[0]
+        assert header.response_to == request_id
+        assert (header.op_code == mongo.OP_REPLY) == op_reply
+        assert document["ok"] == 0 and document["errmsg"] == "denied here"
+        assert (await asyncio.wait_for(s.task, 10)).reason == _native.REASON_REFUSED
         s.client.close()
         s.server.close()
 
