@@ -20,10 +20,25 @@ enum { M_HDR = 0, M_CMD, M_BODY };
 
 int mwi_inspect_init(mwi_inspect *s, int proto)
 {
-    if (proto != MWI_INSPECT_RESP && proto != MWI_INSPECT_MYSQL) return -1;
+    if (proto < MWI_INSPECT_RESP || proto > MWI_INSPECT_MONGODB) return -1;
     memset(s, 0, sizeof *s);
     s->proto = (uint8_t)proto;
     s->state = proto == MWI_INSPECT_RESP ? R_START : M_HDR;
+    s->max_message = MWI_INSPECT_MONGO_MAX;
+    return 0;
+}
+
+int mwi_inspect_set_mongo(mwi_inspect *s, const uint8_t *allowed, size_t len,
+                          uint32_t max_message)
+{
+    uint8_t *copy = NULL;
+    if (s->proto != MWI_INSPECT_MONGODB || len > UINT32_MAX) return -1;
+    if (len && (copy = malloc(len)) == NULL) return -1;
+    if (len) memcpy(copy, allowed, len);
+    free(s->allowed);
+    s->allowed = copy;
+    s->allowed_len = (uint32_t)len;
+    s->max_message = max_message;
     return 0;
 }
 
@@ -35,10 +50,16 @@ void mwi_inspect_drop_held(mwi_inspect *s)
     s->held_done = 0;
 }
 
-void mwi_inspect_free(mwi_inspect *s) { mwi_inspect_drop_held(s); }
+void mwi_inspect_free(mwi_inspect *s)
+{
+    mwi_inspect_drop_held(s);
+    free(s->allowed);
+    s->allowed = NULL;
+    s->allowed_len = 0;
+}
 
 /* Append to the held message: 1, 0 over the limit, -1 without memory. */
-static int keep(mwi_inspect *s, const uint8_t *p, size_t n)
+int mwi_inspect_keep(mwi_inspect *s, const uint8_t *p, size_t n)
 {
     if ((size_t)s->held_len + n > MWI_INSPECT_MAX_HELD) return 0;
     if (s->held_len + n > s->held_cap) {
@@ -67,7 +88,7 @@ static int hold_pre(mwi_inspect *s)
 {
     int k;
     s->held_len = 0;
-    k = keep(s, s->pre, s->pre_len);
+    k = mwi_inspect_keep(s, s->pre, s->pre_len);
     s->pre_len = 0;
     s->mode = MODE_HOLDING;
     return k < 0 ? MWI_INS_NOMEM : k == 0 ? MWI_INS_VIOLATION : MWI_INS_MORE;
@@ -150,7 +171,7 @@ static int resp_byte(mwi_inspect *s, uint8_t c, uint8_t *out, size_t *out_len)
         s->pre_len = 0;                /* an inline command: held whole */
         s->mode = MODE_HOLDING;
         s->held_len = 0;
-        if (keep(s, &c, 1) < 0) return MWI_INS_NOMEM;
+        if (mwi_inspect_keep(s, &c, 1) < 0) return MWI_INS_NOMEM;
         s->state = R_INLINE;
         return resp_inline(s, c);
     case R_INLINE:
@@ -268,6 +289,10 @@ int mwi_inspect_scan(mwi_inspect *s, const uint8_t *in, size_t n, size_t *used,
         s->held_len = 0;
         s->held_done = 0;
     }
+    if (s->proto == MWI_INSPECT_MONGODB) {
+        int st = mwi_inspect_mongo_scan(s, in, n, used, out, out_len);
+        return st == MWI_INS_VIOLATION || st == MWI_INS_NOMEM ? violation(s, st) : st;
+    }
     while (i < n) {
         size_t mark = *out_len;
         int st;
@@ -276,7 +301,7 @@ int mwi_inspect_scan(mwi_inspect *s, const uint8_t *in, size_t n, size_t *used,
             if (s->mode == MODE_STREAM) {
                 memmove(out + *out_len, in + i, take);   /* a run: no per-byte work */
                 *out_len += take;
-            } else if ((st = keep(s, in + i, take)) <= 0) {
+            } else if ((st = mwi_inspect_keep(s, in + i, take)) <= 0) {
                 return violation(s, st < 0 ? MWI_INS_NOMEM : MWI_INS_VIOLATION);
             }
             i += take;
@@ -295,7 +320,7 @@ int mwi_inspect_scan(mwi_inspect *s, const uint8_t *in, size_t n, size_t *used,
             if (s->mode == MODE_STREAM) {
                 out[(*out_len)++] = c;
             } else if (s->mode == MODE_HOLDING) {
-                if ((st = keep(s, &c, 1)) <= 0)
+                if ((st = mwi_inspect_keep(s, &c, 1)) <= 0)
                     return violation(s, st < 0 ? MWI_INS_NOMEM : MWI_INS_VIOLATION);
             } else {
                 s->pre[s->pre_len++] = c;   /* bounded: see MWI_INSPECT_PRE */

@@ -109,6 +109,11 @@ int mwi_relay_set_counter_slot(mwi_relay *r, uint32_t slot);
  * violation (the owner closes the relay). Such a relay uses buffers, never splice; side
  * B must not be framed. 0, or EINVAL (started, framed B, unknown protocol), ENOMEM. */
 int mwi_relay_set_inspect(mwi_relay *r, int proto);
+/* A mongodb-inspected relay (after mwi_relay_set_inspect, before start): the allowed
+ * `$db` names (each NUL-terminated, copied) and the longest message (mwi_inspect.h). A
+ * message that passes the framer's judge goes on with no word to the owner. */
+int mwi_relay_set_inspect_mongo(mwi_relay *r, const uint8_t *allowed, size_t len,
+                                uint32_t max_message);
 int mwi_relay_start(mwi_relay *r);               /* 0, or errno (fds not sockets, ...) */
 void mwi_relay_close(mwi_relay *r);              /* ask to end; finishes as CLOSED */
 /* Ask to end after telling side A why (a protocol's own error message, e.g. a PostgreSQL

@@ -21,6 +21,14 @@ int mwi_relay_set_inspect(mwi_relay *r, int proto)
     return 0;
 }
 
+int mwi_relay_set_inspect_mongo(mwi_relay *r, const uint8_t *allowed, size_t len,
+                                uint32_t max_message)
+{
+    if (r->owner_started || r->ins == NULL || r->ins->proto != MWI_INSPECT_MONGODB)
+        return EINVAL;
+    return mwi_inspect_set_mongo(r->ins, allowed, len, max_message) == 0 ? 0 : ENOMEM;
+}
+
 void engine_held(mwi_engine *eng, mwi_relay *r)
 {
     r->held_next = eng->held_new;      /* published with the finished relays */

@@ -111,6 +111,12 @@ static int inspect_scan(mwi_relay *r)
     d->buf_len = (uint32_t)out_len;
     d->hdr_out = 0;
     if (st == MWI_INS_NOMEM) return relay_fail(r, 0, ENOMEM);
+    if (st == MWI_INS_PASS) {          /* the framer let a buffered message go: it goes */
+        r->ins_in += (uint32_t)used;   /* right behind out (flush, flush_held) */
+        r->ins_send_held = 1;
+        r->held_off = 0;
+        return 0;
+    }
     r->ins_in = st == MWI_INS_HOLD ? r->ins_in + (uint32_t)used : r->ins_end;
     if (st != MWI_INS_MORE) {
         r->ins_wait = st == MWI_INS_HOLD ? MWI_INS_WAIT_HELD : MWI_INS_WAIT_VIOLATION;

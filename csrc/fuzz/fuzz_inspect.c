@@ -1,12 +1,14 @@
 /* Replays streams through mwi_inspect under AddressSanitizer/UBSan.
  *
  * Build:  gcc -fsanitize=address,undefined -Icsrc csrc/fuzz/fuzz_inspect.c csrc/mwi_inspect.c
+ *         csrc/mwi_inspect_mongo.c
  * Input on stdin: records [u8 protocol][u32 little-endian length][bytes]
  * (tests/unit/native/test_inspect_sanitizers.py drives it). Each stream is scanned twice:
  * whole, from an exactly-sized heap block with a separate output (any over-read or
  * over-write is caught), and in pseudo-random chunks the way the relay does it (output
  * written behind the reading in one buffer, MWI_INSPECT_PRE bytes ahead). Both must
- * take the same decisions and only ever pass the stream's own bytes on, in order. */
+ * take the same decisions and only ever pass the stream's own bytes on, in order.
+ * mongodb streams run with the allowed names of tests/unit/native/mongokit.py. */
 #include "mwi_inspect.h"
 
 #include <stdio.h>
@@ -26,8 +28,22 @@ static void take(trace *t, const uint8_t *p, size_t n)
     t->len += n;
 }
 
+static const char ALLOWED[] = "app\0t\xc3\xa9st";   /* mongokit.ALLOWED */
+
+static void init(mwi_inspect *s, int proto)
+{
+    if (mwi_inspect_init(s, proto) != 0) abort();
+    if (proto == MWI_INSPECT_MONGODB
+        && mwi_inspect_set_mongo(s, (const uint8_t *)ALLOWED, sizeof ALLOWED, 1u << 24) != 0)
+        abort();
+}
+
 static void on_status(trace *t, mwi_inspect *s, int st)
 {
+    if (st == MWI_INS_PASS) {        /* a buffered message went on: like forwarded bytes */
+        if (s->held_len == 0 || s->held_len > MWI_INSPECT_MAX_HELD) abort();
+        take(t, s->held, s->held_len);
+    }
     if (st == MWI_INS_HOLD) {
         if (s->held_len == 0 || s->held_len > MWI_INSPECT_MAX_HELD) abort();
         take(t, s->held, s->held_len);
@@ -43,14 +59,15 @@ static void whole(int proto, const uint8_t *data, size_t n, trace *t)
     mwi_inspect s;
     uint8_t *in = malloc(n ? n : 1), *out = malloc(n + MWI_INSPECT_PRE);
     size_t off = 0, used, out_len;
-    if (!in || !out || mwi_inspect_init(&s, proto) != 0) abort();
+    if (!in || !out) abort();
+    init(&s, proto);
     memcpy(in, data, n);
     for (;;) {
         int st = mwi_inspect_scan(&s, in + off, n - off, &used, out, &out_len);
         take(t, out, out_len);
         on_status(t, &s, st);
         off += used;
-        if (st != MWI_INS_HOLD) break;
+        if (st != MWI_INS_HOLD && st != MWI_INS_PASS) break;
     }
     mwi_inspect_free(&s);
     free(in);
@@ -61,7 +78,7 @@ static void chunked(int proto, const uint8_t *data, size_t n, uint32_t seed, tra
 {
     mwi_inspect s;
     size_t pos = 0;
-    if (mwi_inspect_init(&s, proto) != 0) abort();
+    init(&s, proto);
     while (pos < n && !t->violation) {
         size_t len, off = 0, used, out_len;
         uint8_t *buf;
@@ -77,7 +94,7 @@ static void chunked(int proto, const uint8_t *data, size_t n, uint32_t seed, tra
             take(t, buf, out_len);
             on_status(t, &s, st);
             off += used;
-            if (st != MWI_INS_HOLD) break;
+            if (st != MWI_INS_HOLD && st != MWI_INS_PASS) break;
         }
         free(buf);
         pos += len;

@@ -1,6 +1,7 @@
 /* Inspected relays under ThreadSanitizer and AddressSanitizer: the worker holds side
- * A's AUTH (Redis) or COM_INIT_DB (MySQL) while peer threads write and read, and the
- * owner (main) pops each held message, then resumes the relay or refuses it with a
+ * A's AUTH (Redis), COM_INIT_DB (MySQL) or an OP_MSG on a database not allowed (MongoDB,
+ * whose allowed messages around it pass natively) while peer threads write and read,
+ * and the owner (main) pops each held message, then resumes the relay or refuses it with a
  * farewell. Checks what each server and client got, and how each relay ended.
  * Build: tests/unit/native/test_inspect_sanitizers.py (sanitize.build). */
 #define _GNU_SOURCE
@@ -21,6 +22,18 @@ static const char RESP_POST[] = "*2\r\n$3\r\nGET\r\n$1\r\nb\r\n";
 static const char MY_PRE[] = "\x09\x00\x00\x00\x03SELECT 1";
 static const char MY_HELD[] = "\x03\x00\x00\x00\x02" "db";
 static const char MY_POST[] = "\x01\x00\x00\x00\x0e";
+static const char MG_PRE[] =   /* OP_MSG, mongokit-style */
+    "\x33\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\xdd\x07\x00\x00\x00\x00"
+    "\x00\x00\x00\x1e\x00\x00\x00\x02\x66\x69\x6e\x64\x00\x02\x00\x00\x00\x63"
+    "\x00\x02\x24\x64\x62\x00\x04\x00\x00\x00\x61\x70\x70\x00\x00";
+static const char MG_HELD[] =   /* OP_MSG, mongokit-style */
+    "\x35\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\xdd\x07\x00\x00\x00\x00"
+    "\x00\x00\x00\x20\x00\x00\x00\x02\x66\x69\x6e\x64\x00\x02\x00\x00\x00\x63"
+    "\x00\x02\x24\x64\x62\x00\x06\x00\x00\x00\x61\x64\x6d\x69\x6e\x00\x00";
+static const char MG_POST[] =   /* OP_MSG, mongokit-style */
+    "\x33\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\xdd\x07\x00\x00\x00\x00"
+    "\x00\x00\x00\x1e\x00\x00\x00\x02\x70\x69\x6e\x67\x00\x02\x00\x00\x00\x78"
+    "\x00\x02\x24\x64\x62\x00\x04\x00\x00\x00\x61\x70\x70\x00\x00";
 static const char BYE[] = "-ERR refused\r\n";
 
 typedef struct peer {
@@ -73,18 +86,25 @@ int main(void)
     mwi_engine *eng = mwi_engine_new(&cfg, &err);
     CHECK(eng != NULL);
     for (int i = 0; i < N; i++) {
-        int a[2], b[2], resp = i % 4 < 2;
+        int a[2], b[2], kind = i % 6 / 2, resp = kind == 0;
         mwi_relay *r;
         CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, a) == 0);
         CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, b) == 0);
-        peers[i] = (peer){ a[0], b[0], i, resp ? RESP_PRE : MY_PRE, resp ? RESP_HELD : MY_HELD,
-                           resp ? RESP_POST : MY_POST,
-                           resp ? sizeof RESP_PRE - 1 : sizeof MY_PRE - 1,
-                           resp ? sizeof RESP_HELD - 1 : sizeof MY_HELD - 1,
-                           resp ? sizeof RESP_POST - 1 : sizeof MY_POST - 1 };
+        if (kind == 2)
+            peers[i] = (peer){ a[0], b[0], i, MG_PRE, MG_HELD, MG_POST, sizeof MG_PRE - 1,
+                               sizeof MG_HELD - 1, sizeof MG_POST - 1 };
+        else
+            peers[i] = (peer){ a[0], b[0], i, resp ? RESP_PRE : MY_PRE,
+                               resp ? RESP_HELD : MY_HELD, resp ? RESP_POST : MY_POST,
+                               resp ? sizeof RESP_PRE - 1 : sizeof MY_PRE - 1,
+                               resp ? sizeof RESP_HELD - 1 : sizeof MY_HELD - 1,
+                               resp ? sizeof RESP_POST - 1 : sizeof MY_POST - 1 };
         r = mwi_relay_new(eng, a[1], b[1], 0, 0, (uint64_t)i);
         CHECK(r != NULL);
-        CHECK(mwi_relay_set_inspect(r, resp ? MWI_INSPECT_RESP : MWI_INSPECT_MYSQL) == 0);
+        CHECK(mwi_relay_set_inspect(r, kind == 2 ? MWI_INSPECT_MONGODB
+                                    : resp ? MWI_INSPECT_RESP : MWI_INSPECT_MYSQL) == 0);
+        CHECK(mwi_relay_set_inspect_mongo(r, (const uint8_t *)"app", 4, 1u << 20)
+              == (kind == 2 ? 0 : EINVAL));
         CHECK(mwi_relay_set_framed(r, 1, 0, NULL, 0, 0) == EINVAL);   /* B stays plain */
         CHECK(mwi_relay_start(r) == 0);
         CHECK(pthread_create(&threads[i], NULL, run_peer, &peers[i]) == 0);

@@ -92,6 +92,8 @@ cdef extern from "mwi_relay.h" nogil:
     void mwi_engine_ack_done(mwi_engine *eng)
     mwi_relay *mwi_engine_pop_done(mwi_engine *eng)
     int mwi_relay_set_inspect(mwi_relay *r, int proto)
+    int mwi_relay_set_inspect_mongo(mwi_relay *r, const unsigned char *allowed, size_t len,
+                                    uint32_t max_message)
     int mwi_relay_close_reason(mwi_relay *r, mwi_relay_reason reason, const void *farewell,
                                size_t len)
     void mwi_relay_resume(mwi_relay *r)
@@ -166,6 +168,8 @@ cdef extern from "mwi_inspect.h" nogil:
         unsigned char *held
         uint32_t held_len
     int mwi_inspect_init(mwi_inspect *s, int proto)
+    int mwi_inspect_set_mongo(mwi_inspect *s, const unsigned char *allowed, size_t len,
+                              uint32_t max_message)
     void mwi_inspect_free(mwi_inspect *s)
     int mwi_inspect_scan(mwi_inspect *s, const unsigned char *data, size_t n, size_t *used,
                          unsigned char *out, size_t *out_len)

@@ -170,14 +170,15 @@ cdef class Relay:
     a plain fd or a handshaken TLSStream (its TLS state and fd are taken over), and may
     speak the `-ping` framing (framed_a / framed_b: a relaytypes.Framing).
 
-    inspect ("resp", "mysql"): side A's messages are framed and the protocol's marked
-    ones held (csrc/mwi_inspect.h): reading A pauses and on_held(message) is called on
-    the loop (None: A broke the framing); then resume(), or close(farewell, reason=...).
+    inspect ("resp", "mysql", "mongodb"): side A's messages are framed and the protocol's
+    marked ones held (csrc/mwi_inspect.h): reading A pauses and on_held(message) is called
+    on the loop (None: A broke the framing); then resume(), or close(farewell, reason=...).
+    mongodb: inspect_allowed (the `$db` names that pass natively), inspect_max_message.
     Side B must not be framed then."""
 
     def __init__(self, loop, a, b, on_done=None, idle_timeout=None, close_timeout=None,
                  framed_a=None, framed_b=None, counter_slot=None, inspect=None,
-                 on_held=None):
+                 on_held=None, inspect_allowed=(), inspect_max_message=MONGO_MAX_MESSAGE):
         cdef Engine engine = engine_for(loop)
         cdef uint32_t idle = timeout_ms(idle_timeout)
         cdef uint32_t closing = timeout_ms(close_timeout)
@@ -185,6 +186,8 @@ cdef class Relay:
         cdef mwi_tls *tls_a = NULL
         cdef mwi_tls *tls_b = NULL
         cdef int proto = check_inspect(inspect, on_held, framed_b)
+        cdef bytes allowed = mongo_allowed(inspect_allowed)
+        cdef uint32_t max_message = check_max_message(inspect_max_message)
         check_slot(counter_slot)
         if fd_a < 0 or fd_b < 0 or fd_a == fd_b:
             raise ValueError("two distinct open fds are needed")
@@ -213,6 +216,10 @@ cdef class Relay:
             mwi_relay_set_counter_slot(self.r, counter_slot)
         if proto:   # checked above: only ENOMEM can fail
             if mwi_relay_set_inspect(self.r, proto) != 0:
+                raise MemoryError()
+            if inspect == "mongodb" and mwi_relay_set_inspect_mongo(
+                    self.r, <const unsigned char *><const char *>allowed, len(allowed),
+                    max_message) != 0:
                 raise MemoryError()
             self.on_held = on_held
 

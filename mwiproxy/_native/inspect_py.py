@@ -14,13 +14,16 @@ differential test feeds both the same streams in random chunkings).
              (bytes before it) goes first; the rest of `data` waits for the verdict
   VIOLATION  the stream breaks the protocol's framing; `forward` is what streamed before
              the bad byte (no byte of a held or undecided message); the framer is dead
+  PASS       (mongodb) `used` bytes were taken and a buffered message passed: `forward`
+             goes first, then `held`, then scanning goes on with the rest of `data`
 """
 
 from __future__ import annotations
 
-from .relaytypes import INSPECT_PROTOCOLS
+from . import inspect_mongo_py as mongo
+from .relaytypes import INSPECT_PROTOCOLS, check_max_message, mongo_allowed
 
-MORE, HOLD, VIOLATION = 0, 1, 2
+MORE, HOLD, VIOLATION, PASS = 0, 1, 2, 4
 PROTOCOLS = INSPECT_PROTOCOLS  # ids shared with csrc/mwi_inspect.h (MWI_INSPECT_*)
 
 MAX_HELD = 64 * 1024
@@ -39,16 +42,23 @@ _PRE, _STREAM, _HOLDING = 0, 1, 2
  _R_INLINE) = range(8)
 # mysql states
 _M_HDR, _M_CMD, _M_BODY = range(3)
+# mongodb states
+_G_WINDOW, _G_STREAM = range(2)
 _DEAD = 99
 
 
 class Framer:
     """One direction's framing state (see the module doc)."""
 
-    def __init__(self, protocol: str) -> None:
+    def __init__(self, protocol: str, allowed: tuple[str, ...] = (),
+                 max_message: int = mongo.MAX_MESSAGE) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"no inspection for protocol {protocol!r}")
         self.resp = protocol == "resp"
+        self.mongo = protocol == "mongodb"
+        self.allowed = frozenset(mongo_allowed(allowed).split(b"\0")[:-1])
+        self.max_message = check_max_message(max_message)
+        self.window = 0  # mongodb: bytes to judge (0: the header first)
         self.state = _R_START if self.resp else _M_HDR
         self.mode = _PRE
         self.pre = bytearray()
@@ -67,6 +77,8 @@ class Framer:
         out = bytearray()
         if self.state == _DEAD:
             return VIOLATION, 0, b""
+        if self.mongo:
+            return self._mongo_scan(view, out)
         i, n = 0, len(view)
         while i < n:
             mark = len(out)
@@ -97,6 +109,49 @@ class Framer:
                 self.held, self.buf = bytes(self.buf), bytearray()
                 self.mode = _PRE
                 return HOLD, i, bytes(out)
+        return MORE, n, bytes(out)
+
+    def _mongo_scan(self, view: memoryview, out: bytearray) -> tuple[int, int, bytes]:
+        i, n = 0, len(view)
+        while i < n:
+            if self.state == _G_STREAM:  # the rest of a passed message: a run
+                take = min(n - i, self.bulk_left)
+                out += view[i:i + take]
+                i += take
+                self.bulk_left -= take
+                if self.bulk_left == 0:
+                    self.state = _G_WINDOW
+                continue
+            if not self.buf and n - i >= mongo.HDR:  # a whole window here: judged in place
+                length = mongo.le32s(view, i)
+                w = min(length, MAX_HELD)
+                if mongo.HDR <= length <= self.max_message and n - i >= w and \
+                        mongo.judge(self.allowed, bytes(view[i:i + w]), length):
+                    out += view[i:i + w]
+                    i += w
+                    self.bulk_left = length - w
+                    if self.bulk_left:
+                        self.state = _G_STREAM
+                    continue
+            take = min((self.window or mongo.HDR) - len(self.buf), n - i)
+            self.buf += view[i:i + take]
+            i += take
+            if self.window == 0 and len(self.buf) == mongo.HDR:
+                length = mongo.le32s(self.buf, 0)
+                if length < mongo.HDR or length > self.max_message:
+                    return self._violation(out)
+                self.left, self.window = length, min(length, MAX_HELD)
+            if self.window == 0 or len(self.buf) < self.window:
+                continue
+            self.held, self.buf, self.window = bytes(self.buf), bytearray(), 0
+            if mongo.judge(self.allowed, self.held, self.left):
+                self.bulk_left = self.left - len(self.held)
+                if self.bulk_left:
+                    self.state = _G_STREAM
+                return PASS, i, bytes(out)
+            if self.left > len(self.held):
+                return self._violation(out)
+            return HOLD, i, bytes(out)
         return MORE, n, bytes(out)
 
     # -- shared steps -----------------------------------------------------------------
@@ -288,8 +343,9 @@ class Gate:
     reading side a pauses for a verdict (`waiting`: the held message, or None after a
     violation)."""
 
-    def __init__(self, protocol: str) -> None:
-        self.framer = Framer(protocol)
+    def __init__(self, protocol: str, allowed: tuple[str, ...] = (),
+                 max_message: int = mongo.MAX_MESSAGE) -> None:
+        self.framer = Framer(protocol, allowed, max_message)
         self.rest = memoryview(b"")  # read, not scanned yet: waits for the verdict
         self.paused = False
         self.waiting: bytes | None = None
@@ -309,7 +365,9 @@ class Gate:
             st, used, fwd = self.framer.scan(self.rest)
             out += fwd
             self.rest = self.rest[used:]
-            if st != MORE:
+            if st == PASS:
+                out += self.framer.held
+            elif st != MORE:
                 self.paused = True
                 self.waiting = self.framer.held if st == HOLD else None
         return bytes(out)

@@ -21,6 +21,7 @@ from mwiproxy.wire import ping
 from .counters import PyCounterTable, check_slot
 from .inspect_py import Gate
 from .relaytypes import (
+    MONGO_MAX_MESSAGE,
     REASON_CLOSE_TIMEOUT,
     REASON_CLOSED,
     REASON_EOF,
@@ -32,6 +33,8 @@ from .relaytypes import (
     RelayStats,
     check_close_reason,
     check_inspect,
+    check_max_message,
+    mongo_allowed,
     timeout_ms,
 )
 from .tls_py import InnerTLSParts, TLSParts, TLSStream
@@ -254,9 +257,10 @@ class Relay:
     a plain fd or a handshaken TLSStream (its TLS state and socket are taken over), and may
     speak the `-ping` framing (framed_a / framed_b: a relaytypes.Framing).
 
-    inspect ("resp", "mysql"): side A's messages are framed and the protocol's marked
-    ones held (csrc/mwi_inspect.h): reading A pauses and on_held(message) is called on
-    the loop (None: A broke the framing); then resume(), or close(farewell, reason=...).
+    inspect ("resp", "mysql", "mongodb"): side A's messages are framed and the protocol's
+    marked ones held (csrc/mwi_inspect.h): reading A pauses and on_held(message) is called
+    on the loop (None: A broke the framing); then resume(), or close(farewell, reason=...).
+    mongodb: inspect_allowed (the `$db` names that pass natively), inspect_max_message.
     Side B must not be framed then."""
 
     def __init__(
@@ -272,9 +276,14 @@ class Relay:
         counter_slot: int | None = None,
         inspect: str | None = None,
         on_held: Callable[[bytes | None], object] | None = None,
+        inspect_allowed: tuple[str, ...] = (),
+        inspect_max_message: int = MONGO_MAX_MESSAGE,
     ) -> None:
         check_slot(counter_slot)
         check_inspect(inspect, on_held, framed_b)
+        mongo_allowed(inspect_allowed)
+        check_max_message(inspect_max_message)
+        self._inspect_opts = (tuple(inspect_allowed), inspect_max_message)
         fds = [_side_fd(a), _side_fd(b)]
         if fds[0] < 0 or fds[1] < 0 or fds[0] == fds[1]:
             raise ValueError("two distinct open fds are needed")
@@ -331,7 +340,7 @@ class Relay:
         self._ends = (a, b)
         self._dirs = (_Direction(a, b, 0), _Direction(b, a, 1))
         if self._inspect is not None:
-            self._dirs[0].gate = Gate(self._inspect)
+            self._dirs[0].gate = Gate(self._inspect, *self._inspect_opts)
         self._started = True
         self._last_active = time.monotonic()
         for d in self._dirs:

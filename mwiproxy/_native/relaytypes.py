@@ -32,7 +32,27 @@ REASONS = (
 # what the owner may end a relay as (Relay.close(reason=...))
 CLOSE_REASONS = (REASON_CLOSED, REASON_REFUSED, REASON_PROTOCOL, REASON_ERROR)
 # protocols a relay can inspect (side a's messages): ids of csrc/mwi_inspect.h
-INSPECT_PROTOCOLS = {"resp": 1, "mysql": 2}
+INSPECT_PROTOCOLS = {"resp": 1, "mysql": 2, "mongodb": 3}
+MONGO_MAX_MESSAGE = 48_000_000  # the server's default maxMessageSizeBytes
+
+
+def mongo_allowed(allowed: tuple[str, ...] | list[str]) -> bytes:
+    """The allowed `$db` names as the C framer takes them: each UTF-8, NUL-terminated."""
+    if isinstance(allowed, str | bytes):
+        raise TypeError("allowed is a sequence of database names")
+    out = bytearray()
+    for name in allowed:
+        raw = name.encode() if isinstance(name, str) else b""
+        if not raw or b"\0" in raw:
+            raise ValueError(f"not a database name: {name!r}")
+        out += raw + b"\0"
+    return bytes(out)
+
+
+def check_max_message(max_message: int) -> int:
+    if not 16 <= max_message <= 0xFFFFFFFF:
+        raise ValueError(f"max_message out of range: {max_message!r}")
+    return max_message
 
 
 def check_close_reason(reason: str) -> int:

@@ -20,15 +20,18 @@ included (metrics/relaybytes.py); side a is the client's (a -> b = client_to_ser
 `inspect` (an `Inspect`) has the relay frame side a's plaintext (after TLS and `-ping`
 deframing) message by message, natively (csrc/mwi_inspect.c; twin _native/inspect_py.py):
 the few messages the protocol's rule marks (Redis AUTH, HELLO, RESET and every inline
-command; MySQL COM_INIT_DB, COM_CHANGE_USER) are HELD: what came before goes on, reading
-side a pauses, and `decide(message)` runs on the loop with the message's exact bytes.
+command; MySQL COM_INIT_DB, COM_CHANGE_USER; MongoDB every message but an OP_MSG whose
+`$db` is one of `allowed` and whose command is not one Python decides (authentication,
+the handshake, aggregate, mapReduce): see csrc/mwi_inspect.h) are HELD: what came before goes on, reading side a pauses, and
+`decide(message)` runs on the loop with the message's exact bytes.
 None: the message goes on and the relay with it. Bytes: refused, the pipe ends as
 "refused" with those bytes as the farewell to side a; the message never reaches b. If
 `decide` raises, the pipe ends as "error" without a farewell (the exception goes to the
 loop's exception handler). A held message over MAX_HELD (64 KiB) or a stream that breaks
 the protocol's framing ends the pipe as "protocol" with `violation_farewell`; bytes of
 that message not yet forwarded never are (a value streaming out when the framing breaks
-has gone out in part). Inspection never splices, and side b must not be framed. Byte
+has gone out in part). MongoDB: a message over `max_message` is a violation, and so is
+one over 64 KiB that does not pass (its body with `$db` must lie in its first 64 KiB). Inspection never splices, and side b must not be framed. Byte
 counts count forwarded bytes only.
 """
 
@@ -48,9 +51,11 @@ CLOSE_TIMEOUT = 5.0
 class Inspect:
     """Side a's messages checked on the way (see the module doc)."""
 
-    protocol: str  # "resp" or "mysql"
+    protocol: str  # "resp", "mysql" or "mongodb"
     decide: Callable[[bytes], Awaitable[bytes | None]]  # None: forward; bytes: refuse
     violation_farewell: bytes = b""  # said to side a when its framing breaks
+    allowed: tuple[str, ...] = ()  # mongodb: the `$db` names whose OP_MSGs pass natively
+    max_message: int = _native.MONGO_MAX_MESSAGE  # mongodb: the server's maxMessageSizeBytes
 
 
 @dataclass
@@ -105,7 +110,10 @@ class Pipe:
             idle_timeout=self._idle, close_timeout=self._close_timeout,
             framed_a=framed_a, framed_b=framed_b, counter_slot=slot,
             inspect=None if self._inspect is None else self._inspect.protocol,
-            on_held=None if self._inspect is None else self._on_held)
+            on_held=None if self._inspect is None else self._on_held,
+            inspect_allowed=() if self._inspect is None else self._inspect.allowed,
+            inspect_max_message=_native.MONGO_MAX_MESSAGE if self._inspect is None
+            else self._inspect.max_message)
         self._relay.start()
         self.stats.native = True  # by the relay (either build), not a copy in Python
         if self.stats.reason:  # closed while being set up

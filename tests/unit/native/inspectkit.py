@@ -8,7 +8,9 @@ import random
 import struct
 from typing import Any
 
-from mwiproxy._native.inspect_py import HOLD, MAX_HELD, VIOLATION
+from mwiproxy._native.inspect_py import HOLD, MAX_HELD, PASS, VIOLATION
+
+from .mongokit import mongo_message
 
 Event = tuple[str, bytes]
 
@@ -38,9 +40,12 @@ def decisions(framer: Any, chunks: list[bytes]) -> list[Event]:
             if status == VIOLATION:
                 out.append(("violation", b""))
                 return out
-            if status != HOLD:
+            if status == PASS:  # a buffered message went on
+                forward(bytes(framer.held))
+            elif status != HOLD:
                 break
-            out.append(("hold", bytes(framer.held)))
+            else:
+                out.append(("hold", bytes(framer.held)))
             view = view[used:]
     return out
 
@@ -89,7 +94,7 @@ def mysql_packet(rng: random.Random) -> bytes:
 
 
 def stream(protocol: str, rng: random.Random) -> bytes:
-    make = resp_command if protocol == "resp" else mysql_packet
+    make = {"resp": resp_command, "mysql": mysql_packet, "mongodb": mongo_message}[protocol]
     data = bytearray(b"".join(make(rng) for _ in range(rng.randint(1, 6))))
     for _ in range(rng.choice([0, 0, 0, 1, 2])):  # damage
         if not data:

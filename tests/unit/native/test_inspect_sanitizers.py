@@ -29,7 +29,8 @@ def test_framer_is_memory_safe_under_asan(tmp_path: Path) -> None:
     subprocess.run(
         ["gcc", "-g", "-O1", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
          "-fno-sanitize-recover=all", f"-I{ROOT / 'csrc'}", "-o", str(exe),
-         str(ROOT / "csrc/fuzz/fuzz_inspect.c"), str(ROOT / "csrc/mwi_inspect.c")],
+         str(ROOT / "csrc/fuzz/fuzz_inspect.c"), str(ROOT / "csrc/mwi_inspect.c"),
+         str(ROOT / "csrc/mwi_inspect_mongo.c")],
         check=True,
     )
     rng = random.Random(99)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from typing import Any
 
 import pytest
@@ -143,10 +144,13 @@ def test_resume_while_side_b_is_full_keeps_the_order(relay_mod: Any) -> None:
 
 
 @pytest.mark.parametrize("kw", [
-    {"inspect": "mongodb"},
+    {"inspect": "postgres"},
     {"inspect": "resp", "on_held": None},
     {"inspect": "mysql", "framed_b": Framing()},
-], ids=["unknown-protocol", "no-on-held", "framed-b"])
+    {"inspect": "mongodb", "inspect_allowed": ("a\0b",)},
+    {"inspect": "mongodb", "inspect_allowed": ("",)},
+    {"inspect": "mongodb", "inspect_max_message": 15},
+], ids=["unknown-protocol", "no-on-held", "framed-b", "nul-in-db", "empty-db", "max-15"])
 def test_an_inspected_relay_refuses_what_it_cannot_do(relay_mod: Any, kw: dict[str, Any]
                                                       ) -> None:
     async def body() -> None:
@@ -167,6 +171,46 @@ def test_close_reasons_are_checked(relay_mod: Any) -> None:
             j.relay.close(b"", reason="eof")
         j.relay.close(reason=REASON_REFUSED)
         assert await asyncio.wait_for(j.done, 10) == REASON_REFUSED
+        j.close()
+
+    run(body)
+
+
+def _op_msg(command: bytes, db: bytes, extra: bytes = b"") -> bytes:
+    """An OP_MSG {command: 1, $db: db} with `extra` as a document sequence after it."""
+    elements = b"\x10" + command + b"\0\1\0\0\0" + b"\x02$db\0" + \
+        struct.pack("<i", len(db) + 1) + db + b"\0"
+    doc = struct.pack("<i", len(elements) + 5) + elements + b"\0"
+    seq = b"" if not extra else b"\x01" + struct.pack("<i", len(extra) + 6) + b"docs\0" + extra
+    body = struct.pack("<I", 0) + b"\0" + doc + seq
+    return struct.pack("<iiii", 16 + len(body), 1, 0, 2013) + body
+
+
+def test_mongodb_passes_natively_across_frames_and_holds_the_rest(relay_mod: Any) -> None:
+    find, other = _op_msg(b"find", b"app"), _op_msg(b"find", b"admin")
+    big = _op_msg(b"insert", b"app", struct.pack("<i", 300_005) + b"\x05" * 300_000 + b"\0")
+    stream = find + big + other + find
+    frames = b"".join(ping.KEEPALIVE + ping.frame(stream[i:i + 4001])
+                      for i in range(0, len(stream), 4001))
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        held = Held()
+        j = Joined(relay_mod.Relay, loop, framed_a=Framing(), inspect="mongodb",
+                   on_held=held, inspect_allowed=("app",))
+        j.relay.start()
+        sender = asyncio.ensure_future(loop.sock_sendall(j.a, frames))
+        await asyncio.sleep(0.2)  # side b reads nothing yet: the relay waits on it
+        assert await recv_all(loop, j.b, len(find + big)) == find + big
+        assert await held.next() == other
+        assert held.messages == [other]  # the passing ones never came to Python
+        j.relay.resume()
+        await sender
+        j.a.shutdown(1)
+        assert await recv_all(loop, j.b) == other + find
+        j.b.shutdown(1)
+        assert await asyncio.wait_for(j.done, 10) == REASON_EOF
+        assert j.relay.stats().bytes_a_to_b == len(stream)
         j.close()
 
     run(body)

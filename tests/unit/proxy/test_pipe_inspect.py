@@ -25,7 +25,8 @@ BROKEN = b"-ERR Protocol error: the proxy could not frame this command\r\n"
 class Session:
     """client <-> Pipe(inspect) <-> server, over socket pairs; the test plays both ends."""
 
-    def __init__(self, protocol: str, decide: Callable[[bytes], Awaitable[bytes | None]]):
+    def __init__(self, protocol: str, decide: Callable[[bytes], Awaitable[bytes | None]],
+                 allowed: tuple[str, ...] = ()):
         self.loop = asyncio.get_running_loop()
         ours_a, self.client = socket.socketpair()
         ours_b, self.server = socket.socketpair()
@@ -38,7 +39,8 @@ class Session:
             return await decide(message)
 
         self.pipe = Pipe(SocketStream(ours_a), SocketStream(ours_b),
-                         inspect=Inspect(protocol, record, violation_farewell=BROKEN))
+                         inspect=Inspect(protocol, record, violation_farewell=BROKEN,
+                                         allowed=allowed))
         self.task = asyncio.ensure_future(self.pipe.run())
 
     async def send(self, data: bytes, step: int = 0) -> None:
