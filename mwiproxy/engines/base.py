@@ -9,7 +9,9 @@ separate `mwiproxy start --roles=db` agent (`mwiproxy.dbagent`).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,6 +116,23 @@ class UpstreamTLS:
         if self._db.tls.mode != "verify-full":
             return None
         return self._db.tls.server_name or self._db.host_port[0]
+
+    async def start_tls(self, sock: socket.socket, ctx: _native.TLSContext
+                        ) -> _native.TLSStream:
+        """TLS over a connected socket to the database with `ctx`: the handshake and,
+        in verify-full, the server's name. The socket is the stream's from here: closed
+        with it when this fails."""
+        name = self.server_hostname
+        stream = _native.TLSStream(asyncio.get_running_loop(), ctx, sock.detach(),
+                                   server_hostname=name)
+        try:
+            await stream.handshake()
+            if name is not None:
+                check_server_name(stream.peer_cert_der(), name)
+        except BaseException:
+            stream.close()
+            raise
+        return stream
 
     async def context_for(self, db_user: str, grant: str = "") -> _native.TLSContext:
         """A context signing in as db_user; `grant` (a session grant, in an agent) is

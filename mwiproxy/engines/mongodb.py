@@ -23,7 +23,6 @@ from mwiproxy.engines.base import (
     ClientCertSigner,
     UpstreamError,
     UpstreamTLS,
-    check_server_name,
 )
 from mwiproxy.metrics.cluster import NoopProxyMetrics
 from mwiproxy.relay.streams import BufferedReader, dial_tcp
@@ -73,15 +72,9 @@ class MongoEngine:
         return UpstreamError(f"cannot reach {where}: {e or 'timeout'}")
 
     async def _connect(self, db_user: str) -> MongoUpstream:
-        loop = asyncio.get_running_loop()
         ctx = await self.tls.context_for(db_user)
-        sock = await dial_tcp(*self.db.host_port)
-        name = self.tls.server_hostname
-        stream = _native.TLSStream(loop, ctx, sock.detach(), server_hostname=name)
+        stream = await self.tls.start_tls(await dial_tcp(*self.db.host_port), ctx)
         try:
-            await stream.handshake()
-            if name is not None:
-                check_server_name(stream.peer_cert_der(), name)
             reader = BufferedReader(stream)
             hello = await self._command(stream, reader, {"isMaster": 1, "$db": "admin"})
             size = hello.get("maxMessageSizeBytes", mongo.MAX_MESSAGE)

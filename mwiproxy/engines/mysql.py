@@ -27,7 +27,6 @@ from mwiproxy.engines.base import (
     ClientCertSigner,
     UpstreamError,
     UpstreamTLS,
-    check_server_name,
 )
 from mwiproxy.metrics.cluster import NoopProxyMetrics
 from mwiproxy.relay.streams import BufferedReader, dial_tcp
@@ -145,11 +144,7 @@ class MySQLEngine:
             caps = caps | hs.CONNECT_WITH_DB if db_name else caps & ~hs.CONNECT_WITH_DB
             await loop.sock_sendall(sock, mysql.packet(hs.build_ssl_request(caps, charset), 1))
             ctx = await self.tls.context_for(db_user)
-            name = self.tls.server_hostname
-            stream = _native.TLSStream(loop, ctx, sock.detach(), server_hostname=name)
-            await stream.handshake()
-            if name is not None:
-                check_server_name(stream.peer_cert_der(), name)
+            stream = await self.tls.start_tls(sock, ctx)  # owns the socket, even failing
             plugin = greeting.auth_plugin or hs.NATIVE_PASSWORD
             response = hs.HandshakeResponse(caps, hs.MAX_PACKET, charset, db_user, b"",
                                             db_name, plugin)

@@ -23,7 +23,6 @@ from mwiproxy.engines.base import (
     ClientCertSigner,
     UpstreamError,
     UpstreamTLS,
-    check_server_name,
 )
 from mwiproxy.identity.certs import Identity
 from mwiproxy.metrics.cluster import NoopProxyMetrics
@@ -160,25 +159,14 @@ class PostgresEngine:
 
     async def _connect(self, db_user: str | None, grant: str,
                        early: EarlyDial | None = None) -> _native.TLSStream:
-        loop = asyncio.get_running_loop()
         sock = await (early.socket() if early is not None else self._dial())
-        name = self.tls.server_hostname
         try:
             ctx = self.tls.anonymous_context() if db_user is None else \
                 await self.tls.context_for(db_user, grant)
         except BaseException:
             sock.close()
             raise
-        stream = _native.TLSStream(loop, ctx, sock.detach(),
-                                   server_hostname=name)
-        try:
-            await stream.handshake()
-            if name is not None:
-                check_server_name(stream.peer_cert_der(), name)
-        except BaseException:
-            stream.close()
-            raise
-        return stream
+        return await self.tls.start_tls(sock, ctx)
 
     async def start(self, startup: bytes, db_user: str, client: ByteStream, *,
                     caller: Identity | None = None, db_name: str = "", remote: str = "",

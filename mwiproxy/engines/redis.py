@@ -25,7 +25,6 @@ from mwiproxy.engines.base import (
     ClientCertSigner,
     UpstreamError,
     UpstreamTLS,
-    check_server_name,
 )
 from mwiproxy.metrics.cluster import NoopProxyMetrics
 from mwiproxy.relay.streams import dial_tcp
@@ -99,23 +98,13 @@ class RedisEngine:
             f"cannot reach database {self.name!r} at {self.db.uri}: {e or 'timeout'}")
 
     async def _connect(self, db_user: str, grant: str) -> _native.TLSStream:
-        loop = asyncio.get_running_loop()
         sock = await dial_tcp(*self.db.host_port)
-        name = self.tls.server_hostname
         try:
             ctx = await self.tls.context_for(db_user, grant)
         except BaseException:
             sock.close()
             raise
-        stream = _native.TLSStream(loop, ctx, sock.detach(), server_hostname=name)
-        try:
-            await stream.handshake()
-            if name is not None:
-                check_server_name(stream.peer_cert_der(), name)
-        except BaseException:
-            stream.close()
-            raise
-        return stream
+        return await self.tls.start_tls(sock, ctx)
 
 
 async def _read_line(stream: _native.TLSStream) -> bytes:
