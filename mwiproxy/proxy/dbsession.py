@@ -15,7 +15,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from mwiproxy.metrics.cluster import (
     RESULT_SUCCESS,
     NoopProxyMetrics,
 )
-from mwiproxy.proxy.access import Refusal
+from mwiproxy.proxy.access import Grant, Refusal
 from mwiproxy.proxy.sessions import Session, SessionRegistry
 from mwiproxy.relay.pipe import Pipe, PipeStats
 from mwiproxy.relay.streams import BufferedReader, ByteStream, FramedStream
@@ -70,6 +70,25 @@ class DbFrontend:
         self._inner_tls = inner_tls
         self._ping_interval = ping_interval
         self._metrics = metrics or NoopProxyMetrics()
+
+    # -- a session's life ----------------------------------------------------------------
+
+    def session_for(self, conn: Conn, grant: Grant, db_user: str, db_name: str) -> Session:
+        """The session a granted connection opens, as the owner of cuts sees it."""
+        assert conn.caller is not None
+        return Session(conn.caller, grant.route.service, db_user, db_name, conn.remote,
+                       roles=grant.roles, disconnect_at_expiry=grant.disconnect_at_expiry,
+                       mode=conn.mode, accepted_at=conn.accepted_at)
+
+    @contextlib.contextmanager
+    def registered(self, session: Session) -> Iterator[Session]:
+        """The session in the registry for the block — the engine's dial included, so a
+        lock or an expiry meanwhile cuts it too (see `relay`)."""
+        self._sessions.add(session)
+        try:
+            yield session
+        finally:
+            self._sessions.remove(session)
 
     # -- non-tunnel mode: the client's own TLS -----------------------------------------
 

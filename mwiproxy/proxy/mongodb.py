@@ -119,15 +119,9 @@ class MongoFrontend(DbFrontend):
             self.refused(conn, r, route.service, route.username, route.database)
             await self._answer(conn, mongo.error_document(r.message))
             return
-        session = Session(conn.caller, route.service, route.username, route.database,
-                          conn.remote, roles=grant.roles,
-                          disconnect_at_expiry=grant.disconnect_at_expiry,
-                          mode=conn.mode, accepted_at=conn.accepted_at)
-        self._sessions.add(session)  # a lock while the engine dials cuts it too
-        try:
+        with self.registered(self.session_for(conn, grant, route.username,
+                                              route.database)) as session:
             await self._run(conn, session)
-        finally:
-            self._sessions.remove(session)
 
     async def _run(self, conn: Conn, session: Session) -> None:
         started = time.monotonic()

@@ -202,14 +202,8 @@ class MySQLFrontend(DbFrontend):
         except Refusal as r:
             await self._refuse(conn, r, db_user, db_name)
             return
-        session = Session(conn.caller, grant.route.service, db_user, db_name, conn.remote,
-                          roles=grant.roles, disconnect_at_expiry=grant.disconnect_at_expiry,
-                          mode=conn.mode, accepted_at=conn.accepted_at)
-        self._sessions.add(session)
-        try:
+        with self.registered(self.session_for(conn, grant, db_user, db_name)) as session:
             await self._run(conn, session, hello)
-        finally:
-            self._sessions.remove(session)
 
     async def _run(self, conn: _Conn, session: Session, hello: hs.HandshakeResponse) -> None:
         engine = self._engines[session.service]

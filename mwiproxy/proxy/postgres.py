@@ -137,17 +137,12 @@ class PostgresFrontend(DbFrontend):
                 early.cancel()  # the database saw a TCP connection and an SSLRequest
             await self._refuse(conn, r, {"user": db_user, "database": db_name})
             return
-        session = Session(conn.caller, grant.route.service, db_user, db_name, conn.remote,
-                          roles=grant.roles, disconnect_at_expiry=grant.disconnect_at_expiry,
-                          mode=conn.mode, accepted_at=conn.accepted_at)
-        # cut before the relay: see _run
-        self._sessions.add(session)
         try:
-            await self._run(conn, session, startup, early)
+            with self.registered(self.session_for(conn, grant, db_user, db_name)) as session:
+                await self._run(conn, session, startup, early)
         finally:
             if early is not None:
                 early.cancel()  # a no-op once the engine took its socket
-            self._sessions.remove(session)
 
     async def _dial_early(self, service: str) -> EarlyDial | None:
         """An in-process engine starts dialing while the policy check runs (the

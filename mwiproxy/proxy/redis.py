@@ -146,14 +146,8 @@ class RedisFrontend(DbFrontend):
         except Refusal as r:
             await self._refuse(conn, r, db_user, buffered)
             return
-        session = Session(conn.caller, grant.route.service, db_user, "", conn.remote,
-                          roles=grant.roles, disconnect_at_expiry=grant.disconnect_at_expiry,
-                          mode=conn.mode, accepted_at=conn.accepted_at)
-        self._sessions.add(session)  # cut before the relay: see DbFrontend.relay
-        try:
+        with self.registered(self.session_for(conn, grant, db_user, "")) as session:
             await self._run(conn, session)
-        finally:
-            self._sessions.remove(session)
 
     async def _run(self, conn: Conn, session: Session) -> None:
         started = time.monotonic()
