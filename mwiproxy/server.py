@@ -24,7 +24,7 @@ from mwiproxy.auth.ca_rotation import UPDATE_CLIENTS, drive_schedule
 from mwiproxy.auth.handlers import METHODS
 from mwiproxy.auth.service import AuthService
 from mwiproxy.auth.storage.base import LockRecord
-from mwiproxy.auth.storage.sqlite import SQLiteStorage
+from mwiproxy.auth.storage.opener import open_storage
 from mwiproxy.config.cluster import ClusterConfig
 from mwiproxy.engines.base import LocalSigner
 from mwiproxy.engines.mongodb import PROTOCOL as MONGO_PROTOCOL
@@ -83,7 +83,7 @@ class Cluster:
         self._lock = DataDirLock(self.data_dir)
         self._lock.acquire()
         self._closed = False
-        self.storage = SQLiteStorage(config.storage_path)
+        self.storage = open_storage(config)
         self._check_cluster_name()
         self.cas = AuthoritySet.load_or_create(self.data_dir / "ca", config.cluster_name)
         host, port = split_host_port(config.proxy.listen_addr)
@@ -181,9 +181,10 @@ class Cluster:
         if stored is None:
             self.storage.set_meta("cluster_name", self.config.cluster_name)
         elif stored != self.config.cluster_name:
-            raise ValueError(
-                f"data dir {self.data_dir} belongs to cluster {stored!r}, "
-                f"but the config names {self.config.cluster_name!r}")
+            where = f"data dir {self.data_dir}" if self.config.storage.type == "sqlite" \
+                else "the PostgreSQL storage"
+            raise ValueError(f"{where} belongs to cluster {stored!r}, "
+                             f"but the config names {self.config.cluster_name!r}")
 
     def _proxy_hosts(self) -> list[str]:
         hosts = ["localhost", "127.0.0.1", "::1", self.config.cluster_name]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+
+from mwiproxy.auth.storage.base import Storage
+from tests._testbase.pgstore import BACKENDS, StorageServer, opener
 
 
 def native_run() -> bool:
@@ -47,3 +50,38 @@ def pytest_runtest_makereport(item, call) -> Iterator[None]:  # type: ignore[no-
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"native_only test skipped in the native run: {reason}"
+
+
+@pytest.fixture(scope="session")
+def storage_server() -> Iterator[Callable[[], StorageServer]]:
+    """The PostgreSQL the storage tests use: started on first use, once per session."""
+    started: list[StorageServer] = []
+
+    def get() -> StorageServer:
+        if not started:
+            from mwiproxy.devkit import postgres
+
+            if not postgres.available():
+                pytest.skip("PostgreSQL 15 binaries not installed")
+            started.append(StorageServer())
+        return started[0]
+
+    yield get
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def open_storage(request, tmp_path, storage_server  # type: ignore[no-untyped-def]
+                 ) -> Callable[[], Storage]:
+    """Opens a Storage (SQLite or PostgreSQL) on this test's own state; call it twice for
+    two processes' view of the same state. The test closes what it opens."""
+    return opener(request.param, tmp_path, storage_server)
+
+
+@pytest.fixture
+def storage(open_storage) -> Iterator[Storage]:  # type: ignore[no-untyped-def]
+    """One Storage per backend (the test body runs once on each)."""
+    store = open_storage()
+    yield store
+    store.close()

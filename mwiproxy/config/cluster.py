@@ -76,18 +76,42 @@ def _check_addr(value: str, key: str, *, min_port: int = 0) -> None:
 
 @dataclass
 class StorageConfig:
-    # postgres is listed so that it gets a "not supported yet" answer, not "unknown value"
+    """Where cluster state lives: `sqlite` (a file, the embedded default) or `postgres`
+    (a database several hosts can reach; README "PostgreSQL storage")."""
+
     type: Literal["sqlite", "postgres"] = "sqlite"
-    path: str = ""
+    path: str = ""  # sqlite: the file (default: <data_dir>/state.db)
+    # postgres: a libpq connection string or URI, or the absolute path of a file that
+    # holds one (so a password need not sit in cluster.yaml)
+    conn_string: str = ""
 
     def __post_init__(self) -> None:
         self.path = os.path.expanduser(self.path)
 
     def validate(self) -> None:
-        if self.type == "postgres":
-            raise ConfigError(
-                key="type", message="postgres storage is not supported yet; use sqlite"
-            )
+        if self.type == "sqlite":
+            if self.conn_string:
+                raise ConfigError("only for type: postgres", key="conn_string")
+            return
+        if self.path:
+            raise ConfigError("only for type: sqlite (postgres uses conn_string)", key="path")
+        if not self.conn_string:
+            raise ConfigError("required for type: postgres (e.g. 'host=db.example "
+                              "dbname=mwiproxy user=mwiproxy')", key="conn_string")
+        check_conn_string(resolve_token(self.conn_string, "conn_string"))
+
+    def resolved_conn_string(self) -> str:
+        return resolve_token(self.conn_string, "storage.conn_string")
+
+
+def check_conn_string(text: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict  # only postgres users need psycopg
+
+    try:
+        conninfo_to_dict(text)
+    except Exception as e:  # psycopg.ProgrammingError: says what libpq could not parse
+        raise ConfigError(f"not a PostgreSQL connection string: {str(e).strip()}",
+                          key="conn_string") from None
 
 
 @dataclass

@@ -1,0 +1,116 @@
+"""The Storage contract: every test body runs on SQLite and on PostgreSQL (`storage`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mwiproxy.auth.storage.base import BotRecord, LockRecord, TokenRecord, TokenUnusable
+from mwiproxy.auth.storage.chain import verify_chain
+
+NOW = 1_800_000_000.0
+
+
+def test_roles_put_get_overwrite_delete(storage):
+    assert storage.put_role("dev", {"name": "dev", "v": 1}, overwrite=False)
+    assert not storage.put_role("dev", {"name": "dev", "v": 2}, overwrite=False)
+    assert storage.get_role("dev") == {"name": "dev", "v": 1}
+    assert storage.put_role("dev", {"name": "dev", "v": 3}, overwrite=True)
+    storage.put_role("admin", {"name": "admin"}, overwrite=False)
+    assert [r["name"] for r in storage.list_roles()] == ["admin", "dev"]
+    assert storage.get_role("dev")["v"] == 3
+    assert storage.delete_role("dev") and not storage.delete_role("dev")
+    assert storage.get_role("dev") is None
+
+
+def _bot(name: str = "b1") -> BotRecord:
+    return BotRecord(name, ["dev"], 0, {"logins": ["alice"]}, NOW, NOW)
+
+
+def test_bots_and_generation_compare_and_swap(storage):
+    assert storage.create_bot(_bot())
+    assert not storage.create_bot(_bot())
+    storage.set_generation("b1", 1, NOW + 1, instance_id="i-1", issued={"generation": 1})
+    assert storage.bump_generation("b1", 1, NOW + 2, {"generation": 2, "key_sha256": "k"})
+    assert not storage.bump_generation("b1", 1, NOW + 3, {"generation": 2})
+    bot = storage.get_bot("b1")
+    assert (bot.generation, bot.instance_id, bot.last_seen) == (2, "i-1", NOW + 2)
+    assert bot.issued == {"generation": 2, "key_sha256": "k"}
+    assert bot.traits == {"logins": ["alice"]} and bot.roles == ["dev"]
+    assert storage.set_bot_roles("b1", ["ops"]) and not storage.set_bot_roles("nope", [])
+    storage.create_bot(_bot("a0"))
+    assert [b.name for b in storage.list_bots()] == ["a0", "b1"]
+    assert storage.get_bot("b1").roles == ["ops"]
+
+
+def test_deleting_a_bot_deletes_its_tokens(storage):
+    storage.create_bot(_bot())
+    storage.create_token(TokenRecord("t" * 64, "bot", "b1", NOW + 60, NOW))
+    storage.create_token(TokenRecord("u" * 64, "bot", "other", NOW + 60, NOW + 1))
+    assert storage.delete_bot("b1") and not storage.delete_bot("b1")
+    assert [t.token_id for t in storage.list_tokens()] == ["u" * 64]
+
+
+def test_tokens_are_single_use_and_say_why_not(storage):
+    storage.create_token(TokenRecord("a" * 64, "bot", "b1", NOW + 60, NOW))
+    storage.create_token(TokenRecord("b" * 64, "db", "", NOW - 1, NOW - 60))
+    used = storage.consume_token("a" * 64, NOW)
+    assert (used.token_id, used.kind, used.bot_name, used.used_at) == ("a" * 64, "bot", "b1",
+                                                                       NOW)
+    with pytest.raises(TokenUnusable, match="already used"):
+        storage.consume_token("a" * 64, NOW)
+    with pytest.raises(TokenUnusable, match="expired"):
+        storage.consume_token("b" * 64, NOW)
+    with pytest.raises(TokenUnusable, match="not known"):
+        storage.consume_token("c" * 64, NOW)
+    assert [t.token_id for t in storage.list_tokens()] == ["b" * 64, "a" * 64]
+    assert storage.delete_token("") == 0
+    assert storage.delete_token("aaaa") == 1
+    assert [t.used_at for t in storage.list_tokens()] == [None]
+
+
+def test_locks_expire_in_listing(storage):
+    storage.create_lock(LockRecord("l1", "bot", "b1", "stolen", None, NOW))
+    storage.create_lock(LockRecord("l2", "role", "dev", "audit", NOW + 10, NOW + 1))
+    assert [lk.lock_id for lk in storage.list_locks()] == ["l1", "l2"]
+    assert [lk.lock_id for lk in storage.list_locks(now=NOW + 10)] == ["l1"]
+    assert storage.list_locks()[1] == LockRecord("l2", "role", "dev", "audit", NOW + 10,
+                                                 NOW + 1)
+    assert storage.delete_lock("l1") and not storage.delete_lock("l1")
+
+
+def test_meta(storage):
+    assert storage.get_meta("cluster_name") is None
+    storage.set_meta("cluster_name", "a")
+    storage.set_meta("cluster_name", "b")
+    assert storage.get_meta("cluster_name") == "b"
+
+
+def test_audit_batches_chain_and_query(storage):
+    ids = storage.append_audit_batch([(NOW, "bot.join", {"bot": "b1"}),
+                                      (NOW + 1, "bot.renew", {"bot": "b1", "gen": 2})])
+    ids += storage.append_audit_batch([(NOW + 2, "lock.create", {"n": 1.5})])
+    assert ids == [1, 2, 3]
+    tail, events = storage.audit_chain()
+    report = verify_chain(tail, events)
+    assert report.intact and report.events == 3 and report.head.event_id == 3
+    assert tail.highest_id == 3
+    got = storage.query_audit(since=NOW + 1)
+    assert [(e.event_id, e.type, e.fields) for e in got] == [
+        (2, "bot.renew", {"bot": "b1", "gen": 2}), (3, "lock.create", {"n": 1.5})]
+    assert [e.event_id for e in storage.query_audit(types=["bot.join", "lock.create"])] == [1, 3]
+    assert [e.event_id for e in storage.query_audit(limit=1)] == [3]
+    assert storage.audit_guards_missing() == []
+
+
+def test_a_second_instance_continues_the_chain(open_storage):
+    one = open_storage()
+    one.append_audit_batch([(NOW, "a", {})])
+    two = open_storage()
+    try:
+        assert two.append_audit_batch([(NOW + 1, "b", {})]) == [2]
+        assert one.append_audit_batch([(NOW + 2, "c", {})]) == [3]
+        tail, events = two.audit_chain()
+        assert verify_chain(tail, events).intact
+    finally:
+        one.close()
+        two.close()
