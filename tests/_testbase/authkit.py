@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mwiproxy.auth.service import AuthService
+from mwiproxy.auth.storage.base import Storage
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
 from mwiproxy.config.cluster import DatabaseConfig
 from mwiproxy.identity import oids
@@ -25,9 +26,11 @@ class Clock:
         return self.now
 
 
-def make_service(tmp_path: Path, clock: Clock | None = None) -> AuthService:
-    """A fresh service (no roles yet); the caller closes `service.storage`."""
-    storage = SQLiteStorage(str(tmp_path / "state.db"))
+def make_service(tmp_path: Path, clock: Clock | None = None,
+                 storage: Storage | None = None) -> AuthService:
+    """A fresh service (no roles yet), on SQLite unless given a storage; the caller closes
+    `service.storage`."""
+    storage = storage or SQLiteStorage(str(tmp_path / "state.db"))
     cas = AuthoritySet.load_or_create(tmp_path / "ca", CLUSTER)
     dbs = [DatabaseConfig(name="example-server", protocol="postgres", uri="localhost:5432",
                           static_labels={"env": "dev"})]
@@ -35,8 +38,9 @@ def make_service(tmp_path: Path, clock: Clock | None = None) -> AuthService:
     return AuthService(cluster=CLUSTER, storage=storage, cas=cas, databases=dbs, **kw)
 
 
-def guide_service(tmp_path: Path, clock: Clock | None = None) -> AuthService:
+def guide_service(tmp_path: Path, clock: Clock | None = None,
+                  storage: Storage | None = None) -> AuthService:
     """make_service with the guide's role created."""
-    service = make_service(tmp_path, clock)
+    service = make_service(tmp_path, clock, storage)
     service.call("create_roles", ADMIN, {"yaml": GUIDE_ROLE})
     return service

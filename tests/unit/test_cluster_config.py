@@ -118,7 +118,15 @@ BAD = [
     ("cluster_nmae: x\n", 1, "cluster_nmae", 'did you mean "cluster_name"'),
     ("cluster_name: 'bad name'\n", 1, "cluster_name", "not a valid cluster name"),
     ("data_dir: ''\n", 1, "data_dir", "must not be empty"),
-    ("storage: {type: postgres}\n", 1, "storage.type", "not supported yet"),
+    ("storage: {type: postgres}\n", 1, "storage.conn_string", "required for type: postgres"),
+    ("storage:\n  type: postgres\n  conn_string: 'host=db port'\n", 3, "storage.conn_string",
+     "not a PostgreSQL connection string"),
+    ("storage:\n  type: postgres\n  conn_string: /nonexistent/pg.conn\n", 3,
+     "storage.conn_string", "cannot read"),
+    ("storage:\n  conn_string: 'host=db'\n", 2, "storage.conn_string",
+     "only for type: postgres"),
+    ("storage:\n  type: postgres\n  path: /x.db\n  conn_string: 'host=db'\n", 3,
+     "storage.path", "only for type: sqlite"),
     ("storage: {type: mysql}\n", 1, "storage.type", "must be one of 'sqlite', 'postgres'"),
     ("storage:\n  path: [x]\n", 2, "storage.path", "expected a string"),
     ("storage:\n  size: 1\n", 2, "storage.size", "unknown field"),
@@ -183,6 +191,18 @@ def test_bad_config(tmp_path: Path, text: str, line: int, key: str, fragment: st
     assert (err.file, err.line, err.key) == (path, line, key)
     assert fragment in err.message
     assert str(err).startswith(f"{path}:{line}:")
+
+
+def test_postgres_storage(tmp_path: Path) -> None:
+    conn = tmp_path / "pg.conn"
+    conn.write_text("host=db.example dbname=mwiproxy user=mwi password=secret\n")
+    path = write(tmp_path, f"storage:\n  type: postgres\n  conn_string: {conn}\n")
+    storage = load_cluster_config(path).storage
+    assert storage.type == "postgres"
+    assert storage.resolved_conn_string() == "host=db.example dbname=mwiproxy user=mwi " \
+                                             "password=secret"
+    inline = write(tmp_path, "storage: {type: postgres, conn_string: 'postgresql://db/mwi'}\n")
+    assert load_cluster_config(inline).storage.resolved_conn_string() == "postgresql://db/mwi"
 
 
 def test_missing_file(tmp_path: Path) -> None:

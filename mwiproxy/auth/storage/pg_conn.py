@@ -34,6 +34,11 @@ def redact(conn_string: str) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items() if k != "password")
 
 
+def one_line(e: Exception) -> str:
+    """libpq's message (it spreads hints over several lines) on one line."""
+    return "; ".join(part.strip() for part in str(e).splitlines() if part.strip())
+
+
 def open_connection(conn_string: str) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(conn_string, autocommit=True,
@@ -42,7 +47,7 @@ def open_connection(conn_string: str) -> psycopg.Connection[Any]:
     except psycopg.OperationalError as e:
         raise StorageUnavailable(
             f"cannot connect to the PostgreSQL storage ({redact(conn_string)}): "
-            f"{str(e).strip()}") from None
+            f"{one_line(e)}") from None
 
 
 class Connection:
@@ -77,7 +82,7 @@ class Connection:
                     done = "" if read else " (the write may or may not have been applied)"
                     raise StorageUnavailable(
                         f"the connection to the PostgreSQL storage was lost{done}: "
-                        f"{str(e).strip()}") from None
+                        f"{one_line(e)}") from None
         raise AssertionError("unreachable")
 
     def _drop(self) -> None:

@@ -16,8 +16,11 @@ from mwiproxy.identity import oids
 from mwiproxy.identity.authorities import AuthoritySet, generate_private_key, public_key_pem
 from mwiproxy.identity.certs import Identity, identity_from_certificate
 from tests._testbase.fixtures import GUIDE_ROLE as ROLE
+from tests._testbase.pgstore import BACKENDS
 
 ADMIN = Identity(user="admin", usage=(oids.USAGE_ADMIN,))
+# the tests that also run on PostgreSQL storage (the rest: SQLite only, to keep CI short)
+on_both_backends = pytest.mark.parametrize("svc", BACKENDS, indirect=True)
 
 
 def _pub() -> str:
@@ -35,6 +38,7 @@ def _join(svc) -> tuple[str, Identity]:
     return tok, _ident(res["cert"])
 
 
+@on_both_backends
 def test_join_gives_renewable_generation_1(svc):
     _, ident = _join(svc)
     assert ident.bot_name == "example" and ident.user == "bot-example"
@@ -43,6 +47,7 @@ def test_join_gives_renewable_generation_1(svc):
     assert [e.type for e in svc.audit.query(types=[audit.BOT_JOIN])] == [audit.BOT_JOIN]
 
 
+@on_both_backends
 def test_token_is_one_time_and_expires(svc):
     tok, _ = _join(svc)
     with pytest.raises(AccessDenied, match="already used"):
@@ -56,6 +61,7 @@ def test_token_is_one_time_and_expires(svc):
     assert len(svc.audit.query(types=[audit.BOT_JOIN_FAILED])) == 3
 
 
+@on_both_backends
 def test_renewal_bumps_generation_and_replay_locks_bot(svc):
     _, gen1 = _join(svc)
     gen2 = _ident(svc.call("renew", gen1, {"public_key": _pub()})["cert"])
@@ -104,6 +110,7 @@ def test_database_cert_cannot_call_the_api(svc):
             svc.call(method, dbcert, req)
 
 
+@on_both_backends
 def test_locks_refuse_certificates(svc):
     _, bot = _join(svc)
     svc.call("bots_update", ADMIN, {"name": "example", "add_roles": ["example-role"]})
