@@ -9,6 +9,7 @@ from typing import Any
 
 from mwiproxy.auth.errors import AuthError
 from mwiproxy.auth.service import AuthService, Caller
+from mwiproxy.auth.storage.base import StorageUnavailable
 from mwiproxy.wire.frames import FrameError, encode, read_frame
 
 log = logging.getLogger("mwiproxy.auth")
@@ -36,6 +37,9 @@ def _reply(msg_id: Any, method: str, service: AuthService, caller: Caller,
         return {"id": msg_id, "result": service.call(method, caller, params, remote)}
     except AuthError as e:
         return {"id": msg_id, "error": {"code": e.code, "message": e.message}}
+    except StorageUnavailable as e:  # PostgreSQL storage out of reach: no bug, say so
+        log.error("auth API method %s failed: %s", method, e)
+        return {"id": msg_id, "error": {"code": "unavailable", "message": str(e)}}
     except Exception as e:  # a bug must not take the server down; say so and log it
         log.exception("auth API method %s failed", method)
         return {"id": msg_id, "error": {"code": "internal", "message": f"internal error: {e}"}}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from mwiproxy.auth.errors import AuthError, DeniedByLock, StaleGeneration
 from mwiproxy.auth.roles import Role
 from mwiproxy.auth.service import AuthService
+from mwiproxy.auth.storage.base import StorageUnavailable
 from mwiproxy.identity import names
 from mwiproxy.identity.certs import DatabaseRoute, Identity
 
@@ -101,6 +102,8 @@ def check_policy(auth: AuthService, caller: Identity, asked: DatabaseRoute) -> G
     """The rest of `authorize`: locks, bot lineage and generation, roles (storage)."""
     try:
         names, roles = auth.check_database(caller, asked)
+    except StorageUnavailable as e:  # PostgreSQL storage out of reach: say so, refuse
+        raise Refusal(f"the cluster cannot check access now: {e}", "other") from None
     except AuthError as e:
         code = "locked" if isinstance(e, DeniedByLock) else \
             "stale_generation" if isinstance(e, StaleGeneration) else "access_denied"

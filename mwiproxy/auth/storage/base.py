@@ -84,6 +84,11 @@ class TokenUnusable(Exception):
     """A join token is unknown, already used or expired."""
 
 
+class StorageUnavailable(Exception):
+    """The storage cannot be reached now (PostgreSQL: a lost connection that a retry did
+    not cure, or a write cut off mid-way)."""
+
+
 class StoreClosed(Exception):
     """The storage was closed: no later write can succeed (nothing to retry)."""
 

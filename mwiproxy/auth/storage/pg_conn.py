@@ -15,14 +15,12 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from mwiproxy.auth.storage.base import StoreClosed
+from mwiproxy.auth.storage.base import StorageUnavailable, StoreClosed
+
+__all__ = ["Connection", "StorageUnavailable", "open_connection", "redact"]
 
 T = TypeVar("T")
 CONNECT_TIMEOUT = 10  # seconds, for each (re)connection
-
-
-class StorageUnavailable(Exception):
-    """The PostgreSQL storage could not be reached, or the connection broke mid-call."""
 
 
 def redact(conn_string: str) -> str:

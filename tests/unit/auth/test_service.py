@@ -206,3 +206,17 @@ def test_db_ls_shows_a_bot_only_what_its_roles_match(tmp_path):
     assert [d["name"] for d in s.call("db_ls", ADMIN, {})] == ["dev-db", "prod-db"]
     s.audit.close()
     storage.close()
+
+
+def test_an_unreachable_storage_is_an_unavailable_error_not_a_bug(svc, monkeypatch, caplog):
+    from mwiproxy.auth.api import _reply
+    from mwiproxy.auth.storage.base import StorageUnavailable
+
+    def down() -> None:
+        raise StorageUnavailable("the connection to the PostgreSQL storage was lost")
+
+    monkeypatch.setattr(svc.storage, "list_roles", down)
+    reply = _reply(7, "get_roles", svc, ADMIN, {}, "127.0.0.1")
+    assert reply == {"id": 7, "error": {"code": "unavailable", "message": (
+        "the connection to the PostgreSQL storage was lost")}}
+    assert "Traceback" not in caplog.text and "storage was lost" in caplog.text

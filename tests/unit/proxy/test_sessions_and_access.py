@@ -6,7 +6,7 @@ import datetime as dt
 import pytest
 
 from mwiproxy.auth.errors import AccessDenied
-from mwiproxy.auth.storage.base import LockRecord
+from mwiproxy.auth.storage.base import LockRecord, StorageUnavailable
 from mwiproxy.identity.certs import DatabaseRoute, Identity
 from mwiproxy.proxy.access import NO_IDENTITY, Refusal, authorize
 from mwiproxy.proxy.sessions import REASON_EXPIRED, REASON_LOCKED, Session, SessionRegistry
@@ -88,13 +88,16 @@ def test_disconnect_at_expiry_from_role_options(settings, expected):
 
 
 class FakeAuth:
-    def __init__(self, deny: str = "") -> None:
+    def __init__(self, deny: str = "", storage_down: bool = False) -> None:
         self.deny = deny
+        self.storage_down = storage_down
         self.asked: list[DatabaseRoute] = []
 
     def check_database(self, caller: Identity, route: DatabaseRoute
                        ) -> tuple[list[str], list[object]]:
         self.asked.append(route)
+        if self.storage_down:
+            raise StorageUnavailable("the connection to the PostgreSQL storage was lost")
         if self.deny:
             raise AccessDenied(self.deny)
         return ["example-role"], []  # no role options: sessions end at certificate expiry
@@ -127,3 +130,11 @@ def test_rbac_runs_with_the_startup_user_and_database():
     assert auth.asked == [ROUTE] and grant.roles == ("example-role",)
     with pytest.raises(Refusal, match='user "alice" is not allowed by any role'):
         _authorize(_ident(), FakeAuth(deny='user "alice" is not allowed by any role'))
+
+
+def test_a_storage_out_of_reach_refuses_saying_so():
+    with pytest.raises(Refusal) as err:
+        _authorize(_ident(), FakeAuth(storage_down=True))
+    assert err.value.code == "other"
+    assert err.value.message == ("access to db denied: the cluster cannot check access now: "
+                                 "the connection to the PostgreSQL storage was lost")
