@@ -64,6 +64,8 @@ CLUSTER_INFO = "cluster.json"
 RELOADABLE = frozenset({"databases", "log.level", "proxy.ping_interval",
                         "proxy.drain_timeout", "auth.max_token_ttl",
                         "auth.max_certificate_ttl"})
+# keys whose values may hold a password or a token: never logged
+SECRETS = frozenset({"storage.conn_string", "db_service.token"})
 # once cut, how long sessions get to wind up (the relay's close timeout is 5 s) and write
 # their db.session.end before what is left is cancelled
 CUT_GRACE = 10.0
@@ -273,6 +275,9 @@ class Cluster:
         for key in changed:
             if key in RELOADABLE:
                 _set(merged, key, _get(new, key))
+            elif key in SECRETS:
+                log.warning("SIGHUP: %s changed: needs a restart; running on with the old "
+                            "value", key)
             else:
                 log.warning("SIGHUP: %s changed (%r → %r): needs a restart; running on "
                             "with the old value", key, _get(self.config, key), _get(new, key))
