@@ -7,6 +7,7 @@ certificate was issued for → locks and roles (deny first) via the auth service
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Container
 from dataclasses import dataclass
@@ -109,6 +110,16 @@ def check_policy(auth: AuthService, caller: Identity, asked: DatabaseRoute) -> G
             "stale_generation" if isinstance(e, StaleGeneration) else "access_denied"
         raise Refusal(e.message, code) from None
     return Grant(asked, tuple(names), disconnect_at_expiry(roles))
+
+
+async def check_policy_off_loop(auth: AuthService, caller: Identity,
+                               asked: DatabaseRoute) -> Grant:
+    """check_policy at session start: from a worker thread when the storage is a network
+    round trip away (PostgreSQL), so the loop relays other sessions meanwhile; inline on
+    SQLite, where the reads take microseconds, less than the hop to a thread."""
+    if auth.storage.remote:
+        return await asyncio.to_thread(check_policy, auth, caller, asked)
+    return check_policy(auth, caller, asked)
 
 
 def disconnect_at_expiry(roles: list[Role]) -> bool:

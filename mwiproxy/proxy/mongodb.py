@@ -36,7 +36,12 @@ from mwiproxy.engines.base import UpstreamError
 from mwiproxy.engines.mongodb import PROTOCOL, MongoEngine
 from mwiproxy.identity.certs import DatabaseRoute, Identity
 from mwiproxy.metrics.cluster import RESULT_ERROR, NoopProxyMetrics
-from mwiproxy.proxy.access import Refusal, check_certificate, check_policy
+from mwiproxy.proxy.access import (
+    Refusal,
+    check_certificate,
+    check_policy,
+    check_policy_off_loop,
+)
 from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError
 from mwiproxy.proxy.listener import accepted_at
 from mwiproxy.proxy.mongoloop import Relay, answer_with
@@ -114,7 +119,7 @@ class MongoFrontend(DbFrontend):
     async def _session(self, conn: Conn, route: DatabaseRoute) -> None:
         assert conn.caller is not None
         try:
-            grant = check_policy(self._auth, conn.caller, route)
+            grant = await check_policy_off_loop(self._auth, conn.caller, route)
         except Refusal as r:
             self.refused(conn, r, route.service, route.username, route.database)
             await self._answer(conn, mongo.error_document(r.message))

@@ -54,7 +54,12 @@ from mwiproxy.metrics.cluster import (
     RESULT_REFUSED,
     NoopProxyMetrics,
 )
-from mwiproxy.proxy.access import Refusal, check_certificate, check_policy
+from mwiproxy.proxy.access import (
+    Refusal,
+    check_certificate,
+    check_policy,
+    check_policy_off_loop,
+)
 from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError
 from mwiproxy.proxy.listener import accepted_at
 from mwiproxy.proxy.sessions import Session, SessionRegistry
@@ -198,7 +203,7 @@ class MySQLFrontend(DbFrontend):
                 raise Refusal(NOT_ASCII, "bad_startup")
             asked = check_certificate(conn.caller, db_user=db_user, db_name=db_name,
                                       protocols=PROTOCOLS, served=self._engines)
-            grant = check_policy(self._auth, conn.caller, asked)
+            grant = await check_policy_off_loop(self._auth, conn.caller, asked)
         except Refusal as r:
             await self._refuse(conn, r, db_user, db_name)
             return

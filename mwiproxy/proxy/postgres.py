@@ -38,7 +38,7 @@ from mwiproxy.metrics.cluster import (
     RESULT_REFUSED,
     NoopProxyMetrics,
 )
-from mwiproxy.proxy.access import Refusal, check_certificate, check_policy
+from mwiproxy.proxy.access import Refusal, check_certificate, check_policy_off_loop
 from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError, tell_client
 from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import accepted_at
@@ -131,7 +131,7 @@ class PostgresFrontend(DbFrontend):
                                       protocols=PROTOCOLS, served=self._engines)
             assert conn.caller is not None
             early = await self._dial_early(asked.service)
-            grant = check_policy(self._auth, conn.caller, asked)
+            grant = await check_policy_off_loop(self._auth, conn.caller, asked)
         except Refusal as r:
             if early is not None:
                 early.cancel()  # the database saw a TCP connection and an SSLRequest

@@ -32,7 +32,7 @@ from mwiproxy.engines.postgres import UpstreamRefused as AgentRefused
 from mwiproxy.engines.redis import DEFAULT_USER, PROTOCOL, RedisEngine, UpstreamRefused
 from mwiproxy.identity.certs import DatabaseRoute, Identity
 from mwiproxy.metrics.cluster import RESULT_ERROR, RESULT_REFUSED, NoopProxyMetrics
-from mwiproxy.proxy.access import Refusal, check_certificate, check_policy
+from mwiproxy.proxy.access import Refusal, check_certificate, check_policy_off_loop
 from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError
 from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import accepted_at
@@ -141,8 +141,8 @@ class RedisFrontend(DbFrontend):
                                       protocols=(PROTOCOL,), served=self._engines)
             assert conn.caller is not None
             # Redis has no database names: a route's database is not checked
-            grant = check_policy(self._auth, conn.caller,
-                                 DatabaseRoute(asked.service, PROTOCOL, db_user, ""))
+            grant = await check_policy_off_loop(
+                self._auth, conn.caller, DatabaseRoute(asked.service, PROTOCOL, db_user, ""))
         except Refusal as r:
             await self._refuse(conn, r, db_user, buffered)
             return

@@ -94,6 +94,10 @@ class StoreClosed(Exception):
 
 
 class Storage(abc.ABC):
+    # True when each call is a network round trip (PostgreSQL): callers on an event loop
+    # then make their calls from a worker thread (proxy/access.check_policy_off_loop)
+    remote = False
+
     # roles: stored as the role's dict form
     @abc.abstractmethod
     def put_role(self, name: str, role: dict[str, Any], *, overwrite: bool) -> bool:

@@ -6,7 +6,8 @@ a generation bump is `UPDATE ... WHERE generation = expected`, a token is used b
 `UPDATE ... WHERE used_at IS NULL AND expires > now`; the audit chain is in pg_audit.py,
 the schema and its migrations in pg_schema.py, reconnection in pg_conn.py.
 
-Calls are synchronous, like SQLite's: the auth API runs them on its worker threads.
+Calls are synchronous, like SQLite's: the auth API runs them on its worker threads, the
+proxy's access check at session start on a worker thread too (`remote`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def _token(row: Row) -> TokenRecord:
 
 
 class PostgresStorage(Storage):
+    remote = True
+
     def __init__(self, conn_string: str) -> None:
         self._conn = Connection(conn_string, "storage")
         try:

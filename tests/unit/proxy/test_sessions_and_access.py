@@ -138,3 +138,22 @@ def test_a_storage_out_of_reach_refuses_saying_so():
     assert err.value.code == "other"
     assert err.value.message == ("access to db denied: the cluster cannot check access now: "
                                  "the connection to the PostgreSQL storage was lost")
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["sqlite-inline", "postgres-thread"])
+def test_the_session_start_check_leaves_the_loop_only_for_remote_storage(remote):
+    import threading
+    from types import SimpleNamespace
+
+    from mwiproxy.proxy.access import check_policy_off_loop
+
+    class ThreadNoting(FakeAuth):
+        def check_database(self, caller, route):  # type: ignore[no-untyped-def]
+            self.thread = threading.current_thread()
+            return super().check_database(caller, route)
+
+    auth = ThreadNoting()
+    auth.storage = SimpleNamespace(remote=remote)  # type: ignore[attr-defined]
+    grant = asyncio.run(check_policy_off_loop(auth, _ident(), ROUTE))  # type: ignore[arg-type]
+    assert grant.roles == ("example-role",)
+    assert (auth.thread is threading.main_thread()) is not remote
