@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from mwiproxy.devkit import mariadb
+from mwiproxy.devkit.agent import Agent, agent_yaml, db_token
 from mwiproxy.devkit.mariadb import SERVICE, MySQLTopology, start_mysql_topology
+from mwiproxy.devkit.ports import free_port
 from mwiproxy.devkit.topology import LocalProxyProcess, wait_for
 from mwiproxy.wire import mysql
 from mwiproxy.wire import mysql_handshake as hs
@@ -339,3 +341,95 @@ def test_unframed_in_both_modes(my, out, tunnel_mode):
     assert res.stdout.split() == ["alice@%", "example-db", "1"]
     res = _cli(lp, "use `other-db`", out=None if tunnel_mode else out)
     assert "ERROR 1044" in res.stderr and 'db_name "other-db"' in res.stderr, res.stderr
+
+
+# -- the same MariaDB served by a database agent ----------------------------------------
+
+AGENT_MYSQL = "agent-mysql"
+AGENT_DOWN = "agent-mysql-down"  # registered by the agent, its database not listening
+GINA_ROLE = BOB_ROLE.replace("bob-role", "gina-role").replace("[bob]", "[gina]")
+
+
+@pytest.fixture(scope="module")
+def agent(my: MySQLTopology) -> Iterator[Agent]:
+    assert my.maria is not None
+    agent = Agent(my, "mysql", template=agent_yaml(
+        (AGENT_MYSQL, "mysql", f"127.0.0.1:{my.maria.port}"),
+        (AGENT_DOWN, "mysql", f"127.0.0.1:{free_port()}")))
+    agent.start(token=db_token(my))
+    try:
+        listed = lambda: AGENT_DOWN in my.cluster.ctl("db", "ls").stdout  # noqa: E731
+        assert wait_for(listed, timeout=20), my.cluster.ctl("db", "ls").stdout
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture(scope="module")
+def agent_out(my: MySQLTopology, agent: Agent) -> Path:
+    return my.bot_output("my-agent", service=AGENT_MYSQL)
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "own_tls"])
+def test_clients_through_a_database_agent_in_both_modes(my, agent_out, mode):
+    """The agent signs in (TLS upgrade in MariaDB's protocol, certificate CN=alice, the
+    session grant paying for it); the greeting, RBAC and the held USE stay at the
+    cluster proxy."""
+    tunnel = mode == "tunnel"
+    lp = my.local_proxy(agent_out, tunnel=tunnel, service=AGENT_MYSQL)
+    tls = None if tunnel else agent_out
+    res = _cli(lp, WHO, out=tls)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["alice@%", "example-db", "1"]
+    with _connect(lp, tls) as conn, conn.cursor() as cur:
+        cur.execute("select repeat('x', 1 << 20)")  # a result bigger than any buffer
+        assert len(cur.fetchone()[0]) == 1 << 20
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            conn.select_db("other-db")
+        assert err.value.args[0] == 1044 and 'db_name "other-db"' in err.value.args[1]
+    bot = "bot-my-agent"
+    starts = [e for e in my.audit("db.session.start")
+              if e.get("user") == bot and e["db_service"] == AGENT_MYSQL]
+    assert starts and all(e["success"] and e["protocol"] == "mysql" for e in starts)
+    assert wait_for(lambda: any(e.get("user") == bot and e["reason"] == "refused"
+                                for e in my.audit("db.session.end")), timeout=20)
+
+
+def test_refusals_through_a_database_agent_are_mysql_err_packets(my, agent, agent_out):
+    assert my.maria is not None
+    tunnel = my.local_proxy(agent_out, tunnel=True, service=AGENT_MYSQL)
+    # refused at the cluster proxy: not the certificate's user
+    res = _cli(tunnel, "select 1", user="bob")
+    assert "ERROR 1045" in res.stderr and '"alice", not "bob"' in res.stderr, res.stderr
+    # refused by the database, behind the agent: its own ERR packet
+    my.maria.sql("CREATE USER 'gina'@'%' IDENTIFIED BY 'secret' REQUIRE SUBJECT '/CN=gina'")
+    (my.root / "gina-role.yaml").write_text(GINA_ROLE)
+    my.cluster.ctl("create", "-f", str(my.root / "gina-role.yaml"))
+    out = my.bot_output("my-agent-gina", service=AGENT_MYSQL, username="gina",
+                        roles="gina-role")
+    lp = my.local_proxy(out, tunnel=True, service=AGENT_MYSQL)
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        _connect(lp, user="gina")
+    assert err.value.args[0] == 1045 and "Access denied for user 'gina'@" in err.value.args[1]
+    # the database behind the agent does not answer: told so, as a MySQL error
+    down = my.local_proxy(my.bot_output("my-agent-down", service=AGENT_DOWN), tunnel=True,
+                          service=AGENT_DOWN)
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        _connect(down)
+    assert err.value.args[0] == 2003, err.value.args  # as in-process (test_other_protocols)
+    assert f"cannot reach database '{AGENT_DOWN}'" in err.value.args[1]
+    starts = {e["db_service"]: e for e in my.audit("db.session.start")
+              if e.get("user") in ("bot-my-agent-gina", "bot-my-agent-down")}
+    assert "database refused" in starts[AGENT_MYSQL]["error"]
+    assert "cannot reach database" in starts[AGENT_DOWN]["error"]
+
+
+def test_a_stopped_agents_database_is_refused_as_a_mysql_error(my, agent, agent_out):
+    """Last of the agent's tests: it stops the agent."""
+    tunnel = my.local_proxy(agent_out, tunnel=True, service=AGENT_MYSQL)
+    assert _cli(tunnel, "select 1").returncode == 0
+    agent.stop()  # its goodbye ends the registration at once
+    assert wait_for(lambda: AGENT_MYSQL not in my.cluster.ctl("db", "ls").stdout, timeout=15)
+    res = _cli(tunnel, "select 1")  # refused in place of the greeting (tunnel mode)
+    assert "1045 - access to db denied" in res.stderr, res.stderr
+    assert f"'{AGENT_MYSQL}' is not served by this cluster" in res.stderr, res.stderr
