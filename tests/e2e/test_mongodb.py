@@ -17,7 +17,13 @@ from mwiproxy.devkit import postgres
 from mwiproxy.devkit.agent import Agent, agent_yaml, db_token
 from mwiproxy.devkit.guide import GUIDE_ROLE
 from mwiproxy.devkit.ports import free_port
-from mwiproxy.devkit.topology import CLUSTER_YAML, Topology, start_topology, wait_for
+from mwiproxy.devkit.topology import (
+    CLUSTER_YAML,
+    LocalProxyProcess,
+    Topology,
+    start_topology,
+    wait_for,
+)
 from mwiproxy.wire import mongodb as wire
 from tests._testbase import mongomock
 from tests._testbase.mongomock import HELLO, TLSMockupDB, server_context
@@ -167,17 +173,29 @@ def test_tunnel_mode_without_ping_framing(mongo):
         assert client["example-db"].things.find_one() == {"_id": 1, "x": "hello"}
 
 
-def test_a_database_refusing_the_certificate_user_is_told_to_the_client(mongo):
-    lp = mongo.topo.local_proxy(mongo.output("mg-x509"), tunnel=True, service=MONGO)
-    refuse = mongo.db.autoresponds("authenticate", ok=0, errmsg="No verified subject name")
+def _first_error(mongo: Mongo, lp: LocalProxyProcess) -> str:
+    """What the client is told at its first message (a connect-time error, held)."""
+    with mongo.client(lp.port, serverSelectionTimeoutMS=3000) as client:
+        with pytest.raises(pymongo.errors.PyMongoError) as err:
+            client["example-db"].command("ping")
+    return str(err.value)
+
+
+@pytest.mark.parametrize("via_agent", [False, True])
+def test_a_database_refusing_the_certificate_user_is_told_to_the_client(mongo, request,
+                                                                       via_agent):
+    """In this process or behind a database agent (`agent_db`, below), alike."""
+    bot, service, db = ("mg-agent-x509", AGENT_MONGO, request.getfixturevalue("agent_db")[1]
+                        ) if via_agent else ("mg-x509", MONGO, mongo.db)
+    lp = mongo.topo.local_proxy(mongo.output(bot, service=service), tunnel=True,
+                                service=service)
+    refuse = db.autoresponds("authenticate", ok=0, errmsg="No verified subject name")
     try:
-        with mongo.client(lp.port, serverSelectionTimeoutMS=3000) as client:
-            with pytest.raises(pymongo.errors.PyMongoError) as err:
-                client["example-db"].command("ping")
+        told = _first_error(mongo, lp)
     finally:
         refuse.cancel()
-    assert "refused MONGODB-X509 for CN=alice: No verified subject name" in str(err.value)
-    starts = [e for e in mongo.topo.audit("db.session.start") if e.get("bot") == "mg-x509"]
+    assert "refused MONGODB-X509 for CN=alice: No verified subject name" in told
+    starts = [e for e in mongo.topo.audit("db.session.start") if e.get("bot") == bot]
     assert any(not e["success"] and "refused MONGODB-X509" in str(e["error"])
                for e in starts), starts
 
@@ -272,24 +290,12 @@ def test_the_agents_servers_message_bound_holds_at_the_cluster_proxy(mongo, agen
                                 for e in mongo.topo.audit("db.session.end")), 20)
 
 
-def test_database_errors_behind_the_agent_are_told_at_the_first_message(mongo, agent_db):
-    _, db = agent_db
+def test_an_unreachable_database_behind_the_agent_is_told_at_the_first_message(
+        mongo, agent_db):
     lp = mongo.topo.local_proxy(mongo.output("mg-agent-down", service=AGENT_DOWN),
                                 tunnel=True, service=AGENT_DOWN)
-    with mongo.client(lp.port, serverSelectionTimeoutMS=3000) as client:
-        with pytest.raises(pymongo.errors.PyMongoError) as err:
-            client["example-db"].command("ping")
-    assert f"cannot reach database '{AGENT_DOWN}'" in str(err.value), err.value
-    lp = mongo.topo.local_proxy(mongo.output("mg-agent-x509", service=AGENT_MONGO),
-                                tunnel=True, service=AGENT_MONGO)
-    refuse = db.autoresponds("authenticate", ok=0, errmsg="No verified subject name")
-    try:
-        with mongo.client(lp.port, serverSelectionTimeoutMS=3000) as client:
-            with pytest.raises(pymongo.errors.PyMongoError) as err:
-                client["example-db"].command("ping")
-    finally:
-        refuse.cancel()
-    assert "refused MONGODB-X509 for CN=alice: No verified subject name" in str(err.value)
+    told = _first_error(mongo, lp)
+    assert f"cannot reach database '{AGENT_DOWN}'" in told, told
 
 
 def test_a_stopped_agents_database_is_told_at_the_first_message(mongo, agent_db):
@@ -300,7 +306,5 @@ def test_a_stopped_agents_database_is_told_at_the_first_message(mongo, agent_db)
     agent.stop()  # its goodbye ends the registration at once
     gone = lambda: AGENT_MONGO not in mongo.topo.cluster.ctl("db", "ls").stdout  # noqa: E731
     assert wait_for(gone, timeout=15)
-    with mongo.client(lp.port, serverSelectionTimeoutMS=3000) as client:
-        with pytest.raises(pymongo.errors.PyMongoError) as err:
-            client["example-db"].command("ping")
-    assert f"'{AGENT_MONGO}' is not served by this cluster" in str(err.value), err.value
+    told = _first_error(mongo, lp)
+    assert f"'{AGENT_MONGO}' is not served by this cluster" in told, told
