@@ -353,7 +353,7 @@ GINA_ROLE = BOB_ROLE.replace("bob-role", "gina-role").replace("[bob]", "[gina]")
 @pytest.fixture(scope="module")
 def agent(my: MySQLTopology) -> Iterator[Agent]:
     assert my.maria is not None
-    agent = Agent(my, "mysql", template=agent_yaml(
+    agent = Agent(my, "mysql", service_extra="  drain_timeout: 1s\n", template=agent_yaml(
         (AGENT_MYSQL, "mysql", f"127.0.0.1:{my.maria.port}"),
         (AGENT_DOWN, "mysql", f"127.0.0.1:{free_port()}")))
     agent.start(token=db_token(my))
@@ -424,11 +424,33 @@ def test_refusals_through_a_database_agent_are_mysql_err_packets(my, agent, agen
     assert "cannot reach database" in starts[AGENT_DOWN]["error"]
 
 
-def test_a_stopped_agents_database_is_refused_as_a_mysql_error(my, agent, agent_out):
-    """Last of the agent's tests: it stops the agent."""
+def test_a_stopped_agent_cuts_its_sessions_then_is_refused_as_mysql_errors(my, agent,
+                                                                           agent_out):
+    """Last of the agent's tests: it stops the agent. A query outliving its drain
+    timeout (1 s) is cut with an ERR packet saying why; then the database is gone."""
+    maria = my.maria
+    assert maria is not None
     tunnel = my.local_proxy(agent_out, tunnel=True, service=AGENT_MYSQL)
-    assert _cli(tunnel, "select 1").returncode == 0
-    agent.stop()  # its goodbye ends the registration at once
+
+    def sleeping() -> list[str]:
+        return maria.sql("select id from information_schema.processlist "
+                         "where info = 'select sleep(29)'").split()
+
+    long = subprocess.Popen(
+        ["mysql", "--no-defaults", "-h", "localhost", "--protocol=tcp", "-P",
+         str(tunnel.port), "-u", "alice", "-e", "select sleep(29)", "example-db"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: len(sleeping()) == 1, timeout=30), "the query is running"
+        agent.stop()  # SIGTERM: the drain, the cut, then its goodbye
+        _, err = long.communicate(timeout=20)  # well before the query's own 29 s
+        assert "ERROR 1927" in err and "the database agent is shutting down" in err, err
+    finally:
+        if long.poll() is None:
+            long.kill()
+        for query in sleeping():  # the cut connection's query sleeps on: end it
+            maria.sql(f"KILL {query}")
+    assert "drained: 0 link session(s) finished, 1 cut" in agent.log.read_text()
     assert wait_for(lambda: AGENT_MYSQL not in my.cluster.ctl("db", "ls").stdout, timeout=15)
     res = _cli(tunnel, "select 1")  # refused in place of the greeting (tunnel mode)
     assert "1045 - access to db denied" in res.stderr, res.stderr
