@@ -133,8 +133,8 @@ class LinkServer:
         return len(open_now) - len(left), len(left)
 
     def _cut(self) -> None:
-        """End every relayed session now; the client hears why (a PostgreSQL error,
-        passed on by the cluster proxy)."""
+        """End every relayed session now; the client hears why in its protocol
+        (`signin.farewell`, passed on by the cluster proxy)."""
         for pipe, farewell in list(self._pipes.items()):
             pipe.close("shutdown", farewell)
 

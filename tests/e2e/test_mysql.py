@@ -260,9 +260,13 @@ def test_a_non_ascii_database_name_is_refused(my, tunnel):
     assert err.value.args[0] == 1045 and "only ASCII" in err.value.args[1]
 
 
-def test_mysqlslap_through_the_tunnel_has_no_errors(my, tunnel):
+@pytest.mark.parametrize("via_agent", [False, True])
+def test_mysqlslap_through_the_tunnel_has_no_errors(my, tunnel, request, via_agent):
+    """In this process or behind a database agent (`agent`, below), alike."""
+    lp = my.local_proxy(request.getfixturevalue("agent_out"), tunnel=True,
+                        service=AGENT_MYSQL) if via_agent else tunnel
     res = subprocess.run(
-        ["mysqlslap", "--no-defaults", "-h", "127.0.0.1", "-P", str(tunnel.port), "-u",
+        ["mysqlslap", "--no-defaults", "-h", "127.0.0.1", "-P", str(lp.port), "-u",
          "alice", "--create-schema=example-db", "--no-drop", "--concurrency=4",
          "--iterations=3", "--number-of-queries=200",
          "--query=select count(*) from information_schema.tables"],
