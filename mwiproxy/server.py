@@ -157,8 +157,10 @@ class Cluster:
                                        metrics=self.metrics)
         self.listener.route_tls(alpn.REDIS, redis_frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.REDIS), framed(redis_frontend.serve))
-        # MySQL: engines in this process only (not yet through a database agent)
-        mysql = MySQLFrontend(self.auth, mysql_engines, self.sessions, self.own.inner_context,
+        mysql_directory = EngineDirectory(mysql_engines, self.auth, self.own.link_context,
+                                          MYSQL_PROTOCOLS, self.metrics, label="mysql")
+        mysql = MySQLFrontend(self.auth, mysql_directory, self.sessions,
+                              self.own.inner_context,
                               ping_interval=interval,
                               startup_timeout=self._first_message_timeout,
                               metrics=self.metrics)
@@ -167,10 +169,13 @@ class Cluster:
         self._route_mongodb(signer, interval)
 
     def _route_mongodb(self, signer: LocalSigner, interval: float) -> None:
-        """MongoDB (in-process engines only): non-tunnel clients are answered with the
-        Database CA's certificate, the CA of the bot's mongo.cas."""
-        engines = {db.name: MongoEngine(db, signer, self.metrics)
-                   for db in self.config.databases if db.protocol == MONGO_PROTOCOL}
+        """MongoDB (in this process or through an agent): non-tunnel clients are
+        answered with the Database CA's certificate, the CA of the bot's mongo.cas."""
+        engines = EngineDirectory(
+            {db.name: MongoEngine(db, signer, self.metrics)
+             for db in self.config.databases if db.protocol == MONGO_PROTOCOL},
+            self.auth, self.own.link_context, (MONGO_PROTOCOL,), self.metrics,
+            label=MONGO_PROTOCOL)
         mongo = MongoFrontend(self.auth, self.sessions, self.own.db_inner_context,
                               engines=engines, ping_interval=interval,
                               setup_timeout=self._first_message_timeout,

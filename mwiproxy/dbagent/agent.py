@@ -26,9 +26,15 @@ from mwiproxy.config.cluster import ClusterConfig
 from mwiproxy.config.durations import format_duration
 from mwiproxy.dbagent import state
 from mwiproxy.dbagent.link import LinkServer
+from mwiproxy.dbagent.signin import Engine
 from mwiproxy.dbagent.state import AgentIdentity
 from mwiproxy.engines.base import UpstreamError
-from mwiproxy.engines.postgres import PROTOCOLS, PostgresEngine
+from mwiproxy.engines.mongodb import PROTOCOL as MONGODB
+from mwiproxy.engines.mongodb import MongoEngine
+from mwiproxy.engines.mysql import PROTOCOLS as MYSQL_PROTOCOLS
+from mwiproxy.engines.mysql import MySQLEngine
+from mwiproxy.engines.postgres import PROTOCOLS as POSTGRES_PROTOCOLS
+from mwiproxy.engines.postgres import PostgresEngine
 from mwiproxy.engines.redis import PROTOCOL as REDIS
 from mwiproxy.engines.redis import RedisEngine
 from mwiproxy.identity.authorities import (
@@ -92,17 +98,21 @@ class _AuthSigner:
         return x509.load_pem_x509_certificate(str(reply["cert"]).encode())
 
 
+_ENGINES: tuple[tuple[tuple[str, ...], type[Engine]], ...] = (
+    (POSTGRES_PROTOCOLS, PostgresEngine), ((REDIS,), RedisEngine),
+    (MYSQL_PROTOCOLS, MySQLEngine), ((MONGODB,), MongoEngine))
+
+
 def _engines(config: ClusterConfig, signer: _AuthSigner, metrics: NoopProxyMetrics
-             ) -> dict[str, PostgresEngine | RedisEngine]:
-    engines: dict[str, PostgresEngine | RedisEngine] = {
-        db.name: PostgresEngine(db, signer, metrics) for db in config.databases
-        if db.protocol in PROTOCOLS}
-    engines.update({db.name: RedisEngine(db, signer, metrics) for db in config.databases
-                    if db.protocol == REDIS})
+             ) -> dict[str, Engine]:
+    engines: dict[str, Engine] = {}
     for db in config.databases:
-        if db.name not in engines:
+        kind = next((cls for protocols, cls in _ENGINES if db.protocol in protocols), None)
+        if kind is None:
             log.warning("database %r: no %s engine yet; it is not registered",
                         db.name, db.protocol)
+        else:
+            engines[db.name] = kind(db, signer, metrics)
     return engines
 
 
@@ -127,8 +137,9 @@ class DatabaseAgent:
         self._said_goodbye = False
         self._beat: asyncio.Future[Any] | None = None  # the heartbeat call in flight
         if not self.engines:
-            raise AgentError("the agent serves no database: list PostgreSQL, CockroachDB "
-                             "or Redis databases under `databases` in the config file")
+            raise AgentError("the agent serves no database: list PostgreSQL, CockroachDB, "
+                             "Redis, MySQL/MariaDB or MongoDB databases under `databases` "
+                             "in the config file")
         self.link = LinkServer(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._registered: set[str] = set()

@@ -8,7 +8,8 @@ Trust, checked on every connection:
   user CA, is valid now, and routes to a database this agent serves, as the user and
   database the session asks for. RBAC and locks are the proxy's job (it holds the roles
   and sees locks at once); the agent's check means a proxy cannot invent a client.
-Then the engine signs in to the database and the native relay joins the two streams. A
+Then the engine signs in to the database (`dbagent/signin.py`: PostgreSQL, CockroachDB,
+Redis, MySQL/MariaDB, MongoDB) and the native relay joins the two streams. A
 new database-client certificate is signed by the cluster only for the session grant the
 proxy sent in the hello (`auth/agent_grants.py`); a cancel needs no certificate.
 """
@@ -26,11 +27,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from mwiproxy import _native
+from mwiproxy.dbagent import signin
 from mwiproxy.engines.base import UpstreamError
-from mwiproxy.engines.postgres import PostgresEngine, UpstreamRefused
-from mwiproxy.engines.redis import PROTOCOL as REDIS
-from mwiproxy.engines.redis import RedisEngine
-from mwiproxy.engines.redis import UpstreamRefused as RedisRefused
+from mwiproxy.engines.postgres import PostgresEngine
 from mwiproxy.identity import oids
 from mwiproxy.identity.certs import Identity, identity_from_certificate, identity_from_der
 from mwiproxy.identity.pem import certificates
@@ -57,27 +56,11 @@ HANDSHAKE_TIMEOUT = 10.0
 HELLO_TIMEOUT = 30.0
 CUT_GRACE = 5.0  # a cut session's relay flushes and closes within this
 SHUTDOWN = "the database agent is shutting down"
-PROTOCOL = "postgres"  # the metrics' protocol label of PostgreSQL sessions (Redis: "redis")
+PROTOCOL = "postgres"  # the metrics' protocol label of a hello for no database of ours
 
 
 class Denied(Exception):
     pass
-
-
-class _Collector:
-    """A ByteStream that keeps what the engine says during startup."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    async def read(self, max_bytes: int = 0) -> bytes:
-        return b""
-
-    async def write(self, data: bytes) -> None:
-        self.data += data
-
-    def close(self) -> None:
-        pass
 
 
 class LinkServer:
@@ -85,7 +68,7 @@ class LinkServer:
         self._agent = agent
         self._ctx: _native.TLSContext | None = None
         self._listener: Listener | None = None
-        self._pipes: set[Pipe] = set()
+        self._pipes: dict[Pipe, bytes] = {}  # each with its farewell on a shutdown
         # only cluster proxies get past the handshake; the cluster port's caps on the
         # rest (proxy.max_unauthenticated*) bound what anyone else can hold open here
         # (counted by the acceptor until the handshake, which runs on its worker)
@@ -150,10 +133,10 @@ class LinkServer:
         return len(open_now) - len(left), len(left)
 
     def _cut(self) -> None:
-        """End every relayed session now; the client hears why (a PostgreSQL error,
-        passed on by the cluster proxy)."""
-        for pipe in list(self._pipes):
-            pipe.close("shutdown", pg.error_response(SHUTDOWN, pg.ADMIN_SHUTDOWN))
+        """End every relayed session now; the client hears why in its protocol
+        (`signin.farewell`, passed on by the cluster proxy)."""
+        for pipe, farewell in list(self._pipes.items()):
+            pipe.close("shutdown", farewell)
 
     async def close(self) -> None:
         self._cut()
@@ -190,90 +173,57 @@ class LinkServer:
         engine = self._agent.engines.get(hello.service)
         metrics, started = self._agent.metrics, time.monotonic()
         service = hello.service if engine is not None else ""
+        protocol = signin.label(engine) if engine is not None else PROTOCOL
         try:
             if engine is None:
                 raise Denied(f"database {hello.service!r} is not served by this agent")
-            client = self._check_client(hello)
+            client = self._check_client(hello, engine)
         except Denied as e:
-            metrics.refusal(PROTOCOL, "unknown_service" if engine is None else "access_denied")
+            metrics.refusal(protocol,
+                            "unknown_service" if engine is None else "access_denied")
             if hello.op == agentlink.OP_SESSION:
-                metrics.connection(service, PROTOCOL, MODE_TUNNEL, RESULT_REFUSED)
+                metrics.connection(service, protocol, MODE_TUNNEL, RESULT_REFUSED)
             log.warning("refused %s session for %r: %s", hello.op, hello.service, e)
             await stream.write(agentlink.Reply(agentlink.DENIED, str(e)).encode())
             return
-        if isinstance(engine, RedisEngine):
-            await self._redis_session(stream, engine, hello, client)
-            return
         if hello.op == agentlink.OP_CANCEL:
-            assert hello.cancel is not None
+            assert hello.cancel is not None and isinstance(engine, PostgresEngine)
             await self._cancel(stream, engine, pg.CancelKey(*hello.cancel), hello.db_user)
             return
-        said = _Collector()
         try:
-            upstream = await engine.start(hello.startup, hello.db_user, said, caller=client,
-                                          grant=hello.grant)
-        except UpstreamRefused as e:
-            metrics.connection(service, PROTOCOL, MODE_TUNNEL, RESULT_REFUSED)
-            await stream.write(agentlink.Reply(agentlink.REFUSED, str(e),
-                                               answer=bytes(said.data)).encode())
-            return
-        except UpstreamError as e:
-            metrics.connection(service, PROTOCOL, MODE_TUNNEL, RESULT_ERROR)
-            await stream.write(agentlink.Reply(agentlink.ERROR, str(e)).encode())
-            return
-        metrics.connection(service, PROTOCOL, MODE_TUNNEL, RESULT_SUCCESS)
-        key = upstream.cancel_key
-        try:
-            await stream.write(agentlink.Reply(
-                agentlink.OK, cancel_key=(key.pid, key.secret) if key else None,
-                answer=bytes(said.data)).encode())
-            metrics.first_byte(service, PROTOCOL, MODE_TUNNEL, time.monotonic() - started)
-            if early := reader.leftover():
-                await upstream.stream.write(early)
-            await self._relay(stream, upstream.stream, hello)
-        finally:
-            upstream.stream.close()
-
-    async def _redis_session(self, stream: _native.TLSStream, engine: RedisEngine,
-                             hello: agentlink.Hello, client: Identity) -> None:
-        """A Redis session: signed in as the user (the engine's AUTH), then relayed. The
-        commands that could switch the user are held by the cluster proxy's relay."""
-        metrics, started, service = self._agent.metrics, time.monotonic(), hello.service
-        route = client.route
-        if hello.op != agentlink.OP_SESSION or route is None or route.protocol != REDIS:
-            metrics.refusal(REDIS, "access_denied")
-            await stream.write(agentlink.Reply(
-                agentlink.DENIED, f"{service!r} is a Redis database: a {hello.op} for a "
-                f"{route.protocol if route else 'unknown'} route is refused").encode())
-            return
-        try:
-            upstream = await engine.start(hello.db_user, grant=hello.grant)
-        except (UpstreamError, RedisRefused) as e:
-            refused = isinstance(e, RedisRefused)
-            metrics.connection(service, REDIS, MODE_TUNNEL,
+            opened = await signin.sign_in(engine, hello, client)
+        except (signin.Refused, UpstreamError) as e:
+            refused = isinstance(e, signin.Refused)
+            metrics.connection(service, protocol, MODE_TUNNEL,
                                RESULT_REFUSED if refused else RESULT_ERROR)
-            await stream.write(agentlink.Reply(agentlink.REFUSED if refused
-                                               else agentlink.ERROR, str(e)).encode())
+            await stream.write(agentlink.Reply(
+                agentlink.REFUSED if refused else agentlink.ERROR, str(e),
+                answer=e.answer if isinstance(e, signin.Refused) else b"").encode())
             return
-        metrics.connection(service, REDIS, MODE_TUNNEL, RESULT_SUCCESS)
+        metrics.connection(service, protocol, MODE_TUNNEL, RESULT_SUCCESS)
         try:
-            await stream.write(agentlink.Reply(agentlink.OK).encode())
-            metrics.first_byte(service, REDIS, MODE_TUNNEL, time.monotonic() - started)
-            await self._relay(stream, upstream, hello, REDIS)
+            await stream.write(agentlink.Reply(
+                agentlink.OK, cancel_key=opened.cancel_key, answer=opened.answer
+            ).encode() + opened.leftover)
+            metrics.first_byte(service, protocol, MODE_TUNNEL, time.monotonic() - started)
+            if early := reader.leftover():
+                await opened.stream.write(early)
+            await self._relay(stream, opened.stream, hello, engine)
         finally:
-            upstream.close()
+            opened.stream.close()
 
     async def _relay(self, proxy: _native.TLSStream, db: _native.TLSStream,
-                     hello: agentlink.Hello, protocol: str = PROTOCOL) -> None:
+                     hello: agentlink.Hello, engine: signin.Engine) -> None:
         metrics, started = self._agent.metrics, time.monotonic()
+        protocol = signin.label(engine)
         pipe = Pipe(proxy, db,
                     count_as=metrics.bytes_key(hello.service, protocol, MODE_TUNNEL))
-        self._pipes.add(pipe)
+        self._pipes[pipe] = signin.farewell(engine, SHUTDOWN)
         metrics.opened(hello.service, protocol, MODE_TUNNEL)
         try:
             stats = await pipe.run()
         finally:
-            self._pipes.discard(pipe)
+            self._pipes.pop(pipe, None)
             metrics.closed(hello.service, protocol, MODE_TUNNEL,
                            pipe.stats.reason or "shutdown", time.monotonic() - started)
         log.info("session %d (%s as %s) ended: %s; %d bytes in, %d out", hello.session_id,
@@ -290,7 +240,7 @@ class LinkServer:
         with contextlib.suppress(OSError):
             await stream.write(reply.encode())
 
-    def _check_client(self, hello: agentlink.Hello) -> Identity:
+    def _check_client(self, hello: agentlink.Hello, engine: signin.Engine) -> Identity:
         """The forwarded client certificate: ours, valid now, for this request."""
         try:
             cert = x509.load_der_x509_certificate(hello.client_cert)
@@ -306,6 +256,12 @@ class LinkServer:
         if route is None or route.service != hello.service:
             raise Denied(f"the client certificate of {client.user!r} does not route to "
                          f"{hello.service!r}")
+        if route.protocol not in signin.protocols(engine):
+            raise Denied(f"{hello.service!r} is a {engine.db.protocol} database: a "
+                         f"{route.protocol} route to it is refused")
+        if hello.op == agentlink.OP_CANCEL and not isinstance(engine, PostgresEngine):
+            raise Denied(f"{hello.service!r} is a {engine.db.protocol} database: it has "
+                         "no cancel requests")
         if route.username and route.username != hello.db_user:
             raise Denied(f"the certificate is for database user {route.username!r}, "
                          f"not {hello.db_user!r}")

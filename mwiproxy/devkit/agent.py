@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from mwiproxy.devkit.topology import Topology
 
 AGENT_SERVICE = "agent-server"
-AGENT_YAML = """\
+AGENT_HEAD = """\
 version: v1
 cluster_name: mwiproxy.local
 data_dir: {data_dir}
@@ -22,24 +22,32 @@ db_service:
   listen_addr: 127.0.0.1:{port}
   heartbeat_ttl: 3s
 {service_extra}databases:
-  - name: agent-server
-    protocol: postgres
-    uri: 127.0.0.1:{pg_port}
-    static_labels: {{env: dev}}
 """
+
+
+def agent_yaml(*databases: tuple[str, str, str]) -> str:
+    """An agent config template (for `Agent`) serving `databases`, each (name,
+    protocol, uri) with the label env: dev; a uri may name {pg_port}."""
+    return AGENT_HEAD + "".join(
+        f"  - name: {name}\n    protocol: {protocol}\n    uri: {uri}\n"
+        "    static_labels: {{env: dev}}\n" for name, protocol, uri in databases)
+
+
+AGENT_YAML = agent_yaml((AGENT_SERVICE, "postgres", "127.0.0.1:{pg_port}"))
 
 
 class Agent:
     def __init__(self, topo: Topology, name: str, service_extra: str = "",
                  template: str = AGENT_YAML) -> None:
         """`template`: the config (AGENT_YAML: the topology's PostgreSQL as
-        `agent-server`), formatted with data_dir, port, service_extra and pg_port."""
+        `agent-server`; `agent_yaml` for others), formatted with data_dir, port,
+        service_extra and pg_port (0 in a topology without PostgreSQL)."""
         self.topo = topo
         self.data_dir = topo.root / f"agent-{name}"
         self.config = topo.root / f"agent-{name}.yaml"
         self.port = free_port()
         self.config.write_text(template.format(data_dir=self.data_dir, port=self.port,
-                                               pg_port=topo.pg.port,
+                                               pg_port=topo.pg.port if topo.pg else 0,
                                                service_extra=service_extra))
         self.log = topo.root / f"agent-{name}.log"
         self.proc: subprocess.Popen[str] | None = None

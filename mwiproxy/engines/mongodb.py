@@ -51,11 +51,13 @@ class MongoEngine:
         self.tls = UpstreamTLS(db, signer)
         self.metrics = metrics or NoopProxyMetrics()
 
-    async def connect(self, db_user: str) -> MongoUpstream:
-        """A TLS connection to the database, authenticated as `CN=<db_user>`."""
+    async def connect(self, db_user: str, grant: str = "") -> MongoUpstream:
+        """A TLS connection to the database, authenticated as `CN=<db_user>`. `grant`:
+        in an agent, the session grant the proxy sent, for a new certificate."""
         started = time.monotonic()
         try:
-            upstream = await asyncio.wait_for(self._connect(db_user), CONNECT_TIMEOUT)
+            upstream = await asyncio.wait_for(self._connect(db_user, grant),
+                                             CONNECT_TIMEOUT)
         except (OSError, TimeoutError, mongo.ProtocolError) as e:  # TLSError: an OSError
             self.metrics.dial(self.name, PROTOCOL, None)
             raise self._dial_error(e) from None
@@ -71,8 +73,8 @@ class MongoEngine:
             return UpstreamError(f"the certificate of {where} is not trusted: {e}")
         return UpstreamError(f"cannot reach {where}: {e or 'timeout'}")
 
-    async def _connect(self, db_user: str) -> MongoUpstream:
-        ctx = await self.tls.context_for(db_user)
+    async def _connect(self, db_user: str, grant: str) -> MongoUpstream:
+        ctx = await self.tls.context_for(db_user, grant)
         stream = await self.tls.start_tls(await dial_tcp(*self.db.host_port), ctx)
         try:
             reader = BufferedReader(stream)

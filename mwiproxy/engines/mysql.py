@@ -52,7 +52,6 @@ class Upstream:
     stream: _native.TLSStream
     ok: bytes  # the server's OK_Packet payload (its status flags go to the client)
     leftover: bytes  # read past the OK: the server's, to go to the client first
-    capabilities: int  # what was agreed with the server
 
 
 class MySQLEngine:
@@ -69,14 +68,15 @@ class MySQLEngine:
         self.server_version: str | None = None
 
     async def start(self, db_user: str, db_name: str, client_caps: int, *,
-                    charset: int = hs.UTF8MB4_GENERAL_CI) -> Upstream:
+                    charset: int = hs.UTF8MB4_GENERAL_CI, grant: str = "") -> Upstream:
         """Sign in as db_user to db_name (empty: none). UpstreamError: the database is
         unreachable or cannot be signed in to this way (the message says why);
-        UpstreamRefused: the database said no (its ERR_Packet)."""
+        UpstreamRefused: the database said no (its ERR_Packet). `grant`: in an agent,
+        the session grant the proxy sent, for a new certificate."""
         started = time.monotonic()
         try:
             up = await asyncio.wait_for(self._sign_in(db_user, db_name, client_caps,
-                                                      charset), CONNECT_TIMEOUT)
+                                                      charset, grant), CONNECT_TIMEOUT)
         except UpstreamRefused:
             self.metrics.dial(self.name, "mysql", time.monotonic() - started)
             raise
@@ -124,7 +124,7 @@ class MySQLEngine:
         return hs.parse_greeting(pkt.payload), rest
 
     async def _sign_in(self, db_user: str, db_name: str, client_caps: int,
-                       charset: int) -> Upstream:
+                       charset: int, grant: str) -> Upstream:
         loop = asyncio.get_running_loop()
         sock = await dial_tcp(*self.db.host_port)
         stream: _native.TLSStream | None = None
@@ -143,7 +143,7 @@ class MySQLEngine:
                 | hs.LONG_PASSWORD | (greeting.capabilities & hs.PLUGIN_AUTH)
             caps = caps | hs.CONNECT_WITH_DB if db_name else caps & ~hs.CONNECT_WITH_DB
             await loop.sock_sendall(sock, mysql.packet(hs.build_ssl_request(caps, charset), 1))
-            ctx = await self.tls.context_for(db_user)
+            ctx = await self.tls.context_for(db_user, grant)
             stream = await self.tls.start_tls(sock, ctx)  # owns the socket, even failing
             plugin = greeting.auth_plugin or hs.NATIVE_PASSWORD
             response = hs.HandshakeResponse(caps, hs.MAX_PACKET, charset, db_user, b"",
@@ -151,7 +151,7 @@ class MySQLEngine:
             await stream.write(mysql.packet(hs.build_handshake_response(response), 2))
             reader = BufferedReader(stream)
             ok = await self._auth_answer(reader, stream)
-            return Upstream(stream, ok, reader.leftover(), caps)
+            return Upstream(stream, ok, reader.leftover())
         except BaseException:
             if stream is not None:
                 stream.close()

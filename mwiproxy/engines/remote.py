@@ -1,6 +1,7 @@
 """A database served by a separate agent (`mwiproxy start --roles=db`), seen from the
-cluster proxy: the same contract as the in-process PostgreSQL engine, carried over the
-agent link (`wire/agentlink.py`).
+cluster proxy: the same contract as the in-process engines (PostgreSQL and Redis:
+`start`, MySQL: `start_mysql`, MongoDB: `connect_mongo`), carried over the agent link
+(`wire/agentlink.py`). The front end does the rest as for a database of its own.
 
 The agents serving a database are those with a live heartbeat (`auth/agents.py`). Each
 session tries them in random order and takes the first that answers, so several agents
@@ -22,11 +23,15 @@ from typing import Protocol
 
 from mwiproxy import _native
 from mwiproxy.engines.base import CONNECT_TIMEOUT, UpstreamError, check_server_name
+from mwiproxy.engines.mongodb import MongoUpstream
+from mwiproxy.engines.mysql import Upstream as MySQLUpstream
+from mwiproxy.engines.mysql import UpstreamRefused as MySQLRefused
 from mwiproxy.engines.postgres import Upstream, UpstreamRefused
 from mwiproxy.identity.certs import Identity
 from mwiproxy.metrics.cluster import NoopProxyMetrics
 from mwiproxy.relay.streams import BufferedReader, ByteStream, dial_tcp
 from mwiproxy.wire import agentlink
+from mwiproxy.wire import mongodb as mongo
 from mwiproxy.wire import postgres as pg
 from mwiproxy.wire.addr import split_host_port
 
@@ -118,9 +123,10 @@ class RemoteEngine:
         raise UpstreamError(f"database {self.name!r}: no agent could be reached: "
                             + "; ".join(failures))
 
-    async def start(self, startup: bytes, db_user: str, client: ByteStream, *,
-                    caller: Identity, db_name: str = "", remote: str = "",
-                    session_id: int = 0) -> Upstream:
+    async def _session(self, db_user: str, caller: Identity, *, startup: bytes = b"",
+                       db_name: str = "", remote: str = "", session_id: int = 0
+                       ) -> tuple[_native.TLSStream, BufferedReader, agentlink.Reply]:
+        """A session's link, after the agent's reply (whatever its status)."""
         def hello_for(agent: Agent) -> agentlink.Hello:
             # the session is authorized (the proxy's checks ran before start), so the
             # agent may have a database-client certificate for it, and for nothing else
@@ -131,7 +137,20 @@ class RemoteEngine:
                                    caller.cert_der, db_name=db_name, startup=startup,
                                    remote=remote, session_id=session_id, grant=grant)
 
-        stream, reader, reply = await self._open(hello_for)
+        return await self._open(hello_for)
+
+    def _failed(self, reply: agentlink.Reply) -> UpstreamError:
+        return UpstreamError(reply.message or f"database {self.name!r}: the agent "
+                             f"answered {reply.status}")
+
+    async def start(self, startup: bytes, db_user: str, client: ByteStream, *,
+                    caller: Identity, db_name: str = "", remote: str = "",
+                    session_id: int = 0) -> Upstream:
+        """PostgreSQL (`startup`: the client's StartupMessage, the answer to `client`)
+        and Redis (no startup, no answer)."""
+        stream, reader, reply = await self._session(
+            db_user, caller, startup=startup, db_name=db_name, remote=remote,
+            session_id=session_id)
         try:
             if reply.status == agentlink.OK:
                 await client.write(reply.answer + reader.leftover())
@@ -140,7 +159,49 @@ class RemoteEngine:
             if reply.status == agentlink.REFUSED:
                 await client.write(reply.answer)
                 raise UpstreamRefused({"M": reply.message or "refused by the database"})
-            raise UpstreamError(reply.message or f"the agent answered {reply.status}")
+            raise self._failed(reply)
+        except BaseException:
+            stream.close()
+            raise
+
+    async def start_mysql(self, db_user: str, db_name: str, client_caps: int, *,
+                          charset: int, caller: Identity, remote: str = "",
+                          session_id: int = 0) -> MySQLUpstream:
+        """`MySQLEngine.start` in the agent: its OK for the client, or its ERR as
+        MySQLRefused."""
+        stream, reader, reply = await self._session(
+            db_user, caller, startup=agentlink.mysql_startup(client_caps, charset),
+            db_name=db_name, remote=remote, session_id=session_id)
+        try:
+            if reply.status == agentlink.OK and reply.answer[:1] == b"\x00":
+                return MySQLUpstream(stream, reply.answer, reader.leftover())
+            if reply.status == agentlink.REFUSED and reply.answer[:1] == b"\xff":
+                raise MySQLRefused(reply.answer)
+            if reply.status in (agentlink.OK, agentlink.REFUSED):
+                raise UpstreamError(f"database {self.name!r}: the agent's {reply.status} "
+                                    f"answer is not a MySQL OK/ERR packet")
+            raise self._failed(reply)
+        except BaseException:
+            stream.close()
+            raise
+
+    async def connect_mongo(self, db_user: str, *, caller: Identity, db_name: str = "",
+                            remote: str = "", session_id: int = 0) -> MongoUpstream:
+        """`MongoEngine.connect` in the agent: authenticated as `CN=<db_user>`; the
+        server's maxMessageSizeBytes comes back as the answer."""
+        stream, reader, reply = await self._session(
+            db_user, caller, db_name=db_name, remote=remote, session_id=session_id)
+        try:
+            if reply.status != agentlink.OK:
+                raise self._failed(reply)
+            try:
+                size = agentlink.read_mongo_answer(reply.answer)
+            except agentlink.LinkError as e:
+                raise UpstreamError(f"database {self.name!r}: {e}") from None
+            if leftover := reader.leftover():
+                raise UpstreamError(f"database {self.name!r} sent {len(leftover)} bytes "
+                                    "nobody asked for")
+            return MongoUpstream(stream, min(size, mongo.MAX_MESSAGE))
         except BaseException:
             stream.close()
             raise

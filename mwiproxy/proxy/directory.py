@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 from mwiproxy import _native
 from mwiproxy.auth.agents import AgentRecord
 from mwiproxy.auth.service import AuthService
+from mwiproxy.engines.base import UpstreamError
 from mwiproxy.engines.remote import RemoteEngine
 from mwiproxy.metrics.cluster import NoopProxyMetrics
 
@@ -43,6 +44,18 @@ class EngineDirectory(Generic[E]):
     def local(self, name: str) -> E | None:
         """The engine of a database served in this process (none for an agent's)."""
         return self._local.get(name)
+
+    def sole_local(self) -> E | None:
+        """The in-process engine when this process serves exactly one such database."""
+        return next(iter(self._local.values())) if len(self._local) == 1 else None
+
+    def serving(self, name: str) -> E | RemoteEngine:
+        """The engine for a session that passed the access check; UpstreamError when
+        the database went away since (its agent stopped heartbeating)."""
+        engine = self.get(name)
+        if engine is None:
+            raise UpstreamError(f"database service {name!r} is no longer served")
+        return engine
 
     def get(self, name: str) -> E | RemoteEngine | None:
         if name in self._local:

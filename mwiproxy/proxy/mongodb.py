@@ -27,13 +27,13 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from mwiproxy import _native
 from mwiproxy.auth import audit
 from mwiproxy.auth.service import AuthService
 from mwiproxy.engines.base import UpstreamError
-from mwiproxy.engines.mongodb import PROTOCOL, MongoEngine
+from mwiproxy.engines.mongodb import PROTOCOL, MongoEngine, MongoUpstream
 from mwiproxy.identity.certs import DatabaseRoute, Identity
 from mwiproxy.metrics.cluster import RESULT_ERROR, NoopProxyMetrics
 from mwiproxy.proxy.access import (
@@ -43,6 +43,7 @@ from mwiproxy.proxy.access import (
     check_policy_off_loop,
 )
 from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError
+from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import accepted_at
 from mwiproxy.proxy.mongoloop import Relay, answer_with
 from mwiproxy.proxy.sessions import Session, SessionRegistry
@@ -64,18 +65,18 @@ _ENDED = (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError,
 
 
 class MongoFrontend(DbFrontend):
-    """`engines`: the in-process MongoDB engines by service name; `inner_tls`: the
+    """`engines`: the MongoDB engines, in-process or an agent's; `inner_tls`: the
     Database CA's server context (owncerts.db_inner_context)."""
 
     protocol = PROTOCOL
 
     def __init__(self, auth: AuthService, sessions: SessionRegistry,
                  inner_tls: Callable[[], _native.TLSContext], *,
-                 engines: Mapping[str, MongoEngine], ping_interval: float | None = None,
+                 engines: EngineDirectory[MongoEngine], ping_interval: float | None = None,
                  setup_timeout: float = SETUP_TIMEOUT,
                  metrics: NoopProxyMetrics | None = None) -> None:
         super().__init__(auth, sessions, inner_tls, ping_interval, metrics)
-        self._engines = dict(engines)
+        self._engines = engines
         self._setup_timeout = setup_timeout
 
     async def serve(self, stream: ByteStream, caller: Identity | None, remote: str) -> None:
@@ -131,7 +132,7 @@ class MongoFrontend(DbFrontend):
     async def _run(self, conn: Conn, session: Session) -> None:
         started = time.monotonic()
         try:
-            upstream = await self._engines[session.service].connect(session.db_user)
+            upstream = await self._connect(session)
         except UpstreamError as e:
             self._metrics.connection(session.service, PROTOCOL, session.mode, RESULT_ERROR)
             self.audit_start(session, error=str(e))
@@ -152,6 +153,16 @@ class MongoFrontend(DbFrontend):
         finally:  # cut, cancelled (a shutdown) or failed: still audited
             upstream.stream.close()
             self._ended(session, relay, started)
+
+    async def _connect(self, session: Session) -> MongoUpstream:
+        """Authenticated as the session's user: by this process's engine, or through one
+        of the agents serving the database (which signs in the same way)."""
+        engine = self._engines.serving(session.service)
+        if isinstance(engine, MongoEngine):
+            return await engine.connect(session.db_user)
+        return await engine.connect_mongo(session.db_user, caller=session.identity,
+                                          db_name=session.db_name, remote=session.remote,
+                                          session_id=session.session_id)
 
     def _allowed(self, session: Session, db_name: str) -> str:
         """"" if the session's roles allow `db_name`, else why not (the relay remembers

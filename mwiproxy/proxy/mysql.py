@@ -38,13 +38,13 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mwiproxy import _native
 from mwiproxy.auth.service import AuthService
 from mwiproxy.engines.base import UpstreamError
-from mwiproxy.engines.mysql import PROTOCOLS, MySQLEngine, UpstreamRefused
+from mwiproxy.engines.mysql import PROTOCOLS, MySQLEngine, Upstream, UpstreamRefused
 from mwiproxy.identity import names
 from mwiproxy.identity.certs import DatabaseRoute, Identity
 from mwiproxy.metrics.cluster import (
@@ -61,6 +61,7 @@ from mwiproxy.proxy.access import (
     check_policy_off_loop,
 )
 from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError
+from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import accepted_at
 from mwiproxy.proxy.sessions import Session, SessionRegistry
 from mwiproxy.relay.pipe import Inspect
@@ -80,7 +81,7 @@ NO_IDENTITY = ("no client certificate was presented: use the local proxy in tunn
 # every character set a MySQL client may use
 NOT_ASCII = "only ASCII database names are accepted through mwiproxy"
 ER_DBACCESS_DENIED, DBACCESS_STATE = 1044, "42000"  # ER_DBACCESS_DENIED_ERROR
-ER_CONNECTION_KILLED, KILLED_STATE = 1927, "70100"
+ER_CONNECTION_KILLED, KILLED_STATE = mysql.ER_CONNECTION_KILLED, mysql.KILLED_STATE
 ER_NET_READ_ERROR, NET_STATE = 1158, "08S01"
 ER_CANT_CONNECT = 2003  # CR_CONN_HOST_ERROR
 
@@ -115,13 +116,13 @@ class _Conn(Conn):
 class MySQLFrontend(DbFrontend):
     protocol = PROTOCOL
 
-    def __init__(self, auth: AuthService, engines: Mapping[str, MySQLEngine],
+    def __init__(self, auth: AuthService, engines: EngineDirectory[MySQLEngine],
                  sessions: SessionRegistry, inner_tls: Callable[[], _native.TLSContext],
                  ping_interval: float | None = None,
                  startup_timeout: float = STARTUP_TIMEOUT,
                  metrics: NoopProxyMetrics | None = None) -> None:
         super().__init__(auth, sessions, inner_tls, ping_interval, metrics)
-        self._engines = dict(engines)
+        self._engines = engines
         self._startup_timeout = startup_timeout
 
     async def serve(self, stream: ByteStream, caller: Identity | None, remote: str) -> None:
@@ -147,21 +148,15 @@ class MySQLFrontend(DbFrontend):
     # -- the connection phase ----------------------------------------------------------
 
     def _greeting(self, conn: _Conn) -> bytes:
-        engine = self._engine_for(conn.caller)
+        route = conn.caller.route if conn.caller else None
+        # an agent's database: its server is not dialed here, the version not known
+        engine = self._engines.local(route.service) if route else self._engines.sole_local()
         version = (engine.server_version if engine else None) or DEFAULT_VERSION
         caps = hs.PROXY_CAPS | (hs.SSL if conn.caller is None else 0)
         scramble = bytes(1 + b % 126 for b in os.urandom(20))  # no NUL, as servers do
         return hs.build_greeting(hs.Greeting(
             version, next(_conn_ids) & 0xFFFFFFFF, caps, hs.UTF8MB4_GENERAL_CI,
             hs.STATUS_AUTOCOMMIT, scramble, hs.NATIVE_PASSWORD))
-
-    def _engine_for(self, caller: Identity | None) -> MySQLEngine | None:
-        route = caller.route if caller else None
-        if route is not None:
-            return self._engines.get(route.service)
-        if len(self._engines) == 1:
-            return next(iter(self._engines.values()))
-        return None
 
     async def _handshake(self, conn: _Conn) -> hs.HandshakeResponse:
         if conn.caller is not None:  # tunnel mode: a certificate unfit for this protocol
@@ -211,11 +206,9 @@ class MySQLFrontend(DbFrontend):
             await self._run(conn, session, hello)
 
     async def _run(self, conn: _Conn, session: Session, hello: hs.HandshakeResponse) -> None:
-        engine = self._engines[session.service]
         started = time.monotonic()
         try:
-            upstream = await engine.start(session.db_user, session.db_name,
-                                          hello.capabilities, charset=hello.charset)
+            upstream = await self._start(session, hello)
         except (UpstreamError, UpstreamRefused) as e:
             refused = isinstance(e, UpstreamRefused)
             self._metrics.connection(session.service, PROTOCOL, session.mode,
@@ -247,6 +240,18 @@ class MySQLFrontend(DbFrontend):
                                                   message, 1), inspect=inspect)
         finally:
             upstream.stream.close()  # a no-op once the relay took it over
+
+    async def _start(self, session: Session, hello: hs.HandshakeResponse) -> Upstream:
+        """Signed in as the session's user: by this process's engine, or through one of
+        the agents serving the database (which signs in the same way)."""
+        engine = self._engines.serving(session.service)
+        if isinstance(engine, MySQLEngine):
+            return await engine.start(session.db_user, session.db_name,
+                                      hello.capabilities, charset=hello.charset)
+        return await engine.start_mysql(session.db_user, session.db_name,
+                                        hello.capabilities, charset=hello.charset,
+                                        caller=session.identity, remote=session.remote,
+                                        session_id=session.session_id)
 
     # -- what the relay holds ----------------------------------------------------------
 

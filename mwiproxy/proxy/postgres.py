@@ -157,12 +157,9 @@ class PostgresFrontend(DbFrontend):
 
     async def _run(self, conn: Conn, session: Session, startup: bytes,
                    early: EarlyDial | None) -> None:
-        engine = self._engines.get(session.service)
         started = time.monotonic()
         try:
-            if engine is None:  # its agent went away since the check
-                raise UpstreamError(f"database service {session.service!r} is no longer "
-                                    "served")
+            engine = self._engines.serving(session.service)
             start: Callable[..., Awaitable[Upstream]] = engine.start
             if isinstance(engine, PostgresEngine):
                 start = functools.partial(engine.start, early=early)
@@ -205,10 +202,8 @@ class PostgresFrontend(DbFrontend):
         if conn.caller is None or session is None or not _same_owner(session, conn.caller):
             log.info("CancelRequest from %s matches no session of its identity", conn.remote)
             return
-        engine = self._engines.get(session.service)
         try:
-            if engine is None:
-                raise UpstreamError(f"database service {session.service!r} is no longer served")
+            engine = self._engines.serving(session.service)
             await engine.cancel(key, session.db_user, caller=conn.caller)
         except UpstreamError as e:
             log.info("cancel for session %d failed: %s", session.session_id, e)

@@ -175,9 +175,7 @@ class RedisFrontend(DbFrontend):
     async def _start(self, conn: Conn, session: Session) -> ByteStream:
         """Redis signed in as the session's user: by this process's engine, or through
         one of the agents serving the database (which signs in the same way)."""
-        engine = self._engines.get(session.service)
-        if engine is None:  # its agent went away since the check
-            raise UpstreamError(f"database service {session.service!r} is no longer served")
+        engine = self._engines.serving(session.service)
         if isinstance(engine, RedisEngine):
             return await engine.start(session.db_user)
         route = session.identity.route

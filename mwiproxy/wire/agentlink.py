@@ -21,12 +21,23 @@ agent → proxy, one frame then `answer` raw bytes:
 on the connection carries the session's bytes untouched in both directions. `refused`:
 the database refused the startup; the N bytes are its ErrorResponse. `denied` / `error`:
 the agent refused the session / could not reach the database; `message` says why.
+
+What `startup` and an `ok` answer hold depends on the database's protocol:
+- PostgreSQL / CockroachDB: the client's StartupMessage; the answer up to ReadyForQuery
+  (a `refused` answer: the ErrorResponse);
+- Redis: nothing either way (the agent signs in with AUTH as db_user);
+- MySQL / MariaDB: `mysql_startup` (the client's capability flags and character set,
+  which the agent's HandshakeResponse carries); the answer is the server's OK_Packet
+  payload (a `refused` answer: its ERR_Packet payload, for the client as it is);
+- MongoDB: nothing; the answer is `mongo_answer` (the server's maxMessageSizeBytes,
+  from its `hello`, the bound of every client message the cluster proxy relays).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,7 +51,11 @@ STATUSES = (OK, REFUSED, DENIED, ERROR)
 MAX_ANSWER = 1 << 20
 MAX_GRANT = 128  # the cluster's grants are 43 characters (auth/agent_grants.py)
 
-__all__ = ["ALPN", "Hello", "LinkError", "Reply", "read_hello", "read_reply"]
+__all__ = ["ALPN", "Hello", "LinkError", "Reply", "mongo_answer", "mysql_startup",
+           "read_hello", "read_reply", "read_mongo_answer", "read_mysql_startup"]
+
+_MYSQL_STARTUP = struct.Struct("<IB")  # capability flags, character set
+_MONGO_ANSWER = struct.Struct("<i")  # maxMessageSizeBytes
 
 
 class LinkError(Exception):
@@ -155,3 +170,30 @@ def _pair(value: object) -> tuple[int, int] | None:
             or not all(isinstance(v, int) for v in value)):
         raise LinkError(f"a cancel key must be two integers, not {value!r}")
     return int(value[0]), int(value[1])
+
+
+def mysql_startup(capabilities: int, charset: int) -> bytes:
+    """A MySQL session's `startup`: what the client's HandshakeResponse asked for."""
+    return _MYSQL_STARTUP.pack(capabilities & 0xFFFFFFFF, charset & 0xFF)
+
+
+def read_mysql_startup(data: bytes) -> tuple[int, int]:
+    """(capability flags, character set) of a MySQL session's `startup`."""
+    if len(data) != _MYSQL_STARTUP.size:
+        raise LinkError(f"a MySQL startup is {_MYSQL_STARTUP.size} bytes, not {len(data)}")
+    caps, charset = _MYSQL_STARTUP.unpack(data)
+    return caps, charset
+
+
+def mongo_answer(max_message_size: int) -> bytes:
+    """A MongoDB session's `ok` answer: the server's maxMessageSizeBytes."""
+    return _MONGO_ANSWER.pack(max_message_size)
+
+
+def read_mongo_answer(data: bytes) -> int:
+    if len(data) != _MONGO_ANSWER.size:
+        raise LinkError(f"a MongoDB answer is {_MONGO_ANSWER.size} bytes, not {len(data)}")
+    (size,) = _MONGO_ANSWER.unpack(data)
+    if size < 1024:  # as the engine itself would refuse it (engines/mongodb.py)
+        raise LinkError(f"maxMessageSizeBytes {size} from the agent")
+    return int(size)

@@ -21,9 +21,11 @@ ERR_HEADER = 0xFF
 # error codes (server errors 1xxx, client errors 2xxx) and their SQLSTATEs
 ER_ACCESS_DENIED = 1045
 ER_UNKNOWN_ERROR = 1105
+ER_CONNECTION_KILLED = 1927
 CR_CONN_HOST_ERROR = 2003
 ACCESS_DENIED_STATE = "28000"
 GENERAL_ERROR_STATE = "HY000"
+KILLED_STATE = "70100"
 
 _HEADER = struct.Struct("<I")  # 3 length bytes + the sequence id
 

@@ -23,8 +23,10 @@ HELLO = {"ismaster": True, "isWritablePrimary": True, "minWireVersion": 0,
 
 
 class TLSMockupDB(mockupdb.MockupDB):  # type: ignore[misc]
-    def __init__(self, ctx: ssl.SSLContext, port: int, **kw: Any) -> None:
-        super().__init__(port=port, auto_ismaster=HELLO, **kw)
+    def __init__(self, ctx: ssl.SSLContext, port: int, hello: dict[str, Any] | None = None,
+                 **kw: Any) -> None:
+        """`hello`: its answer to hello / isMaster (HELLO by default)."""
+        super().__init__(port=port, auto_ismaster=hello or HELLO, **kw)
         self._tls = ctx
         self.subjects: list[str] = []
         self.requests: list[Any] = []

@@ -7,17 +7,26 @@ requiring a client certificate of the database-client CA (tests/_testbase/mongom
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mwiproxy.devkit import postgres
+from mwiproxy.devkit.agent import Agent, agent_yaml, db_token
 from mwiproxy.devkit.guide import GUIDE_ROLE
 from mwiproxy.devkit.ports import free_port
-from mwiproxy.devkit.topology import CLUSTER_YAML, Topology, start_topology, wait_for
+from mwiproxy.devkit.topology import (
+    CLUSTER_YAML,
+    LocalProxyProcess,
+    Topology,
+    start_topology,
+    wait_for,
+)
+from mwiproxy.wire import mongodb as wire
 from tests._testbase import mongomock
-from tests._testbase.mongomock import TLSMockupDB, server_context
+from tests._testbase.mongomock import HELLO, TLSMockupDB, server_context
 
 pymongo = pytest.importorskip("pymongo")
 
@@ -38,8 +47,8 @@ class Mongo:
         self.topo, self.db = topo, db
         self._outs: dict[str, Path] = {}
 
-    def output(self, bot: str, *, move_to_role: str = "") -> Path:
-        out = self.topo.bot_output(bot, service=MONGO, fmt="mongo")
+    def output(self, bot: str, *, move_to_role: str = "", service: str = MONGO) -> Path:
+        out = self.topo.bot_output(bot, service=service, fmt="mongo")
         if move_to_role:
             self.topo.cluster.ctl("bots", "update", bot, "--set-roles", move_to_role)
         return out
@@ -164,17 +173,29 @@ def test_tunnel_mode_without_ping_framing(mongo):
         assert client["example-db"].things.find_one() == {"_id": 1, "x": "hello"}
 
 
-def test_a_database_refusing_the_certificate_user_is_told_to_the_client(mongo):
-    lp = mongo.topo.local_proxy(mongo.output("mg-x509"), tunnel=True, service=MONGO)
-    refuse = mongo.db.autoresponds("authenticate", ok=0, errmsg="No verified subject name")
+def _first_error(mongo: Mongo, lp: LocalProxyProcess) -> str:
+    """What the client is told at its first message (a connect-time error, held)."""
+    with mongo.client(lp.port, serverSelectionTimeoutMS=3000) as client:
+        with pytest.raises(pymongo.errors.PyMongoError) as err:
+            client["example-db"].command("ping")
+    return str(err.value)
+
+
+@pytest.mark.parametrize("via_agent", [False, True])
+def test_a_database_refusing_the_certificate_user_is_told_to_the_client(mongo, request,
+                                                                       via_agent):
+    """In this process or behind a database agent (`agent_db`, below), alike."""
+    bot, service, db = ("mg-agent-x509", AGENT_MONGO, request.getfixturevalue("agent_db")[1]
+                        ) if via_agent else ("mg-x509", MONGO, mongo.db)
+    lp = mongo.topo.local_proxy(mongo.output(bot, service=service), tunnel=True,
+                                service=service)
+    refuse = db.autoresponds("authenticate", ok=0, errmsg="No verified subject name")
     try:
-        with mongo.client(lp.port, serverSelectionTimeoutMS=3000) as client:
-            with pytest.raises(pymongo.errors.PyMongoError) as err:
-                client["example-db"].command("ping")
+        told = _first_error(mongo, lp)
     finally:
         refuse.cancel()
-    assert "refused MONGODB-X509 for CN=alice: No verified subject name" in str(err.value)
-    starts = [e for e in mongo.topo.audit("db.session.start") if e.get("bot") == "mg-x509"]
+    assert "refused MONGODB-X509 for CN=alice: No verified subject name" in told
+    starts = [e for e in mongo.topo.audit("db.session.start") if e.get("bot") == bot]
     assert any(not e["success"] and "refused MONGODB-X509" in str(e["error"])
                for e in starts), starts
 
@@ -199,3 +220,91 @@ def test_a_locked_bot_s_live_session_is_cut_and_told_why(mongo):
     assert wait_for(lambda: any(
         e.get("bot") == "mg-locked" and e["reason"] == "locked"
         for e in mongo.topo.audit("db.session.end")), 20)
+
+
+# -- MongoDB served by a database agent -------------------------------------------------
+
+AGENT_MONGO = "agent-mongo"
+AGENT_DOWN = "agent-mongo-down"  # registered by the agent, its database not listening
+SMALL = 64 * 1024  # the agent's server announces this maxMessageSizeBytes
+
+
+@pytest.fixture(scope="module")
+def agent_db(mongo: Mongo) -> Iterator[tuple[Agent, TLSMockupDB]]:
+    """A second mockupdb that only the agent is configured to reach."""
+    out = mongo.topo.root / "mongo-server"  # the server certificate `mongo` signed
+    db = TLSMockupDB(server_context(f"{out}.crt", f"{out}.key", f"{out}.cas"), free_port(),
+                     hello={**HELLO, "maxMessageSizeBytes": SMALL})
+    db.autoresponds(mongomock.mockupdb.OpMsg("find", "things"), cursor={
+        "id": 0, "ns": "example-db.things", "firstBatch": [{"_id": 2, "x": "agent"}]})
+    db.run()
+    agent = Agent(mongo.topo, "mongo", template=agent_yaml(
+        (AGENT_MONGO, "mongodb", f"127.0.0.1:{db.port}"),
+        (AGENT_DOWN, "mongodb", f"127.0.0.1:{free_port()}")))
+    try:
+        agent.start(token=db_token(mongo.topo))
+        listed = lambda: AGENT_DOWN in mongo.topo.cluster.ctl("db", "ls").stdout  # noqa: E731
+        assert wait_for(listed, timeout=20), mongo.topo.cluster.ctl("db", "ls").stdout
+        yield agent, db
+    finally:
+        agent.stop()
+        db.stop()
+
+
+@pytest.mark.parametrize("tunnel", [True, False])
+def test_pymongo_through_a_database_agent_in_both_modes(mongo, agent_db, tunnel):
+    """The agent signs in (TLS as CN=alice, MONGODB-X509); each message's `$db` is
+    still checked at the cluster proxy."""
+    _, db = agent_db
+    bot = f"mg-agent-{'tunnel' if tunnel else 'plain'}"
+    out = mongo.output(bot, service=AGENT_MONGO)
+    lp = mongo.topo.local_proxy(out, tunnel=tunnel, service=AGENT_MONGO)
+    with mongo.client(lp.port, None if tunnel else out) as client:
+        assert client["example-db"].things.find_one() == {"_id": 2, "x": "agent"}
+        with pytest.raises(pymongo.errors.OperationFailure) as err:
+            client["other-db"].command("ping")
+        assert err.value.code == 13 and '"other-db"' in str(err.value)
+    assert "CN=alice" in db.subjects
+    auth = _sent(db, "authenticate")
+    assert auth and all(doc["mechanism"] == "MONGODB-X509" and doc["user"] == "CN=alice"
+                        for _, _, doc in auth)
+    assert not [c for c in _sent(db, "ping") if c[1] == "other-db"]
+    starts = [e for e in mongo.topo.audit("db.session.start") if e.get("bot") == bot]
+    assert starts and all(e["success"] and e["db_service"] == AGENT_MONGO for e in starts)
+    assert wait_for(lambda: any(e.get("bot") == bot and e["refused_messages"] >= 1
+                                for e in mongo.topo.audit("db.session.end")), 20)
+
+
+def test_the_agents_servers_message_bound_holds_at_the_cluster_proxy(mongo, agent_db):
+    """maxMessageSizeBytes comes back over the agent link: a message over it ends the
+    session at the cluster proxy, unread."""
+    lp = mongo.topo.local_proxy(mongo.output("mg-agent-big", service=AGENT_MONGO),
+                                tunnel=True, service=AGENT_MONGO)
+    with socket.create_connection(("127.0.0.1", lp.port), timeout=30) as s:
+        s.sendall(wire.op_msg(0, {"ping": 1, "$db": "example-db"}, 1))
+        assert s.recv(65536)  # the session is up
+        s.sendall((SMALL + 1).to_bytes(4, "little") + bytes(12))  # a header over the bound
+        while s.recv(65536):
+            pass  # closed, not waiting for the rest
+    assert wait_for(lambda: any(e.get("bot") == "mg-agent-big" and e["reason"] == "error"
+                                for e in mongo.topo.audit("db.session.end")), 20)
+
+
+def test_an_unreachable_database_behind_the_agent_is_told_at_the_first_message(
+        mongo, agent_db):
+    lp = mongo.topo.local_proxy(mongo.output("mg-agent-down", service=AGENT_DOWN),
+                                tunnel=True, service=AGENT_DOWN)
+    told = _first_error(mongo, lp)
+    assert f"cannot reach database '{AGENT_DOWN}'" in told, told
+
+
+def test_a_stopped_agents_database_is_told_at_the_first_message(mongo, agent_db):
+    """Last of the agent's tests: it stops the agent."""
+    agent, _ = agent_db
+    lp = mongo.topo.local_proxy(mongo.output("mg-agent-stop", service=AGENT_MONGO),
+                                tunnel=True, service=AGENT_MONGO)
+    agent.stop()  # its goodbye ends the registration at once
+    gone = lambda: AGENT_MONGO not in mongo.topo.cluster.ctl("db", "ls").stdout  # noqa: E731
+    assert wait_for(gone, timeout=15)
+    told = _first_error(mongo, lp)
+    assert f"'{AGENT_MONGO}' is not served by this cluster" in told, told

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from mwiproxy.devkit import mariadb
+from mwiproxy.devkit.agent import Agent, agent_yaml, db_token
 from mwiproxy.devkit.mariadb import SERVICE, MySQLTopology, start_mysql_topology
+from mwiproxy.devkit.ports import free_port
 from mwiproxy.devkit.topology import LocalProxyProcess, wait_for
 from mwiproxy.wire import mysql
 from mwiproxy.wire import mysql_handshake as hs
@@ -258,9 +260,13 @@ def test_a_non_ascii_database_name_is_refused(my, tunnel):
     assert err.value.args[0] == 1045 and "only ASCII" in err.value.args[1]
 
 
-def test_mysqlslap_through_the_tunnel_has_no_errors(my, tunnel):
+@pytest.mark.parametrize("via_agent", [False, True])
+def test_mysqlslap_through_the_tunnel_has_no_errors(my, tunnel, request, via_agent):
+    """In this process or behind a database agent (`agent`, below), alike."""
+    lp = my.local_proxy(request.getfixturevalue("agent_out"), tunnel=True,
+                        service=AGENT_MYSQL) if via_agent else tunnel
     res = subprocess.run(
-        ["mysqlslap", "--no-defaults", "-h", "127.0.0.1", "-P", str(tunnel.port), "-u",
+        ["mysqlslap", "--no-defaults", "-h", "127.0.0.1", "-P", str(lp.port), "-u",
          "alice", "--create-schema=example-db", "--no-drop", "--concurrency=4",
          "--iterations=3", "--number-of-queries=200",
          "--query=select count(*) from information_schema.tables"],
@@ -339,3 +345,117 @@ def test_unframed_in_both_modes(my, out, tunnel_mode):
     assert res.stdout.split() == ["alice@%", "example-db", "1"]
     res = _cli(lp, "use `other-db`", out=None if tunnel_mode else out)
     assert "ERROR 1044" in res.stderr and 'db_name "other-db"' in res.stderr, res.stderr
+
+
+# -- the same MariaDB served by a database agent ----------------------------------------
+
+AGENT_MYSQL = "agent-mysql"
+AGENT_DOWN = "agent-mysql-down"  # registered by the agent, its database not listening
+GINA_ROLE = BOB_ROLE.replace("bob-role", "gina-role").replace("[bob]", "[gina]")
+
+
+@pytest.fixture(scope="module")
+def agent(my: MySQLTopology) -> Iterator[Agent]:
+    assert my.maria is not None
+    agent = Agent(my, "mysql", service_extra="  drain_timeout: 1s\n", template=agent_yaml(
+        (AGENT_MYSQL, "mysql", f"127.0.0.1:{my.maria.port}"),
+        (AGENT_DOWN, "mysql", f"127.0.0.1:{free_port()}")))
+    agent.start(token=db_token(my))
+    try:
+        listed = lambda: AGENT_DOWN in my.cluster.ctl("db", "ls").stdout  # noqa: E731
+        assert wait_for(listed, timeout=20), my.cluster.ctl("db", "ls").stdout
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture(scope="module")
+def agent_out(my: MySQLTopology, agent: Agent) -> Path:
+    return my.bot_output("my-agent", service=AGENT_MYSQL)
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "own_tls"])
+def test_clients_through_a_database_agent_in_both_modes(my, agent_out, mode):
+    """The agent signs in (TLS upgrade in MariaDB's protocol, certificate CN=alice, the
+    session grant paying for it); the greeting, RBAC and the held USE stay at the
+    cluster proxy."""
+    tunnel = mode == "tunnel"
+    lp = my.local_proxy(agent_out, tunnel=tunnel, service=AGENT_MYSQL)
+    tls = None if tunnel else agent_out
+    res = _cli(lp, WHO, out=tls)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["alice@%", "example-db", "1"]
+    with _connect(lp, tls) as conn, conn.cursor() as cur:
+        cur.execute("select repeat('x', 1 << 20)")  # a result bigger than any buffer
+        assert len(cur.fetchone()[0]) == 1 << 20
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            conn.select_db("other-db")
+        assert err.value.args[0] == 1044 and 'db_name "other-db"' in err.value.args[1]
+    bot = "bot-my-agent"
+    starts = [e for e in my.audit("db.session.start")
+              if e.get("user") == bot and e["db_service"] == AGENT_MYSQL]
+    assert starts and all(e["success"] and e["protocol"] == "mysql" for e in starts)
+    assert wait_for(lambda: any(e.get("user") == bot and e["reason"] == "refused"
+                                for e in my.audit("db.session.end")), timeout=20)
+
+
+def test_refusals_through_a_database_agent_are_mysql_err_packets(my, agent, agent_out):
+    assert my.maria is not None
+    tunnel = my.local_proxy(agent_out, tunnel=True, service=AGENT_MYSQL)
+    # refused at the cluster proxy: not the certificate's user
+    res = _cli(tunnel, "select 1", user="bob")
+    assert "ERROR 1045" in res.stderr and '"alice", not "bob"' in res.stderr, res.stderr
+    # refused by the database, behind the agent: its own ERR packet
+    my.maria.sql("CREATE USER 'gina'@'%' IDENTIFIED BY 'secret' REQUIRE SUBJECT '/CN=gina'")
+    (my.root / "gina-role.yaml").write_text(GINA_ROLE)
+    my.cluster.ctl("create", "-f", str(my.root / "gina-role.yaml"))
+    out = my.bot_output("my-agent-gina", service=AGENT_MYSQL, username="gina",
+                        roles="gina-role")
+    lp = my.local_proxy(out, tunnel=True, service=AGENT_MYSQL)
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        _connect(lp, user="gina")
+    assert err.value.args[0] == 1045 and "Access denied for user 'gina'@" in err.value.args[1]
+    # the database behind the agent does not answer: told so, as a MySQL error
+    down = my.local_proxy(my.bot_output("my-agent-down", service=AGENT_DOWN), tunnel=True,
+                          service=AGENT_DOWN)
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        _connect(down)
+    assert err.value.args[0] == 2003, err.value.args  # as in-process (test_other_protocols)
+    assert f"cannot reach database '{AGENT_DOWN}'" in err.value.args[1]
+    starts = {e["db_service"]: e for e in my.audit("db.session.start")
+              if e.get("user") in ("bot-my-agent-gina", "bot-my-agent-down")}
+    assert "database refused" in starts[AGENT_MYSQL]["error"]
+    assert "cannot reach database" in starts[AGENT_DOWN]["error"]
+
+
+def test_a_stopped_agent_cuts_its_sessions_then_is_refused_as_mysql_errors(my, agent,
+                                                                           agent_out):
+    """Last of the agent's tests: it stops the agent. A query outliving its drain
+    timeout (1 s) is cut with an ERR packet saying why; then the database is gone."""
+    maria = my.maria
+    assert maria is not None
+    tunnel = my.local_proxy(agent_out, tunnel=True, service=AGENT_MYSQL)
+
+    def sleeping() -> list[str]:
+        return maria.sql("select id from information_schema.processlist "
+                         "where info = 'select sleep(29)'").split()
+
+    long = subprocess.Popen(
+        ["mysql", "--no-defaults", "-h", "localhost", "--protocol=tcp", "-P",
+         str(tunnel.port), "-u", "alice", "-e", "select sleep(29)", "example-db"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: len(sleeping()) == 1, timeout=30), "the query is running"
+        agent.stop()  # SIGTERM: the drain, the cut, then its goodbye
+        _, err = long.communicate(timeout=20)  # well before the query's own 29 s
+        assert "ERROR 1927" in err and "the database agent is shutting down" in err, err
+    finally:
+        if long.poll() is None:
+            long.kill()
+        for query in sleeping():  # the cut connection's query sleeps on: end it
+            maria.sql(f"KILL {query}")
+    assert "drained: 0 link session(s) finished, 1 cut" in agent.log.read_text()
+    assert wait_for(lambda: AGENT_MYSQL not in my.cluster.ctl("db", "ls").stdout, timeout=15)
+    res = _cli(tunnel, "select 1")  # refused in place of the greeting (tunnel mode)
+    assert "1045 - access to db denied" in res.stderr, res.stderr
+    assert f"'{AGENT_MYSQL}' is not served by this cluster" in res.stderr, res.stderr

@@ -22,7 +22,7 @@ import pytest
 
 from mwiproxy.devkit import postgres
 from mwiproxy.devkit import redis as redis_kit
-from mwiproxy.devkit.agent import Agent, db_token
+from mwiproxy.devkit.agent import Agent, agent_yaml, db_token
 from mwiproxy.devkit.guide import GUIDE_ROLE
 from mwiproxy.devkit.ports import free_port
 from mwiproxy.devkit.topology import CLUSTER_YAML, LocalProxyProcess, Topology, start_topology
@@ -39,19 +39,6 @@ DEFAULT_ROLE = GUIDE_ROLE.replace("example-role", "default-role").replace(
     "[alice]", "[default]")
 SECRET = "s3cr3t-pw-never-logged"
 AGENT_REDIS = "agent-redis"
-AGENT_YAML = """\
-version: v1
-cluster_name: mwiproxy.local
-data_dir: {data_dir}
-db_service:
-  listen_addr: 127.0.0.1:{port}
-  heartbeat_ttl: 3s
-{service_extra}databases:
-  - name: agent-redis
-    protocol: redis
-    uri: 127.0.0.1:REDISPORT
-    static_labels: {{env: dev}}
-"""
 
 
 class RedisTopology(Topology):
@@ -312,8 +299,8 @@ def test_redis_served_by_a_database_agent(topo):
     """The same Redis registered by a database agent as `agent-redis`: the agent signs
     in (its certificate through the session's grant), the cluster proxy's relay still
     holds AUTH."""
-    agent = Agent(topo, "redis", template=AGENT_YAML.replace("REDISPORT",
-                                                             str(topo.redis.port)))
+    agent = Agent(topo, "redis", template=agent_yaml(
+        (AGENT_REDIS, "redis", f"127.0.0.1:{topo.redis.port}")))
     agent.start(token=db_token(topo))
     try:
         listed = lambda: AGENT_REDIS in topo.cluster.ctl("db", "ls").stdout  # noqa: E731

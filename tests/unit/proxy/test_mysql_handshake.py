@@ -170,13 +170,21 @@ def _packets(data: bytes) -> list[mysql.Packet]:
     return out
 
 
+def _no_engines(auth: _Auth):  # noqa: ANN202
+    """No MySQL database in this process, none through an agent (never asked: these
+    clients show no identity)."""
+    from mwiproxy.proxy.directory import EngineDirectory
+
+    return EngineDirectory({}, auth, lambda: None, ("mysql",))  # type: ignore[arg-type,return-value]
+
+
 def _serve(chunks: list[bytes]) -> tuple[_Stream, _Auth]:
     from mwiproxy.proxy.mysql import MySQLFrontend
     from mwiproxy.proxy.sessions import SessionRegistry
 
     auth, stream = _Auth(), _Stream(chunks)
-    frontend = MySQLFrontend(auth, {}, SessionRegistry(), lambda: None,  # type: ignore[arg-type]
-                             startup_timeout=5)
+    frontend = MySQLFrontend(auth, _no_engines(auth), SessionRegistry(),  # type: ignore[arg-type]
+                             lambda: None, startup_timeout=5)  # type: ignore[arg-type,return-value]
     asyncio.run(asyncio.wait_for(frontend.serve(stream, None, "test"), 10))  # type: ignore[arg-type]
     return stream, auth
 
@@ -228,9 +236,9 @@ def test_a_silent_client_is_told_and_dropped_at_the_timeout():
             await asyncio.sleep(3600)
             return b""
 
-    stream = Silent([])
-    frontend = MySQLFrontend(_Auth(), {}, SessionRegistry(), lambda: None,  # type: ignore[arg-type]
-                             startup_timeout=0.2)
+    stream, auth = Silent([]), _Auth()
+    frontend = MySQLFrontend(auth, _no_engines(auth), SessionRegistry(),  # type: ignore[arg-type]
+                             lambda: None, startup_timeout=0.2)  # type: ignore[arg-type,return-value]
     asyncio.run(asyncio.wait_for(frontend.serve(stream, None, "test"), 10))  # type: ignore[arg-type]
     greeting, farewell = _packets(bytes(stream.written))
     assert "no handshake within 0.2s" in mysql.parse_err(farewell.payload).message
