@@ -64,6 +64,10 @@ def test_sessions_are_audited_with_bytes_and_duration(topo, tunnel):
     last = ends[-1]
     assert last["bytes_client_to_db"] > 0 and last["bytes_db_to_client"] > 0
     assert last["duration"] >= 0
+    # one restart-unique id ties the session's start to its end
+    assert len(last["session"]) == 32
+    assert [e["session_id"] for e in starts if e["session"] == last["session"]] == \
+        [last["session_id"]]
 
 
 def test_pgbench_in_tunnel_mode_has_no_failures(topo, tunnel):
