@@ -6,7 +6,9 @@ that literal with a PostgreSQL lexer, not a regular expression over the text: qu
 strings ('' escapes), E-strings (backslash escapes), dollar quotes ($tag$...$tag$, whose
 bodies are read again as SQL so a DO block's `ALTER ROLE` is seen), quoted identifiers
 ("password" is a name, not the keyword), `--` and nested `/* */` comments, and `;`
-between statements. `PASSWORD NULL` is left as it is.
+between statements. `PASSWORD NULL` is left as it is. Forms PostgreSQL refuses there
+(`PASSWORD "s"`, `PASSWORD = 's'`, `N's'`) are masked too: a failed statement is
+recorded as well.
 
 It is given the recorded prefix of a statement, so it never raises and a literal cut
 by the end of the input is masked to the end. It is linear: the scan jumps from one
@@ -47,7 +49,8 @@ _OUTSIDE = re.compile(
     re.I | re.S,
 )
 _INSIDE = re.compile(
-    r"(?=['\"\-/$e;p])(?:" + _SKIP_RUNS + r"|;|password\b" + _BLANK_THEN.format(r"(?:'|\$|e'|u&')") + ")",
+    r"(?=['\"\-/$e;p])(?:" + _SKIP_RUNS + r"|;|password\b"
+    + _BLANK_THEN.format(r"(?:['\"$=]|[ebnx]'|u&')") + ")",
     re.I | re.S,
 )
 _ROLE_KIND = re.compile(r"(?:role|user|group)\b", re.I)
@@ -202,15 +205,21 @@ def _skip_blank(s: str, pos: int, end: int) -> int:
 def _mask_password(s: str, pos: int, end: int, edits: list[tuple[int, int, str]]) -> int:
     """Mask the literal after PASSWORD (at `pos`) if there is one; the position after."""
     start = _skip_blank(s, pos, end)
+    if s.startswith("=", start, end):  # `PASSWORD = 's'` fails, but is recorded
+        start = _skip_blank(s, start + 1, end)
     if start >= end:
         return end
     char = s[start]
     if char in "eE" and s.startswith("'", start + 1, end):
-        stop = _string_end(s, start + 1, end, True)
+        stop = _literal_end(s, start + 1, end, escaped=True)
     elif char in "uU" and s.startswith("&'", start + 1, end):
-        stop = _plain_literal_end(s, start + 2, end)
+        stop = _literal_end(s, start + 2, end)
+    elif char in "nNbBxX" and s.startswith("'", start + 1, end):  # refused, still recorded
+        stop = _literal_end(s, start + 1, end)
     elif char == "'":
-        stop = _plain_literal_end(s, start, end)
+        stop = _literal_end(s, start, end)
+    elif char == '"':  # a password in double quotes: a syntax error that is recorded
+        stop = _body_end(_IDENT_BODY, s, start + 1, end)
     elif char == "$":
         tag = _DOLLAR_TAG.match(s, start, end)
         if tag is None:
@@ -223,10 +232,13 @@ def _mask_password(s: str, pos: int, end: int, edits: list[tuple[int, int, str]]
     return stop
 
 
-def _plain_literal_end(s: str, quote: int, end: int) -> int:
-    """The end of '...' and its continuations, read both ways (see the module doc)."""
+def _literal_end(s: str, quote: int, end: int, escaped: bool = False) -> int:
+    """The end of the literal at `quote` and its continuations; a plain one read both
+    ways (see the module doc), an E'...' one with backslash escapes."""
     while True:
-        stop = max(_run_end(_STD_RUN, s, quote, end), _run_end(_ESC_RUN, s, quote, end))
+        stop = _run_end(_ESC_RUN, s, quote, end)
+        if not escaped:
+            stop = max(stop, _run_end(_STD_RUN, s, quote, end))
         more = _CONTINUATION.match(s, stop, end)
         if more is None:
             return stop

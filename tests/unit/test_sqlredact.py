@@ -31,6 +31,11 @@ from mwiproxy.wire.sqlredact import MASK, param_digest, redact_statement
         ("ALTER /* c */ ROLE -- d\n x PASSWORD 's'", "ALTER /* c */ ROLE -- d\n x PASSWORD '****'"),
         ("ALTER ROLE x PASSWORD 'cut by the recorded pref", "ALTER ROLE x PASSWORD '****'"),
         ("ALTER ROLE x PASSWORD $t$cut", "ALTER ROLE x PASSWORD '****'"),
+        ("ALTER ROLE x PASSWORD E'a'\n'\\'b' LOGIN", "ALTER ROLE x PASSWORD '****' LOGIN"),
+        # refused by PostgreSQL, but a failed statement is recorded too
+        ('ALTER ROLE x PASSWORD "s" LOGIN', "ALTER ROLE x PASSWORD '****' LOGIN"),
+        ("ALTER ROLE x PASSWORD = 's' LOGIN", "ALTER ROLE x PASSWORD = '****' LOGIN"),
+        ("ALTER ROLE x PASSWORD N's' LOGIN", "ALTER ROLE x PASSWORD '****' LOGIN"),
     ],
 )
 def test_every_literal_form_is_masked(sql: str, expected: str) -> None:
