@@ -55,16 +55,18 @@ _INSIDE = re.compile(
 )
 _ROLE_KIND = re.compile(r"(?:role|user|group)\b", re.I)
 
-_STD_BODY = re.compile(r"[^']*(?:''[^']*)*'")  # after the opening quote
-_ESC_BODY = re.compile(r"(?:[^'\\]|\\.|'')*'", re.S)  # E'...': backslash escapes
-_IDENT_BODY = re.compile(r'[^"]*(?:""[^"]*)*"')
+# Bodies after the opening quote. Possessive (*+): a literal cut by the end of the input
+# must run to the end, not be read back to an earlier '' as its closing quote.
+_STD_BODY = re.compile(r"(?:[^']|'')*+'")
+_ESC_BODY = re.compile(r"(?:[^'\\]|\\.|'')*+'", re.S)  # E'...': backslash escapes
+_IDENT_BODY = re.compile(r'(?:[^"]|"")*+"')
 _DOLLAR_TAG = re.compile(r"\$(?:[^\W\d]\w*)?\$")
 _COMMENT_MARK = re.compile(r"/\*|\*/")
 # 'a'\n'b' is one literal 'ab': blanks (with -- comments) holding a newline join them
 _JOIN = r"(?:[ \t\f\r]|--[^\n]*)*\n(?:\s|--[^\n]*\n)*"
 _CONTINUATION = re.compile(_JOIN + "'")
-_STD_RUN = re.compile(r"(?:'[^']*')+(?:" + _JOIN + r"(?:'[^']*')+)*")
-_ESC_RUN = re.compile(r"'(?:[^'\\]|\\.|'')*'(?:" + _JOIN + r"'(?:[^'\\]|\\.|'')*')*", re.S)
+_STD_RUN = re.compile(r"'(?:[^']|'')*+'(?:" + _JOIN + r"'(?:[^']|'')*+')*")
+_ESC_RUN = re.compile(r"'(?:[^'\\]|\\.|'')*+'(?:" + _JOIN + r"'(?:[^'\\]|\\.|'')*+')*", re.S)
 _SPACE = re.compile(r"\s+")
 
 

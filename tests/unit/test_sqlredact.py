@@ -31,6 +31,12 @@ from mwiproxy.wire.sqlredact import MASK, param_digest, redact_statement
         ("ALTER /* c */ ROLE -- d\n x PASSWORD 's'", "ALTER /* c */ ROLE -- d\n x PASSWORD '****'"),
         ("ALTER ROLE x PASSWORD 'cut by the recorded pref", "ALTER ROLE x PASSWORD '****'"),
         ("ALTER ROLE x PASSWORD $t$cut", "ALTER ROLE x PASSWORD '****'"),
+        # cut after an escaped quote: never read back to it as the closing one
+        ("ALTER ROLE x PASSWORD 'it''s-cut", "ALTER ROLE x PASSWORD '****'"),
+        ("ALTER ROLE x PASSWORD E'it''s-cut", "ALTER ROLE x PASSWORD '****'"),
+        ("ALTER ROLE x PASSWORD E'it\\'s-cut", "ALTER ROLE x PASSWORD '****'"),
+        ("ALTER ROLE x PASSWORD 'a'\n'it''s-cut", "ALTER ROLE x PASSWORD '****'"),
+        ('ALTER ROLE x PASSWORD "it""s-cut', "ALTER ROLE x PASSWORD '****'"),
         ("ALTER ROLE x PASSWORD E'a'\n'\\'b' LOGIN", "ALTER ROLE x PASSWORD '****' LOGIN"),
         # refused by PostgreSQL, but a failed statement is recorded too
         ('ALTER ROLE x PASSWORD "s" LOGIN', "ALTER ROLE x PASSWORD '****' LOGIN"),
