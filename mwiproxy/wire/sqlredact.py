@@ -235,21 +235,20 @@ def _mask_password(s: str, pos: int, end: int, edits: list[tuple[int, int, str]]
 
 
 def _literal_end(s: str, quote: int, end: int, escaped: bool = False) -> int:
-    """The end of the literal at `quote` and its continuations; a plain one read both
-    ways (see the module doc), an E'...' one with backslash escapes."""
+    """The end of the literal at `quote` with its continuations: an E'...' one read with
+    backslash escapes, a plain one as far as the longer of its two whole readings (see
+    the module doc)."""
+    stop = _reading_end(_ESC_RUN, s, quote, end)
+    return stop if escaped else max(stop, _reading_end(_STD_RUN, s, quote, end))
+
+
+def _reading_end(run: re.Pattern[str], s: str, quote: int, end: int) -> int:
+    """Where the literal at `quote`, continuations included, ends when read by `run`."""
     while True:
-        stop = _run_end(_ESC_RUN, s, quote, end)
-        if not escaped:
-            stop = max(stop, _run_end(_STD_RUN, s, quote, end))
-        more = _CONTINUATION.match(s, stop, end)
+        match = run.match(s, quote, end)
+        if match is None:
+            return end  # unterminated: to the end of what was recorded
+        more = _CONTINUATION.match(s, match.end(), end)
         if more is None:
-            return stop
+            return match.end()
         quote = more.end() - 1
-
-
-def _run_end(run: re.Pattern[str], s: str, quote: int, end: int) -> int:
-    """The end of the literals run matches at `quote`; an unterminated one runs to the end."""
-    match = run.match(s, quote, end)
-    if match is None:
-        return end
-    return match.end()
