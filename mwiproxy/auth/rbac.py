@@ -307,5 +307,6 @@ def query_audit_policy(roles: Iterable[Role]) -> QueryAuditPolicy:
     roles = list(roles)
     enabled = not roles or any(r.options.query_audit is not False for r in roles)
     asked = [r.options.query_audit_parameters or DEFAULT_QUERY_AUDIT_PARAMETERS for r in roles]
-    parameters = min(asked, key=_PARAMETERS_BY_STRICTNESS.index, default=DEFAULT_QUERY_AUDIT_PARAMETERS)
+    parameters = min(asked, key=_PARAMETERS_BY_STRICTNESS.index,
+                     default=DEFAULT_QUERY_AUDIT_PARAMETERS)
     return QueryAuditPolicy(enabled=enabled, parameters=parameters)

@@ -101,7 +101,8 @@ def _start_line(e: dict[str, Any]) -> str:
     verdict = "Started " if e.get("success", True) else "Refused "
     roles = out.plain(e.get("roles", [])) or "-"
     error = f", error: {shown(e['error'])}" if e.get("error") else ""
-    return f"{verdict} {rfc3339(e['time'])}  from {shown(e.get('remote', ''))}, roles {roles}{error}"
+    remote = shown(e.get("remote", ""))
+    return f"{verdict} {rfc3339(e['time'])}  from {remote}, roles {roles}{error}"
 
 
 def _end_line(e: dict[str, Any] | None) -> str:

@@ -42,10 +42,15 @@ _IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 # Runs of plain strings, identifiers and line comments are passed over inside the
 # pattern; a keyword only stops the scan where what follows could make it matter. The
 # leading lookahead lets the regex engine skip characters that start nothing at C speed.
-_SKIP_RUNS = r"""(?:(?:'[^']*'|"[^"]*"|--[^\n]*(?:\n|$))\s*)+|(?:e(?<![\w$]e)'(?:[^'\\]|\\.|'')*'\s*)+|'|"|/\*|\$(?<![\w$]\$)(?!\d)"""
+_SKIP_RUNS = (
+    r"""(?:(?:'[^']*'|"[^"]*"|--[^\n]*(?:\n|$))\s*)+"""  # strings, names, line comments
+    r"""|(?:e(?<![\w$]e)'(?:[^'\\]|\\.|'')*'\s*)+"""  # E'...' strings
+    r"""|'|"|/\*|\$(?<![\w$]\$)(?!\d)"""  # the rest, read by the scan: see _skip_*
+)
 _BLANK_THEN = r"(?=(?:\s|/\*(?:[^*/]|\*(?!/)|/(?!\*))*\*/|--[^\n]*\n)*+(?:/\*|--|{}))"
 _OUTSIDE = re.compile(
-    r"(?=['\"\-/$eac])(?:" + _SKIP_RUNS + r"|(?:alter|create)\b" + _BLANK_THEN.format(r"(?:role|user|group)\b") + ")",
+    r"(?=['\"\-/$eac])(?:" + _SKIP_RUNS + r"|(?:alter|create)\b"
+    + _BLANK_THEN.format(r"(?:role|user|group)\b") + ")",
     re.I | re.S,
 )
 _INSIDE = re.compile(
@@ -154,7 +159,9 @@ def _skip_quoted_or_comment(
     return _skip_dollar(s, start, end, depth, edits)
 
 
-def _skip_dollar(s: str, start: int, end: int, depth: int, edits: list[tuple[int, int, str]]) -> int:
+def _skip_dollar(
+    s: str, start: int, end: int, depth: int, edits: list[tuple[int, int, str]]
+) -> int:
     """Past a dollar quote (its body read as SQL, a function's or a DO block's)."""
     tag = _DOLLAR_TAG.match(s, start, end)
     if tag is None:
