@@ -102,10 +102,12 @@ class AuditLog:
                         self.writer.pending, self.writer.stats.last_error or "a slow disk")
 
     def query(
-        self, *, since: float | None = None, types: list[str] | None = None, limit: int = 1000
+        self, *, since: float | None = None, types: list[str] | None = None,
+        limit: int = 1000, session: str | None = None,
     ) -> list[AuditEvent]:
         self._flush_for_reading()
-        return self._storage.query_audit(since=since, types=types, limit=limit)
+        return self._storage.query_audit(since=since, types=types, limit=limit,
+                                         session=session)
 
     def verify(self, expect_head: str | None = None) -> chain.ChainReport:
         """Walk the whole chain; `expect_head` (HASH@ID) is a head exported earlier."""

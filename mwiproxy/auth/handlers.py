@@ -8,6 +8,7 @@ an AuthError.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ DEFAULT_BOT_TTL = dt.timedelta(hours=1)
 DEFAULT_DB_TTL = dt.timedelta(hours=1)
 DEFAULT_TOKEN_TTL = dt.timedelta(hours=1)
 MAX_DB_SERVER_TTL = dt.timedelta(days=3650)
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # proxy/sessions.py Session.audit_id
 
 
 
@@ -240,8 +242,12 @@ def _locks_rm(s: AuthService, r: Request) -> Any:
 def _audit(s: AuthService, r: Request) -> Any:
     since = r.params.get("since")
     limit = int(r.params.get("limit") or 1000)
+    session = r.text("session", "") or None
+    if session is not None and not _SESSION_ID.fullmatch(session):
+        raise BadRequest(f"session {session!r}: expected a session id (32 hex digits, the "
+                         "`session` field of db.session.* events)")
     events = s.audit.query(since=float(since) if since is not None else None,
-                           types=r.strings("types") or None, limit=limit)
+                           types=r.strings("types") or None, limit=limit, session=session)
     return [{"id": e.event_id, "time": e.time, "type": e.type, **e.fields} for e in events]
 
 

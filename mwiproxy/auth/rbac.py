@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import re2  # type: ignore[import-untyped]
 
@@ -47,6 +47,8 @@ __all__ = [
     "check_rule",
     "expand_traits",
     "match_labels",
+    "query_audit_policy",
+    "QueryAuditPolicy",
 ]
 
 WILDCARD = "*"
@@ -278,3 +280,33 @@ def _rule_covers(rule: Rule, resource: str, verb: str) -> bool:
     return (WILDCARD in rule.resources or resource in rule.resources) and (
         WILDCARD in rule.verbs or verb in rule.verbs
     )
+
+
+# --------------------------------------------------------------------------- query audit
+
+QueryAuditParameters = Literal["omit", "hash", "plain"]
+_PARAMETERS_BY_STRICTNESS: tuple[QueryAuditParameters, ...] = ("omit", "hash", "plain")
+DEFAULT_QUERY_AUDIT_PARAMETERS: QueryAuditParameters = "hash"
+
+
+@dataclass(frozen=True)
+class QueryAuditPolicy:
+    """What query audit records for one session: whether it runs, and how bind
+    parameters are written (`omit`: not at all, `hash`: sqlredact.param_digest,
+    `plain`: as sent)."""
+
+    enabled: bool = True
+    parameters: QueryAuditParameters = DEFAULT_QUERY_AUDIT_PARAMETERS
+
+
+def query_audit_policy(roles: Iterable[Role]) -> QueryAuditPolicy:
+    """The policy of a session from the roles that grant it, the safe way round: audit
+    stays on unless every role turns it off (`query_audit: false`), and parameters are
+    written the most restrictive way any role asks (omit < hash < plain; a role that
+    says nothing asks for hash). No role at all: the defaults."""
+    roles = list(roles)
+    enabled = not roles or any(r.options.query_audit is not False for r in roles)
+    asked = [r.options.query_audit_parameters or DEFAULT_QUERY_AUDIT_PARAMETERS for r in roles]
+    parameters = min(asked, key=_PARAMETERS_BY_STRICTNESS.index,
+                     default=DEFAULT_QUERY_AUDIT_PARAMETERS)
+    return QueryAuditPolicy(enabled=enabled, parameters=parameters)

@@ -183,6 +183,11 @@ class RoleOptions:
     # Database sessions end when their certificate expires; `false` here opts out
     # (see proxy/access.py: any role asking for the cut wins).
     disconnect_expired_cert: bool | None = None
+    # Query audit of the database sessions this role grants (README "Query audit"):
+    # None is the default, on with parameters hashed; rbac.query_audit_policy resolves
+    # a session's roles (any role leaving it on keeps it on; the strictest parameters).
+    query_audit: bool | None = None
+    query_audit_parameters: Literal["hash", "omit", "plain"] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}

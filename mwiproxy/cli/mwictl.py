@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from mwiproxy.cli import mwictl_rotate
+from mwiproxy.cli import mwictl_rotate, mwictl_sessions
 from mwiproxy.cli.common import (
     add_version,
     add_version_command,
@@ -101,9 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="verify: a head printed earlier; the log must still contain it")
     au.add_argument("--since", help="a duration (1h) or an RFC 3339 time")
     au.add_argument("--type", action="append", default=[], help="event type (repeatable)")
+    au.add_argument("--session", metavar="ID",
+                    help="only the events of this database session (their `session` field)")
     au.add_argument("--limit", type=int, default=1000,
                     help="at most this many events (default 1000)")
     add_format(au, help="text (default), json (one object per line) or yaml (a list)")
+    mwictl_sessions.add_parser(sub)
     add_version_command(sub)
 
     auth = sub.add_parser("auth", help="certificate operations").add_subparsers(

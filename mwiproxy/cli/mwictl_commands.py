@@ -16,7 +16,7 @@ import yaml
 
 from mwiproxy.auth.client import AuthClient
 from mwiproxy.cli import mwictl_output as out
-from mwiproxy.cli import mwictl_rotate
+from mwiproxy.cli import mwictl_rotate, mwictl_sessions
 from mwiproxy.cli.common import table
 from mwiproxy.config.cluster import default_data_dir
 from mwiproxy.config.durations import parse_duration
@@ -283,7 +283,8 @@ def cmd_audit(c: AuthClient, a: argparse.Namespace) -> int:
         return _audit_verify(c, a)
     if a.head or a.expect_head:
         raise ValueError("--head and --expect-head go with `mwictl audit verify`")
-    events = c.call("audit", since=_since(a.since), types=a.type, limit=a.limit)
+    session = {"session": a.session.strip().lower()} if a.session else {}
+    events = c.call("audit", since=_since(a.since), types=a.type, limit=a.limit, **session)
     if a.format != "text":
         out.dump_lines(events, a.format)
         return 0
@@ -320,7 +321,8 @@ def cmd_auth(c: AuthClient, a: argparse.Namespace) -> int:
 
 COMMANDS = {"status": cmd_status, "create": cmd_create, "get": cmd_get, "rm": cmd_rm,
             "db": cmd_db, "bots": cmd_bots, "tokens": cmd_tokens, "lock": cmd_lock,
-            "locks": cmd_locks, "audit": cmd_audit, "auth": cmd_auth, "agents": cmd_agents}
+            "locks": cmd_locks, "audit": cmd_audit, "auth": cmd_auth, "agents": cmd_agents,
+            "sessions": mwictl_sessions.cmd_sessions}
 
 
 def dispatch(args: argparse.Namespace) -> int:

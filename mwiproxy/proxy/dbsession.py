@@ -191,7 +191,8 @@ class DbFrontend:
                               **self.who(session), roles=list(session.roles), **fields)
 
     def who(self, session: Session) -> dict[str, str]:
-        return {"user": session.identity.user, "bot": session.identity.bot_name,
+        return {"session": session.audit_id, "user": session.identity.user,
+                "bot": session.identity.bot_name,
                 "db_service": session.service, "db_user": session.db_user,
                 "db_name": session.db_name, "remote": session.remote,
                 "protocol": self.protocol}
@@ -201,7 +202,8 @@ class DbFrontend:
         """The one line per session (INFO, logger mwiproxy.proxy.session); its fields
         are in `extra` as well, for the JSON log."""
         ident = session.identity
-        fields = {"session_id": session.session_id, "user": ident.user,
+        fields = {"session_id": session.session_id, "session": session.audit_id,
+                  "user": ident.user,
                   "bot": ident.bot_name, "db_service": session.service,
                   "db_user": session.db_user, "db_name": session.db_name,
                   "protocol": self.protocol, "mode": session.mode,

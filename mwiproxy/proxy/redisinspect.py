@@ -110,7 +110,8 @@ def _decider(audit: AuditLog, session: Session
         shown, why = judge(args, session.db_user)
         if shown:
             ident = session.identity
-            audit.emit(REDIS_COMMAND, session_id=session.session_id, user=ident.user,
+            audit.emit(REDIS_COMMAND, session_id=session.session_id,
+                       session=session.audit_id, user=ident.user,
                        bot=ident.bot_name, db_service=session.service,
                        db_user=session.db_user, protocol="redis", command=shown,
                        allowed=not why, **({"reason": why} if why else {}))

@@ -12,6 +12,7 @@ import datetime as dt
 import itertools
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,7 +38,10 @@ class Session:
     roles: tuple[str, ...] = ()
     cut: Callable[[str, str], None] = lambda reason, message: None
     cancel_key: CancelKey | None = None
-    session_id: int = field(default_factory=lambda: next(_ids))
+    session_id: int = field(default_factory=lambda: next(_ids))  # this process's, for logs
+    # the audit's session id (every db.session.* event's `session`): unique across
+    # restarts and cluster processes, so `mwictl sessions show ID` finds one session
+    audit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.time)
     end_reason: str = ""
     disconnect_at_expiry: bool = True

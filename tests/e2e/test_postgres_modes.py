@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -64,6 +65,10 @@ def test_sessions_are_audited_with_bytes_and_duration(topo, tunnel):
     last = ends[-1]
     assert last["bytes_client_to_db"] > 0 and last["bytes_db_to_client"] > 0
     assert last["duration"] >= 0
+    # one restart-unique id ties the session's start to its end
+    assert len(last["session"]) == 32
+    assert [e["session_id"] for e in starts if e["session"] == last["session"]] == \
+        [last["session_id"]]
 
 
 def test_pgbench_in_tunnel_mode_has_no_failures(topo, tunnel):
@@ -86,3 +91,27 @@ def test_tunnel_on_a_unix_socket(topo, alice_out):
     res = topo.psql(f"host={sock_dir} port=5432 user=alice dbname=example-db", WHO)
     assert res.stdout.strip() == "alice|example-db|t", res.stderr
     lp.stop()
+
+
+def test_a_psql_session_is_read_back_by_its_session_id(topo, tunnel):
+    """`mwictl sessions show ID` and `mwictl audit --session ID` find a real session's
+    start and end under the id its events carry."""
+    seen = len(topo.audit("db.session.end"))
+    res = topo.psql(topo.dsn(tunnel), "select 42")
+    assert res.stdout.strip() == "42", res.stderr
+    assert wait_for(lambda: len(topo.audit("db.session.end")) > seen)
+    end = topo.audit("db.session.end")[-1]
+    sid = str(end["session"])
+    shape = json.loads(topo.cluster.ctl("sessions", "show", sid, "--format", "json").stdout)
+    assert shape["session"] == sid
+    assert shape["start"]["success"] is True and shape["start"]["db_user"] == "alice"
+    assert shape["end"]["id"] == end["id"] and shape["end"]["bytes_db_to_client"] > 0
+    text = topo.cluster.ctl("sessions", "show", sid).stdout.splitlines()
+    assert text[0].startswith(f"Session {sid}  bot example") and "alice@example-db" in text[0]
+    assert text[1].startswith("Started ") and text[-1].startswith("Ended ")
+    lines = topo.cluster.ctl("audit", "--session", sid, "--format", "json").stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["type"] for e in events][0] == "db.session.start"
+    assert events[-1]["type"] == "db.session.end" and {e["session"] for e in events} == {sid}
+    other = topo.cluster.ctl("sessions", "show", "0" * 32, check=False)
+    assert other.returncode == 1 and "no audit events for session" in other.stderr

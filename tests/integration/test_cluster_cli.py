@@ -251,3 +251,19 @@ def test_garbage_cluster_config_names_file_line_key(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert f"{cfg}:3" in r.stderr and "listen_adr" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_get_role_shows_query_audit_options(cluster, tmp_path):
+    text = (ROLE.replace("example-role", "quiet-role")
+            + "  options:\n    query_audit: false\n    query_audit_parameters: omit\n")
+    (tmp_path / "quiet.yaml").write_text(text)
+    cluster.ctl("create", "-f", str(tmp_path / "quiet.yaml"))
+    shown = cluster.ctl("get", "role/quiet-role").stdout
+    assert "query_audit: false" in shown and "query_audit_parameters: omit" in shown
+    got = json.loads(cluster.ctl("get", "role/quiet-role", "--format", "json").stdout)
+    assert got["spec"]["options"] == {"query_audit": False, "query_audit_parameters": "omit"}
+    (tmp_path / "bad.yaml").write_text(text.replace("omit", "all"))
+    bad = cluster.ctl("create", "-f", str(tmp_path / "bad.yaml"), check=False)
+    assert bad.returncode == 1
+    assert "bad.yaml:16: spec.options.query_audit_parameters" in bad.stderr
+    cluster.ctl("rm", "role/quiet-role")

@@ -4,14 +4,16 @@ import pytest
 
 from mwiproxy.auth.rbac import (
     AccessDecision,
+    QueryAuditPolicy,
     allowed_db_names,
     allowed_db_users,
     check_database_access,
     check_rule,
     expand_traits,
     match_labels,
+    query_audit_policy,
 )
-from mwiproxy.auth.roles import Role, RoleConditions, Rule, parse_roles
+from mwiproxy.auth.roles import Role, RoleConditions, RoleOptions, Rule, parse_roles
 from mwiproxy.config.loader import ConfigError
 from tests._testbase.fixtures import GUIDE_ROLE
 
@@ -495,3 +497,40 @@ def test_a_label_value_with_a_lone_surrogate_is_judged_not_raised() -> None:
                     deny=allow(db_labels={"env": "*"}))
     assert not check_database_access([deny_all], db_labels={"env": "\ud800"}, db_name="a",
                                      db_user="u").allowed
+
+
+def _audit_role(name: str, enabled: bool | None, parameters: str | None) -> Role:
+    options = RoleOptions(query_audit=enabled, query_audit_parameters=parameters)  # type: ignore[arg-type]
+    return Role(name=name, options=options)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ([], QueryAuditPolicy(True, "hash")),
+        ([(None, None)], QueryAuditPolicy(True, "hash")),
+        ([(False, None)], QueryAuditPolicy(False, "hash")),
+        ([(False, None), (False, "plain")], QueryAuditPolicy(False, "hash")),
+        # one role leaving it on keeps it on, whatever the others say
+        ([(False, None), (None, None)], QueryAuditPolicy(True, "hash")),
+        ([(False, "plain"), (True, "plain")], QueryAuditPolicy(True, "plain")),
+        # parameters: the most restrictive wins, a silent role asks for hash
+        ([(None, "plain"), (None, None)], QueryAuditPolicy(True, "hash")),
+        ([(None, "plain"), (None, "omit"), (None, "hash")], QueryAuditPolicy(True, "omit")),
+        ([(True, "plain")], QueryAuditPolicy(True, "plain")),
+    ],
+)
+def test_query_audit_policy(settings: list[tuple[bool | None, str | None]],
+                            expected: QueryAuditPolicy) -> None:
+    roles = [_audit_role(f"r{i}", e, p) for i, (e, p) in enumerate(settings)]
+    assert query_audit_policy(roles) == expected
+
+
+def test_query_audit_policy_from_role_files() -> None:
+    text = (GUIDE_ROLE + "  options:\n    query_audit: false\n"
+            "---\n" + GUIDE_ROLE.replace("example-role", "other")
+            + "  options:\n    query_audit_parameters: plain\n")
+    roles = parse_roles(text, "role.yaml")
+    assert query_audit_policy(roles) == QueryAuditPolicy(enabled=True, parameters="hash")
+    assert query_audit_policy(roles[:1]) == QueryAuditPolicy(enabled=False, parameters="hash")
+    assert query_audit_policy(roles[1:]) == QueryAuditPolicy(enabled=True, parameters="plain")

@@ -45,6 +45,8 @@ spec:
     forward_agent: false
     client_idle_timeout: 30m
     disconnect_expired_cert: true
+    query_audit: true
+    query_audit_parameters: omit
 """
 
 
@@ -71,6 +73,8 @@ def test_full_role() -> None:
         forward_agent=False,
         client_idle_timeout=timedelta(minutes=30),
         disconnect_expired_cert=True,
+        query_audit=True,
+        query_audit_parameters="omit",
     )
     assert role.max_session_ttl == timedelta(hours=8)
 
@@ -176,6 +180,24 @@ BAD = [
         15,
         "spec.options.forward_agent",
         "a boolean",
+    ),
+    (
+        GUIDE_ROLE + "  options:\n    query_audit: 'off'\n",
+        15,
+        "spec.options.query_audit",
+        "a boolean",
+    ),
+    (
+        GUIDE_ROLE + "  options:\n    query_audit: true\n    query_audit_parameters: md5\n",
+        16,
+        "spec.options.query_audit_parameters",
+        "must be one of 'hash', 'omit', 'plain'",
+    ),
+    (
+        GUIDE_ROLE + "  options:\n    query_audit_params: omit\n",
+        15,
+        "spec.options.query_audit_params",
+        "unknown field",
     ),
     (GUIDE_ROLE + "---\n" + GUIDE_ROLE, 18, "metadata.name", "duplicate role"),
     ("kind: role\nversion: v6\nmetadata: {name: [x]}\n", 3, "metadata.name", "a string"),

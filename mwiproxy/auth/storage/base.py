@@ -183,8 +183,12 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def query_audit(
-        self, *, since: float | None = None, types: list[str] | None = None, limit: int = 1000
-    ) -> list[AuditEvent]: ...
+        self, *, since: float | None = None, types: list[str] | None = None,
+        limit: int = 1000, session: str | None = None,
+    ) -> list[AuditEvent]:
+        """The newest `limit` events (filtered), oldest first. `session`: only the
+        events whose `session` field is that id (a database session's audit id, see
+        proxy/sessions.py) — indexed, since a session is read while the log grows."""
 
     # small cluster facts (e.g. the cluster name a data dir was created for)
     @abc.abstractmethod

@@ -203,10 +203,17 @@ class SQLiteStorage(Storage):
         return list(self._audit.guards_missing)
 
     def query_audit(
-        self, *, since: float | None = None, types: list[str] | None = None, limit: int = 1000
+        self, *, since: float | None = None, types: list[str] | None = None,
+        limit: int = 1000, session: str | None = None,
     ) -> list[AuditEvent]:
         sql = "SELECT id, time, type, fields FROM audit WHERE 1=1"
         args: list[Any] = []
+        if session is not None:
+            # by the index (sqlite_audit.py): with ORDER BY id DESC LIMIT and no
+            # statistics, the planner would rather walk the whole log backwards
+            sql = ("SELECT id, time, type, fields FROM audit INDEXED BY audit_session "
+                   "WHERE session = ?")
+            args.append(session)
         if since is not None:
             sql += " AND time >= ?"
             args.append(since)
@@ -216,7 +223,10 @@ class SQLiteStorage(Storage):
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         rows = self._q(sql, tuple(args))
-        return [AuditEvent(r[0], r[1], r[2], json.loads(r[3])) for r in reversed(rows)]
+        events = [AuditEvent(r[0], r[1], r[2], json.loads(r[3])) for r in reversed(rows)]
+        if session is not None:  # the column is an unhashed index: the hashed field decides
+            events = [e for e in events if e.fields.get("session") == session]
+        return events
 
     def get_meta(self, key: str) -> str | None:
         rows = self._q("SELECT value FROM meta WHERE key = ?", (key,))

@@ -1,6 +1,10 @@
 """The audit table of SQLiteStorage: hash-chained appends (chain.py), the migration of
 logs written before the chain, and snapshot reads for verification.
 
+The `session` column holds an event's `session` field (a database session's audit id)
+when it is a string, so `query_audit(session=...)` is an index lookup; it is not part of
+the hash (the fields are), and rows from before the column have none (no session then).
+
 Appends come in batches (the audit writer thread's, auth/audit_writer.py): one
 transaction per batch, the rows and then the head in `meta`. The head (newest id and
 hash) is cached in memory after opening, so an append reads nothing. Appends use a
@@ -33,10 +37,16 @@ _GUARD_SQL = "".join(f"CREATE TRIGGER IF NOT EXISTS {n} {b};\n" for n, b in _GUA
 AUDIT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, type TEXT NOT NULL,
-    fields TEXT NOT NULL, prev_hash TEXT, hash TEXT);
+    fields TEXT NOT NULL, prev_hash TEXT, hash TEXT, session TEXT);
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
 """ + _GUARD_SQL
 _ROW = "SELECT id, time, type, fields, prev_hash, hash FROM audit"
+
+
+def session_of(fields: dict[str, Any]) -> str | None:
+    """The value of the `session` column for an event's fields."""
+    value = fields.get("session") if isinstance(fields, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def take_missing_guards(db: sqlite3.Connection) -> list[str]:
@@ -86,9 +96,12 @@ class SQLiteAudit:
 
     def _add_columns(self) -> None:
         have = {r[1] for r in self._db.execute("PRAGMA table_info(audit)")}
-        for column in ("prev_hash", "hash"):
+        for column in ("prev_hash", "hash", "session"):
             if column not in have:
                 self._db.execute(f"ALTER TABLE audit ADD COLUMN {column} TEXT")
+        # not a partial index (WHERE session IS NOT NULL): SQLite cannot use one for
+        # `session = ?` with a bound parameter
+        self._db.execute("CREATE INDEX IF NOT EXISTS audit_session ON audit (session)")
 
     def _tail(self, db: sqlite3.Connection) -> AuditTail:
         row = db.execute("SELECT value FROM meta WHERE key = ?", (HEAD_KEY,)).fetchone()
@@ -145,14 +158,14 @@ class SQLiteAudit:
         log.warning("audit log: %d events written before the hash chain were chained from "
                     "genesis now (event %d)", len(rows), self._top)
 
-    def _insert(self, time: float, type: str, text: str) -> int:
+    def _insert(self, time: float, type: str, text: str, session: str | None = None) -> int:
         """Inside a transaction: write the event after the cached head (the head row in
         `meta` is written by _store_head, once per transaction)."""
         event_id = self._top + 1
         h = link_hash(self._head_hash, event_id, time, type, text)
-        self._db.execute("INSERT INTO audit (id, time, type, fields, prev_hash, hash) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         (event_id, time, type, text, self._head_hash, h))
+        self._db.execute("INSERT INTO audit (id, time, type, fields, prev_hash, hash, session) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (event_id, time, type, text, self._head_hash, h, session))
         self._top, self._head_hash = event_id, h
         return event_id
 
@@ -161,7 +174,8 @@ class SQLiteAudit:
                          (HEAD_KEY, f"{self._head_hash}@{self._top}"))
 
     def append_batch(self, events: Sequence[tuple[float, str, dict[str, Any]]]) -> list[int]:
-        rows = [(float(t), type_, fields_text(fields)) for t, type_, fields in events]
+        rows = [(float(t), type_, fields_text(fields), session_of(fields))
+                for t, type_, fields in events]
         with self._lock:
             if self._closed:
                 raise StoreClosed(f"the audit store {self._path} is closed")

@@ -19,6 +19,8 @@ from mwiproxy.identity import oids
 from mwiproxy.identity.authorities import AuthoritySet
 from mwiproxy.identity.certs import Identity
 
+# a forger's row: the chained columns (the `session` index column left empty)
+FORGE = "INSERT INTO audit (id, time, type, fields, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)"
 EVENTS = 6
 
 
@@ -149,7 +151,7 @@ def test_forged_event_in_place_of_a_deleted_one(db_path):
     text = '{"bot":"innocent"}'
     forged = link_hash(prev, 3, t, type_, text)
     tamper(db_path, "DELETE FROM audit WHERE id = 3",
-           "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?)", args=(3, t, type_, text, prev, forged))
+           FORGE, args=(3, t, type_, text, prev, forged))
     assert first_break(db_path) == (4, "inserted")
 
 
@@ -157,7 +159,7 @@ def test_forged_event_appended(db_path):
     last = row(db_path, EVENTS)
     event_id, t, text = EVENTS + 1, last[1] + 1, '{"bot":"ghost"}'
     forged = link_hash(last[5], event_id, t, "bot.join", text)
-    tamper(db_path, "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?)",
+    tamper(db_path, FORGE,
            args=(event_id, t, "bot.join", text, last[5], forged))
     assert first_break(db_path) == (EVENTS + 1, "appended")
 
@@ -248,7 +250,7 @@ def test_truncation_stays_visible_after_new_events(db_path):
 def test_appended_forgery_stays_visible_after_the_start_check(db_path):
     last = row(db_path, EVENTS)
     forged = link_hash(last[5], EVENTS + 1, last[1], "bot.join", "{}")
-    tamper(db_path, "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?)",
+    tamper(db_path, FORGE,
            args=(EVENTS + 1, last[1], "bot.join", "{}", last[5], forged))
     storage, log = reopen(db_path)
     log.check_at_start()
@@ -367,7 +369,7 @@ def test_audit_verify_api(tmp_path, db_path):
 def test_a_forged_break_report_acknowledges_nothing(db_path):
     # an attacker writes their own "already reported" event to quiet the next start
     tamper(db_path, "DELETE FROM audit WHERE id = 3",
-           "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?)",
+           FORGE,
            args=(EVENTS + 1, 1.0, audit.AUDIT_CHAIN_BROKEN, '{"broken_ids":[3]}', GENESIS,
                  "0" * 64))
     storage, log = reopen(db_path)

@@ -72,6 +72,7 @@ def test_a_refused_auth_answers_err_and_is_audited_masked():
     [(kind, fields)] = events
     assert kind == redisinspect.REDIS_COMMAND
     assert fields["command"] == "AUTH bob ****" and fields["allowed"] is False
+    assert len(fields["session"]) == 32 and int(fields["session"], 16) >= 0
     assert "hunter2" not in repr(events)
 
 

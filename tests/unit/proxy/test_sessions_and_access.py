@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import uuid
 
 import pytest
 
@@ -28,6 +29,16 @@ def _lock(kind: str, target: str) -> LockRecord:
 def _session(ident: Identity, cuts: list[str]) -> Session:
     return Session(ident, "example-server", "alice", "example-db", "remote",
                    roles=("example-role",), cut=lambda reason, msg: cuts.append(reason))
+
+
+def test_sessions_have_an_audit_id_unique_beyond_this_process():
+    ident = Identity("bot-x", bot_name="x")
+    ids = [_session(ident, []).audit_id for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and uuid.UUID(hex=i).version == 4 for i in ids)
+    # the per-process counter stays for the log lines
+    first, second = _session(ident, []), _session(ident, [])
+    assert second.session_id == first.session_id + 1
 
 
 def test_lock_ends_only_matching_sessions_and_cancel_keys_are_indexed():
