@@ -260,6 +260,7 @@ static int handle_commands(mwi_engine *eng)
             r->cmd_bye = NULL;
         }
         if (r->cmd_reason && !r->close_reason) r->close_reason = r->cmd_reason;
+        relay_verdict_take_locked(r);
         r->work_next = NULL;
         *tail = r;
         tail = &r->work_next;
@@ -280,7 +281,7 @@ static int handle_commands(mwi_engine *eng)
         if ((cmd & MWI_CMD_RESUME) && r->state == RS_LIVE && !r->bye_since_ms
             && r->ins_wait == MWI_INS_WAIT_HELD) {
             r->ins_wait = 0;           /* the held message goes first (relay_pump_tls) */
-            r->ins_send_held = 1;
+            r->ins_send_held = (uint8_t)relay_verdict_apply(r);
             r->held_off = 0;
             ready_add(eng, r);
         }

@@ -134,6 +134,14 @@ int mwi_relay_close_reason(mwi_relay *r, mwi_relay_reason reason, const void *fa
 /* An inspected relay holding a message: it goes on to B, then reading A goes on.
  * Nothing happens otherwise (no message held, a violation, or finished meanwhile). */
 void mwi_relay_resume(mwi_relay *r);
+/* An inspected relay holding a message, with bytes (copied here): side 1, `bytes` go on
+ * to B in the held message's place; side 0, `bytes` go to A (one frame on a framed A,
+ * inside its TLS) behind what B already sent and before anything B sends next (between
+ * B's chunks: a request/response protocol has nothing of B in flight then), and the held
+ * message is dropped (len 0: only dropped). Either way reading A goes on, as after
+ * mwi_relay_resume. Answers count in no byte counter (like a farewell). 0, EINVAL (side,
+ * an empty replacement, len), ENOMEM. */
+int mwi_relay_resume_with(mwi_relay *r, int side, const void *bytes, size_t len);
 /* Once finished (popped from the done queue), or never started: hand the relay back. */
 void mwi_relay_release(mwi_relay *r);
 
