@@ -285,6 +285,7 @@ static int handle_commands(mwi_engine *eng)
             r->held_off = 0;
             ready_add(eng, r);
         }
+        if (cmd & MWI_CMD_HOLD_ALL) relay_inspect_hold_all(r);
         /* a close while saying farewell changes nothing: that end is bounded already */
         if ((cmd & MWI_CMD_CLOSE) && r->state == RS_LIVE && !r->bye_since_ms)
             relay_close_asked(r);
@@ -564,6 +565,11 @@ int mwi_relay_close_reason(mwi_relay *r, mwi_relay_reason reason, const void *fa
 void mwi_relay_resume(mwi_relay *r)
 {
     if (r->owner_started && r->ins != NULL) post(r, MWI_CMD_RESUME, NULL, 0, 0);
+}
+
+void mwi_relay_hold_all(mwi_relay *r)
+{
+    if (r->owner_started && r->ins != NULL) post(r, MWI_CMD_HOLD_ALL, NULL, 0, 0);
 }
 
 

@@ -142,6 +142,10 @@ void mwi_relay_resume(mwi_relay *r);
  * mwi_relay_resume. Answers count in no byte counter (like a farewell). 0, EINVAL (side,
  * an empty replacement, len), ENOMEM. */
 int mwi_relay_resume_with(mwi_relay *r, int side, const void *bytes, size_t len);
+/* A mongodb-inspected relay (started): from the next message of A on, none passes
+ * natively, every one is held for the owner (a session being cut answers each with why,
+ * as MongoDB has no unsolicited message). A message streaming on finishes first. */
+void mwi_relay_hold_all(mwi_relay *r);
 /* Once finished (popped from the done queue), or never started: hand the relay back. */
 void mwi_relay_release(mwi_relay *r);
 

@@ -79,6 +79,11 @@ int mwi_relay_resume_with(mwi_relay *r, int side, const void *bytes, size_t len)
     return 0;
 }
 
+void relay_inspect_hold_all(mwi_relay *r)
+{
+    if (r->ins != NULL) r->ins->allowed_len = 0;   /* no `$db` is allowed: all held */
+}
+
 void relay_verdict_take_locked(mwi_relay *r)
 {
     if (r->cmd_with == NULL) return;

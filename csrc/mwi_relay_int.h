@@ -25,6 +25,7 @@
 #define MWI_CMD_CLOSE    2u
 #define MWI_CMD_RELEASE  4u
 #define MWI_CMD_RESUME   8u
+#define MWI_CMD_HOLD_ALL 16u
 
 /* an inspected relay waits for its owner (r->ins_wait) */
 #define MWI_INS_WAIT_HELD      1u
@@ -202,6 +203,8 @@ void relay_verdict_take_locked(mwi_relay *r);
  * B in its place, or an answer goes to A and the message is dropped). 1 if the held
  * message (maybe replaced) goes to B. */
 int relay_verdict_apply(mwi_relay *r);
+/* the worker: from the next message on, a mongodb framer lets none pass natively */
+void relay_inspect_hold_all(mwi_relay *r);
 
 /* mwi_engine.c, called by the pump */
 int pool_get_pipe(mwi_engine *eng, mwi_dir *d);

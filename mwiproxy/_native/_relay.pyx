@@ -273,6 +273,12 @@ cdef class Relay:
             else:
                 self._resume_with(1, replacement)
 
+    def hold_all(self):
+        """mongodb: from side A's next message on, every message is held (none passes
+        natively). See mwi_relay_hold_all."""
+        if self.r != NULL and self.started:
+            mwi_relay_hold_all(self.r)
+
     def answer(self, reply):
         """After on_held(message): `reply` (bytes) goes to side A, in its framing and TLS,
         behind what side B already sent (b"": nothing); the held message is dropped and

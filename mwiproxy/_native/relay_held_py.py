@@ -56,6 +56,12 @@ class HeldVerdicts:
             self._gate_out(d, d.gate.drop())
             self._read_a_again(d)
 
+    def hold_all(self) -> None:
+        """mongodb: from side A's next message on, every message is held (none passes
+        natively): twin of mwi_relay_hold_all."""
+        if self._dirs is not None and self._dirs[0].gate is not None:
+            self._dirs[0].gate.framer.allowed = frozenset()
+
     def _holding(self) -> _Direction | None:
         """Side A's direction if a message is held (and the relay lives), else None."""
         if self._reason is not None or self._bye is not None or self._dirs is None:

@@ -107,6 +107,7 @@ class Pipe:
         self.stats = PipeStats()
         self._relay: _native.Relay | None = None
         self._farewell = b""
+        self._hold_all = False
 
     def close(self, reason: str = _native.REASON_CLOSED, farewell_to_a: bytes = b"") -> None:
         """Cut both sides now (a lock, an expired certificate, shutdown), telling side a
@@ -122,6 +123,13 @@ class Pipe:
         self._farewell = self._farewell or farewell_to_a
         if self._relay is not None:
             self._relay.close(self._farewell, _relay_reason(reason))
+
+    def hold_all(self) -> None:
+        """mongodb: from side a's next message on, every message goes to decide (none
+        passes natively): a cut session answers each with why (_native.Relay.hold_all)."""
+        self._hold_all = True
+        if self._relay is not None:
+            self._relay.hold_all()
 
     async def run(self) -> PipeStats:
         loop = asyncio.get_running_loop()
@@ -139,6 +147,8 @@ class Pipe:
             inspect_max_message=_native.MONGO_MAX_MESSAGE if self._inspect is None
             else self._inspect.max_message)
         self._relay.start()
+        if self._hold_all:
+            self._relay.hold_all()
         self.stats.native = True  # by the relay (either build), not a copy in Python
         if self.stats.reason:  # closed while being set up
             self._relay.close(self._farewell, _relay_reason(self.stats.reason))

@@ -14,7 +14,7 @@ from mwiproxy._native import REASON_EOF, Framing
 from mwiproxy.wire import ping
 
 from .relaykit import Joined, recv_all, run
-from .test_relay_inspect import AUTH, GET, HELLO, Held
+from .test_relay_inspect import AUTH, GET, HELLO, Held, _op_msg
 
 ERR = b"-ERR AUTH is refused here\r\n"
 OK = b"+OK\r\n"
@@ -156,6 +156,33 @@ def test_an_empty_answer_only_drops_the_message(relay_mod: Any) -> None:
         j.b.shutdown(1)
         assert await recv_all(loop, j.a) == b""
         assert await asyncio.wait_for(j.done, 10) == REASON_EOF
+        j.close()
+
+    run(body)
+
+
+def test_hold_all_holds_messages_that_would_pass(relay_mod: Any) -> None:
+    find = _op_msg(b"find", b"app")
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        held = Held()
+        j = Joined(relay_mod.Relay, loop, inspect="mongodb", on_held=held,
+                   inspect_allowed=("app",))
+        j.relay.start()
+        await loop.sock_sendall(j.a, find)
+        assert await recv_all(loop, j.b, len(find)) == find  # natively, no word
+        j.relay.hold_all()
+        await asyncio.sleep(0.1)  # the worker takes the request
+        await loop.sock_sendall(j.a, find)
+        assert await held.next() == find
+        j.relay.answer(ERR)
+        assert await recv_all(loop, j.a, len(ERR)) == ERR
+        j.a.shutdown(1)
+        j.b.shutdown(1)
+        assert await recv_all(loop, j.b) == b""
+        assert await asyncio.wait_for(j.done, 10) == REASON_EOF
+        assert held.messages == [find]
         j.close()
 
     run(body)
