@@ -103,8 +103,9 @@ int mwi_relay_set_counter_slot(mwi_relay *r, uint32_t slot);
  * message in protocol `proto` (MWI_INSPECT_*, csrc/mwi_inspect.h), and the messages
  * the protocol's rule marks are HELD: what came before goes on to B, reading A pauses,
  * and the owner hears of it (mwi_engine_pop_held, mwi_relay_held). Then either
- * mwi_relay_resume (the message goes on and the relay with it) or a close
- * (mwi_relay_close_reason: it never reaches B). A stream that breaks the framing, or a
+ * mwi_relay_resume (the message goes on and the relay with it), mwi_relay_resume_with
+ * (a replacement goes on, or an answer goes to A) or a close (mwi_relay_close_reason:
+ * it never reaches B). A stream that breaks the framing, or a
  * held message over MWI_INSPECT_MAX_HELD, pauses A the same way and is reported as a
  * violation (the owner closes the relay). Such a relay uses buffers, never splice; side
  * B must not be framed. 0, or EINVAL (started, framed B, unknown protocol), ENOMEM. */
