@@ -260,6 +260,7 @@ static int handle_commands(mwi_engine *eng)
             r->cmd_bye = NULL;
         }
         if (r->cmd_reason && !r->close_reason) r->close_reason = r->cmd_reason;
+        relay_verdict_take_locked(r);
         r->work_next = NULL;
         *tail = r;
         tail = &r->work_next;
@@ -280,10 +281,11 @@ static int handle_commands(mwi_engine *eng)
         if ((cmd & MWI_CMD_RESUME) && r->state == RS_LIVE && !r->bye_since_ms
             && r->ins_wait == MWI_INS_WAIT_HELD) {
             r->ins_wait = 0;           /* the held message goes first (relay_pump_tls) */
-            r->ins_send_held = 1;
+            r->ins_send_held = (uint8_t)relay_verdict_apply(r);
             r->held_off = 0;
             ready_add(eng, r);
         }
+        if (cmd & MWI_CMD_HOLD_ALL) relay_inspect_hold_all(r);
         /* a close while saying farewell changes nothing: that end is bounded already */
         if ((cmd & MWI_CMD_CLOSE) && r->state == RS_LIVE && !r->bye_since_ms)
             relay_close_asked(r);
@@ -563,6 +565,11 @@ int mwi_relay_close_reason(mwi_relay *r, mwi_relay_reason reason, const void *fa
 void mwi_relay_resume(mwi_relay *r)
 {
     if (r->owner_started && r->ins != NULL) post(r, MWI_CMD_RESUME, NULL, 0, 0);
+}
+
+void mwi_relay_hold_all(mwi_relay *r)
+{
+    if (r->owner_started && r->ins != NULL) post(r, MWI_CMD_HOLD_ALL, NULL, 0, 0);
 }
 
 

@@ -61,15 +61,18 @@ void mwi_inspect_free(mwi_inspect *s)
 /* Append to the held message: 1, 0 over the limit, -1 without memory. */
 int mwi_inspect_keep(mwi_inspect *s, const uint8_t *p, size_t n)
 {
-    if ((size_t)s->held_len + n > MWI_INSPECT_MAX_HELD) return 0;
+    /* mongodb holds a whole message whose `$db` lies past its window (max_message) */
+    size_t limit = s->proto == MWI_INSPECT_MONGODB && s->max_message > MWI_INSPECT_MAX_HELD
+        ? s->max_message : MWI_INSPECT_MAX_HELD;
+    if ((size_t)s->held_len + n > limit) return 0;
     if (s->held_len + n > s->held_cap) {
-        uint32_t cap = s->held_cap ? s->held_cap : 256;
+        uint64_t cap = s->held_cap ? s->held_cap : 256;
         uint8_t *h;
         while (cap < s->held_len + n) cap *= 2;
-        if (cap > MWI_INSPECT_MAX_HELD) cap = MWI_INSPECT_MAX_HELD;
+        if (cap > limit) cap = limit;
         if ((h = realloc(s->held, cap)) == NULL) return -1;
         s->held = h;
-        s->held_cap = cap;
+        s->held_cap = (uint32_t)cap;
     }
     memcpy(s->held + s->held_len, p, n);
     s->held_len += (uint32_t)n;

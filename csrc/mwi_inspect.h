@@ -21,13 +21,16 @@
  *          the handshake, aggregate and mapReduce: ASCII case-insensitive, see
  *          mwi_inspect_mongo.c) and whose top-level `$db` (a string, once) is an allowed
  *          name PASSES: the window goes on (MWI_INS_PASS), the rest of the message
- *          streams. Anything else is held, or over 64 KiB a violation. A message longer
- *          than its window passes when its body's walk within the window found all that
- *          (the server rejects a second body or a duplicate `$db` beyond it).
+ *          streams. A message longer than its window passes when its body's walk within
+ *          the window found all that (the server rejects a second body or a duplicate
+ *          `$db` beyond it); when it does not, the message is buffered whole (held
+ *          buffer up to max_message) and judged whole: PASS or HOLD. Anything else is
+ *          held.
  *
  * Incremental and chunking-independent (the same stream in any chunking gives the same
  * forwarded bytes, held messages and violation), O(n), bounded: a held message is at most
- * MWI_INSPECT_MAX_HELD bytes (more: a violation), bytes not decided yet (a command before
+ * MWI_INSPECT_MAX_HELD bytes (more: a violation; mongodb: max_message), bytes not decided
+ * yet (a command before
  * its first element is read, a packet header before its command byte) at most
  * MWI_INSPECT_PRE, held in the state; a value that streams costs only a counter. The only
  * allocation is the held buffer (grown by doubling while a message is held; the owner

@@ -3,9 +3,13 @@
  *
  * A message's first min(length, MWI_INSPECT_MAX_HELD) bytes (its window) are judged once
  * (O(window)): in place when the input holds all of them and they pass, else kept in the
- * held buffer first (a message cut across reads, or one held): PASS (the window goes on, the rest of the
- * message streams by runs), HOLD (the whole message is the window), or, for a message
- * longer than its window that does not pass, a violation. The judge walks the OP_MSG
+ * held buffer first (a message cut across reads, or one held): PASS (the window goes on,
+ * the rest of the message streams by runs) or HOLD (the whole message is the window).
+ * A message longer than its window that does not pass there (pymongo writes `$db` LAST,
+ * so any insert over 64 KiB) is buffered whole (up to max_message: what a server reads
+ * too) and judged again whole: PASS (all of it goes on, no word to the
+ * owner) or HOLD (the owner decides on the whole message). The verdict depends on the
+ * message alone, never on how it was cut into reads. The judge walks the OP_MSG
  * sections and the body document's top-level elements (BSON sizes by type, every size
  * checked to stay inside its document and the message); a nested document or a value is
  * skipped by its length, never read. Valid BSON has one reading, so the `$db` and
@@ -203,7 +207,7 @@ int mwi_inspect_mongo_scan(mwi_inspect *s, const uint8_t *in, size_t n, size_t *
     size_t i = 0;
     while (i < n) {
         size_t take;
-        int k;
+        int k, verdict;
         if (s->state == G_STREAM) {     /* the rest of a passed message: a run */
             take = n - i < s->bulk_left ? n - i : (size_t)s->bulk_left;
             memmove(out + *out_len, in + i, take);
@@ -238,15 +242,19 @@ int mwi_inspect_mongo_scan(mwi_inspect *s, const uint8_t *in, size_t n, size_t *
             s->window = len < MWI_INSPECT_MAX_HELD ? (uint32_t)len : MWI_INSPECT_MAX_HELD;
         }
         if (s->window == 0 || s->held_len < s->window) continue;
+        verdict = judge(s, s->held, s->held_len, (size_t)s->left);
+        if (verdict != J_PASS && s->left > s->held_len) {
+            s->window = (uint32_t)s->left;   /* not found in the window: judged whole */
+            continue;
+        }
         s->held_done = 1;
         s->window = 0;
         *used = i;
-        if (judge(s, s->held, s->held_len, (size_t)s->left) == J_PASS) {
+        if (verdict == J_PASS) {
             s->bulk_left = s->left - s->held_len;
             if (s->bulk_left) s->state = G_STREAM;
             return MWI_INS_PASS;
         }
-        if (s->left > s->held_len) return MWI_INS_VIOLATION;
         return MWI_INS_HOLD;
     }
     *used = n;

@@ -103,8 +103,9 @@ int mwi_relay_set_counter_slot(mwi_relay *r, uint32_t slot);
  * message in protocol `proto` (MWI_INSPECT_*, csrc/mwi_inspect.h), and the messages
  * the protocol's rule marks are HELD: what came before goes on to B, reading A pauses,
  * and the owner hears of it (mwi_engine_pop_held, mwi_relay_held). Then either
- * mwi_relay_resume (the message goes on and the relay with it) or a close
- * (mwi_relay_close_reason: it never reaches B). A stream that breaks the framing, or a
+ * mwi_relay_resume (the message goes on and the relay with it), mwi_relay_resume_with
+ * (a replacement goes on, or an answer goes to A) or a close (mwi_relay_close_reason:
+ * it never reaches B). A stream that breaks the framing, or a
  * held message over MWI_INSPECT_MAX_HELD, pauses A the same way and is reported as a
  * violation (the owner closes the relay). Such a relay uses buffers, never splice; side
  * B must not be framed. 0, or EINVAL (started, framed B, unknown protocol), ENOMEM. */
@@ -134,6 +135,18 @@ int mwi_relay_close_reason(mwi_relay *r, mwi_relay_reason reason, const void *fa
 /* An inspected relay holding a message: it goes on to B, then reading A goes on.
  * Nothing happens otherwise (no message held, a violation, or finished meanwhile). */
 void mwi_relay_resume(mwi_relay *r);
+/* An inspected relay holding a message, with bytes (copied here): side 1, `bytes` go on
+ * to B in the held message's place; side 0, `bytes` go to A (one frame on a framed A,
+ * inside its TLS) behind what B already sent and before anything B sends next (between
+ * B's chunks: a request/response protocol has nothing of B in flight then), and the held
+ * message is dropped (len 0: only dropped). Either way reading A goes on, as after
+ * mwi_relay_resume. Answers count in no byte counter (like a farewell). 0, EINVAL (side,
+ * an empty replacement, len), ENOMEM. */
+int mwi_relay_resume_with(mwi_relay *r, int side, const void *bytes, size_t len);
+/* A mongodb-inspected relay (started): from the next message of A on, none passes
+ * natively, every one is held for the owner (a session being cut answers each with why,
+ * as MongoDB has no unsolicited message). A message streaming on finishes first. */
+void mwi_relay_hold_all(mwi_relay *r);
 /* Once finished (popped from the done queue), or never started: hand the relay back. */
 void mwi_relay_release(mwi_relay *r);
 

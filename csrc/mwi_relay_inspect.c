@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 int mwi_relay_set_inspect(mwi_relay *r, int proto)
 {
@@ -51,6 +52,82 @@ void relay_inspect_free(mwi_relay *r)
     if (r->ins != NULL) mwi_inspect_free(r->ins);
     free(r->ins);
     r->ins = NULL;
+    free(r->cmd_with);
+    free(r->with);
+    free(r->ans);
+    r->cmd_with = r->with = r->ans = NULL;
+}
+
+int mwi_relay_resume_with(mwi_relay *r, int side, const void *bytes, size_t len)
+{
+    size_t hdr = side == 0 && r->frame[0].on && len ? MWI_FRAME_HDR : 0;
+    uint8_t *copy;
+    if ((side != 0 && side != 1) || (side == 1 && len == 0)
+        || len > UINT32_MAX - MWI_FRAME_HDR)
+        return EINVAL;
+    if (!r->owner_started || r->ins == NULL) return 0;
+    if ((copy = malloc(hdr + len + 1)) == NULL) return ENOMEM;   /* +1: never malloc(0) */
+    if (hdr) put_be32(copy, (uint32_t)len);          /* a framed side A: one frame */
+    if (len) memcpy(copy + hdr, bytes, len);
+    pthread_mutex_lock(&r->eng->lock);
+    free(r->cmd_with);                 /* one verdict per held message: the last wins */
+    r->cmd_with = copy;
+    r->cmd_with_len = hdr + len;
+    r->cmd_with_side = side;
+    pthread_mutex_unlock(&r->eng->lock);
+    mwi_relay_resume(r);               /* taken with the resume, or in a batch before it */
+    return 0;
+}
+
+void relay_inspect_hold_all(mwi_relay *r)
+{
+    if (r->ins != NULL) r->ins->allowed_len = 0;   /* no `$db` is allowed: all held */
+}
+
+void relay_verdict_take_locked(mwi_relay *r)
+{
+    if (r->cmd_with == NULL) return;
+    free(r->with);
+    r->with = r->cmd_with;
+    r->with_len = r->cmd_with_len;
+    r->with_side = r->cmd_with_side;
+    r->cmd_with = NULL;
+}
+
+int relay_verdict_apply(mwi_relay *r)
+{
+    uint8_t *with = r->with;
+    if (with == NULL) return 1;
+    r->with = NULL;
+    if (r->with_side == 1) {           /* in the held message's place */
+        free(r->ins->held);
+        r->ins->held = with;
+        r->ins->held_len = r->ins->held_cap = (uint32_t)r->with_len;
+        return 1;
+    }
+    mwi_inspect_drop_held(r->ins);
+    if (r->with_len == 0) {            /* an empty answer: the message is only dropped */
+        free(with);
+        return 0;
+    }
+    if (r->ans != NULL) {              /* the last answer is still going out: this follows */
+        size_t rest = r->ans_len - r->ans_off;
+        uint8_t *both = malloc(rest + r->with_len);
+        if (both == NULL) {            /* dropped like a message to a side that failed */
+            free(with);
+            return 0;
+        }
+        memcpy(both, r->ans + r->ans_off, rest);
+        memcpy(both + rest, with, r->with_len);
+        free(r->ans);
+        free(with);
+        with = both;
+        r->with_len += rest;
+    }
+    r->ans = with;
+    r->ans_len = r->with_len;
+    r->ans_off = 0;
+    return 0;
 }
 
 mwi_relay *mwi_engine_pop_held(mwi_engine *eng)

@@ -25,6 +25,7 @@
 #define MWI_CMD_CLOSE    2u
 #define MWI_CMD_RELEASE  4u
 #define MWI_CMD_RESUME   8u
+#define MWI_CMD_HOLD_ALL 16u
 
 /* an inspected relay waits for its owner (r->ins_wait) */
 #define MWI_INS_WAIT_HELD      1u
@@ -113,6 +114,14 @@ struct mwi_relay {
     uint8_t ins_send_held;    /* resumed: the held message goes to B before anything else */
     uint8_t held_queued;      /* on eng->held_head (under eng->lock) */
     uint32_t held_off;
+    /* a verdict with bytes (mwi_relay_resume_with): handed over under eng->lock in
+     * cmd_with, the worker's in `with` until the resume applies it (relay_verdict_apply) */
+    uint8_t *cmd_with, *with;
+    size_t cmd_with_len, with_len;
+    int cmd_with_side, with_side;
+    /* worker: an answer to side A (framed already), written between B's chunks */
+    uint8_t *ans;
+    size_t ans_len, ans_off;
     mwi_relay *held_next;     /* worker list eng->held_new, then eng->held_head */
     uint64_t user;
 };
@@ -188,6 +197,14 @@ void relay_tls_end(mwi_relay *r, mwi_relay_reason reason);
  * off the owner's queue (it may sit there, never popped, when the relay is freed) */
 void engine_held(mwi_engine *eng, mwi_relay *r);
 void relay_inspect_free(mwi_relay *r);
+/* the worker, under eng->lock: take a verdict's bytes the owner handed over */
+void relay_verdict_take_locked(mwi_relay *r);
+/* the worker, resuming a held message: apply the verdict's bytes (a replacement goes to
+ * B in its place, or an answer goes to A and the message is dropped). 1 if the held
+ * message (maybe replaced) goes to B. */
+int relay_verdict_apply(mwi_relay *r);
+/* the worker: from the next message on, a mongodb framer lets none pass natively */
+void relay_inspect_hold_all(mwi_relay *r);
 
 /* mwi_engine.c, called by the pump */
 int pool_get_pipe(mwi_engine *eng, mwi_dir *d);

@@ -17,6 +17,7 @@
 #include "mwi_relay_int.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -77,6 +78,22 @@ static int flush_held(mwi_relay *r, mwi_dir *d)
     return PUMP_MORE;
 }
 
+/* An answer to a held message (mwi_relay_resume_with) goes to A behind what B sent
+ * before it. PUMP_MORE once all of it went out (not counted: not B's bytes). */
+static int flush_answer(mwi_relay *r, mwi_dir *d)
+{
+    while (r->ans_off < r->ans_len) {
+        ssize_t n = write_side(r, d, 0, r->ans + r->ans_off, r->ans_len - r->ans_off);
+        if (n < 0) return (int)(-n - 1);
+        r->ans_off += (size_t)n;
+        if (r->frame[0].on || r->frame[0].in_tls) r->frame[0].last_write_ms = r->eng->now_ms;
+    }
+    free(r->ans);
+    r->ans = NULL;
+    r->ans_len = r->ans_off = 0;
+    return PUMP_MORE;
+}
+
 /* Write what direction i holds to side 1-i. PUMP_MORE when all of it went out. */
 static int flush(mwi_relay *r, int i)
 {
@@ -95,6 +112,7 @@ static int flush(mwi_relay *r, int i)
         d->buf_off += (uint32_t)n;
     }
     if (i == 0 && r->ins_send_held) return flush_held(r, d);
+    if (i == 1 && r->ans != NULL) return flush_answer(r, d);
     return PUMP_MORE;
 }
 
@@ -150,7 +168,7 @@ static void frame_chunk(mwi_relay *r, int i, size_t base, size_t n)
 int relay_keepalive(mwi_relay *r, int s)
 {
     mwi_dir *d = &r->dir[1 - s];
-    if (d->buf != NULL || d->eof || d->shut) return -1;
+    if (d->buf != NULL || d->eof || d->shut || (s == 0 && r->ans != NULL)) return -1;
     if (r->frame[s].in_tls) {          /* between two records, on the outer connection */
         int st = mwi_tls_keepalive(r->tls[s]);
         /* WANT_*: it waits in the TLS layer and leaves before the next record */

@@ -38,14 +38,20 @@ static void init(mwi_inspect *s, int proto)
         abort();
 }
 
+/* a mongodb message whose `$db` lies past its window is held whole (max_message) */
+static uint32_t held_max(const mwi_inspect *s)
+{
+    return s->proto == MWI_INSPECT_MONGODB ? s->max_message : MWI_INSPECT_MAX_HELD;
+}
+
 static void on_status(trace *t, mwi_inspect *s, int st)
 {
     if (st == MWI_INS_PASS) {        /* a buffered message went on: like forwarded bytes */
-        if (s->held_len == 0 || s->held_len > MWI_INSPECT_MAX_HELD) abort();
+        if (s->held_len == 0 || s->held_len > held_max(s)) abort();
         take(t, s->held, s->held_len);
     }
     if (st == MWI_INS_HOLD) {
-        if (s->held_len == 0 || s->held_len > MWI_INSPECT_MAX_HELD) abort();
+        if (s->held_len == 0 || s->held_len > held_max(s)) abort();
         take(t, s->held, s->held_len);
         t->holds++;
         t->sum = t->sum * 31u + (uint32_t)t->len;

@@ -97,6 +97,8 @@ cdef extern from "mwi_relay.h" nogil:
     int mwi_relay_close_reason(mwi_relay *r, mwi_relay_reason reason, const void *farewell,
                                size_t len)
     void mwi_relay_resume(mwi_relay *r)
+    void mwi_relay_hold_all(mwi_relay *r)
+    int mwi_relay_resume_with(mwi_relay *r, int side, const void *data, size_t length)
     mwi_relay *mwi_engine_pop_held(mwi_engine *eng)
     const unsigned char *mwi_relay_held(const mwi_relay *r, size_t *len)
     void mwi_relay_stats_get(const mwi_relay *r, mwi_relay_stats *out)
@@ -208,6 +210,7 @@ cdef class Relay:
     cdef object _stats_now(self)
     cdef void _finished(self, str reason, int err)
     cdef void _held(self)
+    cdef void _resume_with(self, int side, bytes data) except *
 
 
 cdef class Framer:

@@ -24,6 +24,7 @@ from mwiproxy._native.relaytypes import (
     check_close_reason,
     check_inspect,
     timeout_ms,
+    verdict_bytes,
 )
 
 assert SLOTS == MWI_COUNTER_SLOTS, "counters.SLOTS and csrc/mwi_relay.h disagree"
@@ -261,11 +262,36 @@ cdef class Relay:
             self._final = RelayStats(0, 0, 0, 0)
             self._reason = reason
 
-    def resume(self):
-        """After on_held(message): the message goes on to side B, and reading side A goes
-        on (nothing happens unless a message is held). See mwi_relay_resume."""
+    def resume(self, message=None):
+        """After on_held(message): the message (or `message`, bytes in its place) goes on
+        to side B, and reading side A goes on (nothing happens unless a message is held).
+        See mwi_relay_resume, mwi_relay_resume_with."""
+        cdef bytes replacement = None if message is None else verdict_bytes(message)
         if self.r != NULL and self.started:
-            mwi_relay_resume(self.r)
+            if replacement is None:
+                mwi_relay_resume(self.r)
+            else:
+                self._resume_with(1, replacement)
+
+    def hold_all(self):
+        """mongodb: from side A's next message on, every message is held (none passes
+        natively). See mwi_relay_hold_all."""
+        if self.r != NULL and self.started:
+            mwi_relay_hold_all(self.r)
+
+    def answer(self, reply):
+        """After on_held(message): `reply` (bytes) goes to side A, in its framing and TLS,
+        behind what side B already sent (b"": nothing); the held message is dropped and
+        reading side A goes on. See mwi_relay_resume_with."""
+        cdef bytes data = verdict_bytes(reply, True)
+        if self.r != NULL and self.started:
+            self._resume_with(0, data)
+
+    cdef void _resume_with(self, int side, bytes data) except *:
+        cdef const char *p = data
+        cdef int err = mwi_relay_resume_with(self.r, side, p, len(data))
+        if err != 0:
+            raise OSError(err, os.strerror(err))
 
     def stats(self):
         if self._final is not None:

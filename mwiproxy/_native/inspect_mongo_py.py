@@ -2,8 +2,9 @@
 framer (inspect_py.Framer), step for step.
 
 A message's first min(length, MAX_HELD) bytes (its window) are buffered and judged once:
-PASS (the window goes on, the rest of the message streams), HOLD (the whole message is
-the window) or, for a longer message that does not pass, a violation. The judge walks the
+PASS (the window goes on, the rest of the message streams) or HOLD (the whole message is
+the window). A longer message that does not pass there (pymongo writes `$db` last) is
+buffered whole (up to max_message) and judged again whole: PASS or HOLD. The judge walks the
 OP_MSG sections and the body document's top-level elements by BSON's size rules, every
 size checked to stay inside its document and the message.
 """

@@ -143,14 +143,16 @@ class Framer:
                 self.left, self.window = length, min(length, MAX_HELD)
             if self.window == 0 or len(self.buf) < self.window:
                 continue
+            passes = mongo.judge(self.allowed, bytes(self.buf), self.left)
+            if not passes and self.left > len(self.buf):
+                self.window = self.left  # not found in the window: judged whole
+                continue
             self.held, self.buf, self.window = bytes(self.buf), bytearray(), 0
-            if mongo.judge(self.allowed, self.held, self.left):
+            if passes:
                 self.bulk_left = self.left - len(self.held)
                 if self.bulk_left:
                     self.state = _G_STREAM
                 return PASS, i, bytes(out)
-            if self.left > len(self.held):
-                return self._violation(out)
             return HOLD, i, bytes(out)
         return MORE, n, bytes(out)
 
@@ -354,11 +356,18 @@ class Gate:
         self.rest = memoryview(data)
         return self._run(bytearray())
 
-    def resume(self) -> bytes:
-        """The held message goes on, then whatever followed it (up to the next hold)."""
+    def resume(self, replacement: bytes | None = None) -> bytes:
+        """The held message (or `replacement`) goes on, then whatever followed it (up to
+        the next hold)."""
         assert self.paused and self.waiting is not None
         self.paused = False
-        return self._run(bytearray(self.waiting))
+        return self._run(bytearray(self.waiting if replacement is None else replacement))
+
+    def drop(self) -> bytes:
+        """The held message was answered: it goes nowhere; what followed it goes on."""
+        assert self.paused and self.waiting is not None
+        self.paused, self.waiting = False, None
+        return self._run(bytearray())
 
     def _run(self, out: bytearray) -> bytes:
         while self.rest and not self.paused:

@@ -20,6 +20,7 @@ from mwiproxy.wire import ping
 
 from .counters import PyCounterTable, check_slot
 from .inspect_py import Gate
+from .relay_held_py import HeldVerdicts
 from .relaytypes import (
     MONGO_MAX_MESSAGE,
     REASON_CLOSE_TIMEOUT,
@@ -242,7 +243,7 @@ class _Direction:
     """src -> dst. While `pending` holds unwritten bytes src is not read (backpressure)."""
 
     __slots__ = ("src", "dst", "src_side", "pending", "eof", "shut", "bytes", "chunks",
-                 "blocked", "gate")
+                 "blocked", "gate", "answer")
 
     def __init__(self, src: _End, dst: _End, src_side: int) -> None:
         self.src, self.dst, self.src_side = src, dst, src_side
@@ -250,16 +251,18 @@ class _Direction:
         self.eof = self.shut = self.blocked = False
         self.bytes = self.chunks = 0
         self.gate: Gate | None = None  # side a's messages, inspected (a -> b only)
+        self.answer: memoryview | None = None  # to side a behind pending (relay_held_py)
 
 
-class Relay:
+class Relay(HeldVerdicts):
     """Joins two connected stream sockets (it owns both fds from here on). Each side is
     a plain fd or a handshaken TLSStream (its TLS state and socket are taken over), and may
     speak the `-ping` framing (framed_a / framed_b: a relaytypes.Framing).
 
     inspect ("resp", "mysql", "mongodb"): side A's messages are framed and the protocol's
     marked ones held (csrc/mwi_inspect.h): reading A pauses and on_held(message) is called
-    on the loop (None: A broke the framing); then resume(), or close(farewell, reason=...).
+    on the loop (None: A broke the framing); then resume(), resume(replacement),
+    answer(reply) (relay_held_py), or close(farewell, reason=...).
     mongodb: inspect_allowed (the `$db` names that pass natively), inspect_max_message.
     Side B must not be framed then."""
 
@@ -375,20 +378,6 @@ class Relay:
             return
         self._say_farewell(bye)
 
-    def resume(self) -> None:
-        """After on_held(message): the message goes on to side B, and reading side A goes
-        on (nothing happens unless a message is held)."""
-        if self._reason is not None or self._bye is not None or self._dirs is None:
-            return
-        d = self._dirs[0]
-        if d.gate is None or not d.gate.paused or d.gate.waiting is None:
-            return
-        self._gate_out(d, d.gate.resume())
-        if self._reason is None and not d.blocked and not d.gate.paused and not d.eof:
-            self._loop.add_reader(d.src.sock.fileno(), self._on_readable, d)
-            if d.src.buffered():
-                self._loop.call_soon(self._on_readable, d)
-
     def stats(self) -> RelayStats:
         if self._dirs is None:
             return RelayStats(0, 0, 0, 0)
@@ -445,7 +434,10 @@ class Relay:
             try:
                 d.dst.flush()
                 if d.pending is None:
-                    break
+                    if d.answer is None:
+                        break
+                    d.answer = _rest(d.answer, d.dst.send(d.answer))  # not B's: uncounted
+                    continue
                 n = d.dst.send(d.pending)
             except (BlockingIOError, InterruptedError):
                 if not d.blocked:  # the receiver is full: stop reading src until it drains
@@ -542,6 +534,8 @@ class Relay:
                 if self._counter is not None:
                     self._counter[1] += n
                 ba.pending = ba.pending[n:] if n < len(ba.pending) else None
+            while ba.answer is not None:
+                ba.answer = _rest(ba.answer, a.send(ba.answer))
             while self._bye:
                 self._bye = self._bye[a.send(self._bye):]
             a.flush()
@@ -633,6 +627,10 @@ class Relay:
         cb, self._on_done = self._on_done, None
         if cb is not None:
             self._loop.call_soon(cb, reason)  # like the native engine: never re-entrant
+
+
+def _rest(data: memoryview, sent: int) -> memoryview | None:
+    return data[sent:] if sent < len(data) else None
 
 
 def _reading(d: _Direction) -> bool:

@@ -177,3 +177,12 @@ def check_limits(limits: tuple[int, int] | None) -> tuple[int, int] | None:
     if not 0 < per_source <= total:
         raise ValueError("need 0 < per_source <= total")
     return int(total), int(per_source)
+
+
+def verdict_bytes(data: bytes | bytearray | memoryview, may_be_empty: bool = False) -> bytes:
+    """A held message's verdict with bytes: a replacement (never empty) or an answer
+    (empty: the message is only dropped)."""
+    b = bytes(memoryview(data))
+    if not b and not may_be_empty:
+        raise ValueError("a held message's replacement needs bytes")
+    return b

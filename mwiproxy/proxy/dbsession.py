@@ -152,15 +152,18 @@ class DbFrontend:
 
     async def relay(self, conn: Conn, session: Session, upstream: ByteStream,
                     started: float, farewell: Callable[[str], bytes],
+                    cut: Callable[[Pipe, str, str], None] | None = None,
                     **pipe_options: Any) -> PipeStats:
         """Relay the set-up session until it ends: `farewell(message)` is what a cut
-        (lock, expiry, shutdown) tells the client; `pipe_options` go to the Pipe (an
-        inspector). Audited at both ends, whatever ends it."""
+        (lock, expiry, shutdown) tells the client, or `cut(pipe, reason, message)` does
+        the cut instead (MongoDB answers the next message); `pipe_options` go to the Pipe
+        (an inspector). Audited at both ends, whatever ends it."""
         pipe = Pipe(conn.stream, upstream, keepalive=self._ping_interval,
                     count_as=self._metrics.bytes_key(session.service, self.protocol,
                                                      session.mode), **pipe_options)
-        session.cut = lambda reason, message: pipe.close(reason,
-                                                         farewell_to_a=farewell(message))
+        session.cut = (lambda reason, message: pipe.close(reason,
+                                                          farewell_to_a=farewell(message))) \
+            if cut is None else (lambda reason, message: cut(pipe, reason, message))
         if session.end_reason:  # locked while the engine was dialing
             session.end(session.end_reason)
         self.audit_start(session)
@@ -180,10 +183,15 @@ class DbFrontend:
         self._auth.audit.emit(
             audit.SESSION_END, session_id=session.session_id, **self.who(session),
             bytes_client_to_db=stats.bytes_a_to_b, bytes_db_to_client=stats.bytes_b_to_a,
-            duration=round(duration, 3), reason=reason, native=stats.native)
+            duration=round(duration, 3), reason=reason, native=stats.native,
+            **self.end_fields(session))
         self._metrics.closed(session.service, self.protocol, session.mode,
                              "shutdown" if reason == "cancelled" else reason, duration)
         self.log_session_end(session, stats, duration, reason)
+
+    def end_fields(self, session: Session) -> dict[str, int]:
+        """A front end's own fields for the session's end event (none here)."""
+        return {}
 
     def audit_start(self, session: Session, error: str = "") -> None:
         fields = {"success": not error, **({"error": error} if error else {})}

@@ -11,13 +11,17 @@ Then the access check and the engine's dial (engines/mongodb.py: MONGODB-X509 as
 `CN=<db user>`). A refusal or a failed dial is held until the client's first message
 and answered in the format that message expects, so the driver shows why.
 
-A session then runs two loops in Python (no native MongoDB framer yet): every client
-message is read whole (16 bytes up to the server's maxMessageSizeBytes), inspected
-(wire/mongomsg.py, a bounded walk) and refused with a command error unless its `$db` is
-one the session's roles allow (a handshake `hello`/`isMaster` needs none) and it is not
-an authentication command (`authenticate`, `saslStart`, `saslContinue`, `logout`, …);
-compression is never agreed (stripped from the client's handshake), so OP_COMPRESSED is
-refused. The database's bytes go back unparsed.
+A session then runs on the native relay (relay/pipe.py, `Inspect("mongodb")`, via
+DbFrontend.relay: its bytes count in the transmit metrics, `-ping` keepalives come from
+the relay): an OP_MSG on the session's database whose command is not one Python decides
+passes natively; every other client message is held and judged by proxy/mongojudge.py
+(wire/mongomsg.py, a bounded walk): refused with a command error, answered in its format
+(the session goes on), unless its `$db` is one the session's roles allow (a handshake
+`hello`/`isMaster` needs none) and it is not an authentication command (`authenticate`,
+`saslStart`, `saslContinue`, `logout`, …); compression is never agreed (stripped from the
+client's handshake: forwarded in its place), so OP_COMPRESSED is refused. The database's
+bytes go back unparsed. A cut (lock, expiry) answers the client's next message with why
+(MongoDB has no unsolicited message), within FAREWELL_TIMEOUT, and ends the session.
 """
 
 from __future__ import annotations
@@ -45,9 +49,9 @@ from mwiproxy.proxy.access import (
 from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError
 from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import accepted_at
-from mwiproxy.proxy.mongoloop import Relay, answer_with
+from mwiproxy.proxy.mongojudge import FAREWELL_TIMEOUT, MessageJudge, answer_with
 from mwiproxy.proxy.sessions import Session, SessionRegistry
-from mwiproxy.relay.pipe import PipeStats
+from mwiproxy.relay.pipe import Inspect, Pipe
 from mwiproxy.relay.streams import BufferedReader, ByteStream
 from mwiproxy.wire import mongodb as mongo
 from mwiproxy.wire import mongomsg
@@ -78,6 +82,7 @@ class MongoFrontend(DbFrontend):
         super().__init__(auth, sessions, inner_tls, ping_interval, metrics)
         self._engines = engines
         self._setup_timeout = setup_timeout
+        self._judges: dict[int, MessageJudge] = {}  # by session id, while it runs
 
     async def serve(self, stream: ByteStream, caller: Identity | None, remote: str) -> None:
         conn = Conn(stream, BufferedReader(stream), caller, remote, accepted_at=accepted_at())
@@ -139,20 +144,27 @@ class MongoFrontend(DbFrontend):
             await self._answer(conn, mongo.error_document(str(e), mongo.HOST_UNREACHABLE))
             return
         self.connected(session)
-        relay = Relay(conn.stream, upstream.stream, upstream.max_message_size,
-                      allowed=lambda db: self._allowed(session, db),
-                      on_refused=lambda msg, why: self._message_refused(session, msg, why),
-                      keepalive=self._ping_interval)
-        session.cut = relay.close  # the client's next message is told `message`
-        if session.end_reason:  # locked while the engine was dialing
-            session.end(session.end_reason)
-        self.audit_start(session)
-        self._metrics.opened(session.service, PROTOCOL, session.mode)
+        judge = MessageJudge(upstream.max_message_size,
+                             allowed=lambda db: self._allowed(session, db),
+                             on_refused=lambda msg, why: self._message_refused(session, msg,
+                                                                               why))
+        inspect = Inspect("mongodb", judge.decide, max_message=upstream.max_message_size,
+                          allowed=(session.db_name,) if session.db_name else ())
+        self._judges[session.session_id] = judge
         try:
-            await relay.run()
-        finally:  # cut, cancelled (a shutdown) or failed: still audited
+            await self.relay(conn, session, upstream.stream, started, lambda _: b"",
+                             cut=lambda pipe, reason, message: _cut(pipe, judge, reason,
+                                                                     message),
+                             inspect=inspect)
+        finally:  # cut, cancelled (a shutdown) or failed: still audited (by relay)
+            self._judges.pop(session.session_id, None)
             upstream.stream.close()
-            self._ended(session, relay, started)
+
+    def end_fields(self, session: Session) -> dict[str, int]:
+        """The messages decided in Python and refused, for the session's end event."""
+        judge = self._judges.get(session.session_id)
+        return {} if judge is None else {"held_messages": judge.held,
+                                         "refused_messages": judge.refused}
 
     async def _connect(self, session: Session) -> MongoUpstream:
         """Authenticated as the session's user: by this process's engine, or through one
@@ -182,16 +194,11 @@ class MongoFrontend(DbFrontend):
             audit.ACCESS_DENIED, session_id=session.session_id, **self.who(session),
             command=msg.command, message_db=msg.database, reason=reason)
 
-    def _ended(self, session: Session, relay: Relay, started: float) -> None:
-        """DbFrontend.ended, with the messages relayed and refused."""
-        result, duration = relay.result, time.monotonic() - started
-        reason = session.end_reason or result.reason or "cancelled"
-        stats = PipeStats(result.bytes_to_db, result.bytes_to_client, reason, native=False)
-        self._auth.audit.emit(
-            audit.SESSION_END, session_id=session.session_id, **self.who(session),
-            bytes_client_to_db=stats.bytes_a_to_b, bytes_db_to_client=stats.bytes_b_to_a,
-            duration=round(duration, 3), reason=reason, native=False,
-            messages=result.messages, refused_messages=result.refused)
-        self._metrics.closed(session.service, PROTOCOL, session.mode,
-                             "shutdown" if reason == "cancelled" else reason, duration)
-        self.log_session_end(session, stats, duration, reason)
+
+def _cut(pipe: Pipe, judge: MessageJudge, reason: str, message: str) -> None:
+    """A cut session: the client's next message (none passes natively from now) is
+    answered with `message` and ends it; a client that sends none is closed after
+    FAREWELL_TIMEOUT."""
+    judge.cut(message or f"session ended: {reason}")
+    pipe.hold_all()
+    asyncio.get_running_loop().call_later(FAREWELL_TIMEOUT, pipe.close, reason)

@@ -25,14 +25,20 @@ command; MySQL COM_INIT_DB, COM_CHANGE_USER; MongoDB every message but an OP_MSG
 the handshake, aggregate, mapReduce): see csrc/mwi_inspect.h) are HELD: what came before goes on, reading side a pauses, and
 `decide(message)` runs on the loop with the message's exact bytes.
 None: the message goes on and the relay with it. Bytes: refused, the pipe ends as
-"refused" with those bytes as the farewell to side a; the message never reaches b. If
+"refused" with those bytes as the farewell to side a; the message never reaches b.
+`Answer(reply)`: the message is dropped, `reply` goes to side a (in its framing and TLS)
+behind what b already sent, and the pipe goes on (MongoDB refuses one command with an
+error reply). `Replace(message)`: those bytes go on to b in its place (MongoDB's
+handshake, rewritten), and the pipe goes on. If
 `decide` raises, the pipe ends as "error" without a farewell (the exception goes to the
 loop's exception handler). A held message over MAX_HELD (64 KiB) or a stream that breaks
 the protocol's framing ends the pipe as "protocol" with `violation_farewell`; bytes of
 that message not yet forwarded never are (a value streaming out when the framing breaks
-has gone out in part). MongoDB: a message over `max_message` is a violation, and so is
-one over 64 KiB that does not pass (its body with `$db` must lie in its first 64 KiB). Inspection never splices, and side b must not be framed. Byte
-counts count forwarded bytes only.
+has gone out in part). MongoDB: a message over `max_message` is a violation; one over
+64 KiB whose first 64 KiB do not pass (pymongo writes `$db` last) is read whole (up to
+`max_message`) and judged whole: it passes natively or is held whole. Inspection never
+splices, and side b must not be framed. Byte counts count forwarded bytes only (an
+Answer is not b's: uncounted, like a farewell).
 """
 
 from __future__ import annotations
@@ -48,11 +54,29 @@ CLOSE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
+class Answer:
+    """decide's verdict: the held message is answered with `reply` (to side a) and
+    dropped; the pipe goes on."""
+
+    reply: bytes
+
+
+@dataclass(frozen=True)
+class Replace:
+    """decide's verdict: `message` goes on to side b in the held message's place."""
+
+    message: bytes
+
+
+Verdict = bytes | Answer | Replace | None  # None: forward; bytes: refuse and end
+
+
+@dataclass(frozen=True)
 class Inspect:
     """Side a's messages checked on the way (see the module doc)."""
 
     protocol: str  # "resp", "mysql" or "mongodb"
-    decide: Callable[[bytes], Awaitable[bytes | None]]  # None: forward; bytes: refuse
+    decide: Callable[[bytes], Awaitable[Verdict]]  # see the module doc
     violation_farewell: bytes = b""  # said to side a when its framing breaks
     allowed: tuple[str, ...] = ()  # mongodb: the `$db` names whose OP_MSGs pass natively
     max_message: int = _native.MONGO_MAX_MESSAGE  # mongodb: the server's maxMessageSizeBytes
@@ -83,6 +107,7 @@ class Pipe:
         self.stats = PipeStats()
         self._relay: _native.Relay | None = None
         self._farewell = b""
+        self._hold_all = False
 
     def close(self, reason: str = _native.REASON_CLOSED, farewell_to_a: bytes = b"") -> None:
         """Cut both sides now (a lock, an expired certificate, shutdown), telling side a
@@ -98,6 +123,13 @@ class Pipe:
         self._farewell = self._farewell or farewell_to_a
         if self._relay is not None:
             self._relay.close(self._farewell, _relay_reason(reason))
+
+    def hold_all(self) -> None:
+        """mongodb: from side a's next message on, every message goes to decide (none
+        passes natively): a cut session answers each with why (_native.Relay.hold_all)."""
+        self._hold_all = True
+        if self._relay is not None:
+            self._relay.hold_all()
 
     async def run(self) -> PipeStats:
         loop = asyncio.get_running_loop()
@@ -115,6 +147,8 @@ class Pipe:
             inspect_max_message=_native.MONGO_MAX_MESSAGE if self._inspect is None
             else self._inspect.max_message)
         self._relay.start()
+        if self._hold_all:
+            self._relay.hold_all()
         self.stats.native = True  # by the relay (either build), not a copy in Python
         if self.stats.reason:  # closed while being set up
             self._relay.close(self._farewell, _relay_reason(self.stats.reason))
@@ -149,6 +183,10 @@ class Pipe:
             return
         if verdict is None:
             self._relay.resume()
+        elif isinstance(verdict, Answer):
+            self._relay.answer(verdict.reply)
+        elif isinstance(verdict, Replace):
+            self._relay.resume(verdict.message)
         else:
             self.close(_native.REASON_REFUSED, verdict)
 

@@ -1,7 +1,8 @@
 """Pipe(inspect=Inspect("mongodb", allowed=...)): OP_MSGs on an allowed `$db` with no
 authentication command stream through the relay with no word to Python; every other
-message is held for decide (other databases, auth commands, OP_QUERY), and a message over
-max_message (or over 64 KiB and not passing) ends the pipe as "protocol". Both builds."""
+message is held for decide (other databases, auth commands, OP_QUERY), a message over
+64 KiB whose `$db` lies past its first 64 KiB is judged whole, and a message over
+max_message ends the pipe as "protocol". Both builds."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from bson import SON
 
 from mwiproxy import _native
+from mwiproxy.relay.pipe import Answer, Replace
 from mwiproxy.wire import mongodb as mongo
 
 from .test_pipe_inspect import BROKEN, Session, _allow, _read
@@ -129,9 +131,7 @@ def test_16_mib_op_msg_on_an_allowed_db_streams():
 @pytest.mark.parametrize("message", [
     struct.pack("<iiii", 15, 1, 0, 2013) + b"\0" * 20,  # shorter than its header
     struct.pack("<iiii", 48_000_001, 1, 0, 2013),  # over max_message
-    op_msg(SON([("find", "c"), ("filter", {"k": "v" * 70_000}), ("$db", "app")])),  # $db late
-    op_msg(SON([("insert", "c"), ("$db", "admin")]), ("documents", [{"v": "x" * 70_000}])),
-], ids=["short", "over-max", "db-past-64k", "big-other-db"])
+], ids=["short", "over-max"])
 def test_violations_end_the_pipe_with_the_farewell(message):
     async def main() -> None:
         s = Session("mongodb", _never, allowed=ALLOWED)
@@ -171,3 +171,73 @@ def test_decide_answers_in_the_format_the_held_message_expects(message, op_reply
         s.server.close()
 
     asyncio.run(main())
+
+
+LATE_DB = op_msg(SON([("insert", "c"), ("documents", [{"v": "x" * 300_000}]),
+                      ("$db", "app")]), request_id=8)  # pymongo's order: `$db` last
+LATE_OTHER = op_msg(SON([("insert", "c"), ("documents", [{"v": "x" * 70_000}]),
+                         ("$db", "admin")]), request_id=9)
+BIG_OTHER = op_msg(SON([("insert", "c"), ("$db", "admin")]),
+                   ("documents", [{"v": "x" * 70_000}]), request_id=10)
+
+
+@pytest.mark.parametrize("step", [0, 4093], ids=["whole", "by-4093"])
+def test_db_past_64k_is_judged_on_the_whole_message(step):
+    stream = FIND + LATE_DB + LATE_OTHER + BIG_OTHER + PING
+
+    async def main() -> None:
+        s = Session("mongodb", _allow, allowed=ALLOWED)
+        sender = asyncio.ensure_future(s.send(stream, step))
+        got = await s.server_reads(len(stream))
+        await sender
+        stats = await s.end()
+        assert s.held == [LATE_OTHER, BIG_OTHER]  # whole; LATE_DB passed natively
+        assert got + s.rest == stream
+        assert stats.bytes_a_to_b == len(stream)
+
+    asyncio.run(main())
+
+
+def test_an_answered_message_is_dropped_and_the_session_goes_on():
+    """Answer(reply): the client reads the reply, the server never sees the message,
+    and the messages after it go on (decide is asked again for the next held one)."""
+    async def main() -> None:
+        async def answer(held: bytes) -> Answer:
+            request = mongo.parse_request(held)
+            return Answer(mongo.reply_to(request, mongo.error_document("denied here")))
+
+        s = Session("mongodb", answer, allowed=ALLOWED)
+        await s.send(FIND + OTHER_DB)
+        assert await s.server_reads(len(FIND)) == FIND
+        _, document = mongo.parse_reply(await _one_reply(s))
+        assert document["errmsg"] == "denied here"
+        await s.send(LATE_OTHER + PING)
+        _, document = mongo.parse_reply(await _one_reply(s))
+        assert document["errmsg"] == "denied here"
+        stats = await s.end()
+        assert s.rest == PING
+        assert s.held == [OTHER_DB, LATE_OTHER]
+        assert stats.bytes_a_to_b == len(FIND + PING)
+        assert stats.bytes_b_to_a == 0  # the answers are not the server's bytes
+
+    asyncio.run(main())
+
+
+def test_a_replaced_message_reaches_the_server_in_its_place():
+    async def main() -> None:
+        async def replace(held: bytes) -> Replace:
+            return Replace(PING)
+
+        s = Session("mongodb", replace, allowed=ALLOWED)
+        await s.send(OTHER_DB + FIND)
+        stats = await s.end()
+        assert s.rest == PING + FIND
+        assert stats.bytes_a_to_b == len(PING + FIND)
+
+    asyncio.run(main())
+
+
+async def _one_reply(s: Session) -> bytes:
+    got = await _read(s.loop, s.client, 4)  # a reply comes alone: nothing follows it yet
+    n = struct.unpack_from("<i", got)[0]
+    return got + (await _read(s.loop, s.client, n - len(got)) if len(got) < n else b"")

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from mwiproxy.proxy import mongoloop as mongofront
+from mwiproxy.proxy import mongojudge as mongofront
 from mwiproxy.proxy import redis as redis_frontend
 from mwiproxy.wire import mongodb as mongo
 from mwiproxy.wire import mysql
@@ -258,7 +258,7 @@ def test_redis_refusal_stops_at_an_oversized_command():
 
 
 def test_mongodb_refusal_answers_each_message_and_caps_what_it_reads():
-    """A refusal held until the client's messages (proxy/mongoloop.py answer_with)."""
+    """A refusal held until the client's messages (proxy/mongojudge.py answer_with)."""
     document = mongo.error_document("access to db denied: why")
     stream = FakeStream(_op_query(HELLO), _op_msg({"ping": 1}))
     asyncio.run(mongofront.answer_with(stream, document))
