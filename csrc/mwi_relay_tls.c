@@ -215,6 +215,11 @@ static ssize_t fill(mwi_relay *r, int i, int trust_short_read, int *drained, int
         n = mwi_tls_read(t, p + got, cap - got);
         if (n > 0) {
             got += (size_t)n;
+            /* woken by an edge and the socket is empty: the next read would say EAGAIN */
+            if (trust_short_read && mwi_tls_read_drained(t)) {
+                *drained = 1;
+                break;
+            }
             continue;
         }
         if (got == 0) {

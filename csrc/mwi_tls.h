@@ -95,6 +95,12 @@ int mwi_tls_feed(mwi_tls *t, const void *data, size_t len);
 
 int mwi_tls_handshake(mwi_tls *t);                       /* OK, WANT_*, ERROR */
 ssize_t mwi_tls_read(mwi_tls *t, void *buf, size_t len);  /* > 0, WANT_*, EOF, ERROR */
+/* After a read that returned bytes: 1 when that read took them from the socket with a
+ * recv that came back short (the socket held no more then) and nothing is left inside the
+ * connection (no record, or part of one, read ahead). A reader woken by an edge-triggered
+ * EPOLLIN can then stop without the next read, which would only say EAGAIN: anything
+ * that arrives later raises a new edge. 0 otherwise, and always for TLS inside TLS. */
+int mwi_tls_read_drained(const mwi_tls *t);
 ssize_t mwi_tls_write(mwi_tls *t, const void *buf, size_t len); /* > 0, WANT_*, ERROR */
 /* Send close_notify (once; the read side stays open; TLS inside TLS: the inner one, then
  * the outer one). OK, WANT_*, ERROR. */

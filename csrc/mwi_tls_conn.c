@@ -199,11 +199,30 @@ static void carrier_method_init(void)
     carrier_method = m;
 }
 
+/* The socket BIO tells its connection whether each recv filled what OpenSSL asked for
+ * (with read-ahead OpenSSL asks for its whole buffer): a short one drained the socket. */
+static long socket_read_seen(BIO *b, int oper, const char *argp, size_t len, int argi,
+                             long argl, int ret, size_t *processed)
+{
+    (void)argp; (void)argi; (void)argl;
+    if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
+        mwi_tls *t = (mwi_tls *)BIO_get_callback_arg(b);
+        t->net_short = ret > 0 && processed != NULL && *processed < len;
+    }
+    return ret;
+}
+
 /* The BIO a connection's records go through: its socket, or the outer connection. */
 static BIO *net_bio(mwi_tls *t)
 {
     BIO *b;
-    if (t->outer == NULL) return BIO_new_socket(t->fd, BIO_NOCLOSE);
+    if (t->outer == NULL) {
+        if ((b = BIO_new_socket(t->fd, BIO_NOCLOSE)) != NULL) {
+            BIO_set_callback_arg(b, (char *)t);
+            BIO_set_callback_ex(b, socket_read_seen);
+        }
+        return b;
+    }
     pthread_once(&carrier_once, carrier_method_init);
     if (carrier_method == NULL || (b = BIO_new(carrier_method)) == NULL) return NULL;
     BIO_set_data(b, t);
@@ -400,6 +419,7 @@ ssize_t mwi_tls_read(mwi_tls *t, void *buf, size_t len)
 {
     int ret, saved, st;
     if (len > 0x7fffffff) len = 0x7fffffff;
+    t->net_short = 0;                  /* only a recv made within this read counts */
     do {
         clear_errors(t);
         errno = 0;
@@ -463,6 +483,11 @@ int mwi_tls_has_pending(const mwi_tls *t)
 {
     return SSL_has_pending(t->ssl) || (t->outer != NULL && mwi_tls_has_pending(t->outer));
 }
+int mwi_tls_read_drained(const mwi_tls *t)
+{
+    return t->outer == NULL && !t->prefix && t->net_short && !SSL_has_pending(t->ssl);
+}
+
 int mwi_tls_errno(const mwi_tls *t) { return t->err_no; }
 const char *mwi_tls_error(const mwi_tls *t) { return t->err; }
 const char *mwi_tls_version(const mwi_tls *t) { return SSL_get_version(t->ssl); }

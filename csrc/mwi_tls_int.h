@@ -45,6 +45,8 @@ struct mwi_tls {
     int carrier;                  /* we are someone's outer: leave their OpenSSL errors be */
     int prefix;                   /* the read BIO is still the memory BIO of fed bytes */
     int shut_sent;
+    int net_short;                /* the last recv of the socket, within the last
+                                   * mwi_tls_read, came back short (mwi_tls_read_drained) */
     int err_no;
     char err[MWI_TLS_ERRLEN];
     char session_key[MWI_TLS_KEYLEN]; /* client: where its sessions are kept; "" none */
