@@ -32,6 +32,13 @@ CHAIN_BROKEN = "audit.chain_broken"
 MAX_BREAKS = 100
 
 
+def session_of(fields: dict[str, Any]) -> str | None:
+    """The value of the `session` column (an unhashed index of the
+    backends, for reading one database session) for an event's fields."""
+    value = fields.get("session") if isinstance(fields, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def fields_text(fields: dict[str, Any]) -> str:
     """The stored form of an event's fields: canonical JSON (sorted keys, no spaces,
     ASCII only). Encoded twice so that keys that are not strings sort as the text

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from mwiproxy.auth.storage.base import AuditHead, AuditTail, ChainedAuditEvent
-from mwiproxy.auth.storage.chain import GENESIS, fields_text, link_hash
+from mwiproxy.auth.storage.chain import GENESIS, fields_text, link_hash, session_of
 from mwiproxy.auth.storage.pg_conn import Connection, open_connection
 
 _ROW = "SELECT id, time, type, fields, prev_hash, hash FROM audit"
@@ -41,12 +41,13 @@ class PostgresAudit:
         self._conn.close()
 
     def append_batch(self, events: Sequence[tuple[float, str, dict[str, Any]]]) -> list[int]:
-        rows = [(float(t), type_, fields_text(fields)) for t, type_, fields in events]
+        rows = [(float(t), type_, fields_text(fields), session_of(fields))
+                for t, type_, fields in events]
         return self._conn.run(lambda conn: self._append(conn, rows), read=False)
 
     @staticmethod
-    def _append(conn: psycopg.Connection[Any], rows: list[tuple[float, str, str]]
-                ) -> list[int]:
+    def _append(conn: psycopg.Connection[Any],
+                rows: list[tuple[float, str, str, str | None]]) -> list[int]:
         with conn.transaction():
             row = conn.execute(_TAIL + " FOR UPDATE").fetchone()
             if row is None:  # the tail row was deleted: verification reports it; start over
@@ -62,15 +63,15 @@ class PostgresAudit:
                       int(last[0]) if last else 0)
             prev = tail.head.hash if tail.head else ((last[1] if last else None) or GENESIS)
             ids, values = [], []
-            for time, type_, text in rows:
+            for time, type_, text, session in rows:
                 top += 1
                 h = link_hash(prev, top, time, type_, text)
-                values.append((top, time, type_, text, prev, h))
+                values.append((top, time, type_, text, prev, h, session))
                 ids.append(top)
                 prev = h
             with conn.cursor() as cur:
-                cur.executemany("INSERT INTO audit (id, time, type, fields, prev_hash, hash) "
-                                "VALUES (%s, %s, %s, %s, %s, %s)", values)
+                cur.executemany("INSERT INTO audit (id, time, type, fields, prev_hash, hash, "
+                                "session) VALUES (%s, %s, %s, %s, %s, %s, %s)", values)
             conn.execute("UPDATE audit_tail SET head_id = %s, head_hash = %s, "
                          "highest_id = %s", (top, prev, top))
         return ids

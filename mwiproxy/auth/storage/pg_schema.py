@@ -61,6 +61,12 @@ MIGRATIONS: list[str] = [
     """ + _GUARD_FUNCTION + "".join(
         f"CREATE TRIGGER {name} {when} EXECUTE FUNCTION mwi_audit_append_only();\n"
         for name, when in GUARDS.items()),
+    # 2: a database session's audit id as an (unhashed) index column, for
+    # `query_audit(session=...)`; filled at append from the event's `session` field
+    """
+    ALTER TABLE audit ADD COLUMN session text;
+    CREATE INDEX audit_session ON audit (session, id);
+    """,
 ]
 
 

@@ -190,10 +190,14 @@ class PostgresStorage(Storage):
         return list(self._audit.guards_missing)
 
     def query_audit(
-        self, *, since: float | None = None, types: list[str] | None = None, limit: int = 1000
+        self, *, since: float | None = None, types: list[str] | None = None,
+        limit: int = 1000, session: str | None = None,
     ) -> list[AuditEvent]:
         sql = "SELECT id, time, type, fields FROM audit WHERE true"
         args: list[Any] = []
+        if session is not None:  # the audit_session index (pg_schema migration 2)
+            sql += " AND session = %s"
+            args.append(session)
         if since is not None:
             sql += " AND time >= %s"
             args.append(since)
@@ -203,7 +207,10 @@ class PostgresStorage(Storage):
         sql += " ORDER BY id DESC LIMIT %s"
         args.append(limit)
         rows = self._q(sql, args)
-        return [AuditEvent(int(r[0]), r[1], r[2], json.loads(r[3])) for r in reversed(rows)]
+        events = [AuditEvent(int(r[0]), r[1], r[2], json.loads(r[3])) for r in reversed(rows)]
+        if session is not None:  # the column is an unhashed index: the hashed field decides
+            events = [e for e in events if e.fields.get("session") == session]
+        return events
 
     def get_meta(self, key: str) -> str | None:
         rows = self._q("SELECT value FROM meta WHERE key = %s", (key,))

@@ -22,7 +22,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from mwiproxy.auth.storage.base import AuditHead, AuditTail, ChainedAuditEvent, StoreClosed
-from mwiproxy.auth.storage.chain import CHAIN_MIGRATED, GENESIS, fields_text, link_hash
+from mwiproxy.auth.storage.chain import (
+    CHAIN_MIGRATED,
+    GENESIS,
+    fields_text,
+    link_hash,
+    session_of,
+)
 
 log = logging.getLogger("mwiproxy.audit")
 
@@ -41,12 +47,6 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
 """ + _GUARD_SQL
 _ROW = "SELECT id, time, type, fields, prev_hash, hash FROM audit"
-
-
-def session_of(fields: dict[str, Any]) -> str | None:
-    """The value of the `session` column for an event's fields."""
-    value = fields.get("session") if isinstance(fields, dict) else None
-    return value if isinstance(value, str) else None
 
 
 def take_missing_guards(db: sqlite3.Connection) -> list[str]:

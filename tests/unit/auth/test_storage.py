@@ -102,6 +102,25 @@ def test_audit_batches_chain_and_query(storage):
     assert storage.audit_guards_missing() == []
 
 
+def test_audit_query_by_session(storage):
+    a, b = "a" * 32, "b" * 32
+    storage.append_audit_batch([
+        (NOW, "db.session.start", {"session": a}),
+        (NOW + 1, "db.session.start", {"session": b}),
+        (NOW + 2, "db.session.query", {"session": a, "query": "select 1"}),
+        (NOW + 3, "bot.renew", {"session": 7}),  # not a string: no session
+        (NOW + 4, "db.session.end", {"session": a})])
+    got = storage.query_audit(session=a)
+    assert [(e.event_id, e.type) for e in got] == [
+        (1, "db.session.start"), (3, "db.session.query"), (5, "db.session.end")]
+    assert [e.event_id for e in storage.query_audit(session=a, types=["db.session.end"])] == [5]
+    assert [e.event_id for e in storage.query_audit(session=a, limit=2)] == [3, 5]
+    assert [e.event_id for e in storage.query_audit(session=b, since=NOW + 2)] == []
+    assert storage.query_audit(session="c" * 32) == []
+    tail, events = storage.audit_chain()
+    assert verify_chain(tail, events).intact
+
+
 def test_a_second_instance_continues_the_chain(open_storage):
     one = open_storage()
     one.append_audit_batch([(NOW, "a", {})])
