@@ -460,11 +460,13 @@ def _setup_failed(conn: Connection, error: CredentialsError | UpstreamFailed) ->
 
 
 def _mysql_refusal(error: Exception) -> bytes:
-    """A local failure as the ERR packet a MySQL client expects in place of the greeting."""
+    """A local failure as the ERR packet a MySQL client expects in place of the greeting
+    (server error codes only: the MariaDB client reads a client code such as 2003 in a
+    server's ERR packet as a malformed packet and drops the message)."""
     refused = isinstance(error, CredentialsError) or (
         isinstance(error, UpstreamFailed) and error.sqlstate == pg.INVALID_AUTHORIZATION)
     code, state = ((mysql.ER_ACCESS_DENIED, mysql.ACCESS_DENIED_STATE) if refused
-                   else (mysql.CR_CONN_HOST_ERROR, mysql.GENERAL_ERROR_STATE))
+                   else (mysql.ER_UNKNOWN_ERROR, mysql.GENERAL_ERROR_STATE))
     return mysql.err_packet(code, state, f"mwibot local proxy: {error}")
 
 

@@ -83,7 +83,10 @@ NOT_ASCII = "only ASCII database names are accepted through mwiproxy"
 ER_DBACCESS_DENIED, DBACCESS_STATE = 1044, "42000"  # ER_DBACCESS_DENIED_ERROR
 ER_CONNECTION_KILLED, KILLED_STATE = mysql.ER_CONNECTION_KILLED, mysql.KILLED_STATE
 ER_NET_READ_ERROR, NET_STATE = 1158, "08S01"
-ER_CANT_CONNECT = 2003  # CR_CONN_HOST_ERROR
+# a database that cannot be reached: a server error code, as the client's own 2003
+# (CR_CONN_HOST_ERROR) in a server's ERR packet is shown by the MariaDB client as
+# "ERROR 2027 Received malformed packet", losing the reason
+ER_CANT_CONNECT = mysql.ER_UNKNOWN_ERROR
 
 _conn_ids = itertools.count(1)
 _ENDED = (mysql.ProtocolError, ssl.SSLError, OSError, TimeoutError,

@@ -420,8 +420,12 @@ def test_refusals_through_a_database_agent_are_mysql_err_packets(my, agent, agen
                           service=AGENT_DOWN)
     with pytest.raises(pymysql.err.OperationalError) as err:
         _connect(down)
-    assert err.value.args[0] == 2003, err.value.args  # as in-process (test_other_protocols)
+    assert err.value.args[0] == 1105, err.value.args  # as in-process (test_other_protocols)
     assert f"cannot reach database '{AGENT_DOWN}'" in err.value.args[1]
+    res = _cli(down, "select 1")  # the mysql client shows the reason, not "malformed"
+    assert f"ERROR 1105 (HY000) at line 1: cannot reach database '{AGENT_DOWN}'" in \
+        res.stderr or f"ERROR 1105 (HY000): cannot reach database '{AGENT_DOWN}'" in \
+        res.stderr, res.stderr
     starts = {e["db_service"]: e for e in my.audit("db.session.start")
               if e.get("user") in ("bot-my-agent-gina", "bot-my-agent-down")}
     assert "database refused" in starts[AGENT_MYSQL]["error"]

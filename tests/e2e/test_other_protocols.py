@@ -176,7 +176,7 @@ def test_mysql_is_served_and_refusals_are_in_mysql_format(others, pg_tunnel):
     allowed = others.started(others.proxy(others.issue("my-ok", MYSQL), MYSQL))
     message = _mysql_error(allowed)
     print("PyMySQL (allowed, no server):", message)
-    assert message.startswith("(2003, ") and f"cannot reach database '{MYSQL}'" in message
+    assert message.startswith("(1105, ") and f"cannot reach database '{MYSQL}'" in message
 
     demoted = others.issue("my-bob", MYSQL, move_to_role="bob-role")
     message = _mysql_error(others.started(others.proxy(demoted, MYSQL)))
@@ -258,7 +258,7 @@ def test_the_local_proxy_speaks_mysql_when_the_cluster_is_unreachable(others):
     lp = others.started(others.proxy(out, MYSQL, proxy_addr=f"127.0.0.1:{free_port()}"))
     message = _mysql_error(lp)
     print("PyMySQL (cluster down):", message)
-    assert message.startswith("(2003, ") and "mwibot local proxy: cannot reach the " \
+    assert message.startswith("(1105, ") and "mwibot local proxy: cannot reach the " \
         "cluster proxy" in message
     assert "cannot reach the cluster proxy" in lp.log.read_text()
 
