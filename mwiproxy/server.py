@@ -144,7 +144,8 @@ class Cluster:
         frontend = PostgresFrontend(self.auth, directory, self.sessions,
                                     self.own.inner_context, ping_interval=interval,
                                     startup_timeout=self._first_message_timeout,
-                                    metrics=self.metrics)
+                                    metrics=self.metrics,
+                                    query_wait=self.config.audit.query_backpressure == "wait")
         self.listener.route_tls(alpn.POSTGRES, frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve))
         redis_engines = EngineDirectory(redis, self.auth, self.own.link_context,

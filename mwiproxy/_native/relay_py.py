@@ -20,6 +20,7 @@ from mwiproxy.wire import ping
 
 from .counters import PyCounterTable, check_slot
 from .inspect_py import Gate
+from .pgaudit_py import AuditFeed
 from .relaytypes import (
     MONGO_MAX_MESSAGE,
     REASON_CLOSE_TIMEOUT,
@@ -31,6 +32,7 @@ from .relaytypes import (
     REASON_RESET_B,
     Framing,
     RelayStats,
+    check_audit,
     check_close_reason,
     check_inspect,
     check_max_message,
@@ -278,8 +280,13 @@ class Relay:
         on_held: Callable[[bytes | None], object] | None = None,
         inspect_allowed: tuple[str, ...] = (),
         inspect_max_message: int = MONGO_MAX_MESSAGE,
+        audit: str | None = None,
+        on_audit: Callable[[list[bytes]], object] | None = None,
+        audit_wait: bool = False,
     ) -> None:
         check_slot(counter_slot)
+        check_audit(audit, on_audit, inspect)
+        self._audit = None if audit is None or on_audit is None else AuditFeed(loop, on_audit)
         check_inspect(inspect, on_held, framed_b)
         mongo_allowed(inspect_allowed)
         check_max_message(inspect_max_message)
@@ -389,6 +396,11 @@ class Relay:
             if d.src.buffered():
                 self._loop.call_soon(self._on_readable, d)
 
+    @property
+    def audit_dropped(self) -> int:
+        """Audit records dropped (the native relay's, when the owner is behind): never here."""
+        return 0
+
     def stats(self) -> RelayStats:
         if self._dirs is None:
             return RelayStats(0, 0, 0, 0)
@@ -412,7 +424,7 @@ class Relay:
     def _on_readable(self, d: _Direction) -> None:
         if self._reason is not None or self._bye is not None or d.eof or d.blocked:
             return
-        if d.gate is not None and d.gate.paused:
+        if (d.gate is not None and d.gate.paused) or not _reading(d, self._audit):
             return
         try:
             data = d.src.recv()
@@ -425,12 +437,17 @@ class Relay:
             self._got_eof(d)
             return
         d.chunks += 1
+        if self._audit is not None:  # side a stops before a malformed message
+            data = self._audit.feed(d.src_side, data)
+            if d.src_side == 0 and self._audit.stopped:
+                self._loop.remove_reader(d.src.sock.fileno())
         if d.gate is not None:
             self._gate_out(d, d.gate.feed(data))
         else:
             d.pending = memoryview(data)
             self._flush(d)
-        if self._reason is None and not d.blocked and _reading(d) and d.src.buffered():
+        if self._reason is None and not d.blocked and _reading(d, self._audit) \
+                and d.src.buffered():
             self._loop.call_soon(self._on_readable, d)  # decrypted bytes wait inside TLS
 
     def _on_writable(self, d: _Direction) -> None:
@@ -464,7 +481,7 @@ class Relay:
         if d.blocked:
             d.blocked = False
             self._loop.remove_writer(d.dst.sock.fileno())
-            if not d.eof and _reading(d):
+            if not d.eof and _reading(d, self._audit):
                 self._loop.add_reader(d.src.sock.fileno(), self._on_readable, d)
                 if d.src.buffered():
                     self._loop.call_soon(self._on_readable, d)
@@ -630,13 +647,17 @@ class Relay:
             if self._bye is not None and end is self._ends[0]:
                 _discard_input(end.sock)
             end.sock.close()
+        if self._audit is not None:  # its last records go before on_done
+            self._audit.end()
         cb, self._on_done = self._on_done, None
         if cb is not None:
             self._loop.call_soon(cb, reason)  # like the native engine: never re-entrant
 
 
-def _reading(d: _Direction) -> bool:
-    """src is read: not while its gate waits for a verdict."""
+def _reading(d: _Direction, audit: AuditFeed | None = None) -> bool:
+    """src is read: not while its gate waits for a verdict, nor past a malformed message."""
+    if audit is not None and audit.stopped and d.src_side == 0:
+        return False
     return d.gate is None or not d.gate.paused
 
 

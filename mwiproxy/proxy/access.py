@@ -16,6 +16,7 @@ from mwiproxy.auth.roles import Role
 from mwiproxy.auth.service import AuthService
 from mwiproxy.identity import names
 from mwiproxy.identity.certs import DatabaseRoute, Identity
+from mwiproxy.proxy.queryaudit import QueryAuditPolicy, query_audit_policy
 
 NO_IDENTITY = ("no client certificate was presented: use the local proxy in tunnel mode "
                "(--tunnel), or give the client sslcert=DIR/tlscert and sslkey=DIR/key")
@@ -41,6 +42,8 @@ class Grant:
     roles: tuple[str, ...]
     # cut the session when its certificate expires (roles may opt out, see below)
     disconnect_at_expiry: bool = True
+    # what query audit records for it (role options query_audit, query_audit_parameters)
+    query_audit: QueryAuditPolicy = QueryAuditPolicy()
 
 
 def _check_route(caller: Identity, protocols: Container[str], served: Container[str]
@@ -105,7 +108,7 @@ def check_policy(auth: AuthService, caller: Identity, asked: DatabaseRoute) -> G
         code = "locked" if isinstance(e, DeniedByLock) else \
             "stale_generation" if isinstance(e, StaleGeneration) else "access_denied"
         raise Refusal(e.message, code) from None
-    return Grant(asked, tuple(names), disconnect_at_expiry(roles))
+    return Grant(asked, tuple(names), disconnect_at_expiry(roles), query_audit_policy(roles))
 
 
 def disconnect_at_expiry(roles: list[Role]) -> bool:
