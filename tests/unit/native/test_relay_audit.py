@@ -1,0 +1,96 @@
+"""Relay(audit="postgres", on_audit=...), both builds, below Pipe: both directions go
+through the query-audit tap unchanged, records come to the loop in batches (the last
+ones before on_done), a malformed client message never reaches side B, and the
+arguments an audited relay refuses."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from mwiproxy._native import REASON_CLOSED, REASON_EOF, REASON_PROTOCOL
+from mwiproxy._native.pgaudit_py import decode
+
+from . import pgauditkit as kit
+from .relaykit import Joined, recv_all, run
+
+
+class Records:
+    def __init__(self) -> None:
+        self.batches: list[list[bytes]] = []
+        self.came = asyncio.Event()
+
+    def __call__(self, records: list[bytes]) -> None:
+        self.batches.append(records)
+        self.came.set()
+
+    @property
+    def kinds(self) -> list[str]:
+        return [decode(r).kind for batch in self.batches for r in batch]
+
+    async def until(self, kind: str) -> None:
+        while kind not in self.kinds:
+            self.came.clear()
+            await asyncio.wait_for(self.came.wait(), 10)
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_statements_and_results_are_recorded_bytes_unchanged(relay_mod: Any, wait) -> None:
+    client = kit.query("select 1") + kit.parse("", "select $1") + kit.bind("", "", [b"7"]) \
+        + kit.execute() + kit.SYNC
+    server = kit.row(b"1") + kit.complete("SELECT 1") + kit.RFQ + kit.msg(b"1") \
+        + kit.msg(b"2") + kit.row(b"7") + kit.complete("SELECT 1") + kit.RFQ
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        got = Records()
+        j = Joined(relay_mod.Relay, loop, audit="postgres", on_audit=got, audit_wait=wait)
+        j.relay.start()
+        await loop.sock_sendall(j.a, client)
+        assert await recv_all(loop, j.b, len(client)) == client
+        await loop.sock_sendall(j.b, server)
+        assert await recv_all(loop, j.a, len(server)) == server
+        j.a.shutdown(1)
+        j.b.shutdown(1)
+        assert await asyncio.wait_for(j.done, 10) == REASON_EOF
+        await asyncio.sleep(0)
+        assert got.kinds == ["Q", "P", "B", "E", "R", "R"]  # the client ran ahead
+        assert j.relay.audit_dropped == 0
+        j.close()
+
+    run(body)
+
+
+def test_malformed_client_message_never_reaches_b(relay_mod: Any) -> None:
+    good = kit.query("select 1")
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        got = Records()
+        j = Joined(relay_mod.Relay, loop, audit="postgres", on_audit=got)
+        j.relay.start()
+        await loop.sock_sendall(j.a, good + b"Q\0\0\0\2" + b"never forwarded")
+        await got.until("M")
+        m = [decode(r) for batch in got.batches for r in batch if decode(r).kind == "M"][0]
+        assert m.n1 == len(good)
+        j.relay.close(b"bye", reason=REASON_PROTOCOL)
+        assert await asyncio.wait_for(j.done, 10) in (REASON_PROTOCOL, REASON_CLOSED)
+        assert await recv_all(loop, j.b) == good
+        assert await recv_all(loop, j.a) == b"bye"
+        j.close()
+
+    run(body)
+
+
+def test_audit_arguments_are_checked(relay_mod: Any) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        for kw in ({"audit": "mysql", "on_audit": print}, {"audit": "postgres"},
+                   {"audit": "postgres", "on_audit": print, "inspect": "resp",
+                    "on_held": print}):
+            with pytest.raises(ValueError):
+                Joined(relay_mod.Relay, loop, **kw)
+
+    run(body)
