@@ -178,6 +178,8 @@ class AuditConfig:
     # query audit: when the audit sink falls behind, drop records (counted, audited as
     # audit.query.dropped) or make the session wait (its relay stops reading)
     query_backpressure: Literal["drop", "wait"] = "drop"
+    # the cluster-wide switch over query audit (roles choose per session within it)
+    queries: bool = True
 
 
 @dataclass

@@ -70,9 +70,11 @@ class PostgresFrontend(DbFrontend):
                  sessions: SessionRegistry, inner_tls: Callable[[], _native.TLSContext],
                  ping_interval: float | None = None,
                  startup_timeout: float = STARTUP_TIMEOUT,
-                 metrics: NoopProxyMetrics | None = None, query_wait: bool = False) -> None:
+                 metrics: NoopProxyMetrics | None = None, query_audit: bool = True,
+                 query_wait: bool = False) -> None:
         super().__init__(auth, sessions, inner_tls, ping_interval, metrics)
         self._startup_timeout = startup_timeout
+        self._query_audit_on = query_audit  # audit.queries
         self._query_wait = query_wait  # audit.query_backpressure: wait
         self._engines = engines
 
@@ -215,7 +217,7 @@ class PostgresFrontend(DbFrontend):
         """The session's query audit (None: its roles turned it off). The client's
         stream is parsed after the startup, from its first regular message (the
         tunnel's, or the client's own TLS terminated here: the plaintext either way)."""
-        if not policy.enabled:
+        if not (self._query_audit_on and policy.enabled):
             return None
         who = {**self.who(session), "session": session_audit_id(session),
                "session_id": session.session_id}
