@@ -47,6 +47,15 @@ def test_psql_simple_query_has_a_result_summary(topo, tunnel):
     assert ev["session"] and ev["query_redacted"] is False and ev["truncated"] is False
 
 
+def test_non_tunnel_mode_is_audited_too(topo, passthrough, alice_out):
+    m = _marker()
+    with psycopg.connect(topo.dsn(passthrough, alice_out)) as conn:
+        assert conn.info.pgconn.ssl_in_use  # the client's own TLS, ended at the cluster
+        assert conn.execute(f"select 3 as {m}").fetchone() == (3,)
+    [ev] = _wait_events(topo, "db.session.query", m)
+    assert ev["rows"] == 1 and ev["status"] == "ok"
+
+
 def test_psycopg_extended_protocol_and_hashed_parameters(topo, tunnel):
     m = _marker()
     with psycopg.connect(topo.dsn(tunnel)) as conn:

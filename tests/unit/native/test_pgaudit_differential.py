@@ -27,6 +27,7 @@ except ImportError:
     CTap = None
 
 LONG_N = int(os.environ.get("MWIPROXY_PGAUDIT_FUZZ", "1500"))
+LONG_SEED = int(os.environ.get("MWIPROXY_PGAUDIT_FUZZ_SEED", "11"))  # split a long run
 native = [pytest.mark.native_only, pytest.mark.skipif(CTap is None, reason="extension not built")]
 TAPS = [pytest.param(pgaudit_py.Tap, id="py"),
         pytest.param(CTap, id="native", marks=native)]
@@ -108,7 +109,7 @@ def test_native_matches_twin_on_mutated_input():
 @pytest.mark.native_only
 @pytest.mark.skipif(CTap is None, reason="extension not built")
 def test_native_matches_twin_long():
-    _fuzz(LONG_N, 11)
+    _fuzz(LONG_N, LONG_SEED)
 
 
 @pytest.mark.native_only

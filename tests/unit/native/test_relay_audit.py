@@ -6,6 +6,9 @@ arguments an audited relay refuses."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -94,3 +97,52 @@ def test_audit_arguments_are_checked(relay_mod: Any) -> None:
                 Joined(relay_mod.Relay, loop, **kw)
 
     run(body)
+
+
+@pytest.mark.native_only
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_loop_behind_drops_records_or_makes_the_relay_wait(wait) -> None:
+    """The loop stops taking records for a while (blocked) as a client pipelines 60,000
+    queries: records beyond the engine's buffer are dropped and counted, or, in wait
+    mode, the relay stops reading until they are taken and none is lost."""
+    relay_mod = pytest.importorskip("mwiproxy._native._relay")
+    n = 60_000
+    stream = kit.query("select 1") * n
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        got = Records()
+        j = Joined(relay_mod.Relay, loop, audit="postgres", on_audit=got, audit_wait=wait)
+        j.relay.start()
+        j.a.setblocking(True)
+        j.b.setblocking(True)
+        sender = threading.Thread(target=j.a.sendall, args=(stream,))
+        drained = bytearray()
+
+        def drain() -> None:
+            while len(drained) < len(stream):
+                chunk = j.b.recv(1 << 20)
+                if not chunk:
+                    return
+                drained.extend(chunk)
+        reader = threading.Thread(target=drain)
+        sender.start()
+        reader.start()
+        time.sleep(3)  # the loop is blocked: no record is taken meanwhile
+        while reader.is_alive():
+            await asyncio.sleep(0.05)
+        sender.join()
+        assert bytes(drained) == stream
+        j.a.shutdown(socket.SHUT_WR)
+        j.b.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(j.done, 30)
+        await asyncio.sleep(0)
+        recorded = got.kinds.count("Q")
+        if wait:
+            assert recorded == n and j.relay.audit_dropped == 0
+        else:
+            assert j.relay.audit_dropped > 0 and recorded < n
+            assert recorded + j.relay.audit_dropped >= n  # Q and unfinished R records
+        j.close()
+
+    run(body, timeout=120)
