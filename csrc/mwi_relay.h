@@ -117,8 +117,10 @@ int mwi_relay_set_inspect_mongo(mwi_relay *r, const uint8_t *allowed, size_t len
 /* Before start: a copy of both directions' plaintext (side A's after TLS and -ping
  * deframing, side B's as read) goes through the query-audit tap of protocol `proto`
  * (MWI_AUDIT_POSTGRES: csrc/mwi_pgaudit.h), whose records the owner takes in bulk from
- * the engine (mwi_engine_audit_take). A malformed message of side A never reaches B:
- * reading A stops there (the owner hears of it through its record and closes the relay).
+ * the engine (mwi_engine_audit_take). A malformed message of side A stops reading A
+ * where it shows: the chunk it shows in goes on to B only up to the message's start (its
+ * bytes read in earlier chunks, a header at most for a bad length or type, have gone);
+ * the owner hears of it through its record and closes the relay.
  * `wait`: the relay stops reading while the engine's records wait for the owner (over
  * half of the buffer), instead of dropping records that do not fit. Such a relay uses
  * buffers, never splice; not with mwi_relay_set_inspect. 0, EINVAL or ENOMEM. */

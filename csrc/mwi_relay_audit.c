@@ -118,7 +118,7 @@ size_t relay_audit_feed(mwi_relay *r, int side, const uint8_t *p, size_t n)
         r->audit_stop = MWI_AUDIT_STOP_NOMEM;
         return n;
     }
-    if (side == 0 && (size_t)k < n) {  /* a malformed message: it never reaches B */
+    if (side == 0 && (size_t)k < n) {  /* a malformed message: not past its start */
         r->audit_stop = MWI_AUDIT_STOP_MALFORMED;
         return (size_t)k;
     }

@@ -63,8 +63,8 @@ class Audit:
     """Both directions' plaintext through the query-audit tap of `protocol` (natively:
     csrc/mwi_pgaudit.h; twin _native/pgaudit_py.py): `on_records(records)` runs on the
     loop with its records in batches (never per message), the last ones before the pipe
-    ends. A malformed message of side a never reaches b: reading a stops there and its
-    record says so (the owner closes the pipe). `wait`: the relay stops reading while
+    ends. A malformed message of side a stops reading a where it shows (what of it was
+    read in earlier chunks has gone on) and its record says so (the owner closes the pipe). `wait`: the relay stops reading while
     records wait for the loop, rather than drop those that do not fit (counted:
     PipeStats.audit_dropped)."""
 

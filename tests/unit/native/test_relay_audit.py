@@ -1,6 +1,6 @@
 """Relay(audit="postgres", on_audit=...), both builds, below Pipe: both directions go
 through the query-audit tap unchanged, records come to the loop in batches (the last
-ones before on_done), a malformed client message never reaches side B, and the
+ones before on_done), a malformed client message stops side A before it, and the
 arguments an audited relay refuses."""
 
 from __future__ import annotations
