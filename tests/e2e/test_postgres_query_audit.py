@@ -12,6 +12,7 @@ import uuid
 import psycopg
 import pytest
 
+from mwiproxy.devkit.agent import AGENT_SERVICE, Agent, db_token
 from mwiproxy.wire import postgres as pg
 from tests.e2e.conftest import wait_for
 
@@ -54,6 +55,24 @@ def test_non_tunnel_mode_is_audited_too(topo, passthrough, alice_out):
         assert conn.execute(f"select 3 as {m}").fetchone() == (3,)
     [ev] = _wait_events(topo, "db.session.query", m)
     assert ev["rows"] == 1 and ev["status"] == "ok"
+
+
+def test_agent_served_database_is_audited_at_the_cluster(topo):
+    """The cluster's relay has the client's plaintext and the agent link's (the
+    database's protocol): the same tap serves databases behind an agent."""
+    agent = Agent(topo, "qa")
+    agent.start(token=db_token(topo))
+    try:
+        out = topo.bot_output("qa-via-agent", service=AGENT_SERVICE)
+        lp = topo.local_proxy(out, tunnel=True, service=AGENT_SERVICE)
+        m = _marker()
+        res = topo.psql(topo.dsn(lp), f"select 1 as {m}")
+        assert res.returncode == 0, res.stderr
+        [ev] = _wait_events(topo, "db.session.query", m)
+        assert ev["db_service"] == AGENT_SERVICE and ev["rows"] == 1
+        lp.stop()
+    finally:
+        agent.stop()
 
 
 def test_psycopg_extended_protocol_and_hashed_parameters(topo, tunnel):
