@@ -3,14 +3,16 @@ its twin _native/pgaudit_py.py, record for record, on the same sessions in rando
 chunkings and on mutated and random input; plus what the records must say.
 
 The long run is this file with MWIPROXY_PGAUDIT_FUZZ=1000000 (inputs); CI runs it short:
-    MWIPROXY_PGAUDIT_FUZZ=1000000 python3 -m pytest -q -p no:cacheprovider \\
+    MWIPROXY_PGAUDIT_FUZZ=1000000 python3 -m pytest -q -s -p no:cacheprovider --timeout 0 \\
         tests/unit/native/test_pgaudit_differential.py -k long
+(MWIPROXY_PGAUDIT_FUZZ_SEED splits it into runs with different inputs.)
 """
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -94,7 +96,9 @@ def _mutated_chunks(rng: random.Random) -> list[kit.Chunk]:
 
 def _fuzz(n: int, seed: int) -> None:
     rng = random.Random(seed)
-    for _ in range(n):
+    for i in range(n):
+        if i and i % 50_000 == 0:  # the long run's progress (seen with -s)
+            print(f"{i} inputs agree", file=sys.stderr, flush=True)
         chunks = _mutated_chunks(rng) if rng.random() < 0.8 else [
             (rng.randrange(2), rng.randbytes(rng.randrange(1, 64))) for _ in range(4)]
         assert _records(CTap, chunks) == _records(pgaudit_py.Tap, chunks), chunks
