@@ -97,6 +97,20 @@ def _text(field: tuple[int, bytes | None]) -> str:
     return (field[1] or b"").decode("utf-8", "replace")
 
 
+# the same statements come again and again (prepared or not): each is redacted once
+_REDACTED: dict[bytes, tuple[str, bool]] = {}
+REDACT_CACHE = 512
+
+
+def _redacted(text: bytes) -> tuple[str, bool]:
+    done = _REDACTED.get(text)
+    if done is None:
+        if len(_REDACTED) >= REDACT_CACHE:
+            _REDACTED.clear()
+        done = _REDACTED[text] = redact_statement(text.decode("utf-8", "replace"))
+    return done
+
+
 class QueryAudit:
     """One session's records → events. `who`: the fields every event carries (session,
     identity, db_user, db_name, ...); `emit(type, **fields)`: the audit log's."""
@@ -141,7 +155,7 @@ class QueryAudit:
         self._emit(type_, **self._who, **fields)
 
     def _statement(self, field: tuple[int, bytes | None], truncated: bool) -> dict[str, Any]:
-        query, redacted = redact_statement(_text(field))
+        query, redacted = _redacted(field[1] or b"")
         return {"query": query, "query_redacted": redacted,
                 "truncated": truncated and field[0] > len(field[1] or b""),
                 "query_len": field[0]}
