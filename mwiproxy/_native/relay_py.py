@@ -441,6 +441,8 @@ class Relay:
             data = self._audit.feed(d.src_side, data)
             if d.src_side == 0 and self._audit.stopped:
                 self._loop.remove_reader(d.src.sock.fileno())
+                if not data:  # nothing of this chunk goes on
+                    return
         if d.gate is not None:
             self._gate_out(d, d.gate.feed(data))
         else:
