@@ -6,7 +6,8 @@ Two topologies run side by side (each its own PostgreSQL, cluster and tunnel-mod
 proxy; the same scale), identical but for the cluster option `audit.queries`. Cells:
 select-only and TPC-B at --clients clients, interleaved on/off, each repeated --runs
 times; medians of TPS and per-transaction p50 (pgbench -l). Prints a Markdown table with
-the ratios and the machine's load average (other work on the box shows there), and the
+the ratios, the CPU per transaction of the local proxy and cluster processes
+(/proc/PID/stat), and the machine's load average (other work on the box shows there), and the
 count of db.session.query events the "on" side stored.
 """
 
@@ -79,16 +80,20 @@ def main(argv: list[str] | None = None) -> int:
         events = _stored(on_topo, "db.session.query")
         overflows = _stored(on_topo, "audit.overflow") + _stored(on_topo, "audit.query.dropped")
     load_after = os.getloadavg()
-    print("| cell | TPS off | TPS on | on/off | p50 off (ms) | p50 on (ms) | p50 added |")
-    print("|---|---|---|---|---|---|---|")
+    print("| cell | TPS off | TPS on | on/off | p50 off (ms) | p50 on (ms) | p50 added "
+          "| proxies' CPU µs/tx off | on |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for cell in cells:
         off_s, on_s = results[(cell.name, "off")], results[(cell.name, "on")]
         tps_off = statistics.median(s.tps for s in off_s)
         tps_on = statistics.median(s.tps for s in on_s)
         p50_off = statistics.median(s.p50_ms for s in off_s)
         p50_on = statistics.median(s.p50_ms for s in on_s)
+        cpu_off = statistics.median(s.cpu_us_per_tx for s in off_s)
+        cpu_on = statistics.median(s.cpu_us_per_tx for s in on_s)
         print(f"| {cell.name} | {tps_off:.0f} | {tps_on:.0f} | {tps_on / tps_off:.2f}x | "
-              f"{p50_off:.3f} | {p50_on:.3f} | {100 * (p50_on / p50_off - 1):+.1f} % |")
+              f"{p50_off:.3f} | {p50_on:.3f} | {100 * (p50_on / p50_off - 1):+.1f} % | "
+              f"{cpu_off:.0f} | {cpu_on:.0f} |")
     print(f"\n{args.runs} runs x {args.seconds} s per cell, medians; db.session.query events "
           f"stored by the audited side: {events} (audit.overflow / audit.query.dropped "
           f"events: {overflows}); load average (1, 5, 15 min) before "
