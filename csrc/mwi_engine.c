@@ -191,6 +191,8 @@ static void ready_add(mwi_engine *eng, mwi_relay *r)
     eng->nready++;
 }
 
+void engine_ready(mwi_engine *eng, mwi_relay *r) { ready_add(eng, r); }
+
 static void ready_unlink(mwi_engine *eng, mwi_relay *r)
 {
     if (!r->ready) return;
@@ -219,6 +221,7 @@ void engine_forget(mwi_engine *eng, mwi_relay *r)
 static void relay_free(mwi_relay *r)
 {
     relay_inspect_free(r);
+    relay_audit_free(r);
     free(r->cmd_bye);
     free(r->bye);
     free(r);
@@ -349,6 +352,7 @@ static void *worker_main(void *arg)
             if (evs[i].data.ptr == &eng->wake_fd) {
                 eventfd_clear(eng->wake_fd);
                 stop = handle_commands(eng);
+                engine_audit_resume(eng);
             } else if ((evs[i].data.u64 & MWI_TAG_MASK) >= MWI_TAG_ACCEPTOR) {
                 accept_event(eng, evs[i].data.u64, evs[i].events);
             } else if (r->state == RS_LIVE && relay_pump(r, side, evs[i].events)) {
@@ -469,6 +473,7 @@ void mwi_engine_free(mwi_engine *eng)
     free(eng->pool.pipes);
     free(eng->pool.bufs);
     free(eng->heap);
+    engine_audit_free(eng);
     if (eng->epfd >= 0) close(eng->epfd);
     if (eng->wake_fd >= 0) close(eng->wake_fd);
     if (eng->done_fd >= 0) close(eng->done_fd);

@@ -115,6 +115,23 @@ int mwi_relay_set_inspect(mwi_relay *r, int proto);
  * message that passes the framer's judge goes on with no word to the owner. */
 int mwi_relay_set_inspect_mongo(mwi_relay *r, const uint8_t *allowed, size_t len,
                                 uint32_t max_message);
+/* Before start: a copy of both directions' plaintext (side A's after TLS and -ping
+ * deframing, side B's as read) goes through the query-audit tap of protocol `proto`
+ * (MWI_AUDIT_POSTGRES: csrc/mwi_pgaudit.h), whose records the owner takes in bulk from
+ * the engine (mwi_engine_audit_take). A malformed message of side A stops reading A
+ * where it shows: the chunk it shows in goes on to B only up to the message's start (its
+ * bytes read in earlier chunks, a header at most for a bad length or type, have gone);
+ * the owner hears of it through its record and closes the relay.
+ * `wait`: the relay stops reading while the engine's records wait for the owner (over
+ * half of the buffer), instead of dropping records that do not fit. Such a relay uses
+ * buffers, never splice; not with mwi_relay_set_inspect. 0, EINVAL or ENOMEM. */
+#define MWI_AUDIT_POSTGRES 1
+int mwi_relay_set_audit(mwi_relay *r, int proto, int wait);
+/* Owner: the records written since the last take, `*out` valid until the next take:
+ * entries of u32 record length (host order), u64 relay user (host order), the record. */
+size_t mwi_engine_audit_take(mwi_engine *eng, const uint8_t **out);
+uint64_t mwi_engine_audit_dropped(mwi_engine *eng);   /* records that did not fit, all */
+uint64_t mwi_relay_audit_dropped(const mwi_relay *r); /* ... of this relay (once done) */
 int mwi_relay_start(mwi_relay *r);               /* 0, or errno (fds not sockets, ...) */
 void mwi_relay_close(mwi_relay *r);              /* ask to end; finishes as CLOSED */
 /* Ask to end after telling side A why (a protocol's own error message, e.g. a PostgreSQL

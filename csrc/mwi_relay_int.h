@@ -13,6 +13,7 @@
 
 #include "mwi_frame.h"
 #include "mwi_inspect.h"
+#include "mwi_pgaudit.h"
 
 /* epoll data: a relay pointer with the side in bit 0, or an acceptor's objects (mwi_accept.c)
  * tagged in the two low bits (every pointer here comes from calloc: 16-byte aligned) */
@@ -123,8 +124,17 @@ struct mwi_relay {
     uint8_t *ans;
     size_t ans_len, ans_off;
     mwi_relay *held_next;     /* worker list eng->held_new, then eng->held_head */
+    /* query audit (mwi_relay_set_audit, mwi_relay_audit.c) */
+    mwi_pgaudit *pga;
+    uint8_t audit_wait, audit_paused, audit_stop;   /* audit_stop: MWI_AUDIT_STOP_* */
+    uint64_t audit_dropped;   /* the tap's dropped records, once finished */
     uint64_t user;
 };
+
+#define MWI_AUDIT_STOP_MALFORMED 1   /* side A broke the protocol: no more is read */
+#define MWI_AUDIT_STOP_NOMEM 2
+
+typedef struct mwi_audit_ring mwi_audit_ring;
 
 typedef struct mwi_pool {
     int (*pipes)[3];                  /* read end, write end, capacity */
@@ -162,6 +172,7 @@ struct mwi_engine {
     /* counter slots: written by the worker only (relaxed atomic stores: one writer),
      * read by anyone with relaxed atomic loads */
     uint64_t counters[MWI_COUNTER_SLOTS][2];
+    mwi_audit_ring *audit;            /* query-audit records (mwi_relay_audit.c), or NULL */
 };
 
 /* mwi_relay.c, called by the worker with the epoll events seen on fd[side]
@@ -206,7 +217,19 @@ int relay_verdict_apply(mwi_relay *r);
 /* the worker: from the next message on, a mongodb framer lets none pass natively */
 void relay_inspect_hold_all(mwi_relay *r);
 
+/* mwi_relay_audit.c: the tap sees what fill() read (side 0 after deframing) and returns
+ * how much of it goes on; relay_audit_paused says a wait-mode relay must not read now;
+ * relay_audit_end closes the tap's outstanding requests as the relay finishes;
+ * engine_audit_resume (worker, on wake) runs again the relays paused until a take. */
+size_t relay_audit_feed(mwi_relay *r, int side, const uint8_t *p, size_t n);
+int relay_audit_paused(mwi_relay *r);
+void relay_audit_end(mwi_relay *r);
+void relay_audit_free(mwi_relay *r);
+void engine_audit_resume(mwi_engine *eng);
+void engine_audit_free(mwi_engine *eng);
+
 /* mwi_engine.c, called by the pump */
+void engine_ready(mwi_engine *eng, mwi_relay *r);   /* run it again before sleeping */
 int pool_get_pipe(mwi_engine *eng, mwi_dir *d);
 void pool_put_pipe(mwi_engine *eng, mwi_dir *d);
 int pool_get_buf(mwi_engine *eng, mwi_dir *d);

@@ -43,6 +43,7 @@ from mwiproxy.metrics.registry import process_registry
 from mwiproxy.process import binding
 from mwiproxy.process.lifecycle import Signals, serve
 from mwiproxy.process.pidfile import DataDirLock, PidFile
+from mwiproxy.proxy import queryaudit
 from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import ProxyListener, listener_limits
 from mwiproxy.proxy.mongodb import MongoFrontend
@@ -146,7 +147,10 @@ class Cluster:
         frontend = PostgresFrontend(self.auth, directory, self.sessions,
                                     self.own.inner_context, ping_interval=interval,
                                     startup_timeout=self._first_message_timeout,
-                                    metrics=self.metrics)
+                                    metrics=self.metrics,
+                                    query_audit=self.config.audit.queries,
+                                    query_wait=self.config.audit.query_backpressure == "wait",
+                                    param_key=queryaudit.param_key(self.auth.storage))
         self.listener.route_tls(alpn.POSTGRES, frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve))
         redis_engines = EngineDirectory(redis, self.auth, self.own.link_context,

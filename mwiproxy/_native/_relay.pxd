@@ -106,6 +106,24 @@ cdef extern from "mwi_relay.h" nogil:
     mwi_relay_reason mwi_relay_reason_get(const mwi_relay *r)
     int mwi_relay_errno(const mwi_relay *r)
     const char *mwi_relay_reason_name(mwi_relay_reason reason)
+    enum:
+        MWI_AUDIT_POSTGRES
+    int mwi_relay_set_audit(mwi_relay *r, int proto, int wait)
+    size_t mwi_engine_audit_take(mwi_engine *eng, const unsigned char **out)
+    uint64_t mwi_engine_audit_dropped(mwi_engine *eng)
+    uint64_t mwi_relay_audit_dropped(const mwi_relay *r)
+
+
+cdef extern from "mwi_pgaudit.h":
+    ctypedef int (*mwi_pga_emit_fn)(void *ctx, const unsigned char *rec, size_t len) noexcept
+    ctypedef struct mwi_pgaudit:
+        unsigned char dead
+        uint64_t dropped
+    void mwi_pgaudit_init(mwi_pgaudit *t, mwi_pga_emit_fn emit, void *ctx)
+    void mwi_pgaudit_free(mwi_pgaudit *t)
+    long mwi_pgaudit_feed(mwi_pgaudit *t, int side, const unsigned char *p, size_t n,
+                          uint64_t now_ns)
+    void mwi_pgaudit_end(mwi_pgaudit *t, uint64_t now_ns)
 
 
 cdef extern from "mwi_accept.h" nogil:
@@ -190,6 +208,9 @@ cdef class Engine:
     cdef int done_fd
     cdef readonly object counters   # counters.CounterTable, reading through a _SlotReader
     cdef _SlotReader reader
+    cdef int audited                # audited relays running: the drain timer runs
+    cdef object audit_timer
+    cdef void _take_audit(self, dict ended)
 
 
 cdef class _SlotReader:
@@ -207,10 +228,18 @@ cdef class Relay:
     cdef bint started
     cdef uint64_t rid
     cdef object on_held
+    cdef object on_audit
+    cdef uint64_t _audit_dropped
+    cdef void _audit(self, list records)
     cdef object _stats_now(self)
     cdef void _finished(self, str reason, int err)
     cdef void _held(self)
     cdef void _resume_with(self, int side, bytes data) except *
+
+
+cdef class PgAuditTap:
+    cdef mwi_pgaudit t
+    cdef readonly list records
 
 
 cdef class Framer:

@@ -13,14 +13,17 @@ relay gets its on_done(reason) call there. Nothing here runs per chunk.
 cimport cython
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 import os
 import weakref
 
 from mwiproxy._native.counters import SLOTS, CounterTable, check_slot
 from mwiproxy._native.relaytypes import (
+    AUDIT_PROTOCOLS,
     REASON_CLOSED,
     RelayStats,
+    check_audit,
     check_close_reason,
     check_inspect,
     timeout_ms,
@@ -34,6 +37,7 @@ _engines: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 include "_tls.pxi"
 include "_accept.pxi"
 include "_inspect.pxi"
+include "_pgaudit.pxi"
 
 
 cdef class Engine:
@@ -87,16 +91,55 @@ cdef class Engine:
             relay = self.running.get(mwi_relay_user(r))
             if relay is not None:
                 relay._held()
+        ended = {}
         while True:
             r = mwi_engine_pop_done(self.eng)
             if r == NULL:
-                return
+                break
             relay = self.running.pop(mwi_relay_user(r), None)
             if relay is None:   # its Python object is gone (engine teardown): just free it
                 mwi_relay_release(r)
                 continue
-            relay._finished(mwi_relay_reason_name(mwi_relay_reason_get(r)).decode("ascii"),
-                            mwi_relay_errno(r))
+            ended[relay.rid] = (relay, mwi_relay_reason_name(
+                mwi_relay_reason_get(r)).decode("ascii"), mwi_relay_errno(r))
+        # the records of relays that ended were written before they were done: all here
+        self._take_audit(ended)
+        for relay, reason, err in ended.values():
+            relay._finished(reason, err)
+
+    cdef void _take_audit(self, dict ended):
+        """Hand the engine's audit records to their relays, one call per relay."""
+        cdef const unsigned char *p = NULL
+        cdef size_t n, off = 0
+        cdef uint32_t rlen
+        cdef uint64_t user
+        cdef Relay relay
+        if self.eng == NULL or self.audited == 0 and not ended:
+            return
+        n = mwi_engine_audit_take(self.eng, &p)
+        batches = {}
+        while off + 12 <= n:
+            memcpy(&rlen, p + off, 4)
+            memcpy(&user, p + off + 4, 8)
+            batches.setdefault(user, []).append(p[off + 12:off + 12 + rlen])
+            off += 12 + rlen
+        for user, records in batches.items():
+            relay = self.running.get(user)
+            if relay is None and user in ended:
+                relay = ended[user][0]
+            if relay is not None:
+                relay._audit(records)
+
+    def _audit_tick(self):
+        self.audit_timer = None
+        self._take_audit({})
+        self._arm_audit_timer()
+
+    def _arm_audit_timer(self):
+        loop = self.loop_ref()
+        if self.audited > 0 and self.audit_timer is None and loop is not None \
+                and not loop.is_closed():
+            self.audit_timer = loop.call_later(AUDIT_DRAIN_INTERVAL, self._audit_tick)
 
     def close(self):
         """Stop the worker; relays still running end as "closed"."""
@@ -107,6 +150,9 @@ cdef class Engine:
         loop = self.loop_ref()
         if loop is not None and not loop.is_closed():
             loop.remove_reader(self.done_fd)
+        if self.audit_timer is not None:
+            self.audit_timer.cancel()
+            self.audit_timer = None
         self._drain()
         for relay in self.running.values():
             relay._final = relay._stats_now()
@@ -175,11 +221,19 @@ cdef class Relay:
     marked ones held (csrc/mwi_inspect.h): reading A pauses and on_held(message) is called
     on the loop (None: A broke the framing); then resume(), or close(farewell, reason=...).
     mongodb: inspect_allowed (the `$db` names that pass natively), inspect_max_message.
-    Side B must not be framed then."""
+    Side B must not be framed then.
+
+    audit ("postgres"): both directions' plaintext goes through the query-audit tap
+    (csrc/mwi_pgaudit.h); on_audit(records) is called on the loop with the records (bytes
+    each, pgaudit_py.decode reads them) in batches: when the engine's buffer fills, on a
+    timer (AUDIT_DRAIN_INTERVAL) and before on_done. A malformed message of side A never
+    reaches B (reading A stops; its record says so: close the relay). audit_wait: stop
+    reading while records wait, rather than drop those that do not fit. Not with inspect."""
 
     def __init__(self, loop, a, b, on_done=None, idle_timeout=None, close_timeout=None,
                  framed_a=None, framed_b=None, counter_slot=None, inspect=None,
-                 on_held=None, inspect_allowed=(), inspect_max_message=MONGO_MAX_MESSAGE):
+                 on_held=None, inspect_allowed=(), inspect_max_message=MONGO_MAX_MESSAGE,
+                 audit=None, on_audit=None, audit_wait=False):
         cdef Engine engine = engine_for(loop)
         cdef uint32_t idle = timeout_ms(idle_timeout)
         cdef uint32_t closing = timeout_ms(close_timeout)
@@ -189,6 +243,7 @@ cdef class Relay:
         cdef int proto = check_inspect(inspect, on_held, framed_b)
         cdef bytes allowed = mongo_allowed(inspect_allowed)
         cdef uint32_t max_message = check_max_message(inspect_max_message)
+        cdef int audit_proto = check_audit(audit, on_audit, inspect)
         check_slot(counter_slot)
         if fd_a < 0 or fd_b < 0 or fd_a == fd_b:
             raise ValueError("two distinct open fds are needed")
@@ -223,6 +278,10 @@ cdef class Relay:
                     max_message) != 0:
                 raise MemoryError()
             self.on_held = on_held
+        if audit_proto:
+            if mwi_relay_set_audit(self.r, audit_proto, bool(audit_wait)) != 0:
+                raise MemoryError()
+            self.on_audit = on_audit
 
     def __dealloc__(self):
         # A relay the worker never saw is ours to free; a started one belongs to the
@@ -240,6 +299,26 @@ cdef class Relay:
             raise OSError(err, os.strerror(err))
         self.started = True
         self.engine.running[self.rid] = self
+        if self.on_audit is not None:
+            self.engine.audited += 1
+            self.engine._arm_audit_timer()
+
+    @property
+    def audit_dropped(self):
+        """Audit records of this relay dropped because the owner was behind (once done)."""
+        return self._audit_dropped
+
+    cdef void _audit(self, list records):
+        if self.on_audit is None:
+            return
+        try:
+            self.on_audit(records)
+        except BaseException as exc:
+            loop = self.engine.loop_ref()
+            if loop is None:
+                raise
+            loop.call_exception_handler({"message": "relay on_audit callback failed",
+                                         "exception": exc})
 
     def close(self, farewell_a=b"", reason=REASON_CLOSED):
         """Ask the relay to end; on_done("closed") follows unless it ended already.
@@ -336,8 +415,11 @@ cdef class Relay:
                                          "exception": exc})
 
     cdef void _finished(self, str reason, int err):
+        if self.on_audit is not None and self.started:
+            self.engine.audited -= 1
         if self.r != NULL:
             self._final = self._stats_now()
+            self._audit_dropped = mwi_relay_audit_dropped(self.r)
             mwi_relay_release(self.r)
             self.r = NULL
         self._reason = reason

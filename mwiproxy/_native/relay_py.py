@@ -20,6 +20,7 @@ from mwiproxy.wire import ping
 
 from .counters import PyCounterTable, check_slot
 from .inspect_py import Gate
+from .pgaudit_py import AuditFeed
 from .relay_held_py import HeldVerdicts
 from .relaytypes import (
     MONGO_MAX_MESSAGE,
@@ -32,6 +33,7 @@ from .relaytypes import (
     REASON_RESET_B,
     Framing,
     RelayStats,
+    check_audit,
     check_close_reason,
     check_inspect,
     check_max_message,
@@ -281,8 +283,13 @@ class Relay(HeldVerdicts):
         on_held: Callable[[bytes | None], object] | None = None,
         inspect_allowed: tuple[str, ...] = (),
         inspect_max_message: int = MONGO_MAX_MESSAGE,
+        audit: str | None = None,
+        on_audit: Callable[[list[bytes]], object] | None = None,
+        audit_wait: bool = False,
     ) -> None:
         check_slot(counter_slot)
+        check_audit(audit, on_audit, inspect)
+        self._audit = None if audit is None or on_audit is None else AuditFeed(loop, on_audit)
         check_inspect(inspect, on_held, framed_b)
         mongo_allowed(inspect_allowed)
         check_max_message(inspect_max_message)
@@ -378,6 +385,11 @@ class Relay(HeldVerdicts):
             return
         self._say_farewell(bye)
 
+    @property
+    def audit_dropped(self) -> int:
+        """Audit records dropped (the native relay's, when the owner is behind): never here."""
+        return 0
+
     def stats(self) -> RelayStats:
         if self._dirs is None:
             return RelayStats(0, 0, 0, 0)
@@ -401,7 +413,7 @@ class Relay(HeldVerdicts):
     def _on_readable(self, d: _Direction) -> None:
         if self._reason is not None or self._bye is not None or d.eof or d.blocked:
             return
-        if d.gate is not None and d.gate.paused:
+        if (d.gate is not None and d.gate.paused) or not _reading(d, self._audit):
             return
         try:
             data = d.src.recv()
@@ -414,12 +426,19 @@ class Relay(HeldVerdicts):
             self._got_eof(d)
             return
         d.chunks += 1
+        if self._audit is not None:  # side a stops before a malformed message
+            data = self._audit.feed(d.src_side, data)
+            if d.src_side == 0 and self._audit.stopped:
+                self._loop.remove_reader(d.src.sock.fileno())
+                if not data:  # nothing of this chunk goes on
+                    return
         if d.gate is not None:
             self._gate_out(d, d.gate.feed(data))
         else:
             d.pending = memoryview(data)
             self._flush(d)
-        if self._reason is None and not d.blocked and _reading(d) and d.src.buffered():
+        if self._reason is None and not d.blocked and _reading(d, self._audit) \
+                and d.src.buffered():
             self._loop.call_soon(self._on_readable, d)  # decrypted bytes wait inside TLS
 
     def _on_writable(self, d: _Direction) -> None:
@@ -456,7 +475,7 @@ class Relay(HeldVerdicts):
         if d.blocked:
             d.blocked = False
             self._loop.remove_writer(d.dst.sock.fileno())
-            if not d.eof and _reading(d):
+            if not d.eof and _reading(d, self._audit):
                 self._loop.add_reader(d.src.sock.fileno(), self._on_readable, d)
                 if d.src.buffered():
                     self._loop.call_soon(self._on_readable, d)
@@ -624,6 +643,8 @@ class Relay(HeldVerdicts):
             if self._bye is not None and end is self._ends[0]:
                 _discard_input(end.sock)
             end.sock.close()
+        if self._audit is not None:  # its last records go before on_done
+            self._audit.end()
         cb, self._on_done = self._on_done, None
         if cb is not None:
             self._loop.call_soon(cb, reason)  # like the native engine: never re-entrant
@@ -633,8 +654,10 @@ def _rest(data: memoryview, sent: int) -> memoryview | None:
     return data[sent:] if sent < len(data) else None
 
 
-def _reading(d: _Direction) -> bool:
-    """src is read: not while its gate waits for a verdict."""
+def _reading(d: _Direction, audit: AuditFeed | None = None) -> bool:
+    """src is read: not while its gate waits for a verdict, nor past a malformed message."""
+    if audit is not None and audit.stopped and d.src_side == 0:
+        return False
     return d.gate is None or not d.gate.paused
 
 

@@ -75,6 +75,22 @@ def check_inspect(inspect: str | None, on_held: object, framed_b: object) -> int
     return INSPECT_PROTOCOLS[inspect]
 
 
+AUDIT_PROTOCOLS = {"postgres": 1}  # csrc/mwi_relay.h MWI_AUDIT_*
+
+
+def check_audit(audit: str | None, on_audit: object, inspect: str | None) -> int:
+    """The protocol id of an audited relay (0: none)."""
+    if audit is None:
+        return 0
+    if audit not in AUDIT_PROTOCOLS:
+        raise ValueError(f"no query audit for protocol {audit!r}")
+    if on_audit is None:
+        raise ValueError("an audited relay needs on_audit")
+    if inspect is not None:
+        raise ValueError("a relay is audited or inspected, not both")
+    return AUDIT_PROTOCOLS[audit]
+
+
 class Framing(NamedTuple):
     """A relay side that speaks the `-ping` framing (see csrc/mwi_relay.h,
     mwi_relay_set_framed): reads deframed, writes framed, keepalives when idle.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -69,11 +70,26 @@ class _Trouble:
     resumed: dict[str, Any] | None = None
 
 
+# Query-audit events (statements, parameters) stay out of the process log: only their
+# type and session are logged when one could not be stored. MWIPROXY_LOG_QUERY_AUDIT=1
+# mirrors them in full like the others.
+QUIET_PREFIXES = ("db.session.query", "db.session.postgres.")
+
+
+def _quiet(type_: str) -> bool:
+    return type_.startswith(QUIET_PREFIXES) and os.environ.get("MWIPROXY_LOG_QUERY_AUDIT") != "1"
+
+
 def log_event(event: Pending, event_id: int | None, note: str = "") -> None:
     """The event's mirror in the process log, with its id once stored: an object field
     `event` (`{"msg": "audit", "event": {"id", "time", "type", ...}}` in JSON logs),
-    the shape `mwictl audit --format json` prints."""
+    the shape `mwictl audit --format json` prints. Query-audit events are not mirrored
+    (QUIET_PREFIXES)."""
     when, type_, fields = event
+    if _quiet(type_):
+        if not note:
+            return
+        fields = {"session": fields.get("session", "")}
     shown = with_rfc3339_times({"id": event_id, "time": when, "type": type_, **fields})
     if note:
         log.error("%s", note, extra={"event": shown})

@@ -198,6 +198,15 @@ class AuthConfig:
 
 
 @dataclass
+class AuditConfig:
+    # query audit: when the audit sink falls behind, drop records (counted, audited as
+    # audit.query.dropped) or make the session wait (its relay stops reading)
+    query_backpressure: Literal["drop", "wait"] = "drop"
+    # the cluster-wide switch over query audit (roles choose per session within it)
+    queries: bool = True
+
+
+@dataclass
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -298,6 +307,7 @@ class ClusterConfig:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     databases: list[DatabaseConfig] = field(default_factory=list)
     db_service: DBServiceConfig = field(default_factory=DBServiceConfig)
     # /livez, /readyz (proxy listening, auth service up) and /metrics of `mwiproxy

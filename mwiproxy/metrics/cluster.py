@@ -37,6 +37,7 @@ DB_UPSTREAM_DIAL_DURATION_SECONDS = "mwiproxy_db_upstream_dial_duration_seconds"
 DB_UPSTREAM_DIAL_FAILURES_TOTAL = "mwiproxy_db_upstream_dial_failures_total"
 DB_FIRST_BYTE_DURATION_SECONDS = "mwiproxy_db_first_byte_duration_seconds"
 REFUSALS_TOTAL = "mwiproxy_refusals_total"
+QUERY_AUDIT_DROPPED_TOTAL = "mwiproxy_query_audit_dropped_total"
 TLS_HANDSHAKE_DURATION_SECONDS = "mwiproxy_tls_handshake_duration_seconds"
 CONNECTIONS_UNAUTHENTICATED = "mwiproxy_connections_unauthenticated"
 AGENT_HEARTBEATS_TOTAL = "mwiproxy_agent_heartbeats_total"
@@ -104,6 +105,9 @@ class NoopProxyMetrics:
     def refusal(self, protocol: str, reason: str) -> None:
         pass
 
+    def query_audit_dropped(self, protocol: str, n: int) -> None:
+        pass
+
     def handshake(self, listener: str, seconds: float) -> None:
         pass
 
@@ -151,6 +155,9 @@ class ProxyMetrics(NoopProxyMetrics):
         self._dial = Histogram(DB_UPSTREAM_DIAL_DURATION_SECONDS, "TCP + TLS to the "
                                "database or its agent.", ("service", "protocol"),
                                buckets=DIAL_BUCKETS, registry=registry)
+        self._query_dropped = Counter(QUERY_AUDIT_DROPPED_TOTAL, "Query-audit records "
+                                      "dropped because the audit sink fell behind.",
+                                      ("protocol",), registry=registry)
         self._dial_failed = Counter(DB_UPSTREAM_DIAL_FAILURES_TOTAL, "Dials of the database "
                                     "or its agent that failed.", ("service", "protocol"),
                                     registry=registry)
@@ -224,6 +231,9 @@ class ProxyMetrics(NoopProxyMetrics):
 
     def refusal(self, protocol: str, reason: str) -> None:
         self._refusals.inc((protocol, refusal_reason(reason)))
+
+    def query_audit_dropped(self, protocol: str, n: int) -> None:
+        self._query_dropped.labels(protocol).inc(n)
 
     def acceptor_refusals(self, read: Callable[[], dict[tuple[str, str], int]]) -> None:
         """Refusals the acceptor only counts (caps, timeouts): read at scrape time."""

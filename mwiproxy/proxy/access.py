@@ -13,6 +13,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 
 from mwiproxy.auth.errors import AuthError, DeniedByLock, StaleGeneration
+from mwiproxy.auth.rbac import QueryAuditPolicy, query_audit_policy
 from mwiproxy.auth.roles import Role
 from mwiproxy.auth.service import AuthService
 from mwiproxy.auth.storage.base import StorageUnavailable
@@ -43,6 +44,8 @@ class Grant:
     roles: tuple[str, ...]
     # cut the session when its certificate expires (roles may opt out, see below)
     disconnect_at_expiry: bool = True
+    # what query audit records for it (role options query_audit, query_audit_parameters)
+    query_audit: QueryAuditPolicy = QueryAuditPolicy()
 
 
 def _check_route(caller: Identity, protocols: Container[str], served: Container[str]
@@ -109,7 +112,7 @@ def check_policy(auth: AuthService, caller: Identity, asked: DatabaseRoute) -> G
         code = "locked" if isinstance(e, DeniedByLock) else \
             "stale_generation" if isinstance(e, StaleGeneration) else "access_denied"
         raise Refusal(e.message, code) from None
-    return Grant(asked, tuple(names), disconnect_at_expiry(roles))
+    return Grant(asked, tuple(names), disconnect_at_expiry(roles), query_audit_policy(roles))
 
 
 async def check_policy_off_loop(auth: AuthService, caller: Identity,

@@ -42,7 +42,9 @@ from mwiproxy.proxy.access import Refusal, check_certificate, check_policy_off_l
 from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError, tell_client
 from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import accepted_at
+from mwiproxy.proxy.queryaudit import QueryAudit, QueryAuditPolicy
 from mwiproxy.proxy.sessions import Session, SessionRegistry
+from mwiproxy.relay.pipe import Audit
 from mwiproxy.relay.streams import BufferedReader, ByteStream
 from mwiproxy.wire import postgres as pg
 
@@ -54,6 +56,8 @@ PROTOCOL = "postgres"  # the metrics' protocol label (the ALPN's; CockroachDB in
 # first_message_timeout)
 STARTUP_TIMEOUT = 10.0
 MAX_NEGOTIATIONS = 3
+REASON_MALFORMED = "malformed_packet"  # a session closed for a malformed message
+MALFORMED_PREFIX = "malformed message: "
 
 
 _ENDED = (pg.ProtocolError, InnerTLSError, ssl.SSLError, OSError, TimeoutError, asyncio.IncompleteReadError)
@@ -66,9 +70,13 @@ class PostgresFrontend(DbFrontend):
                  sessions: SessionRegistry, inner_tls: Callable[[], _native.TLSContext],
                  ping_interval: float | None = None,
                  startup_timeout: float = STARTUP_TIMEOUT,
-                 metrics: NoopProxyMetrics | None = None) -> None:
+                 metrics: NoopProxyMetrics | None = None, query_audit: bool = True,
+                 query_wait: bool = False, param_key: bytes | None = None) -> None:
         super().__init__(auth, sessions, inner_tls, ping_interval, metrics)
         self._startup_timeout = startup_timeout
+        self._query_audit_on = query_audit  # audit.queries
+        self._query_wait = query_wait  # audit.query_backpressure: wait
+        self._param_key = param_key  # the cluster's key for parameter digests
         self._engines = engines
 
     async def serve(self, stream: ByteStream, caller: Identity | None, remote: str) -> None:
@@ -139,7 +147,7 @@ class PostgresFrontend(DbFrontend):
             return
         try:
             with self.registered(self.session_for(conn, grant, db_user, db_name)) as session:
-                await self._run(conn, session, startup, early)
+                await self._run(conn, session, startup, early, grant.query_audit)
         finally:
             if early is not None:
                 early.cancel()  # a no-op once the engine took its socket
@@ -156,7 +164,7 @@ class PostgresFrontend(DbFrontend):
         return early
 
     async def _run(self, conn: Conn, session: Session, startup: bytes,
-                   early: EarlyDial | None) -> None:
+                   early: EarlyDial | None, policy: QueryAuditPolicy) -> None:
         started = time.monotonic()
         try:
             engine = self._engines.serving(session.service)
@@ -184,16 +192,39 @@ class PostgresFrontend(DbFrontend):
         if upstream.cancel_key is not None:
             self._sessions.set_cancel_key(session, upstream.cancel_key)
         try:
-            await self._relay(conn, session, upstream, started)
+            await self._relay(conn, session, upstream, started, policy)
         finally:
             upstream.stream.close()  # a no-op once the relay took it over
 
     async def _relay(self, conn: Conn, session: Session, upstream: Upstream,
-                     started: float) -> None:
+                     started: float, policy: QueryAuditPolicy) -> None:
         if early := conn.reader.leftover():  # sent before the answer: still the db's
             await upstream.stream.write(early)
-        await self.relay(conn, session, upstream.stream, started,
-                         lambda message: pg.error_response(message, pg.ADMIN_SHUTDOWN))
+        queries = self._query_audit(session, policy)
+        stats = None
+        try:
+            stats = await self.relay(
+                conn, session, upstream.stream, started, _farewell,
+                audit=None if queries is None else Audit(PROTOCOL, queries.on_records,
+                                                          queries.wait))
+        finally:
+            if queries is not None:
+                queries.ended(stats.audit_dropped if stats is not None else 0)
+
+    def _query_audit(self, session: Session, policy: QueryAuditPolicy) -> QueryAudit | None:
+        """The session's query audit (None: its roles turned it off). The client's
+        stream is parsed after the startup, from its first regular message (the
+        tunnel's, or the client's own TLS terminated here: the plaintext either way)."""
+        if not (self._query_audit_on and policy.enabled):
+            return None
+        who = {**self.who(session), "session_id": session.session_id}
+        queries = QueryAudit(self._auth.audit.emit, who, policy, wait=self._query_wait,
+                             key=self._param_key,
+                             on_dropped=lambda n: self._metrics.query_audit_dropped(
+                                 PROTOCOL, n))
+        queries.on_malformed = lambda reason: session.end(
+            REASON_MALFORMED, f"{MALFORMED_PREFIX}{reason}")
+        return queries
 
     # -- cancel ------------------------------------------------------------------------
 
@@ -209,6 +240,12 @@ class PostgresFrontend(DbFrontend):
             log.info("cancel for session %d failed: %s", session.session_id, e)
             return
         log.info("cancelled the running query of session %d", session.session_id)
+
+
+def _farewell(message: str) -> bytes:
+    """What a cut tells the client: a protocol violation, or the administrator's cut."""
+    code = pg.PROTOCOL_VIOLATION if message.startswith(MALFORMED_PREFIX) else pg.ADMIN_SHUTDOWN
+    return pg.error_response(message, code)
 
 
 def _same_owner(session: Session, caller: Identity) -> bool:

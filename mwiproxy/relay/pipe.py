@@ -82,12 +82,28 @@ class Inspect:
     max_message: int = _native.MONGO_MAX_MESSAGE  # mongodb: the server's maxMessageSizeBytes
 
 
+@dataclass(frozen=True)
+class Audit:
+    """Both directions' plaintext through the query-audit tap of `protocol` (natively:
+    csrc/mwi_pgaudit.h; twin _native/pgaudit_py.py): `on_records(records)` runs on the
+    loop with its records in batches (never per message), the last ones before the pipe
+    ends. A malformed message of side a stops reading a where it shows (what of it was
+    read in earlier chunks has gone on) and its record says so (the owner closes the pipe). `wait`: the relay stops reading while
+    records wait for the loop, rather than drop those that do not fit (counted:
+    PipeStats.audit_dropped)."""
+
+    protocol: str  # "postgres"
+    on_records: Callable[[list[bytes]], None]
+    wait: bool = False
+
+
 @dataclass
 class PipeStats:
     bytes_a_to_b: int = 0
     bytes_b_to_a: int = 0
     reason: str = ""
     native: bool = False
+    audit_dropped: int = 0  # audit records the relay dropped (the loop was behind)
 
 
 class Pipe:
@@ -96,9 +112,10 @@ class Pipe:
     def __init__(self, a: ByteStream, b: ByteStream, *, idle_timeout: float | None = None,
                  close_timeout: float = CLOSE_TIMEOUT, keepalive: float | None = None,
                  count_as: tuple[str, ...] | None = None,
-                 inspect: Inspect | None = None) -> None:
+                 inspect: Inspect | None = None, audit: Audit | None = None) -> None:
         self._a, self._b = a, b
         self._inspect = inspect
+        self._audit = audit
         self._deciding: asyncio.Task[None] | None = None
         self._count_as = count_as
         self._idle = idle_timeout
@@ -145,7 +162,10 @@ class Pipe:
             on_held=None if self._inspect is None else self._on_held,
             inspect_allowed=() if self._inspect is None else self._inspect.allowed,
             inspect_max_message=_native.MONGO_MAX_MESSAGE if self._inspect is None
-            else self._inspect.max_message)
+            else self._inspect.max_message,
+            audit=None if self._audit is None else self._audit.protocol,
+            on_audit=None if self._audit is None else self._audit.on_records,
+            audit_wait=self._audit is not None and self._audit.wait)
         self._relay.start()
         if self._hold_all:
             self._relay.hold_all()
@@ -195,6 +215,7 @@ class Pipe:
         counters = self._relay.stats()
         self.stats.bytes_a_to_b = counters.bytes_a_to_b
         self.stats.bytes_b_to_a = counters.bytes_b_to_a
+        self.stats.audit_dropped = self._relay.audit_dropped
         self.stats.reason = self.stats.reason or reason
 
     def _framing(self, stream: ByteStream) -> _native.Framing | None:

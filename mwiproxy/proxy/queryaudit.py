@@ -1,0 +1,268 @@
+"""A PostgreSQL session's query audit: the relay's tap records (csrc/mwi_pgaudit.h, read
+by pgaudit_py.decode) become audit events, queued to the audit writer (asynchronous,
+batched: nothing here waits on the store).
+
+Requests are told when they are read (`db.session.postgres.statements.parse|bind|
+execute|close`, `db.session.postgres.function`); a statement's outcome when the server
+finished it: `db.session.query` (a simple Query, or an Execute with its prepared
+statement's text and its Bind's parameters) with rows, bytes, duration and command tag,
+or `db.session.query.failed` with the SQLSTATE and the server's message (a Parse, Bind
+or Close that failed too). A malformed message closes the session
+(`db.session.malformed_packet`). Records the relay dropped (the loop fell behind) are
+audited once, at the end, as `audit.query.dropped`, counted in a metric and logged at
+most once a minute. Statements are redacted (sqlredact.redact_statement), parameters
+written per the session's policy (omit, hash: sqlredact.param_digest, plain).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from mwiproxy._native.pgaudit_py import (
+    BAD_NAMES,
+    PARAMS_OMITTED,
+    ST_ERROR,
+    STATUS_NAMES,
+    UNTRACKED,
+    Record,
+    decode,
+)
+from mwiproxy.auth.rbac import QueryAuditPolicy, query_audit_policy
+from mwiproxy.auth.storage.base import Storage
+from mwiproxy.wire.sqlredact import param_digest, redact_statement
+
+__all__ = ["QueryAudit", "QueryAuditPolicy", "query_audit_policy"]
+
+log = logging.getLogger("mwiproxy.proxy.queryaudit")
+
+QUERY = "db.session.query"
+QUERY_FAILED = "db.session.query.failed"
+PARSE = "db.session.postgres.statements.parse"
+BIND = "db.session.postgres.statements.bind"
+EXECUTE = "db.session.postgres.statements.execute"
+CLOSE = "db.session.postgres.statements.close"
+FUNCTION = "db.session.postgres.function"
+MALFORMED = "db.session.malformed_packet"
+DROPPED = "audit.query.dropped"
+
+MAX_NAMES = 1000  # prepared statements and portals remembered per session
+DROP_LOG_INTERVAL = 60.0
+# parameter digests: the cluster's key (param_key: kept in storage, so digests compare
+# across restarts and cluster processes); a process key only where none is given
+_PROCESS_KEY = os.urandom(32)
+PARAM_KEY_META = "query_audit_param_key"
+
+
+def param_key(storage: Storage) -> bytes:
+    """The cluster's HMAC key for parameter digests, made once and kept in the storage's
+    meta (re-read after writing, so processes racing to make it settle on one)."""
+    stored = storage.get_meta(PARAM_KEY_META)
+    if stored is None:
+        storage.set_meta(PARAM_KEY_META, os.urandom(32).hex())
+        stored = storage.get_meta(PARAM_KEY_META)
+    return bytes.fromhex(stored or "") or _PROCESS_KEY
+
+Emit = Callable[..., None]
+
+
+class _DropLog:
+    """Drops logged at most once per interval, with the count since the last line."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.last = 0.0
+
+    def add(self, n: int) -> None:
+        self.pending += n
+        now = time.monotonic()
+        if now - self.last >= DROP_LOG_INTERVAL:
+            log.warning("query audit fell behind: %d record(s) dropped since the last report "
+                        "(audit.query.dropped events say which sessions)", self.pending)
+            self.pending, self.last = 0, now
+
+
+_drops = _DropLog()
+
+
+def _text(field: tuple[int, bytes | None]) -> str:
+    return (field[1] or b"").decode("utf-8", "replace")
+
+
+# the same statements come again and again (prepared or not): each is redacted once
+_REDACTED: dict[bytes, tuple[str, bool]] = {}
+REDACT_CACHE = 512
+
+
+def _redacted(text: bytes) -> tuple[str, bool]:
+    done = _REDACTED.get(text)
+    if done is None:
+        if len(_REDACTED) >= REDACT_CACHE:
+            _REDACTED.clear()
+        done = _REDACTED[text] = redact_statement(text.decode("utf-8", "replace"))
+    return done
+
+
+class QueryAudit:
+    """One session's records → events. `who`: the fields every event carries (session,
+    identity, db_user, db_name, ...); `emit(type, **fields)`: the audit log's."""
+
+    protocol = "postgres"
+
+    def __init__(self, emit: Emit, who: dict[str, Any], policy: QueryAuditPolicy, *,
+                 wait: bool = False, key: bytes | None = None,
+                 on_dropped: Callable[[int], None] = lambda n: None) -> None:
+        self._emit = emit
+        self._who = who
+        self._policy = policy
+        self.wait = wait
+        self._key = key or _PROCESS_KEY
+        self._on_dropped = on_dropped
+        self.on_malformed: Callable[[str], None] = lambda reason: None
+        self._statements: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._portals: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._pending: dict[int, tuple[str, dict[str, Any]]] = {}
+        self.events = 0
+
+    # -- the relay's side -------------------------------------------------------------
+
+    def on_records(self, records: list[bytes]) -> None:
+        for raw in records:
+            rec = decode(raw)
+            handler = _HANDLERS.get(rec.kind)
+            if handler is not None:
+                handler(self, rec)
+
+    def ended(self, dropped: int) -> None:
+        """The relay is done; `dropped`: its records that never reached us."""
+        if dropped:
+            self.emit(DROPPED, count=dropped)
+            self._on_dropped(dropped)
+            _drops.add(dropped)
+
+    # -- events -----------------------------------------------------------------------
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        self.events += 1
+        self._emit(type_, **self._who, **fields)
+
+    def _statement(self, field: tuple[int, bytes | None], truncated: bool) -> dict[str, Any]:
+        query, redacted = _redacted(field[1] or b"")
+        return {"query": query, "query_redacted": redacted,
+                "truncated": truncated and field[0] > len(field[1] or b""),
+                "query_len": field[0]}
+
+    def _parameters(self, formats: bytes, values: tuple[tuple[int, bytes | None], ...],
+                    omitted: bool) -> dict[str, Any]:
+        mode = self._policy.parameters
+        if mode == "omit":
+            return {}
+        codes = [int.from_bytes(formats[i:i + 2], "big") for i in range(0, len(formats), 2)]
+        out: list[str | None] = []
+        for i, (_, value) in enumerate(values):
+            if mode == "hash":
+                out.append(param_digest(value, self._key))
+            elif value is None:
+                out.append(None)
+            else:
+                binary = (codes[0] if len(codes) == 1 else codes[i] if i < len(codes) else 0)
+                out.append("\\x" + value.hex() if binary else
+                           value.decode("utf-8", "replace"))
+        cut = any(v is not None and full > len(v) for full, v in values)
+        return {"parameters": out, **({"parameters_truncated": True} if cut or omitted
+                                      else {})}
+
+    # -- requests ---------------------------------------------------------------------
+
+    def _query(self, rec: Record) -> None:
+        info = self._statement(rec.fields[0], rec.truncated)
+        self._track(rec, "Q", info)
+
+    def _parse(self, rec: Record) -> None:
+        name = _text(rec.fields[0])
+        info = self._statement(rec.fields[1], rec.truncated)
+        self._remember(self._statements, name, info)
+        self.emit(PARSE, statement_name=name, **info)
+        self._track(rec, "P", {"statement_name": name, **info})
+
+    def _bind(self, rec: Record) -> None:
+        portal, name = _text(rec.fields[0]), _text(rec.fields[1])
+        params = self._parameters(rec.fields[2][1] or b"", rec.fields[3:],
+                                  bool(rec.flags & PARAMS_OMITTED))
+        self._remember(self._portals, portal, {"statement_name": name, **params})
+        self.emit(BIND, statement_name=name, portal_name=portal, **params)
+        self._track(rec, "B", {"statement_name": name, "portal_name": portal,
+                               **self._statements.get(name, {}), **params})
+
+    def _execute(self, rec: Record) -> None:
+        portal = _text(rec.fields[0])
+        bound = self._portals.get(portal, {})
+        name = bound.get("statement_name", "")
+        self.emit(EXECUTE, statement_name=name, portal_name=portal)
+        self._track(rec, "E", {"statement_name": name, "portal_name": portal,
+                               **self._statements.get(name, {}), **{
+                                   k: v for k, v in bound.items() if k != "statement_name"}})
+
+    def _close(self, rec: Record) -> None:
+        name = _text(rec.fields[0])
+        which = "portal_name" if rec.aux == ord("P") else "statement_name"
+        (self._portals if rec.aux == ord("P") else self._statements).pop(name, None)
+        self.emit(CLOSE, **{which: name})
+        self._track(rec, "C", {which: name})
+
+    def _function(self, rec: Record) -> None:
+        params = self._parameters(rec.fields[0][1] or b"", rec.fields[1:],
+                                  bool(rec.flags & PARAMS_OMITTED))
+        self.emit(FUNCTION, function_oid=rec.aux, **params)
+
+    def _track(self, rec: Record, kind: str, info: dict[str, Any]) -> None:
+        if rec.flags & UNTRACKED:  # too many in flight: no result will come
+            if kind in ("Q", "E"):
+                self.emit(QUERY, **info, status="untracked")
+            return
+        self._pending[rec.seq] = (kind, info)
+
+    @staticmethod
+    def _remember(table: OrderedDict[str, dict[str, Any]], name: str,
+                  info: dict[str, Any]) -> None:
+        table[name] = info
+        table.move_to_end(name)
+        while len(table) > MAX_NAMES:
+            table.popitem(last=False)
+
+    # -- results ----------------------------------------------------------------------
+
+    def _result(self, rec: Record) -> None:
+        pending = self._pending.pop(rec.seq, None)
+        if pending is None:
+            return
+        kind, info = pending
+        if kind == "F" or (kind in "PBC" and rec.aux != ST_ERROR):
+            return
+        tag, sqlstate, error = (_text(f) for f in rec.fields)
+        summary = {"rows": rec.n1, "bytes": rec.n2, "duration_ms": round(rec.n3 / 1e6, 3),
+                   "command_tag": tag, "status": STATUS_NAMES[rec.aux]}
+        if kind in "PBC":
+            info = {k: v for k, v in info.items() if k != "portal_name" or kind != "P"}
+        if rec.aux == ST_ERROR:
+            self.emit(QUERY_FAILED, **info, **summary, sqlstate=sqlstate, error=error)
+        else:
+            self.emit(QUERY, **info, **summary)
+
+    def _malformed(self, rec: Record) -> None:
+        side, why = rec.aux >> 8, rec.aux & 0xFF
+        reason = BAD_NAMES.get(why, "malformed")
+        self.emit(MALFORMED, reason=reason, offset=rec.n1,
+                  side="client" if side == 0 else "server")
+        self.on_malformed(reason)
+
+
+_HANDLERS: dict[str, Callable[[QueryAudit, Record], None]] = {
+    "Q": QueryAudit._query, "P": QueryAudit._parse, "B": QueryAudit._bind,
+    "E": QueryAudit._execute, "C": QueryAudit._close, "F": QueryAudit._function,
+    "R": QueryAudit._result, "M": QueryAudit._malformed,
+}

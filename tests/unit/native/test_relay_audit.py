@@ -1,0 +1,148 @@
+"""Relay(audit="postgres", on_audit=...), both builds, below Pipe: both directions go
+through the query-audit tap unchanged, records come to the loop in batches (the last
+ones before on_done), a malformed client message stops side A before it, and the
+arguments an audited relay refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from mwiproxy._native import REASON_CLOSED, REASON_EOF, REASON_PROTOCOL
+from mwiproxy._native.pgaudit_py import decode
+
+from . import pgauditkit as kit
+from .relaykit import Joined, recv_all, run
+
+
+class Records:
+    def __init__(self) -> None:
+        self.batches: list[list[bytes]] = []
+        self.came = asyncio.Event()
+
+    def __call__(self, records: list[bytes]) -> None:
+        self.batches.append(records)
+        self.came.set()
+
+    @property
+    def kinds(self) -> list[str]:
+        return [decode(r).kind for batch in self.batches for r in batch]
+
+    async def until(self, kind: str) -> None:
+        while kind not in self.kinds:
+            self.came.clear()
+            await asyncio.wait_for(self.came.wait(), 10)
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_statements_and_results_are_recorded_bytes_unchanged(relay_mod: Any, wait) -> None:
+    client = kit.query("select 1") + kit.parse("", "select $1") + kit.bind("", "", [b"7"]) \
+        + kit.execute() + kit.SYNC
+    server = kit.row(b"1") + kit.complete("SELECT 1") + kit.RFQ + kit.msg(b"1") \
+        + kit.msg(b"2") + kit.row(b"7") + kit.complete("SELECT 1") + kit.RFQ
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        got = Records()
+        j = Joined(relay_mod.Relay, loop, audit="postgres", on_audit=got, audit_wait=wait)
+        j.relay.start()
+        await loop.sock_sendall(j.a, client)
+        assert await recv_all(loop, j.b, len(client)) == client
+        await loop.sock_sendall(j.b, server)
+        assert await recv_all(loop, j.a, len(server)) == server
+        j.a.shutdown(1)
+        j.b.shutdown(1)
+        assert await asyncio.wait_for(j.done, 10) == REASON_EOF
+        await asyncio.sleep(0)
+        assert got.kinds == ["Q", "P", "B", "E", "R", "R"]  # the client ran ahead
+        assert j.relay.audit_dropped == 0
+        j.close()
+
+    run(body)
+
+
+def test_malformed_client_message_never_reaches_b(relay_mod: Any) -> None:
+    good = kit.query("select 1")
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        got = Records()
+        j = Joined(relay_mod.Relay, loop, audit="postgres", on_audit=got)
+        j.relay.start()
+        await loop.sock_sendall(j.a, good + b"Q\0\0\0\2" + b"never forwarded")
+        await got.until("M")
+        m = [decode(r) for batch in got.batches for r in batch if decode(r).kind == "M"][0]
+        assert m.n1 == len(good)
+        j.relay.close(b"bye", reason=REASON_PROTOCOL)
+        assert await asyncio.wait_for(j.done, 10) in (REASON_PROTOCOL, REASON_CLOSED)
+        assert await recv_all(loop, j.b) == good
+        assert await recv_all(loop, j.a) == b"bye"
+        j.close()
+
+    run(body)
+
+
+def test_audit_arguments_are_checked(relay_mod: Any) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        for kw in ({"audit": "mysql", "on_audit": print}, {"audit": "postgres"},
+                   {"audit": "postgres", "on_audit": print, "inspect": "resp",
+                    "on_held": print}):
+            with pytest.raises(ValueError):
+                Joined(relay_mod.Relay, loop, **kw)
+
+    run(body)
+
+
+@pytest.mark.native_only
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_loop_behind_drops_records_or_makes_the_relay_wait(wait) -> None:
+    """The loop stops taking records for a while (blocked) as a client pipelines 60,000
+    queries: records beyond the engine's buffer are dropped and counted, or, in wait
+    mode, the relay stops reading until they are taken and none is lost."""
+    relay_mod = pytest.importorskip("mwiproxy._native._relay")
+    n = 60_000
+    stream = kit.query("select 1") * n
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        got = Records()
+        j = Joined(relay_mod.Relay, loop, audit="postgres", on_audit=got, audit_wait=wait)
+        j.relay.start()
+        j.a.setblocking(True)
+        j.b.setblocking(True)
+        sender = threading.Thread(target=j.a.sendall, args=(stream,))
+        drained = bytearray()
+
+        def drain() -> None:
+            while len(drained) < len(stream):
+                chunk = j.b.recv(1 << 20)
+                if not chunk:
+                    return
+                drained.extend(chunk)
+        reader = threading.Thread(target=drain)
+        sender.start()
+        reader.start()
+        time.sleep(3)  # the loop is blocked: no record is taken meanwhile
+        while reader.is_alive():
+            await asyncio.sleep(0.05)
+        sender.join()
+        assert bytes(drained) == stream
+        j.a.shutdown(socket.SHUT_WR)
+        j.b.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(j.done, 30)
+        await asyncio.sleep(0)
+        recorded = got.kinds.count("Q")
+        if wait:
+            assert recorded == n and j.relay.audit_dropped == 0
+        else:
+            assert j.relay.audit_dropped > 0 and recorded < n
+            assert recorded + j.relay.audit_dropped >= n  # Q and unfinished R records
+        j.close()
+
+    run(body, timeout=120)
