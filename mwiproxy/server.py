@@ -22,6 +22,7 @@ from typing import Any
 from mwiproxy.auth.api import serve_connection
 from mwiproxy.auth.ca_rotation import UPDATE_CLIENTS, drive_schedule
 from mwiproxy.auth.handlers import METHODS
+from mwiproxy.auth.lock_feed import LockFeed
 from mwiproxy.auth.service import AuthService
 from mwiproxy.auth.storage.base import LockRecord
 from mwiproxy.auth.storage.opener import open_storage
@@ -108,6 +109,7 @@ class Cluster:
         self.listener.route(alpn.AUTH, self._serve_auth)
         self.sessions = SessionRegistry()
         self._rotation_timer: asyncio.Task[None] | None = None
+        self._lock_feed: LockFeed | None = None
         self._route_databases()
 
     def _diagnostics(self) -> tuple[NoopProxyMetrics, DiagServer | None]:
@@ -219,6 +221,8 @@ class Cluster:
             loop.call_soon_threadsafe(self.sessions.on_lock, lock)
 
         self.auth.locks.on_lock(cut_locked)
+        # locks made by another cluster process on the same (PostgreSQL) storage
+        self._lock_feed = LockFeed.start_for(self.auth.locks, self.storage)
         self.metrics.count_bytes(loop)
         if self.diag is not None:
             with binding.naming("diag_addr", self.config.diag_addr):
@@ -328,6 +332,8 @@ class Cluster:
         await self.own.close()
         if self.diag is not None:
             await self.diag.close()
+        if self._lock_feed is not None:
+            await asyncio.to_thread(self._lock_feed.close)
         # every event queued so far is stored (or logged as not stored) before exit
         await asyncio.to_thread(self.auth.audit.close)
         self.storage.close()
