@@ -4,7 +4,8 @@ PostgreSQL storage: NOTIFY, or polling while the listening connection is down.""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -15,6 +16,15 @@ from mwiproxy.auth.locks import LockService
 from mwiproxy.auth.storage.base import LockRecord, Storage
 from mwiproxy.auth.storage.postgres import PostgresStorage
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 class Heard:
@@ -77,7 +87,9 @@ def test_a_lock_made_by_one_process_is_heard_once_by_each(two):
 
 def test_a_lost_listening_connection_is_replaced_and_no_lock_is_missed(two):
     a, b = two
-    assert b.feed is not None
+    assert a.feed is not None and b.feed is not None
+    notices = [a.feed._notices, b.feed._notices]  # type: ignore[attr-defined]
+    assert wait_until(lambda: all(n.listening for n in notices))
     with psycopg.connect(b.storage._conn_string, autocommit=True) as admin:
         killed = admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -88,7 +100,7 @@ def test_a_lost_listening_connection_is_replaced_and_no_lock_is_missed(two):
     assert b.heard.wait_for(1) == ["after-the-cut"]
     a.locks.create("role", "listening-again")
     assert b.heard.wait_for(2) == ["after-the-cut", "listening-again"]
-    assert b.feed._notices.listening  # type: ignore[attr-defined]
+    assert wait_until(lambda: all(n.listening for n in notices))
 
 
 def test_sqlite_storage_has_no_other_process_and_no_feed(tmp_path):
