@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mwiproxy.auth import ca_share
 from mwiproxy.auth.api import serve_connection
 from mwiproxy.auth.ca_rotation import UPDATE_CLIENTS, drive_schedule
 from mwiproxy.auth.handlers import METHODS
@@ -89,6 +90,8 @@ class Cluster:
         self.storage = open_storage(config)
         self._check_cluster_name()
         self.cas = AuthoritySet.load_or_create(self.data_dir / "ca", config.cluster_name)
+        # several cluster processes on one PostgreSQL storage: one set of CAs (a copy)
+        ca_share.check_shared(self.storage, self.cas, self.data_dir / "ca")
         host, port = split_host_port(config.proxy.listen_addr)
         self.auth = AuthService(
             cluster=config.cluster_name, storage=self.storage, cas=self.cas,
@@ -235,6 +238,8 @@ class Cluster:
         # CA rotation: our certificates follow each phase; automatic rotations advance
         self.auth.rotation.on_change(
             lambda kind, phase: loop.call_soon_threadsafe(self._ca_rotated, kind, phase))
+        # from the rotation's worker thread: the other processes' next start checks it
+        self.auth.rotation.on_change(lambda _k, _p: ca_share.record(self.storage, self.cas))
         self._rotation_timer = loop.create_task(drive_schedule(self.auth.rotation))
         if self.diag is not None:  # the auth service answers on the proxy's port
             self.health.set("proxy", HEALTHY)

@@ -36,6 +36,7 @@ pytestmark = pytest.mark.integration
 class Pair:
     a: Topology  # cluster process A, the database, the guide's role
     b: Topology  # the same, with cluster process B
+    template: str  # their cluster.yaml template (one storage)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def pair(tmp_path_factory, storage_server) -> Iterator[Pair]:  # type: ignore[no
         cluster_b = ClusterProcess(root / "data-b", config=cluster_config(a.pg.port, template))
         b = dataclasses.replace(a, cluster=cluster_b.start(), proxies=[])
         try:
-            yield Pair(a, b)
+            yield Pair(a, b, template)
         finally:
             for lp in b.proxies:
                 lp.stop()
@@ -149,3 +150,13 @@ def test_a_stolen_identity_renewing_on_a_and_b_locks_the_bot(pair: Pair):
             _renew(topo, outcome[won[0]])
     mismatches = [e for e in a.audit("bot.generation_mismatch") if e.get("bot") == "stolen"]
     assert len(mismatches) == 1, mismatches
+
+
+def test_a_cluster_process_with_its_own_cas_is_refused(pair: Pair):
+    """A data dir without the copy would create its own CAs: stopped at start."""
+    stray = ClusterProcess(pair.a.root / "data-stray",
+                           config=cluster_config(pair.a.pg.port, pair.template))
+    with pytest.raises(RuntimeError, match="exited 1") as info:
+        stray.start()
+    (line,) = str(info.value).split("\n", 1)[1].splitlines()
+    assert "are not the ones the cluster processes on this storage sign with" in line, line
