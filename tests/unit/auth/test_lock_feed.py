@@ -14,8 +14,10 @@ from mwiproxy.auth import audit
 from mwiproxy.auth.lock_feed import LockFeed
 from mwiproxy.auth.locks import LockService
 from mwiproxy.auth.storage.base import LockRecord, Storage
+from mwiproxy.auth.storage.pg_locks import LockNotices
 from mwiproxy.auth.storage.postgres import PostgresStorage
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
+from mwiproxy.devkit.ports import free_port
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
@@ -101,6 +103,25 @@ def test_a_lost_listening_connection_is_replaced_and_no_lock_is_missed(two):
     a.locks.create("role", "listening-again")
     assert b.heard.wait_for(2) == ["after-the-cut", "listening-again"]
     assert wait_until(lambda: all(n.listening for n in notices))
+
+
+def test_without_notices_the_feed_polls_the_locks_table(two, caplog):
+    """A LISTEN connection that cannot be opened (here: nothing listens on that port)
+    leaves the feed polling every POLL seconds."""
+    a, b = two
+    unreachable = LockNotices(f"host=127.0.0.1 port={free_port()} user=x dbname=x")
+    heard = Heard()
+    c = LockService(b.storage, b.audit)
+    c.on_lock(heard)
+    feed = LockFeed(c, unreachable)
+    feed._thread.start()
+    try:
+        a.locks.create("bot", "polled")
+        assert heard.wait_for(1) == ["polled"]
+        assert not unreachable.listening
+        assert "lock notices unavailable" in caplog.text
+    finally:
+        feed.close()
 
 
 def test_sqlite_storage_has_no_other_process_and_no_feed(tmp_path):
