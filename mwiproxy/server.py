@@ -19,9 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mwiproxy.auth import ca_share
 from mwiproxy.auth.api import serve_connection
 from mwiproxy.auth.ca_rotation import UPDATE_CLIENTS, drive_schedule
 from mwiproxy.auth.handlers import METHODS
+from mwiproxy.auth.lock_feed import LockFeed
 from mwiproxy.auth.service import AuthService
 from mwiproxy.auth.storage.base import LockRecord
 from mwiproxy.auth.storage.opener import open_storage
@@ -89,6 +91,8 @@ class Cluster:
         self.storage = open_storage(config)
         self._check_cluster_name()
         self.cas = AuthoritySet.load_or_create(self.data_dir / "ca", config.cluster_name)
+        # several cluster processes on one PostgreSQL storage: one set of CAs (a copy)
+        ca_share.check_shared(self.storage, self.cas, self.data_dir / "ca")
         host, port = split_host_port(config.proxy.listen_addr)
         self.auth = AuthService(
             cluster=config.cluster_name, storage=self.storage, cas=self.cas,
@@ -109,6 +113,7 @@ class Cluster:
         self.listener.route(alpn.AUTH, self._serve_auth)
         self.sessions = SessionRegistry()
         self._rotation_timer: asyncio.Task[None] | None = None
+        self._lock_feed: LockFeed | None = None
         self._route_databases()
 
     def _diagnostics(self) -> tuple[NoopProxyMetrics, DiagServer | None]:
@@ -228,6 +233,8 @@ class Cluster:
             loop.call_soon_threadsafe(self.sessions.on_lock, lock)
 
         self.auth.locks.on_lock(cut_locked)
+        # locks made by another cluster process on the same (PostgreSQL) storage
+        self._lock_feed = LockFeed.start_for(self.auth.locks, self.storage)
         self.metrics.count_bytes(loop)
         if self.diag is not None:
             with binding.naming("diag_addr", self.config.diag_addr):
@@ -240,6 +247,8 @@ class Cluster:
         # CA rotation: our certificates follow each phase; automatic rotations advance
         self.auth.rotation.on_change(
             lambda kind, phase: loop.call_soon_threadsafe(self._ca_rotated, kind, phase))
+        # from the rotation's worker thread: the other processes' next start checks it
+        self.auth.rotation.on_change(lambda _k, _p: ca_share.record(self.storage, self.cas))
         self._rotation_timer = loop.create_task(drive_schedule(self.auth.rotation))
         if self.diag is not None:  # the auth service answers on the proxy's port
             self.health.set("proxy", HEALTHY)
@@ -337,6 +346,8 @@ class Cluster:
         await self.own.close()
         if self.diag is not None:
             await self.diag.close()
+        if self._lock_feed is not None:
+            await asyncio.to_thread(self._lock_feed.close)
         # every event queued so far is stored (or logged as not stored) before exit
         await asyncio.to_thread(self.auth.audit.close)
         self.storage.close()

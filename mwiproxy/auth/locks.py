@@ -1,7 +1,12 @@
-"""Locks: a locked bot, role or user gets no certificate, and its live sessions end."""
+"""Locks: a locked bot, role or user gets no certificate, and its live sessions end.
+
+Listeners hear each lock once: the ones made here when they are made, the ones another
+cluster process made on a shared storage when `refresh` finds them (auth/lock_feed.py).
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -24,6 +29,8 @@ class LockService:
         self._audit = audit_log
         self._clock = clock
         self._listeners: list[LockListener] = []
+        self._heard: dict[str, float] = {}  # lock id -> when listeners were told
+        self._heard_lock = threading.Lock()
 
     def on_lock(self, listener: LockListener) -> None:
         """Called for every new lock (the cluster proxy uses it to cut live sessions)."""
@@ -42,12 +49,37 @@ class LockService:
             lock_id=str(uuid.uuid4()), target_kind=target_kind, target=target,
             message=message, expires=now + ttl if ttl else None, created=now,
         )
+        self._first_hearing(lock.lock_id)  # before it is stored: refresh may see it next
         self._storage.create_lock(lock)
         self._audit.emit(audit.LOCK_CREATE, lock_id=lock.lock_id, target_kind=target_kind,
                          target=target, message=message, expires=lock.expires, by=by)
+        self._tell(lock)
+        return lock
+
+    def refresh(self) -> list[LockRecord]:
+        """Tell the listeners about active locks they have not heard of (made by another
+        cluster process on the same storage); returns those."""
+        active = self.active()
+        new = [lock for lock in active if self._first_hearing(lock.lock_id)]
+        with self._heard_lock:  # forget locks gone for a minute (never re-told: see above)
+            live = {lock.lock_id for lock in active}
+            old = self._clock() - 60
+            for lock_id in [k for k, t in self._heard.items() if k not in live and t < old]:
+                del self._heard[lock_id]
+        for lock in new:
+            self._tell(lock)
+        return new
+
+    def _first_hearing(self, lock_id: str) -> bool:
+        with self._heard_lock:
+            if lock_id in self._heard:
+                return False
+            self._heard[lock_id] = self._clock()
+            return True
+
+    def _tell(self, lock: LockRecord) -> None:
         for listener in self._listeners:
             listener(lock)
-        return lock
 
     def remove(self, lock_id: str, *, by: str = "") -> bool:
         removed = self._storage.delete_lock(lock_id)

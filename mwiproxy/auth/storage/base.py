@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass
@@ -91,6 +91,14 @@ class StorageUnavailable(Exception):
 
 class StoreClosed(Exception):
     """The storage was closed: no later write can succeed (nothing to retry)."""
+
+
+class LockNoticeSource(Protocol):
+    """Tells a cluster process that another one may have created a lock."""
+
+    def wait(self, timeout: float) -> bool: ...  # True: re-read the locks
+    def close(self) -> None: ...  # from any thread: wait stops waiting
+    def finish(self) -> None: ...  # from the waiting thread, after the last wait
 
 
 class Storage(abc.ABC):
@@ -196,6 +204,11 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def set_meta(self, key: str, value: str) -> None: ...
+
+    def lock_notices(self) -> LockNoticeSource | None:
+        """Where other processes' new locks are heard (None: this process is the only
+        one using the storage, as with SQLite)."""
+        return None
 
     @abc.abstractmethod
     def close(self) -> None: ...

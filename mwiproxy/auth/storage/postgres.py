@@ -4,7 +4,8 @@ processes can reach (`storage: {type: postgres, conn_string: ...}` in cluster.ya
 The atomic steps are single conditional statements, so they hold across processes:
 a generation bump is `UPDATE ... WHERE generation = expected`, a token is used by
 `UPDATE ... WHERE used_at IS NULL AND expires > now`; the audit chain is in pg_audit.py,
-the schema and its migrations in pg_schema.py, reconnection in pg_conn.py.
+the schema and its migrations in pg_schema.py, reconnection in pg_conn.py, the notices
+that tell other cluster processes about a new lock in pg_locks.py.
 
 Calls are synchronous, like SQLite's: the auth API runs them on its worker threads, the
 proxy's access check at session start on a worker thread too (`remote`).
@@ -31,6 +32,7 @@ from mwiproxy.auth.storage.base import (
 )
 from mwiproxy.auth.storage.pg_audit import PostgresAudit
 from mwiproxy.auth.storage.pg_conn import Connection
+from mwiproxy.auth.storage.pg_locks import CHANNEL, LockNotices
 from mwiproxy.auth.storage.pg_schema import migrate
 
 Row = tuple[Any, ...]
@@ -52,6 +54,7 @@ class PostgresStorage(Storage):
     remote = True
 
     def __init__(self, conn_string: str) -> None:
+        self._conn_string = conn_string
         self._conn = Connection(conn_string, "storage")
         try:
             guards_missing = self._conn.run(migrate, read=False)
@@ -162,9 +165,15 @@ class PostgresStorage(Storage):
 
     # locks
     def create_lock(self, lock: LockRecord) -> None:
-        self._x(f"INSERT INTO locks ({_LOCK_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+        # the notice is sent at commit, with the row: a listener that hears it finds it
+        self._x(f"WITH added AS (INSERT INTO locks ({_LOCK_COLUMNS}) "
+                "VALUES (%s, %s, %s, %s, %s, %s) RETURNING lock_id) "
+                f"SELECT pg_notify('{CHANNEL}', lock_id) FROM added",
                 (lock.lock_id, lock.target_kind, lock.target, lock.message, lock.expires,
                  lock.created))
+
+    def lock_notices(self) -> LockNotices:
+        return LockNotices(self._conn_string)
 
     def list_locks(self, now: float | None = None) -> list[LockRecord]:
         sql = f"SELECT {_LOCK_COLUMNS} FROM locks"

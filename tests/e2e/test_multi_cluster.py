@@ -1,0 +1,162 @@
+"""Two `mwiproxy start` processes on one PostgreSQL storage, the second given a copy of
+the first one's CA directory (README "Several cluster processes"): a bot joins through A
+and renews through B, psql goes through B, a lock made against A cuts B's session, and a
+stolen identity renewing on both gets the bot locked."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from mwiproxy.auth.client import AuthClient
+from mwiproxy.auth.errors import AuthError
+from mwiproxy.devkit import postgres
+from mwiproxy.devkit.cluster import ClusterProcess
+from mwiproxy.devkit.topology import (
+    CLUSTER_YAML,
+    SERVICE,
+    Topology,
+    cluster_config,
+    start_topology,
+)
+from mwiproxy.identity.authorities import generate_private_key, private_key_pem, public_key_pem
+
+pytestmark = pytest.mark.integration
+
+
+@dataclasses.dataclass
+class Pair:
+    a: Topology  # cluster process A, the database, the guide's role
+    b: Topology  # the same, with cluster process B
+    template: str  # their cluster.yaml template (one storage)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, storage_server) -> Iterator[Pair]:  # type: ignore[no-untyped-def]
+    if not postgres.available():
+        pytest.skip("PostgreSQL 15 not installed")
+    conn_string = storage_server().fresh()
+    template = CLUSTER_YAML + f"storage:\n  type: postgres\n  conn_string: '{conn_string}'\n"
+    root = tmp_path_factory.mktemp("multi")
+    with start_topology(root, template) as a:
+        # the documented set-up: B's data dir starts with a copy of A's CA directory
+        (root / "data-b").mkdir(mode=0o700)
+        shutil.copytree(a.cluster.data_dir / "ca", root / "data-b" / "ca")
+        cluster_b = ClusterProcess(root / "data-b", config=cluster_config(a.pg.port, template))
+        b = dataclasses.replace(a, cluster=cluster_b.start(), proxies=[])
+        try:
+            yield Pair(a, b, template)
+        finally:
+            for lp in b.proxies:
+                lp.stop()
+            cluster_b.stop()
+
+
+def _client(topo: Topology, ident: dict[str, bytes] | None = None) -> AuthClient:
+    if ident is None:
+        return AuthClient(topo.cluster.addr, ca_pems=topo.host_ca)
+    return AuthClient(topo.cluster.addr, ca_pems=topo.host_ca, cert_pem=ident["cert"],
+                      key_pem=ident["key"])
+
+
+def _join(topo: Topology, bot: str) -> dict[str, bytes]:
+    key = generate_private_key()
+    with _client(topo) as anon:
+        got = anon.call("join", token=topo.add_bot(bot),
+                        public_key=public_key_pem(key.public_key()).decode())
+    return {"cert": got["cert"].encode(), "key": private_key_pem(key)}
+
+
+def _renew(topo: Topology, ident: dict[str, bytes]) -> dict[str, Any]:
+    key = generate_private_key()
+    with _client(topo, ident) as c:
+        got = c.call("renew", public_key=public_key_pem(key.public_key()).decode())
+    return {**got, "cert": got["cert"].encode(), "key": private_key_pem(key)}
+
+
+def _db_output(topo: Topology, ident: dict[str, bytes], bot: str):  # type: ignore[no-untyped-def]
+    key = generate_private_key()
+    with _client(topo, ident) as c:
+        got = c.call("issue_database_cert", service=SERVICE, database="example-db",
+                     username="alice", ttl="10m",
+                     public_key=public_key_pem(key.public_key()).decode())
+    return topo.write_output(bot, private_key_pem(key), got["cert"].encode(), got["cas"])
+
+
+def test_join_on_a_renew_and_connect_on_b_and_a_lock_on_a_cuts_b(pair: Pair):
+    a, b = pair.a, pair.b
+    assert a.ca_pin == b.ca_pin  # one set of CAs
+    ident = _join(a, "roamer")
+    renewed = _renew(b, ident)
+    assert renewed["generation"] == 2
+    lp = b.local_proxy(_db_output(b, renewed, "roamer"), tunnel=True)
+    conn = psycopg.connect(b.dsn(lp), autocommit=True)
+    assert conn.execute("SELECT current_user").fetchone() == ("alice",)
+    a.cluster.ctl("lock", "--bot=roamer", "--message", "incident 51")
+    locked_at = time.monotonic()
+    # the bound only stops a hang; the figure is printed (the design aims at < 2 s)
+    with pytest.raises(psycopg.OperationalError) as err:
+        while time.monotonic() - locked_at < 10:
+            conn.execute("SELECT 1")
+            time.sleep(0.05)
+    conn.close()
+    assert "session ended: bot 'roamer' is locked: incident 51" in str(err.value), err.value
+    ends = [e for e in a.audit("db.session.end") if e.get("bot") == "roamer"]
+    assert ends and ends[-1]["reason"] == "locked", ends
+    (made,) = [e for e in a.audit("lock.created") if e.get("target") == "roamer"]
+    # the figure, from the two processes' own audit times (one host, one clock)
+    took = dt.datetime.fromisoformat(ends[-1]["time"]) - dt.datetime.fromisoformat(made["time"])
+    print(f"lock stored by A at {made['time']}, session on B ended at {ends[-1]['time']}: "
+          f"{took.total_seconds():.3f} s")
+    res = b.psql(b.dsn(lp), "SELECT 1")
+    assert "bot 'roamer' is locked: incident 51" in res.stderr, res.stderr
+    assert "made by another cluster process" in b.cluster.log.read_text()
+
+
+def test_a_stolen_identity_renewing_on_a_and_b_locks_the_bot(pair: Pair):
+    a, b = pair.a, pair.b
+    ident = _join(a, "stolen")  # the original and the thief both hold this copy
+    outcome: dict[str, Any] = {}
+    start = threading.Barrier(2)
+
+    def renew(name: str, topo: Topology) -> None:
+        start.wait()
+        try:
+            outcome[name] = _renew(topo, ident)
+        except AuthError as e:
+            outcome[name] = e
+    threads = [threading.Thread(target=renew, args=(n, t)) for n, t in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    won = [n for n, got in outcome.items() if isinstance(got, dict)]
+    lost = [got for got in outcome.values() if isinstance(got, AuthError)]
+    assert len(won) == 1 and len(lost) == 1, outcome  # one generation bump, across processes
+    assert "generation mismatch" in str(lost[0]), lost[0]
+    locks = b.cluster.ctl("locks", "ls").stdout
+    assert "stolen" in locks, locks
+    # the winner is locked out too, through either process
+    for topo in (a, b):
+        with pytest.raises(AuthError, match="locked"):
+            _renew(topo, outcome[won[0]])
+    mismatches = [e for e in a.audit("bot.generation_mismatch") if e.get("bot") == "stolen"]
+    assert len(mismatches) == 1, mismatches
+
+
+def test_a_cluster_process_with_its_own_cas_is_refused(pair: Pair):
+    """A data dir without the copy would create its own CAs: stopped at start."""
+    stray = ClusterProcess(pair.a.root / "data-stray",
+                           config=cluster_config(pair.a.pg.port, pair.template))
+    with pytest.raises(RuntimeError, match="exited 1") as info:
+        stray.start()
+    (line,) = str(info.value).split("\n", 1)[1].splitlines()
+    assert "are not the ones the cluster processes on this storage sign with" in line, line
