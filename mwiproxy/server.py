@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mwiproxy.auth import ca_share
+from mwiproxy.auth.agent_feed import AgentFeed
 from mwiproxy.auth.api import serve_connection
 from mwiproxy.auth.ca_rotation import UPDATE_CLIENTS, drive_schedule
 from mwiproxy.auth.handlers import METHODS
@@ -114,6 +115,7 @@ class Cluster:
         self.sessions = SessionRegistry()
         self._rotation_timer: asyncio.Task[None] | None = None
         self._lock_feed: LockFeed | None = None
+        self._agent_feed: AgentFeed | None = None
         self._route_databases()
 
     def _diagnostics(self) -> tuple[NoopProxyMetrics, DiagServer | None]:
@@ -235,6 +237,8 @@ class Cluster:
         self.auth.locks.on_lock(cut_locked)
         # locks made by another cluster process on the same (PostgreSQL) storage
         self._lock_feed = LockFeed.start_for(self.auth.locks, self.storage)
+        # and agents that heartbeat to another one (auth/agent_feed.py)
+        self._agent_feed = AgentFeed.start_for(self.auth.agents, self.storage)
         self.metrics.count_bytes(loop)
         if self.diag is not None:
             with binding.naming("diag_addr", self.config.diag_addr):
@@ -348,6 +352,8 @@ class Cluster:
             await self.diag.close()
         if self._lock_feed is not None:
             await asyncio.to_thread(self._lock_feed.close)
+        if self._agent_feed is not None:
+            await asyncio.to_thread(self._agent_feed.close)
         # every event queued so far is stored (or logged as not stored) before exit
         await asyncio.to_thread(self.auth.audit.close)
         self.storage.close()

@@ -10,16 +10,25 @@ presents the secret with its request, and the cluster signs only for that sessio
 database user on that session's database, for the agent it was sent to, once, within
 seconds.
 
-Grants live in the auth process's memory: the proxy runs in the same process, and a
-grant outlives its session's start by seconds, so a restart loses nothing that matters.
+Grants live in the auth process's memory when it is the only process on its storage
+(SQLite): the proxy runs in the same process, and a grant outlives its session's start by
+seconds, so a restart loses nothing that matters. With a shared storage (PostgreSQL) the
+agent may ask another cluster process than the one whose proxy took the grant, so grants
+are stored there, keyed by the secret's SHA-256 (never the secret), and taken out in one
+statement: one request gets it, whichever process it reaches.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from mwiproxy.auth.storage.base import Storage
 
 GRANT_TTL = 30.0  # seconds: the agent uses it while the session is starting
 # Most grants are never used (the agent still holds a certificate for that user), so at
@@ -44,7 +53,10 @@ class Grant:
 
 class GrantStore:
     def __init__(self, clock: Callable[[], float], *, ttl: float = GRANT_TTL,
-                 limit: int = MAX_GRANTS) -> None:
+                 limit: int = MAX_GRANTS, shared: Storage | None = None) -> None:
+        """`shared`: the storage the grants go to instead of memory (see above)."""
+        self._shared = shared
+        self._pruned = 0.0  # when the shared grants were last pruned
         self._clock = clock
         self._ttl = ttl
         self._limit = limit
@@ -60,6 +72,13 @@ class GrantStore:
         secret = secrets.token_urlsafe(32)
         now = self._clock()
         grant = Grant(session_id, host_id, service, db_name, db_user, user, now + self._ttl)
+        if self._shared is not None:
+            if now - self._pruned >= self._ttl:  # the expired ones, now and then
+                self._pruned = now
+                self._shared.prune_grants(now)
+            self._shared.put_grant(_key(secret), json.dumps(dataclasses.asdict(grant)),
+                                   grant.expires)
+            return secret
         with self._mu:
             self._prune(now)
             while len(self._grants) >= self._limit:
@@ -72,9 +91,13 @@ class GrantStore:
         if not secret:
             raise GrantRefused("no grant: certificates are issued to agents only for a "
                                "session the cluster proxy has authorized")
-        with self._mu:
-            # taken out before any check: a grant is good for one request, even a refused one
-            grant = self._grants.pop(secret, None)
+        # taken out before any check: a grant is good for one request, even a refused one
+        if self._shared is not None:
+            body = self._shared.take_grant(_key(secret))
+            grant = Grant(**json.loads(body)) if body is not None else None
+        else:
+            with self._mu:
+                grant = self._grants.pop(secret, None)
         if grant is None:
             raise GrantRefused("unknown or already used grant")
         if grant.expires <= self._clock():
@@ -98,3 +121,7 @@ class GrantStore:
             if self._grants[secret].expires > now:
                 return
             del self._grants[secret]
+
+
+def _key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -71,7 +71,7 @@ def _agent_sign_db_client(s: AuthService, r: Request) -> Any:
 def _agent_dict(a: AgentRecord) -> dict[str, Any]:
     return {"host_id": a.host_id, "hostname": a.hostname, "addr": a.addr,
             "databases": [d.name for d in a.databases], "expires": a.expires,
-            "last_heartbeat": a.last_heartbeat}
+            "last_heartbeat": a.last_heartbeat, "cert_sha256": a.cert_sha256}
 
 
 def _agents_ls(s: AuthService, r: Request) -> Any:

@@ -6,15 +6,22 @@ presents to the auth API, and a server certificate from the *host* CA for the li
 cluster proxy dials. It then heartbeats the databases it serves; a heartbeat expires after
 its TTL, so a dead agent's databases drop out of ``db ls`` and routing on their own.
 
-The heartbeat registry lives in memory (host_id → AgentRecord): there is one auth process
-per cluster, and agents re-register within one heartbeat after it restarts. What must
-survive a restart — which host_ids have joined, so their renewals are honoured — is kept
-in storage meta under ``agent:<host_id>``.
+The heartbeat registry is kept in storage (Storage.put_agent: host id, hostname, the
+address the proxies dial, the admitted databases, expiry, last heartbeat and the
+fingerprint of the identity certificate it came with), so every cluster process on one
+PostgreSQL storage routes to every agent, whichever process it heartbeats to, and a
+restarted process finds the agents again at once. Each process reads it into a cache
+(host_id → AgentRecord) at start and every REFRESH seconds (auth/agent_feed.py, off the
+event loop), and writes its own heartbeats through. A registration expires by heartbeat
+age as before; the one process whose conditional delete removes it audits the loss.
+Which host_ids have joined, so their renewals are honoured, is kept in storage meta under
+``agent:<host_id>``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import re
@@ -31,7 +38,13 @@ from mwiproxy.auth.agent_grants import Grant, GrantRefused, GrantStore
 from mwiproxy.auth.bots import DEFAULT_TOKEN_TTL, IssuedToken, token_id
 from mwiproxy.auth.errors import AccessDenied, AuthError, BadRequest, Locked, checked
 from mwiproxy.auth.locks import LockService, describe
-from mwiproxy.auth.storage.base import LockRecord, Storage, TokenRecord, TokenUnusable
+from mwiproxy.auth.storage.base import (
+    AgentHeartbeat,
+    LockRecord,
+    Storage,
+    TokenRecord,
+    TokenUnusable,
+)
 from mwiproxy.config.cluster import DatabaseConfig
 from mwiproxy.config.loader import ConfigError
 from mwiproxy.identity import names, oids
@@ -48,6 +61,9 @@ MAX_AGENT_TTL = dt.timedelta(days=7)
 DEFAULT_HEARTBEAT_TTL = 60.0
 MIN_HEARTBEAT_TTL = 3.0
 MAX_HEARTBEAT_TTL = 600.0
+# s between reads of the shared registry: under the shortest heartbeat interval
+# (MIN_HEARTBEAT_TTL / 3 is an agent's fastest beat; its TTL is what routing can miss)
+REFRESH = 3.0
 # Agents cache a database-client certificate per database user and reuse it for later
 # sessions (engines/base.py UpstreamTLS). One may be for a superuser, so it must not
 # become a long-lived key on the agent's host: a few minutes, then a new session grant.
@@ -80,6 +96,7 @@ class AgentRecord:
     databases: tuple[DatabaseConfig, ...]
     expires: float  # heartbeat expiry, epoch seconds
     last_heartbeat: float
+    cert_sha256: str = ""  # the identity certificate it last heartbeat with
 
     @property
     def user(self) -> str:
@@ -109,8 +126,9 @@ class AgentService:
         self._static = static_databases
         self._registry: dict[str, AgentRecord] = {}
         self._mu = threading.Lock()
-        self._grants = GrantStore(clock)
+        self._grants = GrantStore(clock, shared=storage if storage.remote else None)
         locks.on_lock(self._on_lock)
+        self.refresh()
 
     # tokens
     def add_token(self, *, ttl: float | None = None, by: str = "") -> IssuedToken:
@@ -219,13 +237,15 @@ class AgentService:
             raise BadRequest(f"an agent may serve at most {MAX_DATABASES} databases")
         ttl = _heartbeat_ttl(ttl)
         now = self._clock()
+        self._prune(now)
         with self._mu:
-            self._prune(now)
             previous = self._registry.get(host_id)
             accepted, rejected = self._admit(host_id, databases)
             rec = AgentRecord(host_id, hostname or self._joined_hostname(host_id), addr,
-                              tuple(accepted), now + ttl, now)
+                              tuple(accepted), now + ttl, now,
+                              hashlib.sha256(caller.cert_der).hexdigest())
             self._registry[host_id] = rec
+        self._storage.put_agent(_stored(rec))
         if previous is None or (previous.databases, previous.addr, previous.hostname) != (
                 rec.databases, rec.addr, rec.hostname):
             self._audit.emit(audit.AGENT_REGISTER, host_id=host_id, hostname=rec.hostname,
@@ -270,6 +290,7 @@ class AgentService:
         host_id = self._host_id(caller)
         with self._mu:
             rec = self._registry.pop(host_id, None)
+        self._storage.delete_agent(host_id)
         self._audit.emit(audit.AGENT_GOODBYE, host_id=host_id,
                          hostname=rec.hostname if rec else "",
                          databases=[d.name for d in rec.databases] if rec else [])
@@ -328,21 +349,48 @@ class AgentService:
         return session
 
     def live(self) -> list[AgentRecord]:
+        """The registrations not expired (from the cache: no storage read)."""
+        now = self._clock()
+        if not self._storage.remote:  # a local write: the loss is audited at first look
+            self._prune(now)
         with self._mu:
-            self._prune(self._clock())
-            return list(self._registry.values())
+            return [r for r in self._registry.values() if r.expires > now]
+
+    def refresh(self) -> None:
+        """Re-read the shared registry (start, then every REFRESH s: auth/agent_feed.py);
+        the expired registrations are removed and their loss audited."""
+        started = self._clock()
+        stored = {}
+        for row in self._storage.list_agents():
+            rec = _loaded(row)
+            if rec is not None:
+                stored[rec.host_id] = rec
+        with self._mu:
+            for host_id, mine in self._registry.items():
+                # a heartbeat this process took while the rows were read
+                if mine.last_heartbeat > started or (
+                        host_id in stored and mine.last_heartbeat > stored[host_id].last_heartbeat):
+                    stored[host_id] = mine
+            self._registry = stored
+        self._prune(self._clock())
 
     def servers_for(self, name: str) -> list[tuple[AgentRecord, DatabaseConfig]]:
         return [(r, d) for r in self.live() for d in r.databases if d.name == name]
 
     # helpers
     def _prune(self, now: float) -> None:
-        """Drop expired heartbeats (caller holds the lock); each loss is audited once."""
-        for rec in [r for r in self._registry.values() if r.expires <= now]:
-            del self._registry[rec.host_id]
-            self._audit.emit(audit.AGENT_LOST, host_id=rec.host_id, hostname=rec.hostname,
-                             databases=[d.name for d in rec.databases],
-                             reason="heartbeat expired")
+        """Drop expired heartbeats; each loss is audited once, by the process that
+        removed it from storage."""
+        with self._mu:
+            gone = [r for r in self._registry.values() if r.expires <= now]
+            for rec in gone:
+                del self._registry[rec.host_id]
+        for rec in gone:
+            if self._storage.delete_agent(rec.host_id, expired_at=now):
+                self._audit.emit(audit.AGENT_LOST, host_id=rec.host_id,
+                                 hostname=rec.hostname,
+                                 databases=[d.name for d in rec.databases],
+                                 reason="heartbeat expired")
 
     def _on_lock(self, lock: LockRecord) -> None:
         """A new lock on an agent (or on all agents) takes its databases away at once."""
@@ -352,8 +400,12 @@ class AgentService:
             for rec in hit:
                 del self._registry[rec.host_id]
         for rec in hit:
-            self._audit.emit(audit.AGENT_LOST, host_id=rec.host_id, hostname=rec.hostname,
-                             databases=[d.name for d in rec.databases], reason=describe(lock))
+            # every process hears of the lock (auth/lock_feed.py): one removes and audits
+            if self._storage.delete_agent(rec.host_id):
+                    self._audit.emit(audit.AGENT_LOST, host_id=rec.host_id,
+                                 hostname=rec.hostname,
+                                 databases=[d.name for d in rec.databases],
+                                 reason=describe(lock))
 
     def _host_id(self, caller: Identity) -> str:
         """The host_id an agent identity speaks for; refused unless it joined this cluster."""
@@ -375,6 +427,30 @@ class AgentService:
         lock = self._locks.find(user=caller.user, roles=caller.roles)
         if lock is not None:
             raise Locked(f"{action} refused: {describe(lock)}")
+
+
+def _stored(rec: AgentRecord) -> AgentHeartbeat:
+    return AgentHeartbeat(rec.host_id, rec.hostname, rec.addr,
+                          [_entry(d) for d in rec.databases], rec.expires,
+                          rec.last_heartbeat, rec.cert_sha256)
+
+
+def _entry(db: DatabaseConfig) -> dict[str, Any]:
+    """A database as a heartbeat gives it (what parse_database reads back)."""
+    return {"name": db.name, "protocol": db.protocol, "uri": db.uri,
+            "labels": dict(db.static_labels), "description": db.description}
+
+
+def _loaded(row: AgentHeartbeat) -> AgentRecord | None:
+    """A stored registration, checked again as a heartbeat is (None: not usable; a
+    newer mwiproxy may have written it)."""
+    try:
+        split_host_port(row.addr, min_port=1)
+        dbs = tuple(parse_database(d) for d in row.databases)
+    except (ValueError, TypeError):
+        return None
+    return AgentRecord(row.host_id, row.hostname, row.addr, dbs, float(row.expires),
+                       float(row.last_heartbeat), row.cert_sha256)
 
 
 def token_kind(storage: Storage, secret: str) -> str | None:

@@ -110,8 +110,13 @@ class RemoteEngine:
                                 f"{str(e) or 'timeout'}")
                 continue
             self._metrics.dial(self.name, self._protocol, time.monotonic() - started)
+            try:  # off the loop: with a shared storage the grant is a storage write
+                hello = await asyncio.to_thread(hello_for, agent)
+            except BaseException:
+                stream.close()
+                raise
             try:
-                await stream.write(hello_for(agent).encode())
+                await stream.write(hello.encode())
                 reader = BufferedReader(stream)
                 reply = await asyncio.wait_for(agentlink.read_reply(reader), LINK_TIMEOUT)
             except (OSError, TimeoutError, asyncio.IncompleteReadError,

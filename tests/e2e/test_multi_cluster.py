@@ -1,12 +1,14 @@
 """Two `mwiproxy start` processes on one PostgreSQL storage, the second given a copy of
 the first one's CA directory (README "Several cluster processes"): a bot joins through A
-and renews through B, psql goes through B, a lock made against A cuts B's session, and a
-stolen identity renewing on both gets the bot locked."""
+and renews through B, psql goes through B, a lock made against A cuts B's session, a
+stolen identity renewing on both gets the bot locked, and a database agent that
+heartbeats to A serves psql through B, also while A restarts."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import shutil
 import threading
 import time
@@ -19,6 +21,7 @@ import pytest
 from mwiproxy.auth.client import AuthClient
 from mwiproxy.auth.errors import AuthError
 from mwiproxy.devkit import postgres
+from mwiproxy.devkit.agent import AGENT_SERVICE, AGENT_YAML, Agent, db_token
 from mwiproxy.devkit.cluster import ClusterProcess
 from mwiproxy.devkit.topology import (
     CLUSTER_YAML,
@@ -26,6 +29,7 @@ from mwiproxy.devkit.topology import (
     Topology,
     cluster_config,
     start_topology,
+    wait_for,
 )
 from mwiproxy.identity.authorities import generate_private_key, private_key_pem, public_key_pem
 
@@ -150,6 +154,42 @@ def test_a_stolen_identity_renewing_on_a_and_b_locks_the_bot(pair: Pair):
             _renew(topo, outcome[won[0]])
     mismatches = [e for e in a.audit("bot.generation_mismatch") if e.get("bot") == "stolen"]
     assert len(mismatches) == 1, mismatches
+
+
+def _agents_of(topo: Topology) -> dict[str, list[str]]:
+    out = topo.cluster.ctl("db", "ls", "--format", "json").stdout
+    return {d["name"]: d.get("agents", []) for d in json.loads(out)}
+
+
+def test_an_agent_of_a_serves_psql_through_b_while_a_restarts(pair: Pair):
+    a, b = pair.a, pair.b
+    # a heartbeat TTL longer than A's restart: its registration outlives A's absence
+    agent = Agent(a, "of-a", template=AGENT_YAML.replace("heartbeat_ttl: 3s",
+                                                         "heartbeat_ttl: 60s"))
+    agent.start(token=db_token(a))  # it joins and heartbeats to A only
+    try:
+        # B reads the shared registry every few seconds (auth/agent_feed.py)
+        assert wait_for(lambda: _agents_of(b).get(AGENT_SERVICE), timeout=30), _agents_of(b)
+        lp = b.local_proxy(b.bot_output("via-b", service=AGENT_SERVICE), tunnel=True,
+                           service=AGENT_SERVICE)
+        # B's proxy takes the session grant; the agent presents it to A: shared storage
+        res = b.psql(b.dsn(lp), "select current_user, 40 + 2")
+        assert res.stdout.strip() == "alice|42", res.stderr
+        a.cluster.stop()
+        try:
+            assert _agents_of(b).get(AGENT_SERVICE), _agents_of(b)
+            res = b.psql(b.dsn(lp), "select 'while A is down'")
+            assert res.stdout.strip() == "while A is down", res.stderr
+        finally:
+            a.cluster.start()
+        # A, restarted, has the registration from the storage before the next heartbeat
+        assert _agents_of(a).get(AGENT_SERVICE), _agents_of(a)
+        res = b.psql(b.dsn(lp), "select 'after A restarted'")
+        assert res.stdout.strip() == "after A restarted", res.stderr
+        lost = [e for e in a.audit("agent.lost") if e.get("databases") == [AGENT_SERVICE]]
+        assert lost == [], lost
+    finally:
+        agent.stop()
 
 
 def test_a_cluster_process_with_its_own_cas_is_refused(pair: Pair):

@@ -80,6 +80,19 @@ class AuditTail:
     highest_id: int  # the highest event id the store has handed out
 
 
+@dataclass
+class AgentHeartbeat:
+    """A database agent's registration as its last heartbeat left it (auth/agents.py),
+    shared by every cluster process on the storage."""
+    host_id: str
+    hostname: str
+    addr: str  # host:port the cluster proxies dial
+    databases: list[dict[str, Any]]  # each as the heartbeat gave it, once admitted
+    expires: float
+    last_heartbeat: float
+    cert_sha256: str  # the fingerprint of the identity certificate it heartbeat with
+
+
 class TokenUnusable(Exception):
     """A join token is unknown, already used or expired."""
 
@@ -204,6 +217,32 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def set_meta(self, key: str, value: str) -> None: ...
+
+    # database agents' heartbeats and session grants (auth/agents.py, agent_grants.py):
+    # shared, so any cluster process routes to any agent and honours any process's grant
+    @abc.abstractmethod
+    def put_agent(self, agent: AgentHeartbeat) -> None:
+        """Insert or replace the agent's registration."""
+
+    @abc.abstractmethod
+    def list_agents(self) -> list[AgentHeartbeat]:
+        """Every stored registration, expired ones too, ordered by host_id."""
+
+    @abc.abstractmethod
+    def delete_agent(self, host_id: str, *, expired_at: float | None = None) -> bool:
+        """Remove a registration (with `expired_at`: only if it expired by then); True
+        for the one caller that removed it."""
+
+    @abc.abstractmethod
+    def put_grant(self, key: str, body: str, expires: float) -> None: ...
+
+    @abc.abstractmethod
+    def take_grant(self, key: str) -> str | None:
+        """The grant's body, removed in the same step: one taker gets it."""
+
+    @abc.abstractmethod
+    def prune_grants(self, now: float) -> int:
+        """Remove the grants expired by `now`; how many."""
 
     def lock_notices(self) -> LockNoticeSource | None:
         """Where other processes' new locks are heard (None: this process is the only

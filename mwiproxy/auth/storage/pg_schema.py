@@ -67,6 +67,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE audit ADD COLUMN session text;
     CREATE INDEX audit_session ON audit (session, id);
     """,
+    # 3: database agents' heartbeats and session grants, shared by the cluster
+    # processes (auth/agents.py, auth/agent_grants.py)
+    """
+    CREATE TABLE agents (
+        host_id text PRIMARY KEY, hostname text NOT NULL, addr text NOT NULL,
+        databases text NOT NULL, expires double precision NOT NULL,
+        last_heartbeat double precision NOT NULL, cert_sha256 text NOT NULL);
+    CREATE TABLE grants (key text PRIMARY KEY, body text NOT NULL,
+                         expires double precision NOT NULL);
+    CREATE INDEX grants_expires ON grants (expires);
+    """,
 ]
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 
 from mwiproxy.auth.storage.base import (
+    AgentHeartbeat,
     AuditEvent,
     AuditTail,
     BotRecord,
@@ -39,6 +40,7 @@ Row = tuple[Any, ...]
 _BOT_COLUMNS = "name, roles, generation, traits, created, last_seen, instance_id, issued"
 _TOKEN_COLUMNS = "token_id, kind, bot_name, expires, created, used_at"
 _LOCK_COLUMNS = "lock_id, target_kind, target, message, expires, created"
+_AGENT_COLUMNS = "host_id, hostname, addr, databases, expires, last_heartbeat, cert_sha256"
 
 
 def _bot(row: Row) -> BotRecord:
@@ -228,6 +230,40 @@ class PostgresStorage(Storage):
     def set_meta(self, key: str, value: str) -> None:
         self._x("INSERT INTO meta VALUES (%s, %s) "
                 "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (key, value))
+
+    # agents and grants (pg_schema migration 3)
+    def put_agent(self, agent: AgentHeartbeat) -> None:
+        self._x(f"INSERT INTO agents ({_AGENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (host_id) DO UPDATE SET hostname = EXCLUDED.hostname, "
+                "addr = EXCLUDED.addr, databases = EXCLUDED.databases, "
+                "expires = EXCLUDED.expires, last_heartbeat = EXCLUDED.last_heartbeat, "
+                "cert_sha256 = EXCLUDED.cert_sha256",
+                (agent.host_id, agent.hostname, agent.addr, json.dumps(agent.databases),
+                 agent.expires, agent.last_heartbeat, agent.cert_sha256))
+
+    def list_agents(self) -> list[AgentHeartbeat]:
+        return [AgentHeartbeat(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6])
+                for r in self._q(f"SELECT {_AGENT_COLUMNS} FROM agents ORDER BY host_id")]
+
+    def delete_agent(self, host_id: str, *, expired_at: float | None = None) -> bool:
+        if expired_at is None:
+            return self._x("DELETE FROM agents WHERE host_id = %s", (host_id,)) == 1
+        return self._x("DELETE FROM agents WHERE host_id = %s AND expires <= %s",
+                       (host_id, expired_at)) == 1
+
+    def put_grant(self, key: str, body: str, expires: float) -> None:
+        self._x("INSERT INTO grants (key, body, expires) VALUES (%s, %s, %s)",
+                (key, body, expires))
+
+    def take_grant(self, key: str) -> str | None:
+        def take(conn: psycopg.Connection[Any]) -> Row | None:
+            return conn.execute("DELETE FROM grants WHERE key = %s RETURNING body",
+                                (key,)).fetchone()
+        row = self._conn.run(take, read=False)
+        return str(row[0]) if row else None
+
+    def prune_grants(self, now: float) -> int:
+        return self._x("DELETE FROM grants WHERE expires <= %s", (now,))
 
     def close(self) -> None:
         self._audit.close()

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from mwiproxy.auth.storage.base import (
+    AgentHeartbeat,
     AuditEvent,
     AuditTail,
     BotRecord,
@@ -34,6 +35,12 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE TABLE IF NOT EXISTS locks (
     lock_id TEXT PRIMARY KEY, target_kind TEXT NOT NULL, target TEXT NOT NULL,
     message TEXT NOT NULL, expires REAL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS agents (
+    host_id TEXT PRIMARY KEY, hostname TEXT NOT NULL, addr TEXT NOT NULL,
+    databases TEXT NOT NULL, expires REAL NOT NULL, last_heartbeat REAL NOT NULL,
+    cert_sha256 TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS grants (key TEXT PRIMARY KEY, body TEXT NOT NULL,
+    expires REAL NOT NULL);
 """ + AUDIT_SCHEMA
 
 
@@ -234,6 +241,35 @@ class SQLiteStorage(Storage):
 
     def set_meta(self, key: str, value: str) -> None:
         self._x("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # agents and grants
+    _AGENT_COLUMNS = "host_id, hostname, addr, databases, expires, last_heartbeat, cert_sha256"
+
+    def put_agent(self, agent: AgentHeartbeat) -> None:
+        self._x(f"INSERT OR REPLACE INTO agents ({self._AGENT_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (agent.host_id, agent.hostname, agent.addr, json.dumps(agent.databases),
+                 agent.expires, agent.last_heartbeat, agent.cert_sha256))
+
+    def list_agents(self) -> list[AgentHeartbeat]:
+        return [AgentHeartbeat(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6])
+                for r in self._q(f"SELECT {self._AGENT_COLUMNS} FROM agents ORDER BY host_id")]
+
+    def delete_agent(self, host_id: str, *, expired_at: float | None = None) -> bool:
+        if expired_at is None:
+            return self._x("DELETE FROM agents WHERE host_id = ?", (host_id,)) == 1
+        return self._x("DELETE FROM agents WHERE host_id = ? AND expires <= ?",
+                       (host_id, expired_at)) == 1
+
+    def put_grant(self, key: str, body: str, expires: float) -> None:
+        self._x("INSERT INTO grants VALUES (?, ?, ?)", (key, body, expires))
+
+    def take_grant(self, key: str) -> str | None:
+        rows = self._q("DELETE FROM grants WHERE key = ? RETURNING body", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def prune_grants(self, now: float) -> int:
+        return self._x("DELETE FROM grants WHERE expires <= ?", (now,))
 
     def close(self) -> None:
         with self._lock:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mwiproxy.auth.storage.base import BotRecord, LockRecord, TokenRecord, TokenUnusable
+from mwiproxy.auth.storage.base import (
+    AgentHeartbeat,
+    BotRecord,
+    LockRecord,
+    TokenRecord,
+    TokenUnusable,
+)
 from mwiproxy.auth.storage.chain import verify_chain
 
 NOW = 1_800_000_000.0
@@ -133,3 +139,33 @@ def test_a_second_instance_continues_the_chain(open_storage):
     finally:
         one.close()
         two.close()
+
+
+def _agent(host_id: str, expires: float, addr: str = "10.0.0.5:3080") -> AgentHeartbeat:
+    return AgentHeartbeat(host_id, f"{host_id}.example", addr,
+                          [{"name": "pg", "protocol": "postgres", "uri": "localhost:5432",
+                            "labels": {"env": "dev"}}], expires, expires - 60, "ab" * 32)
+
+
+def test_agent_heartbeats_are_replaced_listed_and_removed_once(storage):
+    storage.put_agent(_agent("h2", NOW + 60))
+    storage.put_agent(_agent("h1", NOW + 60))
+    storage.put_agent(_agent("h1", NOW + 90, addr="10.0.0.6:3080"))  # the next heartbeat
+    assert storage.list_agents() == [_agent("h1", NOW + 90, addr="10.0.0.6:3080"),
+                                     _agent("h2", NOW + 60)]
+    # an expiry removes it only once it has expired, and for one caller only
+    assert not storage.delete_agent("h1", expired_at=NOW + 89)
+    assert storage.delete_agent("h1", expired_at=NOW + 90)
+    assert not storage.delete_agent("h1", expired_at=NOW + 90)
+    assert storage.delete_agent("h2") and not storage.delete_agent("h2")
+    assert storage.list_agents() == []
+
+
+def test_grants_are_taken_once_and_pruned(storage):
+    storage.put_grant("k1", '{"session_id": 1}', NOW + 30)
+    storage.put_grant("k2", '{"session_id": 2}', NOW + 10)
+    assert storage.take_grant("k1") == '{"session_id": 1}'
+    assert storage.take_grant("k1") is None
+    assert storage.prune_grants(NOW + 9) == 0
+    assert storage.prune_grants(NOW + 10) == 1
+    assert storage.take_grant("k2") is None
