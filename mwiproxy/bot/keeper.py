@@ -121,7 +121,7 @@ class IdentityKeeper:
         self._store(ident)
         self.renewed_at = time.monotonic()
         log.info("joined the cluster at %s as bot %s (generation %d, expires %s)",
-                 self.client.failover.preferred, ident.bot_name, ident.generation, stamp(ident.not_after))
+                 self.client.addr, ident.bot_name, ident.generation, stamp(ident.not_after))
         return ident
 
     # --- the next key (see the module docstring) ----------------------------------------
