@@ -411,18 +411,19 @@ class LocalProxy:
         """Dial, send `first` (if any) and read the first answer. A cluster process that
         dies between the handshake and its answer costs no client: the next address is
         tried with the same first packet (nothing has reached the database yet)."""
-        while True:
+        for tries_left in range(len(self._failover) - 1, -1, -1):
             upstream, address = await self._dial(with_cert, conn)
             try:
                 if first:
                     return upstream, await self._first_exchange(upstream, first)
                 return upstream, await self._first_answer(upstream)
             except UpstreamLost:
-                if len(self._failover) == 1 or self._failover.preferred != address:
-                    raise  # one address, or another caller already moved past it
-                self._failover.failed(address)
+                if not tries_left:
+                    raise
+                self._failover.failed(address)  # a no-op if another caller moved on
                 log.warning("the cluster proxy at %s went away before answering; "
                             "trying the next one", address)
+        raise AssertionError("unreachable: the last try returns or raises")
 
     async def _dial(self, with_cert: bool, conn: Connection) -> tuple[ByteStream, str]:
         """TLS to a cluster proxy (and which one); the stream is framed if `-ping` was
