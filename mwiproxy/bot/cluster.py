@@ -4,6 +4,11 @@ Every call is blocking (the renewer runs it in a worker thread) and opens its ow
 connection: calls are minutes apart, and a fresh connection never carries a stale
 certificate from before a renewal.
 
+With several cluster addresses (`proxy_server: a:3080,b:3080`, processes sharing one
+storage) every call tries them in failover order (wire/failover.py): one that cannot be
+reached, or that loses the answer, hands the call to the next, which answers a repeated
+renewal with an equivalent certificate (the generation lives in the shared storage).
+
 Trust on the first join comes from `onboarding` (teleport-facts.md §1): `ca_pins`
 (the host CA must match a pin), `ca_path` (a PEM file of the host CA), or `insecure`
 (trust whatever answers, loudly). After the join the bot verifies the cluster against
@@ -14,9 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from mwiproxy.auth.client import AuthClient, ClusterUnreachable, fetch_cas_pinned
 from mwiproxy.auth.errors import AccessDenied, AuthError
@@ -25,11 +30,15 @@ from mwiproxy.bot.state import BotIdentity, StorageUnavailable, token_hash
 from mwiproxy.config.bot import BotConfig
 from mwiproxy.config.durations import format_duration
 from mwiproxy.identity.pem import certificates
+from mwiproxy.wire.addr import split_address_list
+from mwiproxy.wire.failover import FailoverOrder
 from mwiproxy.wire.frames import FrameError
 
 log = logging.getLogger("mwiproxy.bot")
 
 CALL_TIMEOUT = 15.0
+
+T = TypeVar("T")
 
 
 class OnboardingError(Exception):
@@ -54,8 +63,29 @@ def credentials_from(key_pem: bytes, reply: dict[str, Any]) -> Credentials:
 
 class ClusterClient:
     def __init__(self, addr: str, timeout: float | None = None) -> None:
-        self.addr = addr
+        self.addr = addr  # as configured: one address or a list
+        self.failover = FailoverOrder(split_address_list(addr))
         self.timeout = CALL_TIMEOUT if timeout is None else timeout
+
+    def _each(self, call: Callable[[str], T]) -> T:
+        """`call(address)` on the cluster addresses in failover order until one answers;
+        an unreachable process (or a lost answer) moves on, any other error is final."""
+        reasons: list[tuple[str, ClusterUnreachable]] = []
+        for address in self.failover.order():
+            try:
+                result = call(address)
+            except ClusterUnreachable as e:
+                self.failover.failed(address)
+                reasons.append((address, e))
+                if len(self.failover) > 1:
+                    log.warning("cluster at %s: %s; trying the next address", address, e)
+                continue
+            self.failover.worked(address)
+            return result
+        if len(reasons) == 1:
+            raise reasons[0][1]
+        raise ClusterUnreachable("no cluster address answered: "
+                                 + "; ".join(f"{a}: {e}" for a, e in reasons))
 
     def join(self, config: BotConfig, ttl: timedelta, key_pem: bytes) -> BotIdentity:
         """Join with the onboarding token after checking the cluster, for `key_pem`.
@@ -66,10 +96,14 @@ class ClusterClient:
         token = config.onboarding.resolve_token()
         if not token:
             raise OnboardingError("no onboarding token: set onboarding.token (or --token)")
-        host_ca = self._trusted_host_ca(config)
-        with AuthClient(self.addr, ca_pems=host_ca, timeout=self.timeout) as client:
-            reply = client.call("join", token=token, public_key=public_key_pem(key_pem).decode(),
-                                ttl=format_duration(ttl))
+
+        def join_at(address: str) -> Any:
+            host_ca = self._trusted_host_ca(config, address)
+            with AuthClient(address, ca_pems=host_ca, timeout=self.timeout) as client:
+                return client.call("join", token=token,
+                                   public_key=public_key_pem(key_pem).decode(),
+                                   ttl=format_duration(ttl))
+        reply = self._each(join_at)
         return _issued(BotIdentity(credentials_from(key_pem, reply), token_hash(token)))
 
     def renew(self, ident: BotIdentity, ttl: timedelta, key_pem: bytes) -> BotIdentity:
@@ -78,9 +112,11 @@ class ClusterClient:
         Asked again with the same identity and key after a lost reply, the cluster returns
         an equivalent certificate; a different key from an old generation locks the bot.
         """
-        with self._as_bot(ident) as client, _lost_answers_are_transient(self.addr):
-            reply = client.call("renew", public_key=public_key_pem(key_pem).decode(),
-                                ttl=format_duration(ttl))
+        def renew_at(address: str) -> Any:
+            with self._as_bot(ident, address) as client, _lost_answers_are_transient(address):
+                return client.call("renew", public_key=public_key_pem(key_pem).decode(),
+                                   ttl=format_duration(ttl))
+        reply = self._each(renew_at)
         return _issued(BotIdentity(credentials_from(key_pem, reply), ident.token_sha256))
 
     def issue_database(
@@ -88,21 +124,23 @@ class ClusterClient:
         ttl: timedelta,
     ) -> Credentials:
         key, public = generate_key()
-        with self._as_bot(ident) as client:
-            reply = client.call("issue_database_cert", public_key=public.decode(),
-                                service=service, database=database, username=username,
-                                ttl=format_duration(ttl))
-        return credentials_from(key, reply)
 
-    def _as_bot(self, ident: BotIdentity) -> AuthClient:
+        def issue_at(address: str) -> Any:
+            with self._as_bot(ident, address) as client:
+                return client.call("issue_database_cert", public_key=public.decode(),
+                                   service=service, database=database, username=username,
+                                   ttl=format_duration(ttl))
+        return credentials_from(key, self._each(issue_at))
+
+    def _as_bot(self, ident: BotIdentity, address: str) -> AuthClient:
         c = ident.creds
-        return AuthClient(self.addr, ca_pems=b"".join(c.host_ca_pems), cert_pem=c.cert_pem,
+        return AuthClient(address, ca_pems=b"".join(c.host_ca_pems), cert_pem=c.cert_pem,
                           key_pem=c.key_pem, timeout=self.timeout)
 
-    def _trusted_host_ca(self, config: BotConfig) -> bytes:
+    def _trusted_host_ca(self, config: BotConfig, address: str) -> bytes:
         onboarding = config.onboarding
         if onboarding.ca_pins:
-            cas = fetch_cas_pinned(self.addr, onboarding.ca_pins, timeout=self.timeout)
+            cas = fetch_cas_pinned(address, onboarding.ca_pins, timeout=self.timeout)
             return str(cas["host"]).encode()
         if onboarding.ca_path:
             return _read_ca_file(onboarding.ca_path)
@@ -110,8 +148,8 @@ class ClusterClient:
             log.warning(
                 "INSECURE: joining %s without verifying the cluster (insecure: true); anyone "
                 "on the network path could impersonate it. Use onboarding.ca_pins "
-                "(`mwictl status` prints the pin).", self.addr)
-            with AuthClient(self.addr, ca_pems=None, timeout=self.timeout) as unverified:
+                "(`mwictl status` prints the pin).", address)
+            with AuthClient(address, ca_pems=None, timeout=self.timeout) as unverified:
                 return str(unverified.call("get_cas")["host"]).encode()
         raise OnboardingError(
             "cannot verify the cluster on first join: set onboarding.ca_pins (the CA pin "

@@ -113,7 +113,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 def add_bot_flags(p: argparse.ArgumentParser) -> None:
     """tbot's connection, onboarding and lifetime flags."""
-    p.add_argument("--proxy-server", default="", help="cluster proxy HOST:PORT")
+    p.add_argument("--proxy-server", default="", help="cluster proxy HOST:PORT, or several "
+                   "(A:3080,B:3080: cluster processes on one storage, tried in order)")
     p.add_argument("--auth-server", default="", help="auth server HOST:PORT (instead of proxy)")
     p.add_argument("--join-method", default="token", help="only token is supported")
     p.add_argument("--token", default="", help="join token, or an absolute path to a file")

@@ -3,7 +3,8 @@
     mwibot [-c tbot.yaml] proxy --proxy=HOST:PORT --destination-dir=DIR \\
         db --port=PORT [--tunnel] [--db-user USER] [--db-name DB] SERVICE
 
-`--proxy-server` is accepted for `--proxy`. Without --proxy the `proxy_server` of the
+`--proxy-server` is accepted for `--proxy`; both take a list (`a:3080,b:3080`) of
+cluster processes on one storage, tried in order (the one that worked last first). Without --proxy the `proxy_server` of the
 tbot.yaml given with -c is used. `--max-connections N` caps open sessions (more callers
 wait in the accept queue), SIGTERM drains for up to `--drain-timeout` (a second signal
 cuts at once), `--diag-addr HOST:PORT` serves /livez, /readyz and /metrics.
@@ -30,7 +31,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        description="Run a local proxy that carries database connections to "
                                    "the cluster proxy with the bot's credentials.")
     p.add_argument("--proxy", "--proxy-server", dest="proxy_server", default="",
-                   help="the cluster proxy, host:port (default: proxy_server of -c)")
+                   help="the cluster proxy, host:port, or several (a:3080,b:3080: "
+                   "cluster processes on one storage, with failover; default: "
+                   "proxy_server of -c)")
     p.add_argument("--destination-dir", required=True,
                    help="the directory a bot `database` output keeps renewed")
     add_log_flags(p)

@@ -42,7 +42,7 @@ from mwiproxy.config.loader import (
     node_line,
     resolve_token,
 )
-from mwiproxy.wire.addr import Address, parse_listen, split_host_port
+from mwiproxy.wire.addr import Address, parse_listen, split_address_list, split_host_port
 
 __all__ = [
     "BotConfig",
@@ -337,13 +337,16 @@ class BotConfig:
                 "ca_pins and insecure are mutually exclusive", key="onboarding.ca_pins"
             )
         for key in ("auth_server", "proxy_server", "diag_addr"):
-            self._check_address(key)
+            self._check_address(key, several=key != "diag_addr")
 
-    def _check_address(self, key: str) -> None:
+    def _check_address(self, key: str, several: bool) -> None:
+        """One host:port; the cluster's keys take several (`a:3080,b:3080`, or a YAML
+        list), tried in order with failover."""
         value = getattr(self, key)
         if value:
             try:
-                split_host_port(value)
+                for item in split_address_list(value) if several else [value]:
+                    split_host_port(item)
             except ValueError as e:
                 raise ConfigError(str(e), key=key) from None
 
@@ -392,7 +395,8 @@ def parse_bot_config(root: Node, filename: str, *, require_server: bool = True) 
             "expected a mapping at the top level", file=filename, line=node_line(root)
         )
     lists = {k.value: (k, v) for k, v in root.value if k.value in ("services", "outputs")}
-    rest = yaml.MappingNode(root.tag, [(k, v) for k, v in root.value if k.value not in lists])
+    rest = yaml.MappingNode(root.tag, [(k, _address_list(v, k.value, filename))
+                                       for k, v in root.value if k.value not in lists])
     rest.start_mark = root.start_mark
     config = decode(rest, BotConfig, filename)
     if "outputs" in lists:
@@ -408,6 +412,24 @@ def parse_bot_config(root: Node, filename: str, *, require_server: bool = True) 
         raise ConfigError("set proxy_server (or auth_server)", file=filename, line=node_line(root))
     _warn_lifetimes(config, filename)
     return config
+
+
+def _address_list(node: Node, key: str, filename: str) -> Node:
+    """`proxy_server: [a:3080, b:3080]` reads as `a:3080,b:3080` (one spelling inside)."""
+    if key not in ("proxy_server", "auth_server") or not isinstance(node, yaml.SequenceNode):
+        return node
+    items = []
+    for item in node.value:
+        if not isinstance(item, yaml.ScalarNode) or not item.value:
+            raise ConfigError("expected a list of host:port", file=filename,
+                              line=node_line(item), key=key)
+        items.append(item.value)
+    if not items:
+        raise ConfigError("an empty list: name at least one address", file=filename,
+                          line=node_line(node), key=key)
+    joined = yaml.ScalarNode("tag:yaml.org,2002:str", ",".join(items))
+    joined.start_mark, joined.end_mark = node.start_mark, node.end_mark
+    return joined
 
 
 def _decode_services(node: Node, key: str, filename: str) -> list[tuple[str, Node, ServiceConfig]]:

@@ -65,7 +65,16 @@ from mwiproxy.relay.tlsnames import certificate_names
 from mwiproxy.wire import alpn, mysql
 from mwiproxy.wire import postgres as pg
 from mwiproxy.wire import redis as resp
-from mwiproxy.wire.addr import HTTPS, TCP, UNIX, parse_address, parse_listen
+from mwiproxy.wire.addr import (
+    HTTPS,
+    TCP,
+    UNIX,
+    join_host_port,
+    parse_address,
+    parse_listen,
+    split_address_list,
+)
+from mwiproxy.wire.failover import FailoverOrder
 
 __all__ = ["DRAIN_TIMEOUT", "CredentialsError", "LocalProxy",
            "UnsupportedMode", "UpstreamFailed"]
@@ -95,12 +104,21 @@ class UpstreamFailed(Exception):
         self.sqlstate = sqlstate
 
 
-def _split_proxy(addr: str) -> tuple[str, int]:
+class UpstreamLost(UpstreamFailed):
+    """The cluster process closed or reset the connection before its first answer, with
+    no TLS alert: it died (or is going away), so another one is worth a try."""
+
+
+def _split_proxies(addrs: str) -> dict[str, tuple[str, int]]:
+    """`a:3080,b:3080` → {"a:3080": ("a", 3080), …}, in the order given."""
     try:
-        proxy = parse_address(addr, schemes=(TCP, HTTPS))
+        out = {}
+        for item in split_address_list(addrs):
+            proxy = parse_address(item, schemes=(TCP, HTTPS))
+            out[join_host_port(proxy.host, proxy.port)] = (proxy.host, proxy.port)
     except ValueError as e:
         raise ValueError(f"invalid proxy address: {e}") from None
-    return proxy.host, proxy.port
+    return out
 
 
 class LocalProxy:
@@ -113,9 +131,9 @@ class LocalProxy:
         if protocol and protocol not in alpn.DATABASE_PROTOCOLS:
             raise ValueError(f"unknown database protocol {protocol!r}")
         self.listen = parse_listen(listen)
-        self.proxy_host, self.proxy_port = _split_proxy(proxy_addr)
-        self.server_name = server_name or (
-            "localhost" if self.proxy_host in ("127.0.0.1", "::1") else self.proxy_host)
+        self._upstreams = _split_proxies(proxy_addr)
+        self._failover = FailoverOrder(list(self._upstreams))
+        self._server_name = server_name
         self.service = service
         self.tunnel = tunnel
         self.database = database
@@ -134,6 +152,19 @@ class LocalProxy:
         self.mode = mode_of(tunnel)
         self.metrics: LocalProxyMetricsSink = metrics or NoopLocalProxyMetrics()
         self._count_as: tuple[str, ...] = ()  # the relays' counter key (none without metrics)
+
+    @property
+    def proxy_host(self) -> str:
+        """The cluster process tried first now (the one that worked last)."""
+        return self._upstreams[self._failover.preferred][0]
+
+    @property
+    def proxy_port(self) -> int:
+        return self._upstreams[self._failover.preferred][1]
+
+    def _name_of(self, host: str) -> str:
+        """The name the cluster proxy's certificate must carry."""
+        return self._server_name or ("localhost" if host in ("127.0.0.1", "::1") else host)
 
     @property
     def alpn(self) -> str:
@@ -314,8 +345,8 @@ class LocalProxy:
         conn.startup(first)
         try:
             async with self._setups:  # bursts queue here, not in the cluster's handshakes
-                upstream = await self._dial(self.tunnel or first.is_cancel, conn)
-                answer = await self._first_exchange(upstream, first.raw)
+                upstream, answer = await self._dial_and_exchange(
+                    self.tunnel or first.is_cancel, conn, first.raw)
         except (CredentialsError, UpstreamFailed) as e:
             log.warning("connection refused locally: %s", e)
             sqlstate = e.sqlstate if isinstance(e, UpstreamFailed) else pg.CANNOT_CONNECT
@@ -352,9 +383,10 @@ class LocalProxy:
         greeting = b""
         try:
             async with self._setups:
-                upstream = await self._dial(self.tunnel, conn)
                 if self.protocol == "mysql":  # the server speaks first
-                    greeting = await self._first_answer(upstream)
+                    upstream, greeting = await self._dial_and_exchange(self.tunnel, conn, b"")
+                else:
+                    upstream, _ = await self._dial(self.tunnel, conn)
         except (CredentialsError, UpstreamFailed) as e:
             log.warning("%s connection refused locally: %s", self.protocol, e)
             if self.protocol == "mysql":
@@ -374,48 +406,88 @@ class LocalProxy:
         finally:
             upstream.close()  # a no-op once the relay took it over
 
-    async def _dial(self, with_cert: bool, conn: Connection) -> ByteStream:
-        """TLS to the cluster proxy; the stream is framed if `-ping` was agreed."""
+    async def _dial_and_exchange(self, with_cert: bool, conn: Connection,
+                                 first: bytes) -> tuple[ByteStream, bytes]:
+        """Dial, send `first` (if any) and read the first answer. A cluster process that
+        dies between the handshake and its answer costs no client: the next address is
+        tried with the same first packet (nothing has reached the database yet)."""
+        for tries_left in range(len(self._failover) - 1, -1, -1):
+            upstream, address = await self._dial(with_cert, conn)
+            try:
+                if first:
+                    return upstream, await self._first_exchange(upstream, first)
+                return upstream, await self._first_answer(upstream)
+            except UpstreamLost:
+                if not tries_left:
+                    raise
+                self._failover.failed(address)  # a no-op if another caller moved on
+                log.warning("the cluster proxy at %s went away before answering; "
+                            "trying the next one", address)
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    async def _dial(self, with_cert: bool, conn: Connection) -> tuple[ByteStream, str]:
+        """TLS to a cluster proxy (and which one); the stream is framed if `-ping` was
+        agreed."""
         conn.credentials(self._credentials())  # whose they are, even when refused below
         ctx = self._context(with_cert)
         started = time.monotonic()
         try:
-            stream = await self._handshake(ctx)
+            stream, address = await self._handshake_any(ctx)
         except UpstreamFailed:
             conn.dialed(None)
             raise
         conn.dialed(time.monotonic() - started)
-        return self._framed(stream)
+        return self._framed(stream), address
 
-    async def _handshake(self, ctx: _native.TLSContext) -> _native.TLSStream:
-        """TCP and TLS to the cluster proxy (UpstreamFailed says why not)."""
+    async def _handshake_any(self, ctx: _native.TLSContext) -> tuple[_native.TLSStream, str]:
+        """The cluster addresses in failover order until one completes a handshake;
+        UpstreamFailed says why each failed."""
+        reasons = []
+        for address in self._failover.order():
+            try:
+                stream = await self._handshake(ctx, *self._upstreams[address])
+            except UpstreamFailed as e:
+                self._failover.failed(address)
+                reasons.append(e)
+                if len(self._upstreams) > 1:
+                    log.warning("%s; trying the next cluster address", e)
+                continue
+            self._failover.worked(address)
+            return stream, address
+        if len(reasons) == 1:
+            raise reasons[0]
+        raise UpstreamFailed("no cluster proxy could be reached: "
+                             + "; ".join(str(e) for e in reasons))
+
+    async def _handshake(self, ctx: _native.TLSContext, host: str,
+                         port: int) -> _native.TLSStream:
+        """TCP and TLS to one cluster proxy (UpstreamFailed says why not)."""
         try:
-            return await asyncio.wait_for(self._tls_dial(ctx), DIAL_TIMEOUT)
+            return await asyncio.wait_for(self._tls_dial(ctx, host, port), DIAL_TIMEOUT)
         except _native.TLSError as e:
             if str(e).startswith("certificate verify failed"):
-                raise UpstreamFailed(f"the cluster proxy at {self.proxy_host}:"
-                                     f"{self.proxy_port} is not trusted: {e}") from None
-            raise UpstreamFailed(self._unreachable(e)) from None
+                raise UpstreamFailed(f"the cluster proxy at {join_host_port(host, port)} "
+                                     f"is not trusted: {e}") from None
+            raise UpstreamFailed(_unreachable(host, port, e)) from None
         except (OSError, TimeoutError) as e:
-            raise UpstreamFailed(self._unreachable(e)) from None
+            raise UpstreamFailed(_unreachable(host, port, e)) from None
 
     def _framed(self, stream: _native.TLSStream) -> ByteStream:
         framed = len(self.alpn_offer) > 1 and stream.alpn() == self.alpn_offer[0]
         return FramedStream(stream) if framed else stream
 
-    def _unreachable(self, e: BaseException) -> str:
-        return f"cannot reach the cluster proxy at {self.proxy_host}:{self.proxy_port}: {_why(e)}"
-
-    async def _tls_dial(self, ctx: _native.TLSContext) -> _native.TLSStream:
+    async def _tls_dial(self, ctx: _native.TLSContext, host: str,
+                        port: int) -> _native.TLSStream:
         loop = asyncio.get_running_loop()
-        raw = await dial_tcp(self.proxy_host, self.proxy_port)
-        stream = _native.TLSStream(loop, ctx, raw.detach(), server_hostname=self.server_name)
+        raw = await dial_tcp(host, port)
+        name = self._name_of(host)
+        stream = _native.TLSStream(loop, ctx, raw.detach(), server_hostname=name)
         try:
             await stream.handshake()
-            if not certificate_names(stream.peer_cert_der(), self.server_name):
+            if not certificate_names(stream.peer_cert_der(), name):
                 raise UpstreamFailed(
-                    f"the cluster proxy at {self.proxy_host}:{self.proxy_port} is not "
-                    f"trusted: its certificate is not valid for {self.server_name!r}")
+                    f"the cluster proxy at {join_host_port(host, port)} is not "
+                    f"trusted: its certificate is not valid for {name!r}")
         except BaseException:
             stream.close()
             raise
@@ -429,19 +501,25 @@ class LocalProxy:
             await upstream.write(first)
         except OSError as e:
             upstream.close()
-            raise UpstreamFailed(self._refused(_why(e)), pg.INVALID_AUTHORIZATION) from None
+            lost = isinstance(e, ConnectionError) and not isinstance(e, _native.TLSError)
+            failed = UpstreamLost if lost else UpstreamFailed
+            raise failed(self._refused(_why(e)), pg.INVALID_AUTHORIZATION) from None
         return await self._first_answer(upstream)
 
     async def _first_answer(self, upstream: ByteStream) -> bytes:
         """The cluster's first bytes; UpstreamFailed (and upstream closed) if none come."""
+        lost = False
         try:
             answer = await asyncio.wait_for(upstream.read(65536), FIRST_ANSWER_TIMEOUT)
-            reason = "" if answer else "closed before answering"
-        except (OSError, TimeoutError) as e:  # a TLS alert is a TLSError, an OSError
+            reason, lost = ("", False) if answer else ("closed before answering", True)
+        except _native.TLSError as e:  # a TLS alert: a refusal
             answer, reason = b"", _why(e)
+        except (OSError, TimeoutError) as e:
+            answer, reason, lost = b"", _why(e), isinstance(e, ConnectionError)
         if not answer:
             upstream.close()
-            raise UpstreamFailed(self._refused(reason), pg.INVALID_AUTHORIZATION)
+            failed = UpstreamLost if lost else UpstreamFailed
+            raise failed(self._refused(reason), pg.INVALID_AUTHORIZATION)
         return answer
 
     def _refused(self, reason: str) -> str:
@@ -468,6 +546,10 @@ def _mysql_refusal(error: Exception) -> bytes:
     code, state = ((mysql.ER_ACCESS_DENIED, mysql.ACCESS_DENIED_STATE) if refused
                    else (mysql.ER_UNKNOWN_ERROR, mysql.GENERAL_ERROR_STATE))
     return mysql.err_packet(code, state, f"mwibot local proxy: {error}")
+
+
+def _unreachable(host: str, port: int, e: BaseException) -> str:
+    return f"cannot reach the cluster proxy at {join_host_port(host, port)}: {_why(e)}"
 
 
 def _why(error: BaseException) -> str:

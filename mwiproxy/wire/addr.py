@@ -67,6 +67,20 @@ def parse_address(text: str, *, schemes: tuple[str, ...] = (TCP,),
     return Address(TCP, host=host, port=port)
 
 
+def split_address_list(text: str) -> list[str]:
+    """`a:3080,b:3080` (several cluster processes, tried in order) → its items, stripped.
+
+    Only the list is checked here (no empty item, no repeat); each item then goes through
+    `parse_address` or `split_host_port` like a single address.
+    """
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise ValueError(f"{text!r}: an empty address in the list (write a:3080,b:3080)")
+    if len(set(items)) != len(items):
+        raise ValueError(f"{text!r}: an address appears twice in the list")
+    return items
+
+
 def parse_listen(text: str) -> Address:
     """Where a local listener binds: TCP (`:port` is loopback) or a Unix socket."""
     return parse_address(text, schemes=LISTEN_SCHEMES, default_host=LOOPBACK)

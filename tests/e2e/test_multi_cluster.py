@@ -1,17 +1,24 @@
 """Two `mwiproxy start` processes on one PostgreSQL storage, the second given a copy of
 the first one's CA directory (README "Several cluster processes"): a bot joins through A
 and renews through B, psql goes through B, a lock made against A cuts B's session, a
-stolen identity renewing on both gets the bot locked, and a database agent that
-heartbeats to A serves psql through B, also while A restarts."""
+stolen identity renewing on both gets the bot locked, a database agent that
+heartbeats to A serves psql through B, also while A restarts, and a bot given both
+addresses (`--proxy-server=B,A`) rides out B being killed under load: the sessions on B
+are cut and reconnect through A, new connections never fail, renewals continue through A."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import json
+import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,9 +27,10 @@ import pytest
 
 from mwiproxy.auth.client import AuthClient
 from mwiproxy.auth.errors import AuthError
-from mwiproxy.devkit import postgres
+from mwiproxy.devkit import free_port, postgres
 from mwiproxy.devkit.agent import AGENT_SERVICE, AGENT_YAML, Agent, db_token
 from mwiproxy.devkit.cluster import ClusterProcess
+from mwiproxy.devkit.processes import terminate
 from mwiproxy.devkit.topology import (
     CLUSTER_YAML,
     SERVICE,
@@ -200,3 +208,130 @@ def test_a_cluster_process_with_its_own_cas_is_refused(pair: Pair):
         stray.start()
     (line,) = str(info.value).split("\n", 1)[1].splitlines()
     assert "are not the ones the cluster processes on this storage sign with" in line, line
+
+
+# -- failover: the bot and its tunnel given both addresses --------------------------
+
+
+def _ready(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+class _Clients:
+    """Threads that connect, run a query and disconnect in a loop (a new connection per
+    query, like pgbench -C); a query cut by the kill just reconnects. Each connection
+    attempt is stamped with whether it began after B was dead (and reaped)."""
+
+    def __init__(self, dsn: str, threads: int) -> None:
+        self.dsn = dsn
+        self.b_dead = threading.Event()
+        self.stop = threading.Event()
+        self.served = 0
+        self.cut: list[str] = []  # queries on a connection the kill ended
+        self.refused_before: list[str] = []  # connects begun while B was dying
+        self.refused_after: list[str] = []  # connects begun once B was dead: must be none
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._loop) for _ in range(threads)]
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            after = self.b_dead.is_set()
+            try:
+                conn = psycopg.connect(self.dsn, autocommit=True)
+            except psycopg.OperationalError as e:
+                with self._lock:
+                    (self.refused_after if after else self.refused_before).append(str(e))
+                continue
+            try:
+                assert conn.execute("SELECT count(*) FROM pgbench_branches").fetchone()
+                with self._lock:
+                    self.served += 1
+            except psycopg.OperationalError as e:
+                with self._lock:
+                    self.cut.append(str(e))
+            finally:
+                conn.close()
+
+
+def test_the_bot_and_its_tunnel_fail_over_when_a_cluster_process_dies(pair: Pair):
+    a, b = pair.a, pair.b
+    port, diag = free_port(), free_port()
+    log = a.root / "failover-bot.log"
+    bot = subprocess.Popen(
+        [sys.executable, "-m", "mwiproxy.cli.mwibot", "start", "database-tunnel",
+         f"--proxy-server={b.cluster.addr},{a.cluster.addr}",  # B first: B is killed
+         f"--token={a.add_bot('failover')}", f"--ca-pin={a.ca_pin}",
+         f"--storage={a.root / 'failover-bot'}", f"--listen=tcp://127.0.0.1:{port}",
+         f"--service={SERVICE}", "--database=example-db", "--username=alice",
+         "--credential-ttl=30s", "--renewal-interval=2s", f"--diag-addr=127.0.0.1:{diag}"],
+        stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    not_ready: list[int] = []
+    watching = threading.Event()
+
+    def watch_readiness() -> None:  # /readyz fails once the in-memory certificate expires
+        while not watching.is_set():
+            if (status := _ready(diag)) != 200:
+                not_ready.append(status)
+            time.sleep(0.1)
+    watcher = threading.Thread(target=watch_readiness)
+    dsn = (f"host=127.0.0.1 port={port} user=alice dbname=example-db sslmode=disable "
+           "connect_timeout=20")
+    clients = _Clients(dsn, threads=4)
+    try:
+        assert wait_for(lambda: _ready(diag) == 200, timeout=60), log.read_text()
+        watcher.start()
+        pgbench = ["-h", "127.0.0.1", "-p", str(port), "-U", "alice", "example-db"]
+        init = subprocess.run(["pgbench", "-i", "-s", "1", "-q", *pgbench],
+                              capture_output=True, text=True, timeout=120)
+        assert init.returncode == 0, init.stderr
+        held = [psycopg.connect(dsn, autocommit=True) for _ in range(2)]  # on B
+        for t in clients.threads:
+            t.start()
+        assert wait_for(lambda: clients.served >= 20, timeout=60)
+        renewed_on_b = log.read_text().count("renewed output")
+        assert renewed_on_b >= 1, log.read_text()
+        assert b.cluster.proc is not None
+        b.cluster.proc.kill()  # SIGKILL: no drain, no goodbye
+        b.cluster.proc.wait(30)
+        clients.b_dead.set()
+        served_at_kill = clients.served
+        # the held sessions were on B: closed, and a reconnect goes through A
+        for conn in held:
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT 1")
+            conn.close()
+        with psycopg.connect(dsn, autocommit=True) as again:
+            assert again.execute("SELECT 1").fetchone() == (1,)
+        assert wait_for(lambda: clients.served >= served_at_kill + 20, timeout=60)
+        # renewals carry on through A (twice, so not a renewal that was in flight)
+        assert wait_for(lambda: log.read_text().count("renewed output") >= renewed_on_b + 2,
+                        timeout=60), log.read_text()
+        run = subprocess.run(["pgbench", "-n", "-C", "-c", "4", "-t", "25", *pgbench],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        failed = re.search(r"number of failed transactions: (\d+)", run.stdout)
+        assert failed and failed.group(1) == "0", run.stdout
+    finally:
+        clients.stop.set()
+        for t in clients.threads:
+            if t.is_alive():
+                t.join(60)
+        watching.set()
+        if watcher.is_alive():
+            watcher.join(10)
+        terminate(bot)
+        if b.cluster.proc is None or b.cluster.proc.poll() is not None:
+            b.cluster.start()  # back for whichever test of this module runs next
+    print(f"served {clients.served} queries; {len(clients.cut)} cut by the kill, "
+          f"{len(clients.refused_before)} connects refused while B was dying")
+    assert clients.refused_after == [], clients.refused_after[:3]
+    assert not [e for e in clients.refused_before if "mwibot local proxy" in e], \
+        clients.refused_before[:3]  # the local proxy never refused one for want of B
+    assert not_ready == [], not_ready[:5]  # no credential gap
+    assert "trying the next" in log.read_text()

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mwiproxy.auth.client import AuthClient
+from mwiproxy.auth.client import AuthClient, ClusterUnreachable
+from mwiproxy.auth.errors import AccessDenied
+from mwiproxy.bot.cluster import ClusterClient
 from mwiproxy.config.bot import load_bot_config
 from mwiproxy.config.loader import ConfigError
 from mwiproxy.localproxy.server import LocalProxy
@@ -21,8 +23,10 @@ from mwiproxy.wire.addr import (
     join_host_port,
     parse_address,
     parse_listen,
+    split_address_list,
     split_host_port,
 )
+from mwiproxy.wire.failover import FailoverOrder
 
 
 @pytest.mark.parametrize(("text", "want"), [
@@ -138,3 +142,59 @@ def test_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
     assert str(err.value).startswith(f"{path}:")
     assert (err.value.key, err.value.line) == ("diag_addr", 3)
     assert "write IPv6 addresses in brackets" in str(err.value)
+
+
+def test_an_address_list_splits_on_commas_and_refuses_empties_and_repeats() -> None:
+    assert split_address_list("a:3080") == ["a:3080"]
+    assert split_address_list(" a:3080 , [::1]:3080") == ["a:3080", "[::1]:3080"]
+    for bad, why in (("", "empty address"), ("a:1,", "empty address"),
+                     ("a:1, a:1", "appears twice")):
+        with pytest.raises(ValueError, match=why):
+            split_address_list(bad)
+
+
+def test_failover_order_puts_the_last_address_that_worked_first() -> None:
+    order = FailoverOrder(["a", "b", "c"])
+    assert order.order() == ["a", "b", "c"]
+    order.failed("a")  # the preferred one failed: the next caller starts at b
+    assert order.order() == ["b", "a", "c"]
+    order.failed("a")  # a stale report about a non-preferred address changes nothing
+    assert order.preferred == "b"
+    order.worked("c")
+    assert order.order() == ["c", "a", "b"]
+    order.failed("c")
+    assert order.preferred == "a"  # wraps around
+    single = FailoverOrder(["only"])
+    single.failed("only")
+    assert single.order() == ["only"]
+    with pytest.raises(ValueError):
+        FailoverOrder([])
+
+
+def test_the_bot_client_fails_over_on_unreachable_only() -> None:
+    client = ClusterClient("a:3080,b:3080")
+    tried: list[str] = []
+
+    def a_is_down(address: str) -> str:
+        tried.append(address)
+        if address == "a:3080":
+            raise ClusterUnreachable("cannot reach the cluster at a:3080: refused")
+        return f"answer from {address}"
+
+    assert client._each(a_is_down) == "answer from b:3080"
+    assert client._each(a_is_down) == "answer from b:3080"
+    assert tried == ["a:3080", "b:3080", "b:3080"]  # the live one stays first
+
+    def refused(address: str) -> str:
+        tried.append(address)
+        raise AccessDenied("locked")
+    tried.clear()
+    with pytest.raises(AccessDenied):  # a refusal is an answer: not asked again elsewhere
+        client._each(refused)
+    assert tried == ["b:3080"]
+
+    def all_down(address: str) -> str:
+        raise ClusterUnreachable(f"cannot reach {address}")
+    with pytest.raises(ClusterUnreachable, match="no cluster address answered: "
+                       "b:3080: cannot reach b:3080; a:3080: cannot reach a:3080"):
+        client._each(all_down)

@@ -136,6 +136,12 @@ BAD = [
     ("version: v2\n", 1, "", "set proxy_server"),
     (HEAD + "credential_ttl: soon\n", 3, "credential_ttl", "invalid duration"),
     (HEAD + "diag_addr: nowhere\n", 3, "diag_addr", "not host:port"),
+    ("version: v2\nproxy_server: a:3080,,b:3080\n", 2, "proxy_server", "an empty address"),
+    ("version: v2\nproxy_server: a:3080,b\n", 2, "proxy_server", "'b' is not host:port"),
+    ("version: v2\nproxy_server:\n  - a:3080\n  - a:3080\n", 2, "proxy_server",
+     "appears twice"),
+    ("version: v2\nproxy_server:\n  - a:3080\n  - {x: 1}\n", 4, "proxy_server",
+     "expected a list of host:port"),
     (HEAD + "onboarding:\n  join_method: iam\n", 4, "onboarding.join_method", "not supported"),
     (HEAD + "onboarding:\n  join_method: magic\n", 4, "onboarding.join_method", "unknown join"),
     (HEAD + "onboarding:\n  ca_pins: [md5:00]\n", 4, "onboarding.ca_pins[0]", "sha256"),
@@ -284,3 +290,13 @@ def test_short_ttl_does_not_warn_when_oneshot(
 def test_server_not_required_when_caller_supplies_it(tmp_path: Path) -> None:
     cfg = load_bot_config(write(tmp_path, "version: v2\n"), require_server=False)
     assert isinstance(cfg, BotConfig)
+
+
+def test_proxy_server_takes_several_addresses_as_a_list_or_commas(tmp_path: Path) -> None:
+    listed = load_bot_config(write(tmp_path, "version: v2\nproxy_server:\n"
+                                   "  - a.example:3080\n  - '[::1]:3080'\n"))
+    commas = load_bot_config(write(tmp_path, "version: v2\n"
+                                   "proxy_server: a.example:3080, [::1]:3080\n", "b.yaml"))
+    assert listed.proxy_server == "a.example:3080,[::1]:3080"
+    assert commas.proxy_server == "a.example:3080, [::1]:3080"
+    assert "proxy_server: a.example:3080,[::1]:3080" in listed.to_yaml()

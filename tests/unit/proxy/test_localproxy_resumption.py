@@ -65,8 +65,8 @@ def _spy_on_dials(local: LocalProxy) -> list[tuple[bool, Any]]:
     dials: list[tuple[bool, Any]] = []
     handshake = local._handshake
 
-    async def spy(ctx: _native.TLSContext) -> _native.TLSStream:
-        stream = await handshake(ctx)  # the server name was checked in there
+    async def spy(ctx: _native.TLSContext, host: str, port: int) -> _native.TLSStream:
+        stream = await handshake(ctx, host, port)  # the server name was checked in there
         dials.append((stream.session_reused(), ctx))
         return stream
 
