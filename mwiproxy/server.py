@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mwiproxy import _native
 from mwiproxy.auth import ca_share
 from mwiproxy.auth.api import serve_connection
 from mwiproxy.auth.ca_rotation import UPDATE_CLIENTS, drive_schedule
@@ -228,6 +229,7 @@ class Cluster:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        _native.engines_for(loop, self.config.proxy.workers)  # before anything relays
 
         def cut_locked(lock: LockRecord) -> None:  # may be called from any thread
             loop.call_soon_threadsafe(self.sessions.on_lock, lock)
