@@ -229,7 +229,9 @@ class Cluster:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        _native.engines_for(loop, self.config.proxy.workers)  # before anything relays
+        engines = _native.engines_for(loop, self.config.proxy.workers)  # before any relay
+        log.info("proxy: %d relay worker(s)%s", len(engines),
+                 "" if _native.NATIVE else " (pure build: the event loop relays)")
 
         def cut_locked(lock: LockRecord) -> None:  # may be called from any thread
             loop.call_soon_threadsafe(self.sessions.on_lock, lock)

@@ -247,11 +247,20 @@ def engine_for(loop, workers=None, **config):
     return engines_for(loop, workers, **config)[0]
 
 
+cdef Py_ssize_t _turn = 0
+
+
 cdef Engine _pick_engine(loop):
-    """The engine of `loop` with the fewest relays (the first of those)."""
+    """The engine of `loop` with the fewest relays; ties taken in turn (round robin)."""
+    global _turn
     cdef Engine best = None
     cdef Engine engine
-    for engine in engines_for(loop):
+    cdef Py_ssize_t i, n
+    engines = engines_for(loop)
+    n = len(engines)
+    _turn = (_turn + 1) % n if n else 0
+    for i in range(n):
+        engine = engines[(_turn + i) % n]
         if best is None or engine.load < best.load:
             best = engine
     return best
