@@ -81,24 +81,30 @@ class Bench:
     cells: dict[str, list[Cell]] = field(default_factory=dict)
     targets: dict[str, list[Target]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    workers: int = 0  # relay workers of the cluster and the local proxies (0: per core)
 
 
-def cluster_template(engines: tuple[str, ...], ports: dict[str, int]) -> str:
-    """The dev kit's cluster.yaml (PostgreSQL) plus the engines' databases."""
+def cluster_template(engines: tuple[str, ...], ports: dict[str, int], workers: int = 0
+                     ) -> str:
+    """The dev kit's cluster.yaml (PostgreSQL) plus the engines' databases, with
+    `proxy.workers` set to `workers`."""
     extra = "".join(f"  - name: {SERVICES[e]}\n    protocol: {PROTOCOLS[e]}\n"
                     f"    uri: 127.0.0.1:{ports[e]}\n    static_labels: {{env: dev}}\n"
                     for e in engines)
-    return CLUSTER_YAML + extra
+    base = CLUSTER_YAML.replace("  ping_interval: 1s\n",
+                                f"  ping_interval: 1s\n  workers: {workers}\n")
+    assert base != CLUSTER_YAML, "the dev kit's cluster.yaml changed shape"
+    return base + extra
 
 
-def _tunnel(topo: Topology, engine: str, ping: bool) -> Target | str:
+def _tunnel(topo: Topology, engine: str, ping: bool, workers: int = 0) -> Target | str:
     """The mwiproxy path, or why there is none: the cluster's refusal when it has no
     engine for the protocol (seen by a one-request probe)."""
     service = SERVICES[engine]
     database = "" if engine == "redis" else SCHEMA
     out = topo.bot_output(f"bench-{engine}", ttl="1h", service=service, database=database)
     lp = topo.local_proxy(out, tunnel=True, service=service,
-                          extra=() if ping else ("--no-ping",))
+                          extra=(f"--workers={workers}",) + (() if ping else ("--no-ping",)))
     assert topo.cluster.proc is not None
     target = Target(MWIPROXY, lp.port, () if engine == "redis" else (
         "-u", USER, "--skip-ssl"), [lp.proc.pid, topo.cluster.proc.pid], MWIPROXY_PROCESSES)
@@ -133,7 +139,7 @@ def _redis(topo: Topology, server: redis.RedisServer, ca: str, crt: str, key: st
     tls = ("--tls", "--sni", "localhost", "--cacert", ca, "--cert", crt, "--key", key)
     targets = [Target(DIRECT, server.port, (*tls, *REDIS_AUTH)),
                Target(HAPROXY, ha_port, REDIS_AUTH, [p.pid for p in procs], HAPROXY_PROCESSES)]
-    tunnel = _tunnel(topo, "redis", ping)
+    tunnel = _tunnel(topo, "redis", ping, bench.workers)
     if isinstance(tunnel, str):
         bench.skipped["redis"] = tunnel
     else:
@@ -156,7 +162,7 @@ def _mariadb(topo: Topology, server: mariadb.MariaDBServer, ca: str, crt: str, k
            "--ssl-verify-server-cert")
     targets = [Target(DIRECT, server.port, tls),
                Target(HAPROXY, ha_port, tls, [p.pid for p in procs], HAPROXY_PROCESSES)]
-    tunnel = _tunnel(topo, "mariadb", ping)
+    tunnel = _tunnel(topo, "mariadb", ping, bench.workers)
     if isinstance(tunnel, str):
         bench.skipped["mariadb"] = tunnel
     else:
@@ -166,12 +172,13 @@ def _mariadb(topo: Topology, server: mariadb.MariaDBServer, ca: str, crt: str, k
 
 
 @contextmanager
-def topology(root: Path, engines: tuple[str, ...], ping: bool = True) -> Iterator[Bench]:
+def topology(root: Path, engines: tuple[str, ...], ping: bool = True, workers: int = 0
+             ) -> Iterator[Bench]:
     rs = redis.RedisServer() if "redis" in engines else None
     ms = mariadb.MariaDBServer() if "mariadb" in engines else None
     ports = {e: s.port for e, s in (("redis", rs), ("mariadb", ms)) if s is not None}
-    bench = Bench()
-    with start_topology(root, cluster_template(engines, ports)) as topo, ExitStack() as stack:
+    bench = Bench(workers=workers)
+    with start_topology(root, cluster_template(engines, ports, workers)) as topo, ExitStack() as stack:
         crt, key = db_client_cert(topo.cluster.data_dir, root, USER)
         ca = db_server_ca(topo.cluster.data_dir, root)
         for engine in engines:
@@ -297,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated: redis, mariadb")
     ap.add_argument("--no-ping", action="store_true",
                     help="local proxies without `-ping` (default: offered, as the product)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="relay workers of the cluster and the local proxies (proxy.workers, "
+                    "--workers; default 0: one per core)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke: one run of each cell at the warm-up size (a few thousand "
                     "requests), no warm-up pass; --seconds and --runs are ignored")
@@ -315,9 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     runs = 1 if args.quick else args.runs
     with tempfile.TemporaryDirectory(prefix="mwi-engines-") as tmp, \
-            topology(Path(tmp), engines, not args.no_ping) as bench:
+            topology(Path(tmp), engines, not args.no_ping, args.workers) as bench:
         results = measure(bench, args.seconds, runs, warm_up=not args.quick)
-    flags = f" --engines {args.engines}" * (engines != ENGINES) + " --no-ping" * args.no_ping
+    flags = f" --engines {args.engines}" * (engines != ENGINES) + " --no-ping" * args.no_ping \
+        + f" --workers {args.workers}" * (args.workers != 0)
     sizing = " --quick" if args.quick else f" --seconds {args.seconds:g} --runs {args.runs}"
     command = f"python -m bench.engines{sizing}{flags}"
     report = (f"{table(bench, results)}\n\n{cpu_legend()}\n\n{ratios(bench, results)}\n\n"

@@ -7,6 +7,7 @@ audit or database protocol. The product's own processes are measured by bench.pr
 haproxy-16k / haproxy-64k: Debian's HAProxy in `mode tcp` (skipped, and said so, if absent).
 TLS paths (the client speaks TLS 1.3, ECDSA P-256; back ends are plain except for direct):
 direct-tls, haproxy-tls (`ssl crt`), core-native-tls / core-pure-tls (TLS <-> plain).
+core-native* run the relay workers' default (one per core); core-native-1w-tls runs one.
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ def start_backends(tls_dir: str) -> Backends:
     return Backends(proc, sink, echo, counted, tls_counted, tls_echo, tls_dir)
 
 
-def _mwiproxy(name: str, sink: int, echo: int, pure: bool, tls_dir: str | None = None) -> Running:
+def _mwiproxy(name: str, sink: int, echo: int, pure: bool, tls_dir: str | None = None,
+              workers: int = 0) -> Running:
     argv = [sys.executable, "-m", "bench.relayserver", "--target", str(sink),
-            "--target", str(echo)] + (["--pure"] if pure else [])
+            "--target", str(echo), f"--workers={workers}"] + (["--pure"] if pure else [])
     if tls_dir:
         argv += ["--tls-dir", tls_dir]
     proc, line = _spawn(argv, {"MWIPROXY_NO_EXTENSIONS": "1"} if pure else None)
@@ -122,7 +124,7 @@ def _haproxy(name: str, sink: int, echo: int, bufsize: int | None,
 
 
 PATHS = ["direct", "core-native", "core-pure", "haproxy-16k", "haproxy-64k",
-         "direct-tls", "core-native-tls", "core-pure-tls", "haproxy-tls"]
+         "direct-tls", "core-native-tls", "core-native-1w-tls", "core-pure-tls", "haproxy-tls"]
 
 
 def start(name: str, be: Backends) -> Running:
@@ -141,6 +143,9 @@ def start(name: str, be: Backends) -> Running:
         return Running(name, be.tls_counted_sink, be.tls_echo, tls=True)
     if name == "core-native-tls":
         return _mwiproxy(name, be.counted_sink, echo, pure=False, tls_dir=be.tls_dir)
+    if name == "core-native-1w-tls":  # one relay worker (the default: one per core)
+        return _mwiproxy(name, be.counted_sink, echo, pure=False, tls_dir=be.tls_dir,
+                         workers=1)
     if name == "core-pure-tls":
         return _mwiproxy(name, be.counted_sink, echo, pure=True, tls_dir=be.tls_dir)
     if name == "haproxy-tls":

@@ -65,7 +65,8 @@ def listen(loop: asyncio.AbstractEventLoop, srv: socket.socket, target: int,
     return Acceptor(loop, srv, on_accept, tls)
 
 
-async def serve(targets: list[int], config: dict[str, int], tls_dir: str | None) -> None:
+async def serve(targets: list[int], config: dict[str, int], tls_dir: str | None,
+                workers: int = 0) -> None:
     from mwiproxy._native import NATIVE, TLSContext
 
     tls = None
@@ -74,10 +75,9 @@ async def serve(targets: list[int], config: dict[str, int], tls_dir: str | None)
         tls = TLSContext(True, (d / "server.crt").read_bytes(), (d / "server.key").read_bytes(),
                          None, "none")
 
-    if NATIVE and config:
-        from mwiproxy._native import _relay
+    from mwiproxy._native import engines_for
 
-        _relay.engine_for(asyncio.get_running_loop(), **config)  # type: ignore[arg-type]
+    engines_for(asyncio.get_running_loop(), workers, **config)  # the pure build: one
 
     servers = []
     for _ in targets:
@@ -102,13 +102,15 @@ def main() -> None:
     parser.add_argument("--tls-dir", help="terminate TLS with server.crt/server.key from here")
     parser.add_argument("--engine", action="append", default=[], metavar="KEY=INT",
                         help="native engine setting: use_splice, pipe_size, buf_size, pool_max")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="relay workers (native build; 0, the default: one per core)")
     args = parser.parse_args()
     if args.pure:
         os.environ["MWIPROXY_NO_EXTENSIONS"] = "1"
     config = {k: int(v) for k, v in (item.split("=", 1) for item in args.engine)}
     import uvloop
 
-    uvloop.run(serve(args.target, config, args.tls_dir))
+    uvloop.run(serve(args.target, config, args.tls_dir, args.workers))
 
 
 if __name__ == "__main__":

@@ -170,6 +170,9 @@ CHECKS: list[Check] = [
     ("plain CPU/new conn <= 1.0x HAProxy 64k", _vs(N, "cpu_conn", "haproxy-64k", 1.0), "<="),
     ("TLS bulk >= 1.2x HAProxy", _vs(NT, "gbit", "haproxy-tls", 1.2), ">="),
     ("TLS bulk >= 0.9x direct TLS", _vs(NT, "gbit", "direct-tls", 0.9), ">="),
+    # issue 15: workers per core (a 2-core box: the default is 2 workers)
+    ("TLS bulk 16 conns, default workers >= 1.6x one worker",
+     _vs(NT, "gbit16", "core-native-1w-tls", 1.6), ">="),
     ("TLS CPU/rt <= 0.8x HAProxy", _vs(NT, "cpu_rt", "haproxy-tls", 0.8), "<="),
     ("TLS CPU/new conn <= 0.8x HAProxy", _vs(NT, "cpu_conn", "haproxy-tls", 0.8), "<="),
     ("TLS CPU/resumed conn <= 0.8x HAProxy",

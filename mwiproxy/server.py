@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mwiproxy import _native
 from mwiproxy.auth import ca_share
 from mwiproxy.auth.agent_feed import AgentFeed
 from mwiproxy.auth.api import serve_connection
@@ -230,6 +231,9 @@ class Cluster:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        engines = _native.engines_for(loop, self.config.proxy.workers)  # before any relay
+        log.info("proxy: %d relay worker(s)%s", len(engines),
+                 "" if _native.NATIVE else " (pure build: the event loop relays)")
 
         def cut_locked(lock: LockRecord) -> None:  # may be called from any thread
             loop.call_soon_threadsafe(self.sessions.on_lock, lock)

@@ -25,7 +25,7 @@ from .firstbytes import (
     FirstBytes,
 )
 from .inspect_py import MAX_HELD
-from .relay_py import Relay, close_engine, engine_for
+from .relay_py import Relay, close_engine, engine_for, engines_for
 from .relaytypes import (
     ACC_CAPPED,
     ACC_RAW,
@@ -52,6 +52,7 @@ from .relaytypes import (
 from .tls_py import TLSContext, TLSStream
 from .tlsrec_py import classify
 from .tlstypes import VERIFY_NONE, VERIFY_OPTIONAL, VERIFY_REQUIRED, TLSError
+from .workers import AUTO, MAX_WORKERS, check_workers, default_workers, set_default_workers
 
 # The pure-Python twins above are the reference API (what type checkers see); the
 # compiled modules replace them with the same names and signatures (see the .pyi stubs).
@@ -75,6 +76,7 @@ if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
         Acceptor = _relay.Acceptor  # type: ignore[assignment, misc]
         close_engine = _relay.close_engine
         engine_for = _relay.engine_for  # type: ignore[assignment]
+        engines_for = _relay.engines_for  # type: ignore[assignment]
         TLSContext = _relay.TLSContext  # type: ignore[assignment, misc]
         TLSStream = _relay.TLSStream  # type: ignore[assignment, misc]
         NATIVE = True
@@ -108,6 +110,12 @@ __all__ = [
     "close_engine",
     "CounterTable",
     "engine_for",
+    "engines_for",
+    "AUTO",
+    "MAX_WORKERS",
+    "check_workers",
+    "default_workers",
+    "set_default_workers",
     "REASONS",
     "CLOSE_REASONS",
     "MONGO_MAX_MESSAGE",

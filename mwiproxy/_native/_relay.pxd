@@ -209,6 +209,7 @@ cdef class Engine:
     cdef readonly object counters   # counters.CounterTable, reading through a _SlotReader
     cdef _SlotReader reader
     cdef int audited                # audited relays running: the drain timer runs
+    cdef Py_ssize_t load            # relays made on it and not done: _pick_engine
     cdef object audit_timer
     cdef void _take_audit(self, dict ended)
 
@@ -230,6 +231,8 @@ cdef class Relay:
     cdef object on_held
     cdef object on_audit
     cdef uint64_t _audit_dropped
+    cdef bint loaded                # counted in engine.load
+    cdef void _unload(self)
     cdef void _audit(self, list records)
     cdef object _stats_now(self)
     cdef void _finished(self, str reason, int err)

@@ -22,8 +22,18 @@ class Engine:
     @property
     def counters(self) -> CounterTable: ...
 
+def engines_for(
+    loop: asyncio.AbstractEventLoop,
+    workers: int | None = ...,
+    *,
+    use_splice: bool = ...,
+    pipe_size: int = ...,
+    buf_size: int = ...,
+    pool_max: int = ...,
+) -> tuple[Engine, ...]: ...
 def engine_for(
     loop: asyncio.AbstractEventLoop,
+    workers: int | None = ...,
     *,
     use_splice: bool = ...,
     pipe_size: int = ...,

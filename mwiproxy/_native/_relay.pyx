@@ -5,9 +5,12 @@ Either side of a relay is a plain socket fd or a handshaken TLSStream (_tls.pxi)
 may be TLS inside TLS (TLSStream.wrap_inner): the engine's worker then runs OpenSSL itself
 (csrc/mwi_relay_tls.c; both layers of an inner side in csrc/mwi_tls_conn.c).
 
-One Engine (one worker thread) per event loop. The loop hears from the engine only when
-relays end: the engine's done eventfd is watched with loop.add_reader, and each finished
-relay gets its on_done(reason) call there. Nothing here runs per chunk.
+N Engines (N worker threads, workers.py: one per core by default) per event loop; a new
+relay goes to the engine with the fewest relays, acceptors stay on the first. The loop
+hears from an engine only when relays end (or hold a message): each engine's done eventfd
+is watched with loop.add_reader, and each finished relay gets its on_done(reason) call
+there. Nothing here runs per chunk. The engines of a loop share one CounterTable: a slot
+means the same label set on every engine and a read sums the engines.
 """
 
 cimport cython
@@ -19,6 +22,7 @@ import os
 import weakref
 
 from mwiproxy._native.counters import SLOTS, CounterTable, check_slot
+from mwiproxy._native.workers import check_workers, default_workers
 from mwiproxy._native.relaytypes import (
     AUDIT_PROTOCOLS,
     REASON_CLOSED,
@@ -32,7 +36,7 @@ from mwiproxy._native.relaytypes import (
 
 assert SLOTS == MWI_COUNTER_SLOTS, "counters.SLOTS and csrc/mwi_relay.h disagree"
 
-_engines: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_engines: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # loop -> [Engine]
 
 include "_tls.pxi"
 include "_accept.pxi"
@@ -197,17 +201,75 @@ cdef class _SlotReader:
             free(buf)
 
 
-def engine_for(loop, **config):
-    """The engine serving `loop`, created on first use (with `config`, see Engine)."""
-    engine = _engines.get(loop)
-    if engine is None:
-        engine = _engines[loop] = Engine(loop, **config)
-    return engine
+class _SummedSlots:
+    """Reads the same slots of every engine of a loop and adds them up."""
+
+    def __init__(self, readers):
+        self.readers = readers
+
+    def read(self, n):
+        total = [[0, 0] for _ in range(n)]
+        for reader in self.readers:
+            for i, (a, b) in enumerate(reader.read(n)):
+                total[i][0] += a
+                total[i][1] += b
+        return [(a, b) for a, b in total]
+
+
+def engines_for(loop, workers=None, **config):
+    """The engines serving `loop`, created on first use: `workers` of them (None: the
+    process default, workers.default_workers()), each with `config` (see Engine)."""
+    cdef Engine engine
+    engines = _engines.get(loop)
+    if engines is None:
+        n = default_workers() if workers is None else check_workers(workers)
+        engines = []
+        try:
+            for _ in range(n):
+                engines.append(Engine(loop, **config))
+        except BaseException:
+            for engine in engines:
+                engine.close()
+            raise
+        readers = []
+        for engine in engines:
+            readers.append(engine.reader)
+        table = CounterTable(_SummedSlots(readers).read)
+        for engine in engines:
+            engine.counters = table
+        _engines[loop] = engines
+    return tuple(engines)
+
+
+def engine_for(loop, workers=None, **config):
+    """The first engine serving `loop` (its acceptors run there; its `counters` are the
+    loop's, all engines summed), the engines created on first use (see engines_for)."""
+    return engines_for(loop, workers, **config)[0]
+
+
+cdef Py_ssize_t _turn = 0
+
+
+cdef Engine _pick_engine(loop):
+    """The engine of `loop` with the fewest relays; ties taken in turn (round robin)."""
+    global _turn
+    cdef Engine best = None
+    cdef Engine engine
+    cdef Py_ssize_t i, n
+    engines = engines_for(loop)
+    n = len(engines)
+    _turn = (_turn + 1) % n if n else 0
+    for i in range(n):
+        engine = engines[(_turn + i) % n]
+        if best is None or engine.load < best.load:
+            best = engine
+    return best
 
 
 def close_engine(loop):
-    engine = _engines.pop(loop, None)
-    if engine is not None:
+    """Stop every engine of `loop`; relays still running end as "closed"."""
+    cdef Engine engine
+    for engine in _engines.pop(loop, ()):
         engine.close()
 
 
@@ -234,7 +296,7 @@ cdef class Relay:
                  framed_a=None, framed_b=None, counter_slot=None, inspect=None,
                  on_held=None, inspect_allowed=(), inspect_max_message=MONGO_MAX_MESSAGE,
                  audit=None, on_audit=None, audit_wait=False):
-        cdef Engine engine = engine_for(loop)
+        cdef Engine engine = _pick_engine(loop)
         cdef uint32_t idle = timeout_ms(idle_timeout)
         cdef uint32_t closing = timeout_ms(close_timeout)
         cdef int fd_a = _side_fd(a), fd_b = _side_fd(b)
@@ -257,6 +319,8 @@ cdef class Relay:
         self.r = mwi_relay_new(engine.eng, fd_a, fd_b, idle, closing, self.rid)
         if self.r == NULL:
             raise MemoryError()
+        self.loaded = True   # counted on its engine until it is done (or never started)
+        engine.load += 1
         # from here the relay owns the fds (and the TLS state): streams let go of them
         if isinstance(a, TLSStream):
             tls_a = (<TLSStream>a)._take()
@@ -289,6 +353,12 @@ cdef class Relay:
         if self.r != NULL and not self.started:
             mwi_relay_release(self.r)
         self.r = NULL
+        self._unload()
+
+    cdef void _unload(self):
+        if self.loaded:
+            self.loaded = False
+            self.engine.load -= 1
 
     def start(self):
         cdef int err
@@ -417,6 +487,7 @@ cdef class Relay:
     cdef void _finished(self, str reason, int err):
         if self.on_audit is not None and self.started:
             self.engine.audited -= 1
+        self._unload()
         if self.r != NULL:
             self._final = self._stats_now()
             self._audit_dropped = mwi_relay_audit_dropped(self.r)

@@ -41,6 +41,7 @@ from .relaytypes import (
     timeout_ms,
 )
 from .tls_py import InnerTLSParts, TLSParts, TLSStream
+from .workers import check_workers
 
 _CHUNK = 64 * 1024
 _FAREWELL_S = 5.0  # bound on a farewell when the relay has no close timeout (MWI_FAREWELL_MS)
@@ -692,12 +693,23 @@ _engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Engine] = \
     weakref.WeakKeyDictionary()
 
 
-def engine_for(loop: asyncio.AbstractEventLoop, **config: object) -> Engine:
-    """The engine of `loop` (created on first use; `config` only matters natively)."""
+def engines_for(loop: asyncio.AbstractEventLoop, workers: int | None = None,
+                **config: object) -> tuple[Engine, ...]:
+    """The engines of `loop`: always one here. `workers` is checked and ignored (the
+    loop itself copies every byte, there is no worker thread to multiply); `config`
+    only matters natively."""
     engine = _engines.get(loop)
     if engine is None:
+        if workers is not None:
+            check_workers(workers)
         engine = _engines[loop] = Engine()
-    return engine
+    return (engine,)
+
+
+def engine_for(loop: asyncio.AbstractEventLoop, workers: int | None = None,
+               **config: object) -> Engine:
+    """The engine of `loop` (created on first use; see engines_for)."""
+    return engines_for(loop, workers, **config)[0]
 
 
 def close_engine(loop: asyncio.AbstractEventLoop) -> None:

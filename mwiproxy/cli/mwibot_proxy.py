@@ -65,6 +65,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def _add_serving_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-connections", type=int, default=0, metavar="N",
                    help="at most N open connections; more callers wait (default: no cap)")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="relay worker threads (native build; 0, the default: one per "
+                        "core, at most 8)")
     p.add_argument("--drain-timeout", default="30s", metavar="DURATION",
                    help="on SIGTERM, how long open sessions may finish (default 30s)")
     p.add_argument("--diag-addr", default="", metavar="HOST:PORT",
@@ -115,6 +118,7 @@ def _proxy_addr(args: argparse.Namespace) -> str:
 def run_proxy_db(args: argparse.Namespace) -> int:
     import uvloop
 
+    from mwiproxy import _native
     from mwiproxy.config.durations import parse_duration
     from mwiproxy.localproxy.creds import CredentialsError, DirectoryCredentials
     from mwiproxy.localproxy.server import LocalProxy, UnsupportedMode
@@ -128,6 +132,10 @@ def run_proxy_db(args: argparse.Namespace) -> int:
         raise SystemExit(f"mwibot proxy: --drain-timeout: {e}") from None
     if args.max_connections < 0:
         raise SystemExit("mwibot proxy: --max-connections must be 0 (no cap) or more")
+    try:
+        _native.set_default_workers(args.workers)  # the loop's engines are made later
+    except ValueError as e:
+        raise SystemExit(f"mwibot proxy: --workers: {e}") from None
     proxy = LocalProxy(
         listen=args.listen or f"127.0.0.1:{args.port}", proxy_addr=_proxy_addr(args),
         service=args.service, credentials=DirectoryCredentials(args.destination_dir),

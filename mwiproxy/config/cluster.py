@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
+from mwiproxy._native.workers import AUTO as AUTO_WORKERS
+from mwiproxy._native.workers import MAX_WORKERS
 from mwiproxy.config.loader import (
     ConfigError,
     decode,
@@ -135,6 +137,9 @@ class ProxyConfig:
     certificate_ttl: timedelta = timedelta(hours=720)
     link_certificate_ttl: timedelta = timedelta(hours=12)
     renew_at: float = 0.5
+    # relay engines (native worker threads, each its own core's worth of copying and
+    # TLS): 0 = one per core (at most 8); the pure build accepts and ignores it
+    workers: int = AUTO_WORKERS
 
     def __post_init__(self) -> None:
         if not self.public_addr:
@@ -159,6 +164,9 @@ class ProxyConfig:
         for key in ("handshake_timeout", "first_message_timeout"):
             if not timedelta(seconds=1) <= getattr(self, key) <= timedelta(minutes=5):
                 raise ConfigError("must be between 1s and 5m", key=key)
+        if isinstance(self.workers, bool) or not 0 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"must be 0 (one per core) or 1 .. {MAX_WORKERS}",
+                              key="workers")
         if not 1 <= self.max_unauthenticated <= 1_000_000:
             raise ConfigError("must be between 1 and 1000000", key="max_unauthenticated")
         if not 1 <= self.max_unauthenticated_per_source <= self.max_unauthenticated:

@@ -100,6 +100,11 @@ def test_own_certificate_lifetimes(tmp_path: Path) -> None:
     assert config.auth.admin_identity_ttl == timedelta(days=365)
 
 
+def test_proxy_workers(tmp_path: Path) -> None:
+    assert load_cluster_config(write(tmp_path, "")).proxy.workers == 0  # one per core
+    assert load_cluster_config(write(tmp_path, "proxy: {workers: 2}\n")).proxy.workers == 2
+
+
 def test_default_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MWIPROXY_DATA_DIR", "/opt/mwi")
     assert default_data_dir() == "/opt/mwi"
@@ -144,6 +149,9 @@ BAD = [
     ("proxy:\n  renew_at: 0.95\n", 2, "proxy.renew_at", "between 0.1 and 0.9"),
     ("proxy:\n  renew_at: half\n", 2, "proxy.renew_at", "a number"),
     ("proxy:\n  renew: 0.5\n", 2, "proxy.renew", 'did you mean "renew_at"'),
+    ("proxy:\n  workers: 65\n", 2, "proxy.workers", "0 (one per core) or 1 .. 64"),
+    ("proxy:\n  workers: -1\n", 2, "proxy.workers", "0 (one per core) or 1 .. 64"),
+    ("proxy:\n  workers: two\n", 2, "proxy.workers", "an integer"),
     ("auth:\n  admin_identity_ttl: 1s\n", 2, "auth.admin_identity_ttl", "between 5s and"),
     ("log: {level: verbose}\n", 1, "log.level", "'debug', 'info', 'warning', 'error'"),
     ("log: {format: xml}\n", 1, "log.format", "'text', 'json'"),
