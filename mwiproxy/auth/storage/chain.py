@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,7 @@ def fields_text(fields: dict[str, Any]) -> str:
     return _CANONICAL.encode(loose)
 
 
+_LEN = struct.Struct(">Q")  # a part's length before it, in link_hash
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _STR = frozenset({str})
@@ -90,13 +92,13 @@ def _plain_value(value: Any, depth: int) -> bool:
 def link_hash(prev_hash: str, event_id: int, time: float, type: str, text: str) -> str:
     """sha256 over the previous hash (32 raw bytes) and the event's parts, each
     length-prefixed, so no two different events encode to the same bytes. `text` is the
-    fields exactly as stored."""
-    h = hashlib.sha256(bytes.fromhex(prev_hash))
-    for part in (str(event_id), repr(float(time)), type, text):
-        data = part.encode()
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
-    return h.hexdigest()
+    fields exactly as stored. (One buffer hashed at once: per event on the writer's
+    thread.)"""
+    a, b = str(event_id).encode(), repr(float(time)).encode()
+    c, d = type.encode(), text.encode()
+    return hashlib.sha256(b"".join((
+        bytes.fromhex(prev_hash), _LEN.pack(len(a)), a, _LEN.pack(len(b)), b,
+        _LEN.pack(len(c)), c, _LEN.pack(len(d)), d))).hexdigest()
 
 
 def parse_head(text: str) -> AuditHead:

@@ -1,8 +1,10 @@
 """chain.fields_text's fast path (plain JSON fields encoded once) gives the text the
-general path (encode, decode, encode canonically) gives, for every input it takes."""
+general path (encode, decode, encode canonically) gives, for every input it takes; and
+link_hash (one buffer hashed) is the hash of the parts fed one by one."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from typing import Any
@@ -61,3 +63,23 @@ JSONISH = st.recursive(
 @given(st.dictionaries(st.text(max_size=8), JSONISH, max_size=8))
 def test_generated_fields_agree(fields: dict[str, Any]) -> None:
     assert chain.fields_text(fields) == _general(fields)
+
+
+def _link_reference(prev_hash: str, event_id: int, time: float, type_: str, text: str) -> str:
+    """link_hash as first written: the parts fed one by one, each after its length."""
+    h = hashlib.sha256(bytes.fromhex(prev_hash))
+    for part in (str(event_id), repr(float(time)), type_, text):
+        data = part.encode()
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=1, max_value=2**62), st.floats(allow_nan=False),
+       st.text(max_size=30), st.text(max_size=300), st.binary(min_size=32, max_size=32))
+def test_link_hash_is_the_chained_hash(event_id: int, time: float, type_: str, text: str,
+                                       prev: bytes) -> None:
+    for prev_hash in (chain.GENESIS, prev.hex()):
+        assert chain.link_hash(prev_hash, event_id, time, type_, text) == \
+            _link_reference(prev_hash, event_id, time, type_, text)
