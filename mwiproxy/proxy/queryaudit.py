@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from mwiproxy._native import pgaudit_decode
 from mwiproxy._native.pgaudit_py import (
     BAD_NAMES,
     PARAMS_OMITTED,
@@ -30,7 +31,6 @@ from mwiproxy._native.pgaudit_py import (
     STATUS_NAMES,
     UNTRACKED,
     Record,
-    decode,
 )
 from mwiproxy.auth.rbac import QueryAuditPolicy, query_audit_policy
 from mwiproxy.auth.storage.base import Storage
@@ -131,9 +131,10 @@ class QueryAudit:
     # -- the relay's side -------------------------------------------------------------
 
     def on_records(self, records: list[bytes]) -> None:
+        decode, handlers = pgaudit_decode, _HANDLERS
         for raw in records:
             rec = decode(raw)
-            handler = _HANDLERS.get(rec.kind)
+            handler = handlers.get(rec.kind)
             if handler is not None:
                 handler(self, rec)
 
