@@ -25,6 +25,7 @@ from .firstbytes import (
     FirstBytes,
 )
 from .inspect_py import MAX_HELD
+from .pgaudit_py import decode as pgaudit_decode
 from .relay_py import Relay, close_engine, engine_for, engines_for
 from .relaytypes import (
     ACC_CAPPED,
@@ -79,6 +80,7 @@ if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
         engines_for = _relay.engines_for  # type: ignore[assignment]
         TLSContext = _relay.TLSContext  # type: ignore[assignment, misc]
         TLSStream = _relay.TLSStream  # type: ignore[assignment, misc]
+        pgaudit_decode = _relay.pgaudit_decode
         NATIVE = True
         NATIVE_UNAVAILABLE = None
 
@@ -116,6 +118,7 @@ __all__ = [
     "check_workers",
     "default_workers",
     "set_default_workers",
+    "pgaudit_decode",
     "REASONS",
     "CLOSE_REASONS",
     "MONGO_MAX_MESSAGE",

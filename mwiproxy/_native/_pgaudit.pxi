@@ -1,6 +1,11 @@
 # The C query-audit tap (csrc/mwi_pgaudit.c) on its own: the same API as
 # pgaudit_py.Tap, for the differential tests and the long fuzz run.
 
+from mwiproxy._native.pgaudit_py import Record as _PgAuditRecord
+from mwiproxy._native.pgaudit_py import decode as _pgaudit_decode_py
+
+_PGAUDIT_NULL_FIELD = (0, None)
+
 assert AUDIT_PROTOCOLS["postgres"] == MWI_AUDIT_POSTGRES, "relaytypes and mwi_relay.h disagree"
 # how often the loop takes the engine's audit records when no fill woke it (s)
 AUDIT_DRAIN_INTERVAL = 0.1
@@ -39,3 +44,40 @@ cdef class PgAuditTap:
     def dead(self):
         return bool(self.t.dead)
 
+
+
+cdef inline uint64_t _le(const unsigned char *p, int n) noexcept:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(n - 1, -1, -1):
+        v = (v << 8) | p[i]
+    return v
+
+
+def pgaudit_decode(rec):
+    """pgaudit_py.decode in C: a record (bytes) -> Record; the twin's own answer (and
+    error) for anything that is not a whole record."""
+    if type(rec) is not bytes:
+        return _pgaudit_decode_py(rec)
+    cdef const unsigned char *p = rec
+    cdef Py_ssize_t n = len(<bytes>rec)
+    cdef Py_ssize_t off = 40
+    cdef uint64_t full, stored
+    cdef unsigned int nfields, i
+    if n < 40:
+        return _pgaudit_decode_py(rec)
+    nfields = <unsigned int>_le(p + 2, 2)
+    fields = []
+    for i in range(nfields):
+        if off + 8 > n:
+            return _pgaudit_decode_py(rec)
+        full = _le(p + off, 4)
+        stored = _le(p + off + 4, 4)
+        off += 8
+        if full == 0xFFFFFFFF:
+            fields.append(_PGAUDIT_NULL_FIELD)
+        else:
+            fields.append((full, <bytes>rec[off:off + <Py_ssize_t>stored]))
+        off += <Py_ssize_t>stored
+    return _PgAuditRecord(chr(p[0]), p[1], _le(p + 4, 4), _le(p + 8, 4), _le(p + 16, 8),
+                          _le(p + 24, 8), _le(p + 32, 8), tuple(fields))

@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .counters import CounterTable
+from .pgaudit_py import Record
 from .relaytypes import AcceptorStats, Framing, RelayStats
 
 class Engine:
@@ -161,3 +162,6 @@ class PgAuditTap:
     def end(self, now_ns: int) -> None: ...
     @property
     def dead(self) -> bool: ...
+
+def pgaudit_decode(rec: bytes) -> Record:
+    """pgaudit_py.decode in C (the twin)."""

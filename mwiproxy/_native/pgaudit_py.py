@@ -14,7 +14,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 TEXT_CAP = 16384
 NAME_CAP = 128
@@ -55,8 +55,7 @@ class Malformed(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):  # a tuple: made per record, for each statement audited
     kind: str  # 'Q' 'P' 'B' 'E' 'C' 'F' (requests), 'R' (a result), 'M' (malformed)
     flags: int
     seq: int

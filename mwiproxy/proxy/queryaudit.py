@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from mwiproxy._native import pgaudit_decode
 from mwiproxy._native.pgaudit_py import (
     BAD_NAMES,
     PARAMS_OMITTED,
@@ -30,7 +31,6 @@ from mwiproxy._native.pgaudit_py import (
     STATUS_NAMES,
     UNTRACKED,
     Record,
-    decode,
 )
 from mwiproxy.auth.rbac import QueryAuditPolicy, query_audit_policy
 from mwiproxy.auth.storage.base import Storage
@@ -131,9 +131,10 @@ class QueryAudit:
     # -- the relay's side -------------------------------------------------------------
 
     def on_records(self, records: list[bytes]) -> None:
+        decode, handlers = pgaudit_decode, _HANDLERS
         for raw in records:
             rec = decode(raw)
-            handler = _HANDLERS.get(rec.kind)
+            handler = handlers.get(rec.kind)
             if handler is not None:
                 handler(self, rec)
 
@@ -241,17 +242,23 @@ class QueryAudit:
         if pending is None:
             return
         kind, info = pending
-        if kind == "F" or (kind in "PBC" and rec.aux != ST_ERROR):
+        failed = rec.aux == ST_ERROR
+        if kind == "F" or (kind in "PBC" and not failed):
             return
-        tag, sqlstate, error = (_text(f) for f in rec.fields)
-        summary = {"rows": rec.n1, "bytes": rec.n2, "duration_ms": round(rec.n3 / 1e6, 3),
-                   "command_tag": tag, "status": STATUS_NAMES[rec.aux]}
-        if kind in "PBC":
-            info = {k: v for k, v in info.items() if k != "portal_name" or kind != "P"}
-        if rec.aux == ST_ERROR:
-            self.emit(QUERY_FAILED, **info, **summary, sqlstate=sqlstate, error=error)
+        fields = rec.fields
+        if kind == "P":
+            info = {k: v for k, v in info.items() if k != "portal_name"}
+        # one dict per event: the fields go to the writer as given (emit's kwargs)
+        self.events += 1
+        if failed:
+            self._emit(QUERY_FAILED, **self._who, **info, rows=rec.n1, bytes=rec.n2,
+                       duration_ms=round(rec.n3 / 1e6, 3), command_tag=_text(fields[0]),
+                       status=STATUS_NAMES[rec.aux], sqlstate=_text(fields[1]),
+                       error=_text(fields[2]))
         else:
-            self.emit(QUERY, **info, **summary)
+            self._emit(QUERY, **self._who, **info, rows=rec.n1, bytes=rec.n2,
+                       duration_ms=round(rec.n3 / 1e6, 3), command_tag=_text(fields[0]),
+                       status=STATUS_NAMES[rec.aux])
 
     def _malformed(self, rec: Record) -> None:
         side, why = rec.aux >> 8, rec.aux & 0xFF

@@ -13,7 +13,8 @@ recorded as well.
 It is given the recorded prefix of a statement, so it never raises and a literal cut
 by the end of the input is masked to the end. It is linear: the scan jumps from one
 token that matters to the next with compiled patterns (C speed), nested dollar-quote
-bodies are re-read at most `_MAX_DEPTH` times, and a closing quote is searched once.
+bodies are re-read at most `_MAX_DEPTH` times, and a closing quote is searched once. A
+statement without the word PASSWORD (most of them) is not scanned at all.
 
 A plain '...' in password position is masked as far as the longer of its two readings
 (standard_conforming_strings on or off), so a backslash in the password never leaves a
@@ -73,10 +74,15 @@ _CONTINUATION = re.compile(_JOIN + "'")
 _STD_RUN = re.compile(r"'(?:[^']|'')*+'(?:" + _JOIN + r"'(?:[^']|'')*+')*")
 _ESC_RUN = re.compile(r"'(?:[^'\\]|\\.|'')*+'(?:" + _JOIN + r"'(?:[^'\\]|\\.|'')*+')*", re.S)
 _SPACE = re.compile(r"\s+")
+# The scan masks only after a match of _INSIDE's `password\b`: a statement without the
+# word (the same pattern flags, so the same case folding) is returned as it is, unread.
+_MAYBE_PASSWORD = re.compile(r"password", re.I)
 
 
 def redact_statement(sql: str) -> tuple[str, bool]:
     """Return `sql` with role passwords replaced by `'****'`, and whether any was."""
+    if _MAYBE_PASSWORD.search(sql) is None:  # nothing the scan could mask: skip it
+        return sql, False
     edits: list[tuple[int, int, str]] = []
     _scan(sql, 0, len(sql), 0, edits)
     if not edits:

@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS audit (
     fields TEXT NOT NULL, prev_hash TEXT, hash TEXT, session TEXT);
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
 """ + _GUARD_SQL
+_INSERT = ("INSERT INTO audit (id, time, type, fields, prev_hash, hash, session) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?)")
 _ROW = "SELECT id, time, type, fields, prev_hash, hash FROM audit"
 
 
@@ -163,11 +165,22 @@ class SQLiteAudit:
         `meta` is written by _store_head, once per transaction)."""
         event_id = self._top + 1
         h = link_hash(self._head_hash, event_id, time, type, text)
-        self._db.execute("INSERT INTO audit (id, time, type, fields, prev_hash, hash, session) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (event_id, time, type, text, self._head_hash, h, session))
+        self._db.execute(_INSERT, (event_id, time, type, text, self._head_hash, h, session))
         self._top, self._head_hash = event_id, h
         return event_id
+
+    def _insert_many(self, rows: list[tuple[float, str, str, str | None]]) -> list[int]:
+        """_insert for a batch: the links computed in order, the rows in one executemany."""
+        event_id, prev = self._top, self._head_hash
+        values = []
+        for time, type_, text, session in rows:
+            event_id += 1
+            h = link_hash(prev, event_id, time, type_, text)
+            values.append((event_id, time, type_, text, prev, h, session))
+            prev = h
+        self._db.executemany(_INSERT, values)
+        self._top, self._head_hash = event_id, prev
+        return [v[0] for v in values]
 
     def _store_head(self) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
@@ -183,7 +196,7 @@ class SQLiteAudit:
                 saved = (self._top, self._head_hash)
                 try:
                     self._db.execute("BEGIN IMMEDIATE")
-                    ids = [self._insert(*row) for row in rows]
+                    ids = self._insert_many(rows)
                     self._store_head()
                     self._db.execute("COMMIT")
                     return ids

@@ -1,0 +1,81 @@
+"""The cluster's per-statement query-audit cost, alone: pgbench-like simple queries (a
+SELECT by random key: every text new) as the tap records them, through
+proxy/queryaudit.py, the audit writer and the SQLite store; the process CPU (writer
+thread included) per statement. Steadier than TPS on a shared box.
+
+    python -m bench.queryaudit_path [--statements 20000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import struct
+import sys
+import tempfile
+import time
+
+from mwiproxy._native import NATIVE, pgaudit_py
+from mwiproxy.auth.audit import AuditLog
+from mwiproxy.auth.storage.sqlite import SQLiteStorage
+from mwiproxy.proxy.queryaudit import QueryAudit, QueryAuditPolicy
+
+WHO = {"session": "0123456789abcdef", "user": "bot-bench", "db_service": "example-db",
+       "db_user": "alice", "db_name": "example-db", "protocol": "postgres", "session_id": 1}
+BATCH = 1000  # records handed over per call (the relay's takes hold many)
+
+
+def _msg(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack(">I", len(body) + 4) + body
+
+
+def _records(n: int, rng: random.Random) -> list[bytes]:
+    """n select-only statements and their results, as the tap records them."""
+    tap = pgaudit_py.Tap()
+    answer = (_msg(b"T", b"\0\1abalance\0" + b"\0" * 18)
+              + _msg(b"D", b"\0\1" + struct.pack(">i", 4) + b"1234")
+              + _msg(b"C", b"SELECT 1\0") + _msg(b"Z", b"I"))
+    now = time.monotonic_ns()
+    for _ in range(n):
+        sql = f"SELECT abalance FROM pgbench_accounts WHERE aid = {rng.randrange(1, 1600001)};"
+        tap.feed(0, _msg(b"Q", sql.encode() + b"\0"), now)
+        tap.feed(1, answer, now + 1000)
+    return tap.records
+
+
+def _once(n: int, rng: random.Random) -> float:
+    records = _records(n, rng)
+    with tempfile.TemporaryDirectory(prefix="bench-qap-") as tmp:
+        storage = SQLiteStorage(os.path.join(tmp, "state.db"))
+        audit = AuditLog(storage)
+        qa = QueryAudit(audit.emit, WHO, QueryAuditPolicy(True, "hash"), key=b"k" * 32)
+        started = time.process_time()
+        for i in range(0, len(records), BATCH):
+            qa.on_records(records[i:i + BATCH])
+        audit.flush()
+        spent = time.process_time() - started
+        if qa.events != n:
+            raise SystemExit(f"{qa.events} events for {n} statements")
+        audit.close()
+        storage.close()
+    return 1e6 * spent / n
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--statements", type=int, default=20000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args(argv)
+    rng = random.Random(1)
+    runs = [_once(args.statements, rng) for _ in range(args.repeat)]
+    print(f"{'native' if NATIVE else 'pure'} build: CPU per statement "
+          f"{statistics.median(runs):.1f} µs (median of {args.repeat}: "
+          f"{', '.join(f'{r:.1f}' for r in runs)}); load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
