@@ -20,6 +20,7 @@ from mwiproxy.wire import ping
 
 from .counters import PyCounterTable, check_slot
 from .inspect_py import Gate
+from .myaudit_py import Tap as MyTap
 from .pgaudit_py import AuditFeed
 from .relay_held_py import HeldVerdicts
 from .relaytypes import (
@@ -289,7 +290,8 @@ class Relay(HeldVerdicts):
     ) -> None:
         check_slot(counter_slot)
         check_audit(audit, on_audit, inspect)
-        self._audit = None if audit is None or on_audit is None else AuditFeed(loop, on_audit)
+        self._audit = None if audit is None or on_audit is None else AuditFeed(
+            loop, on_audit, MyTap() if audit == "mysql" else None)
         check_inspect(inspect, on_held, framed_b)
         mongo_allowed(inspect_allowed)
         check_max_message(inspect_max_message)
