@@ -329,7 +329,7 @@ void relay_finish(mwi_relay *r, mwi_relay_reason reason, int err)
 {
     mwi_engine *eng = r->eng;
     if (r->state == RS_FINISHED) return;
-    if (r->pga != NULL && r->state == RS_LIVE) relay_audit_end(r);   /* before it is done */
+    if (r->audited && r->state == RS_LIVE) relay_audit_end(r);   /* before it is done */
     if (r->bye_since_ms) {             /* the owner asked: whatever happened on the way out */
         reason = r->close_reason ? r->close_reason : MWI_RELAY_CLOSED;
         err = 0;

@@ -1,5 +1,5 @@
 /* mwi_relay_audit.c: the relay's side of the query-audit tap (mwi_relay_set_audit): the
- * tap per relay (csrc/mwi_pgaudit.c) and the engine's record buffer the owner drains.
+ * tap per relay (csrc/mwi_pgaudit.c, mwi_myaudit.c, mwi_rdsaudit.c) and the engine's record buffer the owner drains.
  *
  * The buffer is a pair of flat arrays under their own lock: the worker appends each
  * record (u32 length | u64 relay user | record) to the current one; the owner takes it
@@ -102,10 +102,21 @@ static int ring_put(void *ctx, const uint8_t *rec, size_t len)
 
 int mwi_relay_set_audit(mwi_relay *r, int proto, int wait)
 {
-    if (r->owner_started || r->pga != NULL || r->ins != NULL || proto != MWI_AUDIT_POSTGRES)
+    if (r->owner_started || r->audited) return EINVAL;
+    if (proto == MWI_AUDIT_POSTGRES) {
+        if (r->ins != NULL) return EINVAL;
+        if (ring_new(r->eng) != 0 || (r->pga = malloc(sizeof *r->pga)) == NULL) return ENOMEM;
+        mwi_pgaudit_init(r->pga, ring_put, r);
+    } else if (proto == MWI_AUDIT_MYSQL) {
+        if (ring_new(r->eng) != 0 || (r->mya = malloc(sizeof *r->mya)) == NULL) return ENOMEM;
+        mwi_myaudit_init(r->mya, ring_put, r);
+    } else if (proto == MWI_AUDIT_REDIS) {
+        if (ring_new(r->eng) != 0 || (r->rda = malloc(sizeof *r->rda)) == NULL) return ENOMEM;
+        mwi_rdsaudit_init(r->rda, ring_put, r);
+    } else {
         return EINVAL;
-    if (ring_new(r->eng) != 0 || (r->pga = malloc(sizeof *r->pga)) == NULL) return ENOMEM;
-    mwi_pgaudit_init(r->pga, ring_put, r);
+    }
+    r->audited = 1;
     r->audit_wait = wait != 0;
     r->buffered = 1;                   /* bytes pass through user space: no splice */
     return 0;
@@ -113,7 +124,9 @@ int mwi_relay_set_audit(mwi_relay *r, int proto, int wait)
 
 size_t relay_audit_feed(mwi_relay *r, int side, const uint8_t *p, size_t n)
 {
-    long k = mwi_pgaudit_feed(r->pga, side, p, n, now_ns());
+    long k = r->mya != NULL ? mwi_myaudit_feed(r->mya, side, p, n, now_ns())
+           : r->rda != NULL ? mwi_rdsaudit_feed(r->rda, side, p, n, now_ns())
+           : mwi_pgaudit_feed(r->pga, side, p, n, now_ns());
     if (k < 0) {                       /* no memory: the relay ends (pump_dir) */
         r->audit_stop = MWI_AUDIT_STOP_NOMEM;
         return n;
@@ -160,12 +173,28 @@ void engine_audit_resume(mwi_engine *eng)
 
 void relay_audit_end(mwi_relay *r)
 {
-    mwi_pgaudit_end(r->pga, now_ns());
-    __atomic_store_n(&r->audit_dropped, r->pga->dropped, __ATOMIC_RELAXED);
+    uint64_t dropped;
+    if (r->mya != NULL) {
+        mwi_myaudit_end(r->mya, now_ns());
+        dropped = r->mya->dropped;
+    } else if (r->rda != NULL) {
+        dropped = r->rda->dropped;
+    } else {
+        mwi_pgaudit_end(r->pga, now_ns());
+        dropped = r->pga->dropped;
+    }
+    __atomic_store_n(&r->audit_dropped, dropped, __ATOMIC_RELAXED);
 }
 
 void relay_audit_free(mwi_relay *r)
 {
+    if (r->mya != NULL) {
+        mwi_myaudit_free(r->mya);
+        free(r->mya);
+        r->mya = NULL;
+    }
+    free(r->rda);
+    r->rda = NULL;
     if (r->pga == NULL) return;
     mwi_pgaudit_free(r->pga);
     free(r->pga);

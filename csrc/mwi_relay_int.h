@@ -13,6 +13,8 @@
 
 #include "mwi_frame.h"
 #include "mwi_inspect.h"
+#include "mwi_myaudit.h"
+#include "mwi_rdsaudit.h"
 #include "mwi_pgaudit.h"
 
 /* epoll data: a relay pointer with the side in bit 0, or an acceptor's objects (mwi_accept.c)
@@ -125,7 +127,10 @@ struct mwi_relay {
     size_t ans_len, ans_off;
     mwi_relay *held_next;     /* worker list eng->held_new, then eng->held_head */
     /* query audit (mwi_relay_set_audit, mwi_relay_audit.c) */
-    mwi_pgaudit *pga;
+    mwi_pgaudit *pga;         /* MWI_AUDIT_POSTGRES */
+    mwi_myaudit *mya;         /* MWI_AUDIT_MYSQL */
+    mwi_rdsaudit *rda;        /* MWI_AUDIT_REDIS */
+    uint8_t audited;          /* one of them is set */
     uint8_t audit_wait, audit_paused, audit_stop;   /* audit_stop: MWI_AUDIT_STOP_* */
     uint64_t audit_dropped;   /* the tap's dropped records, once finished */
     uint64_t user;

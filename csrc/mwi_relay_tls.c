@@ -149,7 +149,7 @@ static void frame_chunk(mwi_relay *r, int i, size_t base, size_t n)
 {
     mwi_dir *d = &r->dir[i];
     if (r->frame[i].on) n = mwi_deframe(&r->frame[i].rd, d->buf + base, n);
-    if (r->pga != NULL) n = relay_audit_feed(r, i, d->buf + base, n);
+    if (r->audited) n = relay_audit_feed(r, i, d->buf + base, n);
     if (i == 0 && r->ins != NULL) {    /* scanned in pump_dir (side B is never framed) */
         r->ins_in = (uint32_t)base;
         r->ins_end = (uint32_t)(base + n);
@@ -275,7 +275,7 @@ static int pump_dir(mwi_relay *r, int i, int trust_short_read)
             }
         }
         if (d->buf != NULL) pool_put_buf(r->eng, d);    /* empty: idle relays hold none */
-        if (r->pga != NULL) {              /* audited: a broken side A, or wait for the owner */
+        if (r->audited) {              /* audited: a broken side A, or wait for the owner */
             if (r->audit_stop == MWI_AUDIT_STOP_NOMEM) return relay_fail(r, i, ENOMEM);
             if ((i == 0 && r->audit_stop) || relay_audit_paused(r))
                 return blocked(d, i, WAIT_NONE);

@@ -152,13 +152,14 @@ class Cluster:
         directory = EngineDirectory(engines, self.auth, self.own.link_context,
                                     POSTGRES_PROTOCOLS, self.metrics)
         interval = self.config.proxy.ping_interval.total_seconds()
+        key = queryaudit.param_key(self.auth.storage)
         frontend = PostgresFrontend(self.auth, directory, self.sessions,
                                     self.own.inner_context, ping_interval=interval,
                                     startup_timeout=self._first_message_timeout,
                                     metrics=self.metrics,
                                     query_audit=self.config.audit.queries,
                                     query_wait=self.config.audit.query_backpressure == "wait",
-                                    param_key=queryaudit.param_key(self.auth.storage))
+                                    param_key=key)
         self.listener.route_tls(alpn.POSTGRES, frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.POSTGRES), framed(frontend.serve))
         redis_engines = EngineDirectory(redis, self.auth, self.own.link_context,
@@ -166,7 +167,11 @@ class Cluster:
         redis_frontend = RedisFrontend(self.auth, redis_engines, self.sessions,
                                        self.own.inner_context, ping_interval=interval,
                                        setup_timeout=self._first_message_timeout,
-                                       metrics=self.metrics)
+                                       metrics=self.metrics,
+                                       query_audit=self.config.audit.queries,
+                                       query_wait=self.config.audit.query_backpressure
+                                       == "wait",
+                                       param_key=key)
         self.listener.route_tls(alpn.REDIS, redis_frontend.serve)
         self.listener.route_tls(alpn.with_ping(alpn.REDIS), framed(redis_frontend.serve))
         mysql_directory = EngineDirectory(mysql_engines, self.auth, self.own.link_context,
@@ -175,7 +180,8 @@ class Cluster:
                               self.own.inner_context,
                               ping_interval=interval,
                               startup_timeout=self._first_message_timeout,
-                              metrics=self.metrics)
+                              metrics=self.metrics, query_audit=self.config.audit.queries,
+                              query_wait=self.config.audit.query_backpressure == "wait")
         self.listener.route_tls(alpn.MYSQL, mysql.serve)
         self.listener.route_tls(alpn.with_ping(alpn.MYSQL), framed(mysql.serve))
         self._route_mongodb(signer, interval)

@@ -108,6 +108,8 @@ cdef extern from "mwi_relay.h" nogil:
     const char *mwi_relay_reason_name(mwi_relay_reason reason)
     enum:
         MWI_AUDIT_POSTGRES
+        MWI_AUDIT_MYSQL
+        MWI_AUDIT_REDIS
     int mwi_relay_set_audit(mwi_relay *r, int proto, int wait)
     size_t mwi_engine_audit_take(mwi_engine *eng, const unsigned char **out)
     uint64_t mwi_engine_audit_dropped(mwi_engine *eng)
@@ -124,6 +126,25 @@ cdef extern from "mwi_pgaudit.h":
     long mwi_pgaudit_feed(mwi_pgaudit *t, int side, const unsigned char *p, size_t n,
                           uint64_t now_ns)
     void mwi_pgaudit_end(mwi_pgaudit *t, uint64_t now_ns)
+
+
+cdef extern from "mwi_myaudit.h":
+    ctypedef struct mwi_myaudit:
+        uint64_t dropped
+    void mwi_myaudit_init(mwi_myaudit *t, mwi_pga_emit_fn emit, void *ctx)
+    void mwi_myaudit_free(mwi_myaudit *t)
+    long mwi_myaudit_feed(mwi_myaudit *t, int side, const unsigned char *p, size_t n,
+                          uint64_t now_ns)
+    void mwi_myaudit_end(mwi_myaudit *t, uint64_t now_ns)
+
+
+cdef extern from "mwi_rdsaudit.h":
+    ctypedef struct mwi_rdsaudit:
+        uint64_t dropped
+    void mwi_rdsaudit_init(mwi_rdsaudit *t, mwi_pga_emit_fn emit, void *ctx)
+    long mwi_rdsaudit_feed(mwi_rdsaudit *t, int side, const unsigned char *p, size_t n,
+                           uint64_t now_ns)
+    void mwi_rdsaudit_end(mwi_rdsaudit *t, uint64_t now_ns)
 
 
 cdef extern from "mwi_accept.h" nogil:
@@ -242,6 +263,16 @@ cdef class Relay:
 
 cdef class PgAuditTap:
     cdef mwi_pgaudit t
+    cdef readonly list records
+
+
+cdef class MyAuditTap:
+    cdef mwi_myaudit *t
+    cdef readonly list records
+
+
+cdef class RdsAuditTap:
+    cdef mwi_rdsaudit *t
     cdef readonly list records
 
 

@@ -14,7 +14,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 TEXT_CAP = 16384
 NAME_CAP = 128
@@ -577,16 +577,25 @@ class _Bad(Exception):
         self.why = why
 
 
+class _AnyTap(Protocol):
+    """A tap of any protocol (this one, myaudit_py.Tap)."""
+
+    records: list[bytes]
+
+    def feed(self, side: int, data: bytes | bytearray | memoryview, now_ns: int) -> int: ...
+    def end(self, now_ns: int) -> None: ...
+
+
 class AuditFeed:
     """A pure relay's tap (relay_py.Relay(audit=...)): each chunk read goes through it,
     and its records go to on_audit on the loop (call_soon: in order, before on_done).
     Nothing waits here, so audit_wait changes nothing in the pure build."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 on_audit: Callable[[list[bytes]], object]) -> None:
+                 on_audit: Callable[[list[bytes]], object], tap: _AnyTap | None = None) -> None:
         self._loop = loop
         self._on_audit = on_audit
-        self.tap = Tap()
+        self.tap: _AnyTap = tap if tap is not None else Tap()
         self.stopped = False  # side 0 broke the protocol: it is read no more
 
     def feed(self, side: int, data: bytes) -> bytes:

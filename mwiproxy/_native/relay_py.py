@@ -20,7 +20,9 @@ from mwiproxy.wire import ping
 
 from .counters import PyCounterTable, check_slot
 from .inspect_py import Gate
+from .myaudit_py import Tap as MyTap
 from .pgaudit_py import AuditFeed
+from .rdsaudit_py import Tap as RdsTap
 from .relay_held_py import HeldVerdicts
 from .relaytypes import (
     MONGO_MAX_MESSAGE,
@@ -290,7 +292,9 @@ class Relay(HeldVerdicts):
     ) -> None:
         check_slot(counter_slot)
         check_audit(audit, on_audit, inspect)
-        self._audit = None if audit is None or on_audit is None else AuditFeed(loop, on_audit)
+        self._audit = None if audit is None or on_audit is None else AuditFeed(
+            loop, on_audit, MyTap() if audit == "mysql" else RdsTap() if audit == "redis"
+            else None)
         check_inspect(inspect, on_held, framed_b)
         mongo_allowed(inspect_allowed)
         check_max_message(inspect_max_message)

@@ -75,7 +75,9 @@ def check_inspect(inspect: str | None, on_held: object, framed_b: object) -> int
     return INSPECT_PROTOCOLS[inspect]
 
 
-AUDIT_PROTOCOLS = {"postgres": 1}  # csrc/mwi_relay.h MWI_AUDIT_*
+AUDIT_PROTOCOLS = {"postgres": 1, "mysql": 2, "redis": 3}  # csrc/mwi_relay.h MWI_AUDIT_*
+# audited and inspected at once (the tap reads side A before the inspector)
+AUDIT_WITH_INSPECT = {"mysql": "mysql", "redis": "resp"}
 
 
 def check_audit(audit: str | None, on_audit: object, inspect: str | None) -> int:
@@ -86,8 +88,8 @@ def check_audit(audit: str | None, on_audit: object, inspect: str | None) -> int
         raise ValueError(f"no query audit for protocol {audit!r}")
     if on_audit is None:
         raise ValueError("an audited relay needs on_audit")
-    if inspect is not None:
-        raise ValueError("a relay is audited or inspected, not both")
+    if inspect is not None and AUDIT_WITH_INSPECT.get(audit) != inspect:
+        raise ValueError(f"a {audit} relay is audited or inspected, not both")
     return AUDIT_PROTOCOLS[audit]
 
 

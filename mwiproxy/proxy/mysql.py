@@ -26,7 +26,9 @@ proxy's certificate; the identity comes from the client certificate of that hand
 Then the access check (db user, database, locks, generation), the engine, and the native
 relay, with the client→server inspector holding COM_INIT_DB (checked against the role's
 db_names) and COM_CHANGE_USER (always refused): each refusal is an ERR_Packet saying why,
-audited as `db.access.denied`, and ends the session.
+audited as `db.access.denied`, and ends the session. The query audit (audit.queries,
+the roles' policy) reads both directions natively (csrc/mwi_myaudit.h): its records
+become `db.session.query` / `db.session.query.failed` (proxy/myqueryaudit.py).
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ from mwiproxy.proxy.access import (
 from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError
 from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import accepted_at
+from mwiproxy.proxy.myqueryaudit import MySQLQueryAudit
+from mwiproxy.proxy.queryaudit import QueryAuditPolicy
 from mwiproxy.proxy.sessions import Session, SessionRegistry
-from mwiproxy.relay.pipe import Inspect
+from mwiproxy.relay.pipe import Audit, Inspect
 from mwiproxy.relay.streams import BufferedReader, ByteStream
 from mwiproxy.wire import mysql
 from mwiproxy.wire import mysql_handshake as hs
@@ -123,10 +127,13 @@ class MySQLFrontend(DbFrontend):
                  sessions: SessionRegistry, inner_tls: Callable[[], _native.TLSContext],
                  ping_interval: float | None = None,
                  startup_timeout: float = STARTUP_TIMEOUT,
-                 metrics: NoopProxyMetrics | None = None) -> None:
+                 metrics: NoopProxyMetrics | None = None, query_audit: bool = True,
+                 query_wait: bool = False) -> None:
         super().__init__(auth, sessions, inner_tls, ping_interval, metrics)
         self._engines = engines
         self._startup_timeout = startup_timeout
+        self._query_audit_on = query_audit  # audit.queries
+        self._query_wait = query_wait  # audit.query_backpressure: wait
 
     async def serve(self, stream: ByteStream, caller: Identity | None, remote: str) -> None:
         conn = _Conn(stream, BufferedReader(stream), caller, remote,
@@ -206,9 +213,10 @@ class MySQLFrontend(DbFrontend):
             await self._refuse(conn, r, db_user, db_name)
             return
         with self.registered(self.session_for(conn, grant, db_user, db_name)) as session:
-            await self._run(conn, session, hello)
+            await self._run(conn, session, hello, grant.query_audit)
 
-    async def _run(self, conn: _Conn, session: Session, hello: hs.HandshakeResponse) -> None:
+    async def _run(self, conn: _Conn, session: Session, hello: hs.HandshakeResponse,
+                   policy: QueryAuditPolicy) -> None:
         started = time.monotonic()
         try:
             upstream = await self._start(session, hello)
@@ -238,11 +246,31 @@ class MySQLFrontend(DbFrontend):
                 await conn.stream.write(_err(ER_NET_READ_ERROR, NET_STATE,
                                              "a command was sent before the sign-in OK", 1))
                 return
-            await self.relay(conn, session, upstream.stream, started,
-                             lambda message: _err(ER_CONNECTION_KILLED, KILLED_STATE,
-                                                  message, 1), inspect=inspect)
+            queries = self._query_audit(session, policy)
+            stats = None
+            try:
+                stats = await self.relay(
+                    conn, session, upstream.stream, started,
+                    lambda message: _err(ER_CONNECTION_KILLED, KILLED_STATE, message, 1),
+                    inspect=inspect,
+                    audit=None if queries is None else Audit(PROTOCOL, queries.on_records,
+                                                              queries.wait))
+            finally:
+                if queries is not None:
+                    queries.ended(stats.audit_dropped if stats is not None else 0)
         finally:
             upstream.stream.close()  # a no-op once the relay took it over
+
+    def _query_audit(self, session: Session, policy: QueryAuditPolicy
+                     ) -> MySQLQueryAudit | None:
+        """The session's query audit (None: off, or its roles turned it off): the tap
+        reads the plaintext from the first command after the sign-in OK."""
+        if not (self._query_audit_on and policy.enabled):
+            return None
+        who = {**self.who(session), "session_id": session.session_id}
+        return MySQLQueryAudit(self._auth.audit.emit, who, policy, wait=self._query_wait,
+                               on_dropped=lambda n: self._metrics.query_audit_dropped(
+                                   PROTOCOL, n))
 
     async def _start(self, session: Session, hello: hs.HandshakeResponse) -> Upstream:
         """Signed in as the session's user: by this process's engine, or through one of

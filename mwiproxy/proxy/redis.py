@@ -12,7 +12,8 @@ database agent serving it: `engines/remote.py` with no startup message) → the 
 relay, which
 holds the few commands that could switch the user (AUTH, HELLO, RESET, and every inline
 command, whose quoting is parsed here as redis-server parses it) for `_Inspector` to
-decide. A refused command ends the session with `-ERR <why>`. Refusals before the relay
+decide. A refused command ends the session with `-ERR <why>`. The query audit records
+every command natively (csrc/mwi_rdsaudit.h → proxy/rdsqueryaudit.py). Refusals before the relay
 answer each of the client's first commands with `-ERR <why>` (redis-py swallows the
 errors of its opening `CLIENT SETINFO` commands), bounded in count, size and time.
 """
@@ -36,8 +37,11 @@ from mwiproxy.proxy.access import Refusal, check_certificate, check_policy_off_l
 from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError
 from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import accepted_at
+from mwiproxy.proxy.queryaudit import QueryAuditPolicy
+from mwiproxy.proxy.rdsqueryaudit import RedisQueryAudit
 from mwiproxy.proxy.redisinspect import command_inspector
 from mwiproxy.proxy.sessions import Session, SessionRegistry
+from mwiproxy.relay.pipe import Audit
 from mwiproxy.relay.streams import BufferedReader, ByteStream
 from mwiproxy.wire import redis as resp
 
@@ -81,10 +85,14 @@ class RedisFrontend(DbFrontend):
     def __init__(self, auth: AuthService, engines: EngineDirectory[RedisEngine],
                  sessions: SessionRegistry, inner_tls: Callable[[], _native.TLSContext],
                  ping_interval: float | None = None, setup_timeout: float = SETUP_TIMEOUT,
-                 metrics: NoopProxyMetrics | None = None) -> None:
+                 metrics: NoopProxyMetrics | None = None, query_audit: bool = True,
+                 query_wait: bool = False, param_key: bytes | None = None) -> None:
         super().__init__(auth, sessions, inner_tls, ping_interval, metrics)
         self._engines = engines
         self._setup_timeout = setup_timeout
+        self._query_audit_on = query_audit  # audit.queries
+        self._query_wait = query_wait  # audit.query_backpressure: wait
+        self._param_key = param_key  # the cluster's key for argument digests
 
     async def serve(self, stream: ByteStream, caller: Identity | None, remote: str) -> None:
         conn = Conn(stream, BufferedReader(stream), caller, remote, accepted_at=accepted_at())
@@ -147,9 +155,9 @@ class RedisFrontend(DbFrontend):
             await self._refuse(conn, r, db_user, buffered)
             return
         with self.registered(self.session_for(conn, grant, db_user, "")) as session:
-            await self._run(conn, session)
+            await self._run(conn, session, grant.query_audit)
 
-    async def _run(self, conn: Conn, session: Session) -> None:
+    async def _run(self, conn: Conn, session: Session, policy: QueryAuditPolicy) -> None:
         started = time.monotonic()
         try:
             upstream = await self._start(conn, session)
@@ -165,11 +173,23 @@ class RedisFrontend(DbFrontend):
             self.audit_start(session, error="the cluster proxy shut down while connecting")
             raise
         self.connected(session)
+        queries = None
+        if self._query_audit_on and policy.enabled:
+            queries = RedisQueryAudit(
+                self._auth.audit.emit, {**self.who(session), "session_id": session.session_id},
+                policy, wait=self._query_wait, key=self._param_key,
+                on_dropped=lambda n: self._metrics.query_audit_dropped(PROTOCOL, n))
+        stats = None
         try:
-            await self.relay(conn, session, upstream, started, _farewell,
-                             inspect=command_inspector(self._auth.audit, session))
+            stats = await self.relay(
+                conn, session, upstream, started, _farewell,
+                inspect=command_inspector(self._auth.audit, session),
+                audit=None if queries is None else Audit(PROTOCOL, queries.on_records,
+                                                          queries.wait))
         finally:
             upstream.close()  # a no-op once the relay took it over
+            if queries is not None:
+                queries.ended(stats.audit_dropped if stats is not None else 0)
 
 
     async def _start(self, conn: Conn, session: Session) -> ByteStream:

@@ -92,7 +92,7 @@ class Audit:
     records wait for the loop, rather than drop those that do not fit (counted:
     PipeStats.audit_dropped)."""
 
-    protocol: str  # "postgres"
+    protocol: str  # "postgres", "mysql" (csrc/mwi_myaudit.h: with the inspector too)
     on_records: Callable[[list[bytes]], None]
     wait: bool = False
 

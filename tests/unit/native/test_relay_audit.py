@@ -1,4 +1,4 @@
-"""Relay(audit="postgres", on_audit=...), both builds, below Pipe: both directions go
+"""Relay(audit="postgres" | "mysql" | "redis", on_audit=...), both builds, below Pipe: both directions go
 through the query-audit tap unchanged, records come to the loop in batches (the last
 ones before on_done), a malformed client message stops side A before it, and the
 arguments an audited relay refuses."""
@@ -16,6 +16,7 @@ import pytest
 from mwiproxy._native import REASON_CLOSED, REASON_EOF, REASON_PROTOCOL
 from mwiproxy._native.pgaudit_py import decode
 
+from . import myauditkit as mykit
 from . import pgauditkit as kit
 from .relaykit import Joined, recv_all, run
 
@@ -87,11 +88,80 @@ def test_malformed_client_message_never_reaches_b(relay_mod: Any) -> None:
     run(body)
 
 
+@pytest.mark.parametrize("wait", [False, True])
+def test_mysql_audited_and_inspected_bytes_unchanged(relay_mod: Any, wait) -> None:
+    """MySQL: the tap reads side A before the inspector (which holds COM_INIT_DB)."""
+    client = mykit.query(b"select 1") + mykit.prepare(b"select ?") + mykit.execute(1)
+    server = mykit.result_set([b"1"]) + mykit.prepare_ok(1, 1, 1) + mykit.ok(3)
+    use = mykit.init_db(b"shop")
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        got = Records()
+        held: list[bytes | None] = []
+        j = Joined(relay_mod.Relay, loop, audit="mysql", on_audit=got, audit_wait=wait,
+                   inspect="mysql", on_held=held.append)
+        j.relay.start()
+        await loop.sock_sendall(j.a, client)
+        assert await recv_all(loop, j.b, len(client)) == client
+        await loop.sock_sendall(j.b, server)
+        assert await recv_all(loop, j.a, len(server)) == server
+        await loop.sock_sendall(j.a, use)
+        while not held:
+            await asyncio.sleep(0.01)
+        j.relay.resume()
+        assert await recv_all(loop, j.b, len(use)) == use
+        await loop.sock_sendall(j.b, mykit.ok())
+        assert await recv_all(loop, j.a, len(mykit.ok())) == mykit.ok()
+        j.a.shutdown(1)
+        j.b.shutdown(1)
+        assert await asyncio.wait_for(j.done, 10) == REASON_EOF
+        await asyncio.sleep(0)
+        assert got.kinds == ["Q", "P", "E", "R", "R", "R", "I", "R"]
+        results = [decode(r) for batch in got.batches for r in batch if r[:1] == b"R"]
+        assert [r.n1 for r in results] == [1, 0, 3, 0]
+        j.close()
+
+    run(body)
+
+
+def test_redis_audited_and_inspected_every_command_recorded(relay_mod: Any) -> None:
+    """Redis: the tap reads side A before the inspector (which holds AUTH)."""
+    client = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n" + b"PING\r\n"
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        got = Records()
+        held: list[bytes | None] = []
+        j = Joined(relay_mod.Relay, loop, audit="redis", on_audit=got, inspect="resp",
+                   on_held=held.append)
+        j.relay.start()
+        await loop.sock_sendall(j.a, client)
+        while not held:  # SET passes natively, the inline PING is held
+            await asyncio.sleep(0.01)
+        j.relay.resume()
+        assert await recv_all(loop, j.b, len(client)) == client
+        j.a.shutdown(1)
+        j.b.shutdown(1)
+        assert await asyncio.wait_for(j.done, 10) == REASON_EOF
+        await asyncio.sleep(0)
+        recs = [decode(r) for batch in got.batches for r in batch]
+        assert [(r.kind, r.fields[0][1], r.aux) for r in recs] == [("K", b"SET", 2),
+                                                                  ("K", b"PING", 0)]
+        j.close()
+
+    run(body)
+
+
 def test_audit_arguments_are_checked(relay_mod: Any) -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        for kw in ({"audit": "mysql", "on_audit": print}, {"audit": "postgres"},
+        for kw in ({"audit": "mongodb", "on_audit": print}, {"audit": "postgres"},
+                   {"audit": "redis", "on_audit": print, "inspect": "mysql",
+                    "on_held": print},
                    {"audit": "postgres", "on_audit": print, "inspect": "resp",
+                    "on_held": print},
+                   {"audit": "mysql", "on_audit": print, "inspect": "resp",
                     "on_held": print}):
             with pytest.raises(ValueError):
                 Joined(relay_mod.Relay, loop, **kw)

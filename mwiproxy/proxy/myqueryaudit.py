@@ -1,0 +1,110 @@
+"""A MySQL session's query audit: the relay's tap records (csrc/mwi_myaudit.h, read by
+pgaudit_py.decode and myaudit_py.code) become audit events, as PostgreSQL's do
+(proxy/queryaudit.py: batched, nothing here waits on the store).
+
+A command's outcome when the server answered it: `db.session.query` (COM_QUERY, or a
+COM_STMT_EXECUTE with its prepared statement's text, or COM_INIT_DB) with rows
+(affected rows plus result-set rows), bytes (result-set rows), duration and status, or
+`db.session.query.failed` with the ERR code, SQLSTATE and message (a PREPARE that failed
+too). Each event says its `command`. Prepared statements: `db.session.mysql.statements.
+prepare` (with the server's statement id) and `...close`. Parameters of an EXECUTE are
+not recorded. Statements are redacted by wire/mysqlredact.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from mwiproxy._native.myaudit_py import code
+from mwiproxy._native.pgaudit_py import ST_ERROR, STATUS_NAMES, UNTRACKED, Record, decode
+from mwiproxy.proxy.queryaudit import MAX_NAMES, QUERY, QUERY_FAILED, QueryAudit
+from mwiproxy.wire.mysqlredact import redact_statement
+
+PREPARE = "db.session.mysql.statements.prepare"
+CLOSE = "db.session.mysql.statements.close"
+_COMMANDS = {"Q": "COM_QUERY", "P": "COM_STMT_PREPARE", "E": "COM_STMT_EXECUTE",
+             "I": "COM_INIT_DB", "C": "COM_STMT_CLOSE"}
+
+_REDACTED: dict[bytes, tuple[str, bool]] = {}
+REDACT_CACHE = 512
+
+
+def _redacted(text: bytes) -> tuple[str, bool]:
+    done = _REDACTED.get(text)
+    if done is None:
+        if len(_REDACTED) >= REDACT_CACHE:
+            _REDACTED.clear()
+        done = _REDACTED[text] = redact_statement(text.decode("utf-8", "replace"))
+    return done
+
+
+class MySQLQueryAudit(QueryAudit):
+    """One MySQL session's records → events (the same constructor as QueryAudit)."""
+
+    protocol = "mysql"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._prepared: OrderedDict[int, dict[str, Any]] = OrderedDict()
+
+    def on_records(self, records: list[bytes]) -> None:
+        for raw in records:
+            rec = decode(raw)
+            handler = _HANDLERS.get(rec.kind)
+            if handler is not None:
+                handler(self, rec, raw)
+
+    def _statement(self, field: tuple[int, bytes | None], truncated: bool) -> dict[str, Any]:
+        query, redacted = _redacted(field[1] or b"")
+        return {"query": query, "query_redacted": redacted,
+                "truncated": truncated and field[0] > len(field[1] or b""),
+                "query_len": field[0]}
+
+    def _request(self, rec: Record, raw: bytes) -> None:
+        info: dict[str, Any] = {"command": _COMMANDS[rec.kind]}
+        if rec.kind in "QP":
+            info.update(self._statement(rec.fields[0], rec.truncated))
+        elif rec.kind == "I":
+            info["schema"] = (rec.fields[0][1] or b"").decode("utf-8", "replace")
+        elif rec.kind == "E":
+            info.update({"statement_id": rec.aux, **self._prepared.get(rec.aux, {})})
+        if rec.flags & UNTRACKED:  # too many in flight: no result will come
+            if rec.kind in "QEI":
+                self.emit(QUERY, **info, status="untracked")
+            return
+        self._pending[rec.seq] = (rec.kind, info)
+
+    def _closed(self, rec: Record, raw: bytes) -> None:
+        self._prepared.pop(rec.aux, None)
+        self.emit(CLOSE, command="COM_STMT_CLOSE", statement_id=rec.aux)
+
+    def _answered(self, rec: Record, raw: bytes) -> None:
+        pending = self._pending.pop(rec.seq, None)
+        if pending is None:
+            return
+        kind, info = pending
+        summary = {"rows": rec.n1, "bytes": rec.n2, "duration_ms": round(rec.n3 / 1e6, 3),
+                   "status": STATUS_NAMES[rec.aux]}
+        if rec.aux == ST_ERROR:
+            _, sqlstate, error = ((f[1] or b"").decode("utf-8", "replace") for f in rec.fields)
+            self.emit(QUERY_FAILED, **info, **summary, error_code=code(raw),
+                      sqlstate=sqlstate, error=error)
+        elif kind == "P":
+            stmt = code(raw)
+            self._prepared[stmt] = {k: v for k, v in info.items() if k != "command"}
+            self._prepared.move_to_end(stmt)
+            while len(self._prepared) > MAX_NAMES:
+                self._prepared.popitem(last=False)
+            self.emit(PREPARE, **info, statement_id=stmt, status=summary["status"],
+                      duration_ms=summary["duration_ms"])
+        else:
+            self.emit(QUERY, **info, **summary)
+
+
+_HANDLERS: dict[str, Callable[[MySQLQueryAudit, Record, bytes], None]] = {
+    "Q": MySQLQueryAudit._request, "P": MySQLQueryAudit._request,
+    "E": MySQLQueryAudit._request, "I": MySQLQueryAudit._request,
+    "C": MySQLQueryAudit._closed, "R": MySQLQueryAudit._answered,
+}

@@ -1,0 +1,60 @@
+"""proxy/myqueryaudit.py: the MySQL tap's records become audit events (results, ERR
+fields, prepared statements' text on EXECUTE, COM_INIT_DB, redaction, untracked)."""
+
+from __future__ import annotations
+
+from mwiproxy._native import myaudit_py
+from mwiproxy.proxy.myqueryaudit import MySQLQueryAudit
+from mwiproxy.proxy.queryaudit import QueryAuditPolicy
+from tests.unit.native import myauditkit as kit
+from tests.unit.proxy.test_queryaudit import WHO, Sink
+
+
+def _events(chunks: list[kit.Chunk]) -> Sink:
+    sink = Sink()
+    qa = MySQLQueryAudit(sink, WHO, QueryAuditPolicy(True, "hash"), key=b"k")
+    tap = myaudit_py.Tap()
+    kit.run(tap, chunks)
+    qa.on_records(tap.records)
+    return sink
+
+
+def test_query_results_and_failures():
+    sink = _events([(0, kit.query(b"UPDATE t SET a = 1")), (1, kit.ok(4)),
+                    (0, kit.query(b"select * from nope")),
+                    (1, kit.err(1146, b"42S02", b"Table 'nope' doesn't exist"))])
+    [ok] = sink.of("db.session.query")
+    assert ok["command"] == "COM_QUERY" and ok["rows"] == 4 and ok["status"] == "ok"
+    assert ok["query"] == "UPDATE t SET a = 1" and ok["session"] == "abc"
+    [bad] = sink.of("db.session.query.failed")
+    assert (bad["error_code"], bad["sqlstate"], bad["status"]) == (1146, "42S02", "error")
+    assert bad["error"] == "Table 'nope' doesn't exist"
+
+
+def test_execute_carries_the_prepared_text_and_close_forgets_it():
+    sink = _events([(0, kit.prepare(b"SELECT ?")), (1, kit.prepare_ok(9, 1, 1)),
+                    (0, kit.execute(9)), (1, kit.result_set([b"1", b"2"])),
+                    (0, kit.close(9)), (0, kit.execute(9)), (1, kit.ok())])
+    [prep] = sink.of("db.session.mysql.statements.prepare")
+    assert prep["statement_id"] == 9 and prep["query"] == "SELECT ?"
+    first, second = sink.of("db.session.query")
+    assert first["command"] == "COM_STMT_EXECUTE" and first["query"] == "SELECT ?"
+    assert first["rows"] == 2 and "query" not in second
+    assert sink.of("db.session.mysql.statements.close") == [
+        {**WHO, "command": "COM_STMT_CLOSE", "statement_id": 9}]
+
+
+def test_init_db_and_redaction():
+    sink = _events([(0, kit.init_db(b"shop")), (1, kit.ok()),
+                    (0, kit.query(b"alter user u identified by 's3cret'")),
+                    (1, kit.err(1227, b"42000", b"Access denied"))])
+    [init] = sink.of("db.session.query")
+    assert init["command"] == "COM_INIT_DB" and init["schema"] == "shop"
+    [bad] = sink.of("db.session.query.failed")
+    assert bad["query_redacted"] is True and "s3cret" not in str(sink.events)
+
+
+def test_unanswered_commands_end_unfinished():
+    sink = _events([(0, kit.query(b"select sleep(100)"))])
+    [ev] = sink.of("db.session.query")
+    assert ev["status"] == "unfinished"
