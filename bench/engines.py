@@ -84,17 +84,18 @@ class Bench:
     workers: int = 0  # relay workers of the cluster and the local proxies (0: per core)
 
 
-def cluster_template(engines: tuple[str, ...], ports: dict[str, int], workers: int = 0
-                     ) -> str:
+def cluster_template(engines: tuple[str, ...], ports: dict[str, int], workers: int = 0,
+                     query_audit: bool = True) -> str:
     """The dev kit's cluster.yaml (PostgreSQL) plus the engines' databases, with
-    `proxy.workers` set to `workers`."""
+    `proxy.workers` set to `workers` and `audit.queries` to `query_audit`."""
     extra = "".join(f"  - name: {SERVICES[e]}\n    protocol: {PROTOCOLS[e]}\n"
                     f"    uri: 127.0.0.1:{ports[e]}\n    static_labels: {{env: dev}}\n"
                     for e in engines)
     base = CLUSTER_YAML.replace("  ping_interval: 1s\n",
                                 f"  ping_interval: 1s\n  workers: {workers}\n")
     assert base != CLUSTER_YAML, "the dev kit's cluster.yaml changed shape"
-    return base + extra
+    audit = "" if query_audit else "audit:\n  queries: false\n"
+    return base.replace("databases:\n", audit + "databases:\n") + extra
 
 
 def _tunnel(topo: Topology, engine: str, ping: bool, workers: int = 0) -> Target | str:
@@ -172,13 +173,14 @@ def _mariadb(topo: Topology, server: mariadb.MariaDBServer, ca: str, crt: str, k
 
 
 @contextmanager
-def topology(root: Path, engines: tuple[str, ...], ping: bool = True, workers: int = 0
+def topology(root: Path, engines: tuple[str, ...], ping: bool = True, workers: int = 0,
+             query_audit: bool = True
              ) -> Iterator[Bench]:
     rs = redis.RedisServer() if "redis" in engines else None
     ms = mariadb.MariaDBServer() if "mariadb" in engines else None
     ports = {e: s.port for e, s in (("redis", rs), ("mariadb", ms)) if s is not None}
     bench = Bench(workers=workers)
-    with start_topology(root, cluster_template(engines, ports, workers)) as topo, ExitStack() as stack:
+    with start_topology(root, cluster_template(engines, ports, workers, query_audit)) as topo, ExitStack() as stack:
         crt, key = db_client_cert(topo.cluster.data_dir, root, USER)
         ca = db_server_ca(topo.cluster.data_dir, root)
         for engine in engines:
@@ -307,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=0,
                     help="relay workers of the cluster and the local proxies (proxy.workers, "
                     "--workers; default 0: one per core)")
+    ap.add_argument("--no-query-audit", action="store_true",
+                    help="the cluster with `audit.queries: false` (the relay alone; default: "
+                    "every command audited, as the product)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke: one run of each cell at the warm-up size (a few thousand "
                     "requests), no warm-up pass; --seconds and --runs are ignored")
@@ -325,10 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     runs = 1 if args.quick else args.runs
     with tempfile.TemporaryDirectory(prefix="mwi-engines-") as tmp, \
-            topology(Path(tmp), engines, not args.no_ping, args.workers) as bench:
+            topology(Path(tmp), engines, not args.no_ping, args.workers,
+                     not args.no_query_audit) as bench:
         results = measure(bench, args.seconds, runs, warm_up=not args.quick)
     flags = f" --engines {args.engines}" * (engines != ENGINES) + " --no-ping" * args.no_ping \
-        + f" --workers {args.workers}" * (args.workers != 0)
+        + f" --workers {args.workers}" * (args.workers != 0) \
+        + " --no-query-audit" * args.no_query_audit
     sizing = " --quick" if args.quick else f" --seconds {args.seconds:g} --runs {args.runs}"
     command = f"python -m bench.engines{sizing}{flags}"
     report = (f"{table(bench, results)}\n\n{cpu_legend()}\n\n{ratios(bench, results)}\n\n"
