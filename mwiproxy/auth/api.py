@@ -69,7 +69,12 @@ async def serve_connection(
                 reply = await asyncio.get_running_loop().run_in_executor(
                     _workers, _reply, msg.get("id"), method, service, caller,
                     msg.get("params", {}), remote)
-            writer.write(encode(reply))
+            try:
+                frame = encode(reply)
+            except FrameError as e:  # a reply too large for a frame: say so, stay up
+                frame = encode({"id": reply.get("id"),
+                                "error": {"code": "too_large", "message": str(e)}})
+            writer.write(frame)
             await writer.drain()
     except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
         pass

@@ -8,6 +8,8 @@ an AuthError.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -35,9 +37,12 @@ from mwiproxy.config.loader import ConfigError
 from mwiproxy.identity import names, oids
 from mwiproxy.identity.authorities import cert_pem
 from mwiproxy.identity.certs import DatabaseRoute, Identity
+from mwiproxy.wire.frames import MAX_FRAME
 
 if TYPE_CHECKING:
     from mwiproxy.auth.service import AuthService
+
+log = logging.getLogger("mwiproxy.auth")
 
 DEFAULT_BOT_TTL = dt.timedelta(hours=1)
 DEFAULT_DB_TTL = dt.timedelta(hours=1)
@@ -248,7 +253,29 @@ def _audit(s: AuthService, r: Request) -> Any:
                          "`session` field of db.session.* events)")
     events = s.audit.query(since=float(since) if since is not None else None,
                            types=r.strings("types") or None, limit=limit, session=session)
-    return [{"id": e.event_id, "time": e.time, "type": e.type, **e.fields} for e in events]
+    return newest_that_fit(
+        [{"id": e.event_id, "time": e.time, "type": e.type, **e.fields} for e in events])
+
+
+# what an audit reply may take of one frame (the rest: the reply's envelope)
+AUDIT_REPLY_BUDGET = MAX_FRAME - 64 * 1024
+
+
+def newest_that_fit(events: list[dict[str, Any]], budget: int = AUDIT_REPLY_BUDGET
+                    ) -> list[dict[str, Any]]:
+    """The newest events (the list is oldest first) whose JSON fits in one auth API
+    frame: query events carry statements of up to 16 KiB, so `limit` events can be
+    more than a frame holds; the oldest are left out (ask again with a smaller
+    `limit` or a later `since` to page back) and the trim is logged."""
+    total, keep = 0, 0
+    for event in reversed(events):
+        total += len(json.dumps(event, separators=(",", ":"))) + 1
+        if total > budget:
+            break
+        keep += 1
+    if keep < len(events):
+        log.info("audit reply: the newest %d of %d events fit in one frame", keep, len(events))
+    return events[len(events) - keep:]
 
 
 def _caller_roles(s: AuthService, caller: Identity) -> list[Role] | None:

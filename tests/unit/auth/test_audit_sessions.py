@@ -186,3 +186,20 @@ def test_audit_session_flag(svc, capsys):
     assert mwictl_commands.cmd_audit(_Client(svc), args) == 0  # type: ignore[arg-type]
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(events) == 4 and {e["session"] for e in events} == {b}
+
+
+def test_an_audit_reply_holds_the_newest_events_that_fit_in_one_frame(svc):
+    """Query events carry statements of up to 16 KiB: 1,000 of them are more than an auth
+    API frame (4 MiB). The reply is the newest that fit, in order, and it encodes."""
+    from mwiproxy.auth.handlers import AUDIT_REPLY_BUDGET
+    from mwiproxy.wire.frames import MAX_FRAME, encode
+
+    big = "select '" + "x" * 16_000 + "'"
+    for i in range(400):  # ~6.4 MB of statements
+        svc.audit.emit("db.session.query", session=uuid.uuid4().hex, query=f"{big} -- {i}")
+    got = svc.call("audit", ADMIN, {"types": ["db.session.query"], "limit": 1000})
+    assert 0 < len(got) < 400
+    assert got[-1]["query"].endswith("-- 399")  # the newest is there
+    assert [e["id"] for e in got] == sorted(e["id"] for e in got)
+    size = len(encode({"id": 1, "result": got}))
+    assert AUDIT_REPLY_BUDGET - 20_000 < size <= MAX_FRAME
