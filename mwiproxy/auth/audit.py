@@ -103,11 +103,11 @@ class AuditLog:
 
     def query(
         self, *, since: float | None = None, types: list[str] | None = None,
-        limit: int = 1000, session: str | None = None,
+        limit: int = 1000, session: str | None = None, before: int | None = None,
     ) -> list[AuditEvent]:
         self._flush_for_reading()
         return self._storage.query_audit(since=since, types=types, limit=limit,
-                                         session=session)
+                                         session=session, before=before)
 
     def verify(self, expect_head: str | None = None) -> chain.ChainReport:
         """Walk the whole chain; `expect_head` (HASH@ID) is a head exported earlier."""

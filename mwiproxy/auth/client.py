@@ -101,6 +101,24 @@ class AuthClient:
             raise cls(err.get("message", "unknown error"))
         return reply.get("result")
 
+    def audit_events(self, limit: int = 1000, before: int | None = None,
+                     **filters: Any) -> list[dict[str, Any]]:
+        """The newest `limit` audit events matching `filters` (the `audit` method's
+        since/types/session), oldest first, read page by page: one reply holds what
+        fits in a frame, so each further call asks for the events `before` the oldest
+        one received, until `limit` are read or a reply comes back empty."""
+        got: list[list[dict[str, Any]]] = []
+        left = limit
+        while left > 0:
+            cursor = {"before": before} if before is not None else {}
+            page = list(self.call("audit", limit=left, **cursor, **filters))
+            if not page:
+                break
+            got.append(page)
+            left -= len(page)
+            before = int(page[0]["id"])
+        return [e for page in reversed(got) for e in page]
+
     def close(self) -> None:
         if self._sock is not None:
             try:

@@ -244,15 +244,29 @@ def _locks_rm(s: AuthService, r: Request) -> Any:
     return {"deleted": r.text("id")}
 
 
+def _positive_int(r: Request, key: str) -> int | None:
+    value = r.params.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest(f"{key}: expected a positive integer, got {value!r}")
+    return value
+
+
 def _audit(s: AuthService, r: Request) -> Any:
+    """The newest `limit` matching events, oldest first, as many as fit in one frame;
+    `before` (an event id) pages back: the caller asks again with the oldest id it got
+    until a reply comes back empty (mwictl's audit_events)."""
     since = r.params.get("since")
-    limit = int(r.params.get("limit") or 1000)
+    limit = _positive_int(r, "limit") or 1000
+    before = _positive_int(r, "before")
     session = r.text("session", "") or None
     if session is not None and not _SESSION_ID.fullmatch(session):
         raise BadRequest(f"session {session!r}: expected a session id (32 hex digits, the "
                          "`session` field of db.session.* events)")
     events = s.audit.query(since=float(since) if since is not None else None,
-                           types=r.strings("types") or None, limit=limit, session=session)
+                           types=r.strings("types") or None, limit=limit, session=session,
+                           before=before)
     return newest_that_fit(
         [{"id": e.event_id, "time": e.time, "type": e.type, **e.fields} for e in events])
 
@@ -265,8 +279,8 @@ def newest_that_fit(events: list[dict[str, Any]], budget: int = AUDIT_REPLY_BUDG
                     ) -> list[dict[str, Any]]:
     """The newest events (the list is oldest first) whose JSON fits in one auth API
     frame: query events carry statements of up to 16 KiB, so `limit` events can be
-    more than a frame holds; the oldest are left out (ask again with a smaller
-    `limit` or a later `since` to page back) and the trim is logged."""
+    more than a frame holds; the oldest are left out (ask again with `before` set to
+    the oldest id returned to page back) and the trim is logged."""
     total, keep = 0, 0
     for event in reversed(events):
         total += len(json.dumps(event, separators=(",", ":"))) + 1

@@ -104,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--session", metavar="ID",
                     help="only the events of this database session (their `session` field)")
     au.add_argument("--limit", type=int, default=1000,
-                    help="at most this many events (default 1000)")
+                    help="at most this many of the newest events (default 1000), read "
+                         "page by page")
+    au.add_argument("--before", type=int, metavar="ID",
+                    help="only events older than this event id (page back from there)")
     add_format(au, help="text (default), json (one object per line) or yaml (a list)")
     mwictl_sessions.add_parser(sub)
     add_version_command(sub)

@@ -284,7 +284,10 @@ def cmd_audit(c: AuthClient, a: argparse.Namespace) -> int:
     if a.head or a.expect_head:
         raise ValueError("--head and --expect-head go with `mwictl audit verify`")
     session = {"session": a.session.strip().lower()} if a.session else {}
-    events = c.call("audit", since=_since(a.since), types=a.type, limit=a.limit, **session)
+    if a.limit < 1 or (a.before is not None and a.before < 1):
+        raise ValueError("--limit and --before take a positive number")
+    events = c.audit_events(a.limit, before=a.before, since=_since(a.since), types=a.type,
+                            **session)
     if a.format != "text":
         out.dump_lines(events, a.format)
         return 0

@@ -40,7 +40,7 @@ def add_parser(sub: Any) -> None:
 
 
 def session_events(c: AuthClient, session: str, limit: int) -> list[dict[str, Any]]:
-    return list(c.call("audit", session=session.strip().lower(), limit=limit))
+    return c.audit_events(limit, session=session.strip().lower())
 
 
 def cmd_sessions(c: AuthClient, a: argparse.Namespace) -> int:

@@ -139,7 +139,8 @@ class Topology:
         self.pg.stop()
 
     def audit(self, kind: str) -> list[dict[str, object]]:
-        # every event of the kind: the 1,000-client test alone writes thousands
+        # every event of the kind: the 1,000-client test alone writes thousands, and
+        # mwictl reads them page by page (one auth API reply holds 4 MiB)
         out = self.cluster.ctl("audit", "--type", kind, "--format", "json",
                                "--limit", "1000000").stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]

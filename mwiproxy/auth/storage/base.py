@@ -205,11 +205,13 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def query_audit(
         self, *, since: float | None = None, types: list[str] | None = None,
-        limit: int = 1000, session: str | None = None,
+        limit: int = 1000, session: str | None = None, before: int | None = None,
     ) -> list[AuditEvent]:
         """The newest `limit` events (filtered), oldest first. `session`: only the
         events whose `session` field is that id (a database session's audit id, see
-        proxy/sessions.py) — indexed, since a session is read while the log grows."""
+        proxy/sessions.py) — indexed, since a session is read while the log grows.
+        `before`: only events with a smaller id (the cursor that pages back through a
+        log larger than one reply)."""
 
     # small cluster facts (e.g. the cluster name a data dir was created for)
     @abc.abstractmethod

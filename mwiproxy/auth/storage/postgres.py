@@ -202,7 +202,7 @@ class PostgresStorage(Storage):
 
     def query_audit(
         self, *, since: float | None = None, types: list[str] | None = None,
-        limit: int = 1000, session: str | None = None,
+        limit: int = 1000, session: str | None = None, before: int | None = None,
     ) -> list[AuditEvent]:
         sql = "SELECT id, time, type, fields FROM audit WHERE true"
         args: list[Any] = []
@@ -212,6 +212,9 @@ class PostgresStorage(Storage):
         if since is not None:
             sql += " AND time >= %s"
             args.append(since)
+        if before is not None:
+            sql += " AND id < %s"
+            args.append(before)
         if types:
             sql += " AND type = ANY(%s)"
             args.append(list(types))

@@ -211,7 +211,7 @@ class SQLiteStorage(Storage):
 
     def query_audit(
         self, *, since: float | None = None, types: list[str] | None = None,
-        limit: int = 1000, session: str | None = None,
+        limit: int = 1000, session: str | None = None, before: int | None = None,
     ) -> list[AuditEvent]:
         sql = "SELECT id, time, type, fields FROM audit WHERE 1=1"
         args: list[Any] = []
@@ -224,6 +224,9 @@ class SQLiteStorage(Storage):
         if since is not None:
             sql += " AND time >= ?"
             args.append(since)
+        if before is not None:
+            sql += " AND id < ?"
+            args.append(before)
         if types:
             sql += f" AND type IN ({','.join('?' * len(types))})"
             args.extend(types)

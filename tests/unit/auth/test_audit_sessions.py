@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from mwiproxy.auth import audit
+from mwiproxy.auth.client import AuthClient
 from mwiproxy.auth.errors import BadRequest
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
 from mwiproxy.cli import mwictl_commands, mwictl_sessions
@@ -122,7 +123,9 @@ class _Client:
         self.svc = svc
 
     def call(self, method: str, **params: Any) -> Any:
-        return self.svc.call(method, ADMIN, params)
+        return self.svc.call(method, ADMIN, json.loads(json.dumps(params)))  # as on the wire
+
+    audit_events = AuthClient.audit_events  # the real pager, over call() above
 
 
 def _show(svc: Any, sid: str, fmt: str = "text", limit: int = 10000) -> int:
@@ -182,7 +185,7 @@ def test_an_unknown_session_is_an_error(svc):
 def test_audit_session_flag(svc, capsys):
     _, b = _two_sessions(svc)
     args = argparse.Namespace(action=None, head=False, expect_head=None, since=None, type=[],
-                              limit=1000, format="json", session=b)
+                              limit=1000, format="json", session=b, before=None)
     assert mwictl_commands.cmd_audit(_Client(svc), args) == 0  # type: ignore[arg-type]
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(events) == 4 and {e["session"] for e in events} == {b}
@@ -203,3 +206,44 @@ def test_an_audit_reply_holds_the_newest_events_that_fit_in_one_frame(svc):
     assert [e["id"] for e in got] == sorted(e["id"] for e in got)
     size = len(encode({"id": 1, "result": got}))
     assert AUDIT_REPLY_BUDGET - 20_000 < size <= MAX_FRAME
+
+
+def _big_queries(svc: Any, n: int) -> None:
+    big = "select '" + "x" * 16_000 + "'"
+    for i in range(n):
+        svc.audit.emit("db.session.query", session=uuid.uuid4().hex, query=f"{big} -- {i}")
+
+
+def test_mwictl_audit_reads_every_page_of_a_log_larger_than_one_reply(svc, capsys):
+    """400 events of 16 KiB are more than one 4 MiB reply: `mwictl audit` asks again
+    with `before` until it has --limit events, and prints them once each, in order."""
+    _big_queries(svc, 400)
+    svc.audit.emit(audit.ROLE_CREATE, role="r", by="admin")  # newer, another type
+    args = argparse.Namespace(action=None, head=False, expect_head=None, since=None,
+                              type=["db.session.query"], limit=1_000_000, format="json",
+                              session=None, before=None)
+    assert mwictl_commands.cmd_audit(_Client(svc), args) == 0  # type: ignore[arg-type]
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["query"].rsplit(" -- ", 1)[1] for e in events] == [str(i) for i in range(400)]
+    ids = [e["id"] for e in events]
+    assert ids == sorted(set(ids))
+
+    args.limit, args.before = 250, ids[300]  # a page in the middle: 50..299
+    assert mwictl_commands.cmd_audit(_Client(svc), args) == 0  # type: ignore[arg-type]
+    middle = [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()]
+    assert middle == ids[50:300]
+
+
+def test_the_audit_api_pages_back_with_before(svc):
+    _big_queries(svc, 3)
+    got = svc.call("audit", ADMIN, {"types": ["db.session.query"]})
+    older = svc.call("audit", ADMIN, {"types": ["db.session.query"], "before": got[-1]["id"]})
+    assert [e["id"] for e in older] == [e["id"] for e in got[:-1]]
+    assert svc.call("audit", ADMIN, {"before": 1}) == []
+
+
+@pytest.mark.parametrize("params", [{"before": 0}, {"before": "7"}, {"before": True},
+                                    {"limit": -1}, {"limit": 0}, {"limit": 1.5}])
+def test_audit_paging_parameters_are_checked(svc, params):
+    with pytest.raises(BadRequest, match="expected a positive integer"):
+        svc.call("audit", ADMIN, params)

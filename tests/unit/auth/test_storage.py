@@ -127,6 +127,18 @@ def test_audit_query_by_session(storage):
     assert verify_chain(tail, events).intact
 
 
+def test_audit_query_pages_back_with_before(storage):
+    storage.append_audit_batch([(NOW + i, "db.session.query" if i % 2 else "bot.renew",
+                                 {"session": "a" * 32, "i": i}) for i in range(10)])
+    assert [e.event_id for e in storage.query_audit(before=6)] == [1, 2, 3, 4, 5]
+    assert [e.event_id for e in storage.query_audit(before=6, limit=2)] == [4, 5]
+    assert [e.event_id for e in storage.query_audit(before=1)] == []
+    queries = storage.query_audit(types=["db.session.query"], before=8, limit=2)
+    assert [e.event_id for e in queries] == [4, 6]  # ids 2, 4, 6, 8, 10 are queries
+    by_session = storage.query_audit(session="a" * 32, before=3, since=NOW + 1)
+    assert [e.event_id for e in by_session] == [2]
+
+
 def test_a_second_instance_continues_the_chain(open_storage):
     one = open_storage()
     one.append_audit_batch([(NOW, "a", {})])
