@@ -78,10 +78,7 @@ class TLSEnd(PlainEnd):
 
     def pull(self) -> bytes | None:
         """Ciphertext from below: b"" at its end, None when nothing is there yet."""
-        try:
-            return self.sock.recv(CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return None
+        return PlainEnd.recv(self)  # the socket's bytes (recv above is the plaintext's)
 
     def send(self, data: memoryview) -> int:
         self.flush()
