@@ -21,7 +21,8 @@ from setuptools import Extension, setup
 NATIVE_MODULES: dict[str, dict[str, list[str]]] = {
     "mwiproxy._native._tlsrec": {"csrc": ["mwi_tlsrec.c"], "libs": []},
     "mwiproxy._native._relay": {
-        "csrc": ["mwi_relay.c", "mwi_engine.c", "mwi_relay_tls.c", "mwi_tls.c", "mwi_tls_conn.c",
+        "csrc": ["mwi_relay.c", "mwi_engine.c", "mwi_engine_timers.c", "mwi_relay_owner.c",
+                 "mwi_relay_tls.c", "mwi_tls.c", "mwi_tls_conn.c",
                  "mwi_accept.c", "mwi_accept_route.c", "mwi_tlsrec.c", "mwi_inspect.c",
                  "mwi_inspect_mongo.c", "mwi_relay_inspect.c", "mwi_pgaudit.c", "mwi_myaudit.c",
                  "mwi_rdsaudit.c",

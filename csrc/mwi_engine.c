@@ -1,24 +1,22 @@
-/* mwi_engine.c: the relay engine's worker thread, its queues, pools and timers.
- * See mwi_relay.h for the threading contract. */
+/* mwi_engine.c: the relay engine: its worker thread (the epoll loop, the owner's requests
+ * taken in batches, finished relays handed back), its pools, and the engine's own calls
+ * from the owner (new, free, the done queue, the counters). The timer heap is in
+ * mwi_engine_timers.c, the owner's calls on one relay in mwi_relay_owner.c. See
+ * mwi_relay.h for the threading contract. */
 #define _GNU_SOURCE
 #include "mwi_relay_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #define MAX_EVENTS 256
-#define NOT_IN_HEAP SIZE_MAX
 
 static uint64_t clock_ms(void)
 {
@@ -40,6 +38,8 @@ static void eventfd_clear(int fd)
     ssize_t n;
     do n = read(fd, &v, sizeof v); while (n < 0 && errno == EINTR);
 }
+
+void engine_wake(mwi_engine *eng) { eventfd_signal(eng->wake_fd); }
 
 /* ---- pools: pipes and buffers exist only while bytes are in flight -------------------- */
 
@@ -92,91 +92,6 @@ void pool_put_buf(mwi_engine *eng, mwi_dir *d)
     d->buf = NULL;
 }
 
-/* ---- timers: a min-heap keyed by a deadline that is never later than the true one ----- */
-
-static void heap_set(mwi_engine *eng, size_t i, mwi_relay *r)
-{
-    eng->heap[i] = r;
-    r->heap_idx = i;
-}
-
-static void sift_up(mwi_engine *eng, size_t i)
-{
-    mwi_relay *r = eng->heap[i];
-    while (i > 0 && eng->heap[(i - 1) / 2]->heap_key > r->heap_key) {
-        heap_set(eng, i, eng->heap[(i - 1) / 2]);
-        i = (i - 1) / 2;
-    }
-    heap_set(eng, i, r);
-}
-
-static void sift_down(mwi_engine *eng, size_t i)
-{
-    mwi_relay *r = eng->heap[i];
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= eng->heap_len) break;
-        if (c + 1 < eng->heap_len && eng->heap[c + 1]->heap_key < eng->heap[c]->heap_key) c++;
-        if (eng->heap[c]->heap_key >= r->heap_key) break;
-        heap_set(eng, i, eng->heap[c]);
-        i = c;
-    }
-    heap_set(eng, i, r);
-}
-
-static void heap_remove(mwi_engine *eng, mwi_relay *r)
-{
-    size_t i = r->heap_idx;
-    mwi_relay *last = eng->heap[--eng->heap_len];
-    r->heap_idx = NOT_IN_HEAP;
-    if (last == r) return;
-    heap_set(eng, i, last);
-    sift_up(eng, i);
-    sift_down(eng, last->heap_idx);
-}
-
-void timer_reschedule(mwi_engine *eng, mwi_relay *r)
-{
-    uint64_t dl = relay_deadline(r);
-    if (dl == UINT64_MAX) {
-        if (r->heap_idx != NOT_IN_HEAP) heap_remove(eng, r);
-        return;
-    }
-    if (r->heap_idx == NOT_IN_HEAP) {
-        if (eng->heap_len == eng->heap_cap) {
-            size_t cap = eng->heap_cap ? eng->heap_cap * 2 : 64;
-            mwi_relay **h = realloc(eng->heap, cap * sizeof *h);
-            if (h == NULL) return;         /* no timer rather than no relay */
-            eng->heap = h;
-            eng->heap_cap = cap;
-        }
-        r->heap_key = dl;
-        heap_set(eng, eng->heap_len++, r);
-        sift_up(eng, r->heap_idx);
-    } else if (dl < r->heap_key) {
-        r->heap_key = dl;
-        sift_up(eng, r->heap_idx);
-    }                                      /* later deadlines are found lazily at expiry */
-}
-
-static void expire_timers(mwi_engine *eng)
-{
-    while (eng->heap_len > 0 && eng->heap[0]->heap_key <= eng->now_ms) {
-        mwi_relay *r = eng->heap[0];
-        uint64_t dl = relay_deadline(r);
-        if (dl <= eng->now_ms) {
-            if (relay_timer_fired(r)) continue;     /* finished: out of the heap */
-            dl = relay_deadline(r);                 /* keepalives sent: the next one */
-            if (dl == UINT64_MAX) {
-                heap_remove(eng, r);
-                continue;
-            }
-        }
-        r->heap_key = dl;
-        sift_down(eng, r->heap_idx);
-    }
-}
-
 /* ---- worker-side relay bookkeeping ---------------------------------------------------- */
 
 static void ready_add(mwi_engine *eng, mwi_relay *r)
@@ -210,21 +125,10 @@ void engine_forget(mwi_engine *eng, mwi_relay *r)
     else if (eng->live == r) eng->live = r->live_next;
     if (r->live_next) r->live_next->live_prev = r->live_prev;
     r->live_prev = r->live_next = NULL;
-    if (r->heap_idx != NOT_IN_HEAP) heap_remove(eng, r);
+    timer_cancel(eng, r);
     ready_unlink(eng, r);
     r->done_next = eng->finished;          /* handed to the owner at the end of the batch */
     eng->finished = r;
-}
-
-/* A farewell that came too late (the relay had finished) is freed with the relay, and
- * a held message the owner never popped leaves the owner's queue. */
-static void relay_free(mwi_relay *r)
-{
-    relay_inspect_free(r);
-    relay_audit_free(r);
-    free(r->cmd_bye);
-    free(r->bye);
-    free(r);
 }
 
 static void relay_register(mwi_engine *eng, mwi_relay *r)
@@ -327,12 +231,9 @@ static void publish_finished(mwi_engine *eng)
 
 static int next_timeout(const mwi_engine *eng)
 {
-    uint64_t key;
     int acc = accept_next_timeout(eng), ms;
     if (eng->ready != NULL) return 0;
-    if (eng->heap_len == 0) return acc;
-    key = eng->heap[0]->heap_key;
-    ms = key <= eng->now_ms ? 0 : key - eng->now_ms > 60000 ? 60000 : (int)(key - eng->now_ms);
+    if ((ms = timer_next_ms(eng)) < 0) return acc;
     return acc >= 0 && acc < ms ? acc : ms;
 }
 
@@ -366,7 +267,7 @@ static void *worker_main(void *arg)
             if (relay_pump(r, 0, EPOLLHUP)) ready_add(eng, r);
         }
         accept_run_commands(eng);
-        expire_timers(eng);
+        timer_expire_due(eng);
         accept_expire(eng);
         publish_finished(eng);
     }
@@ -374,31 +275,6 @@ static void *worker_main(void *arg)
     accept_shutdown(eng);
     publish_finished(eng);
     return NULL;
-}
-
-/* ---- owner thread -------------------------------------------------------------------- */
-
-static void post(mwi_relay *r, unsigned cmd, uint8_t *bye, size_t bye_len,
-                 mwi_relay_reason reason)
-{
-    mwi_engine *eng = r->eng;
-    int was_empty;
-    pthread_mutex_lock(&eng->lock);
-    if (reason && !r->cmd_reason) r->cmd_reason = reason;
-    if (bye != NULL) {
-        r->cmd_bye = bye;
-        r->cmd_bye_len = bye_len;
-    }
-    was_empty = eng->cmd_head == NULL && eng->acc_cmd_head == NULL;
-    if (r->cmd == 0) {
-        r->cmd_next = NULL;
-        if (eng->cmd_tail) eng->cmd_tail->cmd_next = r;
-        else eng->cmd_head = r;
-        eng->cmd_tail = r;
-    }
-    r->cmd |= cmd;
-    pthread_mutex_unlock(&eng->lock);
-    if (was_empty) eventfd_signal(eng->wake_fd);   /* otherwise a wake is already due */
 }
 
 mwi_engine *mwi_engine_new(const mwi_engine_config *cfg, int *err)
@@ -457,7 +333,7 @@ void mwi_engine_free(mwi_engine *eng)
         pthread_mutex_lock(&eng->lock);
         eng->stop = 1;
         pthread_mutex_unlock(&eng->lock);
-        eventfd_signal(eng->wake_fd);
+        engine_wake(eng);
         pthread_join(eng->thread, NULL);
     }
     for (r = eng->done_head; r != NULL; r = next) {
@@ -481,42 +357,6 @@ void mwi_engine_free(mwi_engine *eng)
     free(eng);
 }
 
-mwi_relay *mwi_relay_new(mwi_engine *eng, int fd_a, int fd_b, uint32_t idle_ms,
-                         uint32_t close_ms, uint64_t user)
-{
-    mwi_relay *r = calloc(1, sizeof *r);
-    if (r == NULL) return NULL;
-    r->eng = eng;
-    r->fd[0] = fd_a;
-    r->fd[1] = fd_b;
-    for (int i = 0; i < 2; i++) r->dir[i].pipe_r = r->dir[i].pipe_w = -1;
-    r->idle_ms = idle_ms;
-    r->close_ms = close_ms;
-    r->heap_idx = NOT_IN_HEAP;
-    r->user = user;
-    return r;
-}
-
-static int prepare_socket(int fd)
-{
-    struct stat st;
-    int flags, one = 1;
-    if (fstat(fd, &st) != 0) return errno;
-    if (!S_ISSOCK(st.st_mode)) return ENOTSOCK;
-    flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return errno;
-    /* a relay forwards what it has at once; Nagle would hold small replies back */
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    return 0;
-}
-
-int mwi_relay_set_counter_slot(mwi_relay *r, uint32_t slot)
-{
-    if (r->owner_started || slot >= MWI_COUNTER_SLOTS) return EINVAL;
-    r->counter = r->eng->counters[slot];
-    return 0;
-}
-
 size_t mwi_engine_counters_read(const mwi_engine *eng, uint64_t (*out)[2], size_t n)
 {
     if (n > MWI_COUNTER_SLOTS) n = MWI_COUNTER_SLOTS;
@@ -524,102 +364,6 @@ size_t mwi_engine_counters_read(const mwi_engine *eng, uint64_t (*out)[2], size_
         for (int k = 0; k < 2; k++)
             out[i][k] = __atomic_load_n(&eng->counters[i][k], __ATOMIC_RELAXED);
     return n;
-}
-
-int mwi_relay_start(mwi_relay *r)
-{
-    int err;
-    if (r->owner_started) return EALREADY;
-    if ((err = prepare_socket(r->fd[0])) != 0 || (err = prepare_socket(r->fd[1])) != 0)
-        return err;
-    r->owner_started = 1;
-    post(r, MWI_CMD_START, NULL, 0, 0);
-    return 0;
-}
-
-void mwi_relay_close(mwi_relay *r)
-{
-    if (r->owner_started) post(r, MWI_CMD_CLOSE, NULL, 0, 0);
-}
-
-int mwi_relay_close_farewell(mwi_relay *r, const void *farewell, size_t len)
-{
-    return mwi_relay_close_reason(r, MWI_RELAY_CLOSED, farewell, len);
-}
-
-int mwi_relay_close_reason(mwi_relay *r, mwi_relay_reason reason, const void *farewell,
-                           size_t len)
-{
-    uint8_t *copy = NULL;
-    size_t hdr = r->frame[0].on ? MWI_FRAME_HDR : 0;   /* set before start: owner's too */
-    if (reason != MWI_RELAY_CLOSED && reason != MWI_RELAY_REFUSED
-        && reason != MWI_RELAY_PROTOCOL && reason != MWI_RELAY_ERROR)
-        return EINVAL;
-    if (!r->owner_started) return 0;
-    if (hdr && len > UINT32_MAX) return EINVAL;
-    if (len > 0 && !r->owner_bye) {    /* the worker owns the copy from here */
-        if ((copy = malloc(hdr + len)) == NULL) return ENOMEM;
-        if (hdr) put_be32(copy, (uint32_t)len);       /* a framed side A: one frame */
-        memcpy(copy + hdr, farewell, len);
-        r->owner_bye = 1;
-    }
-    post(r, MWI_CMD_CLOSE, copy, copy ? hdr + len : 0, reason);
-    return 0;
-}
-
-void mwi_relay_resume(mwi_relay *r)
-{
-    if (r->owner_started && r->ins != NULL) post(r, MWI_CMD_RESUME, NULL, 0, 0);
-}
-
-void mwi_relay_hold_all(mwi_relay *r)
-{
-    if (r->owner_started && r->ins != NULL) post(r, MWI_CMD_HOLD_ALL, NULL, 0, 0);
-}
-
-
-void mwi_relay_release(mwi_relay *r)
-{
-    if (r->owner_started) {
-        post(r, MWI_CMD_RELEASE, NULL, 0, 0);   /* the worker frees it, after any request before */
-        return;
-    }
-    mwi_tls_free(r->tls[0]);
-    mwi_tls_free(r->tls[1]);
-    if (r->fd[0] >= 0) close(r->fd[0]);
-    if (r->fd[1] >= 0) close(r->fd[1]);
-    relay_free(r);
-}
-
-int mwi_relay_set_tls(mwi_relay *r, int side, mwi_tls *t)
-{
-    if (r->owner_started || side < 0 || side > 1 || r->tls[side] != NULL
-        || mwi_tls_fd(t) != r->fd[side])
-        return EINVAL;
-    r->tls[side] = t;
-    r->buffered = 1;
-    return 0;
-}
-
-int mwi_relay_set_framed(mwi_relay *r, int side, uint32_t keepalive_ms, const void *hdr,
-                         size_t hdr_len, uint32_t payload_left)
-{
-    mwi_framing *f;
-    int in_tls;
-    if (r->owner_started || side < 0 || side > 1 || r->frame[side].on || r->frame[side].in_tls
-        || (side == 1 && r->ins != NULL))
-        return EINVAL;
-    f = &r->frame[side];
-    /* the side's TLS carries its records in frames: its reader is in there already */
-    in_tls = r->tls[side] != NULL && mwi_tls_framed(r->tls[side]);
-    if (in_tls ? hdr_len > 0 || payload_left > 0
-               : mwi_deframer_init(&f->rd, hdr, hdr_len, payload_left) != 0)
-        return EINVAL;
-    f->on = !in_tls;
-    f->in_tls = (uint8_t)in_tls;
-    f->keepalive_ms = keepalive_ms;
-    r->buffered = 1;
-    return 0;
 }
 
 void mwi_engine_ack_done(mwi_engine *eng) { eventfd_clear(eng->done_fd); }

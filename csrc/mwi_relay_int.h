@@ -1,5 +1,6 @@
-/* Internal layout shared by mwi_relay.c (the per-relay pump) and mwi_engine.c (the worker
- * thread, queues, pools and timers). Not part of the API. */
+/* Internal layout shared by mwi_relay.c (the per-relay pump), mwi_engine.c (the worker
+ * thread, queues and pools), mwi_engine_timers.c (the timer heap) and mwi_relay_owner.c
+ * (the owner's calls on a relay). Not part of the API. */
 #ifndef MWI_RELAY_INT_H
 #define MWI_RELAY_INT_H
 
@@ -84,7 +85,7 @@ struct mwi_relay {
     int err;
     uint32_t idle_ms, close_ms;
     uint64_t last_active_ms, half_closed_ms;
-    size_t heap_idx;          /* position in the timer heap, SIZE_MAX when not in it */
+    size_t heap_idx;          /* position in the timer heap, MWI_NOT_IN_HEAP when not in it */
     uint64_t heap_key;        /* deadline when last sifted; the true one is never earlier */
     unsigned cmd;             /* MWI_CMD_* pending, guarded by eng->lock */
     mwi_relay *cmd_next;      /* on eng->cmd_head while cmd != 0 */
@@ -239,9 +240,24 @@ int pool_get_pipe(mwi_engine *eng, mwi_dir *d);
 void pool_put_pipe(mwi_engine *eng, mwi_dir *d);
 int pool_get_buf(mwi_engine *eng, mwi_dir *d);
 void pool_put_buf(mwi_engine *eng, mwi_dir *d);
-void timer_reschedule(mwi_engine *eng, mwi_relay *r);
 /* unlink a relay that just finished from every worker structure, queue it for the owner */
 void engine_forget(mwi_engine *eng, mwi_relay *r);
+/* mwi_engine.c, called by the owner: the worker takes the queued requests */
+void engine_wake(mwi_engine *eng);
+
+/* mwi_engine_timers.c, worker only: a relay's deadline (relay_deadline) may have moved
+ * (earlier: sifted now; later: found when the old one expires), it leaves the heap, the
+ * due ones fire (relay_timer_fired), how long until the next (ms, at most 60000; -1 for
+ * none) */
+#define MWI_NOT_IN_HEAP SIZE_MAX
+void timer_reschedule(mwi_engine *eng, mwi_relay *r);
+void timer_cancel(mwi_engine *eng, mwi_relay *r);
+void timer_expire_due(mwi_engine *eng);
+int timer_next_ms(const mwi_engine *eng);
+
+/* mwi_relay_owner.c: free a relay and what it still holds (the worker after a release,
+ * the engine for finished relays nobody popped, the owner before start) */
+void relay_free(mwi_relay *r);
 
 /* mwi_accept.c, called by the worker (see mwi_engine.c for when) */
 void accept_take_commands_locked(mwi_engine *eng);

@@ -2,6 +2,9 @@
 the same close reasons, plain or TLS sides (tls_py.TLSStream), either of them `-ping`
 framed, driven by the loop's own readiness callbacks (so it runs Python per chunk; it
 exists for MWIPROXY_NO_EXTENSIONS=1 and as the reference in tests).
+
+The ends it reads and writes are relay_ends_py's, the owner's verdicts on a held
+message relay_held_py's, the per-loop engines (counters only) relay_engine_py's.
 """
 
 from __future__ import annotations
@@ -13,16 +16,15 @@ import socket
 import ssl
 import struct
 import time
-import weakref
 from collections.abc import Callable
 
-from mwiproxy.wire import ping
-
-from .counters import PyCounterTable, check_slot
+from .counters import check_slot
 from .inspect_py import Gate
 from .myaudit_py import Tap as MyTap
 from .pgaudit_py import AuditFeed
 from .rdsaudit_py import Tap as RdsTap
+from .relay_ends_py import End, FramedEnd, InnerTLSEnd, PlainEnd, TLSEnd, is_tls, keeper_of
+from .relay_engine_py import close_engine, engine_for, engines_for
 from .relay_held_py import HeldVerdicts
 from .relaytypes import (
     MONGO_MAX_MESSAGE,
@@ -43,205 +45,12 @@ from .relaytypes import (
     timeout_ms,
 )
 from .tls_py import InnerTLSParts, TLSParts, TLSStream
-from .workers import check_workers
 
-_CHUNK = 64 * 1024
+__all__ = ["Relay", "close_engine", "engine_for", "engines_for"]
+
 _FAREWELL_S = 5.0  # bound on a farewell when the relay has no close timeout (MWI_FAREWELL_MS)
 _ORDERLY = (REASON_CLOSED, REASON_IDLE_TIMEOUT, REASON_CLOSE_TIMEOUT)
 _RESETS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
-
-
-class _Plain:
-    """A plain socket side."""
-
-    __slots__ = ("sock",)
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def recv(self) -> bytes | None:
-        """A chunk, b"" at EOF, None when nothing is there yet."""
-        try:
-            return self.sock.recv(_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return None
-
-    def send(self, data: memoryview) -> int:
-        return self.sock.send(data)
-
-    def flush(self) -> None:
-        """Push bytes the side holds itself (nothing for plain sockets)."""
-
-    def buffered(self) -> bool:
-        return False
-
-    def shut_wr(self) -> None:
-        self.sock.shutdown(socket.SHUT_WR)
-
-
-class _TLS(_Plain):
-    """A TLS side: plaintext in and out of an SSLObject, ciphertext through its socket."""
-
-    __slots__ = ("obj", "incoming", "outgoing", "tx")
-
-    def __init__(self, parts: TLSParts) -> None:
-        super().__init__(parts.sock)
-        self.obj, self.incoming, self.outgoing = parts.obj, parts.incoming, parts.outgoing
-        self.tx = b""  # ciphertext the socket did not take yet
-
-    def recv(self) -> bytes | None:
-        while True:
-            try:
-                return self.obj.read(_CHUNK)
-            except ssl.SSLWantReadError:
-                pass
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return b""
-            self.flush_quietly()
-            raw = self.pull()
-            if raw is None:
-                return None
-            if raw:
-                self.incoming.write(raw)
-            else:
-                self.incoming.write_eof()
-
-    def pull(self) -> bytes | None:
-        """Ciphertext from below: b"" at its end, None when nothing is there yet."""
-        try:
-            return self.sock.recv(_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return None
-
-    def send(self, data: memoryview) -> int:
-        self.flush()
-        n = self.obj.write(data)
-        self.flush_quietly()
-        return n
-
-    def flush(self) -> None:
-        """Raises BlockingIOError while ciphertext is left over."""
-        self.tx += self.outgoing.read()
-        while self.tx:
-            n = self.sock.send(self.tx)
-            self.tx = self.tx[n:]
-
-    def flush_quietly(self) -> None:
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            self.flush()
-
-    def buffered(self) -> bool:
-        return self.obj.pending() > 0 or self.incoming.pending > 0
-
-    def shut_wr(self) -> None:
-        with contextlib.suppress(ssl.SSLError):
-            self.obj.unwrap()  # close_notify; their half may still come
-        self.flush_quietly()
-        self.sock.shutdown(socket.SHUT_WR)
-
-
-class _InnerTLS(_TLS):
-    """TLS inside TLS: this side's records travel in the plaintext of `carrier`."""
-
-    __slots__ = ("carrier",)
-
-    def __init__(self, parts: InnerTLSParts) -> None:
-        outer = _TLS(parts.outer)  # framed: each flush of records is one frame in there
-        self.carrier = outer if parts.framing is None else _Framed(outer, parts.framing)
-        self.sock = parts.sock
-        self.obj, self.incoming, self.outgoing = parts.obj, parts.incoming, parts.outgoing
-        self.tx = b""
-
-    def pull(self) -> bytes | None:
-        return self.carrier.recv()  # the carrier's plaintext is our ciphertext
-
-    def flush(self) -> None:
-        """Raises BlockingIOError while ciphertext is left over (here or in the carrier)."""
-        self.tx += self.outgoing.read()
-        while self.tx:
-            n = self.carrier.send(memoryview(self.tx))
-            self.tx = self.tx[n:]
-        self.carrier.flush()
-
-    def buffered(self) -> bool:
-        return super().buffered() or self.carrier.buffered()
-
-    def shut_wr(self) -> None:
-        with contextlib.suppress(ssl.SSLError):
-            self.obj.unwrap()  # our close_notify, then the carrier's
-        self.flush_quietly()
-        self.carrier.shut_wr()
-
-    def keeper(self) -> _Framed | None:
-        """The framing that gets this side's keepalives (between records), if framed."""
-        return self.carrier if isinstance(self.carrier, _Framed) else None
-
-
-class _Framed:
-    """The `-ping` framing over another end (on its plaintext): reads are deframed, each
-    chunk sent is one frame, and a keepalive goes only between frames."""
-
-    __slots__ = ("inner", "sock", "deframer", "tx", "keepalive_ms", "last_write")
-
-    def __init__(self, inner: _Plain, framing: Framing) -> None:
-        self.inner, self.sock = inner, inner.sock
-        self.deframer = ping.Deframer(framing.header, framing.payload_left)
-        self.tx = b""  # the frame the inner end did not take yet
-        self.keepalive_ms = timeout_ms(framing.keepalive)
-        self.last_write = time.monotonic()
-
-    def recv(self) -> bytes | None:
-        while (data := self.inner.recv()) is not None:
-            if not data:
-                if self.deframer.mid_frame:  # cut, not closed: like the native ECONNRESET
-                    raise ConnectionResetError(errno.ECONNRESET, "ended inside a frame")
-                return b""
-            if payload := self.deframer.feed(data):
-                return payload
-        return None
-
-    def send(self, data: memoryview) -> int:
-        self.flush()  # one frame at a time: BlockingIOError while the last is going out
-        self.tx = ping.frame(bytes(data))
-        self.flush_quietly()
-        return len(data)
-
-    def keepalive(self) -> None:
-        if not self.tx:
-            self.tx = ping.KEEPALIVE
-        self.flush_quietly()
-
-    def flush(self) -> None:
-        while self.tx:
-            n = self.inner.send(memoryview(self.tx))
-            self.tx = self.tx[n:]
-            self.last_write = time.monotonic()
-        self.inner.flush()
-
-    def flush_quietly(self) -> None:
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            self.flush()
-
-    def buffered(self) -> bool:
-        return self.inner.buffered()
-
-    def shut_wr(self) -> None:
-        self.flush_quietly()
-        self.inner.shut_wr()
-
-
-_End = _Plain | _Framed
-
-
-def _is_tls(end: _End) -> bool:
-    return isinstance(end.inner if isinstance(end, _Framed) else end, _TLS)
-
-
-def _keeper(end: _End) -> _Framed | None:
-    """Where an end's keepalives go: its framing, or the one inside its TLS."""
-    if isinstance(end, _Framed):
-        return end
-    return end.keeper() if isinstance(end, _InnerTLS) else None
 
 
 class _Direction:
@@ -250,7 +59,7 @@ class _Direction:
     __slots__ = ("src", "dst", "src_side", "pending", "eof", "shut", "bytes", "chunks",
                  "blocked", "gate", "answer")
 
-    def __init__(self, src: _End, dst: _End, src_side: int) -> None:
+    def __init__(self, src: End, dst: End, src_side: int) -> None:
         self.src, self.dst, self.src_side = src, dst, src_side
         self.pending: memoryview | None = None
         self.eof = self.shut = self.blocked = False
@@ -310,7 +119,7 @@ class Relay(HeldVerdicts):
         # from here the relay owns both sides: an int is an fd, a stream gives up its parts
         self._sides: list[int | TLSParts | InnerTLSParts] = [
             side.take() if isinstance(side, TLSStream) else side for side in (a, b)]
-        self._ends: tuple[_End, _End] | None = None
+        self._ends: tuple[End, End] | None = None
         self._dirs: tuple[_Direction, _Direction] | None = None
         self._on_done = on_done
         self._idle_ms = timeout_ms(idle_timeout)
@@ -332,21 +141,21 @@ class Relay(HeldVerdicts):
     def start(self) -> None:
         if self._started or not self._sides:
             raise RuntimeError("relay already started")
-        ends: list[_End] = []
+        ends: list[End] = []
         for side, framing in zip(self._sides, self._framing, strict=True):
-            base: _Plain
+            base: PlainEnd
             if isinstance(side, InnerTLSParts):
-                base = _InnerTLS(side)
+                base = InnerTLSEnd(side)
                 keeper = base.keeper()
                 if keeper is not None:  # framed inside the TLS: the relay times keepalives
                     keeper.keepalive_ms = timeout_ms(framing.keepalive) if framing else 0
                     ends.append(base)
                     continue
             elif isinstance(side, TLSParts):
-                base = _TLS(side)
+                base = TLSEnd(side)
             else:  # OSError (ENOTSOCK, EBADF) like the native one
-                base = _Plain(socket.socket(fileno=side))
-            ends.append(base if framing is None else _Framed(base, framing))
+                base = PlainEnd(socket.socket(fileno=side))
+            ends.append(base if framing is None else FramedEnd(base, framing))
         for end in ends:
             end.sock.setblocking(False)
             with contextlib.suppress(OSError):
@@ -360,7 +169,7 @@ class Relay(HeldVerdicts):
         self._last_active = time.monotonic()
         for d in self._dirs:
             self._loop.add_reader(d.src.sock.fileno(), self._on_readable, d)
-            if _is_tls(d.src):  # records read during setup raise no readiness
+            if is_tls(d.src):  # records read during setup raise no readiness
                 self._loop.call_soon(self._on_readable, d)
         self._arm_timer()
 
@@ -581,18 +390,18 @@ class Relay(HeldVerdicts):
         deadlines += [end.last_write + end.keepalive_ms / 1000 for end in self._keepalive_ends()]
         return min(deadlines) if deadlines else None
 
-    def _keepalive_ends(self) -> list[_Framed]:
+    def _keepalive_ends(self) -> list[FramedEnd]:
         """Framings with a keepalive interval that are still written to."""
         assert self._dirs is not None
         return [k for d in self._dirs
-                if (k := _keeper(d.dst)) is not None and k.keepalive_ms and not d.shut]
+                if (k := keeper_of(d.dst)) is not None and k.keepalive_ms and not d.shut]
 
     def _send_keepalives(self, now: float) -> None:
         """An empty frame to each framed end nothing was written to for its interval; an
         end being written to right now needs none (its frame is on the way)."""
         assert self._dirs is not None
         for d in self._dirs:
-            end = _keeper(d.dst)
+            end = keeper_of(d.dst)
             if (end is not None and end.keepalive_ms and not d.shut
                     and end.last_write + end.keepalive_ms / 1000 <= now):
                 if d.pending is None and not d.blocked and not d.eof:
@@ -640,7 +449,7 @@ class Relay(HeldVerdicts):
             with contextlib.suppress(OSError):
                 other.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         for end in self._ends:
-            if reason in _ORDERLY and _is_tls(end):
+            if reason in _ORDERLY and is_tls(end):
                 with contextlib.suppress(OSError):
                     end.shut_wr()  # close_notify, best effort, like the native engine
             self._loop.remove_reader(end.sock.fileno())
@@ -684,37 +493,3 @@ def _side_fd(side: int | TLSStream) -> int:
     if isinstance(side, int):
         return side
     raise TypeError(f"a relay side is an fd or a pure TLSStream, not {type(side).__name__}")
-
-
-class Engine:
-    """The pure build has no worker: an engine here only keeps the loop's counters."""
-
-    def __init__(self) -> None:
-        self.counters = PyCounterTable()
-
-
-_engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Engine] = \
-    weakref.WeakKeyDictionary()
-
-
-def engines_for(loop: asyncio.AbstractEventLoop, workers: int | None = None,
-                **config: object) -> tuple[Engine, ...]:
-    """The engines of `loop`: always one here. `workers` is checked and ignored (the
-    loop itself copies every byte, there is no worker thread to multiply); `config`
-    only matters natively."""
-    engine = _engines.get(loop)
-    if engine is None:
-        if workers is not None:
-            check_workers(workers)
-        engine = _engines[loop] = Engine()
-    return (engine,)
-
-
-def engine_for(loop: asyncio.AbstractEventLoop, workers: int | None = None,
-               **config: object) -> Engine:
-    """The engine of `loop` (created on first use; see engines_for)."""
-    return engines_for(loop, workers, **config)[0]
-
-
-def close_engine(loop: asyncio.AbstractEventLoop) -> None:
-    _engines.pop(loop, None)
