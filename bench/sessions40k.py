@@ -27,6 +27,7 @@ import argparse
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,7 @@ def _traversable(root: Path) -> Path:
 @dataclass
 class Stats:
     idle: dict[str, int] = field(default_factory=dict)  # total RSS KiB per kind
+    count: dict[str, int] = field(default_factory=dict)  # processes per kind
     samples: list[tuple[float, dict[str, tuple[int, int]]]] = field(default_factory=list)
 
     def take(self, r: Rig, t0: float) -> dict[str, tuple[int, int]]:
@@ -159,6 +161,7 @@ def run(sessions: int, hold: float, period: float, per_proxy: int, per_client: i
             rig(_traversable(Path(tmp)), sessions, per_proxy, bouncers) as r:
         time.sleep(2)
         stats.idle = {k: v[0] for k, v in Stats().take(r, 0).items()}
+        stats.count = {k: len(v) for k, v in r.kinds().items()}
         procs: list[subprocess.Popen[str]] = []
         startup_errors: list[int] = []
         n_lp = len(r.proxies)
@@ -224,15 +227,15 @@ def report(o: Outcome, s: Stats, sessions: int, hold: float, argv: str) -> str:
     lines = [f"Sessions asked {sessions}, held {o.held}, errors {o.errors} (startup + "
              f"queries), sessions lost while held {o.lost}; ramp {o.ramp_s:.0f} s, hold "
              f"{hold:.0f} s, liveness queries {o.queries}.", "",
-             "| process type | RSS idle MiB | RSS held first / last / max MiB | "
-             "fds first / last / max | KiB per session |", "|---|---:|---:|---:|---:|"]
+             "| process type | processes | RSS idle MiB | RSS held first / last / max MiB | "
+             "fds first / last / max | KiB per session |", "|---|---:|---:|---:|---:|---:|"]
     for kind, idle in s.idle.items():
         rss = [v[kind][0] for _, v in s.samples]
         fd = [v[kind][1] for _, v in s.samples]
         if not rss:
             continue
         per = (rss[0] - idle) / o.held if o.held else float("nan")
-        lines.append(f"| {kind} | {idle / 1024:.0f} | {rss[0] / 1024:.0f} / "
+        lines.append(f"| {kind} | {s.count.get(kind, 0)} | {idle / 1024:.0f} | {rss[0] / 1024:.0f} / "
                      f"{rss[-1] / 1024:.0f} / {max(rss) / 1024:.0f} | {fd[0]} / {fd[-1]} / "
                      f"{max(fd)} | {per:.1f} |")
     lines += ["", f"Command: `{argv}`", f"Machine: {machine()}"]
@@ -252,6 +255,10 @@ def machine() -> str:
             f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {ver[0] if ver else 'pgbouncer'}")
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.sessions40k", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -265,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bouncers", type=int, default=4, help="PgBouncer processes (one port)")
     ap.add_argument("--out", default="", help="also append the report (markdown) here")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)  # stop everything started, as on ^C
     if not (postgres.available() and pgbouncer.available()):
         print("PostgreSQL 15 and pgbouncer are needed (scripts/install-deps)", file=sys.stderr)
         return 1

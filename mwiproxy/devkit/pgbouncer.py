@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import resource
 import shutil
 import subprocess
 import time
@@ -24,6 +25,11 @@ BINARY = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 def available() -> bool:
     return os.path.exists(BINARY)
+
+
+def _raise_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @dataclass
@@ -88,9 +94,13 @@ log_disconnections = 0
         os.chmod(self.root, 0o755)
         for k in range(self.instances):
             ini = self._ini(k)
+            # as root: switch user without runuser, whose PAM session would set the
+            # soft file limit back to 1,024; the limit is raised to the hard one
+            as_postgres = {"user": "postgres", "group": "postgres"} if _run_as() else {}
             self.procs.append(subprocess.Popen(
-                [*_run_as(), BINARY, "-q", str(ini)], stdout=subprocess.DEVNULL,
-                stderr=open(self.root / f"bouncer-{k}.err", "wb")))
+                [BINARY, "-q", str(ini)], stdout=subprocess.DEVNULL,
+                stderr=open(self.root / f"bouncer-{k}.err", "wb"),
+                preexec_fn=_raise_file_limit, **as_postgres))
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             for k, p in enumerate(self.procs):
@@ -105,14 +115,7 @@ log_disconnections = 0
 
     @property
     def pids(self) -> list[int]:
-        """The pgbouncer processes themselves (runuser forks them)."""
-        out = []
-        for k in range(self.instances):
-            try:
-                out.append(int((self.root / f"bouncer-{k}" / "pgbouncer.pid").read_text()))
-            except (OSError, ValueError):
-                pass
-        return out
+        return [p.pid for p in self.procs]
 
     def log(self, k: int) -> str:
         text = ""
