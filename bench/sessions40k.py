@@ -154,8 +154,17 @@ class Outcome:
     first_error: str = ""
 
 
+def flatness(s: Stats) -> dict[str, tuple[int, int, int, int]]:
+    """Per process type over the hold: (RSS first, RSS last, fds first, fds last)."""
+    out = {}
+    for kind in s.idle:
+        first, last = s.samples[0][1][kind], s.samples[-1][1][kind]
+        out[kind] = (first[0], last[0], first[1], last[1])
+    return out
+
+
 def run(sessions: int, hold: float, period: float, per_proxy: int, per_client: int,
-        bouncers: int) -> tuple[Outcome, Stats, Rig | None]:
+        bouncers: int) -> tuple[Outcome, Stats]:
     stats, outcome = Stats(), Outcome()
     with tempfile.TemporaryDirectory(prefix="mwi-40k-") as tmp, \
             rig(_traversable(Path(tmp)), sessions, per_proxy, bouncers) as r:
@@ -220,7 +229,7 @@ def run(sessions: int, hold: float, period: float, per_proxy: int, per_client: i
                     p.wait(60)
                 except subprocess.TimeoutExpired:
                     terminate(p)
-        return outcome, stats, None
+        return outcome, stats
 
 
 def report(o: Outcome, s: Stats, sessions: int, hold: float, argv: str) -> str:
@@ -276,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (postgres.available() and pgbouncer.available()):
         print("PostgreSQL 15 and pgbouncer are needed (scripts/install-deps)", file=sys.stderr)
         return 1
-    o, s, _ = run(args.sessions, args.hold, args.period, args.per_proxy, args.per_client,
+    o, s = run(args.sessions, args.hold, args.period, args.per_proxy, args.per_client,
                   args.bouncers)
     cmd = ("python -m bench.sessions40k " + " ".join(sys.argv[1:] if argv is None else argv))
     text = report(o, s, args.sessions, args.hold, cmd.strip())

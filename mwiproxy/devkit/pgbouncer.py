@@ -96,11 +96,11 @@ log_disconnections = 0
             ini = self._ini(k)
             # as root: switch user without runuser, whose PAM session would set the
             # soft file limit back to 1,024; the limit is raised to the hard one
-            as_postgres = {"user": "postgres", "group": "postgres"} if _run_as() else {}
+            as_postgres = "postgres" if _run_as() else None
             self.procs.append(subprocess.Popen(
                 [BINARY, "-q", str(ini)], stdout=subprocess.DEVNULL,
                 stderr=open(self.root / f"bouncer-{k}.err", "wb"),
-                preexec_fn=_raise_file_limit, **as_postgres))
+                preexec_fn=_raise_file_limit, user=as_postgres, group=as_postgres))
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             for k, p in enumerate(self.procs):
