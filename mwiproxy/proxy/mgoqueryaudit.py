@@ -83,6 +83,8 @@ def _document(b: bytes, pos: int, depth: int, shape: bool, array: bool) -> Any:
             out.append(value)
         else:
             out[name] = value
+    if end >= len(b):  # its closing NUL was not recorded
+        raise _Cut(out)
     return out
 
 

@@ -3,9 +3,13 @@ fields, prepared statements' text on EXECUTE, COM_INIT_DB, redaction, untracked)
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from mwiproxy._native import myaudit_py
 from mwiproxy.proxy.myqueryaudit import MySQLQueryAudit
 from mwiproxy.proxy.queryaudit import QueryAuditPolicy
+from mwiproxy.wire.mysqlparams import execute_params
 from tests.unit.native import myauditkit as kit
 from tests.unit.proxy.test_queryaudit import WHO, Sink
 
@@ -92,3 +96,11 @@ def test_execute_parameters_bounded_and_unknown():
     assert "parameters" not in unknown
     assert null["parameters"] == [None]
     assert cut["parameters"] == [] and cut["parameters_truncated"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80), st.integers(0, 12), st.one_of(st.none(), st.binary(max_size=24)))
+def test_execute_params_never_fail_and_stay_in_bounds(block, count, types):
+    values, _, cut = execute_params(block, count, types)
+    assert len(values) <= count and (cut or len(values) == count)
+    assert sum(len(v) for v in values if v is not None) <= 4 * len(block) + 64 * count
