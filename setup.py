@@ -25,7 +25,7 @@ NATIVE_MODULES: dict[str, dict[str, list[str]]] = {
                  "mwi_relay_tls.c", "mwi_tls.c", "mwi_tls_conn.c",
                  "mwi_accept.c", "mwi_accept_route.c", "mwi_tlsrec.c", "mwi_inspect.c",
                  "mwi_inspect_mongo.c", "mwi_relay_inspect.c", "mwi_pgaudit.c", "mwi_myaudit.c",
-                 "mwi_rdsaudit.c",
+                 "mwi_rdsaudit.c", "mwi_mgoaudit.c",
                  "mwi_relay_audit.c"],
         "libs": ["ssl", "crypto"],
     },

@@ -153,7 +153,15 @@ static int client_message(mwi_myaudit *t, const mwi_mya_side *s, uint64_t now)
         put32(rec + 4, seq);
         if (cmd == COM_STMT_EXECUTE || cmd == COM_STMT_CLOSE) {
             put32(rec + 8, le32_at(t->req, s->head_len, 1));
-        } else {
+        }
+        if (cmd == COM_STMT_EXECUTE) {  /* its parameters: what follows the 10-byte head */
+            uint64_t pfull = s->full > 10 ? s->full - 10 : 0;
+            uint32_t kept = s->head_len > 10 ? s->head_len - 10 : 0;
+            rec[2] = 1;
+            if (pfull > 0xFFFFFFFEu) pfull = 0xFFFFFFFEu;
+            put_field(rec, &n, (uint32_t)pfull, t->req + 10, kept);
+            if (pfull > kept) rec[1] |= MWI_PGA_TRUNCATED;
+        } else if (cmd != COM_STMT_CLOSE) {
             rec[2] = 1;
             if (full > 0xFFFFFFFEu) full = 0xFFFFFFFEu;
             put_field(rec, &n, (uint32_t)full, t->req + 1, s->head_len - 1);
@@ -226,6 +234,7 @@ static void server_message(mwi_myaudit *t, const mwi_mya_side *s, uint64_t now)
         } else if (cmd == COM_STMT_PREPARE && ok) {
             uint32_t cols = le16_at(h, have, 5), params = le16_at(h, have, 7);
             t->code = le32_at(h, have, 1);
+            t->rows = params;          /* a PREPARE's result: its parameter count */
             t->skip = (params ? params + 1 : 0) + (cols ? cols + 1 : 0);
             if (t->skip == 0) complete_ok(t, now);
             else t->phase = PH_SKIP;

@@ -5,11 +5,12 @@
  *
  *   requests (side 0, when the message is whole), seq from 1:
  *     'Q' COM_QUERY [text]          'P' COM_STMT_PREPARE [text]
- *     'E' COM_STMT_EXECUTE [] aux: statement id (parameters are not recorded)
+ *     'E' COM_STMT_EXECUTE [parameters: the bytes after its 10-byte head, up to
+ *     MWI_PGA_TEXT_CAP - 9 (full length kept); read by wire/mysqlparams] aux: statement id
  *     'I' COM_INIT_DB [schema]      'C' COM_STMT_CLOSE [] aux: statement id (UNTRACKED:
  *     no response comes); other commands are not recorded but paired (unrecorded)
  *   results 'R' (side 1) of Q, P, E, I: [tag (empty), sqlstate, message]
- *     aux: MWI_PGA_ST_OK / ERROR / UNFINISHED; n1: affected rows + result-set rows,
+ *     aux: MWI_PGA_ST_OK / ERROR / UNFINISHED; n1: affected rows + result-set rows (a PREPARE: its parameter count),
  *     n2: result-set row bytes, n3: duration (ns); the u32 at offset 12: the ERR code,
  *     or a PREPARE's statement id
  *

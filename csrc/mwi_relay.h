@@ -128,6 +128,7 @@ int mwi_relay_set_inspect_mongo(mwi_relay *r, const uint8_t *allowed, size_t len
 #define MWI_AUDIT_POSTGRES 1
 #define MWI_AUDIT_MYSQL 2     /* csrc/mwi_myaudit.h; may be inspected too (side A: before) */
 #define MWI_AUDIT_REDIS 3     /* csrc/mwi_rdsaudit.h; the same */
+#define MWI_AUDIT_MONGODB 4   /* csrc/mwi_mgoaudit.h; the same */
 int mwi_relay_set_audit(mwi_relay *r, int proto, int wait);
 /* Owner: the records written since the last take, `*out` valid until the next take:
  * entries of u32 record length (host order), u64 relay user (host order), the record. */

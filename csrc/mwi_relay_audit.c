@@ -1,5 +1,5 @@
 /* mwi_relay_audit.c: the relay's side of the query-audit tap (mwi_relay_set_audit): the
- * tap per relay (csrc/mwi_pgaudit.c, mwi_myaudit.c, mwi_rdsaudit.c) and the engine's record buffer the owner drains.
+ * tap per relay (csrc/mwi_pgaudit.c, mwi_myaudit.c, mwi_rdsaudit.c, mwi_mgoaudit.c) and the engine's record buffer the owner drains.
  *
  * The buffer is a pair of flat arrays under their own lock: the worker appends each
  * record (u32 length | u64 relay user | record) to the current one; the owner takes it
@@ -113,6 +113,9 @@ int mwi_relay_set_audit(mwi_relay *r, int proto, int wait)
     } else if (proto == MWI_AUDIT_REDIS) {
         if (ring_new(r->eng) != 0 || (r->rda = malloc(sizeof *r->rda)) == NULL) return ENOMEM;
         mwi_rdsaudit_init(r->rda, ring_put, r);
+    } else if (proto == MWI_AUDIT_MONGODB) {
+        if (ring_new(r->eng) != 0 || (r->mga = malloc(sizeof *r->mga)) == NULL) return ENOMEM;
+        mwi_mgoaudit_init(r->mga, ring_put, r);
     } else {
         return EINVAL;
     }
@@ -126,6 +129,7 @@ size_t relay_audit_feed(mwi_relay *r, int side, const uint8_t *p, size_t n)
 {
     long k = r->mya != NULL ? mwi_myaudit_feed(r->mya, side, p, n, now_ns())
            : r->rda != NULL ? mwi_rdsaudit_feed(r->rda, side, p, n, now_ns())
+           : r->mga != NULL ? mwi_mgoaudit_feed(r->mga, side, p, n, now_ns())
            : mwi_pgaudit_feed(r->pga, side, p, n, now_ns());
     if (k < 0) {                       /* no memory: the relay ends (pump_dir) */
         r->audit_stop = MWI_AUDIT_STOP_NOMEM;
@@ -179,6 +183,9 @@ void relay_audit_end(mwi_relay *r)
         dropped = r->mya->dropped;
     } else if (r->rda != NULL) {
         dropped = r->rda->dropped;
+    } else if (r->mga != NULL) {
+        mwi_mgoaudit_end(r->mga, now_ns());
+        dropped = r->mga->dropped;
     } else {
         mwi_pgaudit_end(r->pga, now_ns());
         dropped = r->pga->dropped;
@@ -195,6 +202,8 @@ void relay_audit_free(mwi_relay *r)
     }
     free(r->rda);
     r->rda = NULL;
+    free(r->mga);
+    r->mga = NULL;
     if (r->pga == NULL) return;
     mwi_pgaudit_free(r->pga);
     free(r->pga);

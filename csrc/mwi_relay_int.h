@@ -16,6 +16,7 @@
 #include "mwi_inspect.h"
 #include "mwi_myaudit.h"
 #include "mwi_rdsaudit.h"
+#include "mwi_mgoaudit.h"
 #include "mwi_pgaudit.h"
 
 /* epoll data: a relay pointer with the side in bit 0, or an acceptor's objects (mwi_accept.c)
@@ -131,6 +132,7 @@ struct mwi_relay {
     mwi_pgaudit *pga;         /* MWI_AUDIT_POSTGRES */
     mwi_myaudit *mya;         /* MWI_AUDIT_MYSQL */
     mwi_rdsaudit *rda;        /* MWI_AUDIT_REDIS */
+    mwi_mgoaudit *mga;        /* MWI_AUDIT_MONGODB */
     uint8_t audited;          /* one of them is set */
     uint8_t audit_wait, audit_paused, audit_stop;   /* audit_stop: MWI_AUDIT_STOP_* */
     uint64_t audit_dropped;   /* the tap's dropped records, once finished */

@@ -197,7 +197,9 @@ class Cluster:
         mongo = MongoFrontend(self.auth, self.sessions, self.own.db_inner_context,
                               engines=engines, ping_interval=interval,
                               setup_timeout=self._first_message_timeout,
-                              metrics=self.metrics)
+                              metrics=self.metrics, query_audit=self.config.audit.queries,
+                              query_wait=self.config.audit.query_backpressure == "wait",
+                              param_key=queryaudit.param_key(self.auth.storage))
         self.listener.route_tls(alpn.MONGODB, mongo.serve)
         self.listener.route_tls(alpn.with_ping(alpn.MONGODB), framed(mongo.serve))
 

@@ -9,6 +9,7 @@ _PGAUDIT_NULL_FIELD = (0, None)
 assert AUDIT_PROTOCOLS["postgres"] == MWI_AUDIT_POSTGRES, "relaytypes and mwi_relay.h disagree"
 assert AUDIT_PROTOCOLS["mysql"] == MWI_AUDIT_MYSQL, "relaytypes and mwi_relay.h disagree"
 assert AUDIT_PROTOCOLS["redis"] == MWI_AUDIT_REDIS, "relaytypes and mwi_relay.h disagree"
+assert AUDIT_PROTOCOLS["mongodb"] == MWI_AUDIT_MONGODB, "relaytypes and mwi_relay.h disagree"
 # how often the loop takes the engine's audit records when no fill woke it (s)
 AUDIT_DRAIN_INTERVAL = 0.1
 
@@ -137,3 +138,27 @@ cdef class RdsAuditTap:
 
     def end(self, uint64_t now_ns):
         mwi_rdsaudit_end(self.t, now_ns)
+
+
+cdef class MgoAuditTap:
+    """feed(side, data, now_ns) -> int; end(now_ns); `records` (bytes each)."""
+
+    def __cinit__(self):
+        self.records = []
+        self.t = <mwi_mgoaudit *>malloc(sizeof(mwi_mgoaudit))
+        if self.t == NULL:
+            raise MemoryError()
+        mwi_mgoaudit_init(self.t, _collect, <void *>self.records)
+
+    def __dealloc__(self):
+        free(self.t)
+
+    def feed(self, int side, data, uint64_t now_ns):
+        cdef const unsigned char[::1] view = memoryview(data).cast("B")
+        cdef size_t n = view.shape[0]
+        if side not in (0, 1):
+            raise ValueError("side is 0 or 1")
+        return mwi_mgoaudit_feed(self.t, side, &view[0] if n else NULL, n, now_ns)
+
+    def end(self, uint64_t now_ns):
+        mwi_mgoaudit_end(self.t, now_ns)

@@ -110,6 +110,7 @@ cdef extern from "mwi_relay.h" nogil:
         MWI_AUDIT_POSTGRES
         MWI_AUDIT_MYSQL
         MWI_AUDIT_REDIS
+        MWI_AUDIT_MONGODB
     int mwi_relay_set_audit(mwi_relay *r, int proto, int wait)
     size_t mwi_engine_audit_take(mwi_engine *eng, const unsigned char **out)
     uint64_t mwi_engine_audit_dropped(mwi_engine *eng)
@@ -145,6 +146,15 @@ cdef extern from "mwi_rdsaudit.h":
     long mwi_rdsaudit_feed(mwi_rdsaudit *t, int side, const unsigned char *p, size_t n,
                            uint64_t now_ns)
     void mwi_rdsaudit_end(mwi_rdsaudit *t, uint64_t now_ns)
+
+
+cdef extern from "mwi_mgoaudit.h":
+    ctypedef struct mwi_mgoaudit:
+        uint64_t dropped
+    void mwi_mgoaudit_init(mwi_mgoaudit *t, mwi_pga_emit_fn emit, void *ctx)
+    long mwi_mgoaudit_feed(mwi_mgoaudit *t, int side, const unsigned char *p, size_t n,
+                           uint64_t now_ns)
+    void mwi_mgoaudit_end(mwi_mgoaudit *t, uint64_t now_ns)
 
 
 cdef extern from "mwi_accept.h" nogil:
@@ -273,6 +283,11 @@ cdef class MyAuditTap:
 
 cdef class RdsAuditTap:
     cdef mwi_rdsaudit *t
+    cdef readonly list records
+
+
+cdef class MgoAuditTap:
+    cdef mwi_mgoaudit *t
     cdef readonly list records
 
 

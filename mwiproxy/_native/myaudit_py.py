@@ -129,6 +129,7 @@ class Tap:
             elif cmd == COM_STMT_PREPARE and ok:
                 cols, params = _le16(h, 5), _le16(h, 7)
                 self.code = _le(h, 1, 4)
+                self.rows = params  # a PREPARE's result: its parameter count
                 self.skip = (params + 1 if params else 0) + (cols + 1 if cols else 0)
                 if self.skip == 0:
                     self._complete(ST_OK, now)
@@ -192,7 +193,13 @@ class Tap:
             flags, aux, fields, nfields = 0, 0, b"", 0
             if cmd in (COM_STMT_EXECUTE, COM_STMT_CLOSE):
                 aux = _le(req, 1, 4)
-            else:
+            if cmd == COM_STMT_EXECUTE:  # its parameters: what follows the 10-byte head
+                pfull = min(max(s.full - 10, 0), _CAP32)
+                kept = bytes(req[10:])
+                nfields, fields = 1, _field(pfull, kept)
+                if pfull > len(kept):
+                    flags |= TRUNCATED
+            elif cmd != COM_STMT_CLOSE:
                 full = min(s.full - 1, _CAP32)
                 nfields = 1
                 fields = _field(full, bytes(req[1:]))

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from .counters import check_slot
 from .inspect_py import Gate
+from .mgoaudit_py import Tap as MgoTap
 from .myaudit_py import Tap as MyTap
 from .pgaudit_py import AuditFeed
 from .rdsaudit_py import Tap as RdsTap
@@ -103,7 +104,7 @@ class Relay(HeldVerdicts):
         check_audit(audit, on_audit, inspect)
         self._audit = None if audit is None or on_audit is None else AuditFeed(
             loop, on_audit, MyTap() if audit == "mysql" else RdsTap() if audit == "redis"
-            else None)
+            else MgoTap() if audit == "mongodb" else None)
         check_inspect(inspect, on_held, framed_b)
         mongo_allowed(inspect_allowed)
         check_max_message(inspect_max_message)

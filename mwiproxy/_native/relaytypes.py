@@ -75,9 +75,10 @@ def check_inspect(inspect: str | None, on_held: object, framed_b: object) -> int
     return INSPECT_PROTOCOLS[inspect]
 
 
-AUDIT_PROTOCOLS = {"postgres": 1, "mysql": 2, "redis": 3}  # csrc/mwi_relay.h MWI_AUDIT_*
+# csrc/mwi_relay.h MWI_AUDIT_*
+AUDIT_PROTOCOLS = {"postgres": 1, "mysql": 2, "redis": 3, "mongodb": 4}
 # audited and inspected at once (the tap reads side A before the inspector)
-AUDIT_WITH_INSPECT = {"mysql": "mysql", "redis": "resp"}
+AUDIT_WITH_INSPECT = {"mysql": "mysql", "redis": "resp", "mongodb": "mongodb"}
 
 
 def check_audit(audit: str | None, on_audit: object, inspect: str | None) -> int:

@@ -20,7 +20,9 @@ passes natively; every other client message is held and judged by proxy/mongojud
 `hello`/`isMaster` needs none) and it is not an authentication command (`authenticate`,
 `saslStart`, `saslContinue`, `logout`, …); compression is never agreed (stripped from the
 client's handshake: forwarded in its place), so OP_COMPRESSED is refused. The database's
-bytes go back unparsed. A cut (lock, expiry) answers the client's next message with why
+bytes go back to the client as they came. The query audit reads both directions
+natively (csrc/mwi_mgoaudit.h → proxy/mgoqueryaudit.py): one `db.session.query` per
+client message, with its reply's summary. A cut (lock, expiry) answers the client's next message with why
 (MongoDB has no unsolicited message), within FAREWELL_TIMEOUT, and ends the session.
 """
 
@@ -49,9 +51,11 @@ from mwiproxy.proxy.access import (
 from mwiproxy.proxy.dbsession import Conn, DbFrontend, InnerTLSError
 from mwiproxy.proxy.directory import EngineDirectory
 from mwiproxy.proxy.listener import accepted_at
+from mwiproxy.proxy.mgoqueryaudit import MongoQueryAudit
 from mwiproxy.proxy.mongojudge import FAREWELL_TIMEOUT, MessageJudge, answer_with
+from mwiproxy.proxy.queryaudit import QueryAuditPolicy
 from mwiproxy.proxy.sessions import Session, SessionRegistry
-from mwiproxy.relay.pipe import Inspect, Pipe
+from mwiproxy.relay.pipe import Audit, Inspect, Pipe
 from mwiproxy.relay.streams import BufferedReader, ByteStream
 from mwiproxy.wire import mongodb as mongo
 from mwiproxy.wire import mongomsg
@@ -78,10 +82,14 @@ class MongoFrontend(DbFrontend):
                  inner_tls: Callable[[], _native.TLSContext], *,
                  engines: EngineDirectory[MongoEngine], ping_interval: float | None = None,
                  setup_timeout: float = SETUP_TIMEOUT,
-                 metrics: NoopProxyMetrics | None = None) -> None:
+                 metrics: NoopProxyMetrics | None = None, query_audit: bool = True,
+                 query_wait: bool = False, param_key: bytes | None = None) -> None:
         super().__init__(auth, sessions, inner_tls, ping_interval, metrics)
         self._engines = engines
         self._setup_timeout = setup_timeout
+        self._query_audit_on = query_audit  # audit.queries
+        self._query_wait = query_wait  # audit.query_backpressure: wait
+        self._param_key = param_key  # the cluster's key for document digests
         self._judges: dict[int, MessageJudge] = {}  # by session id, while it runs
 
     async def serve(self, stream: ByteStream, caller: Identity | None, remote: str) -> None:
@@ -132,9 +140,9 @@ class MongoFrontend(DbFrontend):
             return
         with self.registered(self.session_for(conn, grant, route.username,
                                               route.database)) as session:
-            await self._run(conn, session)
+            await self._run(conn, session, grant.query_audit)
 
-    async def _run(self, conn: Conn, session: Session) -> None:
+    async def _run(self, conn: Conn, session: Session, policy: QueryAuditPolicy) -> None:
         started = time.monotonic()
         try:
             upstream = await self._connect(session)
@@ -151,14 +159,25 @@ class MongoFrontend(DbFrontend):
         inspect = Inspect("mongodb", judge.decide, max_message=upstream.max_message_size,
                           allowed=(session.db_name,) if session.db_name else ())
         self._judges[session.session_id] = judge
+        queries = None
+        if self._query_audit_on and policy.enabled:
+            queries = MongoQueryAudit(
+                self._auth.audit.emit, {**self.who(session), "session_id": session.session_id},
+                policy, wait=self._query_wait, key=self._param_key,
+                on_dropped=lambda n: self._metrics.query_audit_dropped(PROTOCOL, n))
+        stats = None
         try:
-            await self.relay(conn, session, upstream.stream, started, lambda _: b"",
-                             cut=lambda pipe, reason, message: _cut(pipe, judge, reason,
-                                                                     message),
-                             inspect=inspect)
+            stats = await self.relay(
+                conn, session, upstream.stream, started, lambda _: b"",
+                cut=lambda pipe, reason, message: _cut(pipe, judge, reason, message),
+                inspect=inspect,
+                audit=None if queries is None else Audit(PROTOCOL, queries.on_records,
+                                                          queries.wait))
         finally:  # cut, cancelled (a shutdown) or failed: still audited (by relay)
             self._judges.pop(session.session_id, None)
             upstream.stream.close()
+            if queries is not None:
+                queries.ended(stats.audit_dropped if stats is not None else 0)
 
     def end_fields(self, session: Session) -> dict[str, int]:
         """The messages decided in Python and refused, for the session's end event."""

@@ -7,8 +7,12 @@ COM_STMT_EXECUTE with its prepared statement's text, or COM_INIT_DB) with rows
 (affected rows plus result-set rows), bytes (result-set rows), duration and status, or
 `db.session.query.failed` with the ERR code, SQLSTATE and message (a PREPARE that failed
 too). Each event says its `command`. Prepared statements: `db.session.mysql.statements.
-prepare` (with the server's statement id) and `...close`. Parameters of an EXECUTE are
-not recorded. Statements are redacted by wire/mysqlredact.
+prepare` (with the server's statement id and parameter count) and `...close`. An
+EXECUTE's parameters (binary protocol, wire/mysqlparams: the types bound then, or
+remembered from the statement's earlier execute) are written as PostgreSQL's Bind
+parameters: per the session's policy (omit; hash: sqlredact.param_digest of each value's
+text, the default; plain: the text, 256 bytes each), `parameters_truncated` when cut.
+Statements are redacted by wire/mysqlredact.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ from typing import Any
 from mwiproxy._native.myaudit_py import code
 from mwiproxy._native.pgaudit_py import ST_ERROR, STATUS_NAMES, UNTRACKED, Record, decode
 from mwiproxy.proxy.queryaudit import MAX_NAMES, QUERY, QUERY_FAILED, QueryAudit
+from mwiproxy.wire.mysqlparams import execute_params
 from mwiproxy.wire.mysqlredact import redact_statement
+from mwiproxy.wire.sqlredact import param_digest
 
 PREPARE = "db.session.mysql.statements.prepare"
 CLOSE = "db.session.mysql.statements.close"
+PARAM_CAP = 256  # bytes of a parameter written under `plain`
 _COMMANDS = {"Q": "COM_QUERY", "P": "COM_STMT_PREPARE", "E": "COM_STMT_EXECUTE",
              "I": "COM_INIT_DB", "C": "COM_STMT_CLOSE"}
 
@@ -69,12 +76,37 @@ class MySQLQueryAudit(QueryAudit):
         elif rec.kind == "I":
             info["schema"] = (rec.fields[0][1] or b"").decode("utf-8", "replace")
         elif rec.kind == "E":
-            info.update({"statement_id": rec.aux, **self._prepared.get(rec.aux, {})})
+            prepared = self._prepared.get(rec.aux, {})
+            info.update({"statement_id": rec.aux, **{
+                k: v for k, v in prepared.items() if k not in ("params", "types")}})
+            info.update(self._execute_params(rec, prepared))
         if rec.flags & UNTRACKED:  # too many in flight: no result will come
             if rec.kind in "QEI":
                 self.emit(QUERY, **info, status="untracked")
             return
         self._pending[rec.seq] = (rec.kind, info)
+
+    def _execute_params(self, rec: Record, prepared: dict[str, Any]) -> dict[str, Any]:
+        mode = self._policy.parameters
+        count = prepared.get("params")
+        block = rec.fields[0][1] or b"" if rec.fields else b""
+        if count is None:  # prepared before the audit saw it (or forgotten): unknown
+            return {}
+        values, types, cut = execute_params(block, count, prepared.get("types"))
+        prepared["types"] = types
+        if mode == "omit" or count == 0:
+            return {}
+        out: list[str | None] = []
+        for v in values:
+            if mode == "hash":
+                out.append(param_digest(v, self._key))
+            elif v is None:
+                out.append(None)
+            else:
+                cut = cut or len(v) > PARAM_CAP
+                out.append(v[:PARAM_CAP].decode("utf-8", "replace"))
+        cut = cut or len(values) < count or bool(rec.fields and rec.fields[0][0] > len(block))
+        return {"parameters": out, **({"parameters_truncated": True} if cut else {})}
 
     def _closed(self, rec: Record, raw: bytes) -> None:
         self._prepared.pop(rec.aux, None)
@@ -93,11 +125,13 @@ class MySQLQueryAudit(QueryAudit):
                       sqlstate=sqlstate, error=error)
         elif kind == "P":
             stmt = code(raw)
-            self._prepared[stmt] = {k: v for k, v in info.items() if k != "command"}
+            self._prepared[stmt] = {**{k: v for k, v in info.items() if k != "command"},
+                                    "params": rec.n1}
             self._prepared.move_to_end(stmt)
             while len(self._prepared) > MAX_NAMES:
                 self._prepared.popitem(last=False)
-            self.emit(PREPARE, **info, statement_id=stmt, status=summary["status"],
+            self.emit(PREPARE, **info, statement_id=stmt, params=rec.n1,
+                      status=summary["status"],
                       duration_ms=summary["duration_ms"])
         else:
             self.emit(QUERY, **info, **summary)

@@ -110,3 +110,38 @@ def test_prepared_statement_execute_carries_its_text(my, tunnel):  # noqa: F811
     assert ex["statement_id"] == stmt and ex["rows"] == 1 and ex["status"] == "ok"
     assert wait_for(lambda: any(e["statement_id"] == stmt and e["session"] == ex["session"]
                                 for e in my.audit("db.session.mysql.statements.close")))
+
+
+def test_execute_parameters_are_hashed_and_their_types_remembered(my, tunnel):  # noqa: F811
+    m = _marker()
+    secret = "s3cr3t-" + uuid.uuid4().hex[:8]
+    s, reader = _signed_in(tunnel)
+    with s:
+        s.sendall(mysql.packet(f"\x16select ? + 1 as {m}, ?, ? is null".encode(), 0))
+        seq, ok = _read_packet(reader)
+        assert ok[:1] == b"\x00", ok
+        stmt, cols, params = struct.unpack_from("<IHH", ok, 1)
+        assert params == 3
+        for _ in range((params + 1 if params else 0) + (cols + 1 if cols else 0)):
+            _read_packet(reader)
+        values = struct.pack("<q", 41) + bytes([len(secret)]) + secret.encode()
+        # LONGLONG 41, VAR_STRING secret, NULL (bitmap bit 2); types bound
+        s.sendall(mysql.packet(b"\x17" + struct.pack("<IBI", stmt, 0, 1) + b"\x04\x01"
+                               + b"\x08\x00\xfd\x00\x06\x00" + values, 0))
+        answers = [_read_packet(reader) for _ in range(7)]  # count, 3 defs, EOF, row, EOF
+        assert answers[-1][1][:1] == b"\xfe", answers
+        # again, the types not sent (new-params-bound 0): the tap remembers them
+        s.sendall(mysql.packet(b"\x17" + struct.pack("<IBI", stmt, 0, 1) + b"\x04\x00"
+                               + values, 0))
+        answers = [_read_packet(reader) for _ in range(7)]
+        assert answers[-1][1][:1] == b"\xfe", answers
+        s.sendall(mysql.packet(b"\x01", 0))
+    [prep] = _wait_events(my, "db.session.mysql.statements.prepare", m)
+    assert prep["params"] == 3
+    exes = [e for e in _wait_events(my, "db.session.query", m, 2)
+            if e["command"] == "COM_STMT_EXECUTE"]
+    assert len(exes) == 2 and exes[0]["parameters"] == exes[1]["parameters"]
+    first, text, null = exes[0]["parameters"]
+    assert str(first).startswith("hmac-sha256:") and str(text).startswith("hmac-sha256:")
+    assert null is None and first != text and "parameters_truncated" not in exes[0]
+    assert secret not in str(my.audit("db.session.query"))

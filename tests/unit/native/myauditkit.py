@@ -41,8 +41,15 @@ def prepare(sql: bytes) -> bytes:
     return packets(b"\x16" + sql)
 
 
-def execute(stmt: int) -> bytes:
-    return packets(b"\x17" + struct.pack("<IBI", stmt, 0, 1))
+def execute(stmt: int, params: bytes = b"") -> bytes:
+    """`params`: the block after the 10-byte head (NULL bitmap, bound flag, types, values)."""
+    return packets(b"\x17" + struct.pack("<IBI", stmt, 0, 1) + params)
+
+
+def long_and_string(n: int, text: bytes, bound: bool = True) -> bytes:
+    """A parameter block: LONGLONG n, VAR_STRING text (types sent when `bound`)."""
+    types = b"\x08\x00\xfd\x00" if bound else b""
+    return b"\x00" + bytes([bound]) + types + struct.pack("<q", n) + lenenc(len(text)) + text
 
 
 def close(stmt: int) -> bytes:
@@ -100,7 +107,9 @@ def session(rng: random.Random, steps: int = 12) -> list[tuple[bytes, bytes]]:
             out.append((prepare(b"SELECT ?"), prepare_ok(stmt, rng.randrange(3),
                                                          rng.randrange(3))))
         elif k == 4:
-            out.append((execute(stmt), result_set([b"x"] * rng.randrange(4))))
+            params = long_and_string(rng.randrange(9), rng.randbytes(rng.choice([3, 300, 20000])),
+                                     rng.random() < 0.7) if rng.random() < 0.5 else b""
+            out.append((execute(stmt, params), result_set([b"x"] * rng.randrange(4))))
         elif k == 5:
             out.append((close(stmt), b""))
         elif k == 6:

@@ -3,9 +3,13 @@ fields, prepared statements' text on EXECUTE, COM_INIT_DB, redaction, untracked)
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from mwiproxy._native import myaudit_py
 from mwiproxy.proxy.myqueryaudit import MySQLQueryAudit
 from mwiproxy.proxy.queryaudit import QueryAuditPolicy
+from mwiproxy.wire.mysqlparams import execute_params
 from tests.unit.native import myauditkit as kit
 from tests.unit.proxy.test_queryaudit import WHO, Sink
 
@@ -58,3 +62,45 @@ def test_unanswered_commands_end_unfinished():
     sink = _events([(0, kit.query(b"select sleep(100)"))])
     [ev] = sink.of("db.session.query")
     assert ev["status"] == "unfinished"
+
+
+def _plain(chunks: list[kit.Chunk]) -> Sink:
+    sink = Sink()
+    qa = MySQLQueryAudit(sink, WHO, QueryAuditPolicy(True, "plain"), key=b"k")
+    tap = myaudit_py.Tap()
+    kit.run(tap, chunks)
+    qa.on_records(tap.records)
+    return sink
+
+
+def test_execute_parameters_per_policy_with_remembered_types():
+    chunks = [(0, kit.prepare(b"SELECT ?, ?")), (1, kit.prepare_ok(4, 1, 2)),
+              (0, kit.execute(4, kit.long_and_string(-7, b"pqz"))), (1, kit.ok()),
+              (0, kit.execute(4, kit.long_and_string(8, b"x" * 300, bound=False))),
+              (1, kit.ok())]
+    first, second = _plain(chunks).of("db.session.query")
+    assert first["parameters"] == ["-7", "pqz"] and "parameters_truncated" not in first
+    assert second["parameters"] == ["8", "x" * 256] and second["parameters_truncated"]
+    hashed = _events(chunks).of("db.session.query")
+    assert hashed[0]["parameters"][1].startswith("hmac-sha256:")
+    assert "pqz" not in str(hashed)
+
+
+def test_execute_parameters_bounded_and_unknown():
+    # a statement the audit never saw prepared: no parameters; NULL bitmap honoured
+    sink = _plain([(0, kit.execute(5, b"\x00\x01\x08\x00" + b"\x01" * 8)), (1, kit.ok()),
+                   (0, kit.prepare(b"SELECT ?")), (1, kit.prepare_ok(6, 1, 1)),
+                   (0, kit.execute(6, b"\x01\x01\x08\x00")), (1, kit.ok()),
+                   (0, kit.execute(6, b"\x00\x00\x01")), (1, kit.ok())])
+    unknown, null, cut = sink.of("db.session.query")
+    assert "parameters" not in unknown
+    assert null["parameters"] == [None]
+    assert cut["parameters"] == [] and cut["parameters_truncated"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80), st.integers(0, 12), st.one_of(st.none(), st.binary(max_size=24)))
+def test_execute_params_never_fail_and_stay_in_bounds(block, count, types):
+    values, _, cut = execute_params(block, count, types)
+    assert len(values) <= count and (cut or len(values) == count)
+    assert sum(len(v) for v in values if v is not None) <= 4 * len(block) + 64 * count
