@@ -251,6 +251,47 @@ class PostgresStorage(Storage):
         return self._x("DELETE FROM agents WHERE host_id = %s AND expires <= %s",
                        (host_id, expired_at)) == 1
 
+    # web users and tickets (pg_schema migration 4)
+    def put_user(self, name: str, body: dict[str, Any], *, overwrite: bool) -> bool:
+        conflict = ("ON CONFLICT (name) DO UPDATE SET body = EXCLUDED.body" if overwrite
+                    else "ON CONFLICT (name) DO NOTHING")
+        return self._x(f"INSERT INTO users (name, body) VALUES (%s, %s) {conflict}",
+                       (name, json.dumps(body))) == 1
+
+    def get_user(self, name: str) -> dict[str, Any] | None:
+        rows = self._q("SELECT body FROM users WHERE name = %s", (name,))
+        return dict(json.loads(rows[0][0])) if rows else None
+
+    def list_users(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(r[0], json.loads(r[1])) for r in
+                self._q("SELECT name, body FROM users ORDER BY name")]
+
+    def delete_user(self, name: str) -> bool:
+        self._x("DELETE FROM tickets WHERE user_name = %s", (name,))
+        return self._x("DELETE FROM users WHERE name = %s", (name,)) == 1
+
+    def put_ticket(self, key: str, user: str, body: dict[str, Any], expires: float) -> None:
+        self._x("INSERT INTO tickets (key, user_name, body, expires) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET user_name = EXCLUDED.user_name, "
+                "body = EXCLUDED.body, expires = EXCLUDED.expires",
+                (key, user, json.dumps(body), expires))
+
+    def get_ticket(self, key: str) -> tuple[str, dict[str, Any], float] | None:
+        rows = self._q("SELECT user_name, body, expires FROM tickets WHERE key = %s", (key,))
+        return (rows[0][0], json.loads(rows[0][1]), rows[0][2]) if rows else None
+
+    def take_ticket(self, key: str) -> tuple[str, dict[str, Any], float] | None:
+        def take(conn: psycopg.Connection[Any]) -> Row | None:
+            return conn.execute("DELETE FROM tickets WHERE key = %s "
+                                "RETURNING user_name, body, expires", (key,)).fetchone()
+        row = self._conn.run(take, read=False)
+        return (row[0], json.loads(row[1]), row[2]) if row else None
+
+    def delete_tickets(self, user: str, *, expired_at: float | None = None) -> int:
+        if user:
+            return self._x("DELETE FROM tickets WHERE user_name = %s", (user,))
+        return self._x("DELETE FROM tickets WHERE expires <= %s", (expired_at or 0.0,))
+
     def put_grant(self, key: str, body: str, expires: float) -> None:
         self._x("INSERT INTO grants (key, body, expires) VALUES (%s, %s, %s)",
                 (key, body, expires))

@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS agents (
     cert_sha256 TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS grants (key TEXT PRIMARY KEY, body TEXT NOT NULL,
     expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tickets (key TEXT PRIMARY KEY, user_name TEXT NOT NULL,
+    body TEXT NOT NULL, expires REAL NOT NULL);
 """ + AUDIT_SCHEMA
 
 
@@ -270,6 +273,42 @@ class SQLiteStorage(Storage):
 
     def prune_grants(self, now: float) -> int:
         return self._x("DELETE FROM grants WHERE expires <= ?", (now,))
+
+    # web users and tickets
+    def put_user(self, name: str, body: dict[str, Any], *, overwrite: bool) -> bool:
+        verb = "INSERT OR REPLACE" if overwrite else "INSERT OR IGNORE"
+        return self._x(f"{verb} INTO users VALUES (?, ?)", (name, json.dumps(body))) == 1
+
+    def get_user(self, name: str) -> dict[str, Any] | None:
+        rows = self._q("SELECT body FROM users WHERE name = ?", (name,))
+        return dict(json.loads(rows[0][0])) if rows else None
+
+    def list_users(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(r[0], json.loads(r[1])) for r in
+                self._q("SELECT name, body FROM users ORDER BY name")]
+
+    def delete_user(self, name: str) -> bool:
+        with self._lock:
+            self._x("DELETE FROM tickets WHERE user_name = ?", (name,))
+            return self._x("DELETE FROM users WHERE name = ?", (name,)) == 1
+
+    def put_ticket(self, key: str, user: str, body: dict[str, Any], expires: float) -> None:
+        self._x("INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?)",
+                (key, user, json.dumps(body), expires))
+
+    def get_ticket(self, key: str) -> tuple[str, dict[str, Any], float] | None:
+        rows = self._q("SELECT user_name, body, expires FROM tickets WHERE key = ?", (key,))
+        return (rows[0][0], json.loads(rows[0][1]), rows[0][2]) if rows else None
+
+    def take_ticket(self, key: str) -> tuple[str, dict[str, Any], float] | None:
+        rows = self._q("DELETE FROM tickets WHERE key = ? RETURNING user_name, body, expires",
+                       (key,))
+        return (rows[0][0], json.loads(rows[0][1]), rows[0][2]) if rows else None
+
+    def delete_tickets(self, user: str, *, expired_at: float | None = None) -> int:
+        if user:
+            return self._x("DELETE FROM tickets WHERE user_name = ?", (user,))
+        return self._x("DELETE FROM tickets WHERE expires <= ?", (expired_at or 0.0,))
 
     def close(self) -> None:
         with self._lock:
