@@ -51,8 +51,8 @@ class _Forward(asyncio.Protocol):
 
 async def serve(factory: Callable[[], Any], reader: asyncio.StreamReader,
                 writer: asyncio.StreamWriter) -> None:
-    transport = writer.transport
-    assert isinstance(transport, asyncio.Transport)  # a stream socket's, TLS included
+    # a stream socket's transport, TLS included (uvloop's is no asyncio.Transport)
+    transport: Any = writer.transport
     transport.pause_reading()
     # what arrived with the end of the handshake, before the swap (CPython's
     # StreamReader keeps it in its `_buffer`)
