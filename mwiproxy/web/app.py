@@ -150,7 +150,7 @@ class WebUI:
         h["Content-Security-Policy"] = CSP
         h["X-Frame-Options"] = "DENY"
         h["X-Content-Type-Options"] = "nosniff"
-        h["Referrer-Policy"] = "no-referrer"
+        h["Referrer-Policy"] = "same-origin"  # no-referrer would make Origin "null"
         h["Cross-Origin-Opener-Policy"] = "same-origin"
         if "session" in request or not request.path.startswith(f"{PREFIX}/static/"):
             h["Cache-Control"] = "no-store"
