@@ -287,7 +287,7 @@ def _caller_roles(s: AuthService, caller: Identity) -> list[Role] | None:
     return s.roles_for(bot.roles if bot else list(caller.roles))
 
 
-def _visible(roles: list[Role] | None, labels: dict[str, str]) -> bool:
+def db_visible(roles: list[Role] | None, labels: dict[str, str]) -> bool:
     """A non-admin sees a database when its roles may list dbs and some role's allow
     labels match it (and no deny labels do) — what `tsh db ls` shows."""
     if roles is None:
@@ -311,7 +311,7 @@ def _db_ls(s: AuthService, r: Request) -> Any:
     out = []
     roles = _caller_roles(s, r.caller)
     for db, agents in served.values():
-        if not _visible(roles, dict(db.static_labels)):
+        if not db_visible(roles, dict(db.static_labels)):
             continue
         out.append({"name": db.name, "protocol": db.protocol, "uri": db.uri,
                     "labels": dict(db.static_labels), "description": db.description,

@@ -207,6 +207,7 @@ class UserService:
             raise LoginRefused("wrong user name, password or code")
         body["totp_step"] = step  # a code is good once
         self.storage.put_user(name, body, overwrite=True)
+        self.storage.delete_tickets("", expired_at=now)  # everyone's ended sessions
         secret = secrets.token_urlsafe(32)  # 256 bits
         csrf = secrets.token_urlsafe(32)
         expires = now + SESSION_ABSOLUTE

@@ -304,7 +304,9 @@ class ProxyListener:
                         authenticated: Callable[[], None]) -> None:
         ssl_obj = writer.get_extra_info("ssl_object")
         proto = ssl_obj.selected_alpn_protocol() if ssl_obj else None
-        handler = self._handlers.get(proto or "")
+        # "" serves clients that offered no ALPN; one that offered only names we do not
+        # serve is refused as before
+        handler = self._handlers.get(proto or "") if proto or not offered else None
         if handler is None:
             self._refused(remote, f"no protocol this port serves (ALPN {proto!r})", offered)
             writer.close()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from mwiproxy.auth.errors import AuthError
-from mwiproxy.auth.handlers import _visible
+from mwiproxy.auth.handlers import db_visible
 from mwiproxy.web.app import PREFIX, redirect
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def add_routes(ui: WebUI) -> None:
                     continue
                 row = rows.setdefault(db.name, {"db": db, "agents": [], "where": "agent"})
                 row["agents"].append((agent.display_name, agent.last_heartbeat))
-        shown = [r for r in rows.values() if _visible(roles, dict(r["db"].static_labels))]
+        shown = [r for r in rows.values() if db_visible(roles, dict(r["db"].static_labels))]
         return ui.render(request, "databases.html", rows=shown)
 
     async def sessions(request: web.Request) -> web.StreamResponse:

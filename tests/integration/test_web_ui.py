@@ -4,6 +4,7 @@ denial by the `rules` of the user's roles, and audit by the user's name."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import socket
@@ -69,6 +70,9 @@ def test_served_for_alpn_http11_and_for_no_alpn(cluster):
         assert reply.status == 200 and "Log in" in reply.body
         assert reply.alpn == selected
     assert WebClient.of(cluster).get("/web/").status == 303  # no session: to the login
+    # a client offering only names the port does not serve is refused, as before
+    with pytest.raises((OSError, http.client.HTTPException)):
+        WebClient.of(cluster, alpn=["teleport-unknown"]).get("/web/login")
     # the auth API beside it is unchanged
     assert "mwiproxy.local" in cluster.ctl("status").stdout
     # TLS 1.2 is refused like on the auth API (no resumption possible on this context)
