@@ -109,7 +109,7 @@ class SessionRegistry:
             self._emptied = None
         return not self._sessions
 
-    def list(self) -> list[Session]:
+    def snapshot(self) -> list[Session]:
         """The live sessions, oldest first (the web UI's Sessions page)."""
         return sorted(self._sessions.values(), key=lambda s: s.started)
 

@@ -213,8 +213,12 @@ class Pipe:
     def live_bytes(self) -> tuple[int, int]:
         """(a → b, b → a) relayed so far (the final counts once it ended)."""
         if self._relay is not None:
-            counters = self._relay.stats()
-            return counters.bytes_a_to_b, counters.bytes_b_to_a
+            try:
+                counters = self._relay.stats()
+            except (RuntimeError, ValueError):  # cannot be read now: the last counts
+                pass
+            else:
+                return counters.bytes_a_to_b, counters.bytes_b_to_a
         return self.stats.bytes_a_to_b, self.stats.bytes_b_to_a
 
     def _count(self, reason: str) -> None:

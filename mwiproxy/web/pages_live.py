@@ -55,7 +55,7 @@ def add_routes(ui: WebUI) -> None:
 
     async def sessions(request: web.Request) -> web.StreamResponse:
         ui.require(request, "session", "list")
-        live = ui.live.list() if ui.live is not None else []
+        live = ui.live.snapshot() if ui.live is not None else []
         now = time.time()
         rows = [{"id": s.audit_id, "user": s.identity.user, "bot": s.identity.bot_name,
                  "service": s.service, "db_user": s.db_user, "db_name": s.db_name,
