@@ -58,6 +58,7 @@ from mwiproxy.proxy.postgres import PostgresFrontend
 from mwiproxy.proxy.redis import RedisFrontend
 from mwiproxy.proxy.refusals import RefusalAudit
 from mwiproxy.proxy.sessions import SessionRegistry
+from mwiproxy.web.app import WebUI
 from mwiproxy.wire import alpn
 from mwiproxy.wire.addr import split_host_port
 
@@ -114,6 +115,10 @@ class Cluster:
                                       metrics=self.metrics)
         self.listener.route(alpn.AUTH, self._serve_auth)
         self.sessions = SessionRegistry()
+        # the web UI: HTTP/1.1 on the same port (ALPN http/1.1, or none: a browser)
+        self.web = WebUI(self.auth, self.sessions)
+        self.listener.route(alpn.HTTP1, self.web.serve)
+        self.listener.route(alpn.NONE, self.web.serve)
         self._rotation_timer: asyncio.Task[None] | None = None
         self._lock_feed: LockFeed | None = None
         self._agent_feed: AgentFeed | None = None
@@ -255,6 +260,7 @@ class Cluster:
         if self.diag is not None:
             with binding.naming("diag_addr", self.config.diag_addr):
                 await self.diag.start()
+        await self.web.start()
         with binding.naming("proxy.listen_addr", self.config.proxy.listen_addr):
             await self.listener.start()
         # writes the admin identity, then keeps every certificate of ours renewed
@@ -359,6 +365,7 @@ class Cluster:
         self.sessions.close_all("shutdown", "the cluster proxy is shutting down")
         await self._sessions_ended(CUT_GRACE)
         await self.listener.close(wait=CUT_GRACE)  # cancelled sessions still write theirs
+        await self.web.close()
         await self.own.close()
         if self.diag is not None:
             await self.diag.close()

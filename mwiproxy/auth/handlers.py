@@ -301,7 +301,7 @@ def _caller_roles(s: AuthService, caller: Identity) -> list[Role] | None:
     return s.roles_for(bot.roles if bot else list(caller.roles))
 
 
-def _visible(roles: list[Role] | None, labels: dict[str, str]) -> bool:
+def db_visible(roles: list[Role] | None, labels: dict[str, str]) -> bool:
     """A non-admin sees a database when its roles may list dbs and some role's allow
     labels match it (and no deny labels do) — what `tsh db ls` shows."""
     if roles is None:
@@ -325,7 +325,7 @@ def _db_ls(s: AuthService, r: Request) -> Any:
     out = []
     roles = _caller_roles(s, r.caller)
     for db, agents in served.values():
-        if not _visible(roles, dict(db.static_labels)):
+        if not db_visible(roles, dict(db.static_labels)):
             continue
         out.append({"name": db.name, "protocol": db.protocol, "uri": db.uri,
                     "labels": dict(db.static_labels), "description": db.description,
@@ -372,6 +372,22 @@ def _audit_verify(s: AuthService, r: Request) -> Any:
         raise BadRequest(str(e)) from None
 
 
+def _users_add(s: AuthService, r: Request) -> Any:
+    ttl = _token_ttl(s, r, "ttl")
+    secret, expires = s.users.add(r.text("name"), r.strings("roles"), ttl=ttl, by=r.who)
+    return {"name": r.text("name"), "invite": secret, "expires": expires,
+            "url": f"https://{s.public_addr}/web/invite/{secret}"}
+
+
+def _users_ls(s: AuthService, r: Request) -> Any:
+    return s.users.list()
+
+
+def _users_rm(s: AuthService, r: Request) -> Any:
+    s.users.remove(r.text("name"), by=r.who)
+    return {"deleted": r.text("name")}
+
+
 METHODS: dict[str, tuple[str, Callable[[AuthService, Request], Any]]] = {
     "ping": ("anyone", _ping),
     "get_cas": ("anyone", _get_cas),
@@ -399,5 +415,8 @@ METHODS: dict[str, tuple[str, Callable[[AuthService, Request], Any]]] = {
     "sign_db_server": ("admin", _sign_db_server),
     "rotate_ca": ("admin", _rotate_ca),
     "rotation_status": ("admin", _rotation_status),
+    "users_add": ("admin", _users_add),
+    "users_ls": ("admin", _users_ls),
+    "users_rm": ("admin", _users_rm),
     **AGENT_METHODS,
 }

@@ -31,6 +31,7 @@ from mwiproxy.auth.rbac import check_database_access
 from mwiproxy.auth.request import Caller, Request
 from mwiproxy.auth.roles import Role
 from mwiproxy.auth.storage.base import Storage
+from mwiproxy.auth.users import UserService
 from mwiproxy.config.cluster import AuthConfig, DatabaseConfig
 from mwiproxy.identity import oids
 from mwiproxy.identity.authorities import AuthoritySet
@@ -66,6 +67,7 @@ class AuthService:
         self.agents = AgentService(storage, cas, self.locks, self.audit, cluster, clock,
                                    static_databases=lambda: self.databases.keys())
         self.rotation = RotationService(cas, self.audit, clock)
+        self.users = UserService(storage, self.audit, clock)
         self.metrics = NoopAuthMetrics()  # the cluster injects live ones (use_metrics)
 
     def use_metrics(self, metrics: NoopAuthMetrics) -> None:

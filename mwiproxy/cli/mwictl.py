@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from mwiproxy.cli import mwictl_rotate, mwictl_sessions
+from mwiproxy.cli import mwictl_rotate, mwictl_sessions, mwictl_users
 from mwiproxy.cli.common import (
     add_version,
     add_version_command,
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only events older than this event id (page back from there)")
     add_format(au, help="text (default), json (one object per line) or yaml (a list)")
     mwictl_sessions.add_parser(sub)
+    mwictl_users.add_parser(sub)
     add_version_command(sub)
 
     auth = sub.add_parser("auth", help="certificate operations").add_subparsers(

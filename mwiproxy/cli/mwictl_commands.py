@@ -16,7 +16,7 @@ import yaml
 
 from mwiproxy.auth.client import AuthClient
 from mwiproxy.cli import mwictl_output as out
-from mwiproxy.cli import mwictl_rotate, mwictl_sessions
+from mwiproxy.cli import mwictl_rotate, mwictl_sessions, mwictl_users
 from mwiproxy.cli.common import table
 from mwiproxy.config.cluster import default_data_dir
 from mwiproxy.config.durations import parse_duration
@@ -325,7 +325,7 @@ def cmd_auth(c: AuthClient, a: argparse.Namespace) -> int:
 COMMANDS = {"status": cmd_status, "create": cmd_create, "get": cmd_get, "rm": cmd_rm,
             "db": cmd_db, "bots": cmd_bots, "tokens": cmd_tokens, "lock": cmd_lock,
             "locks": cmd_locks, "audit": cmd_audit, "auth": cmd_auth, "agents": cmd_agents,
-            "sessions": mwictl_sessions.cmd_sessions}
+            "sessions": mwictl_sessions.cmd_sessions, "users": mwictl_users.cmd_users}
 
 
 def dispatch(args: argparse.Namespace) -> int:

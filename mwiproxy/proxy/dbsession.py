@@ -161,6 +161,7 @@ class DbFrontend:
         pipe = Pipe(conn.stream, upstream, keepalive=self._ping_interval,
                     count_as=self._metrics.bytes_key(session.service, self.protocol,
                                                      session.mode), **pipe_options)
+        session.bytes_moved = pipe.live_bytes
         session.cut = (lambda reason, message: pipe.close(reason,
                                                           farewell_to_a=farewell(message))) \
             if cut is None else (lambda reason, message: cut(pipe, reason, message))

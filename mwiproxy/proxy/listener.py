@@ -123,7 +123,8 @@ class ProxyListener:
         self.conns: set[asyncio.Task[None]] = set()
 
     def route(self, alpn_name: str, handler: Handler) -> None:
-        """Serve `alpn_name` on asyncio streams (the auth API)."""
+        """Serve `alpn_name` on asyncio streams (the auth API, the web UI); "" serves TLS
+        clients that negotiated no ALPN (browsers that offer none)."""
         self._handlers[alpn_name] = handler
 
     def route_tls(self, alpn_name: str, handler: TLSHandler) -> None:
@@ -134,7 +135,7 @@ class ProxyListener:
     def _protocols(self) -> list[str]:
         """The ALPN names we offer, `-ping` ones first: OpenSSL picks in the server's
         order, and a client offering both should get the framed one."""
-        names = [*self._tls_handlers, *self._handlers]
+        names = [n for n in (*self._tls_handlers, *self._handlers) if n]  # "": no ALPN
         return sorted(names, key=lambda n: not n.endswith(PING_SUFFIX))
 
     def reload_tls(self) -> None:
@@ -303,7 +304,9 @@ class ProxyListener:
                         authenticated: Callable[[], None]) -> None:
         ssl_obj = writer.get_extra_info("ssl_object")
         proto = ssl_obj.selected_alpn_protocol() if ssl_obj else None
-        handler = self._handlers.get(proto or "")
+        # "" serves clients that offered no ALPN; one that offered only names we do not
+        # serve is refused as before
+        handler = self._handlers.get(proto or "") if proto or not offered else None
         if handler is None:
             self._refused(remote, f"no protocol this port serves (ALPN {proto!r})", offered)
             writer.close()

@@ -48,6 +48,8 @@ class Session:
     mode: str = "tunnel"  # or "non_tunnel": the client's own TLS ended here
     accepted_at: float = 0.0  # time.monotonic() at accept (the acceptor's)
     first_byte: float = 0.0  # s from accept to the database's answer sent to the client
+    # (client → database, database → client) so far: the relay's counters once it runs
+    bytes_moved: Callable[[], tuple[int, int]] = lambda: (0, 0)
     _expiry: asyncio.TimerHandle | None = None
 
     def end(self, reason: str, message: str = "") -> None:
@@ -106,6 +108,10 @@ class SessionRegistry:
         finally:
             self._emptied = None
         return not self._sessions
+
+    def snapshot(self) -> list[Session]:
+        """The live sessions, oldest first (the web UI's Sessions page)."""
+        return sorted(self._sessions.values(), key=lambda s: s.started)
 
     def by_cancel_key(self, key: CancelKey) -> Session | None:
         return self._by_cancel_key.get(key)

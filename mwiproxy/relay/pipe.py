@@ -210,6 +210,17 @@ class Pipe:
         else:
             self.close(_native.REASON_REFUSED, verdict)
 
+    def live_bytes(self) -> tuple[int, int]:
+        """(a → b, b → a) relayed so far (the final counts once it ended)."""
+        if self._relay is not None:
+            try:
+                counters = self._relay.stats()
+            except (RuntimeError, ValueError):  # cannot be read now: the last counts
+                pass
+            else:
+                return counters.bytes_a_to_b, counters.bytes_b_to_a
+        return self.stats.bytes_a_to_b, self.stats.bytes_b_to_a
+
     def _count(self, reason: str) -> None:
         assert self._relay is not None
         counters = self._relay.stats()

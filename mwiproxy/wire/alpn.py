@@ -8,6 +8,11 @@ MYSQL = "teleport-mysql"
 MONGODB = "teleport-mongodb"
 REDIS = "teleport-redis"
 PING_SUFFIX = "-ping"
+# the web UI: HTTP/1.1 by ALPN, or a TLS client that offers no ALPN at all (NONE is the
+# listener's key for those; it is never offered). A browser offering h2 and http/1.1
+# gets http/1.1; h2 is not served.
+HTTP1 = "http/1.1"
+NONE = ""
 
 DATABASE_PROTOCOLS = {
     "postgres": POSTGRES,

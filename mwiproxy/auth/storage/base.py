@@ -246,6 +246,37 @@ class Storage(abc.ABC):
     def prune_grants(self, now: float) -> int:
         """Remove the grants expired by `now`; how many."""
 
+    # web users and their tickets (sessions, invites): bodies are JSON objects the
+    # web layer owns (auth/users.py); a ticket's key is the SHA-256 of its secret
+    @abc.abstractmethod
+    def put_user(self, name: str, body: dict[str, Any], *, overwrite: bool) -> bool:
+        """False if the user exists and overwrite is False."""
+
+    @abc.abstractmethod
+    def get_user(self, name: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def list_users(self) -> list[tuple[str, dict[str, Any]]]: ...
+
+    @abc.abstractmethod
+    def delete_user(self, name: str) -> bool:
+        """Also deletes the user's tickets."""
+
+    @abc.abstractmethod
+    def put_ticket(self, key: str, user: str, body: dict[str, Any], expires: float) -> None:
+        """Insert or replace."""
+
+    @abc.abstractmethod
+    def get_ticket(self, key: str) -> tuple[str, dict[str, Any], float] | None: ...
+
+    @abc.abstractmethod
+    def take_ticket(self, key: str) -> tuple[str, dict[str, Any], float] | None:
+        """Delete and return it: once, whoever asks (single-use invites)."""
+
+    @abc.abstractmethod
+    def delete_tickets(self, user: str, *, expired_at: float | None = None) -> int:
+        """The user's tickets (every user's expired ones when user is "")."""
+
     def lock_notices(self) -> LockNoticeSource | None:
         """Where other processes' new locks are heard (None: this process is the only
         one using the storage, as with SQLite)."""

@@ -78,6 +78,13 @@ MIGRATIONS: list[str] = [
                          expires double precision NOT NULL);
     CREATE INDEX grants_expires ON grants (expires);
     """,
+    # 4: web users and their tickets (sessions, invites; auth/users.py)
+    """
+    CREATE TABLE users (name text PRIMARY KEY, body text NOT NULL);
+    CREATE TABLE tickets (key text PRIMARY KEY, user_name text NOT NULL,
+                          body text NOT NULL, expires double precision NOT NULL);
+    CREATE INDEX tickets_user ON tickets (user_name);
+    """,
 ]
 
 

@@ -45,6 +45,8 @@ AGENT_COLUMNS = ("host_id", "hostname", "addr", "databases", "expires", "last_he
 ROLE_COLUMNS = ("name", "body", "updated")
 META_COLUMNS = ("key", "value")
 GRANT_COLUMNS = ("key", "body", "expires")
+USER_COLUMNS = ("name", "body")
+TICKET_COLUMNS = ("key", "user_name", "body", "expires")
 
 
 @dataclass(frozen=True)
@@ -328,3 +330,43 @@ class SQLStorage(Storage):
 
     def prune_grants(self, now: float) -> int:
         return self._x(f"DELETE FROM grants WHERE expires <= {self.dialect.param}", (now,))
+
+    # web users and their tickets (auth/users.py)
+    def put_user(self, name: str, body: dict[str, Any], *, overwrite: bool) -> bool:
+        sql = (self._upsert("users", USER_COLUMNS, "name") if overwrite
+               else self._insert("users", USER_COLUMNS, ignore_existing="name"))
+        return self._x(sql, (name, json.dumps(body))) == 1
+
+    def get_user(self, name: str) -> dict[str, Any] | None:
+        rows = self._q(f"SELECT body FROM users WHERE name = {self.dialect.param}", (name,))
+        return dict(json.loads(rows[0][0])) if rows else None
+
+    def list_users(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(r[0], json.loads(r[1])) for r in
+                self._q(self._select("users", USER_COLUMNS, "ORDER BY name"))]
+
+    def delete_user(self, name: str) -> bool:
+        p = self.dialect.param
+        counts = self._x_each([(f"DELETE FROM tickets WHERE user_name = {p}", (name,)),
+                               (f"DELETE FROM users WHERE name = {p}", (name,))])
+        return counts[-1] == 1
+
+    def put_ticket(self, key: str, user: str, body: dict[str, Any], expires: float) -> None:
+        self._x(self._upsert("tickets", TICKET_COLUMNS, "key"),
+                (key, user, json.dumps(body), expires))
+
+    def get_ticket(self, key: str) -> tuple[str, dict[str, Any], float] | None:
+        p = self.dialect.param
+        rows = self._q(self._select("tickets", TICKET_COLUMNS[1:], f"WHERE key = {p}"), (key,))
+        return (rows[0][0], json.loads(rows[0][1]), rows[0][2]) if rows else None
+
+    def take_ticket(self, key: str) -> tuple[str, dict[str, Any], float] | None:
+        rows = self._x_rows(f"DELETE FROM tickets WHERE key = {self.dialect.param} "
+                            "RETURNING user_name, body, expires", (key,))
+        return (rows[0][0], json.loads(rows[0][1]), rows[0][2]) if rows else None
+
+    def delete_tickets(self, user: str, *, expired_at: float | None = None) -> int:
+        p = self.dialect.param
+        if user:
+            return self._x(f"DELETE FROM tickets WHERE user_name = {p}", (user,))
+        return self._x(f"DELETE FROM tickets WHERE expires <= {p}", (expired_at or 0.0,))

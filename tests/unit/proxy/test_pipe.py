@@ -54,6 +54,30 @@ def test_relay_both_ways_with_counters():
     assert pipe.stats.bytes_a_to_b == 3_000_000 and pipe.stats.bytes_b_to_a == 4
 
 
+def test_live_bytes_while_running_and_after():
+    """What the web UI's Sessions page shows: the counts so far, then the final ones."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        (a, peer_a), (b, peer_b) = await _pair(), await _pair()
+        pipe = Pipe(a, b)
+        assert pipe.live_bytes() == (0, 0)  # not started
+        task = asyncio.ensure_future(pipe.run())
+        await loop.sock_sendall(peer_a, b"hello")
+        assert await loop.sock_recv(peer_b, 10) == b"hello"
+        for _ in range(100):  # the worker counts as it delivers
+            if pipe.live_bytes() == (5, 0):
+                break
+            await asyncio.sleep(0.02)
+        assert pipe.live_bytes() == (5, 0)
+        pipe.close("locked")
+        await asyncio.wait_for(task, 5)
+        assert pipe.live_bytes() == (5, 0)
+        peer_a.close()
+        peer_b.close()
+
+    asyncio.run(main())
+
+
 def test_close_cuts_both_sides():
     async def main() -> str:
         loop = asyncio.get_running_loop()
