@@ -4,7 +4,9 @@ and renews through B, psql goes through B, a lock made against A cuts B's sessio
 stolen identity renewing on both gets the bot locked, a database agent that
 heartbeats to A serves psql through B, also while A restarts, and a bot given both
 addresses (`--proxy-server=B,A`) rides out B being killed under load: the sessions on B
-are cut and reconnect through A, new connections never fail, renewals continue through A."""
+are cut and reconnect through A, new connections never fail, renewals continue through A.
+An agent and mwictl given both addresses carry on through B while A is killed, and
+pgbench through `mwibot proxy --proxy=A,B db --tunnel` rides out A being killed."""
 
 from __future__ import annotations
 
@@ -417,22 +419,26 @@ def _pgbench_result(run: subprocess.CompletedProcess[str]) -> tuple[int, int, st
     return (int(done.group(1)) if done else -1, int(failed.group(1)) if failed else -1, text)
 
 
-def test_pgbench_through_a_tunnel_to_a_and_b_rides_out_a_being_killed(pair: Pair):
+@pytest.mark.parametrize("spread", [False, True], ids=["failover", "spread"])
+def test_pgbench_through_a_tunnel_to_a_and_b_rides_out_a_being_killed(pair: Pair,
+                                                                      spread: bool):
     """16 pgbench clients, a new connection per transaction (-C: a client whose connect
     fails is aborted, so exit 0 means no new connection failed), through `mwibot proxy
     --proxy=A,B db --tunnel`, fed by a bot renewing through A,B every 2 s; A is
     SIGKILLed mid-run. The sessions on A are cut (pgbench cannot resume a session that
     was mid-transaction: those clients end, each with the backend's loss); a pgbench
     started the moment A is killed runs its whole span through B with 0 failures and
-    exit 0; the bot's certificate never lapses and keeps renewing through B."""
+    exit 0; the bot's certificate never lapses and keeps renewing through B. With
+    `--spread` the sessions were on A and B when A died."""
     a, b = pair.a, pair.b
     both = f"{a.cluster.addr},{b.cluster.addr}"  # A first: A is killed
-    out, diag = a.root / "pgbench-ha-out", free_port()
-    bot_log = a.root / "pgbench-ha-bot.log"
+    name = f"pgbench-ha-{'spread' if spread else 'failover'}"
+    out, diag = a.root / f"{name}-out", free_port()
+    bot_log = a.root / f"{name}-bot.log"
     bot = subprocess.Popen(
         [sys.executable, "-m", "mwiproxy.cli.mwibot", "start", "database",
-         f"--proxy-server={both}", f"--token={a.add_bot('pgbench-ha')}",
-         f"--ca-pin={a.ca_pin}", f"--storage={a.root / 'pgbench-ha-bot'}",
+         f"--proxy-server={both}", f"--token={a.add_bot(name)}",
+         f"--ca-pin={a.ca_pin}", f"--storage={a.root / name}",
          f"--destination={out}", f"--service={SERVICE}", "--database=example-db",
          "--username=alice", "--credential-ttl=20s", "--renewal-interval=2s",
          f"--diag-addr=127.0.0.1:{diag}"],
@@ -451,7 +457,8 @@ def test_pgbench_through_a_tunnel_to_a_and_b_rides_out_a_being_killed(pair: Pair
     try:
         assert wait_for(lambda: (out / "tlscert").exists(), timeout=60), bot_log.read_text()
         watcher.start()
-        lp = a.local_proxy(out, tunnel=True, proxy=both)
+        lp = a.local_proxy(out, tunnel=True, proxy=both,
+                           extra=("--spread",) if spread else ())
         pgbench = ["-h", "127.0.0.1", "-p", str(lp.port), "-U", "alice", "example-db"]
         env = dict(os.environ, PGSSLMODE="disable", PGCONNECT_TIMEOUT="20")
         if b.psql(a.dsn(lp), "select count(*) from pgbench_accounts").returncode != 0:
@@ -481,7 +488,7 @@ def test_pgbench_through_a_tunnel_to_a_and_b_rides_out_a_being_killed(pair: Pair
         assert failed == 0 and done > 0, text
         done_across, failed_across, text_across = _pgbench_result(across_run)
         aborted = re.findall(r"client \d+ aborted[^\n]*", text_across)
-        print(f"pgbench across the kill: exit {across.returncode}, {done_across} "
+        print(f"[{name}] pgbench across the kill: exit {across.returncode}, {done_across} "
               f"transactions, {failed_across} failed, {len(aborted)} clients cut on A; "
               f"pgbench from the kill on: {done} transactions, 0 failed")
         assert failed_across == 0 and done_across > 0, text_across
