@@ -358,7 +358,10 @@ def _agent_addrs(topo: Topology) -> set[str]:
 
 def test_an_agent_and_mwictl_given_a_and_b_carry_on_through_b_when_a_is_killed(pair: Pair):
     a, b = pair.a, pair.b
-    agent = Agent(a, "of-a-and-b")  # heartbeat_ttl 3s: a registration lapses without beats
+    # heartbeat_ttl 10s (a beat every ~3 s): the registration lapses if the beats stop,
+    # with room for a loaded box (a 3 s TTL lapsed under a load average of 30)
+    agent = Agent(a, "of-a-and-b", template=AGENT_YAML.replace("heartbeat_ttl: 3s",
+                                                                "heartbeat_ttl: 10s"))
     agent.start(token=db_token(a), auth_servers=(a.cluster.addr, b.cluster.addr))
     killed = False
     try:
@@ -398,7 +401,7 @@ def test_an_agent_and_mwictl_given_a_and_b_carry_on_through_b_when_a_is_killed(p
         none = a.cluster.ctl(f"--auth-server={dead}", "status", check=False)
         assert none.returncode != 0 and f"cannot reach the cluster at {dead}" in none.stderr
         lost = [e for e in b.audit("agent.lost") if e.get("host_id") == host_id]
-        assert lost == [], lost
+        assert lost == [], (lost, agent.log.read_text()[-3000:])
     finally:
         agent.stop()
         if killed:
