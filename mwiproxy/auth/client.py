@@ -2,7 +2,9 @@
 
 It dials the cluster proxy's single port with TLS, offers the `mwi-auth` ALPN protocol,
 verifies the proxy against the host CA, and presents a client certificate when it has
-one. Before a bot has joined it has no CA to verify with: `fetch_cas_pinned` reads the
+one. With several cluster processes on one storage (`a:3080,b:3080`), `first_answering`
+walks their addresses in failover order (wire/failover.py) until one answers: the bot,
+the database agent and mwictl all go through it. Before a bot has joined it has no CA to verify with: `fetch_cas_pinned` reads the
 CAs over an unverified connection and accepts them only if the host CA matches a pin
 (either host CA while it rotates).
 """
@@ -10,9 +12,11 @@ CAs over an unverified connection and accepts them only if the host CA matches a
 from __future__ import annotations
 
 import itertools
+import logging
 import socket
 import ssl
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from cryptography import x509
 
@@ -23,9 +27,13 @@ from mwiproxy.identity.pem import certificates
 from mwiproxy.identity.tlsctx import client_context
 from mwiproxy.wire import alpn
 from mwiproxy.wire.addr import DEFAULT_AUTH_PORT, HTTPS, LOOPBACK, TCP, parse_address
+from mwiproxy.wire.failover import FailoverOrder
 from mwiproxy.wire.frames import FrameError, encode, recv_frame
 
 DEFAULT_TIMEOUT = 15.0
+
+log = logging.getLogger("mwiproxy.auth.client")
+T = TypeVar("T")
 
 
 class ClusterUnreachable(AuthError):
@@ -77,6 +85,11 @@ class AuthClient:
                 self.close()
                 raise ClusterUnreachable("the server at that address is not an mwiproxy cluster")
         return self._sock
+
+    def connect(self) -> AuthClient:
+        """Dial now (ClusterUnreachable if nothing answers there); `call` reuses it."""
+        self._connect()
+        return self
 
     def call(self, method: str, **params: Any) -> Any:
         sock = self._connect()
@@ -131,6 +144,30 @@ class AuthClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def first_answering(failover: FailoverOrder, call: Callable[[str], T],
+                    logger: logging.Logger = log) -> T:
+    """`call(address)` on the cluster addresses in failover order until one answers; an
+    unreachable process (or a lost answer) moves on to the next, any other error is
+    final. The caller keeps `failover`, so the next call starts with the one that worked.
+    """
+    reasons: list[tuple[str, ClusterUnreachable]] = []
+    for address in failover.order():
+        try:
+            result = call(address)
+        except ClusterUnreachable as e:
+            failover.failed(address)
+            reasons.append((address, e))
+            if len(failover) > 1:
+                logger.warning("cluster at %s: %s; trying the next address", address, e)
+            continue
+        failover.worked(address)
+        return result
+    if len(reasons) == 1:
+        raise reasons[0][1]
+    raise ClusterUnreachable("no cluster address answered: "
+                             + "; ".join(f"{a}: {e}" for a, e in reasons))
 
 
 def fetch_cas_pinned(addr: str, pins: list[str], timeout: float = DEFAULT_TIMEOUT

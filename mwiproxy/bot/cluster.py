@@ -23,7 +23,12 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from mwiproxy.auth.client import AuthClient, ClusterUnreachable, fetch_cas_pinned
+from mwiproxy.auth.client import (
+    AuthClient,
+    ClusterUnreachable,
+    fetch_cas_pinned,
+    first_answering,
+)
 from mwiproxy.auth.errors import AccessDenied, AuthError
 from mwiproxy.bot.credentials import Credentials, generate_key, public_key_pem
 from mwiproxy.bot.state import BotIdentity, StorageUnavailable, token_hash
@@ -68,24 +73,8 @@ class ClusterClient:
         self.timeout = CALL_TIMEOUT if timeout is None else timeout
 
     def _each(self, call: Callable[[str], T]) -> T:
-        """`call(address)` on the cluster addresses in failover order until one answers;
-        an unreachable process (or a lost answer) moves on, any other error is final."""
-        reasons: list[tuple[str, ClusterUnreachable]] = []
-        for address in self.failover.order():
-            try:
-                result = call(address)
-            except ClusterUnreachable as e:
-                self.failover.failed(address)
-                reasons.append((address, e))
-                if len(self.failover) > 1:
-                    log.warning("cluster at %s: %s; trying the next address", address, e)
-                continue
-            self.failover.worked(address)
-            return result
-        if len(reasons) == 1:
-            raise reasons[0][1]
-        raise ClusterUnreachable("no cluster address answered: "
-                                 + "; ".join(f"{a}: {e}" for a, e in reasons))
+        """`call(address)` on the cluster addresses in failover order until one answers."""
+        return first_answering(self.failover, call, log)
 
     def join(self, config: BotConfig, ttl: timedelta, key_pem: bytes) -> BotIdentity:
         """Join with the onboarding token after checking the cluster, for `key_pem`.

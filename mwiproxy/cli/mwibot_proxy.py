@@ -4,7 +4,8 @@
         db --port=PORT [--tunnel] [--db-user USER] [--db-name DB] SERVICE
 
 `--proxy-server` is accepted for `--proxy`; both take a list (`a:3080,b:3080`) of
-cluster processes on one storage, tried in order (the one that worked last first). Without --proxy the `proxy_server` of the
+cluster processes on one storage, tried in order (the one that worked last first;
+`db --spread`: new connections take them in turn). Without --proxy the `proxy_server` of the
 tbot.yaml given with -c is used. `--max-connections N` caps open sessions (more callers
 wait in the accept queue), SIGTERM drains for up to `--drain-timeout` (a second signal
 cuts at once), `--diag-addr HOST:PORT` serves /livez, /readyz and /metrics.
@@ -55,6 +56,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                     "sends keepalives to idle sessions so NAT and load balancers keep "
                     "them (default: on; relayed natively, the cluster falls back to the "
                     "plain name if it lacks it)")
+    db.add_argument("--spread", action="store_true",
+                    help="with several cluster addresses: new connections take them in "
+                    "turn (round-robin among the ones that answer; a failed one is tried "
+                    "last for 5 s). Default: failover, the one that worked last first")
     db.add_argument("service", help="the database service name (as in `mwictl db ls`)")
     _add_serving_flags(db)
     db.set_defaults(func=run_proxy_db)
@@ -141,7 +146,7 @@ def run_proxy_db(args: argparse.Namespace) -> int:
         service=args.service, credentials=DirectoryCredentials(args.destination_dir),
         tunnel=args.tunnel, database=args.db_name, username=args.db_user,
         origin=args.destination_dir, max_connections=args.max_connections,
-        offer_ping=args.ping)
+        offer_ping=args.ping, spread=args.spread)
     try:
         uvloop.run(_serve(proxy, drain, args.diag_addr, args.pid_file,
                           named=("--listen", args.listen) if args.listen

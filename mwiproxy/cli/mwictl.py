@@ -19,8 +19,10 @@ from mwiproxy.cli.mwictl_output import add_format
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--identity", help="identity file (default: <data dir>/admin/identity)")
-    p.add_argument("--auth-server", help="cluster proxy address host:port "
-                   "(default: from <data dir>/cluster.json, else 127.0.0.1:3080)")
+    p.add_argument("--auth-server", action="append", default=[],
+                   help="cluster proxy address host:port, or several cluster processes on "
+                   "one storage (a:3080,b:3080 or a repeated flag: the first that answers "
+                   "is used; default: from <data dir>/cluster.json, else 127.0.0.1:3080)")
     p.add_argument("--data-dir", help="the cluster's data dir (default: $MWIPROXY_DATA_DIR or "
                    "the platform default)")
     p.add_argument("--log-format", choices=["text", "json"], default="text",

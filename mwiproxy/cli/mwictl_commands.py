@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from mwiproxy.auth.client import AuthClient
+from mwiproxy.auth.client import AuthClient, first_answering
 from mwiproxy.cli import mwictl_output as out
 from mwiproxy.cli import mwictl_rotate, mwictl_sessions, mwictl_users
 from mwiproxy.cli.common import table
@@ -22,6 +22,8 @@ from mwiproxy.config.cluster import default_data_dir
 from mwiproxy.config.durations import parse_duration
 from mwiproxy.identity.authorities import generate_private_key, private_key_pem, public_key_pem
 from mwiproxy.identity.identityfile import read_identity_file
+from mwiproxy.wire.addr import split_address_list
+from mwiproxy.wire.failover import FailoverOrder
 
 DEFAULT_ADDR = "127.0.0.1:3080"
 
@@ -32,11 +34,17 @@ def connect(args: argparse.Namespace) -> AuthClient:
     if not os.path.exists(ident_path):
         raise ValueError(f"no identity at {ident_path}: start the cluster first "
                          "(mwiproxy start) or pass -i FILE")
-    addr = args.auth_server
+    addr = ",".join(args.auth_server)
     if not addr:
         info = data_dir / "cluster.json"
         addr = json.loads(info.read_text())["proxy_addr"] if info.exists() else DEFAULT_ADDR
-    return AuthClient.from_identity(addr, read_identity_file(ident_path))
+    ident = read_identity_file(ident_path)
+    try:
+        order = FailoverOrder(split_address_list(addr))
+    except ValueError as e:
+        raise ValueError(f"--auth-server: {e}") from None
+    # several cluster processes: the first that answers serves every call of this command
+    return first_answering(order, lambda a: AuthClient.from_identity(a, ident).connect())
 
 
 def _when(ts: float | None) -> str:

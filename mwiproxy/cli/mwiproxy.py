@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--roles", default="auth,proxy,db",
                        help="what this process runs: auth,proxy,db (the default: everything "
                             "in one process) or db (a database agent that joins a cluster)")
-    start.add_argument("--auth-server", help="db role: the cluster proxy to join "
-                       "(db_service.auth_server)")
+    start.add_argument("--auth-server", action="append", default=[],
+                       help="db role: the cluster proxy to join (db_service.auth_server); "
+                       "several cluster processes on one storage as a:3080,b:3080 or a "
+                       "repeated flag, tried in order with failover")
     start.add_argument("--token", help="db role: a join token from `mwictl tokens add "
                        "--type=db`, or the path of a file holding it")
     start.add_argument("--ca-pin", action="append", default=[],
@@ -84,7 +86,7 @@ def _load(args: argparse.Namespace) -> ClusterConfig:
         cfg.log.format = args.log_format
     agent = cfg.db_service
     if args.auth_server:
-        agent.auth_server = args.auth_server
+        agent.auth_server = ",".join(args.auth_server)
     if args.token:
         agent.token = args.token
     agent.ca_pins += args.ca_pin

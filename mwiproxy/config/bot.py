@@ -37,6 +37,7 @@ from mwiproxy.config.durations import format_duration
 from mwiproxy.config.loader import (
     ConfigError,
     Node,
+    address_list,
     decode,
     load_yaml_file,
     node_line,
@@ -395,7 +396,7 @@ def parse_bot_config(root: Node, filename: str, *, require_server: bool = True) 
             "expected a mapping at the top level", file=filename, line=node_line(root)
         )
     lists = {k.value: (k, v) for k, v in root.value if k.value in ("services", "outputs")}
-    rest = yaml.MappingNode(root.tag, [(k, _address_list(v, k.value, filename))
+    rest = yaml.MappingNode(root.tag, [(k, address_list(v, k.value, filename))
                                        for k, v in root.value if k.value not in lists])
     rest.start_mark = root.start_mark
     config = decode(rest, BotConfig, filename)
@@ -412,24 +413,6 @@ def parse_bot_config(root: Node, filename: str, *, require_server: bool = True) 
         raise ConfigError("set proxy_server (or auth_server)", file=filename, line=node_line(root))
     _warn_lifetimes(config, filename)
     return config
-
-
-def _address_list(node: Node, key: str, filename: str) -> Node:
-    """`proxy_server: [a:3080, b:3080]` reads as `a:3080,b:3080` (one spelling inside)."""
-    if key not in ("proxy_server", "auth_server") or not isinstance(node, yaml.SequenceNode):
-        return node
-    items = []
-    for item in node.value:
-        if not isinstance(item, yaml.ScalarNode) or not item.value:
-            raise ConfigError("expected a list of host:port", file=filename,
-                              line=node_line(item), key=key)
-        items.append(item.value)
-    if not items:
-        raise ConfigError("an empty list: name at least one address", file=filename,
-                          line=node_line(node), key=key)
-    joined = yaml.ScalarNode("tag:yaml.org,2002:str", ",".join(items))
-    joined.start_mark, joined.end_mark = node.start_mark, node.end_mark
-    return joined
 
 
 def _decode_services(node: Node, key: str, filename: str) -> list[tuple[str, Node, ServiceConfig]]:

@@ -14,17 +14,21 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
+import yaml
+
 from mwiproxy._native.workers import AUTO as AUTO_WORKERS
 from mwiproxy._native.workers import MAX_WORKERS
 from mwiproxy.config.loader import (
     ConfigError,
+    Node,
+    address_list,
     decode,
     load_yaml_file,
     node_line,
     resolve_token,
 )
 from mwiproxy.identity import names
-from mwiproxy.wire.addr import split_host_port
+from mwiproxy.wire.addr import split_address_list, split_host_port
 
 __all__ = [
     "AuthConfig",
@@ -270,7 +274,9 @@ class DBServiceConfig:
     """A database agent (`mwiproxy start --roles=db`): how it joins the cluster, where
     proxies reach it, and how long its registration lives without a heartbeat."""
 
-    auth_server: str = ""  # the cluster proxy's address (the auth API is on that port)
+    # the cluster proxy's address (the auth API is on that port), or several cluster
+    # processes on one storage (`a:3080,b:3080`, or a YAML list), tried with failover
+    auth_server: str = ""
     token: str = ""  # a `db` join token (`mwictl tokens add --type=db`), or /path/to/file
     ca_pins: list[str] = field(default_factory=list)  # `mwictl status` prints the pin
     listen_addr: str = DEFAULT_AGENT_ADDR  # mutual TLS; proxies dial it
@@ -285,7 +291,12 @@ class DBServiceConfig:
 
     def validate(self) -> None:
         if self.auth_server:
-            _check_addr(self.auth_server, "auth_server")
+            try:
+                items = split_address_list(self.auth_server)
+            except ValueError as err:
+                raise ConfigError(key="auth_server", message=str(err)) from None
+            for item in items:
+                _check_addr(item, "auth_server")
         _check_addr(self.listen_addr, "listen_addr")
         if self.public_addr:
             _check_addr(self.public_addr, "public_addr", min_port=1)
@@ -356,12 +367,24 @@ class ClusterConfig:
             seen[db.name] = i
 
 
+def _address_lists(root: Node, path: str) -> Node:
+    """`db_service: {auth_server: [a:3080, b:3080]}` reads as `a:3080,b:3080`."""
+    if not isinstance(root, yaml.MappingNode):
+        return root
+    for i, (key, value) in enumerate(root.value):
+        if key.value == "db_service" and isinstance(value, yaml.MappingNode):
+            value.value = [(k, address_list(v, k.value, path, "db_service.")) for k, v in value.value]
+            root.value[i] = (key, value)
+    return root
+
+
 def load_cluster_config(path: str) -> ClusterConfig:
     """Read and check ``cluster.yaml``; every problem is a ConfigError with file:line."""
     docs = load_yaml_file(path)
     if len(docs) > 1:
         raise ConfigError("expected a single YAML document", file=path, line=node_line(docs[1]))
-    config = decode(docs[0], ClusterConfig, path) if docs else ClusterConfig.default()
+    config = decode(_address_lists(docs[0], path), ClusterConfig, path) if docs else \
+        ClusterConfig.default()
     if not is_loopback_addr(config.proxy.listen_addr):
         log.warning(
             "%s: proxy.listen_addr %s is not a loopback address: the proxy will accept "

@@ -574,3 +574,22 @@ def _node_kind(node: Node) -> str:
         return "a list"
     kind = _TAG_NAMES.get(node.tag, node.tag)
     return f"{kind} {node.value!r}" if node.tag != _NULL_TAG else "null"
+
+
+def address_list(node: Node, key: str, filename: str, prefix: str = "") -> Node:
+    """`proxy_server: [a:3080, b:3080]` (tbot.yaml) or `auth_server: [...]`
+    (cluster.yaml's db_service) reads as `a:3080,b:3080`: one spelling inside."""
+    if key not in ("proxy_server", "auth_server") or not isinstance(node, yaml.SequenceNode):
+        return node
+    items = []
+    for item in node.value:
+        if not isinstance(item, yaml.ScalarNode) or not item.value:
+            raise ConfigError("expected a list of host:port", file=filename,
+                              line=node_line(item), key=prefix + key)
+        items.append(item.value)
+    if not items:
+        raise ConfigError("an empty list: name at least one address", file=filename,
+                          line=node_line(node), key=prefix + key)
+    joined = yaml.ScalarNode("tag:yaml.org,2002:str", ",".join(items))
+    joined.start_mark, joined.end_mark = node.start_mark, node.end_mark
+    return joined

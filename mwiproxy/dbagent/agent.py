@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography import x509
 
-from mwiproxy.auth.client import AuthClient, fetch_cas_pinned
+from mwiproxy.auth.client import AuthClient, fetch_cas_pinned, first_answering
 from mwiproxy.auth.errors import AccessDenied, AuthError
 from mwiproxy.config.cluster import ClusterConfig
 from mwiproxy.config.durations import format_duration
@@ -56,7 +56,8 @@ from mwiproxy.metrics.registry import process_registry
 from mwiproxy.process import binding
 from mwiproxy.process.lifecycle import Signals, serve
 from mwiproxy.process.pidfile import PidFile
-from mwiproxy.wire.addr import split_host_port
+from mwiproxy.wire.addr import split_address_list, split_host_port
+from mwiproxy.wire.failover import FailoverOrder
 
 log = logging.getLogger("mwiproxy.agent")
 
@@ -123,7 +124,10 @@ class DatabaseAgent:
         if not self.service.auth_server:
             raise AgentError("db_service.auth_server (or --auth-server) is needed: the "
                              "cluster proxy's address")
-        self.cluster_addr = self.service.auth_server
+        self.cluster_addr = self.service.auth_server  # one address, or a list
+        # several cluster processes on one storage (`a:3080,b:3080`): every call goes to
+        # the one that answered last, and on to the next when it cannot be reached
+        self.failover = FailoverOrder(split_address_list(self.cluster_addr))
         self.hostname = socket.gethostname()
         self._identity: AgentIdentity | None = None
         self.ca_epoch = 0  # bumped when the cluster's CAs rotate (see _follow_rotation)
@@ -178,16 +182,19 @@ class DatabaseAgent:
         if not self.service.ca_pins:
             raise AgentError("db_service.ca_pins (or --ca-pin) is needed to trust the "
                              "cluster on the first join: `mwictl status` prints the pin")
-        cas = fetch_cas_pinned(self.cluster_addr, self.service.ca_pins)
         key = generate_private_key()
-        with AuthClient(self.cluster_addr, ca_pems=cas["host"].encode()) as client:
-            reply = client.call("agent_join", token=token, hosts=self._hosts(),
-                                hostname=self.hostname,
-                                ttl=format_duration(self.service.certificate_ttl),
-                                public_key=public_key_pem(key.public_key()).decode())
+
+        def join_at(address: str) -> Any:
+            cas = fetch_cas_pinned(address, self.service.ca_pins)
+            with AuthClient(address, ca_pems=cas["host"].encode()) as client:
+                return client.call("agent_join", token=token, hosts=self._hosts(),
+                                   hostname=self.hostname,
+                                   ttl=format_duration(self.service.certificate_ttl),
+                                   public_key=public_key_pem(key.public_key()).decode())
+        reply = first_answering(self.failover, join_at, log)
         ident = AgentIdentity.from_reply(private_key_pem(key), reply)
         state.save(self.config.data_dir, ident)
-        log.info("agent %s joined cluster at %s", ident.host_id, self.cluster_addr)
+        log.info("agent %s joined cluster at %s", ident.host_id, self.failover.preferred)
         return ident
 
     def _renew(self) -> AgentIdentity:
@@ -201,9 +208,12 @@ class DatabaseAgent:
 
     def _call_sync(self, method: str, **params: Any) -> Any:
         ident = self.identity
-        with AuthClient(self.cluster_addr, ca_pems=ident.cas["host"], cert_pem=ident.cert_pem,
-                        key_pem=ident.key_pem) as client:
-            return client.call(method, **params)
+
+        def call_at(address: str) -> Any:
+            with AuthClient(address, ca_pems=ident.cas["host"], cert_pem=ident.cert_pem,
+                            key_pem=ident.key_pem) as client:
+                return client.call(method, **params)
+        return first_answering(self.failover, call_at, log)
 
     async def call(self, method: str, **params: Any) -> Any:
         """An auth API call as this agent, off the event loop."""

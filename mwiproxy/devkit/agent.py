@@ -52,10 +52,13 @@ class Agent:
         self.log = topo.root / f"agent-{name}.log"
         self.proc: subprocess.Popen[str] | None = None
 
-    def start(self, *, token: str | None = None, expect_ready: bool = True
-              ) -> subprocess.Popen[str]:
+    def start(self, *, token: str | None = None, expect_ready: bool = True,
+              auth_servers: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+        """`auth_servers`: the cluster addresses, each as one `--auth-server` (default:
+        the topology's cluster)."""
+        servers = auth_servers or (self.topo.cluster.addr,)
         cmd = [sys.executable, "-m", "mwiproxy.cli.mwiproxy", "start", "--roles=db",
-               "-c", str(self.config), f"--auth-server={self.topo.cluster.addr}",
+               "-c", str(self.config), *(f"--auth-server={a}" for a in servers),
                f"--ca-pin={self.topo.ca_pin}", *([f"--token={token}"] if token else [])]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                      stderr=open(self.log, "a"), text=True)

@@ -97,11 +97,13 @@ class Topology:
         return out
 
     def local_proxy(self, out: Path, *, tunnel: bool, check: bool = True, listen: str = "",
-                    extra: tuple[str, ...] = (), service: str = SERVICE) -> LocalProxyProcess:
+                    extra: tuple[str, ...] = (), service: str = SERVICE,
+                    proxy: str = "") -> LocalProxyProcess:
+        """`proxy`: the cluster address(es) (default: this topology's cluster)."""
         port = free_port()
         log = self.root / f"localproxy-{port}.log"
         cmd = [sys.executable, "-m", "mwiproxy.cli.mwibot", "proxy",
-               f"--proxy={self.cluster.addr}", f"--destination-dir={out}", "db",
+               f"--proxy={proxy or self.cluster.addr}", f"--destination-dir={out}", "db",
                f"--port={port}", *([f"--listen={listen}"] if listen else []),
                *(["--tunnel"] if tunnel else []), *extra, service]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)

@@ -126,13 +126,15 @@ class LocalProxy:
                  credentials: CredentialsProvider, tunnel: bool = True,
                  database: str = "", username: str = "", server_name: str = "",
                  origin: str = "the bot's credentials", max_connections: int = 0,
-                 offer_ping: bool = True, protocol: str = "",
+                 offer_ping: bool = True, protocol: str = "", spread: bool = False,
                  metrics: LocalProxyMetricsSink | None = None) -> None:
         if protocol and protocol not in alpn.DATABASE_PROTOCOLS:
             raise ValueError(f"unknown database protocol {protocol!r}")
         self.listen = parse_listen(listen)
         self._upstreams = _split_proxies(proxy_addr)
-        self._failover = FailoverOrder(list(self._upstreams))
+        # failover (the one that worked last first), or with `spread` new connections
+        # take the cluster processes in turn, a failed one last (wire/failover.py)
+        self._failover = FailoverOrder(list(self._upstreams), spread=spread)
         self._server_name = server_name
         self.service = service
         self.tunnel = tunnel

@@ -4,13 +4,16 @@ and renews through B, psql goes through B, a lock made against A cuts B's sessio
 stolen identity renewing on both gets the bot locked, a database agent that
 heartbeats to A serves psql through B, also while A restarts, and a bot given both
 addresses (`--proxy-server=B,A`) rides out B being killed under load: the sessions on B
-are cut and reconnect through A, new connections never fail, renewals continue through A."""
+are cut and reconnect through A, new connections never fail, renewals continue through A.
+An agent and mwictl given both addresses carry on through B while A is killed, and
+pgbench through `mwibot proxy --proxy=A,B db --tunnel` rides out A being killed."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -335,3 +338,184 @@ def test_the_bot_and_its_tunnel_fail_over_when_a_cluster_process_dies(pair: Pair
         clients.refused_before[:3]  # the local proxy never refused one for want of B
     assert not_ready == [], not_ready[:5]  # no credential gap
     assert "trying the next" in log.read_text()
+
+
+# -- failover: an agent and mwictl given both addresses -----------------------------
+
+
+def _heartbeats_on(topo: Topology, host_id: str) -> float:
+    """The time of the agent's last heartbeat in `topo`'s view of the shared registry."""
+    out = topo.cluster.ctl("agents", "ls", "--format", "json").stdout
+    return max([dt.datetime.fromisoformat(ag["last_heartbeat"]).timestamp()
+                for ag in json.loads(out) if ag["host_id"] == host_id] or [0.0])
+
+
+def _agent_addrs(topo: Topology) -> set[str]:
+    """Where `topo` would dial the agents serving AGENT_SERVICE."""
+    out = topo.cluster.ctl("agents", "ls", "--format", "json").stdout
+    return {ag["addr"] for ag in json.loads(out) if AGENT_SERVICE in ag["databases"]}
+
+
+def test_an_agent_and_mwictl_given_a_and_b_carry_on_through_b_when_a_is_killed(pair: Pair):
+    a, b = pair.a, pair.b
+    # heartbeat_ttl 10s (a beat every ~3 s): the registration lapses if the beats stop,
+    # with room for a loaded box (a 3 s TTL lapsed under a load average of 30)
+    agent = Agent(a, "of-a-and-b", template=AGENT_YAML.replace("heartbeat_ttl: 3s",
+                                                                "heartbeat_ttl: 10s"))
+    agent.start(token=db_token(a), auth_servers=(a.cluster.addr, b.cluster.addr))
+    killed = False
+    try:
+        host_id = next(ag["host_id"] for ag in json.loads(
+            a.cluster.ctl("agents", "ls", "--format", "json").stdout)
+            if ag["addr"] == f"127.0.0.1:{agent.port}")
+        # B reads the shared registry every few seconds (auth/agent_feed.py): wait until
+        # it routes to this agent alone (an earlier test's agent served the same name)
+        assert wait_for(lambda: _agent_addrs(b) == {f"127.0.0.1:{agent.port}"},
+                        timeout=30), _agent_addrs(b)
+        lp = b.local_proxy(b.bot_output("via-b-ha", service=AGENT_SERVICE), tunnel=True,
+                           service=AGENT_SERVICE)
+        assert b.psql(b.dsn(lp), "select 1").stdout.strip() == "1"
+        assert a.cluster.proc is not None
+        a.cluster.proc.kill()  # SIGKILL: the agent's preferred cluster process is gone
+        a.cluster.proc.wait(30)
+        killed = True
+        killed_at = time.time()
+        # heartbeats go on through B (two after the kill: not one already in flight)
+        first = wait_for(lambda: (t := _heartbeats_on(b, host_id)) > killed_at and t,
+                         timeout=30)
+        assert first, agent.log.read_text()
+        assert wait_for(lambda: _heartbeats_on(b, host_id) > first, timeout=30), \
+            agent.log.read_text()
+        assert "trying the next address" in agent.log.read_text()
+        for sql in ("select 'served through B'", "select 'and again'"):
+            res = b.psql(b.dsn(lp), sql)
+            assert res.stdout.strip() == sql.split("'")[1], res.stderr
+        # mwictl: the first address that answers serves the command (list, or repeated)
+        dead = a.cluster.addr
+        listed = a.cluster.ctl("--auth-server", f"{dead},{b.cluster.addr}", "db", "ls",
+                               "--format", "json")
+        assert AGENT_SERVICE in {d["name"] for d in json.loads(listed.stdout)}
+        repeated = a.cluster.ctl(f"--auth-server={dead}", f"--auth-server={b.cluster.addr}",
+                                 "status")
+        assert "Cluster" in repeated.stdout, repeated.stderr
+        none = a.cluster.ctl(f"--auth-server={dead}", "status", check=False)
+        assert none.returncode != 0 and f"cannot reach the cluster at {dead}" in none.stderr
+        lost = [e for e in b.audit("agent.lost") if e.get("host_id") == host_id]
+        assert lost == [], (lost, agent.log.read_text()[-3000:])
+    finally:
+        agent.stop()
+        if killed:
+            a.cluster.start()  # back for whichever test of this module runs next
+
+
+# -- failover under real pgbench: `mwibot proxy --proxy=A,B db --tunnel` -------------
+
+PGBENCH_SECONDS = 15  # the run across the kill; the whole test stays well under a minute
+
+
+def _not_after(path) -> dt.datetime | None:  # type: ignore[no-untyped-def]
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
+    except (OSError, ValueError):
+        return None  # between two renewals' writes: read again
+
+
+def _pgbench_result(run: subprocess.CompletedProcess[str]) -> tuple[int, int, str]:
+    """(transactions processed, failed transactions, the output) of a pgbench run."""
+    text = run.stdout + run.stderr
+    done = re.search(r"number of transactions actually processed: (\d+)", text)
+    failed = re.search(r"number of failed transactions: (\d+)", text)
+    return (int(done.group(1)) if done else -1, int(failed.group(1)) if failed else -1, text)
+
+
+@pytest.mark.parametrize("spread", [False, True], ids=["failover", "spread"])
+def test_pgbench_through_a_tunnel_to_a_and_b_rides_out_a_being_killed(pair: Pair,
+                                                                      spread: bool):
+    """16 pgbench clients, a new connection per transaction (-C: a client whose connect
+    fails is aborted, so exit 0 means no new connection failed), through `mwibot proxy
+    --proxy=A,B db --tunnel`, fed by a bot renewing through A,B every 2 s; A is
+    SIGKILLed mid-run. The sessions on A are cut (pgbench cannot resume a session that
+    was mid-transaction: those clients end, each with the backend's loss); a pgbench
+    started the moment A is killed runs its whole span through B with 0 failures and
+    exit 0; the bot's certificate never lapses and keeps renewing through B. With
+    `--spread` the sessions were on A and B when A died."""
+    a, b = pair.a, pair.b
+    both = f"{a.cluster.addr},{b.cluster.addr}"  # A first: A is killed
+    name = f"pgbench-ha-{'spread' if spread else 'failover'}"
+    out, diag = a.root / f"{name}-out", free_port()
+    bot_log = a.root / f"{name}-bot.log"
+    bot = subprocess.Popen(
+        [sys.executable, "-m", "mwiproxy.cli.mwibot", "start", "database",
+         f"--proxy-server={both}", f"--token={a.add_bot(name)}",
+         f"--ca-pin={a.ca_pin}", f"--storage={a.root / name}",
+         f"--destination={out}", f"--service={SERVICE}", "--database=example-db",
+         "--username=alice", "--credential-ttl=20s", "--renewal-interval=2s",
+         f"--diag-addr=127.0.0.1:{diag}"],
+        stdout=subprocess.DEVNULL, stderr=open(bot_log, "w"))
+    gaps: list[str] = []
+    watching = threading.Event()
+
+    def watch_credentials() -> None:  # what every new tunnel connection presents
+        while not watching.is_set():
+            now = dt.datetime.now(dt.UTC)
+            if (until := _not_after(out / "tlscert")) is not None and until <= now:
+                gaps.append(f"{now:%H:%M:%S.%f}: the certificate expired at {until}")
+            time.sleep(0.1)
+    watcher = threading.Thread(target=watch_credentials)
+    killed = False
+    try:
+        assert wait_for(lambda: (out / "tlscert").exists(), timeout=60), bot_log.read_text()
+        watcher.start()
+        lp = a.local_proxy(out, tunnel=True, proxy=both,
+                           extra=("--spread",) if spread else ())
+        pgbench = ["-h", "127.0.0.1", "-p", str(lp.port), "-U", "alice", "example-db"]
+        env = dict(os.environ, PGSSLMODE="disable", PGCONNECT_TIMEOUT="20")
+        if b.psql(a.dsn(lp), "select count(*) from pgbench_accounts").returncode != 0:
+            init = subprocess.run(["pgbench", "-i", "-s", "1", "-q", *pgbench], env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert init.returncode == 0, init.stderr
+        across = subprocess.Popen(
+            ["pgbench", "-n", "-S", "-C", "-c", "16", "-j", "2", "-P", "1",
+             "-T", str(PGBENCH_SECONDS), *pgbench], env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(4)  # a few seconds of load on A before the kill
+        assert across.poll() is None, across.communicate()
+        renewed_before = bot_log.read_text().count("renewed output")
+        assert renewed_before >= 1, bot_log.read_text()
+        assert a.cluster.proc is not None
+        a.cluster.proc.kill()  # SIGKILL: no drain, no goodbye
+        killed = True
+        after = subprocess.run(  # new connections from the moment of the kill on
+            ["pgbench", "-n", "-S", "-C", "-c", "16", "-j", "2", "-T", "8", *pgbench],
+            env=env, capture_output=True, text=True, timeout=120)
+        a.cluster.proc.wait(30)
+        stdout, stderr = across.communicate(timeout=120)
+        across_run = subprocess.CompletedProcess(across.args, across.returncode, stdout,
+                                                 stderr)
+        done, failed, text = _pgbench_result(after)
+        assert after.returncode == 0, text  # no client aborted: no connection failed
+        assert failed == 0 and done > 0, text
+        done_across, failed_across, text_across = _pgbench_result(across_run)
+        aborted = re.findall(r"client \d+ aborted[^\n]*", text_across)
+        print(f"[{name}] pgbench across the kill: exit {across.returncode}, {done_across} "
+              f"transactions, {failed_across} failed, {len(aborted)} clients cut on A; "
+              f"pgbench from the kill on: {done} transactions, 0 failed; {aborted[:2]}")
+        assert failed_across == 0 and done_across > 0, text_across
+        # a client ends only on a session A was carrying when it died, never on a
+        # connection the local proxy could not place
+        assert all("establishing connection" not in line for line in aborted), aborted
+        assert "mwibot local proxy" not in text_across, text_across
+        # the bot renewed through B (twice: not just one in flight at the kill)
+        assert wait_for(lambda: bot_log.read_text().count("renewed output")
+                        >= renewed_before + 2, timeout=60), bot_log.read_text()
+        assert "trying the next address" in bot_log.read_text()
+    finally:
+        watching.set()
+        if watcher.is_alive():
+            watcher.join(10)
+        terminate(bot)
+        if killed:
+            a.cluster.start()  # back for whichever test of this module runs next
+    assert gaps == [], gaps[:5]  # no credential gap

@@ -171,6 +171,36 @@ def test_failover_order_puts_the_last_address_that_worked_first() -> None:
         FailoverOrder([])
 
 
+def test_a_spreading_order_takes_healthy_addresses_in_turn_and_failed_ones_last() -> None:
+    now = [100.0]
+    order = FailoverOrder(["a", "b", "c"], spread=True, retry_after=5, clock=lambda: now[0])
+    assert [order.order()[0] for _ in range(4)] == ["a", "b", "c", "a"]
+    order.failed("b")  # b is passed over for 5 s, but still tried after the others
+    firsts = []
+    for _ in range(3):
+        got = order.order()
+        assert got[-1] == "b" and sorted(got) == ["a", "b", "c"], got
+        firsts.append(got[0])
+    assert "b" not in firsts and set(firsts) == {"a", "c"}
+    now[0] += 5  # its time is up: b takes its turn again
+    assert {order.order()[0] for _ in range(3)} == {"a", "b", "c"}
+    order.failed("c")
+    order.worked("c")  # one success makes it healthy at once
+    assert {order.order()[0] for _ in range(3)} == {"a", "b", "c"}
+    for name in ("a", "b", "c"):
+        order.failed(name)  # all down: every address is still tried, none dropped
+    assert sorted(order.order()) == ["a", "b", "c"]
+
+
+def test_the_local_proxy_spreads_new_connections_only_when_asked() -> None:
+    def lp(**kw: bool) -> LocalProxy:
+        return LocalProxy(listen="127.0.0.1:0", proxy_addr="a:3080,b:3080", service="s",
+                          credentials=lambda: None, **kw)  # type: ignore[arg-type, return-value]
+    assert not lp()._failover.spread
+    assert lp(spread=True)._failover.spread
+    assert not ClusterClient("a:3080,b:3080").failover.spread
+
+
 def test_the_bot_client_fails_over_on_unreachable_only() -> None:
     client = ClusterClient("a:3080,b:3080")
     tried: list[str] = []

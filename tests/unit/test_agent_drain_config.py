@@ -73,3 +73,48 @@ def test_sighup_applies_a_new_drain_timeout(tmp_path: Path,
         logging.getLogger().setLevel(level)
     assert agent.service.drain_timeout == timedelta(seconds=2)
     assert "needs a restart" not in caplog.text  # drain_timeout alone: applied, no warning
+
+
+def test_the_agent_takes_several_cluster_addresses(tmp_path: Path) -> None:
+    """`auth_server: a:3080,b:3080`, a YAML list, or a repeated `--auth-server`: cluster
+    processes on one storage, tried in failover order; a bad item names the key."""
+    from mwiproxy.cli.mwiproxy import _load, build_parser
+
+    listed = load(tmp_path).db_service
+    listed.auth_server = "127.0.0.1:3080, 127.0.0.1:3090"
+    listed.validate()
+    assert DatabaseAgent(load(tmp_path)).failover.order() == ["127.0.0.1:3080"]
+    path = tmp_path / "agent.yaml"
+    path.write_text(AGENT.format(data_dir=tmp_path / "data", extra="").replace(
+        "auth_server: 127.0.0.1:3080", "auth_server: [127.0.0.1:3080, 127.0.0.1:3090]"))
+    cfg = load_cluster_config(str(path))
+    assert cfg.db_service.auth_server == "127.0.0.1:3080,127.0.0.1:3090"
+    assert DatabaseAgent(cfg).failover.order() == ["127.0.0.1:3080", "127.0.0.1:3090"]
+    args = build_parser().parse_args(["start", "--roles=db", "-c", str(path),
+                                      "--auth-server=b:3080", "--auth-server=a:3080"])
+    assert _load(args).db_service.auth_server == "b:3080,a:3080"
+    for bad, why in (("[127.0.0.1:3080, 127.0.0.1:3080]", "appears twice"),
+                     ("[]", "an empty list"), ("127.0.0.1:3080,nope", "not host:port")):
+        path.write_text(AGENT.format(data_dir=tmp_path / "data", extra="").replace(
+            "auth_server: 127.0.0.1:3080", f"auth_server: {bad}"))
+        with pytest.raises(ConfigError, match=why) as err:
+            load_cluster_config(str(path))
+        assert err.value.key == "db_service.auth_server", err.value
+
+
+def test_the_agent_calls_the_next_cluster_address_when_one_is_down(tmp_path: Path) -> None:
+    from mwiproxy.auth.client import ClusterUnreachable, first_answering
+
+    cfg = load(tmp_path)
+    cfg.db_service.auth_server = "a:3080,b:3080"
+    agent = DatabaseAgent(cfg)
+    tried: list[str] = []
+
+    def a_is_down(address: str) -> str:
+        tried.append(address)
+        if address == "a:3080":
+            raise ClusterUnreachable("refused")
+        return address
+    assert first_answering(agent.failover, a_is_down) == "b:3080"
+    assert first_answering(agent.failover, a_is_down) == "b:3080"
+    assert tried == ["a:3080", "b:3080", "b:3080"]

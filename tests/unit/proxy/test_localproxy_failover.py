@@ -41,36 +41,59 @@ async def _ask(local: LocalProxy) -> bytes:
         writer.close()
 
 
-def _local(*addresses: str) -> LocalProxy:
+def _local(*addresses: str, spread: bool = False) -> LocalProxy:
     creds = _creds()
     return LocalProxy(listen="127.0.0.1:0", proxy_addr=",".join(addresses), service="db",
-                      credentials=lambda: creds, tunnel=True)
+                      credentials=lambda: creds, tunnel=True, spread=spread)
 
 
 def _addr(cluster: Cluster) -> str:
     return "{}:{}".format(*cluster.listener.address)
 
 
-def test_a_dead_address_is_passed_over_and_the_live_one_stays_first():
+@pytest.mark.parametrize("spread", [False, True])
+def test_a_dead_address_is_passed_over_and_then_put_last(caplog, spread: bool):
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
 
-    async def main() -> tuple[list[bytes], str, int]:
+    async def main() -> tuple[list[bytes], int]:
         live = Cluster()
         await live.listener.start()
-        local = _local(dead, _addr(live))
+        local = _local(dead, _addr(live), spread=spread)
         await local.start()
-        assert local.proxy_port != live.listener.address[1]  # tried in the order given
-        answers = [await _ask(local) for _ in range(3)]
-        first = f"{local.proxy_host}:{local.proxy_port}"
+        answers = [await _ask(local) for _ in range(4)]
         await local.close()
         await live.listener.close()
-        return answers, first, len(live.callers)
+        return answers, len(live.callers)
 
-    answers, first, served = asyncio.run(main())
+    with caplog.at_level("WARNING", logger="mwiproxy"):
+        answers, served = asyncio.run(main())
     startup = pg.build_startup({"user": "alice"})
-    assert answers == [startup.upper()] * 3
-    assert served == 3
-    assert first != dead  # the address that worked is tried first from then on
+    assert answers == [startup.upper()] * 4
+    assert served == 4
+    # dialed once (first in the order given); then behind the live one for a while
+    passed_over = [r for r in caplog.records if "trying the next cluster address" in
+                   r.getMessage()]
+    assert len(passed_over) == 1, [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize(("spread", "split"), [(False, (6, 0)), (True, (3, 3))])
+def test_new_connections_go_to_the_first_or_with_spread_take_turns(spread: bool,
+                                                                    split: tuple[int, int]):
+    async def main() -> tuple[list[bytes], int, int]:
+        a, b = Cluster(), Cluster()
+        for c in (a, b):
+            await c.listener.start()
+        local = _local(_addr(a), _addr(b), spread=spread)
+        await local.start()
+        answers = [await _ask(local) for _ in range(6)]
+        await local.close()
+        for c in (a, b):
+            await c.listener.close()
+        return answers, len(a.callers), len(b.callers)
+
+    answers, on_a, on_b = asyncio.run(main())
+    assert answers == [pg.build_startup({"user": "alice"}).upper()] * 6
+    assert (on_a, on_b) == split
 
 
 def test_a_process_dying_before_its_first_answer_hands_the_client_to_the_next():
