@@ -215,3 +215,21 @@ def test_pages_render_for_a_full_user(cluster, ann):
     assert command and "--ca-pin=sha256:" in command.group(1)
     assert "--token=" in command.group(1)
     assert "webbot" in client.get("/web/bots").body
+
+
+def test_a_flood_of_refused_requests_cannot_fill_the_audit_log(tmp_path):
+    """An unauthenticated client posting cross-origin forms is refused every time, but
+    only DENIALS_PER_MINUTE refusals per address and minute are recorded (its own
+    cluster: the budget is per address, and the module's tests share 127.0.0.1)."""
+    from mwiproxy.web.app import DENIALS_PER_MINUTE
+
+    c = ClusterProcess(tmp_path / "data").start()
+    try:
+        anon = WebClient.of(c)
+        for _ in range(3 * DENIALS_PER_MINUTE):
+            refused = anon.post("/web/login", {"user": "x"}, csrf=False,
+                                headers={"Origin": "https://evil.example"})
+            assert refused.status == 403
+        assert len(_audit(c, "web.denied")) == DENIALS_PER_MINUTE
+    finally:
+        c.stop()
