@@ -20,6 +20,7 @@ from setuptools import Extension, setup
 # module name -> C sources from csrc/ compiled into it (plus extra libraries)
 NATIVE_MODULES: dict[str, dict[str, list[str]]] = {
     "mwiproxy._native._tlsrec": {"csrc": ["mwi_tlsrec.c"], "libs": []},
+    "mwiproxy._native._auditenc": {"csrc": ["mwi_auditenc.c"], "libs": ["crypto"]},
     "mwiproxy._native._relay": {
         "csrc": ["mwi_relay.c", "mwi_engine.c", "mwi_relay_tls.c", "mwi_tls.c", "mwi_tls_conn.c",
                  "mwi_accept.c", "mwi_accept_route.c", "mwi_tlsrec.c", "mwi_inspect.c",

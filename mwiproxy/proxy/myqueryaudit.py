@@ -19,7 +19,7 @@ from typing import Any
 
 from mwiproxy._native.myaudit_py import code
 from mwiproxy._native.pgaudit_py import ST_ERROR, STATUS_NAMES, UNTRACKED, Record, decode
-from mwiproxy.proxy.queryaudit import MAX_NAMES, QUERY, QUERY_FAILED, QueryAudit
+from mwiproxy.proxy.queryaudit import MAX_NAMES, QUERY, QUERY_FAILED, QueryAudit, RedactedTexts
 from mwiproxy.wire.mysqlredact import redact_statement
 
 PREPARE = "db.session.mysql.statements.prepare"
@@ -27,23 +27,11 @@ CLOSE = "db.session.mysql.statements.close"
 _COMMANDS = {"Q": "COM_QUERY", "P": "COM_STMT_PREPARE", "E": "COM_STMT_EXECUTE",
              "I": "COM_INIT_DB", "C": "COM_STMT_CLOSE"}
 
-_REDACTED: dict[bytes, tuple[str, bool]] = {}
-REDACT_CACHE = 512
-
-
-def _redacted(text: bytes) -> tuple[str, bool]:
-    done = _REDACTED.get(text)
-    if done is None:
-        if len(_REDACTED) >= REDACT_CACHE:
-            _REDACTED.clear()
-        done = _REDACTED[text] = redact_statement(text.decode("utf-8", "replace"))
-    return done
-
-
 class MySQLQueryAudit(QueryAudit):
     """One MySQL session's records → events (the same constructor as QueryAudit)."""
 
     protocol = "mysql"
+    redacted = RedactedTexts(redact_statement)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,12 +43,6 @@ class MySQLQueryAudit(QueryAudit):
             handler = _HANDLERS.get(rec.kind)
             if handler is not None:
                 handler(self, rec, raw)
-
-    def _statement(self, field: tuple[int, bytes | None], truncated: bool) -> dict[str, Any]:
-        query, redacted = _redacted(field[1] or b"")
-        return {"query": query, "query_redacted": redacted,
-                "truncated": truncated and field[0] > len(field[1] or b""),
-                "query_len": field[0]}
 
     def _request(self, rec: Record, raw: bytes) -> None:
         info: dict[str, Any] = {"command": _COMMANDS[rec.kind]}

@@ -93,18 +93,23 @@ def _text(field: tuple[int, bytes | None]) -> str:
     return (field[1] or b"").decode("utf-8", "replace")
 
 
-# the same statements come again and again (prepared or not): each is redacted once
-_REDACTED: dict[bytes, tuple[str, bool]] = {}
-REDACT_CACHE = 512
+class RedactedTexts:
+    """Statements redacted once each: the same texts come again and again (prepared or
+    not), per engine's redactor. Bounded: cleared when full. Shared by the sessions of
+    a process (one instance per engine)."""
 
+    def __init__(self, redact: Callable[[str], tuple[str, bool]], size: int = 512) -> None:
+        self._redact = redact
+        self._size = size
+        self._done: dict[bytes, tuple[str, bool]] = {}
 
-def _redacted(text: bytes) -> tuple[str, bool]:
-    done = _REDACTED.get(text)
-    if done is None:
-        if len(_REDACTED) >= REDACT_CACHE:
-            _REDACTED.clear()
-        done = _REDACTED[text] = redact_statement(text.decode("utf-8", "replace"))
-    return done
+    def __call__(self, text: bytes) -> tuple[str, bool]:
+        done = self._done.get(text)
+        if done is None:
+            if len(self._done) >= self._size:
+                self._done.clear()
+            done = self._done[text] = self._redact(text.decode("utf-8", "replace"))
+        return done
 
 
 class QueryAudit:
@@ -112,6 +117,7 @@ class QueryAudit:
     identity, db_user, db_name, ...); `emit(type, **fields)`: the audit log's."""
 
     protocol = "postgres"
+    redacted = RedactedTexts(redact_statement)  # the engine's redactor, cached
 
     def __init__(self, emit: Emit, who: dict[str, Any], policy: QueryAuditPolicy, *,
                  wait: bool = False, key: bytes | None = None,
@@ -152,7 +158,7 @@ class QueryAudit:
         self._emit(type_, **self._who, **fields)
 
     def _statement(self, field: tuple[int, bytes | None], truncated: bool) -> dict[str, Any]:
-        query, redacted = _redacted(field[1] or b"")
+        query, redacted = self.redacted(field[1] or b"")
         return {"query": query, "query_redacted": redacted,
                 "truncated": truncated and field[0] > len(field[1] or b""),
                 "query_len": field[0]}

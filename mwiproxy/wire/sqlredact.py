@@ -101,8 +101,18 @@ def param_digest(value: bytes | None, key: bytes) -> str | None:
     """A bind parameter as recorded under `hash`: None for SQL NULL, else a keyed digest."""
     if value is None:
         return None
-    digest = hmac.new(key, value, hashlib.sha256).hexdigest()
-    return DIGEST_PREFIX + digest[:_DIGEST_HEX]
+    keyed = _KEYED.get(key)
+    if keyed is None:  # the key's HMAC state, made once: a copy per digest is cheaper
+        if len(_KEYED) >= 8:
+            _KEYED.clear()
+        keyed = _KEYED[key] = hmac.new(key, digestmod=hashlib.sha256)
+    h = keyed.copy()
+    h.update(value)
+    return DIGEST_PREFIX + h.hexdigest()[:_DIGEST_HEX]
+
+
+# HMAC states by key, for param_digest (a process uses one or two keys)
+_KEYED: dict[bytes, hmac.HMAC] = {}
 
 
 def _scan(s: str, pos: int, end: int, depth: int, edits: list[tuple[int, int, str]]) -> None:
