@@ -17,8 +17,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from mwiproxy._native import pgaudit_decode as decode
 from mwiproxy._native.myaudit_py import code
-from mwiproxy._native.pgaudit_py import ST_ERROR, STATUS_NAMES, UNTRACKED, Record, decode
+from mwiproxy._native.pgaudit_py import ST_ERROR, STATUS_NAMES, UNTRACKED, Record
 from mwiproxy.proxy.queryaudit import MAX_NAMES, QUERY, QUERY_FAILED, QueryAudit, RedactedTexts
 from mwiproxy.wire.mysqlredact import redact_statement
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mwiproxy._native.pgaudit_py import PARAMS_OMITTED, decode
+from mwiproxy._native import pgaudit_decode as decode
+from mwiproxy._native.pgaudit_py import PARAMS_OMITTED
 from mwiproxy._native.rdsaudit_py import INLINE
 from mwiproxy.proxy.queryaudit import QUERY, QueryAudit
 from mwiproxy.wire.sqlredact import param_digest
@@ -34,7 +35,9 @@ def secret_positions(name: bytes, args: list[bytes]) -> set[int]:
     if name == b"ACL" and args and args[0].upper() == b"SETUSER":
         return {i for i, a in enumerate(args) if i >= 2 and a[:1] in (b">", b"<", b"#", b"!")}
     out: set[int] = set()
-    after = _AFTER.get(name, {})
+    after = _AFTER.get(name)
+    if after is None:  # most commands: nothing to look for
+        return out
     for i, a in enumerate(args):
         n = after.get(a.upper(), 0)
         out.update(range(i + 1, i + 1 + n))
