@@ -1,7 +1,9 @@
 /* See mwi_auditenc.h. */
 #include "mwi_auditenc.h"
 
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
 #include <string.h>
 
 static const char HEX[] = "0123456789abcdef";
@@ -135,4 +137,50 @@ int mwi_chain_link(mwi_chain *c, const unsigned char prev[32], int nparts,
     if (!EVP_DigestFinal_ex(c->ctx, out, &outlen) || outlen != 32)
         return -1;
     return 0;
+}
+
+struct mwi_hmac {
+    EVP_MAC *mac;
+    EVP_MAC_CTX *keyed;  /* initialised with the key: duplicated per message */
+};
+
+mwi_hmac *mwi_hmac_new(const unsigned char *key, size_t keylen)
+{
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+        OSSL_PARAM_construct_end(),
+    };
+    mwi_hmac *h = OPENSSL_zalloc(sizeof(*h));
+    if (h == NULL)
+        return NULL;
+    h->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    h->keyed = h->mac ? EVP_MAC_CTX_new(h->mac) : NULL;
+    if (h->keyed == NULL || !EVP_MAC_init(h->keyed, key, keylen, params)) {
+        mwi_hmac_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void mwi_hmac_free(mwi_hmac *h)
+{
+    if (h == NULL)
+        return;
+    EVP_MAC_CTX_free(h->keyed);
+    EVP_MAC_free(h->mac);
+    OPENSSL_free(h);
+}
+
+int mwi_hmac_sha256(mwi_hmac *h, const unsigned char *msg, size_t n, unsigned char out[32])
+{
+    size_t outlen = 0;
+    int ok;
+    EVP_MAC_CTX *ctx = EVP_MAC_CTX_dup(h->keyed);
+    if (ctx == NULL)
+        return -1;
+    ok = (n == 0 || EVP_MAC_update(ctx, msg, n)) && EVP_MAC_final(ctx, out, &outlen, 32)
+         && outlen == 32;
+    EVP_MAC_CTX_free(ctx);
+    return ok ? 0 : -1;
 }

@@ -4,7 +4,8 @@
  *     code point outside ' '..'~' as \uXXXX in lower-case hex, surrogate pairs above
  *     U+FFFF), over the three widths CPython stores text in;
  *   - a hash-chain link: sha256(prev || len a || a || len b || b || ...), each length an
- *     8-byte big-endian prefix (auth/storage/chain.py link_hash). */
+ *     8-byte big-endian prefix (auth/storage/chain.py link_hash);
+ *   - HMAC-SHA256 of many values under one key (query audit's parameter digests). */
 #ifndef MWI_AUDITENC_H
 #define MWI_AUDITENC_H
 
@@ -23,5 +24,11 @@ void mwi_chain_free(mwi_chain *c);
 int mwi_chain_link(mwi_chain *c, const unsigned char prev[32], int nparts,
                    const unsigned char *const *parts, const size_t *lens,
                    unsigned char out[32]);
+
+typedef struct mwi_hmac mwi_hmac;  /* HMAC-SHA256 under one key, reusable */
+mwi_hmac *mwi_hmac_new(const unsigned char *key, size_t keylen);
+void mwi_hmac_free(mwi_hmac *h);
+/* out = HMAC-SHA256(key, msg); 0 ok, -1 OpenSSL failed */
+int mwi_hmac_sha256(mwi_hmac *h, const unsigned char *msg, size_t n, unsigned char out[32]);
 
 #endif

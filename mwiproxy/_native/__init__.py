@@ -12,7 +12,7 @@ import os
 import warnings
 
 from .acceptor_py import Acceptor
-from .auditenc_py import canonical_fields, chain_rows, link_hash
+from .auditenc_py import canonical_fields, chain_rows, hmac_digests, link_hash
 from .counters import CounterTable
 from .firstbytes import (
     KIND_GARBAGE,
@@ -85,6 +85,7 @@ if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
         canonical_fields = _auditenc.canonical_fields
         chain_rows = _auditenc.chain_rows
         link_hash = _auditenc.link_hash
+        hmac_digests = _auditenc.hmac_digests
         NATIVE = True
         NATIVE_UNAVAILABLE = None
 
@@ -117,6 +118,7 @@ __all__ = [
     "CounterTable",
     "canonical_fields",
     "chain_rows",
+    "hmac_digests",
     "link_hash",
     "engine_for",
     "engines_for",

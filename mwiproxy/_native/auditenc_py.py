@@ -1,12 +1,14 @@
 """The audit log's per-event encodings, pure-Python twin of _auditenc.pyx
 (csrc/mwi_auditenc.c): the canonical JSON of an event's fields when they are plain JSON,
-and the hash-chain links of a batch. auth/storage/chain.py is their one user and says
-what the chain is; the audit writer's thread runs these once per event.
+and the hash-chain links of a batch (auth/storage/chain.py is their one user and says
+what the chain is; the audit writer's thread runs these once per event); and the keyed
+digests of query parameters (wire/sqlredact.param_digests says what they are).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import struct
 from typing import Any
@@ -68,3 +70,21 @@ def chain_rows(prev_hash: str, top: int,
         rows.append((top, time, type_, text, prev_hash, h, session))
         prev_hash = h
     return rows
+
+
+def hmac_digests(key: bytes, values: list[bytes | None], prefix: str,
+                 nhex: int) -> list[str | None]:
+    """Each value's HMAC-SHA256 under `key`, as `prefix` + its first `nhex` hex digits;
+    None stays None."""
+    if not values:
+        return []
+    keyed = hmac.new(key, digestmod=hashlib.sha256)
+    out: list[str | None] = []
+    for value in values:
+        if value is None:
+            out.append(None)
+            continue
+        h = keyed.copy()
+        h.update(value)
+        out.append(prefix + h.hexdigest()[:nhex])
+    return out

@@ -11,7 +11,7 @@ or Close that failed too). A malformed message closes the session
 (`db.session.malformed_packet`). Records the relay dropped (the loop fell behind) are
 audited once, at the end, as `audit.query.dropped`, counted in a metric and logged at
 most once a minute. Statements are redacted (sqlredact.redact_statement), parameters
-written per the session's policy (omit, hash: sqlredact.param_digest, plain).
+written per the session's policy (omit, hash: sqlredact.param_digests, plain).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from mwiproxy._native.pgaudit_py import (
 )
 from mwiproxy.auth.rbac import QueryAuditPolicy, query_audit_policy
 from mwiproxy.auth.storage.base import Storage
-from mwiproxy.wire.sqlredact import param_digest, redact_statement
+from mwiproxy.wire.sqlredact import param_digests, redact_statement
 
 __all__ = ["QueryAudit", "QueryAuditPolicy", "query_audit_policy"]
 
@@ -168,20 +168,26 @@ class QueryAudit:
         mode = self._policy.parameters
         if mode == "omit":
             return {}
+        out = param_digests([value for _, value in values], self._key) if mode == "hash" \
+            else self._plain(formats, values)
+        cut = any(v is not None and full > len(v) for full, v in values)
+        return {"parameters": out, **({"parameters_truncated": True} if cut or omitted
+                                      else {})}
+
+    @staticmethod
+    def _plain(formats: bytes, values: tuple[tuple[int, bytes | None], ...]
+               ) -> list[str | None]:
+        """Parameters as sent: text as text, binary as \\x hex (per the format codes)."""
         codes = [int.from_bytes(formats[i:i + 2], "big") for i in range(0, len(formats), 2)]
         out: list[str | None] = []
         for i, (_, value) in enumerate(values):
-            if mode == "hash":
-                out.append(param_digest(value, self._key))
-            elif value is None:
+            if value is None:
                 out.append(None)
             else:
                 binary = (codes[0] if len(codes) == 1 else codes[i] if i < len(codes) else 0)
                 out.append("\\x" + value.hex() if binary else
                            value.decode("utf-8", "replace"))
-        cut = any(v is not None and full > len(v) for full, v in values)
-        return {"parameters": out, **({"parameters_truncated": True} if cut or omitted
-                                      else {})}
+        return out
 
     # -- requests ---------------------------------------------------------------------
 

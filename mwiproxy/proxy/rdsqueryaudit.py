@@ -3,7 +3,7 @@ pgaudit_py.decode) become `db.session.query` events, one per command the client 
 batched as PostgreSQL's (proxy/queryaudit.py).
 
 Each carries `command` (the name, upper-cased), `argc`, `query` (the name) and `args`
-per the session's parameter policy (omit, hash: sqlredact.param_digest, plain), the
+per the session's parameter policy (omit, hash: sqlredact.param_digests, plain), the
 first 16 arguments up to 256 bytes each (`args_truncated`), and `status: "read"`:
 replies are not paired (pub/sub, MONITOR and CLIENT REPLY break the order), so a
 command the inspector then refused (an AUTH as another user) is recorded too. Password
@@ -20,7 +20,7 @@ from mwiproxy._native import pgaudit_decode as decode
 from mwiproxy._native.pgaudit_py import PARAMS_OMITTED
 from mwiproxy._native.rdsaudit_py import INLINE
 from mwiproxy.proxy.queryaudit import QUERY, QueryAudit
-from mwiproxy.wire.sqlredact import param_digest
+from mwiproxy.wire.sqlredact import param_digests
 
 MASK = "****"
 _AFTER = {b"HELLO": {b"AUTH": 2}, b"MIGRATE": {b"AUTH": 1, b"AUTH2": 2},
@@ -67,9 +67,9 @@ class RedisQueryAudit(QueryAudit):
         secret = secret_positions(name, values)
         mode = self._policy.parameters
         if mode != "omit":
-            info["args"] = [MASK if i in secret else
-                            param_digest(v, self._key) if mode == "hash" else
-                            v.decode("utf-8", "replace") for i, v in enumerate(values)]
+            args: list[str | None] = (param_digests(list(values), self._key) if mode == "hash"
+                                      else [v.decode("utf-8", "replace") for v in values])
+            info["args"] = [MASK if i in secret else v for i, v in enumerate(args)]
             cut = any(full > len(v or b"") for full, v in rec.fields[1:])
             if cut or rec.flags & PARAMS_OMITTED:
                 info["args_truncated"] = True

@@ -26,9 +26,9 @@ itself SQL (`EXECUTE 'ALTER ROLE x PASSWORD ''s'''`), or built by concatenation.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
+
+from mwiproxy._native import hmac_digests
 
 MASK = "'****'"
 DIGEST_PREFIX = "hmac-sha256:"
@@ -99,20 +99,12 @@ def redact_statement(sql: str) -> tuple[str, bool]:
 
 def param_digest(value: bytes | None, key: bytes) -> str | None:
     """A bind parameter as recorded under `hash`: None for SQL NULL, else a keyed digest."""
-    if value is None:
-        return None
-    keyed = _KEYED.get(key)
-    if keyed is None:  # the key's HMAC state, made once: a copy per digest is cheaper
-        if len(_KEYED) >= 8:
-            _KEYED.clear()
-        keyed = _KEYED[key] = hmac.new(key, digestmod=hashlib.sha256)
-    h = keyed.copy()
-    h.update(value)
-    return DIGEST_PREFIX + h.hexdigest()[:_DIGEST_HEX]
+    return param_digests([value], key)[0]
 
 
-# HMAC states by key, for param_digest (a process uses one or two keys)
-_KEYED: dict[bytes, hmac.HMAC] = {}
+def param_digests(values: list[bytes | None], key: bytes) -> list[str | None]:
+    """param_digest of each value, in one native call (_native.hmac_digests)."""
+    return hmac_digests(key, values, DIGEST_PREFIX, _DIGEST_HEX)
 
 
 def _scan(s: str, pos: int, end: int, depth: int, edits: list[tuple[int, int, str]]) -> None:

@@ -95,3 +95,19 @@ def test_odd_heads(prev: str) -> None:
         except Exception as e:
             return type(e)
     assert answer(_auditenc.chain_rows) == answer(auditenc_py.chain_rows)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=80), min_size=1, max_size=3),
+       st.lists(st.none() | st.binary(max_size=300), max_size=6),
+       st.integers(0, 64))
+def test_generated_digests(keys: list[bytes], values: list[Any], nhex: int) -> None:
+    for key in keys:  # the native side caches the last key's state: switch between keys
+        assert _auditenc.hmac_digests(key, values, "hmac-sha256:", nhex) == \
+            auditenc_py.hmac_digests(key, values, "hmac-sha256:", nhex)
+
+
+def test_digests_of_odd_values() -> None:
+    values = [bytearray(b"x"), memoryview(b"y"), b"z", None]
+    assert _auditenc.hmac_digests(b"k", values, "p:", 32) == \
+        auditenc_py.hmac_digests(b"k", values, "p:", 32)
