@@ -1,9 +1,10 @@
 """The cluster's per-statement query-audit cost, alone: pgbench-like simple queries (a
 SELECT by random key: every text new) as the tap records them, through
 proxy/queryaudit.py, the audit writer and the SQLite store; the process CPU (writer
-thread included) per statement. Steadier than TPS on a shared box.
+thread included) per statement. Steadier than TPS on a shared box. `--engine redis`:
+redis-benchmark's SET (random key, 3-byte value) through proxy/rdsqueryaudit.py instead.
 
-    python -m bench.queryaudit_path [--statements 20000] [--repeat 3]
+    python -m bench.queryaudit_path [--statements 20000] [--repeat 3] [--engine redis]
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import sys
 import tempfile
 import time
 
-from mwiproxy._native import NATIVE, pgaudit_py
+from mwiproxy._native import NATIVE, pgaudit_py, rdsaudit_py
 from mwiproxy.auth.audit import AuditLog
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
 from mwiproxy.proxy.queryaudit import QueryAudit, QueryAuditPolicy
+from mwiproxy.proxy.rdsqueryaudit import RedisQueryAudit
 
 WHO = {"session": "0123456789abcdef", "user": "bot-bench", "db_service": "example-db",
        "db_user": "alice", "db_name": "example-db", "protocol": "postgres", "session_id": 1}
@@ -45,12 +47,23 @@ def _records(n: int, rng: random.Random) -> list[bytes]:
     return tap.records
 
 
-def _once(n: int, rng: random.Random) -> float:
-    records = _records(n, rng)
+def _redis_records(n: int, rng: random.Random) -> list[bytes]:
+    """n SET commands as the Redis tap records them (side a only)."""
+    tap = rdsaudit_py.Tap()
+    for _ in range(n):
+        key = b"key:%012d" % rng.randrange(100000)
+        tap.feed(0, b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$3\r\nxxx\r\n" % (len(key), key), 1)
+    return tap.records
+
+
+def _once(n: int, rng: random.Random, engine: str = "postgres") -> float:
+    redis = engine == "redis"
+    records = (_redis_records if redis else _records)(n, rng)
     with tempfile.TemporaryDirectory(prefix="bench-qap-") as tmp:
         storage = SQLiteStorage(os.path.join(tmp, "state.db"))
         audit = AuditLog(storage)
-        qa = QueryAudit(audit.emit, WHO, QueryAuditPolicy(True, "hash"), key=b"k" * 32)
+        qa = (RedisQueryAudit if redis else QueryAudit)(
+            audit.emit, WHO, QueryAuditPolicy(True, "hash"), key=b"k" * 32)
         started = time.process_time()
         for i in range(0, len(records), BATCH):
             qa.on_records(records[i:i + BATCH])
@@ -67,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--statements", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--engine", choices=("postgres", "redis"), default="postgres")
     args = ap.parse_args(argv)
     rng = random.Random(1)
-    runs = [_once(args.statements, rng) for _ in range(args.repeat)]
-    print(f"{'native' if NATIVE else 'pure'} build: CPU per statement "
+    runs = [_once(args.statements, rng, args.engine) for _ in range(args.repeat)]
+    print(f"{'native' if NATIVE else 'pure'} build, {args.engine}: CPU per statement "
           f"{statistics.median(runs):.1f} µs (median of {args.repeat}: "
           f"{', '.join(f'{r:.1f}' for r in runs)}); load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")

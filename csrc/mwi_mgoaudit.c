@@ -4,6 +4,7 @@
  * (MWI_MGA_REQ_WIN of a request, MWI_MGA_REPLY_WIN of a reply) and counts the rest by;
  * when the message is whole it is walked in what was kept. */
 #include "mwi_mgoaudit.h"
+#include "mwi_taprec.h"
 
 #include <string.h>
 
@@ -20,22 +21,9 @@ static uint32_t le32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    put32(p, (uint32_t)v);
-    put32(p + 4, (uint32_t)(v >> 32));
-}
-
 void mwi_mgoaudit_init(mwi_mgoaudit *t, mwi_pga_emit_fn emit, void *ctx)
 {
-    memset(t, 0, sizeof *t);
-    t->emit = emit;
-    t->ctx = ctx;
+    MWI_TAP_INIT(t, emit, ctx);
 }
 
 /* -- a bounded BSON walk ------------------------------------------------------------- */
@@ -169,8 +157,8 @@ static void rec_begin(mwi_mgoaudit *t, uint8_t kind)
 
 static void rec_field(mwi_mgoaudit *t, const uint8_t *p, size_t len, size_t full)
 {
-    put32(t->rec + t->rec_len, (uint32_t)full);
-    put32(t->rec + t->rec_len + 4, (uint32_t)len);
+    mwi_put32(t->rec + t->rec_len, (uint32_t)full);
+    mwi_put32(t->rec + t->rec_len + 4, (uint32_t)len);
     if (len) memcpy(t->rec + t->rec_len + 8, p, len);
     t->rec_len += 8 + (uint32_t)len;
     t->rec[2]++;
@@ -180,12 +168,12 @@ static void rec_field(mwi_mgoaudit *t, const uint8_t *p, size_t len, size_t full
 static void rec_emit(mwi_mgoaudit *t, uint32_t seq, uint32_t aux, uint64_t n1, uint64_t n2,
                      uint64_t n3)
 {
-    put32(t->rec + 4, seq);
-    put32(t->rec + 8, aux);
-    put64(t->rec + 16, n1);
-    put64(t->rec + 24, n2);
-    put64(t->rec + 32, n3);
-    if (t->emit(t->ctx, t->rec, t->rec_len) != 0) t->dropped++;
+    mwi_put32(t->rec + 4, seq);
+    mwi_put32(t->rec + 8, aux);
+    mwi_put64(t->rec + 16, n1);
+    mwi_put64(t->rec + 24, n2);
+    mwi_put64(t->rec + 32, n3);
+    MWI_TAP_EMIT(t, t->rec, t->rec_len);
 }
 
 /* a string value's text, up to cap bytes of what is kept */
@@ -336,7 +324,7 @@ static void result(mwi_mgoaudit *t, const mwi_mga_entry *e, const summary *m, ui
 {
     rec_begin(t, 'R');
     t->rec[1] = m->flags;
-    put32(t->rec + 12, m->code);
+    mwi_put32(t->rec + 12, m->code);
     rec_field(t, t->rep + m->err.at, m->err.len, m->err.full);
     rec_emit(t, e->seq, m->status, m->rows, bytes, now >= e->t ? now - e->t : 0);
 }

@@ -5,6 +5,7 @@
  * cap; side 1: MWI_MYA_HEAD bytes). A whole message is acted on at once: side 0's is
  * recorded and queued, side 1's moves the oldest command's response along. */
 #include "mwi_myaudit.h"
+#include "mwi_taprec.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -16,22 +17,9 @@ enum { PH_FIRST = 0, PH_COLS, PH_ROWS, PH_SKIP };
 #define MORE_RESULTS 0x0008u
 #define CURSOR_EXISTS 0x0040u
 
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    put32(p, (uint32_t)v);
-    put32(p + 4, (uint32_t)(v >> 32));
-}
-
 void mwi_myaudit_init(mwi_myaudit *t, mwi_pga_emit_fn emit, void *ctx)
 {
-    memset(t, 0, sizeof *t);
-    t->emit = emit;
-    t->ctx = ctx;
+    MWI_TAP_INIT(t, emit, ctx);
 }
 
 void mwi_myaudit_free(mwi_myaudit *t)
@@ -42,7 +30,7 @@ void mwi_myaudit_free(mwi_myaudit *t)
 
 static void emit(mwi_myaudit *t, const uint8_t *rec, size_t len)
 {
-    if (t->emit(t->ctx, rec, len) != 0) t->dropped++;
+    MWI_TAP_EMIT(t, rec, len);
 }
 
 /* ---- the FIFO of outstanding commands --------------------------------------------- */
@@ -72,8 +60,8 @@ static int fifo_push(mwi_myaudit *t, uint8_t cmd, uint32_t seq, uint64_t now)
 
 static void put_field(uint8_t *rec, uint32_t *n, uint32_t full, const uint8_t *p, uint32_t len)
 {
-    put32(rec + *n, full);
-    put32(rec + *n + 4, len);
+    mwi_put32(rec + *n, full);
+    mwi_put32(rec + *n + 4, len);
     if (len) memcpy(rec + *n + 8, p, len);
     *n += 8 + len;
 }
@@ -89,12 +77,12 @@ static void emit_result(mwi_myaudit *t, const mwi_mya_entry *e, uint32_t status,
     rec[0] = 'R';
     rec[1] = msg_full > msg_len ? MWI_PGA_TRUNCATED : 0;
     rec[2] = 3;
-    put32(rec + 4, e->seq);
-    put32(rec + 8, status);
-    put32(rec + 12, t->code);
-    put64(rec + 16, t->rows);
-    put64(rec + 24, t->bytes);
-    put64(rec + 32, now - e->t);
+    mwi_put32(rec + 4, e->seq);
+    mwi_put32(rec + 8, status);
+    mwi_put32(rec + 12, t->code);
+    mwi_put64(rec + 16, t->rows);
+    mwi_put64(rec + 24, t->bytes);
+    mwi_put64(rec + 32, now - e->t);
     put_field(rec, &n, 0, NULL, 0);
     put_field(rec, &n, state_len, state, state_len);
     put_field(rec, &n, msg_full, msg, msg_len);
@@ -150,9 +138,9 @@ static int client_message(mwi_myaudit *t, const mwi_mya_side *s, uint64_t now)
         memset(rec, 0, MWI_PGA_HDR);
         rec[0] = cmd == COM_QUERY ? 'Q' : cmd == COM_STMT_PREPARE ? 'P'
                : cmd == COM_INIT_DB ? 'I' : cmd == COM_STMT_EXECUTE ? 'E' : 'C';
-        put32(rec + 4, seq);
+        mwi_put32(rec + 4, seq);
         if (cmd == COM_STMT_EXECUTE || cmd == COM_STMT_CLOSE) {
-            put32(rec + 8, le32_at(t->req, s->head_len, 1));
+            mwi_put32(rec + 8, le32_at(t->req, s->head_len, 1));
         }
         if (cmd == COM_STMT_EXECUTE) {  /* its parameters: what follows the 10-byte head */
             uint64_t pfull = s->full > 10 ? s->full - 10 : 0;

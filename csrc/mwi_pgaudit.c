@@ -7,6 +7,7 @@
  * message. What a string or value records goes straight to its destination (the request
  * record being built, or the result's tag / SQLSTATE / message), up to its cap. */
 #include "mwi_pgaudit.h"
+#include "mwi_taprec.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -18,22 +19,9 @@ enum { SEEN_COMMAND = 1, SEEN_EMPTY = 2 };   /* a simple query's results so far 
 #define REC_MAX (MWI_PGA_HDR + 3u * (8u + MWI_PGA_NAME_CAP) + 8u + MWI_PGA_FMT_CAP \
                  + MWI_PGA_TEXT_CAP + MWI_PGA_MAX_PARAMS * (8u + MWI_PGA_PARAM_CAP))
 
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    put32(p, (uint32_t)v);
-    put32(p + 4, (uint32_t)(v >> 32));
-}
-
 void mwi_pgaudit_init(mwi_pgaudit *t, mwi_pga_emit_fn emit, void *ctx)
 {
-    memset(t, 0, sizeof *t);
-    t->emit = emit;
-    t->ctx = ctx;
+    MWI_TAP_INIT(t, emit, ctx);
 }
 
 void mwi_pgaudit_free(mwi_pgaudit *t)
@@ -46,7 +34,7 @@ void mwi_pgaudit_free(mwi_pgaudit *t)
 
 static void emit(mwi_pgaudit *t, const uint8_t *rec, size_t len)
 {
-    if (t->emit(t->ctx, rec, len) != 0) t->dropped++;
+    MWI_TAP_EMIT(t, rec, len);
 }
 
 /* ---- the request record (side 0) -------------------------------------------------- */
@@ -96,8 +84,8 @@ static int field_open(mwi_pgaudit *t, mwi_pga_side *s, uint32_t cap)
 
 static void field_close(mwi_pgaudit *t, mwi_pga_side *s, uint32_t full)
 {
-    put32(t->rec + s->field, full);
-    put32(t->rec + s->field + 4, s->field_len);
+    mwi_put32(t->rec + s->field, full);
+    mwi_put32(t->rec + s->field + 4, s->field_len);
     t->rec_len += s->field_len;
     if (full != MWI_PGA_NULL && full > s->field_len) t->rec[1] |= MWI_PGA_TRUNCATED;
     s->capture = CAP_NONE;
@@ -106,8 +94,8 @@ static void field_close(mwi_pgaudit *t, mwi_pga_side *s, uint32_t full)
 static int field_null(mwi_pgaudit *t)
 {
     if (rec_reserve(t, 8) != 0) return -1;
-    put32(t->rec + t->rec_len, MWI_PGA_NULL);
-    put32(t->rec + t->rec_len + 4, 0);
+    mwi_put32(t->rec + t->rec_len, MWI_PGA_NULL);
+    mwi_put32(t->rec + t->rec_len + 4, 0);
     t->rec_len += 8;
     rec_nfields_inc(t);
     return 0;
@@ -164,18 +152,18 @@ static void emit_result(mwi_pgaudit *t, uint32_t seq, uint32_t status, uint64_t 
     memset(rec, 0, MWI_PGA_HDR);
     rec[0] = 'R';
     rec[2] = 3;
-    put32(rec + 4, seq);
-    put32(rec + 8, status);
-    put64(rec + 16, t->has_tag_rows ? t->tag_rows : t->data_rows);
-    put64(rec + 24, t->bytes);
-    put64(rec + 32, duration);
-    put32(rec + n, t->tag_full); put32(rec + n + 4, t->tag_len);
+    mwi_put32(rec + 4, seq);
+    mwi_put32(rec + 8, status);
+    mwi_put64(rec + 16, t->has_tag_rows ? t->tag_rows : t->data_rows);
+    mwi_put64(rec + 24, t->bytes);
+    mwi_put64(rec + 32, duration);
+    mwi_put32(rec + n, t->tag_full); mwi_put32(rec + n + 4, t->tag_len);
     memcpy(rec + n + 8, t->tag, t->tag_len);
     n += 8 + t->tag_len;
-    put32(rec + n, t->sqlstate_len); put32(rec + n + 4, t->sqlstate_len);
+    mwi_put32(rec + n, t->sqlstate_len); mwi_put32(rec + n + 4, t->sqlstate_len);
     memcpy(rec + n + 8, t->sqlstate, t->sqlstate_len);
     n += 8 + t->sqlstate_len;
-    put32(rec + n, t->err_full); put32(rec + n + 4, t->err_len);
+    mwi_put32(rec + n, t->err_full); mwi_put32(rec + n + 4, t->err_len);
     memcpy(rec + n + 8, t->err, t->err_len);
     n += 8 + t->err_len;
     if (t->tag_full > t->tag_len || t->err_full > t->err_len) flags |= MWI_PGA_TRUNCATED;
@@ -323,7 +311,7 @@ static int client_done(mwi_pgaudit *t, mwi_pga_side *s, uint64_t now)
     if (type != 'S' && type != 'D' && !recorded(type)) return 0;
     if (recorded(type)) {
         seq = ++t->seq;
-        put32(t->rec + 4, seq);
+        mwi_put32(t->rec + 4, seq);
         if (t->skipping) {
             emit(t, t->rec, t->rec_len);
             skip_result(t, seq);
@@ -427,16 +415,16 @@ static int advance(mwi_pgaudit *t, mwi_pga_side *s, int side)
         if (type == 'E') return go_int(s, S_MAXROWS, 4);
         return go_skip(s);
     case S_CKIND:
-        put32(t->rec + 8, (uint32_t)v);
+        mwi_put32(t->rec + 8, (uint32_t)v);
         return go_str(t, s, S_NAME1, CAP_FIELD, MWI_PGA_NAME_CAP);
     case S_MAXROWS:
-        put32(t->rec + 8, (uint32_t)v);
+        mwi_put32(t->rec + 8, (uint32_t)v);
         return go_skip(s);
     case S_NAME2:
         field_close(t, s, s->full);
         return go_int(s, S_NFMT, 2);
     case S_OID:
-        put32(t->rec + 8, (uint32_t)v);
+        mwi_put32(t->rec + 8, (uint32_t)v);
         return go_int(s, S_NFMT, 2);
     case S_NFMT:
         if ((int16_t)v < 0) return -2;
@@ -456,8 +444,8 @@ static int advance(mwi_pgaudit *t, mwi_pga_side *s, int side)
         if ((int16_t)v < 0) return -2;
         s->count = (uint32_t)(int16_t)v;
         s->index = 0;
-        if (type == 'B') put32(t->rec + 8, s->count);
-        else put64(t->rec + 16, s->count);
+        if (type == 'B') mwi_put32(t->rec + 8, s->count);
+        else mwi_put64(t->rec + 16, s->count);
         if (s->count > MWI_PGA_MAX_PARAMS) t->rec[1] |= MWI_PGA_PARAMS_OMITTED;
         return values_next(t, s);
     case S_VLEN:
@@ -569,8 +557,8 @@ static long malformed(mwi_pgaudit *t, mwi_pga_side *s, int side, int why, uint64
     uint8_t rec[MWI_PGA_HDR];
     memset(rec, 0, sizeof rec);
     rec[0] = 'M';
-    put32(rec + 8, (uint32_t)side << 8 | (uint32_t)why);
-    put64(rec + 16, s->msg_off);
+    mwi_put32(rec + 8, (uint32_t)side << 8 | (uint32_t)why);
+    mwi_put64(rec + 16, s->msg_off);
     emit(t, rec, sizeof rec);
     t->dead = 1;
     return s->msg_off > base ? (long)(s->msg_off - base) : 0;

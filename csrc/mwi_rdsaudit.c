@@ -4,21 +4,15 @@
  * its '\n', and reading a bulk string's bytes and CRLF. What a bulk string holds goes to
  * the record's open field up to its cap. */
 #include "mwi_rdsaudit.h"
+#include "mwi_taprec.h"
 
 #include <string.h>
 
 enum { ST_LINE = 0, ST_BULK };
 
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
-}
-
 void mwi_rdsaudit_init(mwi_rdsaudit *t, mwi_pga_emit_fn emit, void *ctx)
 {
-    memset(t, 0, sizeof *t);
-    t->emit = emit;
-    t->ctx = ctx;
+    MWI_TAP_INIT(t, emit, ctx);
 }
 
 static void rec_begin(mwi_rdsaudit *t, uint8_t flags)
@@ -31,8 +25,8 @@ static void rec_begin(mwi_rdsaudit *t, uint8_t flags)
 
 static void rec_field(mwi_rdsaudit *t, uint32_t full, const uint8_t *p, uint32_t len)
 {
-    put32(t->rec + t->rec_len, full);
-    put32(t->rec + t->rec_len + 4, len);
+    mwi_put32(t->rec + t->rec_len, full);
+    mwi_put32(t->rec + t->rec_len + 4, len);
     memcpy(t->rec + t->rec_len + 8, p, len);
     t->rec_len += 8 + len;
     t->rec[2]++;
@@ -41,9 +35,9 @@ static void rec_field(mwi_rdsaudit *t, uint32_t full, const uint8_t *p, uint32_t
 
 static void rec_emit(mwi_rdsaudit *t, uint32_t nargs)
 {
-    put32(t->rec + 4, ++t->seq);
-    put32(t->rec + 8, nargs);
-    if (t->emit(t->ctx, t->rec, t->rec_len) != 0) t->dropped++;
+    mwi_put32(t->rec + 4, ++t->seq);
+    mwi_put32(t->rec + 8, nargs);
+    MWI_TAP_EMIT(t, t->rec, t->rec_len);
 }
 
 /* a header line's number (after its type byte): -1 if it is not one in [-1, 2^31) */
@@ -116,8 +110,8 @@ static void bulk_done(mwi_rdsaudit *t)
     if (t->field_cap > 0) {
         t->rec_len += 8;
         t->rec[2]++;
-        put32(t->rec + t->field, t->full);
-        put32(t->rec + t->field + 4, t->field_len);
+        mwi_put32(t->rec + t->field, t->full);
+        mwi_put32(t->rec + t->field + 4, t->field_len);
         t->rec_len += t->field_len;
         if (t->full > t->field_len) t->rec[1] |= MWI_PGA_TRUNCATED;
     }

@@ -12,6 +12,7 @@ import os
 import warnings
 
 from .acceptor_py import Acceptor
+from .auditenc_py import canonical_fields, chain_rows, hmac_digests, link_hash
 from .counters import CounterTable
 from .firstbytes import (
     KIND_GARBAGE,
@@ -63,7 +64,7 @@ NATIVE_UNAVAILABLE: str | None = "MWIPROXY_NO_EXTENSIONS=1 is set"
 
 if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
     try:
-        from . import _relay, _tlsrec
+        from . import _auditenc, _relay, _tlsrec
     except ImportError as exc:  # not built, or built for another interpreter
         NATIVE_UNAVAILABLE = f"the compiled modules failed to import: {exc}"
         warnings.warn(
@@ -81,6 +82,10 @@ if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
         TLSContext = _relay.TLSContext  # type: ignore[assignment, misc]
         TLSStream = _relay.TLSStream  # type: ignore[assignment, misc]
         pgaudit_decode = _relay.pgaudit_decode
+        canonical_fields = _auditenc.canonical_fields
+        chain_rows = _auditenc.chain_rows
+        link_hash = _auditenc.link_hash
+        hmac_digests = _auditenc.hmac_digests
         NATIVE = True
         NATIVE_UNAVAILABLE = None
 
@@ -111,6 +116,10 @@ __all__ = [
     "RelayStats",
     "close_engine",
     "CounterTable",
+    "canonical_fields",
+    "chain_rows",
+    "hmac_digests",
+    "link_hash",
     "engine_for",
     "engines_for",
     "AUTO",

@@ -82,8 +82,10 @@ def pgaudit_decode(rec):
         else:
             fields.append((full, <bytes>rec[off:off + <Py_ssize_t>stored]))
         off += <Py_ssize_t>stored
-    return _PgAuditRecord(chr(p[0]), p[1], _le(p + 4, 4), _le(p + 8, 4), _le(p + 16, 8),
-                          _le(p + 24, 8), _le(p + 32, 8), tuple(fields))
+    # the NamedTuple made as tuple.__new__ does it (its Python-level __new__ skipped)
+    return tuple.__new__(_PgAuditRecord, (chr(p[0]), p[1], _le(p + 4, 4), _le(p + 8, 4),
+                                          _le(p + 16, 8), _le(p + 24, 8), _le(p + 32, 8),
+                                          tuple(fields)))
 
 
 cdef class MyAuditTap:

@@ -301,8 +301,10 @@ class AuditWriter:
                 continue
             self.observe_batch(time.monotonic() - started)
             self._succeeded()
+            mirror_quiet = os.environ.get("MWIPROXY_LOG_QUERY_AUDIT") == "1"
             for event, event_id in zip(batch, ids, strict=True):
-                log_event(event, event_id)
+                if mirror_quiet or not event[1].startswith(QUIET_PREFIXES):
+                    log_event(event, event_id)  # query-audit events skipped here: per event
             return True
 
     def _failed(self, error: Exception, size: int, last_log: float) -> float:

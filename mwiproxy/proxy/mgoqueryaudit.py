@@ -1,5 +1,5 @@
 """A MongoDB session's query audit: the relay's tap records (csrc/mwi_mgoaudit.h, read by
-pgaudit_py.decode) become audit events, batched as PostgreSQL's (proxy/queryaudit.py).
+_native.pgaudit_decode) become audit events, batched as PostgreSQL's (proxy/queryaudit.py).
 
 Each client message becomes, when its reply came, `db.session.query` (or
 `db.session.query.failed`: `ok` false, writeErrors, a legacy QueryFailure, with
@@ -29,8 +29,9 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from mwiproxy._native import pgaudit_decode as decode
 from mwiproxy._native.mgoaudit_py import DOC_CAP, ROWS, SECRET, UNPARSED, value_size
-from mwiproxy._native.pgaudit_py import BAD_NAMES, ST_ERROR, UNTRACKED, Record, decode
+from mwiproxy._native.pgaudit_py import BAD_NAMES, ST_ERROR, UNTRACKED, Record
 from mwiproxy.proxy.queryaudit import MALFORMED, QUERY, QUERY_FAILED, QueryAudit
 from mwiproxy.wire.sqlredact import param_digest
 

@@ -10,7 +10,7 @@ too). Each event says its `command`. Prepared statements: `db.session.mysql.stat
 prepare` (with the server's statement id and parameter count) and `...close`. An
 EXECUTE's parameters (binary protocol, wire/mysqlparams: the types bound then, or
 remembered from the statement's earlier execute) are written as PostgreSQL's Bind
-parameters: per the session's policy (omit; hash: sqlredact.param_digest of each value's
+parameters: per the session's policy (omit; hash: sqlredact.param_digests of each value's
 text, the default; plain: the text, 256 bytes each), `parameters_truncated` when cut.
 Statements are redacted by wire/mysqlredact.
 """
@@ -21,12 +21,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from mwiproxy._native import pgaudit_decode as decode
 from mwiproxy._native.myaudit_py import code
-from mwiproxy._native.pgaudit_py import ST_ERROR, STATUS_NAMES, UNTRACKED, Record, decode
-from mwiproxy.proxy.queryaudit import MAX_NAMES, QUERY, QUERY_FAILED, QueryAudit
+from mwiproxy._native.pgaudit_py import ST_ERROR, STATUS_NAMES, UNTRACKED, Record
+from mwiproxy.proxy.queryaudit import MAX_NAMES, QUERY, QUERY_FAILED, QueryAudit, RedactedTexts
 from mwiproxy.wire.mysqlparams import execute_params
 from mwiproxy.wire.mysqlredact import redact_statement
-from mwiproxy.wire.sqlredact import param_digest
+from mwiproxy.wire.sqlredact import param_digests
 
 PREPARE = "db.session.mysql.statements.prepare"
 CLOSE = "db.session.mysql.statements.close"
@@ -34,23 +35,11 @@ PARAM_CAP = 256  # bytes of a parameter written under `plain`
 _COMMANDS = {"Q": "COM_QUERY", "P": "COM_STMT_PREPARE", "E": "COM_STMT_EXECUTE",
              "I": "COM_INIT_DB", "C": "COM_STMT_CLOSE"}
 
-_REDACTED: dict[bytes, tuple[str, bool]] = {}
-REDACT_CACHE = 512
-
-
-def _redacted(text: bytes) -> tuple[str, bool]:
-    done = _REDACTED.get(text)
-    if done is None:
-        if len(_REDACTED) >= REDACT_CACHE:
-            _REDACTED.clear()
-        done = _REDACTED[text] = redact_statement(text.decode("utf-8", "replace"))
-    return done
-
-
 class MySQLQueryAudit(QueryAudit):
     """One MySQL session's records → events (the same constructor as QueryAudit)."""
 
     protocol = "mysql"
+    redacted = RedactedTexts(redact_statement)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -62,12 +51,6 @@ class MySQLQueryAudit(QueryAudit):
             handler = _HANDLERS.get(rec.kind)
             if handler is not None:
                 handler(self, rec, raw)
-
-    def _statement(self, field: tuple[int, bytes | None], truncated: bool) -> dict[str, Any]:
-        query, redacted = _redacted(field[1] or b"")
-        return {"query": query, "query_redacted": redacted,
-                "truncated": truncated and field[0] > len(field[1] or b""),
-                "query_len": field[0]}
 
     def _request(self, rec: Record, raw: bytes) -> None:
         info: dict[str, Any] = {"command": _COMMANDS[rec.kind]}
@@ -96,15 +79,13 @@ class MySQLQueryAudit(QueryAudit):
         prepared["types"] = types
         if mode == "omit" or count == 0:
             return {}
-        out: list[str | None] = []
-        for v in values:
-            if mode == "hash":
-                out.append(param_digest(v, self._key))
-            elif v is None:
-                out.append(None)
-            else:
-                cut = cut or len(v) > PARAM_CAP
-                out.append(v[:PARAM_CAP].decode("utf-8", "replace"))
+        out: list[str | None]
+        if mode == "hash":
+            out = param_digests(values, self._key)
+        else:
+            out = [None if v is None else v[:PARAM_CAP].decode("utf-8", "replace")
+                   for v in values]
+            cut = cut or any(v is not None and len(v) > PARAM_CAP for v in values)
         cut = cut or len(values) < count or bool(rec.fields and rec.fields[0][0] > len(block))
         return {"parameters": out, **({"parameters_truncated": True} if cut else {})}
 

@@ -11,7 +11,7 @@ or Close that failed too). A malformed message closes the session
 (`db.session.malformed_packet`). Records the relay dropped (the loop fell behind) are
 audited once, at the end, as `audit.query.dropped`, counted in a metric and logged at
 most once a minute. Statements are redacted (sqlredact.redact_statement), parameters
-written per the session's policy (omit, hash: sqlredact.param_digest, plain).
+written per the session's policy (omit, hash: sqlredact.param_digests, plain).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from mwiproxy._native.pgaudit_py import (
 )
 from mwiproxy.auth.rbac import QueryAuditPolicy, query_audit_policy
 from mwiproxy.auth.storage.base import Storage
-from mwiproxy.wire.sqlredact import param_digest, redact_statement
+from mwiproxy.wire.sqlredact import param_digests, redact_statement
 
 __all__ = ["QueryAudit", "QueryAuditPolicy", "query_audit_policy"]
 
@@ -93,18 +93,23 @@ def _text(field: tuple[int, bytes | None]) -> str:
     return (field[1] or b"").decode("utf-8", "replace")
 
 
-# the same statements come again and again (prepared or not): each is redacted once
-_REDACTED: dict[bytes, tuple[str, bool]] = {}
-REDACT_CACHE = 512
+class RedactedTexts:
+    """Statements redacted once each: the same texts come again and again (prepared or
+    not), per engine's redactor. Bounded: cleared when full. Shared by the sessions of
+    a process (one instance per engine)."""
 
+    def __init__(self, redact: Callable[[str], tuple[str, bool]], size: int = 512) -> None:
+        self._redact = redact
+        self._size = size
+        self._done: dict[bytes, tuple[str, bool]] = {}
 
-def _redacted(text: bytes) -> tuple[str, bool]:
-    done = _REDACTED.get(text)
-    if done is None:
-        if len(_REDACTED) >= REDACT_CACHE:
-            _REDACTED.clear()
-        done = _REDACTED[text] = redact_statement(text.decode("utf-8", "replace"))
-    return done
+    def __call__(self, text: bytes) -> tuple[str, bool]:
+        done = self._done.get(text)
+        if done is None:
+            if len(self._done) >= self._size:
+                self._done.clear()
+            done = self._done[text] = self._redact(text.decode("utf-8", "replace"))
+        return done
 
 
 class QueryAudit:
@@ -112,6 +117,7 @@ class QueryAudit:
     identity, db_user, db_name, ...); `emit(type, **fields)`: the audit log's."""
 
     protocol = "postgres"
+    redacted = RedactedTexts(redact_statement)  # the engine's redactor, cached
 
     def __init__(self, emit: Emit, who: dict[str, Any], policy: QueryAuditPolicy, *,
                  wait: bool = False, key: bytes | None = None,
@@ -152,7 +158,7 @@ class QueryAudit:
         self._emit(type_, **self._who, **fields)
 
     def _statement(self, field: tuple[int, bytes | None], truncated: bool) -> dict[str, Any]:
-        query, redacted = _redacted(field[1] or b"")
+        query, redacted = self.redacted(field[1] or b"")
         return {"query": query, "query_redacted": redacted,
                 "truncated": truncated and field[0] > len(field[1] or b""),
                 "query_len": field[0]}
@@ -162,20 +168,26 @@ class QueryAudit:
         mode = self._policy.parameters
         if mode == "omit":
             return {}
+        out = param_digests([value for _, value in values], self._key) if mode == "hash" \
+            else self._plain(formats, values)
+        cut = any(v is not None and full > len(v) for full, v in values)
+        return {"parameters": out, **({"parameters_truncated": True} if cut or omitted
+                                      else {})}
+
+    @staticmethod
+    def _plain(formats: bytes, values: tuple[tuple[int, bytes | None], ...]
+               ) -> list[str | None]:
+        """Parameters as sent: text as text, binary as \\x hex (per the format codes)."""
         codes = [int.from_bytes(formats[i:i + 2], "big") for i in range(0, len(formats), 2)]
         out: list[str | None] = []
         for i, (_, value) in enumerate(values):
-            if mode == "hash":
-                out.append(param_digest(value, self._key))
-            elif value is None:
+            if value is None:
                 out.append(None)
             else:
                 binary = (codes[0] if len(codes) == 1 else codes[i] if i < len(codes) else 0)
                 out.append("\\x" + value.hex() if binary else
                            value.decode("utf-8", "replace"))
-        cut = any(v is not None and full > len(v) for full, v in values)
-        return {"parameters": out, **({"parameters_truncated": True} if cut or omitted
-                                      else {})}
+        return out
 
     # -- requests ---------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ pgaudit_py.decode) become `db.session.query` events, one per command the client 
 batched as PostgreSQL's (proxy/queryaudit.py).
 
 Each carries `command` (the name, upper-cased), `argc`, `query` (the name) and `args`
-per the session's parameter policy (omit, hash: sqlredact.param_digest, plain), the
+per the session's parameter policy (omit, hash: sqlredact.param_digests, plain), the
 first 16 arguments up to 256 bytes each (`args_truncated`), and `status: "read"`:
 replies are not paired (pub/sub, MONITOR and CLIENT REPLY break the order), so a
 command the inspector then refused (an AUTH as another user) is recorded too. Password
@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from mwiproxy._native.pgaudit_py import PARAMS_OMITTED, decode
+from mwiproxy._native import pgaudit_decode as decode
+from mwiproxy._native.pgaudit_py import PARAMS_OMITTED
 from mwiproxy._native.rdsaudit_py import INLINE
 from mwiproxy.proxy.queryaudit import QUERY, QueryAudit
-from mwiproxy.wire.sqlredact import param_digest
+from mwiproxy.wire.sqlredact import param_digests
 
 MASK = "****"
 _AFTER = {b"HELLO": {b"AUTH": 2}, b"MIGRATE": {b"AUTH": 1, b"AUTH2": 2},
@@ -34,7 +35,9 @@ def secret_positions(name: bytes, args: list[bytes]) -> set[int]:
     if name == b"ACL" and args and args[0].upper() == b"SETUSER":
         return {i for i, a in enumerate(args) if i >= 2 and a[:1] in (b">", b"<", b"#", b"!")}
     out: set[int] = set()
-    after = _AFTER.get(name, {})
+    after = _AFTER.get(name)
+    if after is None:  # most commands: nothing to look for
+        return out
     for i, a in enumerate(args):
         n = after.get(a.upper(), 0)
         out.update(range(i + 1, i + 1 + n))
@@ -64,9 +67,9 @@ class RedisQueryAudit(QueryAudit):
         secret = secret_positions(name, values)
         mode = self._policy.parameters
         if mode != "omit":
-            info["args"] = [MASK if i in secret else
-                            param_digest(v, self._key) if mode == "hash" else
-                            v.decode("utf-8", "replace") for i, v in enumerate(values)]
+            args: list[str | None] = (param_digests(list(values), self._key) if mode == "hash"
+                                      else [v.decode("utf-8", "replace") for v in values])
+            info["args"] = [MASK if i in secret else v for i, v in enumerate(args)]
             cut = any(full > len(v or b"") for full, v in rec.fields[1:])
             if cut or rec.flags & PARAMS_OMITTED:
                 info["args_truncated"] = True

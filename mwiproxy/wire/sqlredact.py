@@ -26,9 +26,9 @@ itself SQL (`EXECUTE 'ALTER ROLE x PASSWORD ''s'''`), or built by concatenation.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
+
+from mwiproxy._native import hmac_digests
 
 MASK = "'****'"
 DIGEST_PREFIX = "hmac-sha256:"
@@ -99,10 +99,12 @@ def redact_statement(sql: str) -> tuple[str, bool]:
 
 def param_digest(value: bytes | None, key: bytes) -> str | None:
     """A bind parameter as recorded under `hash`: None for SQL NULL, else a keyed digest."""
-    if value is None:
-        return None
-    digest = hmac.new(key, value, hashlib.sha256).hexdigest()
-    return DIGEST_PREFIX + digest[:_DIGEST_HEX]
+    return param_digests([value], key)[0]
+
+
+def param_digests(values: list[bytes | None], key: bytes) -> list[str | None]:
+    """param_digest of each value, in one native call (_native.hmac_digests)."""
+    return hmac_digests(key, values, DIGEST_PREFIX, _DIGEST_HEX)
 
 
 def _scan(s: str, pos: int, end: int, depth: int, edits: list[tuple[int, int, str]]) -> None:

@@ -14,13 +14,14 @@ hash and the head leaves a chain that verifies; only a head exported earlier
 
 from __future__ import annotations
 
-import hashlib
 import json
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mwiproxy._native import canonical_fields, chain_rows
+from mwiproxy._native import link_hash as _link_hash
+from mwiproxy._native.auditenc_py import ChainRow
 from mwiproxy.auth.storage.base import AuditHead, AuditTail, ChainedAuditEvent
 
 # the prev_hash of the first event: 32 zero bytes
@@ -49,9 +50,11 @@ def fields_text(fields: dict[str, Any]) -> str:
 
     Fields that are already plain JSON (str keys; str, int, float, bool, None, lists,
     tuples and dicts of them; every event the proxies emit) give the same text encoded
-    once: the fast path, per event on the audit writer's thread."""
-    if _plain_fields(fields):
-        return _CANONICAL.encode(fields)
+    once, natively (_native.canonical_fields): the fast path, per event on the audit
+    writer's thread."""
+    text = canonical_fields(fields)
+    if text is not None:
+        return text
     try:
         loose = json.loads(json.dumps(fields, default=str))
     except (TypeError, ValueError) as e:
@@ -59,46 +62,22 @@ def fields_text(fields: dict[str, Any]) -> str:
     return _CANONICAL.encode(loose)
 
 
-_LEN = struct.Struct(">Q")  # a part's length before it, in link_hash
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-_STR = frozenset({str})
-_PLAIN_DEPTH = 8  # deeper (or a cycle): the general path
-
-
-def _plain_fields(fields: Any) -> bool:
-    """True when `fields` is a dict that encodes to the same JSON before and after a
-    round trip (see fields_text): exact JSON types only, string keys, bounded depth."""
-    if type(fields) is not dict or not _STR.issuperset(map(type, fields)):
-        return False
-    if _SCALARS.issuperset(map(type, fields.values())):  # flat: the usual event
-        return True
-    return all(_plain_value(v, 1) for v in fields.values())
-
-
-def _plain_value(value: Any, depth: int) -> bool:
-    kind = type(value)
-    if kind in _SCALARS:
-        return True
-    if depth >= _PLAIN_DEPTH:
-        return False
-    if kind is list or kind is tuple:
-        return all(_plain_value(v, depth + 1) for v in value)
-    if kind is dict:
-        return all(type(k) is str and _plain_value(v, depth + 1) for k, v in value.items())
-    return False
 
 
 def link_hash(prev_hash: str, event_id: int, time: float, type: str, text: str) -> str:
     """sha256 over the previous hash (32 raw bytes) and the event's parts, each
     length-prefixed, so no two different events encode to the same bytes. `text` is the
-    fields exactly as stored. (One buffer hashed at once: per event on the writer's
-    thread.)"""
-    a, b = str(event_id).encode(), repr(float(time)).encode()
-    c, d = type.encode(), text.encode()
-    return hashlib.sha256(b"".join((
-        bytes.fromhex(prev_hash), _LEN.pack(len(a)), a, _LEN.pack(len(b)), b,
-        _LEN.pack(len(c)), c, _LEN.pack(len(d)), d))).hexdigest()
+    fields exactly as stored. (_native.link_hash; a batch's links: link_rows.)"""
+    return _link_hash(prev_hash, event_id, time, type, text)
+
+
+def link_rows(prev_hash: str, top: int,
+              events: list[tuple[float, str, str, str | None]]) -> list[ChainRow]:
+    """The rows (id, time, type, text, prev_hash, hash, session) of `events` (time, type,
+    fields text, session) linked in order onto the event `top` whose hash is
+    `prev_hash`: link_hash for each, in one native call per batch."""
+    return chain_rows(prev_hash, top, events)
 
 
 def parse_head(text: str) -> AuditHead:

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from mwiproxy.auth.storage.base import AuditHead, AuditTail, ChainedAuditEvent
-from mwiproxy.auth.storage.chain import GENESIS, fields_text, link_hash, session_of
+from mwiproxy.auth.storage.chain import GENESIS, fields_text, link_rows, session_of
 from mwiproxy.auth.storage.pg_conn import Connection, open_connection
 
 _ROW = "SELECT id, time, type, fields, prev_hash, hash FROM audit"
@@ -62,19 +62,15 @@ class PostgresAudit:
             top = max(tail.head.event_id if tail.head else 0, tail.highest_id,
                       int(last[0]) if last else 0)
             prev = tail.head.hash if tail.head else ((last[1] if last else None) or GENESIS)
-            ids, values = [], []
-            for time, type_, text, session in rows:
-                top += 1
-                h = link_hash(prev, top, time, type_, text)
-                values.append((top, time, type_, text, prev, h, session))
-                ids.append(top)
-                prev = h
+            values = link_rows(prev, top, rows)
+            if values:
+                top, prev = values[-1][0], values[-1][5]
             with conn.cursor() as cur:
                 cur.executemany("INSERT INTO audit (id, time, type, fields, prev_hash, hash, "
                                 "session) VALUES (%s, %s, %s, %s, %s, %s, %s)", values)
             conn.execute("UPDATE audit_tail SET head_id = %s, head_hash = %s, "
                          "highest_id = %s", (top, prev, top))
-        return ids
+        return [v[0] for v in values]
 
     def chain(self) -> tuple[AuditTail, Iterator[ChainedAuditEvent]]:
         """On a connection of its own, in one REPEATABLE READ transaction: the tail and

@@ -27,6 +27,7 @@ from mwiproxy.auth.storage.chain import (
     GENESIS,
     fields_text,
     link_hash,
+    link_rows,
     session_of,
 )
 
@@ -170,16 +171,13 @@ class SQLiteAudit:
         return event_id
 
     def _insert_many(self, rows: list[tuple[float, str, str, str | None]]) -> list[int]:
-        """_insert for a batch: the links computed in order, the rows in one executemany."""
-        event_id, prev = self._top, self._head_hash
-        values = []
-        for time, type_, text, session in rows:
-            event_id += 1
-            h = link_hash(prev, event_id, time, type_, text)
-            values.append((event_id, time, type_, text, prev, h, session))
-            prev = h
+        """_insert for a batch: the links computed in order (one native call), the rows
+        in one executemany."""
+        values = link_rows(self._head_hash, self._top, rows)
+        if not values:
+            return []
         self._db.executemany(_INSERT, values)
-        self._top, self._head_hash = event_id, prev
+        self._top, self._head_hash = values[-1][0], values[-1][5]
         return [v[0] for v in values]
 
     def _store_head(self) -> None:

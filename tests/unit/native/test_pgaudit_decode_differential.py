@@ -65,3 +65,34 @@ def test_null_and_empty_fields() -> None:
     bind = [r for r in tap.records if r[:1] == b"B"]
     assert bind and pgaudit_decode(bind[0]) == pgaudit_py.decode(bind[0])
     assert (0, None) in pgaudit_decode(bind[0]).fields
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_same_records_from_the_mysql_and_redis_taps(seed: int) -> None:
+    """The MySQL and Redis audits decode their taps' records (the same layout) with
+    pgaudit_decode too."""
+    from mwiproxy._native import myaudit_py, rdsaudit_py
+    from mwiproxy._native._relay import MyAuditTap, RdsAuditTap
+
+    from . import myauditkit
+    from .test_rdsaudit_differential import _stream
+
+    rng = random.Random(2000 + seed)
+    records: list[bytes] = []
+    chunks = myauditkit.interleave(rng, myauditkit.session(rng, 8), pipeline=True)
+    for make in (myaudit_py.Tap, MyAuditTap):
+        tap = make()
+        myauditkit.run(tap, chunks)
+        records += tap.records
+    stream = _stream(rng)
+    for make in (rdsaudit_py.Tap, RdsAuditTap):
+        tap = make()
+        tap.feed(0, stream, 1)
+        tap.end(2)
+        records += tap.records
+    assert records
+    for rec in records:
+        got = pgaudit_decode(rec)
+        assert got == pgaudit_py.decode(rec) and type(got) is pgaudit_py.Record
+        for bad in (rec[:rng.randrange(len(rec) + 1)], myauditkit.mutate(rng, rec)):
+            assert _answer(pgaudit_decode, bad) == _answer(pgaudit_py.decode, bad)

@@ -1,0 +1,186 @@
+/* See mwi_auditenc.h. */
+#include "mwi_auditenc.h"
+
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+#include <string.h>
+
+static const char HEX[] = "0123456789abcdef";
+
+static uint32_t cp_at(const void *data, int width, size_t i)
+{
+    if (width == 1)
+        return ((const uint8_t *)data)[i];
+    if (width == 2)
+        return ((const uint16_t *)data)[i];
+    return ((const uint32_t *)data)[i];
+}
+
+static size_t cp_len(uint32_t c)
+{
+    if (c >= 0x20 && c <= 0x7e)
+        return (c == '"' || c == '\\') ? 2 : 1;
+    if (c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t')
+        return 2;
+    return c > 0xFFFF ? 12 : 6;
+}
+
+size_t mwi_json_ascii_len(const void *data, int width, size_t n)
+{
+    size_t total = 0;
+    if (width == 1) {  /* the usual case: Latin-1 text, most of it printable ASCII */
+        const uint8_t *p = data;
+        for (size_t i = 0; i < n; i++)
+            total += (p[i] >= 0x20 && p[i] <= 0x7e && p[i] != '"' && p[i] != '\\')
+                         ? 1 : cp_len(p[i]);
+        return total;
+    }
+    for (size_t i = 0; i < n; i++)
+        total += cp_len(cp_at(data, width, i));
+    return total;
+}
+
+static char *put_u(char *o, uint32_t c)
+{
+    o[0] = '\\';
+    o[1] = 'u';
+    o[2] = HEX[(c >> 12) & 0xF];
+    o[3] = HEX[(c >> 8) & 0xF];
+    o[4] = HEX[(c >> 4) & 0xF];
+    o[5] = HEX[c & 0xF];
+    return o + 6;
+}
+
+size_t mwi_json_ascii(const void *data, int width, size_t n, char *out)
+{
+    char *o = out;
+    size_t i = 0;
+    if (width == 1) {  /* copy the run of plain printable ASCII in one go */
+        const uint8_t *p = data;
+        while (i < n && p[i] >= 0x20 && p[i] <= 0x7e && p[i] != '"' && p[i] != '\\')
+            i++;
+        memcpy(o, p, i);
+        o += i;
+    }
+    for (; i < n; i++) {
+        uint32_t c = cp_at(data, width, i);
+        if (c >= 0x20 && c <= 0x7e) {
+            if (c == '"' || c == '\\')
+                *o++ = '\\';
+            *o++ = (char)c;
+            continue;
+        }
+        switch (c) {
+        case '\b': *o++ = '\\'; *o++ = 'b'; continue;
+        case '\f': *o++ = '\\'; *o++ = 'f'; continue;
+        case '\n': *o++ = '\\'; *o++ = 'n'; continue;
+        case '\r': *o++ = '\\'; *o++ = 'r'; continue;
+        case '\t': *o++ = '\\'; *o++ = 't'; continue;
+        default: break;
+        }
+        if (c > 0xFFFF) {
+            uint32_t v = c - 0x10000;
+            o = put_u(o, 0xD800 | ((v >> 10) & 0x3FF));
+            o = put_u(o, 0xDC00 | (v & 0x3FF));
+        } else {
+            o = put_u(o, c);
+        }
+    }
+    return (size_t)(o - out);
+}
+
+struct mwi_chain {
+    EVP_MD_CTX *ctx;
+    EVP_MD *md;
+};
+
+mwi_chain *mwi_chain_new(void)
+{
+    mwi_chain *c = OPENSSL_zalloc(sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->ctx = EVP_MD_CTX_new();
+    c->md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    if (c->ctx == NULL || c->md == NULL) {
+        mwi_chain_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void mwi_chain_free(mwi_chain *c)
+{
+    if (c == NULL)
+        return;
+    EVP_MD_CTX_free(c->ctx);
+    EVP_MD_free(c->md);
+    OPENSSL_free(c);
+}
+
+int mwi_chain_link(mwi_chain *c, const unsigned char prev[32], int nparts,
+                   const unsigned char *const *parts, const size_t *lens,
+                   unsigned char out[32])
+{
+    unsigned int outlen = 0;
+    if (!EVP_DigestInit_ex(c->ctx, c->md, NULL) || !EVP_DigestUpdate(c->ctx, prev, 32))
+        return -1;
+    for (int i = 0; i < nparts; i++) {
+        unsigned char be[8];
+        uint64_t n = lens[i];
+        for (int k = 7; k >= 0; k--, n >>= 8)
+            be[k] = (unsigned char)(n & 0xFF);
+        if (!EVP_DigestUpdate(c->ctx, be, 8)
+            || (lens[i] && !EVP_DigestUpdate(c->ctx, parts[i], lens[i])))
+            return -1;
+    }
+    if (!EVP_DigestFinal_ex(c->ctx, out, &outlen) || outlen != 32)
+        return -1;
+    return 0;
+}
+
+struct mwi_hmac {
+    EVP_MAC *mac;
+    EVP_MAC_CTX *keyed;  /* initialised with the key: duplicated per message */
+};
+
+mwi_hmac *mwi_hmac_new(const unsigned char *key, size_t keylen)
+{
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+        OSSL_PARAM_construct_end(),
+    };
+    mwi_hmac *h = OPENSSL_zalloc(sizeof(*h));
+    if (h == NULL)
+        return NULL;
+    h->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    h->keyed = h->mac ? EVP_MAC_CTX_new(h->mac) : NULL;
+    if (h->keyed == NULL || !EVP_MAC_init(h->keyed, key, keylen, params)) {
+        mwi_hmac_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void mwi_hmac_free(mwi_hmac *h)
+{
+    if (h == NULL)
+        return;
+    EVP_MAC_CTX_free(h->keyed);
+    EVP_MAC_free(h->mac);
+    OPENSSL_free(h);
+}
+
+int mwi_hmac_sha256(mwi_hmac *h, const unsigned char *msg, size_t n, unsigned char out[32])
+{
+    size_t outlen = 0;
+    int ok;
+    EVP_MAC_CTX *ctx = EVP_MAC_CTX_dup(h->keyed);
+    if (ctx == NULL)
+        return -1;
+    ok = (n == 0 || EVP_MAC_update(ctx, msg, n)) && EVP_MAC_final(ctx, out, &outlen, 32)
+         && outlen == 32;
+    EVP_MAC_CTX_free(ctx);
+    return ok ? 0 : -1;
+}
