@@ -26,6 +26,7 @@ import jinja2
 from aiohttp import web
 
 import mwiproxy
+from mwiproxy.auth.audit_limit import LimitedAudit
 from mwiproxy.auth.locks import describe
 from mwiproxy.auth.rbac import check_rule
 from mwiproxy.auth.request import Request
@@ -43,11 +44,6 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 PUBLIC = (f"{PREFIX}/login", f"{PREFIX}/invite/", f"{PREFIX}/static/")
 WEB_DENIED = "web.denied"
-# web.denied events per remote address and minute; past it they are counted and the
-# count rides on the address's next recorded refusal (an unauthenticated flood of bad
-# POSTs must not fill the audit log)
-DENIALS_PER_MINUTE = 30
-DENIAL_ADDRESSES = 10_000  # the most addresses remembered at once
 MAX_BODY = 256 * 1024  # a role's YAML is the largest thing posted
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -72,7 +68,8 @@ class WebUI:
         pages.add_routes(self)
         pages_live.add_routes(self)
         self._runner: web.AppRunner | None = None
-        self.denials = DenialBudget()
+        # anyone reaching the port can be refused: rate limited as tls.refused is
+        self.denials = LimitedAudit(auth.audit.emit, WEB_DENIED, "web refusals")
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None,
@@ -133,13 +130,9 @@ class WebUI:
         return METHODS[method][1](self.auth, Request(caller, params, request.remote or ""))
 
     def denied(self, request: web.Request, **fields: Any) -> None:
-        """Audit a refused request (web.denied), within the address's budget."""
+        """Audit a refused request (web.denied), within auth/audit_limit's buckets."""
         remote = request.remote or ""
-        suppressed = self.denials.take(remote, time.monotonic())
-        if suppressed is None:
-            return
-        more = {"suppressed": suppressed} if suppressed else {}
-        self.auth.audit.emit(WEB_DENIED, path=request.path, remote=remote, **fields, **more)
+        self.denials.record(remote, {"path": request.path, "remote": remote, **fields})
 
     def nav(self, request: web.Request) -> list[tuple[str, str]]:
         items = [("Status", f"{PREFIX}/")]
@@ -210,37 +203,6 @@ class WebUI:
             self.denied(request, user=session.user if session else "",
                         reason="missing or wrong CSRF token")
             raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page")
-
-
-class DenialBudget:
-    """At most DENIALS_PER_MINUTE recorded refusals per remote address and minute."""
-
-    def __init__(self, per_minute: int = DENIALS_PER_MINUTE,
-                 addresses: int = DENIAL_ADDRESSES) -> None:
-        self.per_minute, self.addresses = per_minute, addresses
-        self._windows: dict[str, list[float | int]] = {}  # address: [start, used, dropped]
-
-    def take(self, remote: str, now: float) -> int | None:
-        """None: do not record this one (counted); else record it, with the number of
-        this address's refusals left unrecorded since its last recorded one."""
-        w = self._windows.get(remote)
-        if w is None or now - w[0] >= 60.0:
-            dropped = int(w[2]) if w is not None else 0
-            if w is None and len(self._windows) >= self.addresses:
-                self._prune(now)
-            w = self._windows[remote] = [now, 0, dropped]
-        if w[1] >= self.per_minute:
-            w[2] += 1
-            return None
-        w[1] += 1
-        dropped, w[2] = int(w[2]), 0
-        return dropped
-
-    def _prune(self, now: float) -> None:
-        for key in [k for k, w in self._windows.items() if now - w[0] >= 60.0]:
-            del self._windows[key]
-        while len(self._windows) >= self.addresses:  # all busy: forget the oldest
-            del self._windows[min(self._windows, key=lambda k: self._windows[k][0])]
 
 
 def _same_origin(request: web.Request) -> bool:

@@ -9,12 +9,14 @@ import json
 import re
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from mwiproxy.devkit.cluster import ClusterProcess
 from mwiproxy.devkit.guide import GUIDE_ROLE
+from mwiproxy.devkit.topology import wait_for
 from tests._testbase.webclient import WebClient, activate, invite_url, login
 
 WEB_ADMIN = """\
@@ -219,17 +221,29 @@ def test_pages_render_for_a_full_user(cluster, ann):
 
 def test_a_flood_of_refused_requests_cannot_fill_the_audit_log(tmp_path):
     """An unauthenticated client posting cross-origin forms is refused every time, but
-    only DENIALS_PER_MINUTE refusals per address and minute are recorded (its own
-    cluster: the budget is per address, and the module's tests share 127.0.0.1)."""
-    from mwiproxy.web.app import DENIALS_PER_MINUTE
+    its web.denied events pass auth/audit_limit's buckets: a burst, then one a second,
+    and the rest are summed in one `suppressed` event (its own cluster: the buckets are
+    per address, and the module's tests share 127.0.0.1)."""
+    from mwiproxy.auth.audit_limit import PER_REMOTE_BURST, PER_REMOTE_RATE
 
     c = ClusterProcess(tmp_path / "data").start()
     try:
         anon = WebClient.of(c)
-        for _ in range(3 * DENIALS_PER_MINUTE):
+        t0, flood = time.monotonic(), 10 * PER_REMOTE_BURST
+        for _ in range(flood):
             refused = anon.post("/web/login", {"user": "x"}, csrf=False,
                                 headers={"Origin": "https://evil.example"})
             assert refused.status == 403
-        assert len(_audit(c, "web.denied")) == DENIALS_PER_MINUTE
+        elapsed = time.monotonic() - t0
+        one_by_one = [e for e in _audit(c, "web.denied") if "suppressed" not in e]
+        assert PER_REMOTE_BURST <= len(one_by_one) <= PER_REMOTE_BURST + (
+            elapsed + 1) * PER_REMOTE_RATE
+        assert all(e["reason"] == "cross-origin POST" for e in one_by_one)
+
+        def summarised() -> int:
+            return sum(int(str(e["suppressed"])) for e in _audit(c, "web.denied")
+                       if "suppressed" in e)
+        assert wait_for(lambda: summarised() == flood - len(one_by_one), timeout=30,
+                        step=0.5)
     finally:
         c.stop()
