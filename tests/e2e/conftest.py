@@ -36,7 +36,8 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
 
 @pytest.fixture(scope="package")
 def alice_out(topo: Topology) -> Path:
-    return topo.bot_output("example")
+    # no bot renews it: it must outlive the whole e2e package (past 10 min on a loaded box)
+    return topo.bot_output("example", ttl="3h")
 
 
 @pytest.fixture(scope="package")
