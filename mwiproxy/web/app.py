@@ -27,6 +27,7 @@ from aiohttp import web
 
 import mwiproxy
 from mwiproxy.auth.audit_limit import LimitedAudit
+from mwiproxy.auth.errors import AuthError
 from mwiproxy.auth.locks import describe
 from mwiproxy.auth.rbac import check_rule
 from mwiproxy.auth.request import Request
@@ -133,6 +134,17 @@ class WebUI:
         """Audit a refused request (web.denied), within auth/audit_limit's buckets."""
         remote = request.remote or ""
         self.denials.record(remote, {"path": request.path, "remote": remote, **fields})
+
+    async def change(self, request: web.Request, title: str, page: str, method: str,
+                     **params: Any) -> web.StreamResponse:
+        """An auth API change as the web user, then back to `page` (its list); a refusal
+        is shown on a message page (titled `title`) linking back."""
+        try:
+            await self.run(lambda: self.call(request, method, **params))
+        except AuthError as e:
+            return self.render(request, "message.html", status=400, title=title,
+                               message=e.message, link=f"{PREFIX}/{page}")
+        redirect(f"{PREFIX}/{page}")
 
     def nav(self, request: web.Request) -> list[tuple[str, str]]:
         items = [("Status", f"{PREFIX}/")]

@@ -103,12 +103,7 @@ def add_routes(ui: WebUI) -> None:
     async def role_delete(request: web.Request) -> web.StreamResponse:
         ui.require(request, "role", "delete")
         name = request.match_info["name"]
-        try:
-            await ui.run(lambda: ui.call(request, "delete_role", name=name))
-        except AuthError as e:
-            return ui.render(request, "message.html", status=400, title="Roles",
-                             message=e.message, link=f"{PREFIX}/roles")
-        redirect(f"{PREFIX}/roles")
+        return await ui.change(request, "Roles", "roles", "delete_role", name=name)
 
     # -- bots ----------------------------------------------------------------------------
     async def bots(request: web.Request) -> web.StreamResponse:
@@ -136,23 +131,13 @@ def add_routes(ui: WebUI) -> None:
         ui.require(request, "bot", "update")
         form = await request.post()
         name = request.match_info["name"]
-        try:
-            await ui.run(lambda: ui.call(request, "bots_update", name=name,
-                                         set_roles=_csv(_text(form, "roles"))))
-        except AuthError as e:
-            return ui.render(request, "message.html", status=400, title="Bots",
-                             message=e.message, link=f"{PREFIX}/bots")
-        redirect(f"{PREFIX}/bots")
+        return await ui.change(request, "Bots", "bots", "bots_update", name=name,
+                               set_roles=_csv(_text(form, "roles")))
 
     async def bot_delete(request: web.Request) -> web.StreamResponse:
         ui.require(request, "bot", "delete")
         name = request.match_info["name"]
-        try:
-            await ui.run(lambda: ui.call(request, "bots_rm", name=name))
-        except AuthError as e:
-            return ui.render(request, "message.html", status=400, title="Bots",
-                             message=e.message, link=f"{PREFIX}/bots")
-        redirect(f"{PREFIX}/bots")
+        return await ui.change(request, "Bots", "bots", "bots_rm", name=name)
 
     # -- join tokens ---------------------------------------------------------------------
     async def tokens(request: web.Request) -> web.StreamResponse:
@@ -180,12 +165,7 @@ def add_routes(ui: WebUI) -> None:
     async def token_delete(request: web.Request) -> web.StreamResponse:
         ui.require(request, "token", "delete")
         token_id = request.match_info["id"]
-        try:
-            await ui.run(lambda: ui.call(request, "tokens_rm", token=token_id))
-        except AuthError as e:
-            return ui.render(request, "message.html", status=400, title="Join tokens",
-                             message=e.message, link=f"{PREFIX}/tokens")
-        redirect(f"{PREFIX}/tokens")
+        return await ui.change(request, "Join tokens", "tokens", "tokens_rm", token=token_id)
 
     r = ui.app.router
     r.add_get(f"{PREFIX}/", status)

@@ -89,12 +89,7 @@ def add_routes(ui: WebUI) -> None:
     async def lock_delete(request: web.Request) -> web.StreamResponse:
         ui.require(request, "lock", "delete")
         lock_id = request.match_info["id"]
-        try:
-            await ui.run(lambda: ui.call(request, "locks_rm", id=lock_id))
-        except AuthError as e:
-            return ui.render(request, "message.html", status=400, title="Locks",
-                             message=e.message, link=f"{PREFIX}/locks")
-        redirect(f"{PREFIX}/locks")
+        return await ui.change(request, "Locks", "locks", "locks_rm", id=lock_id)
 
     async def audit(request: web.Request) -> web.StreamResponse:
         ui.require(request, "event", "list")
