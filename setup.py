@@ -20,7 +20,8 @@ from setuptools import Extension, setup
 # module name -> C sources from csrc/ compiled into it (plus extra libraries)
 NATIVE_MODULES: dict[str, dict[str, list[str]]] = {
     "mwiproxy._native._tlsrec": {"csrc": ["mwi_tlsrec.c"], "libs": []},
-    "mwiproxy._native._auditenc": {"csrc": ["mwi_auditenc.c"], "libs": ["crypto"]},
+    "mwiproxy._native._auditenc": {"csrc": ["mwi_auditenc.c", "mwi_rdsauditenc.c"],
+                                   "libs": ["crypto"]},
     "mwiproxy._native._relay": {
         "csrc": ["mwi_relay.c", "mwi_engine.c", "mwi_engine_timers.c", "mwi_relay_owner.c",
                  "mwi_relay_tls.c", "mwi_tls.c", "mwi_tls_conn.c",

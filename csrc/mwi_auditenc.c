@@ -90,6 +90,53 @@ size_t mwi_json_ascii(const void *data, int width, size_t n, char *out)
     return (size_t)(o - out);
 }
 
+/* the code point starting p (n > 0 bytes left) and its length; 0: not valid UTF-8 there
+ * (Python's strict decoder: no overlong forms, no surrogates, nothing above U+10FFFF) */
+static size_t utf8_at(const uint8_t *p, size_t n, uint32_t *cp)
+{
+    uint8_t c = p[0];
+    size_t len = c < 0x80 ? 1 : c < 0xC2 ? 0 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : c < 0xF5 ? 4 : 0;
+    uint32_t v;
+    if (len <= 1) {
+        *cp = c;
+        return len;
+    }
+    if (len > n)
+        return 0;
+    v = c & (0x7Fu >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        v = (v << 6) | (p[i] & 0x3Fu);
+    }
+    if ((len == 3 && (v < 0x800 || (v >= 0xD800 && v <= 0xDFFF)))
+        || (len == 4 && (v < 0x10000 || v > 0x10FFFF)))
+        return 0;
+    *cp = v;
+    return len;
+}
+
+size_t mwi_json_utf8(const uint8_t *p, size_t n, char *out)
+{
+    size_t i = 0;
+    char *o = out;
+    while (i < n) {
+        uint32_t c = p[i];
+        size_t len;
+        if (c >= 0x20 && c <= 0x7e && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            i++;
+            continue;
+        }
+        len = utf8_at(p + i, n - i, &c);
+        if (len == 0)
+            return (size_t)-1;
+        o += mwi_json_ascii(&c, 4, 1, o);
+        i += len;
+    }
+    return (size_t)(o - out);
+}
+
 struct mwi_chain {
     EVP_MD_CTX *ctx;
     EVP_MD *md;

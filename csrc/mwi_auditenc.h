@@ -16,6 +16,10 @@
  * quotes); mwi_json_ascii writes exactly that many into `out`. */
 size_t mwi_json_ascii_len(const void *data, int width, size_t n);
 size_t mwi_json_ascii(const void *data, int width, size_t n, char *out);
+/* the same escaped form of n bytes of UTF-8 (at most MWI_JSON_UTF8_MAX(n) bytes written),
+ * or (size_t)-1 when they are not valid UTF-8 (what Python's strict decoder refuses) */
+#define MWI_JSON_UTF8_MAX(n) (6 * (size_t)(n))
+size_t mwi_json_utf8(const uint8_t *p, size_t n, char *out);
 
 typedef struct mwi_chain mwi_chain;  /* a reusable SHA-256 context */
 mwi_chain *mwi_chain_new(void);

@@ -27,6 +27,7 @@ from .firstbytes import (
 )
 from .inspect_py import MAX_HELD
 from .pgaudit_py import decode as pgaudit_decode
+from .rdsauditenc_py import redis_query_texts
 from .relay_py import Relay, close_engine, engine_for, engines_for
 from .relaytypes import (
     ACC_CAPPED,
@@ -86,6 +87,7 @@ if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
         chain_rows = _auditenc.chain_rows
         link_hash = _auditenc.link_hash
         hmac_digests = _auditenc.hmac_digests
+        redis_query_texts = _auditenc.redis_query_texts
         NATIVE = True
         NATIVE_UNAVAILABLE = None
 
@@ -128,6 +130,7 @@ __all__ = [
     "default_workers",
     "set_default_workers",
     "pgaudit_decode",
+    "redis_query_texts",
     "REASONS",
     "CLOSE_REASONS",
     "MONGO_MAX_MESSAGE",

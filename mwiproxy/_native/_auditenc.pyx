@@ -1,7 +1,9 @@
 # cython: language_level=3
 """auditenc_py in C (csrc/mwi_auditenc.c): the canonical JSON of plain event fields and
 a batch's hash-chain links, with the twin's results byte for byte (differential tests:
-tests/unit/native/test_auditenc_differential.py)."""
+tests/unit/native/test_auditenc_differential.py); and rdsauditenc_py's Redis query
+events straight from tap records (csrc/mwi_rdsauditenc.c,
+tests/unit/native/test_rdsauditenc_differential.py)."""
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_Keys, PyDict_Size
@@ -11,7 +13,7 @@ from cpython.mem cimport PyMem_Free
 from cpython.ref cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.math cimport isfinite, isnan
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
 cdef extern from "Python.h":
@@ -20,6 +22,7 @@ cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(object)
     const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *) except NULL
     object PyUnicode_FromStringAndSize(const char *, Py_ssize_t)
+    object PyUnicode_DecodeASCII(const char *, Py_ssize_t, const char *)
     char *PyOS_double_to_string(double, char, int, int, int *) except NULL
     int Py_DTSF_ADD_DOT_0
     long long PyLong_AsLongLongAndOverflow(object, int *) except? -1
@@ -42,6 +45,41 @@ cdef extern from "mwi_auditenc.h":
     mwi_hmac *mwi_hmac_new(const unsigned char *key, size_t keylen)
     void mwi_hmac_free(mwi_hmac *h)
     int mwi_hmac_sha256(mwi_hmac *h, const unsigned char *msg, size_t n, unsigned char *out)
+
+cdef extern from "mwi_rdsauditenc.h":
+    enum:
+        MWI_RDE_OMIT
+        MWI_RDE_HASH
+        MWI_RDE_PLAIN
+        MWI_RDE_ARGC
+        MWI_RDE_ARGS
+        MWI_RDE_ARGS_TRUNCATED
+        MWI_RDE_COMMAND
+        MWI_RDE_INLINE
+        MWI_RDE_QUERY
+        MWI_RDE_STATUS
+        MWI_RDE_FIXED
+        MWI_RDE_DECLINE
+        MWI_RDE_NOMEM
+    ctypedef struct mwi_rde_part:
+        int slot
+        const char *key
+        size_t key_len
+        const char *value
+        size_t value_len
+    ctypedef struct mwi_rde:
+        int mode
+        mwi_hmac *hmac
+        const char *prefix
+        size_t prefix_len
+        size_t nhex
+        const mwi_rde_part *parts
+        size_t nparts
+    ctypedef struct mwi_rde_buf:
+        char *p
+        size_t n
+        size_t cap
+    int mwi_rde_event(const mwi_rde *e, const unsigned char *rec, size_t n, mwi_rde_buf *out)
 
 cdef enum:
     PLAIN_DEPTH = 8  # auditenc_py.PLAIN_DEPTH
@@ -298,3 +336,88 @@ cdef mwi_hmac *_keyed(bytes key) except NULL:
     mwi_hmac_free(_KEYED)
     _KEYED, _KEYED_FOR = h, key
     return h
+
+
+# an event's own fields (rdsauditenc_py.command_info) and where each goes
+_OWN_SLOTS = {"argc": MWI_RDE_ARGC, "args": MWI_RDE_ARGS,
+              "args_truncated": MWI_RDE_ARGS_TRUNCATED, "command": MWI_RDE_COMMAND,
+              "inline": MWI_RDE_INLINE, "query": MWI_RDE_QUERY, "status": MWI_RDE_STATUS}
+
+
+def redis_query_texts(list records not None, str mode not None, bytes key not None,
+                      str prefix not None, Py_ssize_t nhex, list who not None):
+    """rdsauditenc_py.redis_query_texts: one C call per record; None for a record left
+    to the caller (a name not ASCII, args not valid UTF-8 in plain mode, an odd one)."""
+    cdef dict fixed = dict(who)
+    cdef list keys
+    cdef Buf texts
+    cdef mwi_rde e
+    cdef mwi_rde_buf out
+    cdef mwi_rde_part *parts = NULL
+    cdef Py_ssize_t i, nkeys
+    cdef size_t[4] marks
+    cdef list result = []
+    cdef int rc
+    for name in fixed:
+        if type(name) is not str:  # not plain: the twin's answer
+            from mwiproxy._native.rdsauditenc_py import redis_query_texts as twin
+            return twin(records, mode, key, prefix, nhex, who)
+    keys = sorted(set(fixed) | set(_OWN_SLOTS))
+    nkeys = len(keys)
+    texts.p, texts.n, texts.cap = NULL, 0, 0
+    out.p, out.n, out.cap = NULL, 0, 0
+    try:
+        parts = <mwi_rde_part *>malloc(sizeof(mwi_rde_part) * nkeys)
+        if parts == NULL:
+            raise MemoryError()
+        # every text first (the buffer moves as it grows), then the pointers into it
+        offsets = []
+        for name in keys:
+            marks[0] = texts.n
+            _str(&texts, name)
+            _put(&texts, b":", 1)
+            marks[1] = texts.n
+            if name in fixed and not _value(&texts, fixed[name], 1):
+                from mwiproxy._native.rdsauditenc_py import redis_query_texts as twin
+                return twin(records, mode, key, prefix, nhex, who)
+            offsets.append((marks[0], marks[1], texts.n, name in fixed))
+        marks[0] = texts.n
+        _str(&texts, prefix)
+        for i in range(nkeys):
+            start, mid, end, has_value = offsets[i]
+            parts[i].slot = _OWN_SLOTS.get(keys[i], MWI_RDE_FIXED)
+            parts[i].key = texts.p + <size_t>start
+            parts[i].key_len = <size_t>mid - <size_t>start
+            parts[i].value = texts.p + <size_t>mid if has_value else NULL
+            parts[i].value_len = <size_t>end - <size_t>mid
+        e.mode = MWI_RDE_OMIT if mode == "omit" else MWI_RDE_HASH if mode == "hash" \
+            else MWI_RDE_PLAIN
+        e.hmac = _keyed(key) if e.mode == MWI_RDE_HASH else NULL
+        e.prefix = texts.p + marks[0] + 1  # without its quotes
+        e.prefix_len = texts.n - marks[0] - 2
+        if nhex < 0:  # as Python slices the hex digest
+            nhex = max(0, 64 + nhex)
+        e.nhex = <size_t>min(nhex, 64)
+        e.parts = parts
+        e.nparts = <size_t>nkeys
+        for rec in records:
+            if type(rec) is not bytes:
+                from mwiproxy._native.rdsauditenc_py import redis_query_texts as twin
+                result.extend(twin([rec], mode, key, prefix, nhex, who))
+                continue
+            out.n = 0
+            rc = mwi_rde_event(&e, <const unsigned char *>PyBytes_AS_STRING(rec),
+                               <size_t>PyBytes_GET_SIZE(rec), &out)
+            if rc == 1:
+                result.append(PyUnicode_DecodeASCII(out.p, <Py_ssize_t>out.n, NULL))
+            elif rc == MWI_RDE_DECLINE:
+                result.append(None)
+            elif rc == MWI_RDE_NOMEM:
+                raise MemoryError()
+            elif rc != 0:
+                raise MemoryError("HMAC-SHA256 failed")
+        return result
+    finally:
+        free(parts)
+        free(texts.p)
+        free(out.p)

@@ -9,7 +9,8 @@ replies are not paired (pub/sub, MONITOR and CLIENT REPLY break the order), so a
 command the inspector then refused (an AUTH as another user) is recorded too. Password
 positions are `****` whatever the policy: every argument of AUTH, the two after HELLO's
 AUTH, MIGRATE's AUTH (one) and AUTH2 (two), ACL SETUSER's `>`, `<`, `#` and `!` rules,
-CONFIG SET requirepass / masterauth values. An inline command: its name only (`inline`).
+CONFIG SET requirepass / masterauth values (_native/rdsauditenc_py.secret_positions). An
+inline command: its name only (`inline`).
 """
 
 from __future__ import annotations
@@ -19,29 +20,11 @@ from typing import Any
 from mwiproxy._native import pgaudit_decode as decode
 from mwiproxy._native.pgaudit_py import PARAMS_OMITTED
 from mwiproxy._native.rdsaudit_py import INLINE
+from mwiproxy._native.rdsauditenc_py import MASK, secret_positions
 from mwiproxy.proxy.queryaudit import QUERY, QueryAudit
 from mwiproxy.wire.sqlredact import param_digests
 
-MASK = "****"
-_AFTER = {b"HELLO": {b"AUTH": 2}, b"MIGRATE": {b"AUTH": 1, b"AUTH2": 2},
-          b"CONFIG": {b"REQUIREPASS": 1, b"MASTERAUTH": 1}}
-
-
-def secret_positions(name: bytes, args: list[bytes]) -> set[int]:
-    """Which of `args` (the name not counted) hold a password."""
-    name = name.upper()
-    if name == b"AUTH":
-        return set(range(len(args)))
-    if name == b"ACL" and args and args[0].upper() == b"SETUSER":
-        return {i for i, a in enumerate(args) if i >= 2 and a[:1] in (b">", b"<", b"#", b"!")}
-    out: set[int] = set()
-    after = _AFTER.get(name)
-    if after is None:  # most commands: nothing to look for
-        return out
-    for i, a in enumerate(args):
-        n = after.get(a.upper(), 0)
-        out.update(range(i + 1, i + 1 + n))
-    return out
+__all__ = ["MASK", "RedisQueryAudit", "secret_positions"]
 
 
 class RedisQueryAudit(QueryAudit):
