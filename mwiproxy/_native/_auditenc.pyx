@@ -355,7 +355,7 @@ def redis_query_texts(list records not None, str mode not None, bytes key not No
     cdef mwi_rde_buf out
     cdef mwi_rde_part *parts = NULL
     cdef Py_ssize_t i, nkeys
-    cdef size_t[4] marks
+    cdef size_t key_at, value_at, prefix_at
     cdef list result = []
     cdef int rc
     for name in fixed:
@@ -373,15 +373,15 @@ def redis_query_texts(list records not None, str mode not None, bytes key not No
         # every text first (the buffer moves as it grows), then the pointers into it
         offsets = []
         for name in keys:
-            marks[0] = texts.n
+            key_at = texts.n
             _str(&texts, name)
             _put(&texts, b":", 1)
-            marks[1] = texts.n
+            value_at = texts.n
             if name in fixed and not _value(&texts, fixed[name], 1):
                 from mwiproxy._native.rdsauditenc_py import redis_query_texts as twin
                 return twin(records, mode, key, prefix, nhex, who)
-            offsets.append((marks[0], marks[1], texts.n, name in fixed))
-        marks[0] = texts.n
+            offsets.append((key_at, value_at, texts.n, name in fixed))
+        prefix_at = texts.n
         _str(&texts, prefix)
         for i in range(nkeys):
             start, mid, end, has_value = offsets[i]
@@ -393,8 +393,8 @@ def redis_query_texts(list records not None, str mode not None, bytes key not No
         e.mode = MWI_RDE_OMIT if mode == "omit" else MWI_RDE_HASH if mode == "hash" \
             else MWI_RDE_PLAIN
         e.hmac = _keyed(key) if e.mode == MWI_RDE_HASH else NULL
-        e.prefix = texts.p + marks[0] + 1  # without its quotes
-        e.prefix_len = texts.n - marks[0] - 2
+        e.prefix = texts.p + prefix_at + 1  # without its quotes
+        e.prefix_len = texts.n - prefix_at - 2
         if nhex < 0:  # as Python slices the hex digest
             nhex = max(0, 64 + nhex)
         e.nhex = <size_t>min(nhex, 64)
