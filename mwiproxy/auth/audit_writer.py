@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mwiproxy.auth.storage.base import StoreClosed
+from mwiproxy.auth.storage.chain import EncodedFields, Fields, session_of
 from mwiproxy.process.logs import with_rfc3339_times
 
 log = logging.getLogger("mwiproxy.audit")
 
-# (time, type, fields): an event as queued
-Pending = tuple[float, str, dict[str, Any]]
+# (time, type, fields): an event as queued (fields: a dict, or already encoded)
+Pending = tuple[float, str, Fields]
 Append = Callable[[Sequence[Pending]], list[int]]
 
 OVERFLOW = "audit.overflow"
@@ -89,7 +90,9 @@ def log_event(event: Pending, event_id: int | None, note: str = "") -> None:
     if _quiet(type_):
         if not note:
             return
-        fields = {"session": fields.get("session", "")}
+        fields = {"session": session_of(fields) or ""}
+    elif isinstance(fields, EncodedFields):
+        fields = fields.as_dict()
     shown = with_rfc3339_times({"id": event_id, "time": when, "type": type_, **fields})
     if note:
         log.error("%s", note, extra={"event": shown})
@@ -129,7 +132,7 @@ class AuditWriter:
 
     # -- the callers' side -------------------------------------------------------------
 
-    def put(self, type_: str, fields: dict[str, Any]) -> bool:
+    def put(self, type_: str, fields: Fields) -> bool:
         """Queue an event (the time is taken here, in queue order); never waits on the
         store. False: not queued (full queue or closed), logged in full."""
         with self._cond:
@@ -148,6 +151,34 @@ class AuditWriter:
                 return True
         log_event(event, None, note)
         return False
+
+    def put_many(self, type_: str, many: list[EncodedFields]) -> int:
+        """`put` for events of one type taken together (one lock, one time): how many
+        were queued; the others (full queue, closed) are logged in full as put's are."""
+        refused: list[Pending] = []
+        with self._cond:
+            now = self._clock()
+            if self._closing:
+                refused = [(now, type_, f) for f in many]
+                note = "audit event after the audit log closed, not stored"
+            else:
+                room = max(0, self._max_pending - len(self._queue))
+                before = len(self._queue)
+                self._queue.extend((now, type_, f) for f in many[:room])
+                for f in many[room:]:
+                    event: Pending = (now, type_, f)
+                    self._count_drop(event)
+                    refused.append(event)
+                note = "audit queue full, event not stored"
+                taken = len(self._queue) - before
+                if taken:
+                    self.stats.queued += taken
+                    self._ensure_thread()
+                    if self._idle or (before < self._max_batch <= len(self._queue)):
+                        self._cond.notify()
+        for event in refused:
+            log_event(event, None, note)
+        return len(many) - len(refused)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event queued before this call is stored (True), or timeout."""
@@ -267,7 +298,8 @@ class AuditWriter:
 
     def _reports(self) -> list[Pending]:
         """Inside the lock: the overflow and recovery events due, and reset."""
-        t, now, out = self._trouble, self._clock(), []
+        t, now = self._trouble, self._clock()
+        out: list[Pending] = []
         if t.resumed is not None:
             out.append((now, RESUMED, t.resumed))
             t.resumed = None

@@ -58,13 +58,25 @@ def cmd_sessions(c: AuthClient, a: argparse.Namespace) -> int:
     return 0
 
 
+def commands_of(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Redis query event (one per batch of commands: `commands`, `count`) as one dict
+    per command, with the event's other fields; any other event as it is."""
+    commands = event.get("commands")
+    if not isinstance(commands, list):
+        return [event]
+    rest = {k: v for k, v in event.items() if k not in ("commands", "count")}
+    return [{**rest, **c} for c in commands if isinstance(c, dict)]
+
+
 def summarize(session: str, events: list[dict[str, Any]]) -> dict[str, Any]:
-    """The machine form: start, statements, the session's other events, end."""
+    """The machine form: start, statements (a Redis event's commands one each), the
+    session's other events, end."""
     start = next((e for e in events if e["type"] == SESSION_START), None)
     end = next((e for e in reversed(events) if e["type"] == SESSION_END), None)
     middle = [e for e in events if e is not start and e is not end]
     return {"session": session, "start": start, "end": end,
-            "statements": [e for e in middle if e["type"] in STATEMENT_TYPES],
+            "statements": [c for e in middle if e["type"] in STATEMENT_TYPES
+                           for c in commands_of(e)],
             "other_events": [e for e in middle if e["type"] not in STATEMENT_TYPES]}
 
 

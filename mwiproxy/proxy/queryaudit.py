@@ -33,7 +33,7 @@ from mwiproxy._native.pgaudit_py import (
     Record,
 )
 from mwiproxy.auth.rbac import QueryAuditPolicy, query_audit_policy
-from mwiproxy.auth.storage.base import Storage
+from mwiproxy.auth.storage.base import EncodedFields, Storage
 from mwiproxy.wire.sqlredact import param_digests, redact_statement
 
 __all__ = ["QueryAudit", "QueryAuditPolicy", "query_audit_policy"]
@@ -68,6 +68,7 @@ def param_key(storage: Storage) -> bytes:
     return bytes.fromhex(stored or "") or _PROCESS_KEY
 
 Emit = Callable[..., None]
+EmitMany = Callable[[str, list[EncodedFields]], None]
 
 
 class _DropLog:
@@ -114,15 +115,19 @@ class RedactedTexts:
 
 class QueryAudit:
     """One session's records → events. `who`: the fields every event carries (session,
-    identity, db_user, db_name, ...); `emit(type, **fields)`: the audit log's."""
+    identity, db_user, db_name, ...); `emit(type, **fields)`: the audit log's;
+    `emit_many(type, [EncodedFields])`: its emit_many, for a batch already encoded
+    (without one, each is emitted as a dict)."""
 
     protocol = "postgres"
     redacted = RedactedTexts(redact_statement)  # the engine's redactor, cached
 
     def __init__(self, emit: Emit, who: dict[str, Any], policy: QueryAuditPolicy, *,
                  wait: bool = False, key: bytes | None = None,
-                 on_dropped: Callable[[int], None] = lambda n: None) -> None:
+                 on_dropped: Callable[[int], None] = lambda n: None,
+                 emit_many: EmitMany | None = None) -> None:
         self._emit = emit
+        self._emit_many = emit_many or self._emit_each
         self._who = who
         self._policy = policy
         self.wait = wait
@@ -156,6 +161,10 @@ class QueryAudit:
     def emit(self, type_: str, **fields: Any) -> None:
         self.events += 1
         self._emit(type_, **self._who, **fields)
+
+    def _emit_each(self, type_: str, many: list[EncodedFields]) -> None:
+        for fields in many:
+            self._emit(type_, **fields.as_dict())
 
     def _statement(self, field: tuple[int, bytes | None], truncated: bool) -> dict[str, Any]:
         query, redacted = self.redacted(field[1] or b"")

@@ -1,59 +1,82 @@
-"""A Redis session's query audit: the relay's tap records (csrc/mwi_rdsaudit.h, read by
-pgaudit_py.decode) become `db.session.query` events, one per command the client sent,
-batched as PostgreSQL's (proxy/queryaudit.py).
+"""A Redis session's query audit: the relay's tap records (csrc/mwi_rdsaudit.h) become
+`db.session.query` events, each holding the commands of one drain of the relay's
+records (at most MAX_COMMANDS, about MAX_TEXT characters), in the order the client sent
+them: `commands` (a list) and `count`, with the session's fields (session, user, bot,
+db_service, db_user, db_name, remote, protocol, session_id) once per event.
 
-Each carries `command` (the name, upper-cased), `argc`, `query` (the name) and `args`
-per the session's parameter policy (omit, hash: sqlredact.param_digests, plain), the
-first 16 arguments up to 256 bytes each (`args_truncated`), and `status: "read"`:
+A Redis client sends tens of thousands of commands a second; one stored event per
+command costs the audit store a row (and its index entries) each, more than relaying
+the command. One event per batch keeps every command, in order, at a fraction of that.
+`mwictl sessions show` lists them one per line again (cli/mwictl_sessions.py
+commands_of).
+
+Each command carries `command` (the name, upper-cased), `argc`, `query` (the name) and
+`args` per the session's parameter policy (omit, hash: sqlredact.param_digests, plain),
+the first 16 arguments up to 256 bytes each (`args_truncated`), and `status: "read"`:
 replies are not paired (pub/sub, MONITOR and CLIENT REPLY break the order), so a
 command the inspector then refused (an AUTH as another user) is recorded too. Password
-positions are `****` whatever the policy: every argument of AUTH, the two after HELLO's
-AUTH, MIGRATE's AUTH (one) and AUTH2 (two), ACL SETUSER's `>`, `<`, `#` and `!` rules,
-CONFIG SET requirepass / masterauth values (_native/rdsauditenc_py.secret_positions). An
-inline command: its name only (`inline`).
+positions are `****` whatever the policy (_native.rdsauditenc_py.secret_positions). An
+inline command: its name only (`inline`). The fields are encoded natively, a batch per
+call (_native.redis_query_texts), straight to the stored text.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mwiproxy._native import pgaudit_decode as decode
-from mwiproxy._native.pgaudit_py import PARAMS_OMITTED
-from mwiproxy._native.rdsaudit_py import INLINE
+from mwiproxy._native import rdsauditenc_py, redis_query_texts
 from mwiproxy._native.rdsauditenc_py import MASK, secret_positions
+from mwiproxy.auth.storage.base import EncodedFields
+from mwiproxy.auth.storage.chain import fields_text
 from mwiproxy.proxy.queryaudit import QUERY, QueryAudit
-from mwiproxy.wire.sqlredact import param_digests
+from mwiproxy.wire.sqlredact import _DIGEST_HEX, DIGEST_PREFIX
 
-__all__ = ["MASK", "RedisQueryAudit", "secret_positions"]
+__all__ = ["MASK", "MAX_COMMANDS", "RedisQueryAudit", "secret_positions"]
+
+MAX_COMMANDS = 100  # commands per event
+MAX_TEXT = 64 * 1024  # characters of commands per event (one command may pass it alone)
+_KIND_COMMAND = ord("K")
+_SLOT = '"commands":[],"count":0'
 
 
 class RedisQueryAudit(QueryAudit):
-    """One Redis session's records → events (the same constructor as QueryAudit)."""
+    """One Redis session's records → events (the same constructor as QueryAudit).
+    `events` counts commands recorded."""
 
     protocol = "redis"
 
-    def on_records(self, records: list[bytes]) -> None:
-        for raw in records:
-            rec = decode(raw)
-            if rec.kind == "K":
-                self._command(rec)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "commands" in self._who or "count" in self._who:
+            raise ValueError("the session's fields may not hold `commands` or `count`")
+        head, _, tail = fields_text({**self._who, "commands": [], "count": 0}
+                                    ).partition(_SLOT)
+        self._head, self._tail = head + '"commands":[', tail
+        session = self._who.get("session")
+        self._session = session if isinstance(session, str) else None
 
-    def _command(self, rec: Any) -> None:
-        name = rec.fields[0][1] or b""
-        shown = name.decode("utf-8", "replace").upper()
-        info: dict[str, Any] = {"command": shown, "query": shown, "argc": rec.aux,
-                                "status": "read"}
-        if rec.flags & INLINE:
-            self.emit(QUERY, **info, inline=True)
-            return
-        values = [v or b"" for _, v in rec.fields[1:]]
-        secret = secret_positions(name, values)
+    def on_records(self, records: list[bytes]) -> None:
         mode = self._policy.parameters
-        if mode != "omit":
-            args: list[str | None] = (param_digests(list(values), self._key) if mode == "hash"
-                                      else [v.decode("utf-8", "replace") for v in values])
-            info["args"] = [MASK if i in secret else v for i, v in enumerate(args)]
-            cut = any(full > len(v or b"") for full, v in rec.fields[1:])
-            if cut or rec.flags & PARAMS_OMITTED:
-                info["args_truncated"] = True
-        self.emit(QUERY, **info)
+        got = redis_query_texts(records, mode, self._key, DIGEST_PREFIX, _DIGEST_HEX, [])
+        if not got:
+            return
+        if None in got:  # what the native encoder leaves to its Python twin (rare)
+            commands = [raw for raw in records if raw[:1] == b"K"]
+            got = [t if t is not None else
+                   rdsauditenc_py.redis_query_texts([commands[i]], mode, self._key,
+                                                    DIGEST_PREFIX, _DIGEST_HEX, [])[0]
+                   for i, t in enumerate(got)]
+        texts = [t or "{}" for t in got]  # (the twin gives a text for every command)
+        many, start, size = [], 0, 0
+        for i, text in enumerate(texts):
+            if i > start and (i - start >= MAX_COMMANDS or size + len(text) > MAX_TEXT):
+                many.append(self._event(texts[start:i]))
+                start, size = i, 0
+            size += len(text) + 1
+        many.append(self._event(texts[start:]))
+        self.events += len(texts)
+        self._emit_many(QUERY, many)
+
+    def _event(self, commands: list[str]) -> EncodedFields:
+        return EncodedFields(f'{self._head}{",".join(commands)}],"count":{len(commands)}'
+                             f"{self._tail}", self._session)

@@ -178,7 +178,8 @@ class RedisFrontend(DbFrontend):
             queries = RedisQueryAudit(
                 self._auth.audit.emit, {**self.who(session), "session_id": session.session_id},
                 policy, wait=self._query_wait, key=self._param_key,
-                on_dropped=lambda n: self._metrics.query_audit_dropped(PROTOCOL, n))
+                on_dropped=lambda n: self._metrics.query_audit_dropped(PROTOCOL, n),
+                emit_many=self._auth.audit.emit_many)
         stats = None
         try:
             stats = await self.relay(

@@ -8,6 +8,7 @@ and the audit log is append-only and hash-chained.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -45,6 +46,32 @@ class LockRecord:
     message: str
     expires: float | None
     created: float
+
+
+class EncodedFields:
+    """An event's fields already in their stored form (`text`: what fields_text gives
+    for them) with their `session` (what session_of gives): made by a producer that
+    encodes a whole batch at once (the Redis query audit, natively), so neither is
+    computed again on the writer's thread."""
+
+    __slots__ = ("text", "session")
+
+    def __init__(self, text: str, session: str | None) -> None:
+        self.text = text
+        self.session = session
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a dict again (for the process log)."""
+        value = json.loads(self.text)
+        return value if isinstance(value, dict) else {"fields": value}
+
+    def __repr__(self) -> str:
+        return f"EncodedFields({self.text!r})"
+
+
+# an event's fields as given to the audit log: a dict, or already encoded
+Fields = dict[str, Any] | EncodedFields
+
 
 
 @dataclass
@@ -186,7 +213,7 @@ class Storage(abc.ABC):
 
     # audit (append-only, hash-chained: see chain.py)
     @abc.abstractmethod
-    def append_audit_batch(self, events: Sequence[tuple[float, str, dict[str, Any]]]
+    def append_audit_batch(self, events: Sequence[tuple[float, str, Fields]]
                            ) -> list[int]:
         """Store (time, type, fields) events in order, each linked to the one before and
         the first to the head, and move the head: all or none, in one transaction.

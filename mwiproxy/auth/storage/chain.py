@@ -22,7 +22,13 @@ from typing import Any
 from mwiproxy._native import canonical_fields, chain_rows
 from mwiproxy._native import link_hash as _link_hash
 from mwiproxy._native.auditenc_py import ChainRow
-from mwiproxy.auth.storage.base import AuditHead, AuditTail, ChainedAuditEvent
+from mwiproxy.auth.storage.base import (
+    AuditHead,
+    AuditTail,
+    ChainedAuditEvent,
+    EncodedFields,
+    Fields,
+)
 
 # the prev_hash of the first event: 32 zero bytes
 GENESIS = "0" * 64
@@ -34,14 +40,16 @@ CHAIN_BROKEN = "audit.chain_broken"
 MAX_BREAKS = 100
 
 
-def session_of(fields: dict[str, Any]) -> str | None:
+def session_of(fields: Fields) -> str | None:
     """The value of the `session` column (an unhashed index of the
     backends, for reading one database session) for an event's fields."""
+    if type(fields) is EncodedFields:
+        return fields.session
     value = fields.get("session") if isinstance(fields, dict) else None
     return value if isinstance(value, str) else None
 
 
-def fields_text(fields: dict[str, Any]) -> str:
+def fields_text(fields: Fields) -> str:
     """The stored form of an event's fields: canonical JSON (sorted keys, no spaces,
     ASCII only). Encoded twice so that keys that are not strings sort as the text
     they become. A value JSON has no form for is stored as its text (str); fields that
@@ -51,7 +59,9 @@ def fields_text(fields: dict[str, Any]) -> str:
     Fields that are already plain JSON (str keys; str, int, float, bool, None, lists,
     tuples and dicts of them; every event the proxies emit) give the same text encoded
     once, natively (_native.canonical_fields): the fast path, per event on the audit
-    writer's thread."""
+    writer's thread. EncodedFields: their text, as given."""
+    if type(fields) is EncodedFields:
+        return fields.text
     text = canonical_fields(fields)
     if text is not None:
         return text

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from mwiproxy.auth.storage.base import AuditHead, AuditTail, ChainedAuditEvent
+from mwiproxy.auth.storage.base import AuditHead, AuditTail, ChainedAuditEvent, Fields
 from mwiproxy.auth.storage.chain import GENESIS, fields_text, link_rows, session_of
 from mwiproxy.auth.storage.pg_conn import Connection, open_connection
 
@@ -40,7 +40,7 @@ class PostgresAudit:
     def close(self) -> None:
         self._conn.close()
 
-    def append_batch(self, events: Sequence[tuple[float, str, dict[str, Any]]]) -> list[int]:
+    def append_batch(self, events: Sequence[tuple[float, str, Fields]]) -> list[int]:
         rows = [(float(t), type_, fields_text(fields), session_of(fields))
                 for t, type_, fields in events]
         return self._conn.run(lambda conn: self._append(conn, rows), read=False)

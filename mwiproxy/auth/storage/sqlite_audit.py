@@ -19,9 +19,14 @@ import sqlite3
 import threading
 import time as _time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
-from mwiproxy.auth.storage.base import AuditHead, AuditTail, ChainedAuditEvent, StoreClosed
+from mwiproxy.auth.storage.base import (
+    AuditHead,
+    AuditTail,
+    ChainedAuditEvent,
+    Fields,
+    StoreClosed,
+)
 from mwiproxy.auth.storage.chain import (
     CHAIN_MIGRATED,
     GENESIS,
@@ -184,7 +189,7 @@ class SQLiteAudit:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                          (HEAD_KEY, f"{self._head_hash}@{self._top}"))
 
-    def append_batch(self, events: Sequence[tuple[float, str, dict[str, Any]]]) -> list[int]:
+    def append_batch(self, events: Sequence[tuple[float, str, Fields]]) -> list[int]:
         rows = [(float(t), type_, fields_text(fields), session_of(fields))
                 for t, type_, fields in events]
         with self._lock:

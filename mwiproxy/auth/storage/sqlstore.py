@@ -27,6 +27,7 @@ from mwiproxy.auth.storage.base import (
     AuditTail,
     BotRecord,
     ChainedAuditEvent,
+    Fields,
     LockRecord,
     Storage,
     TokenRecord,
@@ -72,7 +73,7 @@ class AuditStore(Protocol):
     """The backend's audit table (sqlite_audit.py, pg_audit.py)."""
     guards_missing: list[str]
 
-    def append_batch(self, events: Sequence[tuple[float, str, dict[str, Any]]]
+    def append_batch(self, events: Sequence[tuple[float, str, Fields]]
                      ) -> list[int]: ...
     def chain(self) -> tuple[AuditTail, Iterator[ChainedAuditEvent]]: ...
     def close(self) -> None: ...
@@ -257,7 +258,7 @@ class SQLStorage(Storage):
                        (lock_id,)) == 1
 
     # audit (the chain: the backend's audit store)
-    def append_audit_batch(self, events: Sequence[tuple[float, str, dict[str, Any]]]
+    def append_audit_batch(self, events: Sequence[tuple[float, str, Fields]]
                            ) -> list[int]:
         return self._audit.append_batch(events)
 

@@ -31,7 +31,7 @@ def _session(svc: Any, sid: str, statements: list[dict[str, Any]], end: bool = T
                    success=True, **WHO)
     for fields in statements:
         kind = "db.session.query.failed" if "sqlstate" in fields else "db.session.query"
-        svc.audit.emit(kind, session=sid, **WHO, **fields)
+        svc.audit.emit(kind, session=sid, **{**WHO, **fields})
     if end:
         svc.audit.emit(audit.SESSION_END, session=sid, session_id=1, reason="closed",
                        duration=1.5, bytes_client_to_db=100, bytes_db_to_client=200, **WHO)
@@ -166,6 +166,23 @@ def test_sessions_show_json_and_an_open_session(svc, capsys):
     text = capsys.readouterr().out
     assert "…(recorded 8 of 9000 chars)" in text
     assert "Ended    (no db.session.end yet" in text
+
+
+def test_sessions_show_lists_a_redis_events_commands_one_per_line(svc, capsys):
+    sid = uuid.uuid4().hex
+    commands = [{"command": "SET", "query": "SET", "argc": 2, "status": "read",
+                 "args": ["hmac-sha256:aa", "hmac-sha256:bb"]},
+                {"command": "AUTH", "query": "AUTH", "argc": 2, "status": "read",
+                 "args": ["****", "****"]}]
+    _session(svc, sid, [{"commands": commands, "count": 2, "protocol": "redis"}])
+    _show(svc, sid, "json")
+    shape = json.loads(capsys.readouterr().out)
+    assert [(s["command"], s["args"]) for s in shape["statements"]] == [
+        ("SET", ["hmac-sha256:aa", "hmac-sha256:bb"]), ("AUTH", ["****", "****"])]
+    assert all(s["session"] == sid and "commands" not in s for s in shape["statements"])
+    _show(svc, sid)
+    rows = [ln.split()[-1] for ln in capsys.readouterr().out.splitlines()[4:-1]]
+    assert rows == ["SET", "AUTH"]
 
 
 def test_sessions_show_says_when_its_start_is_past_the_limit(svc, capsys):

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from mwiproxy.auth import audit
+from mwiproxy.auth.storage import chain
+from mwiproxy.auth.storage.base import EncodedFields
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
 from mwiproxy.devkit.topology import wait_for
 
@@ -227,3 +229,50 @@ def test_a_store_closed_under_the_writer_stops_it_and_logs_what_it_held(path, ca
     assert not any("kept and retried" in r.getMessage() for r in caplog.records)
     assert not log.writer.put("test.event", {"n": 2})  # refused, logged, not queued
     log.close()
+
+
+def _encoded(n: int, session: str = "s1") -> EncodedFields:
+    return EncodedFields(chain.fields_text({"n": n, "session": session}), session)
+
+
+def test_encoded_events_are_stored_as_given_in_order_with_their_session(path):
+    """emit_many (a batch already encoded, one lock): stored byte for byte as a dict
+    with the same fields would be, in queue order with the events around them, and
+    found by their session."""
+    storage = SQLiteStorage(path)
+    log = audit.AuditLog(storage)
+    log.emit("test.event", n=0, session="s1")
+    log.emit_many("test.event", [_encoded(1), _encoded(2, "s2"), _encoded(3)])
+    log.emit("test.event", n=4, session="s1")
+    events = stored(log, "test.event")
+    assert [e.fields["n"] for e in events] == [0, 1, 2, 3, 4]
+    assert [e.fields["n"] for e in log.query(session="s1")] == [0, 1, 3, 4]
+    assert log.verify().intact
+    log.close()
+    storage.close()
+
+
+def test_encoded_events_beyond_a_full_queue_are_dropped_counted_and_logged_in_full(
+        path, caplog):
+    storage = GatedStorage(path)
+    log = audit.AuditLog(storage, max_pending=3)
+    log.emit("test.first")
+    assert storage.entered.wait(WIDE)  # the first batch is in the stalled writer
+    assert log.writer.put_many("db.session.query", [_encoded(i) for i in range(5)]) == 3
+    assert log.writer.stats.dropped == 2
+    dropped = [r for r in caplog.records if "audit queue full" in r.getMessage()]
+    # query-audit events: only their session in the process log, even when dropped
+    assert [r.event for r in dropped] == [  # type: ignore[attr-defined]
+        {"id": None, "time": dropped[0].event["time"],  # type: ignore[attr-defined]
+         "type": "db.session.query", "session": "s1"}] * 2
+    storage.gate.set()
+    assert [e.fields["n"] for e in stored(log, "db.session.query")] == [0, 1, 2]
+    (overflow,) = stored(log, audit.AUDIT_OVERFLOW)
+    assert overflow.fields["types"] == {"db.session.query": 2}
+    log.close()
+    storage.close()
+    # after close: refused, each logged in full (not a query-audit type: every field)
+    with caplog.at_level("INFO", logger="mwiproxy.audit"):
+        assert log.writer.put_many("test.event", [_encoded(9)]) == 0
+    (late,) = [r for r in caplog.records if "after the audit log closed" in r.getMessage()]
+    assert late.event["n"] == 9 and late.event["session"] == "s1"  # type: ignore[attr-defined]

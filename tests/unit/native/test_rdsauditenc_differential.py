@@ -1,6 +1,7 @@
 """Redis query events straight from tap records: _auditenc.redis_query_texts
 (csrc/mwi_rdsauditenc.c) against its twin rdsauditenc_py, and the twin against the events
-RedisQueryAudit emits (proxy/rdsqueryaudit.py) as canonical_fields writes them. Records
+one per command that RedisQueryAudit emitted before it batched them (the rules written
+out again here, _old_info) as canonical_fields writes them. Records
 come from the real tap (rdsaudit_py.Tap) and from hand-built ones (cut, NULL, odd)."""
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ from hypothesis import strategies as st
 
 from mwiproxy._native import auditenc_py, rdsaudit_py, rdsauditenc_py
 from mwiproxy._native.pgaudit_py import HDR, NULL, PARAMS_OMITTED, decode
-from mwiproxy.proxy.queryaudit import QUERY, QueryAuditPolicy
-from mwiproxy.proxy.rdsqueryaudit import RedisQueryAudit
-from mwiproxy.wire.sqlredact import _DIGEST_HEX, DIGEST_PREFIX
+from mwiproxy._native.rdsauditenc_py import MASK
+from mwiproxy.wire.sqlredact import _DIGEST_HEX, DIGEST_PREFIX, param_digests
 from tests.unit.native.test_rdsaudit_differential import command
-from tests.unit.proxy.test_queryaudit import Sink
 
 try:
     from mwiproxy._native import _auditenc
@@ -89,13 +88,49 @@ CUT = st.builds(
 OTHER = st.builds(lambda n: _record(0, 0, [(n, b"x")], kind=b"R"), st.integers(0, 9))
 
 
+_AFTER = {b"HELLO": {b"AUTH": 2}, b"MIGRATE": {b"AUTH": 1, b"AUTH2": 2},
+          b"CONFIG": {b"REQUIREPASS": 1, b"MASTERAUTH": 1}}
+
+
+def _old_secret(name: bytes, args: list[bytes]) -> set[int]:
+    name = name.upper()
+    if name == b"AUTH":
+        return set(range(len(args)))
+    if name == b"ACL" and args and args[0].upper() == b"SETUSER":
+        return {i for i, a in enumerate(args) if i >= 2 and a[:1] in (b">", b"<", b"#", b"!")}
+    out: set[int] = set()
+    for i, a in enumerate(args):
+        n = _AFTER.get(name, {}).get(a.upper(), 0)
+        out.update(range(i + 1, i + 1 + n))
+    return out
+
+
+def _old_info(raw: bytes, mode: str, key: bytes) -> dict[str, Any]:
+    """One command's event fields as RedisQueryAudit._command built them (session 10)."""
+    rec = decode(raw)
+    name = rec.fields[0][1] or b""
+    shown = name.decode("utf-8", "replace").upper()
+    info: dict[str, Any] = {"command": shown, "query": shown, "argc": rec.aux,
+                            "status": "read"}
+    if rec.flags & rdsaudit_py.INLINE:
+        return {**info, "inline": True}
+    values = [v or b"" for _, v in rec.fields[1:]]
+    secret = _old_secret(name, values)
+    if mode != "omit":
+        args: list[str | None] = (param_digests(list(values), key) if mode == "hash"
+                                  else [v.decode("utf-8", "replace") for v in values])
+        info["args"] = [MASK if i in secret else v for i, v in enumerate(args)]
+        cut = any(full > len(v or b"") for full, v in rec.fields[1:])
+        if cut or rec.flags & PARAMS_OMITTED:
+            info["args_truncated"] = True
+    return info
+
+
 def _old_texts(records: list[bytes], mode: str, key: bytes, who: list[tuple[str, str]]
                ) -> list[str | None]:
-    """The events RedisQueryAudit emits for `records`, as canonical_fields writes them."""
-    sink = Sink()
-    audit = RedisQueryAudit(sink, dict(who), QueryAuditPolicy(True, mode), key=key)
-    audit.on_records(records)
-    return [auditenc_py.canonical_fields(f) for f in sink.of(QUERY)]
+    """The events one per command, as canonical_fields writes them."""
+    return [auditenc_py.canonical_fields({**dict(who), **_old_info(r, mode, key)})
+            for r in records if r[:1] == b"K"]
 
 
 def _texts(impl: Any, records: list[bytes], mode: str, key: bytes, who: list[tuple[str, str]],
