@@ -1,9 +1,11 @@
 /* See mwi_auditenc.h. */
+#define OPENSSL_SUPPRESS_DEPRECATED 1  /* SHA256_Init & co: see struct mwi_hmac */
 #include "mwi_auditenc.h"
 
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
+#include <openssl/sha.h>
 #include <string.h>
 
 static const char HEX[] = "0123456789abcdef";
@@ -186,27 +188,47 @@ int mwi_chain_link(mwi_chain *c, const unsigned char prev[32], int nparts,
     return 0;
 }
 
+/* HMAC (RFC 2104) over SHA-256 with the key's two padded blocks hashed once, at
+ * mwi_hmac_new: a message then costs copying two hash states (on the stack, nothing
+ * allocated) and hashing the message and the inner digest. The low-level SHA256_* calls
+ * are deprecated in OpenSSL 3 but kept by it; they run the same assembly (SHA
+ * extensions where the CPU has them) without EVP's per-context allocations, which cost
+ * more than the hashing for the short values audited here. */
 struct mwi_hmac {
-    EVP_MAC *mac;
-    EVP_MAC_CTX *keyed;  /* initialised with the key: duplicated per message */
+    SHA256_CTX inner;  /* after (key ^ ipad) */
+    SHA256_CTX outer;  /* after (key ^ opad) */
 };
 
 mwi_hmac *mwi_hmac_new(const unsigned char *key, size_t keylen)
 {
-    char digest[] = "SHA256";
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-        OSSL_PARAM_construct_end(),
-    };
+    unsigned char block[SHA256_CBLOCK], pad[SHA256_CBLOCK];
+    size_t i;
     mwi_hmac *h = OPENSSL_zalloc(sizeof(*h));
     if (h == NULL)
         return NULL;
-    h->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    h->keyed = h->mac ? EVP_MAC_CTX_new(h->mac) : NULL;
-    if (h->keyed == NULL || !EVP_MAC_init(h->keyed, key, keylen, params)) {
-        mwi_hmac_free(h);
+    memset(block, 0, sizeof block);
+    if (keylen > sizeof block) {
+        if (SHA256(key, keylen, block) == NULL) {
+            OPENSSL_free(h);
+            return NULL;
+        }
+    } else if (keylen) {
+        memcpy(block, key, keylen);
+    }
+    for (i = 0; i < sizeof pad; i++)
+        pad[i] = block[i] ^ 0x36;
+    if (!SHA256_Init(&h->inner) || !SHA256_Update(&h->inner, pad, sizeof pad)) {
+        OPENSSL_free(h);
         return NULL;
     }
+    for (i = 0; i < sizeof pad; i++)
+        pad[i] = block[i] ^ 0x5c;
+    if (!SHA256_Init(&h->outer) || !SHA256_Update(&h->outer, pad, sizeof pad)) {
+        OPENSSL_free(h);
+        return NULL;
+    }
+    OPENSSL_cleanse(block, sizeof block);
+    OPENSSL_cleanse(pad, sizeof pad);
     return h;
 }
 
@@ -214,20 +236,18 @@ void mwi_hmac_free(mwi_hmac *h)
 {
     if (h == NULL)
         return;
-    EVP_MAC_CTX_free(h->keyed);
-    EVP_MAC_free(h->mac);
-    OPENSSL_free(h);
+    OPENSSL_clear_free(h, sizeof(*h));
 }
 
 int mwi_hmac_sha256(mwi_hmac *h, const unsigned char *msg, size_t n, unsigned char out[32])
 {
-    size_t outlen = 0;
-    int ok;
-    EVP_MAC_CTX *ctx = EVP_MAC_CTX_dup(h->keyed);
-    if (ctx == NULL)
-        return -1;
-    ok = (n == 0 || EVP_MAC_update(ctx, msg, n)) && EVP_MAC_final(ctx, out, &outlen, 32)
-         && outlen == 32;
-    EVP_MAC_CTX_free(ctx);
+    SHA256_CTX c = h->inner;
+    unsigned char inner[SHA256_DIGEST_LENGTH];
+    int ok = (n == 0 || SHA256_Update(&c, msg, n)) && SHA256_Final(inner, &c);
+    if (ok) {
+        c = h->outer;
+        ok = SHA256_Update(&c, inner, sizeof inner) && SHA256_Final(out, &c);
+    }
+    OPENSSL_cleanse(&c, sizeof c);
     return ok ? 0 : -1;
 }
