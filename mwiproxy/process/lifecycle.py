@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -61,29 +60,6 @@ class Signals:
             self._loop.remove_signal_handler(sig)
 
 
-# young objects are collected after this many allocations (Python's default: 700), the
-# older generations after 20 collections of the one below: the data path's short-lived
-# objects (a batch of audit events, a session's records) have no cycles to find
-GC_THRESHOLD = (10_000, 20, 20)
-
-
-def settle_heap() -> tuple[int, int, int]:
-    """Once started: what starting made (modules, configuration, certificates) lives as
-    long as the process, so it leaves the collector's walks (gc.freeze), and collections
-    come less often (GC_THRESHOLD). Returns the thresholds before, for unsettle_heap."""
-    before = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLD)
-    return before
-
-
-def unsettle_heap(before: tuple[int, int, int]) -> None:
-    """The service stopped: the collector as it was (a process may start another)."""
-    gc.unfreeze()
-    gc.set_threshold(*before)
-
-
 async def serve(service: Service, signals: Signals, *,
                 reload: Callable[[], Awaitable[None]] | None,
                 drain_timeout: Callable[[], float], pid_file: PidFile,
@@ -91,7 +67,6 @@ async def serve(service: Service, signals: Signals, *,
     """Run a started service until SIGTERM/SIGINT; closes it on every way out.
     `ready_line` goes to stdout once the pid file is written (scripts wait for it)."""
     notifier = notifier or Notifier.from_env()
-    heap = settle_heap()
     try:
         pid_file.write()
         if ready_line:
@@ -109,7 +84,6 @@ async def serve(service: Service, signals: Signals, *,
         await service.close()
         pid_file.remove()
         signals.close()
-        unsettle_heap(heap)
         log.info("stopped")
 
 
