@@ -1,8 +1,10 @@
 """A Redis command's query-audit encoding alone, µs per record: 500 SET-like records
 (`SET key:000123 xxx`, as the tap records them) to their events' canonical JSON texts,
 by _native.redis_query_texts (one call per batch; the compiled build unless
-MWIPROXY_NO_EXTENSIONS=1) and by the path it replaces (RedisQueryAudit builds each
-event's dict, then canonical_fields encodes it), per parameter policy.
+MWIPROXY_NO_EXTENSIONS=1) and by the path it replaces (each event's dict built, then
+encoded by canonical_fields; its digests by the pure-Python HMAC, so the old path's
+`hash` column is slower than it was in the product), per parameter policy. The whole path (batched events, the
+writer, SQLite): bench/queryaudit_path.py --engine redis.
 
     python -m bench.rdsauditenc [--records 500] [--repeat 5]
 """
@@ -13,11 +15,15 @@ import argparse
 import sys
 import timeit
 from functools import partial
-from typing import Any
 
-from mwiproxy._native import NATIVE, canonical_fields, rdsaudit_py, redis_query_texts
-from mwiproxy.proxy.queryaudit import QueryAuditPolicy
-from mwiproxy.proxy.rdsqueryaudit import RedisQueryAudit
+from mwiproxy._native import (
+    NATIVE,
+    canonical_fields,
+    pgaudit_decode,
+    rdsaudit_py,
+    redis_query_texts,
+)
+from mwiproxy._native.rdsauditenc_py import command_info
 from mwiproxy.wire.sqlredact import _DIGEST_HEX, DIGEST_PREFIX
 
 WHO = {"session": "0123456789abcdef", "user": "bot-bench", "db_service": "example-db",
@@ -34,11 +40,11 @@ def _records(n: int) -> list[bytes]:
 
 
 def _old(records: list[bytes], mode: str) -> list[str | None]:
-    fields: list[dict[str, Any]] = []
-    audit = RedisQueryAudit(lambda type_, **f: fields.append(f), WHO,
-                            QueryAuditPolicy(True, mode), key=KEY)  # type: ignore[arg-type]
-    audit.on_records(records)
-    return [canonical_fields(f) for f in fields]
+    """Session 10's path: each record decoded, its event's dict built (the rules:
+    rdsauditenc_py.command_info), then encoded by canonical_fields."""
+    return [canonical_fields({**WHO, **command_info(pgaudit_decode(r), mode, KEY,
+                                                   DIGEST_PREFIX, _DIGEST_HEX)})
+            for r in records if r[:1] == b"K"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-/* See mwi_rdsauditenc.h. The rules are proxy/rdsqueryaudit.py's (secret_positions and
- * _command), kept in step by tests/unit/native/test_rdsauditenc_differential.py. */
+/* See mwi_rdsauditenc.h. The rules are _native/rdsauditenc_py.py's (secret_positions and
+ * command_info), kept in step by tests/unit/native/test_rdsauditenc_differential.py. */
 #include "mwi_rdsauditenc.h"
 
 #include <stdio.h>

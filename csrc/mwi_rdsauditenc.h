@@ -1,6 +1,6 @@
 /* mwi_rdsauditenc: a Redis tap record (a 'K' command, csrc/mwi_rdsaudit.h) straight to
  * the canonical JSON text of its `db.session.query` event's fields: the session's fixed
- * fields and what proxy/rdsqueryaudit.py builds (command, query, argc, status, inline,
+ * fields and what rdsauditenc_py.command_info builds (command, query, argc, status, inline,
  * args per the parameter policy with passwords as `****`, args_truncated), sorted by key,
  * ASCII only (mwi_auditenc.h's escapes). No Python here; wrapped by
  * mwiproxy/_native/_auditenc.pyx (redis_query_texts), twin

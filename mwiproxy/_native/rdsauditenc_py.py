@@ -1,9 +1,9 @@
 """A Redis session's query-audit events straight from its tap records, pure Python: the
 twin of _auditenc.redis_query_texts (csrc/mwi_rdsauditenc.c). Each command record
 (csrc/mwi_rdsaudit.h) becomes the canonical JSON text (auditenc_py.canonical_fields) of
-its `db.session.query` event's fields: the session's fixed fields and what
-proxy/rdsqueryaudit.py says a command's event holds (command_info). Also where the
-password positions of a command are decided (secret_positions).
+a command's fields (command_info), with the session's fixed fields when given
+(proxy/rdsqueryaudit.py gives none: it puts a batch of commands in one event). Also
+where the password positions of a command are decided (secret_positions).
 """
 
 from __future__ import annotations
