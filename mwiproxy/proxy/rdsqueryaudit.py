@@ -35,7 +35,6 @@ __all__ = ["MASK", "MAX_COMMANDS", "RedisQueryAudit", "secret_positions"]
 
 MAX_COMMANDS = 100  # commands per event
 MAX_TEXT = 64 * 1024  # characters of commands per event (one command may pass it alone)
-_KIND_COMMAND = ord("K")
 _SLOT = '"commands":[],"count":0'
 
 

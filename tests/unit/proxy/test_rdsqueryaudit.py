@@ -10,6 +10,8 @@ import pytest
 
 from mwiproxy._native import rdsaudit_py
 from mwiproxy.auth.audit import AuditLog
+from mwiproxy.auth.storage.base import EncodedFields
+from mwiproxy.auth.storage.chain import fields_text
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
 from mwiproxy.cli.mwictl_sessions import commands_of
 from mwiproxy.proxy.queryaudit import QueryAuditPolicy
@@ -104,3 +106,19 @@ def test_large_commands_start_a_new_event_past_the_text_bound():
 def test_session_fields_may_not_collide_with_the_batch_fields():
     with pytest.raises(ValueError, match="commands"):
         RedisQueryAudit(Sink(), {**WHO, "commands": 1}, QueryAuditPolicy(True, "hash"))
+
+
+@pytest.mark.parametrize("parameters", ["plain", "hash", "omit"])
+def test_an_events_text_is_the_canonical_encoding_of_its_fields(parameters):
+    """The text spliced from the commands' texts is what fields_text gives for the
+    fields it holds (so nothing that re-encodes an event changes its bytes)."""
+    got: list[EncodedFields] = []
+    qa = RedisQueryAudit(Sink(), {**WHO, "session_id": 7, "remote": "ré\n\"x"},
+                         QueryAuditPolicy(True, parameters), key=b"k",
+                         emit_many=lambda type_, many: got.extend(many))
+    qa.on_records(_records(b"ping\r\n" + command(b"SET", "clé".encode(), b"\xff\x00")
+                           + command(b"AUTH", b"u", b"p")))
+    (event,) = got
+    assert event.session == WHO["session"]
+    assert fields_text(event.as_dict()) == event.text
+    assert event.as_dict()["count"] == 3 and event.as_dict()["session_id"] == 7
