@@ -64,11 +64,19 @@ def _sleep_past(when: dt.datetime) -> None:
     time.sleep(max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds() + 0.3))
 
 
-def _events(topo: Topology, kind: str, remote: str) -> list[dict[str, object]]:
+def _newest(topo: Topology, kind: str) -> int:
+    """The id of the newest event of `kind` now (0: none)."""
+    return max((int(str(e["id"])) for e in topo.audit(kind)), default=0)
+
+
+def _events(topo: Topology, kind: str, remote: str, after: int) -> list[dict[str, object]]:
+    """The events of `kind` from `remote` newer than event `after` (a client port is
+    reused across the module's tests: an older event may share the remote)."""
     found: list[dict[str, object]] = []
 
     def seen() -> bool:  # the server may finish its side after the client gave up
-        found[:] = [e for e in topo.audit(kind) if e.get("remote") == remote]
+        found[:] = [e for e in topo.audit(kind)
+                    if e.get("remote") == remote and int(str(e["id"])) > after]
         return bool(found)
 
     wait_for(seen, timeout=30, step=0.2)  # a wide bound: returns as soon as it is seen
@@ -142,8 +150,9 @@ def _refused_directly(topo: Topology, out: Path, proto: str) -> str:
 @pytest.mark.parametrize("proto", [alpn.POSTGRES, alpn.AUTH])
 def test_an_expired_certificate_sent_straight_to_the_cluster_port_is_audited(
         topo, expired_out, proto):
+    mark = _newest(topo, "tls.refused")
     remote = _refused_directly(topo, expired_out, proto)
-    events = _events(topo, "tls.refused", remote)
+    events = _events(topo, "tls.refused", remote, mark)
     assert len(events) == 1, events
     assert events[0]["reason"] == "certificate verify failed: certificate has expired"
     assert events[0]["alpn_offered"] == [proto]
@@ -151,8 +160,9 @@ def test_an_expired_certificate_sent_straight_to_the_cluster_port_is_audited(
 
 @pytest.mark.parametrize("proto", [alpn.POSTGRES, alpn.AUTH])
 def test_a_certificate_from_another_clusters_ca_is_audited(topo, proto):
+    mark = _newest(topo, "tls.refused")
     remote = _refused_directly(topo, _foreign_out(topo), proto)
-    events = _events(topo, "tls.refused", remote)
+    events = _events(topo, "tls.refused", remote, mark)
     assert len(events) == 1, events
     assert str(events[0]["reason"]).startswith("certificate verify failed: "), events
 
@@ -170,13 +180,14 @@ def test_a_foreign_certificate_through_the_local_proxy_is_audited(topo, tunnel):
 
 
 def test_tunnel_mode_without_a_certificate_is_refused_in_postgres_and_audited(topo):
+    mark = _newest(topo, "db.access.denied")
     with _dial(topo) as raw, _context(topo, None, alpn.POSTGRES).wrap_socket(
             raw, server_hostname="localhost") as tls:
         remote = _remote(tls)
         tls.sendall(STARTUP)
         kind, fields = _until_ready_or_error(_Recv(lambda: tls.recv(65536)))
     assert kind == b"E" and "no client certificate was presented" in fields["M"], fields
-    denied = _events(topo, "db.access.denied", remote)
+    denied = _events(topo, "db.access.denied", remote, mark)
     assert denied and "no client certificate" in str(denied[0]["reason"]), denied
     assert not [e for e in topo.audit("tls.refused") if e.get("remote") == remote]
 
@@ -268,10 +279,11 @@ def saved(topo: Topology) -> _Saved:
 def test_a_resumed_session_does_not_outlive_its_certificate(topo, saved, mode):
     connect = _tunnel_session if mode == "tunnel" else _inner_session
     ctx, session = saved.tunnel if mode == "tunnel" else saved.inner
+    mark = _newest(topo, "db.access.denied")
     _, reused, kind, fields, remote = connect(topo, ctx, session)
     assert reused  # no new certificate check: the ticket restored the old one
     assert kind == b"E", fields
     assert fields["M"].startswith("access to db denied: the certificate"), fields
     assert " expired at " in fields["M"], fields
-    denied = _events(topo, "db.access.denied", remote)
+    denied = _events(topo, "db.access.denied", remote, mark)
     assert denied and "expired" in str(denied[0]["reason"]), denied
