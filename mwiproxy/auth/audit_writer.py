@@ -135,26 +135,11 @@ class AuditWriter:
     def put(self, type_: str, fields: Fields) -> bool:
         """Queue an event (the time is taken here, in queue order); never waits on the
         store. False: not queued (full queue or closed), logged in full."""
-        with self._cond:
-            event = (self._clock(), type_, fields)
-            if self._closing:
-                note = "audit event after the audit log closed, not stored"
-            elif len(self._queue) >= self._max_pending:
-                self._count_drop(event)
-                note = "audit queue full, event not stored"
-            else:
-                self._queue.append(event)
-                self.stats.queued += 1
-                self._ensure_thread()
-                if self._idle or len(self._queue) == self._max_batch:
-                    self._cond.notify()
-                return True
-        log_event(event, None, note)
-        return False
+        return self.put_many(type_, [fields]) == 1
 
-    def put_many(self, type_: str, many: list[EncodedFields]) -> int:
+    def put_many(self, type_: str, many: Sequence[Fields]) -> int:
         """`put` for events of one type taken together (one lock, one time): how many
-        were queued; the others (full queue, closed) are logged in full as put's are."""
+        were queued; the others (full queue, closed) are counted and logged in full."""
         refused: list[Pending] = []
         with self._cond:
             now = self._clock()
