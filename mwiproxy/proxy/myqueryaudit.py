@@ -2,11 +2,15 @@
 pgaudit_py.decode and myaudit_py.code) become audit events, as PostgreSQL's do
 (proxy/queryaudit.py: batched, nothing here waits on the store).
 
-A command's outcome when the server answered it: `db.session.query` (COM_QUERY, or a
-COM_STMT_EXECUTE with its prepared statement's text, or COM_INIT_DB) with rows
-(affected rows plus result-set rows), bytes (result-set rows), duration and status, or
-`db.session.query.failed` with the ERR code, SQLSTATE and message (a PREPARE that failed
-too). Each event says its `command`. Prepared statements: `db.session.mysql.statements.
+A command's outcome when the server answered it: in a `db.session.query` event, which
+holds the commands that succeeded of one drain of the relay's records, in order
+(`commands`, `count`, the session's fields once: QueryAudit.emit_commands, as Redis's):
+each a COM_QUERY, a COM_STMT_EXECUTE with its prepared statement's text, or a
+COM_INIT_DB, with rows (affected rows plus result-set rows), bytes (result-set rows),
+duration and status; or, one event each, `db.session.query.failed` with the ERR code,
+SQLSTATE and message (a PREPARE that failed too). Each command says its `command`. A
+client at tens of thousands of statements a second paid one stored row each, more than
+relaying the statement cost. Prepared statements: `db.session.mysql.statements.
 prepare` (with the server's statement id and parameter count) and `...close`. An
 EXECUTE's parameters (binary protocol, wire/mysqlparams: the types bound then, or
 remembered from the statement's earlier execute) are written as PostgreSQL's Bind
@@ -24,7 +28,8 @@ from typing import Any
 from mwiproxy._native import pgaudit_decode as decode
 from mwiproxy._native.myaudit_py import code
 from mwiproxy._native.pgaudit_py import ST_ERROR, STATUS_NAMES, UNTRACKED, Record
-from mwiproxy.proxy.queryaudit import MAX_NAMES, QUERY, QUERY_FAILED, QueryAudit, RedactedTexts
+from mwiproxy.auth.storage.chain import fields_text
+from mwiproxy.proxy.queryaudit import MAX_NAMES, QUERY_FAILED, QueryAudit, RedactedTexts
 from mwiproxy.wire.mysqlparams import execute_params
 from mwiproxy.wire.mysqlredact import redact_statement
 from mwiproxy.wire.sqlredact import param_digests
@@ -44,13 +49,26 @@ class MySQLQueryAudit(QueryAudit):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._prepared: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._done: list[str] = []  # this drain's commands, encoded (for emit_commands)
+        self.frame()  # the session's fields checked now, not at the first command
 
     def on_records(self, records: list[bytes]) -> None:
+        handlers = _HANDLERS
         for raw in records:
             rec = decode(raw)
-            handler = _HANDLERS.get(rec.kind)
+            handler = handlers.get(rec.kind)
             if handler is not None:
                 handler(self, rec, raw)
+        self._flush()
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        self._flush()  # the commands before this event stay before it
+        super().emit(type_, **fields)
+
+    def _flush(self) -> None:
+        if self._done:
+            done, self._done = self._done, []
+            self.emit_commands(done)
 
     def _request(self, rec: Record, raw: bytes) -> None:
         info: dict[str, Any] = {"command": _COMMANDS[rec.kind]}
@@ -65,7 +83,8 @@ class MySQLQueryAudit(QueryAudit):
             info.update(self._execute_params(rec, prepared))
         if rec.flags & UNTRACKED:  # too many in flight: no result will come
             if rec.kind in "QEI":
-                self.emit(QUERY, **info, status="untracked")
+                info["status"] = "untracked"
+                self._done.append(fields_text(info))
             return
         self._pending[rec.seq] = (rec.kind, info)
 
@@ -115,7 +134,8 @@ class MySQLQueryAudit(QueryAudit):
                       status=summary["status"],
                       duration_ms=summary["duration_ms"])
         else:
-            self.emit(QUERY, **info, **summary)
+            info.update(summary)
+            self._done.append(fields_text(info))
 
 
 _HANDLERS: dict[str, Callable[[MySQLQueryAudit, Record, bytes], None]] = {

@@ -34,6 +34,7 @@ from mwiproxy._native.pgaudit_py import (
 )
 from mwiproxy.auth.rbac import QueryAuditPolicy, query_audit_policy
 from mwiproxy.auth.storage.base import EncodedFields, Storage
+from mwiproxy.auth.storage.chain import fields_text
 from mwiproxy.wire.sqlredact import param_digests, redact_statement
 
 __all__ = ["QueryAudit", "QueryAuditPolicy", "query_audit_policy"]
@@ -51,6 +52,9 @@ MALFORMED = "db.session.malformed_packet"
 DROPPED = "audit.query.dropped"
 
 MAX_NAMES = 1000  # prepared statements and portals remembered per session
+MAX_COMMANDS = 100  # commands per batched query event (Redis, MySQL)
+MAX_TEXT = 64 * 1024  # characters of commands per batched event (one may pass it alone)
+_SLOT = '"commands":[],"count":0'
 DROP_LOG_INTERVAL = 60.0
 # parameter digests: the cluster's key (param_key: kept in storage, so digests compare
 # across restarts and cluster processes); a process key only where none is given
@@ -137,6 +141,7 @@ class QueryAudit:
         self._statements: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._portals: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._pending: dict[int, tuple[str, dict[str, Any]]] = {}
+        self._frame: tuple[str, str, str | None] | None = None
         self.events = 0
 
     # -- the relay's side -------------------------------------------------------------
@@ -165,6 +170,40 @@ class QueryAudit:
     def _emit_each(self, type_: str, many: list[EncodedFields]) -> None:
         for fields in many:
             self._emit(type_, **fields.as_dict())
+
+    def frame(self) -> tuple[str, str, str | None]:
+        """A batched event's text around its commands (made once: the session's fields
+        with `commands` and `count`, canonically encoded) and its session."""
+        if self._frame is None:
+            if "commands" in self._who or "count" in self._who:
+                raise ValueError("the session's fields may not hold `commands` or `count`")
+            head, _, tail = fields_text({**self._who, "commands": [], "count": 0}
+                                        ).partition(_SLOT)
+            session = self._who.get("session")
+            self._frame = (head + '"commands":[', tail,
+                           session if isinstance(session, str) else None)
+        return self._frame
+
+    def emit_commands(self, texts: list[str]) -> None:
+        """`db.session.query` events holding commands in order (`texts`: each command's
+        own fields, canonically encoded): at most MAX_COMMANDS, about MAX_TEXT
+        characters each, with the session's fields once (mwictl_sessions.commands_of
+        lists them one by one again). One stored row per command costs the audit store
+        more than relaying a short command does."""
+        if not texts:
+            return
+        head, tail, session = self.frame()
+        many, start, size = [], 0, 0
+        for i, text in enumerate(texts):
+            if i > start and (i - start >= MAX_COMMANDS or size + len(text) > MAX_TEXT):
+                many.append(EncodedFields(f'{head}{",".join(texts[start:i])}],"count":'
+                                          f'{i - start}{tail}', session))
+                start, size = i, 0
+            size += len(text) + 1
+        many.append(EncodedFields(f'{head}{",".join(texts[start:])}],"count":'
+                                  f'{len(texts) - start}{tail}', session))
+        self.events += len(texts)
+        self._emit_many(QUERY, many)
 
     def _statement(self, field: tuple[int, bytes | None], truncated: bool) -> dict[str, Any]:
         query, redacted = self.redacted(field[1] or b"")

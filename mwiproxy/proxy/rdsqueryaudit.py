@@ -26,16 +26,10 @@ from typing import Any
 
 from mwiproxy._native import rdsauditenc_py, redis_query_texts
 from mwiproxy._native.rdsauditenc_py import MASK, secret_positions
-from mwiproxy.auth.storage.base import EncodedFields
-from mwiproxy.auth.storage.chain import fields_text
-from mwiproxy.proxy.queryaudit import QUERY, QueryAudit
+from mwiproxy.proxy.queryaudit import MAX_COMMANDS, MAX_TEXT, QueryAudit
 from mwiproxy.wire.sqlredact import _DIGEST_HEX, DIGEST_PREFIX
 
-__all__ = ["MASK", "MAX_COMMANDS", "RedisQueryAudit", "secret_positions"]
-
-MAX_COMMANDS = 100  # commands per event
-MAX_TEXT = 64 * 1024  # characters of commands per event (one command may pass it alone)
-_SLOT = '"commands":[],"count":0'
+__all__ = ["MASK", "MAX_COMMANDS", "MAX_TEXT", "RedisQueryAudit", "secret_positions"]
 
 
 class RedisQueryAudit(QueryAudit):
@@ -46,13 +40,7 @@ class RedisQueryAudit(QueryAudit):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if "commands" in self._who or "count" in self._who:
-            raise ValueError("the session's fields may not hold `commands` or `count`")
-        head, _, tail = fields_text({**self._who, "commands": [], "count": 0}
-                                    ).partition(_SLOT)
-        self._head, self._tail = head + '"commands":[', tail
-        session = self._who.get("session")
-        self._session = session if isinstance(session, str) else None
+        self.frame()  # the session's fields checked now, not at the first command
 
     def on_records(self, records: list[bytes]) -> None:
         mode = self._policy.parameters
@@ -65,17 +53,4 @@ class RedisQueryAudit(QueryAudit):
                    rdsauditenc_py.redis_query_texts([commands[i]], mode, self._key,
                                                     DIGEST_PREFIX, _DIGEST_HEX, [])[0]
                    for i, t in enumerate(got)]
-        texts = [t or "{}" for t in got]  # (the twin gives a text for every command)
-        many, start, size = [], 0, 0
-        for i, text in enumerate(texts):
-            if i > start and (i - start >= MAX_COMMANDS or size + len(text) > MAX_TEXT):
-                many.append(self._event(texts[start:i]))
-                start, size = i, 0
-            size += len(text) + 1
-        many.append(self._event(texts[start:]))
-        self.events += len(texts)
-        self._emit_many(QUERY, many)
-
-    def _event(self, commands: list[str]) -> EncodedFields:
-        return EncodedFields(f'{self._head}{",".join(commands)}],"count":{len(commands)}'
-                             f"{self._tail}", self._session)
+        self.emit_commands([t or "{}" for t in got])  # (the twin gives a text for each)

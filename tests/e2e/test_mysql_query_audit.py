@@ -1,7 +1,8 @@
 """Query audit (issue 14) for MySQL against a real MariaDB through the cluster proxy: the
 `mysql` client and PyMySQL (queries, a failing one, affected rows, COM_INIT_DB, a
 password statement redacted) and raw COM_STMT_PREPARE / EXECUTE / CLOSE, each found in
-the audit log with its result. Runs in whichever build the cluster uses."""
+the audit log with its result (the commands of a `db.session.query` event flattened, as
+mwictl sessions shows them). Runs in whichever build the cluster uses."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import uuid
 
 import pytest
 
+from mwiproxy.cli.mwictl_sessions import commands_of
 from mwiproxy.devkit.topology import wait_for
 from mwiproxy.wire import mysql
 from tests.e2e.test_mysql import (  # noqa: F401 (my, out, tunnel: its fixtures)
@@ -31,12 +33,17 @@ def _marker() -> str:
     return "probe_" + uuid.uuid4().hex[:12]
 
 
+def _flat(topo, kind: str) -> list[dict[str, object]]:
+    """The events of `kind`, a query event's commands one dict each."""
+    return [c for e in topo.audit(kind) for c in commands_of(e)]
+
+
 def _wait_events(topo, kind: str, marker: str, n: int = 1) -> list[dict[str, object]]:
     """The events of `kind` (kinds, comma-separated) whose query holds `marker`."""
     found: list[dict[str, object]] = []
 
     def enough() -> bool:
-        found[:] = [e for k in kind.split(",") for e in topo.audit(k)
+        found[:] = [e for k in kind.split(",") for e in _flat(topo, k)
                     if marker in str(e.get("query", ""))]
         return len(found) >= n
     assert wait_for(enough), (kind, marker, found)
@@ -70,7 +77,7 @@ def test_pymysql_failure_affected_rows_and_init_db(my, tunnel):  # noqa: F811
     [insert] = [e for e in _wait_events(my, "db.session.query", m, 3)
                 if str(e["query"]).startswith("insert")]
     assert insert["rows"] == 3
-    inits = [e for e in my.audit("db.session.query")
+    inits = [e for e in _flat(my, "db.session.query")
              if e.get("command") == "COM_INIT_DB" and e["session"] == insert["session"]]
     assert inits and inits[0]["schema"] == "example-db" and inits[0]["status"] == "ok"
 

@@ -1,17 +1,35 @@
 """proxy/myqueryaudit.py: the MySQL tap's records become audit events (results, ERR
-fields, prepared statements' text on EXECUTE, COM_INIT_DB, redaction, untracked)."""
+fields, prepared statements' text on EXECUTE, COM_INIT_DB, redaction, untracked); the
+commands that succeeded, one `db.session.query` event per drain (flattened here, one
+dict per command, as mwictl sessions shows them), in order with the other events."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mwiproxy._native import myaudit_py
+from mwiproxy.auth.audit import AuditLog
+from mwiproxy.auth.storage.base import EncodedFields
+from mwiproxy.auth.storage.chain import fields_text
+from mwiproxy.auth.storage.sqlite import SQLiteStorage
+from mwiproxy.cli.mwictl_sessions import commands_of
 from mwiproxy.proxy.myqueryaudit import MySQLQueryAudit
-from mwiproxy.proxy.queryaudit import QueryAuditPolicy
+from mwiproxy.proxy.queryaudit import MAX_COMMANDS, QueryAuditPolicy
 from mwiproxy.wire.mysqlparams import execute_params
 from tests.unit.native import myauditkit as kit
-from tests.unit.proxy.test_queryaudit import WHO, Sink
+from tests.unit.proxy.test_queryaudit import WHO
+from tests.unit.proxy.test_queryaudit import Sink as _Sink
+
+
+class Sink(_Sink):
+    """Events as emitted, `of` flattening the batched query events (commands_of)."""
+
+    def of(self, type_: str) -> list[dict[str, Any]]:
+        return [c for f in super().of(type_) for c in commands_of(f)]
 
 
 def _events(chunks: list[kit.Chunk]) -> Sink:
@@ -104,3 +122,68 @@ def test_execute_params_never_fail_and_stay_in_bounds(block, count, types):
     values, _, cut = execute_params(block, count, types)
     assert len(values) <= count and (cut or len(values) == count)
     assert sum(len(v) for v in values if v is not None) <= 4 * len(block) + 64 * count
+
+
+def test_a_drains_commands_are_one_event_in_order_with_the_others():
+    """Successes batch into one event per drain; a failure (or any other event) in
+    between ends the batch before it, so the events keep the client's order."""
+    sink = _events([(0, kit.query(b"select 1")), (1, kit.ok()),
+                    (0, kit.query(b"select 2")), (1, kit.ok()),
+                    (0, kit.query(b"select nope")), (1, kit.err(1054, b"42S22", b"x")),
+                    (0, kit.prepare(b"SELECT ?")), (1, kit.prepare_ok(3, 0, 1)),
+                    (0, kit.query(b"select 3")), (1, kit.ok()),
+                    (0, kit.init_db(b"shop")), (1, kit.ok())])
+    shape = [(t, f.get("count", f.get("query"))) for t, f in sink.events]
+    assert shape == [("db.session.query", 2), ("db.session.query.failed", "select nope"),
+                     ("db.session.mysql.statements.prepare", "SELECT ?"),
+                     ("db.session.query", 2)]
+    assert [c.get("query", c.get("schema")) for c in sink.of("db.session.query")] == [
+        "select 1", "select 2", "select 3", "shop"]
+
+
+def test_a_drain_is_stored_as_few_events_the_chain_verifies(tmp_path):
+    storage = SQLiteStorage(str(tmp_path / "state.db"))
+    log = AuditLog(storage)
+    qa = MySQLQueryAudit(log.emit, WHO, QueryAuditPolicy(True, "hash"), key=b"k",
+                         emit_many=log.emit_many)
+    n = MAX_COMMANDS + 7
+    tap = myaudit_py.Tap()
+    for i in range(n):  # pipelined: every request first, then the answers
+        tap.feed(0, kit.query(b"select %d" % i), i)
+    qa.on_records(tap.records)  # the requests: nothing answered yet
+    tap.records.clear()
+    for i in range(n):
+        tap.feed(1, kit.ok(i), n + i)
+    qa.on_records(tap.records)
+    assert log.flush(60)
+    stored = log.query(session=WHO["session"], types=["db.session.query"])
+    assert [e.fields["count"] for e in stored] == [MAX_COMMANDS, 7]
+    flat = [c for e in stored for c in commands_of(e.fields)]
+    assert qa.events == n == len(flat)
+    assert [(c["query"], c["rows"], c["session"]) for c in flat] == [
+        ("select %d" % i, i, WHO["session"]) for i in range(n)]
+    assert log.verify().intact
+    log.close()
+    storage.close()
+
+
+@pytest.mark.parametrize("parameters", ["plain", "hash", "omit"])
+def test_an_events_text_is_the_canonical_encoding_of_its_fields(parameters):
+    got: list[EncodedFields] = []
+    qa = MySQLQueryAudit(Sink(), {**WHO, "session_id": 7, "remote": "ré\n\"x"},
+                         QueryAuditPolicy(True, parameters), key=b"k",
+                         emit_many=lambda type_, many: got.extend(many))
+    tap = myaudit_py.Tap()
+    kit.run(tap, [(0, kit.prepare("SELECT ?, 'é'".encode())), (1, kit.prepare_ok(4, 1, 2)),
+                  (0, kit.execute(4, kit.long_and_string(-7, b"\xff"))), (1, kit.ok(1)),
+                  (0, kit.query(b"select 1")), (1, kit.result_set([b"1"]))])
+    qa.on_records(tap.records)
+    (event,) = got
+    assert event.session == WHO["session"]
+    assert fields_text(event.as_dict()) == event.text
+    assert event.as_dict()["count"] == 2 and event.as_dict()["session_id"] == 7
+
+
+def test_session_fields_may_not_collide_with_the_batch_fields():
+    with pytest.raises(ValueError, match="commands"):
+        MySQLQueryAudit(Sink(), {**WHO, "count": 1}, QueryAuditPolicy(True, "hash"))
