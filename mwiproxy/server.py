@@ -186,7 +186,8 @@ class Cluster:
                               ping_interval=interval,
                               startup_timeout=self._first_message_timeout,
                               metrics=self.metrics, query_audit=self.config.audit.queries,
-                              query_wait=self.config.audit.query_backpressure == "wait")
+                              query_wait=self.config.audit.query_backpressure == "wait",
+                              param_key=key)
         self.listener.route_tls(alpn.MYSQL, mysql.serve)
         self.listener.route_tls(alpn.with_ping(alpn.MYSQL), framed(mysql.serve))
         self._route_mongodb(signer, interval)

@@ -128,12 +128,13 @@ class MySQLFrontend(DbFrontend):
                  ping_interval: float | None = None,
                  startup_timeout: float = STARTUP_TIMEOUT,
                  metrics: NoopProxyMetrics | None = None, query_audit: bool = True,
-                 query_wait: bool = False) -> None:
+                 query_wait: bool = False, param_key: bytes | None = None) -> None:
         super().__init__(auth, sessions, inner_tls, ping_interval, metrics)
         self._engines = engines
         self._startup_timeout = startup_timeout
         self._query_audit_on = query_audit  # audit.queries
         self._query_wait = query_wait  # audit.query_backpressure: wait
+        self._param_key = param_key  # the cluster's key for parameter digests
 
     async def serve(self, stream: ByteStream, caller: Identity | None, remote: str) -> None:
         conn = _Conn(stream, BufferedReader(stream), caller, remote,
@@ -269,8 +270,10 @@ class MySQLFrontend(DbFrontend):
             return None
         who = {**self.who(session), "session_id": session.session_id}
         return MySQLQueryAudit(self._auth.audit.emit, who, policy, wait=self._query_wait,
+                               key=self._param_key,
                                on_dropped=lambda n: self._metrics.query_audit_dropped(
-                                   PROTOCOL, n))
+                                   PROTOCOL, n),
+                               emit_many=self._auth.audit.emit_many)
 
     async def _start(self, session: Session, hello: hs.HandshakeResponse) -> Upstream:
         """Signed in as the session's user: by this process's engine, or through one of

@@ -6,14 +6,18 @@ mwictl sessions shows them). Runs in whichever build the cluster uses."""
 
 from __future__ import annotations
 
+import sqlite3
 import struct
 import uuid
 
 import pytest
 
 from mwiproxy.cli.mwictl_sessions import commands_of
+from mwiproxy.config.cluster import STATE_DB_NAME
 from mwiproxy.devkit.topology import wait_for
+from mwiproxy.proxy.queryaudit import PARAM_KEY_META
 from mwiproxy.wire import mysql
+from mwiproxy.wire.sqlredact import param_digests
 from tests.e2e.test_mysql import (  # noqa: F401 (my, out, tunnel: its fixtures)
     _cli,
     _connect,
@@ -151,4 +155,9 @@ def test_execute_parameters_are_hashed_and_their_types_remembered(my, tunnel):  
     first, text, null = exes[0]["parameters"]
     assert str(first).startswith("hmac-sha256:") and str(text).startswith("hmac-sha256:")
     assert null is None and first != text and "parameters_truncated" not in exes[0]
+    # digested with the cluster's key (kept in storage: they compare across restarts)
+    with sqlite3.connect(my.cluster.data_dir / STATE_DB_NAME) as db:
+        (key,) = db.execute("SELECT value FROM meta WHERE key = ?",
+                            (PARAM_KEY_META,)).fetchone()
+    assert [first, text] == param_digests([b"41", secret.encode()], bytes.fromhex(key))
     assert secret not in str(my.audit("db.session.query"))
