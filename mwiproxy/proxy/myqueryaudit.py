@@ -40,15 +40,49 @@ PARAM_CAP = 256  # bytes of a parameter written under `plain`
 _COMMANDS = {"Q": "COM_QUERY", "P": "COM_STMT_PREPARE", "E": "COM_STMT_EXECUTE",
              "I": "COM_INIT_DB", "C": "COM_STMT_CLOSE"}
 
+class StatementTexts:
+    """A COM_QUERY's own fields (command, query, query_len, query_redacted, truncated)
+    and the canonical text of those between `duration_ms` and `rows` (the keys sorted),
+    made once per statement: a client sends the same texts again and again, and each
+    answered one is then one f-string away from its stored text. Bounded: cleared when
+    full. Shared by the sessions of a process."""
+
+    def __init__(self, redacted: RedactedTexts, size: int = 512) -> None:
+        self._redacted = redacted
+        self._size = size
+        self._done: dict[tuple[bytes, int, bool], tuple[dict[str, Any], str, str]] = {}
+
+    def __call__(self, field: tuple[int, bytes | None], truncated: bool
+                 ) -> tuple[dict[str, Any], str, str]:
+        text = field[1] or b""
+        key = (text, field[0], truncated)
+        done = self._done.get(key)
+        if done is None:
+            if len(self._done) >= self._size:
+                self._done.clear()
+            query, redacted = self._redacted(text)
+            cut = truncated and field[0] > len(text)
+            inner = fields_text({"query": query, "query_len": field[0],
+                                 "query_redacted": redacted})[1:-1]
+            done = self._done[key] = (
+                {"command": "COM_QUERY", "query": query, "query_redacted": redacted,
+                 "truncated": cut, "query_len": field[0]},
+                inner, "true" if cut else "false")
+        return done
+
+
 class MySQLQueryAudit(QueryAudit):
     """One MySQL session's records → events (the same constructor as QueryAudit)."""
 
     protocol = "mysql"
     redacted = RedactedTexts(redact_statement)
+    statements = StatementTexts(redacted)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._prepared: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        # COM_QUERYs awaiting their result (the common case, kept apart: see _answered)
+        self._queries: dict[int, tuple[dict[str, Any], str, str]] = {}
         self._done: list[str] = []  # this drain's commands, encoded (for emit_commands)
         self.frame()  # the session's fields checked now, not at the first command
 
@@ -69,6 +103,12 @@ class MySQLQueryAudit(QueryAudit):
         if self._done:
             done, self._done = self._done, []
             self.emit_commands(done)
+
+    def _com_query(self, rec: Record, raw: bytes) -> None:
+        if rec.flags & UNTRACKED:
+            self._request(rec, raw)
+        else:
+            self._queries[rec.seq] = self.statements(rec.fields[0], rec.truncated)
 
     def _request(self, rec: Record, raw: bytes) -> None:
         info: dict[str, Any] = {"command": _COMMANDS[rec.kind]}
@@ -113,7 +153,16 @@ class MySQLQueryAudit(QueryAudit):
         self.emit(CLOSE, command="COM_STMT_CLOSE", statement_id=rec.aux)
 
     def _answered(self, rec: Record, raw: bytes) -> None:
-        pending = self._pending.pop(rec.seq, None)
+        query = self._queries.pop(rec.seq, None)
+        if query is not None and rec.aux != ST_ERROR:  # its text: the cached part spliced
+            fields, inner, cut = query
+            self._done.append(
+                f'{{"bytes":{rec.n2},"command":"COM_QUERY","duration_ms":'
+                f'{round(rec.n3 / 1e6, 3)!r},{inner},"rows":{rec.n1},"status":'
+                f'"{STATUS_NAMES[rec.aux]}","truncated":{cut}}}')
+            return
+        pending = ("Q", dict(query[0])) if query is not None else \
+            self._pending.pop(rec.seq, None)
         if pending is None:
             return
         kind, info = pending
@@ -139,7 +188,7 @@ class MySQLQueryAudit(QueryAudit):
 
 
 _HANDLERS: dict[str, Callable[[MySQLQueryAudit, Record, bytes], None]] = {
-    "Q": MySQLQueryAudit._request, "P": MySQLQueryAudit._request,
+    "Q": MySQLQueryAudit._com_query, "P": MySQLQueryAudit._request,
     "E": MySQLQueryAudit._request, "I": MySQLQueryAudit._request,
     "C": MySQLQueryAudit._closed, "R": MySQLQueryAudit._answered,
 }

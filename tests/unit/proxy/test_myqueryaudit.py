@@ -20,6 +20,7 @@ from mwiproxy.cli.mwictl_sessions import commands_of
 from mwiproxy.proxy.myqueryaudit import MySQLQueryAudit
 from mwiproxy.proxy.queryaudit import MAX_COMMANDS, QueryAuditPolicy
 from mwiproxy.wire.mysqlparams import execute_params
+from mwiproxy.wire.mysqlredact import redact_statement
 from tests.unit.native import myauditkit as kit
 from tests.unit.proxy.test_queryaudit import WHO
 from tests.unit.proxy.test_queryaudit import Sink as _Sink
@@ -187,3 +188,30 @@ def test_an_events_text_is_the_canonical_encoding_of_its_fields(parameters):
 def test_session_fields_may_not_collide_with_the_batch_fields():
     with pytest.raises(ValueError, match="commands"):
         MySQLQueryAudit(Sink(), {**WHO, "count": 1}, QueryAuditPolicy(True, "hash"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=40) | st.text(max_size=20).map(str.encode),
+                          st.integers(0, 2 ** 64 - 1), st.integers(0, 10 ** 13),
+                          st.booleans()), min_size=1, max_size=6))
+def test_an_answered_querys_text_is_its_fields_canonically(queries):
+    """A COM_QUERY's stored text (spliced from a per-statement cache) is the canonical
+    encoding of what a per-command dict says: any text, row count and duration."""
+    got: list[EncodedFields] = []
+    qa = MySQLQueryAudit(Sink(), WHO, QueryAuditPolicy(True, "hash"), key=b"k",
+                         emit_many=lambda type_, many: got.extend(many))
+    tap = myaudit_py.Tap()
+    for i, (sql, affected, took, again) in enumerate(queries):
+        for _ in range(1 + again):  # the same text twice: the cached fields
+            tap.feed(0, kit.query(sql), 0)
+            tap.feed(1, kit.ok(affected), took)
+    qa.on_records(tap.records)
+    (event,) = got
+    assert fields_text(event.as_dict()) == event.text
+    flat = commands_of(event.as_dict())
+    want = [{**WHO, "command": "COM_QUERY", "rows": affected, "bytes": 0, "status": "ok",
+             "duration_ms": round(took / 1e6, 3), "truncated": False, "query_len": len(sql),
+             **dict(zip(("query", "query_redacted"),
+                        redact_statement(sql.decode("utf-8", "replace")), strict=True))}
+            for sql, affected, took, again in queries for _ in range(1 + again)]
+    assert flat == want
