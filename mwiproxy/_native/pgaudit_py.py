@@ -35,8 +35,10 @@ BAD_LENGTH, BAD_TYPE, BAD_FIELDS = 1, 2, 3
 BAD_NAMES = {BAD_LENGTH: "bad message length", BAD_TYPE: "unknown message type",
              BAD_FIELDS: "fields overrun the message"}
 
-_HEAD = struct.Struct("<BBHIII QQQ")
-_FIELD = struct.Struct("<II")
+# a record: kind, flags, nfields, seq, aux, (code), n1, n2, n3, then per field (full
+# length, stored length) and the stored bytes (full NULL: a NULL value)
+RECORD_HEAD = _HEAD = struct.Struct("<BBHIII QQQ")
+FIELD_HEAD = _FIELD = struct.Struct("<II")
 
 OP_SKIP, OP_STR, OP_INT, OP_BYTES = range(4)
 CAP_NONE, CAP_FIELD, CAP_TAG, CAP_SQLSTATE, CAP_ERR = range(5)

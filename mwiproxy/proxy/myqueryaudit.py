@@ -21,13 +21,24 @@ Statements are redacted by wire/mysqlredact.
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from mwiproxy._native import pgaudit_decode as decode
 from mwiproxy._native.myaudit_py import code
-from mwiproxy._native.pgaudit_py import ST_ERROR, STATUS_NAMES, UNTRACKED, Record
+from mwiproxy._native.pgaudit_py import (
+    FIELD_HEAD,
+    HDR,
+    NULL,
+    RECORD_HEAD,
+    ST_ERROR,
+    STATUS_NAMES,
+    TRUNCATED,
+    UNTRACKED,
+    Record,
+)
 from mwiproxy.auth.storage.chain import fields_text
 from mwiproxy.proxy.queryaudit import MAX_NAMES, QUERY_FAILED, QueryAudit, RedactedTexts
 from mwiproxy.wire.mysqlparams import execute_params
@@ -37,6 +48,8 @@ from mwiproxy.wire.sqlredact import param_digests
 PREPARE = "db.session.mysql.statements.prepare"
 CLOSE = "db.session.mysql.statements.close"
 PARAM_CAP = 256  # bytes of a parameter written under `plain`
+_Q, _R = ord("Q"), ord("R")
+_SEQ = struct.Struct("<I")
 _COMMANDS = {"Q": "COM_QUERY", "P": "COM_STMT_PREPARE", "E": "COM_STMT_EXECUTE",
              "I": "COM_INIT_DB", "C": "COM_STMT_CLOSE"}
 
@@ -87,8 +100,29 @@ class MySQLQueryAudit(QueryAudit):
         self.frame()  # the session's fields checked now, not at the first command
 
     def on_records(self, records: list[bytes]) -> None:
-        handlers = _HANDLERS
+        """Each record to its handler; an answered COM_QUERY (nearly every record of a
+        busy session) read with one struct call and spliced (_answered's first case),
+        without a Record."""
+        handlers, queries, statements, done = _HANDLERS, self._queries, self.statements, \
+            self._done
         for raw in records:
+            kind = raw[0]
+            if kind == _R:
+                _, _, _, seq, status, _, rows, size, took = RECORD_HEAD.unpack_from(raw)
+                query = queries.get(seq)
+                if query is not None and status != ST_ERROR:
+                    del queries[seq]
+                    done.append(f'{{"bytes":{size},"command":"COM_QUERY","duration_ms":'
+                                f'{round(took / 1e6, 3)!r},{query[1]},"rows":{rows},'
+                                f'"status":"{STATUS_NAMES[status]}","truncated":{query[2]}}}')
+                    continue
+            elif kind == _Q and not raw[1] & UNTRACKED:
+                full, kept = FIELD_HEAD.unpack_from(raw, HDR)
+                if full != NULL:
+                    seq = _SEQ.unpack_from(raw, 4)[0]
+                    queries[seq] = statements((full, raw[HDR + 8:HDR + 8 + kept]),
+                                              bool(raw[1] & TRUNCATED))
+                    continue
             rec = decode(raw)
             handler = handlers.get(rec.kind)
             if handler is not None:
@@ -101,8 +135,8 @@ class MySQLQueryAudit(QueryAudit):
 
     def _flush(self) -> None:
         if self._done:
-            done, self._done = self._done, []
-            self.emit_commands(done)
+            self.emit_commands(self._done)
+            self._done.clear()
 
     def _com_query(self, rec: Record, raw: bytes) -> None:
         if rec.flags & UNTRACKED:
@@ -153,14 +187,8 @@ class MySQLQueryAudit(QueryAudit):
         self.emit(CLOSE, command="COM_STMT_CLOSE", statement_id=rec.aux)
 
     def _answered(self, rec: Record, raw: bytes) -> None:
+        """A result (a COM_QUERY's that succeeded: in on_records)."""
         query = self._queries.pop(rec.seq, None)
-        if query is not None and rec.aux != ST_ERROR:  # its text: the cached part spliced
-            fields, inner, cut = query
-            self._done.append(
-                f'{{"bytes":{rec.n2},"command":"COM_QUERY","duration_ms":'
-                f'{round(rec.n3 / 1e6, 3)!r},{inner},"rows":{rec.n1},"status":'
-                f'"{STATUS_NAMES[rec.aux]}","truncated":{cut}}}')
-            return
         pending = ("Q", dict(query[0])) if query is not None else \
             self._pending.pop(rec.seq, None)
         if pending is None:
