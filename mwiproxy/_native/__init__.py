@@ -26,6 +26,7 @@ from .firstbytes import (
     FirstBytes,
 )
 from .inspect_py import MAX_HELD
+from .myauditenc_py import mysql_query_texts
 from .pgaudit_py import decode as pgaudit_decode
 from .rdsauditenc_py import redis_query_texts
 from .relay_py import Relay, close_engine, engine_for, engines_for
@@ -88,6 +89,7 @@ if os.environ.get("MWIPROXY_NO_EXTENSIONS") != "1":
         link_hash = _auditenc.link_hash
         hmac_digests = _auditenc.hmac_digests
         redis_query_texts = _auditenc.redis_query_texts
+        mysql_query_texts = _auditenc.mysql_query_texts
         NATIVE = True
         NATIVE_UNAVAILABLE = None
 
@@ -131,6 +133,7 @@ __all__ = [
     "set_default_workers",
     "pgaudit_decode",
     "redis_query_texts",
+    "mysql_query_texts",
     "REASONS",
     "CLOSE_REASONS",
     "MONGO_MAX_MESSAGE",

@@ -1,3 +1,4 @@
+from collections.abc import Callable
 from typing import Any
 
 from .auditenc_py import ChainRow
@@ -10,3 +11,8 @@ def hmac_digests(key: bytes, values: list[bytes | None], prefix: str,
                  nhex: int) -> list[str | None]: ...
 def redis_query_texts(records: list[bytes], mode: str, key: bytes, prefix: str, nhex: int,
                       who: list[tuple[str, Any]]) -> list[str | None]: ...
+def mysql_query_texts(records: list[bytes], start: int,
+                      queries: dict[int, tuple[dict[str, Any], str, str]],
+                      statements: Callable[[tuple[int, bytes], bool],
+                                           tuple[dict[str, Any], str, str]],
+                      done: list[str]) -> int: ...

@@ -3,7 +3,8 @@
 a batch's hash-chain links, with the twin's results byte for byte (differential tests:
 tests/unit/native/test_auditenc_differential.py); and rdsauditenc_py's Redis query
 events straight from tap records (csrc/mwi_rdsauditenc.c,
-tests/unit/native/test_rdsauditenc_differential.py)."""
+tests/unit/native/test_rdsauditenc_differential.py); and myauditenc_py's answered MySQL
+COM_QUERYs (tests/unit/native/test_myauditenc_differential.py)."""
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_Keys, PyDict_Size
@@ -13,6 +14,7 @@ from cpython.mem cimport PyMem_Free
 from cpython.ref cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.math cimport isfinite, isnan
+from libc.stdint cimport uint32_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
@@ -421,3 +423,59 @@ def redis_query_texts(list records not None, str mode not None, bytes key not No
         free(parts)
         free(texts.p)
         free(out.p)
+
+
+cdef inline uint32_t _le32(const unsigned char *p) noexcept:
+    return p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef inline unsigned long long _le64(const unsigned char *p) noexcept:
+    return _le32(p) | (<unsigned long long>_le32(p + 4) << 32)
+
+
+_STATUS_NAMES = ("ok", "error", "skipped", "suspended", "empty", "unfinished")
+cdef enum:  # pgaudit_py's ST_ERROR, TRUNCATED, UNTRACKED, HDR
+    _ST_ERROR = 1
+    _TRUNCATED = 1
+    _UNTRACKED = 4
+    _HDR = 40
+cdef uint32_t _NULL = 0xFFFFFFFF
+
+
+def mysql_query_texts(list records not None, Py_ssize_t start, dict queries not None,
+                      statements, list done not None):
+    """myauditenc_py.mysql_query_texts: the same records taken, the same texts (the
+    header read in C, no tuple per record)."""
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(records), size
+    cdef const unsigned char *p
+    cdef uint32_t status, full, kept
+    cdef object rec, query, seq
+    for i in range(start, n):
+        rec = <object>PyList_GET_ITEM(records, i)
+        if type(rec) is not bytes:
+            return i
+        p = <const unsigned char *>PyBytes_AS_STRING(rec)
+        size = PyBytes_GET_SIZE(rec)
+        if size < _HDR:
+            return i
+        seq = _le32(p + 4)
+        if p[0] == 82:  # 'R'
+            status = _le32(p + 8)
+            if status == _ST_ERROR or status >= 6:
+                return i
+            query = queries.pop(seq, None)
+            if query is None:
+                return i
+            done.append(f'{{"bytes":{_le64(p + 24)},"command":"COM_QUERY","duration_ms":'
+                        f'{round(_le64(p + 32) / 1e6, 3)!r},{query[1]},"rows":{_le64(p + 16)},'
+                        f'"status":"{_STATUS_NAMES[status]}","truncated":{query[2]}}}')
+        elif p[0] == 81 and not (p[1] & _UNTRACKED) and size >= _HDR + 8:  # 'Q'
+            full = _le32(p + _HDR)
+            kept = _le32(p + _HDR + 4)
+            if full == _NULL or _HDR + 8 + <Py_ssize_t>kept > size:
+                return i
+            queries[seq] = statements((full, rec[_HDR + 8:_HDR + 8 + kept]),
+                                      bool(p[1] & _TRUNCATED))
+        else:
+            return i
+    return n

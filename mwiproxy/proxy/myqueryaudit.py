@@ -21,24 +21,14 @@ Statements are redacted by wire/mysqlredact.
 
 from __future__ import annotations
 
-import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from mwiproxy._native import mysql_query_texts
 from mwiproxy._native import pgaudit_decode as decode
 from mwiproxy._native.myaudit_py import code
-from mwiproxy._native.pgaudit_py import (
-    FIELD_HEAD,
-    HDR,
-    NULL,
-    RECORD_HEAD,
-    ST_ERROR,
-    STATUS_NAMES,
-    TRUNCATED,
-    UNTRACKED,
-    Record,
-)
+from mwiproxy._native.pgaudit_py import ST_ERROR, STATUS_NAMES, UNTRACKED, Record
 from mwiproxy.auth.storage.chain import fields_text
 from mwiproxy.proxy.queryaudit import MAX_NAMES, QUERY_FAILED, QueryAudit, RedactedTexts
 from mwiproxy.wire.mysqlparams import execute_params
@@ -48,8 +38,6 @@ from mwiproxy.wire.sqlredact import param_digests
 PREPARE = "db.session.mysql.statements.prepare"
 CLOSE = "db.session.mysql.statements.close"
 PARAM_CAP = 256  # bytes of a parameter written under `plain`
-_Q, _R = ord("Q"), ord("R")
-_SEQ = struct.Struct("<I")
 _COMMANDS = {"Q": "COM_QUERY", "P": "COM_STMT_PREPARE", "E": "COM_STMT_EXECUTE",
              "I": "COM_INIT_DB", "C": "COM_STMT_CLOSE"}
 
@@ -100,33 +88,18 @@ class MySQLQueryAudit(QueryAudit):
         self.frame()  # the session's fields checked now, not at the first command
 
     def on_records(self, records: list[bytes]) -> None:
-        """Each record to its handler; an answered COM_QUERY (nearly every record of a
-        busy session) read with one struct call and spliced (_answered's first case),
-        without a Record."""
+        """Answered COM_QUERYs (nearly every record of a busy session) natively, in
+        order (_native.mysql_query_texts); each other record to its handler."""
         handlers, queries, statements, done = _HANDLERS, self._queries, self.statements, \
             self._done
-        for raw in records:
-            kind = raw[0]
-            if kind == _R:
-                _, _, _, seq, status, _, rows, size, took = RECORD_HEAD.unpack_from(raw)
-                query = queries.get(seq)
-                if query is not None and status != ST_ERROR:
-                    del queries[seq]
-                    done.append(f'{{"bytes":{size},"command":"COM_QUERY","duration_ms":'
-                                f'{round(took / 1e6, 3)!r},{query[1]},"rows":{rows},'
-                                f'"status":"{STATUS_NAMES[status]}","truncated":{query[2]}}}')
-                    continue
-            elif kind == _Q and not raw[1] & UNTRACKED:
-                full, kept = FIELD_HEAD.unpack_from(raw, HDR)
-                if full != NULL:
-                    seq = _SEQ.unpack_from(raw, 4)[0]
-                    queries[seq] = statements((full, raw[HDR + 8:HDR + 8 + kept]),
-                                              bool(raw[1] & TRUNCATED))
-                    continue
+        i, n = 0, len(records)
+        while (i := mysql_query_texts(records, i, queries, statements, done)) < n:
+            raw = records[i]
             rec = decode(raw)
             handler = handlers.get(rec.kind)
             if handler is not None:
                 handler(self, rec, raw)
+            i += 1
         self._flush()
 
     def emit(self, type_: str, **fields: Any) -> None:
