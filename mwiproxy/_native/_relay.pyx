@@ -121,11 +121,15 @@ cdef class Engine:
         if self.eng == NULL or self.audited == 0 and not ended:
             return
         n = mwi_engine_audit_take(self.eng, &p)
-        batches = {}
+        cdef dict batches = {}
+        cdef list records
         while off + 12 <= n:
             memcpy(&rlen, p + off, 4)
             memcpy(&user, p + off + 4, 8)
-            batches.setdefault(user, []).append(p[off + 12:off + 12 + rlen])
+            records = batches.get(user)
+            if records is None:
+                records = batches[user] = []
+            records.append(p[off + 12:off + 12 + rlen])
             off += 12 + rlen
         for user, records in batches.items():
             relay = self.running.get(user)
