@@ -13,6 +13,7 @@ def redis_query_texts(records: list[bytes], mode: str, key: bytes, prefix: str, 
                       who: list[tuple[str, Any]]) -> list[str | None]: ...
 def mysql_query_texts(records: list[bytes], start: int,
                       queries: dict[int, tuple[dict[str, Any], str, str]],
+                      cache: dict[tuple[bytes, int, bool], tuple[dict[str, Any], str, str]],
                       statements: Callable[[tuple[int, bytes], bool],
                                            tuple[dict[str, Any], str, str]],
                       done: list[str]) -> int: ...

@@ -442,40 +442,101 @@ cdef enum:  # pgaudit_py's ST_ERROR, TRUNCATED, UNTRACKED, HDR
 cdef uint32_t _NULL = 0xFFFFFFFF
 
 
+cdef int _u64(Buf *b, unsigned long long v) except -1:
+    cdef char tmp[24]
+    cdef int k = 24
+    while True:
+        k -= 1
+        tmp[k] = <char>(48 + v % 10)
+        v //= 10
+        if v == 0:
+            break
+    return _put(b, tmp + k, <size_t>(24 - k))
+
+
+cdef int _ms3(Buf *b, unsigned long long took) except -1:
+    """repr(round(took / 1e6, 3)) for took below 10**15 and not a tie (not ending in 500):
+    the double's error is then far from any rounding boundary (at least 1 ns away), so
+    rounding the exact microseconds gives the same digits, and a decimal of at most 15
+    significant digits is the shortest text of its double (DBL_DIG)."""
+    cdef unsigned long long q = (took + 500) // 1000
+    cdef char frac[3]
+    cdef size_t nf = 3
+    frac[0] = <char>(48 + (q % 1000) // 100)
+    frac[1] = <char>(48 + (q % 100) // 10)
+    frac[2] = <char>(48 + q % 10)
+    while nf > 1 and frac[nf - 1] == 48:
+        nf -= 1
+    _u64(b, q // 1000)
+    _put(b, b".", 1)
+    return _put(b, frac, nf)
+
+
+cdef int _ascii(Buf *b, str s) except -1:
+    cdef Py_ssize_t n
+    cdef const char *u = PyUnicode_AsUTF8AndSize(s, &n)
+    return _put(b, u, <size_t>n)
+
+
 def mysql_query_texts(list records not None, Py_ssize_t start, dict queries not None,
-                      statements, list done not None):
+                      dict cache not None, statements, list done not None):
     """myauditenc_py.mysql_query_texts: the same records taken, the same texts (the
-    header read in C, no tuple per record)."""
+    header read and the text written in C: no tuple or int object per record)."""
     cdef Py_ssize_t i, n = PyList_GET_SIZE(records), size
     cdef const unsigned char *p
     cdef uint32_t status, full, kept
-    cdef object rec, query, seq
-    for i in range(start, n):
-        rec = <object>PyList_GET_ITEM(records, i)
-        if type(rec) is not bytes:
-            return i
-        p = <const unsigned char *>PyBytes_AS_STRING(rec)
-        size = PyBytes_GET_SIZE(rec)
-        if size < _HDR:
-            return i
-        seq = _le32(p + 4)
-        if p[0] == 82:  # 'R'
-            status = _le32(p + 8)
-            if status == _ST_ERROR or status >= 6:
+    cdef unsigned long long took
+    cdef object rec, query, seq, text, got
+    cdef bint cut
+    cdef Buf b
+    b.p, b.n, b.cap = NULL, 0, 0
+    try:
+        for i in range(start, n):
+            rec = <object>PyList_GET_ITEM(records, i)
+            if type(rec) is not bytes:
                 return i
-            query = queries.pop(seq, None)
-            if query is None:
+            p = <const unsigned char *>PyBytes_AS_STRING(rec)
+            size = PyBytes_GET_SIZE(rec)
+            if size < _HDR:
                 return i
-            done.append(f'{{"bytes":{_le64(p + 24)},"command":"COM_QUERY","duration_ms":'
-                        f'{round(_le64(p + 32) / 1e6, 3)!r},{query[1]},"rows":{_le64(p + 16)},'
-                        f'"status":"{_STATUS_NAMES[status]}","truncated":{query[2]}}}')
-        elif p[0] == 81 and not (p[1] & _UNTRACKED) and size >= _HDR + 8:  # 'Q'
-            full = _le32(p + _HDR)
-            kept = _le32(p + _HDR + 4)
-            if full == _NULL or _HDR + 8 + <Py_ssize_t>kept > size:
+            seq = _le32(p + 4)
+            if p[0] == 82:  # 'R'
+                status = _le32(p + 8)
+                if status == _ST_ERROR or status >= 6:
+                    return i
+                query = queries.pop(seq, None)
+                if query is None:
+                    return i
+                b.n = 0
+                _put(&b, b'{"bytes":', 9)
+                _u64(&b, _le64(p + 24))
+                _put(&b, b',"command":"COM_QUERY","duration_ms":', 37)
+                took = _le64(p + 32)
+                if took < 1000000000000000ULL and took % 1000 != 500:
+                    _ms3(&b, took)
+                else:
+                    _ascii(&b, repr(round(took / 1e6, 3)))
+                _put(&b, b",", 1)
+                _ascii(&b, query[1])
+                _put(&b, b',"rows":', 8)
+                _u64(&b, _le64(p + 16))
+                _put(&b, b',"status":"', 11)
+                _ascii(&b, _STATUS_NAMES[status])
+                _put(&b, b'","truncated":', 14)
+                _ascii(&b, query[2])
+                _put(&b, b"}", 1)
+                done.append(PyUnicode_DecodeASCII(b.p, <Py_ssize_t>b.n, NULL))
+            elif p[0] == 81 and not (p[1] & _UNTRACKED) and size >= _HDR + 8:  # 'Q'
+                full = _le32(p + _HDR)
+                kept = _le32(p + _HDR + 4)
+                if full == _NULL or _HDR + 8 + <Py_ssize_t>kept > size:
+                    return i
+                text = rec[_HDR + 8:_HDR + 8 + kept]
+                cut = (p[1] & _TRUNCATED) != 0
+                got = cache.get((text, full, cut))
+                queries[seq] = got if got is not None else statements((full, text), cut)
+            else:
                 return i
-            queries[seq] = statements((full, rec[_HDR + 8:_HDR + 8 + kept]),
-                                      bool(p[1] & _TRUNCATED))
-        else:
-            return i
-    return n
+        return n
+    finally:
+        free(b.p)

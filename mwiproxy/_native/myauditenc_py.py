@@ -33,9 +33,11 @@ _Q, _R = ord("Q"), ord("R")
 
 
 def mysql_query_texts(records: list[bytes], start: int, queries: dict[int, Statement],
+                      cache: dict[tuple[bytes, int, bool], Statement],
                       statements: Statements, done: list[str]) -> int:
     """From records[start] on: a COM_QUERY request tracked (not UNTRACKED, its text not
-    NULL) goes into `queries` (seq → statements((full length, text), truncated)); the
+    NULL) goes into `queries` (seq → what `cache` holds for (text, full length,
+    truncated), else statements((full length, text), truncated), which may fill it); the
     result of one of those that did not fail (status not ST_ERROR) takes it out and
     appends its command's canonical text to `done`. Stops at the first other record
     (anything else, or a result whose query is not in `queries`) and says its index
@@ -58,8 +60,9 @@ def mysql_query_texts(records: list[bytes], start: int, queries: dict[int, State
             full, kept = FIELD_HEAD.unpack_from(raw, HDR)
             if full == NULL or HDR + 8 + kept > len(raw):
                 return i
-            queries[seq] = statements((full, raw[HDR + 8:HDR + 8 + kept]),
-                                      bool(flags & TRUNCATED))
+            text, cut = raw[HDR + 8:HDR + 8 + kept], bool(flags & TRUNCATED)
+            got = cache.get((text, full, cut))
+            queries[seq] = got if got is not None else statements((full, text), cut)
         else:
             return i
     return len(records)

@@ -51,21 +51,22 @@ class StatementTexts:
     def __init__(self, redacted: RedactedTexts, size: int = 512) -> None:
         self._redacted = redacted
         self._size = size
-        self._done: dict[tuple[bytes, int, bool], tuple[dict[str, Any], str, str]] = {}
+        # (text, full length, truncated) → its Statement (read natively as well: cache)
+        self.cache: dict[tuple[bytes, int, bool], tuple[dict[str, Any], str, str]] = {}
 
     def __call__(self, field: tuple[int, bytes | None], truncated: bool
                  ) -> tuple[dict[str, Any], str, str]:
         text = field[1] or b""
         key = (text, field[0], truncated)
-        done = self._done.get(key)
+        done = self.cache.get(key)
         if done is None:
-            if len(self._done) >= self._size:
-                self._done.clear()
+            if len(self.cache) >= self._size:
+                self.cache.clear()
             query, redacted = self._redacted(text)
             cut = truncated and field[0] > len(text)
             inner = fields_text({"query": query, "query_len": field[0],
                                  "query_redacted": redacted})[1:-1]
-            done = self._done[key] = (
+            done = self.cache[key] = (
                 {"command": "COM_QUERY", "query": query, "query_redacted": redacted,
                  "truncated": cut, "query_len": field[0]},
                 inner, "true" if cut else "false")
@@ -93,7 +94,8 @@ class MySQLQueryAudit(QueryAudit):
         handlers, queries, statements, done = _HANDLERS, self._queries, self.statements, \
             self._done
         i, n = 0, len(records)
-        while (i := mysql_query_texts(records, i, queries, statements, done)) < n:
+        while (i := mysql_query_texts(records, i, queries, statements.cache, statements,
+                                      done)) < n:
             raw = records[i]
             rec = decode(raw)
             handler = handlers.get(rec.kind)

@@ -34,12 +34,13 @@ def _statements(field: tuple[int, bytes], truncated: bool) -> myauditenc_py.Stat
             "true" if truncated else "false")
 
 
-def _drain(impl: Any, records: list[Any], queries: dict[int, Any]
-           ) -> tuple[list[int], list[str]]:
+def _drain(impl: Any, records: list[Any], queries: dict[int, Any],
+           cache: dict[Any, Any] | None = None) -> tuple[list[int], list[str]]:
     """As MySQLQueryAudit.on_records: each record left over is skipped (its handler)."""
     done: list[str] = []
     left, i = [], 0
-    while (i := impl.mysql_query_texts(records, i, queries, _statements, done)) \
+    cache = {} if cache is None else cache
+    while (i := impl.mysql_query_texts(records, i, queries, cache, _statements, done)) \
             < len(records):
         left.append(i)
         i += 1
@@ -59,12 +60,16 @@ def _result(seq: int, status: int, rows: int, size: int, took: int) -> bytes:
 
 
 SEQS = st.integers(0, 5) | st.integers(0, 2 ** 32 - 1)
+# durations (ns): any, ties (…500 ns: the double decides), and around 10**15 (where the
+# native build stops rounding the integer itself)
+TOOK = (st.integers(0, 2 ** 64 - 1) | st.integers(0, 10 ** 9).map(lambda k: k * 1000 + 500)
+        | st.integers(10 ** 15 - 3000, 10 ** 15 + 3000) | st.integers(0, 10 ** 7))
 RECORD = st.one_of(
     st.builds(_query, SEQS, st.binary(max_size=40), st.sampled_from([0, 1, 4, 5])),
     st.builds(_query, SEQS, st.binary(max_size=8), st.just(0),
               st.sampled_from([NULL, 0, 3, 100]), st.sampled_from([None, 0, 9, 2 ** 32 - 1])),
     st.builds(_result, SEQS, st.integers(0, 8), st.integers(0, 2 ** 64 - 1),
-              st.integers(0, 2 ** 64 - 1), st.integers(0, 2 ** 64 - 1)),
+              st.integers(0, 2 ** 64 - 1), TOOK),
     st.binary(max_size=60),
     st.sampled_from([b"", b"R", b"Q" * 48, b"P" + b"\0" * 47]),
 )
@@ -72,12 +77,28 @@ RECORD = st.one_of(
 
 @pytest.mark.parametrize("impl", IMPLS)
 @settings(max_examples=400, deadline=None)
-@given(st.lists(RECORD, max_size=30), st.dictionaries(SEQS, st.just(None), max_size=3))
-def test_native_equals_twin(impl, records, known):
+@given(st.lists(RECORD, max_size=30), st.dictionaries(SEQS, st.just(None), max_size=3),
+       st.lists(st.tuples(st.binary(max_size=8), st.integers(0, 9), st.booleans()),
+                max_size=3))
+def test_native_equals_twin(impl, records, known, cached):
     seeded = {seq: _statements((seq, b"seeded"), False) for seq in known}
+    cache = {key: ({}, f'"cached":{i}', "false") for i, key in enumerate(cached)}
     want_q, got_q = dict(seeded), dict(seeded)
-    assert _drain(impl, records, got_q) == _drain(myauditenc_py, records, want_q)
+    assert _drain(impl, records, got_q, dict(cache)) == \
+        _drain(myauditenc_py, records, want_q, dict(cache))
     assert got_q == want_q
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@settings(max_examples=500, deadline=None)
+@given(st.lists(TOOK, min_size=1, max_size=20))
+def test_durations_are_written_as_round_then_repr(impl, took):
+    records = [r for i, t in enumerate(took)
+               for r in (_query(i + 1, b"q"), _result(i + 1, 0, 0, 0, t))]
+    _, done = _drain(impl, records, {})
+    assert [json.loads(d)["duration_ms"] for d in done] == [round(t / 1e6, 3) for t in took]
+    assert [d.split('"duration_ms":')[1].split(",")[0] for d in done] == [
+        repr(round(t / 1e6, 3)) for t in took]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
