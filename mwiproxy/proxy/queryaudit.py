@@ -21,6 +21,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 from mwiproxy._native import pgaudit_decode
@@ -193,15 +194,24 @@ class QueryAudit:
         if not texts:
             return
         head, tail, session = self.frame()
-        many, start, size = [], 0, 0
-        for i, text in enumerate(texts):
-            if i > start and (i - start >= MAX_COMMANDS or size + len(text) > MAX_TEXT):
-                many.append(EncodedFields(f'{head}{",".join(texts[start:i])}],"count":'
-                                          f'{i - start}{tail}', session))
-                start, size = i, 0
-            size += len(text) + 1
-        many.append(EncodedFields(f'{head}{",".join(texts[start:])}],"count":'
-                                  f'{len(texts) - start}{tail}', session))
+        many: list[EncodedFields] = []
+        for first in range(0, len(texts), MAX_COMMANDS):
+            part = texts[first:first + MAX_COMMANDS]
+            if sum(map(len, part)) + len(part) <= MAX_TEXT:  # nearly always: one event
+                bounds = [0, len(part)]
+            else:  # long commands: cut before the one that would pass MAX_TEXT
+                bounds, size = [0], 0
+                for i, text in enumerate(part):
+                    if i > bounds[-1] and size + len(text) > MAX_TEXT:
+                        bounds.append(i)
+                        size = 0
+                    size += len(text) + 1
+                bounds.append(len(part))
+            for start, end in pairwise(bounds):
+                chunk = part[start:end]  # the event's text in one join: one copy
+                chunk[0] = head + chunk[0]
+                chunk[-1] = f'{chunk[-1]}],"count":{end - start}{tail}'
+                many.append(EncodedFields(",".join(chunk), session))
         self.events += len(texts)
         self._emit_many(QUERY, many)
 

@@ -52,6 +52,9 @@ class SQLiteStorage(SQLStorage):
         os.chmod(path, 0o600)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
+        if new:  # before the first table: the audit log's rows (a batch of commands is
+            # tens of KiB) take fewer WAL frames, a sixth less writer CPU (RESULTS.md s12)
+            self._db.execute("PRAGMA page_size=16384")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")

@@ -181,3 +181,18 @@ def test_grants_are_taken_once_and_pruned(storage):
     assert storage.prune_grants(NOW + 9) == 0
     assert storage.prune_grants(NOW + 10) == 1
     assert storage.take_grant("k2") is None
+
+
+def test_a_new_sqlite_store_uses_16k_pages_and_an_old_one_keeps_its_own(tmp_path):
+    import sqlite3
+
+    from mwiproxy.auth.storage.sqlite import SQLiteStorage
+
+    SQLiteStorage(str(tmp_path / "new.db")).close()
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as db:
+        db.execute("CREATE TABLE earlier (x)")
+    SQLiteStorage(str(old)).close()
+    pages = {name: sqlite3.connect(tmp_path / name).execute("PRAGMA page_size").fetchone()[0]
+             for name in ("new.db", "old.db")}
+    assert pages == {"new.db": 16384, "old.db": 4096}
