@@ -40,13 +40,15 @@ CLOSE = "db.session.mysql.statements.close"
 PARAM_CAP = 256  # bytes of a parameter written under `plain`
 _COMMANDS = {"Q": "COM_QUERY", "P": "COM_STMT_PREPARE", "E": "COM_STMT_EXECUTE",
              "I": "COM_INIT_DB", "C": "COM_STMT_CLOSE"}
+CACHED_TEXT = 1024  # longer statements are made each time (the cache stays ~1.5 MB)
+
 
 class StatementTexts:
     """A COM_QUERY's own fields (command, query, query_len, query_redacted, truncated)
     and the canonical text of those between `duration_ms` and `rows` (the keys sorted),
     made once per statement: a client sends the same texts again and again, and each
-    answered one is then one f-string away from its stored text. Bounded: cleared when
-    full. Shared by the sessions of a process."""
+    answered one is then one f-string away from its stored text. Bounded: statements up
+    to CACHED_TEXT bytes, cleared when full. Shared by the sessions of a process."""
 
     def __init__(self, redacted: RedactedTexts, size: int = 512) -> None:
         self._redacted = redacted
@@ -60,16 +62,17 @@ class StatementTexts:
         key = (text, field[0], truncated)
         done = self.cache.get(key)
         if done is None:
-            if len(self.cache) >= self._size:
-                self.cache.clear()
             query, redacted = self._redacted(text)
             cut = truncated and field[0] > len(text)
             inner = fields_text({"query": query, "query_len": field[0],
                                  "query_redacted": redacted})[1:-1]
-            done = self.cache[key] = (
-                {"command": "COM_QUERY", "query": query, "query_redacted": redacted,
-                 "truncated": cut, "query_len": field[0]},
-                inner, "true" if cut else "false")
+            done = ({"command": "COM_QUERY", "query": query, "query_redacted": redacted,
+                     "truncated": cut, "query_len": field[0]},
+                    inner, "true" if cut else "false")
+            if len(text) <= CACHED_TEXT:
+                if len(self.cache) >= self._size:
+                    self.cache.clear()
+                self.cache[key] = done
         return done
 
 

@@ -82,7 +82,8 @@ RECORD = st.one_of(
                 max_size=3))
 def test_native_equals_twin(impl, records, known, cached):
     seeded = {seq: _statements((seq, b"seeded"), False) for seq in known}
-    cache = {key: ({}, f'"cached":{i}', "false") for i, key in enumerate(cached)}
+    cache: dict[Any, myauditenc_py.Statement] = {
+        key: ({}, f'"cached":{i}', "false") for i, key in enumerate(cached)}
     want_q, got_q = dict(seeded), dict(seeded)
     assert _drain(impl, records, got_q, dict(cache)) == \
         _drain(myauditenc_py, records, want_q, dict(cache))

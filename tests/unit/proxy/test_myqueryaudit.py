@@ -17,8 +17,8 @@ from mwiproxy.auth.storage.base import EncodedFields
 from mwiproxy.auth.storage.chain import fields_text
 from mwiproxy.auth.storage.sqlite import SQLiteStorage
 from mwiproxy.cli.mwictl_sessions import commands_of
-from mwiproxy.proxy.myqueryaudit import MySQLQueryAudit
-from mwiproxy.proxy.queryaudit import MAX_COMMANDS, QueryAuditPolicy
+from mwiproxy.proxy.myqueryaudit import CACHED_TEXT, MySQLQueryAudit, StatementTexts
+from mwiproxy.proxy.queryaudit import MAX_COMMANDS, QueryAuditPolicy, RedactedTexts
 from mwiproxy.wire.mysqlparams import execute_params
 from mwiproxy.wire.mysqlredact import redact_statement
 from tests.unit.native import myauditkit as kit
@@ -162,7 +162,7 @@ def test_a_drain_is_stored_as_few_events_the_chain_verifies(tmp_path):
     flat = [c for e in stored for c in commands_of(e.fields)]
     assert qa.events == n == len(flat)
     assert [(c["query"], c["rows"], c["session"]) for c in flat] == [
-        ("select %d" % i, i, WHO["session"]) for i in range(n)]
+        (f"select {i}", i, WHO["session"]) for i in range(n)]
     assert log.verify().intact
     log.close()
     storage.close()
@@ -201,7 +201,7 @@ def test_an_answered_querys_text_is_its_fields_canonically(queries):
     qa = MySQLQueryAudit(Sink(), WHO, QueryAuditPolicy(True, "hash"), key=b"k",
                          emit_many=lambda type_, many: got.extend(many))
     tap = myaudit_py.Tap()
-    for i, (sql, affected, took, again) in enumerate(queries):
+    for sql, affected, took, again in queries:
         for _ in range(1 + again):  # the same text twice: the cached fields
             tap.feed(0, kit.query(sql), 0)
             tap.feed(1, kit.ok(affected), took)
@@ -215,3 +215,13 @@ def test_an_answered_querys_text_is_its_fields_canonically(queries):
                         redact_statement(sql.decode("utf-8", "replace")), strict=True))}
             for sql, affected, took, again in queries for _ in range(1 + again)]
     assert flat == want
+
+
+def test_the_statement_cache_is_bounded_in_entries_and_in_text():
+    cache = StatementTexts(RedactedTexts(redact_statement), size=4)
+    for i in range(10):
+        cache((6, b"select %d" % i), False)
+    assert 0 < len(cache.cache) <= 4
+    long = b"x" * (CACHED_TEXT + 1)
+    fields, inner, cut = cache((len(long), long), False)
+    assert fields["query"] == long.decode() and (long, len(long), False) not in cache.cache
