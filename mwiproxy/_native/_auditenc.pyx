@@ -433,7 +433,8 @@ cdef inline unsigned long long _le64(const unsigned char *p) noexcept:
     return _le32(p) | (<unsigned long long>_le32(p + 4) << 32)
 
 
-_STATUS_NAMES = ("ok", "error", "skipped", "suspended", "empty", "unfinished")
+from mwiproxy._native.pgaudit_py import STATUS_NAMES as _STATUS_NAMES
+cdef uint32_t _NSTATUS = len(_STATUS_NAMES)
 cdef enum:  # pgaudit_py's ST_ERROR, TRUNCATED, UNTRACKED, HDR
     _ST_ERROR = 1
     _TRUNCATED = 1
@@ -502,7 +503,7 @@ def mysql_query_texts(list records not None, Py_ssize_t start, dict queries not 
             seq = _le32(p + 4)
             if p[0] == 82:  # 'R'
                 status = _le32(p + 8)
-                if status == _ST_ERROR or status >= 6:
+                if status == _ST_ERROR or status >= _NSTATUS:
                     return i
                 query = queries.pop(seq, None)
                 if query is None:
