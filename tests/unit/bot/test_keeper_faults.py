@@ -182,7 +182,12 @@ def test_the_renewer_reports_a_full_disk_and_recovers_by_itself(tmp_path, monkey
 
     async def scenario() -> None:
         task = asyncio.ensure_future(renewer.run())
-        await _until(lambda: cluster.generation >= 2)
+        # between renewals (none in flight: no stored next key, the last one stored), so
+        # the next one fails at its key; one caught midway (key stored, reply in hand)
+        # rightly asks again with that key when its identity cannot be stored
+        await _until(lambda: cluster.generation >= 2
+                     and not (tmp_path / "storage" / PENDING_FILE).exists()
+                     and stored_generation(config) == cluster.generation)
         with monkeypatch.context() as m:
             disk_full(m, key=True)
             await _until(lambda: health.get(BOT_IDENTITY).status == UNHEALTHY)
