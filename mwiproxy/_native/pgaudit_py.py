@@ -37,8 +37,8 @@ BAD_NAMES = {BAD_LENGTH: "bad message length", BAD_TYPE: "unknown message type",
 
 # a record: kind, flags, nfields, seq, aux, (code), n1, n2, n3, then per field (full
 # length, stored length) and the stored bytes (full NULL: a NULL value)
-RECORD_HEAD = _HEAD = struct.Struct("<BBHIII QQQ")
-FIELD_HEAD = _FIELD = struct.Struct("<II")
+RECORD_HEAD = struct.Struct("<BBHIII QQQ")
+FIELD_HEAD = struct.Struct("<II")
 
 OP_SKIP, OP_STR, OP_INT, OP_BYTES = range(4)
 CAP_NONE, CAP_FIELD, CAP_TAG, CAP_SQLSTATE, CAP_ERR = range(5)
@@ -73,11 +73,11 @@ class Record(NamedTuple):  # a tuple: made per record, for each statement audite
 
 
 def decode(rec: bytes) -> Record:
-    kind, flags, nfields, seq, aux, _, n1, n2, n3 = _HEAD.unpack_from(rec)
+    kind, flags, nfields, seq, aux, _, n1, n2, n3 = RECORD_HEAD.unpack_from(rec)
     fields: list[tuple[int, bytes | None]] = []
     off = HDR
     for _ in range(nfields):
-        full, stored = _FIELD.unpack_from(rec, off)
+        full, stored = FIELD_HEAD.unpack_from(rec, off)
         off += 8
         fields.append((0, None) if full == NULL else (full, bytes(rec[off:off + stored])))
         off += stored
@@ -126,7 +126,7 @@ class _Req:
         self.fields: list[bytes] = []
 
     def encode(self) -> bytes:
-        return _HEAD.pack(self.kind, self.flags, len(self.fields), self.seq, self.aux, 0,
+        return RECORD_HEAD.pack(self.kind, self.flags, len(self.fields), self.seq, self.aux, 0,
                           self.n1, 0, 0) + b"".join(self.fields)
 
 
@@ -162,11 +162,11 @@ class Tap:
             else 0
         rows = self.tag_rows if self.has_tag_rows else self.data_rows
         self.records.append(
-            _HEAD.pack(ord("R"), flags, 3, seq, status, 0, rows & (2**64 - 1), self.bytes,
+            RECORD_HEAD.pack(ord("R"), flags, 3, seq, status, 0, rows & (2**64 - 1), self.bytes,
                        duration & (2**64 - 1))
-            + _FIELD.pack(self.tag_full, len(self.tag)) + self.tag
-            + _FIELD.pack(len(self.sqlstate), len(self.sqlstate)) + self.sqlstate
-            + _FIELD.pack(self.err_full, len(self.err)) + self.err)
+            + FIELD_HEAD.pack(self.tag_full, len(self.tag)) + self.tag
+            + FIELD_HEAD.pack(len(self.sqlstate), len(self.sqlstate)) + self.sqlstate
+            + FIELD_HEAD.pack(self.err_full, len(self.err)) + self.err)
 
     def _complete(self, status: int, now: int) -> None:
         kind, seq, t = self.fifo.popleft()
@@ -325,7 +325,7 @@ class Tap:
     def _close(self, s: _Side, full: int) -> None:
         req = self.req
         assert req is not None
-        req.fields.append(_FIELD.pack(full, len(s.field)) + bytes(s.field))
+        req.fields.append(FIELD_HEAD.pack(full, len(s.field)) + bytes(s.field))
         if full > len(s.field):
             req.flags |= TRUNCATED
         s.capture = CAP_NONE
@@ -434,7 +434,7 @@ class Tap:
                 raise Malformed
             if v32 == -1:
                 if s.index < MAX_PARAMS:
-                    req.fields.append(_FIELD.pack(NULL, 0))
+                    req.fields.append(FIELD_HEAD.pack(NULL, 0))
                 s.index += 1
                 self._values_next(s)
                 return
@@ -501,7 +501,7 @@ class Tap:
     # -- the stream -------------------------------------------------------------------
 
     def _malformed(self, s: _Side, side: int, why: int, base: int) -> int:
-        self.records.append(_HEAD.pack(ord("M"), 0, 0, 0, side << 8 | why, 0, s.msg_off, 0, 0))
+        self.records.append(RECORD_HEAD.pack(ord("M"), 0, 0, 0, side << 8 | why, 0, s.msg_off, 0, 0))
         self.dead = True
         return max(0, s.msg_off - base)
 
