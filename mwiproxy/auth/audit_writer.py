@@ -43,6 +43,12 @@ MAX_BATCH = 500
 # once an event is queued, the writer gathers more for this long before it writes: fewer
 # transactions (and thread wake-ups) per event; a flush or a full batch cuts it short
 GATHER = 0.05
+# ...and this long while every event queued is a query-audit one (QUIET_PREFIXES: a
+# busy session's commands, tens of thousands a second): each transaction rewrites the
+# tail pages of the table and its indexes, so fewer, larger ones cost the store less per
+# command (measured: bench/RESULTS.md, session 13). Any other event queued (a session,
+# a refusal, a lock) ends the wait at GATHER as before.
+GATHER_QUERIES = 0.5
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 5.0
 # an idle writer thread ends; the next event starts another
 LINGER = 30.0
@@ -104,7 +110,8 @@ class AuditWriter:
     def __init__(self, append: Append, clock: Callable[[], float] = time.time, *,
                  max_pending: int = MAX_PENDING, max_batch: int = MAX_BATCH,
                  backoff: tuple[float, float] = (BACKOFF_FIRST, BACKOFF_MAX),
-                 linger: float = LINGER, gather: float = GATHER) -> None:
+                 linger: float = LINGER, gather: float = GATHER,
+                 gather_queries: float = GATHER_QUERIES) -> None:
         self._append = append
         self._clock = clock
         self._max_pending = max_pending
@@ -112,6 +119,8 @@ class AuditWriter:
         self._backoff = backoff
         self._linger = linger
         self._gather = gather
+        self._gather_queries = max(gather, gather_queries)
+        self._urgent = 0  # events queued that are not query audit (_quiet_type)
         self._idle = False  # the writer waits for a first event: wake it
         self._hurry = False  # a flush waits: write what is queued now
         self._queue: collections.deque[Pending] = collections.deque()
@@ -150,6 +159,9 @@ class AuditWriter:
                 room = max(0, self._max_pending - len(self._queue))
                 before = len(self._queue)
                 self._queue.extend((now, type_, f) for f in many[:room])
+                if room and not type_.startswith(QUIET_PREFIXES):
+                    self._urgent += min(room, len(many))
+                    self._cond.notify_all()  # a writer gathering queries: GATHER now
                 for f in many[room:]:
                     event: Pending = (now, type_, f)
                     self._count_drop(event)
@@ -201,6 +213,7 @@ class AuditWriter:
         with self._cond:
             left = list(self._queue)
             self._queue.clear()
+            self._urgent = 0
         for event in left:
             log_event(event, None, "audit event not stored at shutdown")
         return self.stats.queued - self.stats.written
@@ -248,6 +261,7 @@ class AuditWriter:
             self._closing = True
             left = batch + list(self._queue)
             self._queue.clear()
+            self._urgent = 0
             self._thread = None
             self._cond.notify_all()
         log.error("the audit log is closed (%s); %d event(s) not stored, logged in full",
@@ -269,14 +283,28 @@ class AuditWriter:
                     self._thread = None
                     self._cond.notify_all()
                     return [], 0
-            self._cond.wait_for(lambda: self._closing or self._hurry
-                                or len(self._queue) >= self._max_batch, self._gather)
+            self._gather_batch()
             self._hurry = False
             n = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(n)]
+            if self._urgent:
+                self._urgent -= sum(not e[1].startswith(QUIET_PREFIXES) for e in batch)
             reports = self._reports()
             self._reports_in_flight = len(reports)
             return batch + reports, n
+
+    def _gather_batch(self) -> None:
+        """Inside the lock, with something queued: wait GATHER for more, then on up to
+        GATHER_QUERIES while only query-audit events are queued."""
+        def full() -> bool:
+            return self._closing or self._hurry or len(self._queue) >= self._max_batch
+
+        started = time.monotonic()
+        if self._cond.wait_for(full, self._gather) or self._has_report():
+            return
+        left = self._gather_queries - (time.monotonic() - started)
+        if left > 0 and not self._urgent:
+            self._cond.wait_for(lambda: full() or self._urgent, left)
 
     def _has_report(self) -> bool:
         return bool(self._trouble.dropped) or self._trouble.resumed is not None

@@ -276,3 +276,71 @@ def test_encoded_events_beyond_a_full_queue_are_dropped_counted_and_logged_in_fu
         assert log.writer.put_many("test.event", [_encoded(9)]) == 0
     (late,) = [r for r in caplog.records if "after the audit log closed" in r.getMessage()]
     assert late.event["n"] == 9 and late.event["session"] == "s1"  # type: ignore[attr-defined]
+
+
+class Recorder:
+    """An append that keeps the batches it was given (ids counted from 1)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: Sequence[tuple[float, str, Any]]) -> list[int]:
+        with self.lock:
+            first = sum(map(len, self.batches)) + 1
+            self.batches.append([type_ for _, type_, _ in batch])
+            return list(range(first, first + len(batch)))
+
+    def types(self) -> list[str]:
+        with self.lock:
+            return [t for b in self.batches for t in b]
+
+
+def test_query_audit_events_wait_longer_for_company_and_any_other_event_ends_the_wait():
+    from mwiproxy.auth.audit_writer import AuditWriter
+    rec = Recorder()
+    writer = AuditWriter(rec, gather=0.01, gather_queries=WIDE)
+    try:
+        assert writer.put("db.session.query", {"session": "s1", "count": 1})
+        assert writer.put("db.session.query", {"session": "s1", "count": 2})
+        # gathering queries (WIDE): nothing is written for a while, however slow the box
+        threading.Event().wait(0.5)
+        assert rec.types() == []
+        assert writer.put("db.session.start", {"session": "s2"})
+        assert wait_for(lambda: len(rec.types()) == 3, WIDE)
+        assert rec.types() == ["db.session.query", "db.session.query", "db.session.start"]
+        # the next batch of queries alone waits again
+        assert writer.put("db.session.query", {"session": "s1", "count": 3})
+        threading.Event().wait(0.3)
+        assert len(rec.types()) == 3
+        assert writer.flush(WIDE)  # a flush ends the wait at once
+        assert rec.types()[-1] == "db.session.query"
+    finally:
+        writer.close(WIDE)
+
+
+def test_an_urgent_event_left_behind_by_a_full_batch_is_not_held_by_the_query_wait():
+    from mwiproxy.auth.audit_writer import AuditWriter
+    rec = Recorder()
+    gate, entered = threading.Event(), threading.Event()
+
+    def slow(batch):  # type: ignore[no-untyped-def]
+        entered.set()
+        assert gate.wait(WIDE)
+        return rec(batch)
+
+    writer = AuditWriter(slow, gather=0.01, gather_queries=WIDE, max_batch=3)
+    try:
+        writer.put("db.session.start", {"n": 0})
+        assert entered.wait(WIDE)  # the writer holds [start] at the gate
+        # queued meanwhile: three queries (a full batch), then a refusal after them
+        writer.put_many("db.session.query", [{"n": 1}, {"n": 2}, {"n": 3}])
+        writer.put("db.session.rejected", {"why": "locked"})
+        gate.set()
+        # [query x3] goes as a full batch; the refusal left behind is written at GATHER,
+        # not held for the queries' wait (WIDE)
+        assert wait_for(lambda: len(rec.types()) == 5, WIDE / 2)
+        assert rec.batches == [["db.session.start"], ["db.session.query"] * 3,
+                               ["db.session.rejected"]]
+    finally:
+        writer.close(WIDE)
