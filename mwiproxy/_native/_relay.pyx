@@ -116,19 +116,21 @@ cdef class Engine:
         cdef const unsigned char *p = NULL
         cdef size_t n, off = 0
         cdef uint32_t rlen
-        cdef uint64_t user
+        cdef uint64_t user, last = 0
         cdef Relay relay
         if self.eng == NULL or self.audited == 0 and not ended:
             return
         n = mwi_engine_audit_take(self.eng, &p)
         cdef dict batches = {}
-        cdef list records
+        cdef list records = None
         while off + 12 <= n:
             memcpy(&rlen, p + off, 4)
             memcpy(&user, p + off + 4, 8)
-            records = batches.get(user)
-            if records is None:
-                records = batches[user] = []
+            if records is None or user != last:  # a relay's records mostly come in runs
+                records = batches.get(user)
+                if records is None:
+                    records = batches[user] = []
+                last = user
             records.append(p[off + 12:off + 12 + rlen])
             off += 12 + rlen
         for user, records in batches.items():

@@ -22,7 +22,7 @@ call (_native.redis_query_texts), straight to the stored text.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from mwiproxy._native import rdsauditenc_py, redis_query_texts
 from mwiproxy._native.rdsauditenc_py import MASK, secret_positions
@@ -52,5 +52,5 @@ class RedisQueryAudit(QueryAudit):
             got = [t if t is not None else
                    rdsauditenc_py.redis_query_texts([commands[i]], mode, self._key,
                                                     DIGEST_PREFIX, _DIGEST_HEX, [])[0]
-                   for i, t in enumerate(got)]
-        self.emit_commands([t or "{}" for t in got])  # (the twin gives a text for each)
+                   or "{}" for i, t in enumerate(got)]  # (the twin gives a text for each)
+        self.emit_commands(cast(list[str], got))

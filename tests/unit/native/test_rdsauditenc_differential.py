@@ -254,3 +254,15 @@ def test_known_event(impl: Any) -> None:
         '"status":"read","user":"\\u00e5lice"}',
         '{"argc":0,"command":"PING","inline":true,"query":"PING","session":"s",'
         '"status":"read","user":"\\u00e5lice"}']
+
+
+@native
+@pytest.mark.native_only
+@pytest.mark.parametrize("argc", [0, 1, 9, 10, 11, 99, 100, 999, 1000, 12345])
+def test_argc_of_every_width(argc: int) -> None:
+    """argc is written without printf (csrc put_uint): every width, as the twin writes it."""
+    records = _tap_records([(b"MSET", [b"k%d" % i for i in range(argc)])], [])
+    for mode in ("omit", "hash", "plain"):
+        got = _texts(_auditenc, records, mode, b"k", [])
+        assert got == _texts(rdsauditenc_py, records, mode, b"k", [])
+        assert got[0] is not None and got[0].startswith(f'{{"argc":{argc},')

@@ -153,6 +153,41 @@ def test_redis_audited_and_inspected_every_command_recorded(relay_mod: Any) -> N
     run(body)
 
 
+def test_records_of_relays_sharing_a_worker_reach_each_its_own_in_order(relay_mod: Any
+                                                                          ) -> None:
+    """Three audited relays on one loop, their commands interleaved round by round: each
+    relay's on_audit gets exactly its own commands, in the order its client sent them."""
+    rounds = 40
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        got = [Records() for _ in range(3)]
+        joined = [Joined(relay_mod.Relay, loop, audit="redis", on_audit=g) for g in got]
+        for j in joined:
+            j.relay.start()
+        sent = [0, 0, 0]
+        for r in range(rounds):
+            for i, j in enumerate(joined):
+                cmd = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(b"r%d-%d" % (i, r)),
+                                                                b"r%d-%d" % (i, r))
+                await loop.sock_sendall(j.a, cmd)
+                sent[i] += len(cmd)
+            await asyncio.sleep(0)
+        for i, j in enumerate(joined):
+            assert len(await recv_all(loop, j.b, sent[i])) == sent[i]
+            j.a.shutdown(1)
+            j.b.shutdown(1)
+            assert await asyncio.wait_for(j.done, 10) == REASON_EOF
+        await asyncio.sleep(0)
+        for i, g in enumerate(got):
+            keys = [decode(rec).fields[1][1] for batch in g.batches for rec in batch]
+            assert keys == [b"r%d-%d" % (i, r) for r in range(rounds)]
+        for j in joined:
+            j.close()
+
+    run(body)
+
+
 def test_audit_arguments_are_checked(relay_mod: Any) -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
