@@ -83,8 +83,12 @@ class _Trouble:
 QUIET_PREFIXES = ("db.session.query", "db.session.postgres.")
 
 
+def _query_audit(type_: str) -> bool:
+    return type_.startswith(QUIET_PREFIXES)
+
+
 def _quiet(type_: str) -> bool:
-    return type_.startswith(QUIET_PREFIXES) and os.environ.get("MWIPROXY_LOG_QUERY_AUDIT") != "1"
+    return _query_audit(type_) and os.environ.get("MWIPROXY_LOG_QUERY_AUDIT") != "1"
 
 
 def log_event(event: Pending, event_id: int | None, note: str = "") -> None:
@@ -120,7 +124,7 @@ class AuditWriter:
         self._linger = linger
         self._gather = gather
         self._gather_queries = max(gather, gather_queries)
-        self._urgent = 0  # events queued that are not query audit (_quiet_type)
+        self._urgent = 0  # events queued that are not query audit (_query_audit)
         self._idle = False  # the writer waits for a first event: wake it
         self._hurry = False  # a flush waits: write what is queued now
         self._queue: collections.deque[Pending] = collections.deque()
@@ -159,15 +163,15 @@ class AuditWriter:
                 room = max(0, self._max_pending - len(self._queue))
                 before = len(self._queue)
                 self._queue.extend((now, type_, f) for f in many[:room])
-                if room and not type_.startswith(QUIET_PREFIXES):
-                    self._urgent += min(room, len(many))
-                    self._cond.notify_all()  # a writer gathering queries: GATHER now
                 for f in many[room:]:
                     event: Pending = (now, type_, f)
                     self._count_drop(event)
                     refused.append(event)
                 note = "audit queue full, event not stored"
                 taken = len(self._queue) - before
+                if taken and not _query_audit(type_):
+                    self._urgent += taken
+                    self._cond.notify_all()  # a writer gathering queries: GATHER now
                 if taken:
                     self.stats.queued += taken
                     self._ensure_thread()
@@ -288,7 +292,7 @@ class AuditWriter:
             n = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(n)]
             if self._urgent:
-                self._urgent -= sum(not e[1].startswith(QUIET_PREFIXES) for e in batch)
+                self._urgent -= sum(not _query_audit(e[1]) for e in batch)
             reports = self._reports()
             self._reports_in_flight = len(reports)
             return batch + reports, n
@@ -348,7 +352,7 @@ class AuditWriter:
             self._succeeded()
             mirror_quiet = os.environ.get("MWIPROXY_LOG_QUERY_AUDIT") == "1"
             for event, event_id in zip(batch, ids, strict=True):
-                if mirror_quiet or not event[1].startswith(QUIET_PREFIXES):
+                if mirror_quiet or not _query_audit(event[1]):
                     log_event(event, event_id)  # query-audit events skipped here: per event
             return True
 
