@@ -126,8 +126,8 @@ class _Req:
         self.fields: list[bytes] = []
 
     def encode(self) -> bytes:
-        return RECORD_HEAD.pack(self.kind, self.flags, len(self.fields), self.seq, self.aux, 0,
-                          self.n1, 0, 0) + b"".join(self.fields)
+        return RECORD_HEAD.pack(self.kind, self.flags, len(self.fields), self.seq, self.aux,
+                                0, self.n1, 0, 0) + b"".join(self.fields)
 
 
 class Tap:
@@ -162,8 +162,8 @@ class Tap:
             else 0
         rows = self.tag_rows if self.has_tag_rows else self.data_rows
         self.records.append(
-            RECORD_HEAD.pack(ord("R"), flags, 3, seq, status, 0, rows & (2**64 - 1), self.bytes,
-                       duration & (2**64 - 1))
+            RECORD_HEAD.pack(ord("R"), flags, 3, seq, status, 0, rows & (2**64 - 1),
+                             self.bytes, duration & (2**64 - 1))
             + FIELD_HEAD.pack(self.tag_full, len(self.tag)) + self.tag
             + FIELD_HEAD.pack(len(self.sqlstate), len(self.sqlstate)) + self.sqlstate
             + FIELD_HEAD.pack(self.err_full, len(self.err)) + self.err)
@@ -501,7 +501,8 @@ class Tap:
     # -- the stream -------------------------------------------------------------------
 
     def _malformed(self, s: _Side, side: int, why: int, base: int) -> int:
-        self.records.append(RECORD_HEAD.pack(ord("M"), 0, 0, 0, side << 8 | why, 0, s.msg_off, 0, 0))
+        self.records.append(RECORD_HEAD.pack(ord("M"), 0, 0, 0, side << 8 | why, 0,
+                                             s.msg_off, 0, 0))
         self.dead = True
         return max(0, s.msg_off - base)
 

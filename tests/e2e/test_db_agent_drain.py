@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 
 import pytest
 
 from tests._testbase.agent import AGENT_SERVICE, Agent, db_token
+from tests._testbase.ports import refused
 from tests.e2e.conftest import Topology, wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,15 +33,6 @@ def running(topo: Topology, query: str) -> int:
 def psql_bg(dsn: str, sql: str) -> subprocess.Popen[str]:
     return subprocess.Popen(["psql", dsn, "-v", "ON_ERROR_STOP=1", "-Atc", sql],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def refused(port: int) -> bool:
-    """Nobody listens (a reset while the socket closes is polled again)."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError as e:
-        return isinstance(e, ConnectionRefusedError)
-    return False
 
 
 def draining_agent(topo: Topology, name: str, drain: str) -> Agent:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from tests._testbase.agent import AGENT_SERVICE, Agent, db_token
 from tests._testbase.cluster import ClusterProcess
 from tests._testbase.fixtures import GUIDE_ROLE
+from tests._testbase.ports import refused
 from tests.e2e.conftest import Topology, wait_for
 
 pytestmark = pytest.mark.integration
@@ -66,17 +66,6 @@ def psql_bg(t: Topology, dsn: str, sql: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def refused(addr: str) -> bool:
-    """Nobody listens. A reset (a connect that raced the listener's close: it sat in the
-    backlog) is polled again, as test_db_agent_drain.refused does."""
-    host, port = addr.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=1).close()
-    except OSError as e:
-        return isinstance(e, ConnectionRefusedError)
-    return False
-
-
 def test_sigterm_drains_then_cuts_and_every_session_is_audited(topo: Topology,
                                                                 tmp_path: Path):
     t = twin(topo, tmp_path, drain="4s")
@@ -87,8 +76,9 @@ def test_sigterm_drains_then_cuts_and_every_session_is_audited(topo: Topology,
     try:
         assert wait_for(lambda: active_sleeps(topo) == 2, 20), "both queries running"
         assert t.cluster.proc is not None
+        host, port = t.cluster.addr.rsplit(":", 1)
         t.cluster.proc.send_signal(signal.SIGTERM)
-        assert wait_for(lambda: refused(t.cluster.addr), 3), "no new connections"
+        assert wait_for(lambda: refused(int(port), host), 3), "no new connections"
         out, _ = short.communicate(timeout=30)
         assert short.returncode == 0 and out.strip() == "finished"  # ran to its end
         _, err = long.communicate(timeout=30)

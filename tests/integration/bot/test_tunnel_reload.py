@@ -18,6 +18,7 @@ import yaml
 
 from mwiproxy.devkit import postgres
 from mwiproxy.devkit.topology import SERVICE, Topology, start_topology
+from tests._testbase import ports
 from tests._testbase.ports import free_port
 from tests.integration.bot.botkit import BotProcess, wait_until
 
@@ -51,14 +52,7 @@ def write_config(path: Path, topo: Topology, token: str, diag: int,
 
 
 def refused(port: int) -> bool:
-    """Whether a connection to `port` is refused (a slow machine's timeout is not)."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10):
-            return False
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
+    return ports.refused(port, timeout=10)
 
 
 def ready(bot: BotProcess, name: str) -> object:
